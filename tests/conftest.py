@@ -1,0 +1,72 @@
+"""Shared helpers: run the real CLI in a subprocess, and write small recipes to tmp dirs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+# A fast objective: a smooth bowl with its minimum at x=0.3, y=0.7, plus an optional sleep so
+# the kill/interrupt tests can catch a trial mid-run.
+FAST_OBJECTIVE = """
+import time
+
+def train(trial, sleep=0.0, fail_above=None):
+    time.sleep(sleep)
+    x, y = trial.params["x"], trial.params["y"]
+    if fail_above is not None and x > fail_above:
+        raise RuntimeError(f"x={x} is too large")
+    return (x - 0.3) ** 2 + (y - 0.7) ** 2
+"""
+
+FAST_RECIPE = """\
+# torchtune-hp run {path}
+description: a fast test study
+study: {{name: fast, metric: loss, mode: min, trials: {trials}, seed: 0}}
+space:
+  x: {{type: float, low: 0.0, high: 1.0}}
+  y: {{type: float, low: 0.0, high: 1.0}}
+sampler: {{name: {sampler}}}
+objective: {{function: fast.py:train}}
+train: {{sleep: {sleep}}}
+logdir: {logdir}
+"""
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "torchtune_hp.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def cli_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torchtune_hp.cli", *args]
+
+
+@pytest.fixture
+def fast_recipe(tmp_path: Path):
+    """Write the fast recipe and objective; returns a function taking the recipe fields."""
+
+    def make(trials: int = 6, sampler: str = "sobol", sleep: float = 0.0) -> Path:
+        (tmp_path / "fast.py").write_text(textwrap.dedent(FAST_OBJECTIVE))
+        path = tmp_path / "fast.yaml"
+        path.write_text(
+            FAST_RECIPE.format(
+                path=path, trials=trials, sampler=sampler, sleep=sleep, logdir=tmp_path / "logs"
+            )
+        )
+        return path
+
+    return make

@@ -1,0 +1,234 @@
+"""The CLI as a user types it: real subprocesses, real SQLite files, real recipes."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import cli_cmd, run_cli
+
+from torchtune_hp.recipe import load_recipe
+
+GOOD = {
+    "study": {"name": "bad", "metric": "loss", "trials": 2},
+    "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+    "objective": {"function": "fast.py:train"},
+}
+
+
+def mutate(path_keys: str, value):
+    """A copy of GOOD with one dotted key set (value None deletes it)."""
+    import copy
+
+    raw = copy.deepcopy(GOOD)
+    *parents, last = path_keys.split(".")
+    node = raw
+    for p in parents:
+        node = node.setdefault(p, {})
+    if value is None:
+        node.pop(last, None)
+    else:
+        node[last] = value
+    return raw
+
+
+BAD = [
+    # (recipe or raw text, extra override args, the key the message must name, a phrase)
+    (mutate("studdy", {"name": "x"}), [], "studdy", "Extra inputs are not permitted"),
+    (mutate("study.trails", 5), [], "study.trails", "Extra inputs are not permitted"),
+    (mutate("study.trials", "many"), [], "study.trials", "valid integer"),
+    (mutate("study.trials", 0), [], "study.trials", "greater than or equal to 1"),
+    (mutate("study.mode", "up"), [], "study.mode", "'min' or 'max'"),
+    (mutate("space.x.high", -1.0), [], "space.x", "low must be < high"),
+    (mutate("space.x.log", True), [], "space.x", "log=True needs low > 0"),
+    (mutate("space.x", {"type": "categorical", "choices": []}), [], "space.x", "must not be empty"),
+    (mutate("space.x", {"type": "categorical", "choices": ["a", "a"]}), [], "space.x", "repeated"),
+    (mutate("space.x.type", "double"), [], "space.x.type", "expected one of"),
+    (mutate("space.x.high", None), [], "space.x.high", "missing"),
+    (mutate("space.x.lw", 0.1), [], "space.x.lw", "unknown key for type float"),
+    (mutate("space.x", 0.5), [], "space.x", "valid dictionary"),
+    (mutate("sampler", {"name": "annealing"}), [], "sampler.name", "unknown sampler 'annealing'"),
+    (mutate("sampler", {"name": "grid", "reso": 3}), [], "sampler.reso", "has no option 'reso'"),
+    (mutate("objective", None), [], "objective", "Field required"),
+    (mutate("objective.function", "missing.py:train"), [], "objective.function", "does not exist"),
+    (mutate("objective.function", "fast.py:nope"), [], "objective.function", "no function 'nope'"),
+    (mutate("objective.function", "no_such_mod:f"), [], "objective.function", "cannot import"),
+    (mutate("train", {"epochs": 3}), [], "train", "unexpected keyword argument 'epochs'"),
+    (GOOD, ["study.trials"], "study.trials", "dotted.key=value"),
+    (GOOD, ["study.trials=[1"], "study.trials", "cannot parse value"),
+    ("study: [unclosed\n", [], "", "not valid YAML"),
+]
+
+
+@pytest.mark.parametrize("raw, overrides, key, phrase", BAD, ids=[b[2] or "yaml" for b in BAD])
+def test_bad_recipes_exit_2_naming_the_key(tmp_path, fast_recipe, raw, overrides, key, phrase):
+    fast_recipe()  # writes fast.py beside the recipe
+    path = tmp_path / "bad.yaml"
+    path.write_text(raw if isinstance(raw, str) else yaml.safe_dump(raw))
+    result = run_cli("run", str(path), *overrides, f"logdir={tmp_path / 'logs'}", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    err = result.stderr.strip()
+    assert err.startswith(f"error: {path}: "), err
+    if key:
+        assert f" {key}: " in err or f"\n  {key}: " in err, err
+    assert phrase in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "logs" / "bad" / "study.db").exists()
+
+
+def test_good_recipe_loads_with_overrides_and_scientific_floats(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "study: {name: r}\nspace:\n  lr: {type: float, low: 1e-5, high: 1e-1, log: true}\n"
+        "objective: {function: 'os.path:join'}\n"
+    )
+    recipe = load_recipe(path, ["study.trials=7", "sampler.name=grid", "sampler.resolution=3"])
+    assert recipe.model.study.trials == 7
+    assert recipe.space.params["lr"].low == 1e-5
+    assert recipe.model.sampler.options == {"resolution": 3}
+
+
+def test_unknown_recipe_name_lists_builtins():
+    result = run_cli("run", "no_such_recipe")
+    assert result.returncode == 2
+    assert "no built-in recipe of that name" in result.stderr and "digits_mlp" in result.stderr
+
+
+def test_ls_cp_validate(tmp_path):
+    ls = run_cli("ls", cwd=tmp_path)
+    assert ls.returncode == 0 and ls.stdout.startswith("digits_mlp ")
+    cp = run_cli("cp", "digits_mlp", str(tmp_path / "mine") + "/", cwd=tmp_path)
+    assert cp.returncode == 0, cp.stderr
+    copied = tmp_path / "mine" / "digits_mlp.yaml"
+    assert copied.read_text().startswith("# torchtune-hp run ")
+    assert (tmp_path / "mine" / "digits_mlp.py").exists()
+    ok = run_cli("validate", str(copied), "study.trials=3", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert "OK" in ok.stdout and "3 trials" in ok.stdout
+    again = run_cli("cp", "digits_mlp", str(tmp_path / "mine") + "/", cwd=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+@pytest.mark.parametrize("cmd", ["run", "ls", "cp", "validate", "trials", "best"])
+def test_every_subcommand_help_shows_an_example(cmd):
+    result = run_cli(cmd, "--help")
+    assert result.returncode == 0 and "Example:" in result.stdout, result.stdout
+
+
+def _count(db: Path, state: str) -> int:
+    if not db.exists():
+        return 0
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        return con.execute("SELECT COUNT(*) FROM trials WHERE state=?", (state,)).fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def _trials_json(study_dir: Path) -> list[dict]:
+    result = run_cli("trials", str(study_dir), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _start_and_wait(cmd: list[str], db: Path, at_least: int, cwd: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while _count(db, "COMPLETE") < at_least or _count(db, "RUNNING") < 1:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the study did not get going"
+        time.sleep(0.05)
+    return proc
+
+
+def test_sigkill_mid_run_then_resume_ends_with_exactly_n_trials(tmp_path, fast_recipe):
+    recipe = fast_recipe(trials=8, sampler="random", sleep=0.3)
+    db = tmp_path / "logs" / "fast" / "study.db"
+    proc = _start_and_wait(cli_cmd("run", str(recipe)), db, at_least=3, cwd=tmp_path)
+    proc.kill()  # SIGKILL: no handler runs
+    proc.wait()
+    before = _trials_json(tmp_path / "logs" / "fast")
+    assert [t["state"] for t in before].count("RUNNING") == 1
+    done_before = {json.dumps(t["params"]) for t in before if t["state"] == "COMPLETE"}
+    killed = next(t for t in before if t["state"] == "RUNNING")
+
+    result = run_cli("run", str(recipe), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    after = _trials_json(tmp_path / "logs" / "fast")
+    complete = [t for t in after if t["state"] == "COMPLETE"]
+    assert len(complete) == 8  # exactly the requested number
+    params = [json.dumps(t["params"]) for t in complete]
+    assert len(set(params)) == 8  # none repeated
+    assert done_before <= set(params)  # none lost
+    assert after[killed["number"]]["state"] == "FAILED"
+    assert "died" in after[killed["number"]]["error"]
+    assert json.dumps(killed["params"]) in params  # the killed trial's params ran again once
+    for t in complete:
+        assert t["start"].endswith("Z") and t["duration_s"] >= 0.3 and t["value"] >= 0
+
+
+def test_ctrl_c_marks_the_trial_failed_and_a_rerun_resumes(tmp_path, fast_recipe):
+    recipe = fast_recipe(trials=6, sampler="sobol", sleep=0.3)
+    db = tmp_path / "logs" / "fast" / "study.db"
+    proc = _start_and_wait(cli_cmd("run", str(recipe)), db, at_least=2, cwd=tmp_path)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    err = err.decode()
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    assert (
+        err.strip().splitlines()[-1].startswith("interrupted: the running trial is marked FAILED")
+    )
+    states = [t["state"] for t in _trials_json(tmp_path / "logs" / "fast")]
+    assert "RUNNING" not in states and states.count("FAILED") == 1
+    assert run_cli("run", str(recipe), cwd=tmp_path).returncode == 0
+    assert _count(db, "COMPLETE") == 6
+
+
+def test_second_run_with_another_space_is_refused_without_losing_trials(tmp_path, fast_recipe):
+    recipe = fast_recipe(trials=3)
+    assert run_cli("run", str(recipe), cwd=tmp_path).returncode == 0
+    changed = run_cli("run", str(recipe), "space.x.high=2.0", "study.trials=5", cwd=tmp_path)
+    assert changed.returncode == 2
+    assert "'x' changed" in changed.stderr and "Traceback" not in changed.stderr
+    assert _count(tmp_path / "logs" / "fast" / "study.db", "COMPLETE") == 3
+
+
+@pytest.mark.slow
+def test_digits_mlp_end_to_end(tmp_path):
+    """The README's main job, shortened: real Lightning training on the bundled digits."""
+    logdir = tmp_path / "logs"
+    result = run_cli(
+        "run",
+        "digits_mlp",
+        "study.trials=3",
+        "train.max_epochs=3",
+        f"logdir={logdir}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "best val_loss = " in result.stdout
+    study_dir = logdir / "digits_mlp"
+    trials = _trials_json(study_dir)
+    assert [t["state"] for t in trials] == ["COMPLETE"] * 3
+    for t in trials:
+        assert 0.0 < t["value"] < 5.0
+        assert set(t["params"]) == {"lr", "dropout", "weight_decay", "width", "optimizer"}
+        assert t["params"]["optimizer"] in {"sgd", "adam", "adamw"}
+    saved = yaml.safe_load((study_dir / "recipe.yaml").read_text())
+    assert saved["study"]["trials"] == 3 and saved["logdir"] == str(logdir)
+    best = json.loads(run_cli("best", str(study_dir), "--format", "json").stdout)
+    assert best["value"] == min(t["value"] for t in trials)
+    best_yaml = yaml.safe_load(run_cli("best", str(study_dir), "--format", "yaml").stdout)
+    assert best_yaml == best["params"]
+    table = run_cli("trials", str(study_dir))
+    assert table.returncode == 0 and "COMPLETE" in table.stdout and "weight_decay" in table.stdout
+    # the intermediate values were reported, one per epoch
+    con = sqlite3.connect(study_dir / "study.db")
+    assert con.execute("SELECT COUNT(*) FROM intermediate").fetchone()[0] == 9
+    assert os.path.exists(study_dir / "trial_0000" / "params.yaml")

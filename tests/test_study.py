@@ -1,0 +1,178 @@
+import math
+import sqlite3
+
+import pytest
+import torch
+
+from torchtune_hp import Categorical, Float, Int, Study, StudyMismatch, TrialPruned, TrialState
+from torchtune_hp.storage import StorageError
+
+SPACE = {"x": Float(0.0, 1.0), "opt": Categorical(["sgd", "adam"])}
+
+
+def test_ask_tell_and_best():
+    study = Study("s", SPACE, seed=0, logdir=None)
+    values = []
+    for i in range(5):
+        t = study.ask()
+        assert t.number == i and isinstance(t.params, dict) and set(t.params) == {"x", "opt"}
+        values.append(abs(t.params["x"] - 0.4))
+        study.tell(t, torch.tensor(values[-1]))  # 0-d tensors are accepted
+    assert study.best_value == pytest.approx(min(values))
+    assert study.best_params == study.trials[values.index(min(values))].params
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 5
+
+
+def test_mode_max_picks_highest():
+    study = Study("s", SPACE, logdir=None, mode="max")
+    for v in (1.0, 3.0, 2.0):
+        study.tell(study.ask(), v)
+    assert study.best_value == 3.0 and study.best_trial.number == 1
+
+
+def test_failures_are_recorded_and_the_study_goes_on():
+    study = Study("s", SPACE, seed=0, logdir=None)
+    outcomes = iter([ValueError("boom"), math.nan, math.inf, 0.5, "text", TrialPruned()])
+
+    def objective(trial):
+        trial.report(0.9, step=0)
+        out = next(outcomes)
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    with pytest.warns(UserWarning, match="trial 0 failed: ValueError: boom"):
+        study.optimize(objective, n_trials=6)
+    t = study.trials
+    assert [x.state for x in t] == [
+        TrialState.FAILED,
+        TrialState.FAILED,
+        TrialState.FAILED,
+        TrialState.COMPLETE,
+        TrialState.FAILED,
+        TrialState.PRUNED,
+    ]
+    assert "Traceback" in t[0].error and "ValueError: boom" in t[0].error
+    assert t[1].error == "the objective returned nan" and t[1].value is None
+    assert t[2].error == "the objective returned inf"
+    assert "must return a number, got str" in t[4].error
+    assert t[5].value == 0.9 and t[5].intermediate == {0: 0.9}  # pruned keeps its last report
+    assert study.best_value == 0.5
+
+
+def test_objective_may_return_a_dict_with_the_metric():
+    study = Study("s", SPACE, logdir=None, metric="val_loss")
+    study.optimize(lambda t: {"val_loss": 0.25, "acc": 0.9}, n_trials=1)
+    study.optimize(lambda t: {"acc": 0.9}, n_trials=2)
+    assert study.trials[0].value == 0.25
+    assert "not the metric 'val_loss'" in study.trials[1].error
+
+
+def test_enqueue_comes_first_and_add_records_outside_results():
+    study = Study("s", SPACE, seed=0, logdir=None)
+    study.enqueue({"x": 0.123, "opt": "adam"})
+    added = study.add({"x": 0.9, "opt": "sgd"}, 0.01)
+    assert added.number == 0 and added.state is TrialState.COMPLETE
+    t = study.ask()
+    assert t.params == {"x": 0.123, "opt": "adam"} and t.number == 1
+    with pytest.raises(ValueError, match="outside"):
+        study.enqueue({"x": 2.0, "opt": "adam"})
+    with pytest.raises(ValueError, match="'opt'='rmsprop' is outside categorical"):
+        study.add({"x": 0.5, "opt": "rmsprop"}, 1.0)
+    assert study.best_params == {"x": 0.9, "opt": "sgd"}
+
+
+def test_in_memory_study_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    study = Study("mem", SPACE, logdir=None)
+    study.optimize(lambda t: t.params["x"], n_trials=3)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_storage_is_a_real_sqlite_file_with_schema_version(tmp_path):
+    study = Study("s", SPACE, seed=0, logdir=tmp_path)
+    study.optimize(lambda t: t.params["x"], n_trials=3)
+    study.close()
+    db = sqlite3.connect(tmp_path / "s" / "study.db")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("SELECT COUNT(*) FROM trials WHERE state='COMPLETE'").fetchone()[0] == 3
+    assert (tmp_path / "s" / "trial_0002" / "params.yaml").read_text().startswith("x: ")
+
+
+def test_n_trials_is_the_study_total_across_runs(tmp_path):
+    with Study("s", SPACE, seed=0, logdir=tmp_path) as study:
+        study.optimize(lambda t: t.params["x"], n_trials=4)
+    with Study("s", SPACE, seed=0, logdir=tmp_path) as study:
+        study.optimize(lambda t: t.params["x"], n_trials=4)
+        assert len(study.trials) == 4
+        study.optimize(lambda t: t.params["x"], n_trials=6)
+        assert len(study.trials) == 6
+
+
+def test_a_trial_left_running_is_failed_and_retried_once(tmp_path):
+    study = Study("s", SPACE, seed=0, logdir=tmp_path)
+    lost = study.ask()  # the driver "dies" with this trial running
+    study.storage.close()  # release the lock as a dead process would
+    with pytest.warns(UserWarning, match=r"trial\(s\) \[0\] were left RUNNING"):
+        resumed = Study("s", SPACE, seed=0, logdir=tmp_path)
+    t0 = resumed.trials[0]
+    assert t0.state is TrialState.FAILED and t0.interrupted and "died" in t0.error
+    retry = resumed.ask()
+    assert retry.params == lost.params and retry.number == 1
+    resumed.storage.close()  # dies again, during the retry
+    with pytest.warns(UserWarning):
+        again = Study("s", SPACE, seed=0, logdir=tmp_path)
+    assert again.ask().params != lost.params  # tried again once, not forever
+    assert again.n_finished == 0  # interrupted trials do not use up n_trials
+    again.close()
+
+
+def test_keyboard_interrupt_marks_the_trial_and_reraises(tmp_path):
+    study = Study("s", SPACE, seed=0, logdir=tmp_path)
+
+    def objective(trial):
+        if trial.number == 2:
+            raise KeyboardInterrupt
+        return 1.0
+
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(objective, n_trials=5)
+    t = study.trials[2]
+    assert t.state is TrialState.FAILED and t.interrupted and "interrupted by the user" in t.error
+    study.close()
+    with Study("s", SPACE, seed=0, logdir=tmp_path) as resumed:
+        resumed.optimize(lambda t: 1.0, n_trials=5)
+        assert resumed.n_finished == 5
+        assert resumed.trials[3].params == t.params  # the interrupted params ran again first
+
+
+def test_reopening_with_another_space_or_metric_says_what_differs(tmp_path):
+    Study("s", SPACE, logdir=tmp_path).close()
+    other = {"x": Float(0.0, 2.0), "opt": Categorical(["sgd", "adam"]), "n": Int(1, 3)}
+    with pytest.raises(StudyMismatch) as e:
+        Study("s", other, logdir=tmp_path)
+    msg = str(e.value)
+    assert "'x' changed" in msg and "high=2.0" in msg and "'n' was added" in msg
+    with pytest.raises(StudyMismatch, match="metric changed: stored 'value', given 'acc'"):
+        Study("s", SPACE, logdir=tmp_path, metric="acc")
+    with pytest.raises(StudyMismatch, match="mode changed"):
+        Study("s", SPACE, logdir=tmp_path, mode="max")
+
+
+def test_a_second_driver_is_kept_out(tmp_path):
+    with Study("s", SPACE, logdir=tmp_path):
+        with pytest.raises(StorageError, match="being run by another process"):
+            Study("s", SPACE, logdir=tmp_path)
+
+
+def test_unseeded_study_stores_its_seed_and_continues(tmp_path):
+    with Study("s", SPACE, sampler="sobol", logdir=tmp_path) as a:
+        a.optimize(lambda t: 1.0, n_trials=3)
+        first = [t.params for t in a.trials]
+        seed = a.seed
+    with Study("s", SPACE, sampler="sobol", logdir=tmp_path) as b:
+        assert b.seed == seed
+        b.optimize(lambda t: 1.0, n_trials=6)
+        assert [t.params for t in b.trials[:3]] == first
+        assert len({str(t.params) for t in b.trials}) == 6

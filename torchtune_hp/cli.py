@@ -1,0 +1,200 @@
+"""The ``torchtune-hp`` command line. Bad input exits with code 2 and one message naming the
+file, the key and what was expected; Ctrl-C exits with 130 and leaves the study resumable."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import click
+import yaml
+
+from torchtune_hp.recipe import ConfigError, builtin_recipes, find_recipe, load_recipe, parse_yaml
+from torchtune_hp.storage import Storage, StorageError
+from torchtune_hp.study import StudyMismatch, best_of
+from torchtune_hp.trial import FrozenTrial, TrialState
+
+BAD_INPUT = 2
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Hyperparameter tuning for PyTorch: GP Bayesian optimization, grid/random/Sobol search,
+    SQLite studies that resume, TensorBoard.
+
+    \b
+    Example:
+      torchtune-hp run digits_mlp study.trials=10
+    """
+
+
+@cli.command()
+@click.argument("recipe")
+@click.argument("overrides", nargs=-1)
+def run(recipe: str, overrides: tuple[str, ...]) -> None:
+    """Run (or resume) the study described by RECIPE, a path or a built-in name.
+
+    OVERRIDES are dotted key=value pairs (split on the first '=', values read as YAML).
+
+    \b
+    Example:
+      torchtune-hp run digits_mlp study.trials=40 sampler.name=random logdir=/tmp/logs
+    """
+    from torchtune_hp.runner import run_recipe
+
+    study = run_recipe(load_recipe(recipe, overrides))
+    try:
+        best = study.best_trial
+    except ValueError:
+        click.echo(f"no trial completed; see torchtune-hp trials {study.dir}")
+        return
+    click.echo(
+        f"best {study.metric} = {best.value:.6g} (trial {best.number}) with {best.params}\n"
+        f"trials: torchtune-hp trials {study.dir}    best config: torchtune-hp best {study.dir}"
+    )
+
+
+@cli.command(name="ls")
+def ls_() -> None:
+    """List the built-in recipes.
+
+    \b
+    Example:
+      torchtune-hp ls
+    """
+    for name, path in builtin_recipes().items():
+        desc = (parse_yaml(path.read_text()) or {}).get("description", "")
+        click.echo(f"{name:<24} {desc}")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("dest")
+def cp(name: str, dest: str) -> None:
+    """Copy a recipe (and the objective file beside it) to DEST to edit it.
+
+    \b
+    Example:
+      torchtune-hp cp digits_mlp my_recipes/ && torchtune-hp run my_recipes/digits_mlp.yaml
+    """
+    src = find_recipe(name)
+    target = Path(dest) / src.name if Path(dest).is_dir() or dest.endswith("/") else Path(dest)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    raw = parse_yaml(src.read_text()) or {}
+    function = str((raw.get("objective") or {}).get("function", ""))
+    files = [(src, target)]
+    if function.partition(":")[0].endswith(".py"):
+        py = function.partition(":")[0]
+        files.append((src.parent / py, target.parent / py))
+    for _, b in files:
+        if b.exists():
+            raise ConfigError(b, "", "already exists; not overwritten")
+    for a, b in files:
+        shutil.copyfile(a, b)
+        click.echo(f"copied {a.name} -> {b}")
+
+
+@cli.command()
+@click.argument("path")
+@click.argument("overrides", nargs=-1)
+def validate(path: str, overrides: tuple[str, ...]) -> None:
+    """Check a recipe without running it: keys, types, bounds, sampler, objective.
+
+    \b
+    Example:
+      torchtune-hp validate recipes/digits_mlp.yaml study.trials=5
+    """
+    recipe = load_recipe(path, overrides)
+    recipe.objective()
+    m = recipe.model
+    click.echo(
+        f"{recipe.path}: OK — study {m.study.name!r}, {len(recipe.space)} parameters, "
+        f"sampler {m.sampler.name}, {m.study.trials} trials, {m.study.mode} {m.study.metric}"
+    )
+
+
+def _read_trials(study_dir: Path) -> tuple[dict, list[FrozenTrial]]:
+    storage = Storage(study_dir / "study.db", read_only=True)
+    try:
+        return storage.get_meta(), storage.trials()
+    finally:
+        storage.close()
+
+
+@cli.command()
+@click.argument("study_dir", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def trials(study_dir: Path, fmt: str) -> None:
+    """Show the trials of the study in STUDY_DIR.
+
+    \b
+    Example:
+      torchtune-hp trials logs/digits_mlp --format json
+    """
+    meta, rows = _read_trials(study_dir)
+    if fmt == "json":
+        click.echo(json.dumps([t.to_json() for t in rows], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from torchtune_hp.progress import fmt_value
+
+    names = list(meta.get("space", {}))
+    table = Table("#", "state", meta.get("metric", "value"), "seconds", *names, "note")
+    for t in rows:
+        note = ""
+        if t.state is TrialState.FAILED and t.error:
+            note = t.error.strip().splitlines()[-1]
+        dur = "-" if t.duration_s is None else f"{t.duration_s:.1f}"
+        cells = [fmt_value(v) if isinstance(v, float) else str(v) for v in map(t.params.get, names)]
+        table.add_row(str(t.number), t.state.value, fmt_value(t.value), dur, *cells, note)
+    console = Console()
+    if not console.is_terminal:  # pipes and logs: no 80-column squeeze
+        console.width = 240
+    console.print(table)
+
+
+@cli.command()
+@click.argument("study_dir", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["json", "yaml"]), default="json")
+def best(study_dir: Path, fmt: str) -> None:
+    """Print the best trial of the study in STUDY_DIR (yaml: its params, usable as a config).
+
+    \b
+    Example:
+      torchtune-hp best logs/digits_mlp --format yaml > best.yaml
+    """
+    meta, rows = _read_trials(study_dir)
+    top = best_of(rows, meta.get("mode", "min"))
+    if top is None:
+        raise click.ClickException(f"{study_dir}: no COMPLETE trial yet")
+    if fmt == "yaml":
+        click.echo(yaml.safe_dump(top.params, sort_keys=False), nl=False)
+    else:
+        click.echo(json.dumps({"number": top.number, "params": top.params, "value": top.value}))
+
+
+def main() -> None:
+    try:
+        code = cli.main(standalone_mode=False)
+    except (ConfigError, StudyMismatch, StorageError, FileNotFoundError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(BAD_INPUT)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo(
+            "interrupted: the running trial is marked FAILED (interrupted) and will be retried; "
+            "run the same command again to resume",
+            err=True,
+        )
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The live view of a running study: a rich panel on a terminal, plain lines elsewhere (CI
+logs, pipes), so both stay readable."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from torchtune_hp.study import Study
+from torchtune_hp.trial import FrozenTrial, Trial, TrialState
+
+
+def fmt_value(v: float | None) -> str:
+    return "-" if v is None else f"{v:.6g}"
+
+
+def fmt_params(params: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k}={fmt_value(v) if isinstance(v, float) else v}" for k, v in params.items()
+    )
+
+
+class ProgressView:
+    """Shows trial n/N, best so far, the current params and elapsed time."""
+
+    def __init__(self, study: Study, n_trials: int, console: Console | None = None) -> None:
+        self.study = study
+        self.n_trials = n_trials
+        self.console = console or Console(stderr=True)
+        self.t0 = time.monotonic()
+        self.current: Trial | None = None
+        self.live: Live | None = None
+
+    def __enter__(self) -> ProgressView:
+        done = self.study.n_finished
+        self.console.print(
+            f"study {self.study.name!r}: {done}/{self.n_trials} trials done, "
+            f"sampler {self.study.sampler.name}, storage {self.study.storage.path or 'memory'}",
+            soft_wrap=True,
+        )
+        if self.console.is_terminal:
+            self.live = Live(self._panel(), console=self.console, refresh_per_second=2)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(None, None, None)
+
+    def _best(self) -> FrozenTrial | None:
+        try:
+            return self.study.best_trial
+        except ValueError:
+            return None
+
+    def _panel(self) -> Table:
+        best = self._best()
+        table = Table.grid(padding=(0, 2))
+        elapsed = time.monotonic() - self.t0
+        table.add_row("trial", f"{self.study.n_finished + 1}/{self.n_trials}")
+        table.add_row(
+            "best", "-" if best is None else f"{fmt_value(best.value)} (trial {best.number})"
+        )
+        if self.current is not None:
+            table.add_row("running", f"#{self.current.number}: {fmt_params(self.current.params)}")
+        table.add_row("elapsed", f"{elapsed:.0f} s")
+        return table
+
+    def trial_started(self, trial: Trial) -> None:
+        self.current = trial
+        if self.live is not None:
+            self.live.update(self._panel())
+
+    def trial_finished(self, study: Study, trial: FrozenTrial) -> None:
+        self.current = None
+        best = self._best()
+        state = trial.state.value
+        detail = fmt_value(trial.value)
+        if trial.state is TrialState.FAILED and trial.error:
+            detail = trial.error.strip().splitlines()[-1][:120]
+        line = (
+            f"[{study.n_finished}/{self.n_trials}] trial {trial.number} {state} {detail} "
+            f"({trial.duration_s or 0:.1f} s) best {fmt_value(best.value if best else None)} "
+            f"| {fmt_params(trial.params)}"
+        )
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+        if self.live is not None:
+            self.live.update(self._panel())

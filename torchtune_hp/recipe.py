@@ -1,0 +1,264 @@
+"""Recipes: YAML files that describe a study, with dotted ``key=value`` overrides.
+
+Every problem is a :class:`ConfigError` naming the file, the dotted key and what was expected;
+the CLI prints it and exits with code 2. Sections::
+
+    description: one line shown by `torchtune-hp ls`
+    study:     {name, metric, mode, trials, seed}
+    space:     {<param>: {type: float|int|categorical|fixed, ...}}
+    sampler:   {name: random|sobol|grid, <option>: ...}
+    objective: {function: file.py:train | package.module:train}
+    train:     {<keyword>: <value>}   # fixed arguments passed to the objective
+    logdir:    logs
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.resources
+import importlib.util
+import inspect
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+
+from torchtune_hp.samplers import SamplerOptionError, make_sampler
+from torchtune_hp.space import _TYPES, Param, Space
+
+
+class ConfigError(ValueError):
+    """Bad input in a recipe: which file, which key, what was expected."""
+
+    def __init__(self, file: str | Path, key: str, message: str) -> None:
+        super().__init__(f"{file}: {key}: {message}" if key else f"{file}: {message}")
+        self.file, self.key = str(file), key
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-4`` as a string; recipes mean a number."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+# -- the schema ---------------------------------------------------------------------------
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class StudySection(_Section):
+    name: StrictStr = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    metric: StrictStr = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    trials: StrictInt = Field(20, ge=1)
+    seed: StrictInt | None = None
+
+
+class SamplerSection(BaseModel):
+    """``name`` plus the sampler's own options, checked against the sampler itself."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    name: StrictStr = "random"
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ObjectiveSection(_Section):
+    function: StrictStr = Field(pattern=r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class RecipeModel(_Section):
+    description: StrictStr = ""
+    study: StudySection
+    space: dict[StrictStr, dict[StrictStr, Any]]
+    sampler: SamplerSection = SamplerSection()
+    objective: ObjectiveSection
+    train: dict[StrictStr, Any] = {}
+    logdir: StrictStr = "logs"
+
+
+@dataclasses.dataclass
+class Recipe:
+    """A validated recipe: the model, the built space, and where it came from."""
+
+    path: Path
+    model: RecipeModel
+    space: Space
+    raw: dict[str, Any]
+
+    @property
+    def resolved_yaml(self) -> str:
+        return yaml.safe_dump(self.raw, sort_keys=False)
+
+    def objective(self) -> Callable[..., Any]:
+        return load_objective(self.path, self.model.objective.function, self.model.train)
+
+
+# -- loading ------------------------------------------------------------------------------
+
+
+def builtin_dir() -> Path:
+    return Path(str(importlib.resources.files("torchtune_hp.recipes")))
+
+
+def builtin_recipes() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(builtin_dir().glob("*.yaml"))}
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A path to an existing file, else a built-in recipe by name."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    builtin = builtin_recipes()
+    if name_or_path in builtin:
+        return builtin[name_or_path]
+    raise ConfigError(
+        name_or_path,
+        "",
+        f"no such recipe file, and no built-in recipe of that name (built-in: {sorted(builtin)})",
+    )
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], file: Path) -> None:
+    """``a.b.c=value``: split on the first ``=``, value parsed as a YAML scalar."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(file, item, "overrides must look like dotted.key=value")
+        node = raw
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(file, key, f"{'.'.join(parts[: i + 1])} is not a section")
+        try:
+            node[parts[-1]] = parse_yaml(text) if text else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(file, key, f"cannot parse value {text!r}: {e}") from e
+
+
+def load_recipe(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    path = find_recipe(str(name_or_path))
+    try:
+        raw = parse_yaml(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(path, "", f"not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "", f"expected a mapping of sections, got {type(raw).__name__}")
+    apply_overrides(raw, overrides, path)
+    try:
+        model = RecipeModel.model_validate(raw)
+    except ValidationError as e:
+        raise _config_error(path, e) from None
+    space = parse_space(model.space, path)
+    try:
+        make_sampler(model.sampler.name, 0, model.sampler.options)
+    except SamplerOptionError as e:
+        raise ConfigError(path, f"sampler.{e.key}", str(e)) from None
+    return Recipe(path=path, model=model, space=space, raw=raw)
+
+
+def _config_error(path: Path, err: ValidationError) -> ConfigError:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        got = "" if e["type"] == "missing" else f" (got {e['input']!r})"
+        lines.append(f"{key}: {e['msg']}{got}")
+    first_key = ".".join(str(p) for p in err.errors()[0]["loc"])
+    error = ConfigError(path, "", "\n  ".join(lines))
+    error.key = first_key
+    return error
+
+
+def parse_space(spec: Mapping[str, Mapping[str, Any]], path: Path) -> Space:
+    """Build each parameter with the same classes the Python API uses, so the checks (and
+    their messages) are the same in both."""
+    if not spec:
+        raise ConfigError(path, "space", "expected at least one parameter")
+    params: dict[str, Param] = {}
+    for name, entry in spec.items():
+        key = f"space.{name}"
+        kind = entry.get("type")
+        if kind not in _TYPES:
+            raise ConfigError(
+                path, f"{key}.type", f"expected one of {sorted(_TYPES)}, got {kind!r}"
+            )
+        fields = dataclasses.fields(_TYPES[kind])
+        allowed = [f.name for f in fields]
+        for k in entry:
+            if k != "type" and k not in allowed:
+                raise ConfigError(
+                    path, f"{key}.{k}", f"unknown key for type {kind}; expected {allowed}"
+                )
+        for f in fields:
+            no_default = (
+                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            )
+            if no_default and f.name not in entry:
+                raise ConfigError(path, f"{key}.{f.name}", f"missing (type {kind} needs {allowed})")
+        try:
+            params[name] = _TYPES[kind](**{k: v for k, v in entry.items() if k != "type"})
+        except (TypeError, ValueError) as e:
+            raise ConfigError(path, key, str(e)) from None
+    return Space(params)
+
+
+# -- the objective ------------------------------------------------------------------------
+
+
+def load_objective(recipe_path: Path, ref: str, train: Mapping[str, Any]) -> Callable[..., Any]:
+    """``file.py:func`` (relative to the recipe) or ``package.module:func``; checks that the
+    function accepts ``(trial, **train)``."""
+    target, _, func_name = ref.rpartition(":")
+    key = "objective.function"
+    if target.endswith(".py"):
+        file = (recipe_path.parent / target).resolve()
+        if not file.is_file():
+            raise ConfigError(recipe_path, key, f"file {file} does not exist")
+        mod_name = f"torchtune_hp_objective_{file.stem}"
+        spec = importlib.util.spec_from_file_location(mod_name, file)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as e:
+            raise ConfigError(recipe_path, key, f"cannot import module {target!r}: {e}") from e
+    fn = getattr(module, func_name, None)
+    if not callable(fn):
+        raise ConfigError(recipe_path, key, f"{target} has no function {func_name!r}")
+    try:
+        inspect.signature(fn).bind(None, **train)
+    except TypeError as e:
+        raise ConfigError(
+            recipe_path, "train", f"{func_name}(trial, **train) does not accept these: {e}"
+        ) from None
+    return fn

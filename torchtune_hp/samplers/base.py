@@ -1,0 +1,37 @@
+"""The sampler interface: a pure function of (space, finished trials, pending trials) -> params.
+
+A sampler never touches files, processes or TensorBoard; the study hands it the history and
+records what it suggests. Seeded samplers derive their draw from ``(seed, k)``, where ``k``
+counts the trials the sampler itself produced so far, so a resumed study continues its
+sequence instead of replaying it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from torchtune_hp.space import Space
+from torchtune_hp.trial import FrozenTrial, Origin
+
+
+class SpaceExhausted(Exception):
+    """The sampler has nothing left to suggest (a finished grid); the study ends cleanly."""
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """What every sampler implements; ``name`` selects it in a recipe (``sampler.name``)."""
+
+    name: ClassVar[str]
+
+    def sample(
+        self, space: Space, trials: Sequence[FrozenTrial], pending: Sequence[FrozenTrial]
+    ) -> dict[str, Any]:
+        """The next parameters. ``trials`` are finished (any state), ``pending`` are RUNNING."""
+        ...
+
+
+def own_draws(trials: Sequence[FrozenTrial], pending: Sequence[FrozenTrial]) -> int:
+    """How many trials the sampler produced so far: the index of its next draw."""
+    return sum(t.origin is Origin.SAMPLER for t in (*trials, *pending))

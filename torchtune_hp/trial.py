@@ -1,0 +1,97 @@
+"""Trials: the record of one evaluation (:class:`FrozenTrial`) and the live handle an objective
+receives (:class:`Trial`)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torchtune_hp.study import Study
+
+
+class TrialState(str, enum.Enum):
+    RUNNING = "RUNNING"
+    COMPLETE = "COMPLETE"
+    PRUNED = "PRUNED"
+    FAILED = "FAILED"
+
+    @property
+    def finished(self) -> bool:
+        return self is not TrialState.RUNNING
+
+
+class TrialPruned(Exception):
+    """Raised inside an objective to end its trial as PRUNED (the pruner said stop)."""
+
+
+class Origin(str, enum.Enum):
+    """Where a trial's parameters came from; samplers count only their own draws."""
+
+    SAMPLER = "sampler"
+    ENQUEUED = "enqueued"
+    RETRY = "retry"
+    ADDED = "added"
+
+
+@dataclass(frozen=True)
+class FrozenTrial:
+    """One row of a study, as storage holds it. ``interrupted`` marks a FAILED trial that was
+    stopped from outside (Ctrl-C, a dead driver) rather than failed by its objective: it does
+    not count toward ``n_trials``."""
+
+    number: int
+    state: TrialState
+    params: dict[str, Any]
+    value: float | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    error: str | None = None
+    origin: Origin = Origin.SAMPLER
+    interrupted: bool = False
+    intermediate: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.start is None or self.end is None:
+            return None
+        return (self.end - self.start).total_seconds()
+
+    @property
+    def counts(self) -> bool:
+        """Whether this trial uses up one of the study's ``n_trials``."""
+        return self.state.finished and not self.interrupted
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "state": self.state.value,
+            "params": self.params,
+            "value": self.value,
+            "start": _iso(self.start),
+            "end": _iso(self.end),
+            "duration_s": self.duration_s,
+            "error": self.error,
+        }
+
+
+def _iso(t: datetime | None) -> str | None:
+    return None if t is None else t.isoformat().replace("+00:00", "Z")
+
+
+class Trial:
+    """What an objective receives: ``number``, ``params`` (a plain dict) and ``report``."""
+
+    def __init__(self, study: Study, number: int, params: dict[str, Any]) -> None:
+        self.study = study
+        self.number = number
+        self.params = dict(params)
+
+    def report(self, value: float, step: int) -> None:
+        """Record an intermediate value (e.g. the validation loss after epoch ``step``)."""
+        self.study._report(self, float(value), int(step))
+
+    def __repr__(self) -> str:
+        return f"Trial(number={self.number}, params={self.params})"
