@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS trials (
     "end" TEXT,
     error TEXT,
     origin TEXT NOT NULL,
-    interrupted INTEGER NOT NULL DEFAULT 0
+    interrupted INTEGER NOT NULL DEFAULT 0,
+    note TEXT
 );
 CREATE TABLE IF NOT EXISTS intermediate (
     trial INTEGER NOT NULL REFERENCES trials(number),
@@ -144,13 +145,14 @@ class Storage:
         origin: str,
         state: TrialState = TrialState.RUNNING,
         value: float | None = None,
+        note: str | None = None,
     ) -> int:
         """Insert a trial with the next 0-based number (inside the caller's transaction)."""
         now = _ts(utcnow())
         number = c.execute("SELECT COALESCE(MAX(number) + 1, 0) FROM trials").fetchone()[0]
         c.execute(
-            'INSERT INTO trials (number, state, params, value, start, "end", origin) '
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            'INSERT INTO trials (number, state, params, value, start, "end", origin, note) '
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 number,
                 state.value,
@@ -159,13 +161,14 @@ class Storage:
                 now,
                 None if state is TrialState.RUNNING else now,
                 origin,
+                note,
             ),
         )
         return int(number)
 
-    def create_trial(self, params: dict[str, Any], origin: Origin) -> int:
+    def create_trial(self, params: dict[str, Any], origin: Origin, note: str | None = None) -> int:
         with self._tx() as c:
-            return self._insert_trial(c, json.dumps(params), origin.value)
+            return self._insert_trial(c, json.dumps(params), origin.value, note=note)
 
     def add_trial(self, params: dict[str, Any], value: float) -> int:
         """A trial evaluated elsewhere, recorded COMPLETE at once."""
@@ -211,7 +214,7 @@ class Storage:
         ):
             inter.setdefault(t, {})[step] = v
         rows = self.conn.execute(
-            'SELECT number, state, params, value, start, "end", error, origin, interrupted '
+            'SELECT number, state, params, value, start, "end", error, origin, interrupted, note '
             "FROM trials ORDER BY number"
         ).fetchall()
         return [
@@ -225,9 +228,10 @@ class Storage:
                 error=error,
                 origin=Origin(origin),
                 interrupted=bool(interrupted),
+                note=note,
                 intermediate=inter.get(n, {}),
             )
-            for n, state, params, value, start, end, error, origin, interrupted in rows
+            for n, state, params, value, start, end, error, origin, interrupted, note in rows
         ]
 
     # -- queue of parameters to try next ---------------------------------------------------

@@ -73,10 +73,15 @@ class Study:
         try:
             self.seed = self._load_or_init_meta(seed)
             self.sampler: Sampler = (
-                make_sampler(sampler, self.seed, dict(sampler_options or {}))
+                make_sampler(sampler, self.seed, dict(sampler_options or {}), mode)
                 if isinstance(sampler, str)
                 else sampler
             )
+            if getattr(self.sampler, "mode", mode) != mode:
+                raise ValueError(
+                    f"the sampler minimizes/maximizes ({self.sampler.mode!r}) "  # type: ignore[attr-defined]
+                    f"unlike the study (mode={mode!r}); give both the same mode"
+                )
         except BaseException:
             self.storage.close()
             raise
@@ -174,7 +179,8 @@ class Study:
             finished = [t for t in trials if t.state.finished]
             pending = [t for t in trials if not t.state.finished]
             params = self.sampler.sample(self.space, finished, pending)
-            number = self.storage.create_trial(params, Origin.SAMPLER)
+            note = getattr(self.sampler, "last_note", None)
+            number = self.storage.create_trial(params, Origin.SAMPLER, note)
         trial = Trial(self, number, params)
         if self.dir is not None:
             trial_dir = self.trial_dir(number)

@@ -40,7 +40,8 @@ class Origin(str, enum.Enum):
 class FrozenTrial:
     """One row of a study, as storage holds it. ``interrupted`` marks a FAILED trial that was
     stopped from outside (Ctrl-C, a dead driver) rather than failed by its objective: it does
-    not count toward ``n_trials``."""
+    not count toward ``n_trials``. ``note`` is what the sampler said of its suggestion (e.g. why
+    the GP fell back to Sobol)."""
 
     number: int
     state: TrialState
@@ -51,6 +52,7 @@ class FrozenTrial:
     error: str | None = None
     origin: Origin = Origin.SAMPLER
     interrupted: bool = False
+    note: str | None = None
     intermediate: dict[int, float] = field(default_factory=dict)
 
     @property
@@ -74,6 +76,7 @@ class FrozenTrial:
             "end": _iso(self.end),
             "duration_s": self.duration_s,
             "error": self.error,
+            "note": self.note,
         }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import Any
 
@@ -10,7 +11,20 @@ from torchtune_hp.samplers.grid import GridSampler
 from torchtune_hp.samplers.random import RandomSampler
 from torchtune_hp.samplers.sobol import SobolSampler
 
-SAMPLERS: dict[str, type] = {cls.name: cls for cls in (RandomSampler, SobolSampler, GridSampler)}
+# name -> "module:Class"; imported on first use so `torchtune-hp ls` never loads GPyTorch.
+SAMPLERS: dict[str, str] = {
+    "random": "torchtune_hp.samplers.random:RandomSampler",
+    "sobol": "torchtune_hp.samplers.sobol:SobolSampler",
+    "grid": "torchtune_hp.samplers.grid:GridSampler",
+    "gp": "torchtune_hp.samplers.gp:GPSampler",
+}
+# Passed by the study itself, not options a recipe sets.
+_NOT_OPTIONS = ("self", "seed", "mode")
+
+
+def sampler_class(name: str) -> type:
+    module, _, cls = SAMPLERS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 class SamplerOptionError(ValueError):
@@ -23,11 +37,14 @@ class SamplerOptionError(ValueError):
 
 def sampler_options(name: str) -> list[str]:
     """The options a sampler accepts besides ``seed``."""
-    params = inspect.signature(SAMPLERS[name].__init__).parameters
-    return [p for p in params if p not in ("self", "seed")]
+    params = inspect.signature(sampler_class(name).__init__).parameters
+    return [p for p in params if p not in _NOT_OPTIONS]
 
 
-def make_sampler(name: str, seed: int, options: dict[str, Any] | None = None) -> Sampler:
+def make_sampler(
+    name: str, seed: int, options: dict[str, Any] | None = None, mode: str = "min"
+) -> Sampler:
+    """A sampler by name; ``mode`` reaches the samplers that model the objective (gp)."""
     if name not in SAMPLERS:
         raise SamplerOptionError(
             "name", f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}"
@@ -39,14 +56,18 @@ def make_sampler(name: str, seed: int, options: dict[str, Any] | None = None) ->
             raise SamplerOptionError(
                 key, f"sampler {name!r} has no option {key!r}; it accepts {allowed or 'none'}"
             )
+    cls = sampler_class(name)
+    if "mode" in inspect.signature(cls.__init__).parameters:
+        options["mode"] = mode
     try:
-        return SAMPLERS[name](seed=seed, **options)
+        return cls(seed=seed, **options)
     except (TypeError, ValueError) as e:
         raise SamplerOptionError(next(iter(options), "name"), f"sampler {name!r}: {e}") from e
 
 
 __all__ = [
     "SAMPLERS",
+    "sampler_class",
     "GridSampler",
     "RandomSampler",
     "Sampler",

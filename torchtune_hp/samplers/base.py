@@ -21,7 +21,10 @@ class SpaceExhausted(Exception):
 
 @runtime_checkable
 class Sampler(Protocol):
-    """What every sampler implements; ``name`` selects it in a recipe (``sampler.name``)."""
+    """What every sampler implements; ``name`` selects it in a recipe (``sampler.name``).
+
+    A sampler may also set ``last_note`` (a string or None) after each ``sample``: the study
+    stores it on the trial, so a fallback (e.g. the GP's) is recorded, never silent."""
 
     name: ClassVar[str]
 
