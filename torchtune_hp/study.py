@@ -154,6 +154,14 @@ class Study:
         assert value is not None
         return value
 
+    def importance(self) -> dict[str, float]:
+        """Each tunable hyperparameter's relevance (shares summing to 1), from the ARD
+        lengthscales of a GP fit to the finished trials, whatever the sampler. On
+        f(x, y) = g(x) + 0.01 h(y) it says that x matters and y does not."""
+        from torchtune_hp.samplers.gp import importance  # GPyTorch loads only when asked
+
+        return importance(self.space, self.trials, self.mode)
+
     # -- ask / tell --------------------------------------------------------------------------
     def enqueue(self, params: Mapping[str, Any]) -> None:
         """Make a following ``ask()`` return ``params`` (e.g. a known-good default first)."""

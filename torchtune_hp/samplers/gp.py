@@ -8,9 +8,11 @@ What the sampler learns from (one documented rule each):
 * FAILED trials (a raising objective, NaN, inf): the worst observed value, so the model is
   steered away from the region that fails. Interrupted trials (Ctrl-C, a dead driver) are
   ignored: their parameters are not at fault.
-* Pending (RUNNING) trials: a "kriging believer" fantasy at the posterior mean, which removes
-  the model's uncertainty there, so ``k`` asks before any tell give ``k`` distinct points; an
-  exact duplicate of an evaluated or pending point is never suggested.
+* Pending (RUNNING) trials: a "constant liar" fantasy (Ginsbourger et al. 2010) at the larger
+  of the posterior mean and the average observed value: the model loses its uncertainty there
+  and expects no improvement, so ``k`` asks before any tell give ``k`` distinct, spread-out
+  points (a pure kriging believer lets them cluster around the incumbent); an exact duplicate
+  of an evaluated or pending point is never suggested.
 
 Numerical failures (a non-PSD kernel matrix after jitter retries, a failed likelihood fit)
 never crash the study: that one suggestion falls back to Sobol, with a warning and the reason
@@ -178,6 +180,8 @@ class GPSampler:
         enc = GPEncoding(space)
         x = enc.from_params(obs.params)
         y = torch.as_tensor(warp(obs.values))
+        if not bool(torch.isfinite(y).all()):
+            raise SurrogateError("the objective values overflow the output warping")
         fit_x, fit_y = x, y
         if len(y) > self.max_fit_points:
             rng = np.random.default_rng([self.seed, k, 1])
@@ -216,8 +220,10 @@ class GPSampler:
         if pending:
             xp = enc.from_params([t.params for t in pending]).to(dev)
             with torch.no_grad():
-                yp, _ = surrogate.posterior(xp)  # kriging believer
-            surrogate.condition(torch.cat([x, xp]), torch.cat([y.to(dev), yp]))
+                yp, _ = surrogate.posterior(xp)
+            # Constant liar, never more optimistic than the model: max(mean, average of y).
+            lie = yp.clamp_min(float(y.mean()))
+            surrogate.condition(torch.cat([x, xp]), torch.cat([y.to(dev), lie]))
         best = float(y.min())
         candidates = self._candidates(enc, x, y, k).to(dev)
 

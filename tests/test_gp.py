@@ -1,0 +1,240 @@
+"""The GP sampler: surrogate accuracy, acquisitions, mixed spaces, pending trials, failures."""
+
+import math
+
+import gpytorch
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from torchtune_hp import Categorical, Fixed, Float, Int, Space, Study, TrialState
+from torchtune_hp.gp.acquisition import acquisition_value, log_h
+from torchtune_hp.gp.encoding import GPEncoding
+from torchtune_hp.gp.surrogate import Surrogate, _ExactGP, neg_mll, warp
+from torchtune_hp.samplers.gp import GPSampler
+
+BRANIN_MIN = 0.397887
+
+
+def branin(p):
+    x1, x2 = p["x1"], p["x2"]
+    b, c, t = 5.1 / (4 * math.pi**2), 5 / math.pi, 1 / (8 * math.pi)
+    return (x2 - b * x1**2 + c * x1 - 6) ** 2 + 10 * (1 - t) * math.cos(x1) + 10
+
+
+def g(x: float) -> float:
+    return math.sin(6 * x) + x * x
+
+
+def test_surrogate_interpolates_a_smooth_function():
+    space = Space({"x": Float(0.0, 1.0)})
+    enc = GPEncoding(space)
+    xs = torch.linspace(0, 1, 12, dtype=torch.float64).unsqueeze(-1)
+    ys = torch.tensor([g(v) for v in xs[:, 0].tolist()], dtype=torch.float64)
+    mu, sd = ys.mean(), ys.std()
+    s = Surrogate(enc, torch.device("cpu"), deterministic=True)
+    s.fit(xs, (ys - mu) / sd)
+    s.condition(xs, (ys - mu) / sd)
+    held = torch.linspace(0.04, 0.96, 23, dtype=torch.float64).unsqueeze(-1)
+    truth = torch.tensor([g(v) for v in held[:, 0].tolist()], dtype=torch.float64)
+    mean, var = s.posterior(held)
+    mean, std = mean * sd + mu, var.sqrt() * sd
+    assert (mean - truth).abs().max() < 0.02
+    assert bool(((truth - mean).abs() <= 3 * std + 1e-9).all())
+
+
+def test_lean_mll_equals_gpytorchs():
+    space = Space({"x": Float(0, 1), "c": Categorical(["a", "b", "c"]), "n": Int(1, 8)})
+    enc = GPEncoding(space)
+    rng = np.random.default_rng(0)
+    x = enc.from_unit(torch.tensor(rng.random((20, 3))))
+    y = torch.tensor(rng.standard_normal(20))
+    model = _ExactGP(x, y, enc, deterministic=False).double()
+    model.covar_module.base_kernel.lengthscale = torch.tensor([0.3, 0.7, 1.1])
+    model.train()
+    mll = gpytorch.mlls.ExactMarginalLogLikelihood(model.likelihood, model)
+    with gpytorch.settings.max_cholesky_size(10_000):
+        theirs = -mll(model(x), y)
+    assert float(neg_mll(model, x, y)) == pytest.approx(float(theirs), rel=1e-9, abs=1e-9)
+
+
+def test_categorical_distance_is_hamming():
+    enc = GPEncoding(Space({"c": Categorical(["a", "b", "c", "d"])}))
+    x = enc.from_params([{"c": "a"}, {"c": "b"}, {"c": "d"}])
+    d2 = torch.cdist(x, x).square()
+    assert d2[0, 1] == pytest.approx(1.0) and d2[0, 2] == pytest.approx(1.0) and d2[0, 0] == 0
+
+
+def test_log_ei_is_finite_where_ei_underflows():
+    z = torch.tensor([-40.0, -10.0, -1.5, 0.0, 2.0], dtype=torch.float64, requires_grad=True)
+    v = log_h(z)
+    assert torch.isfinite(v).all()
+    h = torch.exp(-0.5 * z[2:] ** 2) / math.sqrt(2 * math.pi) + z[2:] * torch.special.ndtr(z[2:])
+    assert v[2:].detach() == pytest.approx(torch.log(h).detach(), rel=1e-9)
+    v.sum().backward()
+    assert torch.isfinite(z.grad).all() and (z.grad > 0).all()
+
+
+@pytest.mark.parametrize("name", ["logei", "ei", "pi", "ucb"])
+def test_acquisitions_prefer_lower_mean_and_more_uncertainty(name):
+    mean = torch.tensor([0.0, -1.0, 0.0], dtype=torch.float64)
+    var = torch.tensor([0.01, 0.01, 1.0], dtype=torch.float64)
+    a = acquisition_value(name, mean, var, best=-0.5, beta=2.0, xi=0.0)
+    assert a[1] > a[0] and a[2] > a[0]
+
+
+def test_warp_keeps_order_and_does_not_let_outliers_flatten_the_rest():
+    y = np.r_[np.linspace(1.0, 2.0, 17), [20.0, 25.0, 30.0]]  # 3 diverging trials, 10x+
+    w = warp(y)
+    assert np.all(np.diff(w) > 0)
+    plain = (y - y.mean()) / y.std()
+    assert w[16] - w[0] > 5 * (plain[16] - plain[0])  # the good trials keep their spread
+    assert w[16] - w[0] > 0.8
+
+
+def test_gp_reaches_branin_regret_below_0_05_in_40_evaluations():
+    study = Study("b", {"x1": Float(-5, 10), "x2": Float(0, 15)}, sampler="gp", seed=0, logdir=None)
+    study.optimize(lambda t: branin(t.params), n_trials=40)
+    assert study.best_value - BRANIN_MIN < 0.05
+    assert all(t.note is None for t in study.trials)  # no fallback happened
+
+
+def test_gp_beats_random_when_only_x_matters_and_importance_says_so():
+    space = {"x": Float(0.0, 1.0), "y": Float(0.0, 1.0)}
+
+    def f(t):
+        return g(t.params["x"]) + 0.01 * math.cos(7 * t.params["y"])
+
+    best = {}
+    for sampler in ("gp", "random"):
+        study = Study(sampler, space, sampler=sampler, seed=3, logdir=None)
+        study.optimize(f, n_trials=20)
+        best[sampler] = study.best_value
+        if sampler == "gp":
+            imp = study.importance()
+    true_min = min(g(x) for x in np.linspace(0, 1, 100001)) - 0.01
+    assert best["gp"] - true_min < 0.01
+    assert best["gp"] < best["random"]
+    assert imp["x"] > 0.8 and imp["y"] < 0.2 and sum(imp.values()) == pytest.approx(1.0)
+
+
+def test_mode_max_maximizes():
+    study = Study(
+        "m",
+        {"x1": Float(-5, 10), "x2": Float(0, 15)},
+        sampler="gp",
+        seed=1,
+        logdir=None,
+        mode="max",
+    )
+    study.optimize(lambda t: -branin(t.params), n_trials=30)
+    assert -study.best_value - BRANIN_MIN < 0.1
+
+
+def test_k_pending_asks_give_k_distinct_spread_out_points():
+    space = {"x": Float(0.0, 1.0), "y": Float(0.0, 1.0)}
+    study = Study("p", space, sampler="gp", seed=0, logdir=None)
+    study.optimize(lambda t: (t.params["x"] - 0.3) ** 2 + (t.params["y"] - 0.6) ** 2, 10)
+    pending = [study.ask() for _ in range(6)]
+    pts = np.array([[t.params["x"], t.params["y"]] for t in pending])
+    dists = np.linalg.norm(pts[:, None] - pts[None], axis=-1)[np.triu_indices(6, 1)]
+    assert len({tuple(p) for p in pts}) == 6
+    assert dists.min() > 0.01
+
+
+def test_every_trial_is_new_in_a_small_discrete_space():
+    space = {"n": Int(1, 4), "c": Categorical(["a", "b", "c"])}  # 12 points
+    study = Study("d", space, sampler="gp", seed=0, logdir=None, sampler_options={"n_init": 3})
+    study.optimize(lambda t: t.params["n"] + (t.params["c"] == "b"), n_trials=12)
+    seen = [(t.params["n"], t.params["c"]) for t in study.trials]
+    assert len(set(seen)) == 12
+    assert study.best_params == {"n": 1, "c": "a"}
+
+
+spaces = st.fixed_dictionaries(
+    {
+        "lr": st.just(Float(1e-5, 1.0, log=True)),
+        "width": st.sampled_from([Int(16, 512, log=True), Int(8, 64, step=8), Int(1, 3)]),
+        "opt": st.sampled_from([Categorical(["sgd", "adam"]), Categorical([True, 1, 2.5, None])]),
+        "drop": st.sampled_from([Float(0.0, 0.5, step=0.1), Float(0.0, 0.5)]),
+        "epochs": st.just(Fixed(3)),
+    }
+)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(space=spaces, seed=st.integers(0, 1000))
+def test_mixed_spaces_only_produce_valid_values(space, seed):
+    study = Study("h", space, sampler="gp", seed=seed, logdir=None, sampler_options={"n_init": 3})
+    sp = Space(space)
+
+    def f(t):
+        p = t.params
+        assert sp.validate(p) == p  # in range, on the step grid, a real choice
+        assert type(p["width"]) is int and p["epochs"] == 3
+        return math.log10(p["lr"]) ** 2 + p["drop"] + (p["opt"] == "sgd") + p["width"] / 512
+
+    study.optimize(f, n_trials=7)
+    assert all(t.state is TrialState.COMPLETE for t in study.trials)
+
+
+def test_a_study_failing_on_half_the_space_converges_to_the_good_half():
+    def f(t):
+        x, y = t.params["x"], t.params["y"]
+        if x > 0.5:
+            raise RuntimeError("diverged")
+        return (x - 0.35) ** 2 + (y - 0.5) ** 2
+
+    study = Study(
+        "f", {"x": Float(0.0, 1.0), "y": Float(0.0, 1.0)}, sampler="gp", seed=0, logdir=None
+    )
+    with pytest.warns(UserWarning, match="diverged"):
+        study.optimize(f, n_trials=30)
+    later = study.trials[10:]
+    failed_later = sum(t.state is TrialState.FAILED for t in later) / len(later)
+    assert study.best_value < 1e-3
+    assert failed_later < 0.25
+
+
+def test_numerical_failure_falls_back_to_sobol_visibly():
+    """Values of 1e300 make the standardization overflow: the suggestion falls back to Sobol
+    with a warning and a recorded reason, and the study goes on."""
+    study = Study(
+        "n",
+        {"x": Float(0.0, 1.0)},
+        sampler="gp",
+        seed=0,
+        logdir=None,
+        sampler_options={"n_init": 2},
+    )
+    study.add({"x": 0.1}, 1e300)
+    study.add({"x": 0.9}, -1e300)
+    study.add({"x": 0.5}, 0.0)
+    with pytest.warns(RuntimeWarning, match="gp fell back to Sobol"):
+        trial = study.ask()
+    frozen = study.tell(trial, 0.5)
+    assert frozen.state is TrialState.COMPLETE and "fell back to Sobol" in frozen.note
+
+
+def test_gp_options_are_checked():
+    for bad, message in [
+        ({"acquisition": "bogus"}, "acquisition must be one of"),
+        ({"beta": -1.0}, "beta must be >= 0"),
+        ({"n_init": 0}, "n_init must be >= 1"),
+        ({"device": "tpu"}, "device must be auto, cpu or cuda"),
+        ({"n_restarts": 0}, "n_restarts must be an integer >= 1"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            GPSampler(**bad)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_surrogate_matches_cpu():
+    space = {"x1": Float(-5, 10), "x2": Float(0, 15)}
+    study = Study("c", space, sampler="gp", seed=0, logdir=None, sampler_options={"device": "cuda"})
+    study.optimize(lambda t: branin(t.params), n_trials=25)
+    assert study.sampler.surrogate.x.device.type == "cuda"
+    assert study.best_value - BRANIN_MIN < 0.2
