@@ -54,6 +54,13 @@ BAD = [
     (mutate("space.x", 0.5), [], "space.x", "valid dictionary"),
     (mutate("sampler", {"name": "annealing"}), [], "sampler.name", "unknown sampler 'annealing'"),
     (mutate("sampler", {"name": "grid", "reso": 3}), [], "sampler.reso", "has no option 'reso'"),
+    (
+        mutate("sampler", {"name": "gp", "n_init": 4, "acquisition": "bogus"}),
+        [],
+        "sampler.acquisition",
+        "acquisition must be one of",
+    ),
+    (mutate("sampler", {"name": "gp", "beta": -1.0}), [], "sampler.beta", "beta must be >= 0"),
     (mutate("objective", None), [], "objective", "Field required"),
     (mutate("objective.function", "missing.py:train"), [], "objective.function", "does not exist"),
     (mutate("objective.function", "fast.py:nope"), [], "objective.function", "no function 'nope'"),

@@ -145,7 +145,7 @@ def trials(study_dir: Path, fmt: str) -> None:
     names = list(meta.get("space", {}))
     table = Table("#", "state", meta.get("metric", "value"), "seconds", *names, "note")
     for t in rows:
-        note = ""
+        note = t.note or ""
         if t.state is TrialState.FAILED and t.error:
             note = t.error.strip().splitlines()[-1]
         dur = "-" if t.duration_s is None else f"{t.duration_s:.1f}"

@@ -146,24 +146,23 @@ class Surrogate:
     def fit(
         self, x: Tensor, y: Tensor, warm: np.ndarray | None = None, max_iter: int = 200
     ) -> Hyper:
-        """Maximize the marginal likelihood; from ``warm`` when given, else from two default
-        starts (short and long lengthscales), keeping the better. ``max_iter=0`` with ``warm``
-        reuses those hyperparameters as they are. Raises SurrogateError."""
+        """Maximize the marginal likelihood from ``warm`` (the previous fit's raw vector) when
+        given; when there is none, or that fit fails, restart from two defaults (short and long
+        lengthscales) and keep the better. ``max_iter=0`` with ``warm`` reuses those
+        hyperparameters as they are. Raises SurrogateError when every start fails."""
         x = x.to(self.device, torch.float64)
         y = y.to(self.device, torch.float64)
         model = _ExactGP(x, y, self.encoding, self.deterministic).to(self.device, torch.float64)
         params = [p for p in model.parameters() if p.requires_grad]
-        starts: list[np.ndarray] = []
-        if warm is not None and warm.size == sum(p.numel() for p in params):
-            starts.append(warm)
-        else:
-            for ls in (0.2, 0.8):
-                model.covar_module.base_kernel.lengthscale = ls * math.sqrt(self.encoding.d)
-                model.covar_module.outputscale = 1.0
-                if not self.deterministic:
-                    model.likelihood.noise = 1e-3
-                model.mean_module.constant.data.fill_(0.0)
-                starts.append(_flat(params))
+        defaults = []
+        for ls in (0.2, 0.8):  # short and long lengthscales, relative to sqrt(d)
+            model.covar_module.base_kernel.lengthscale = ls * math.sqrt(self.encoding.d)
+            model.covar_module.outputscale = 1.0
+            if not self.deterministic:
+                model.likelihood.noise = 1e-3
+            model.mean_module.constant.data.fill_(0.0)
+            defaults.append(_flat(params))
+        usable_warm = warm is not None and warm.size == defaults[0].size
         model.train()
         priors = list(model.named_priors())
 
@@ -176,25 +175,34 @@ class Surrogate:
             grad = np.concatenate([p.grad.detach().cpu().numpy().ravel() for p in params])
             return float(loss.detach()), np.nan_to_num(grad)
 
+        def run(starts: list[np.ndarray], iters: int) -> tuple[float, np.ndarray] | None:
+            best: tuple[float, np.ndarray] | None = None
+            for theta0 in starts:
+                try:
+                    res = minimize(
+                        loss_and_grad,
+                        theta0,
+                        jac=True,
+                        method="L-BFGS-B",
+                        options={"maxiter": iters, "ftol": 1e-6},
+                    )
+                except (SurrogateError, RuntimeError, ValueError) as e:  # NaNs, non-PSD
+                    errors.append(f"{type(e).__name__}: {e}")
+                    continue
+                if np.isfinite(res.fun) and (best is None or res.fun < best[0]):
+                    best = (float(res.fun), res.x)
+            return best
+
+        errors: list[str] = []
         best: tuple[float, np.ndarray] | None = None
-        if max_iter == 0 and len(starts) == 1 and warm is not None:
+        if usable_warm and max_iter == 0:
+            assert warm is not None
             best = (float("nan"), warm)
-            starts = []
-        errors = []
-        for theta0 in starts:
-            try:
-                res = minimize(
-                    loss_and_grad,
-                    theta0,
-                    jac=True,
-                    method="L-BFGS-B",
-                    options={"maxiter": max_iter, "ftol": 1e-6},
-                )
-            except (SurrogateError, RuntimeError, ValueError) as e:  # NaNs, non-PSD matrices
-                errors.append(f"{type(e).__name__}: {e}")
-                continue
-            if np.isfinite(res.fun) and (best is None or res.fun < best[0]):
-                best = (float(res.fun), res.x)
+        elif usable_warm:
+            assert warm is not None
+            best = run([warm], max_iter)
+        if best is None:  # no warm start, or it failed: restart from the defaults
+            best = run(defaults, max(max_iter, 200))
         if best is None:
             raise SurrogateError("marginal-likelihood fit failed: " + "; ".join(errors))
         _assign(params, best[1])

@@ -62,7 +62,9 @@ def make_sampler(
     try:
         return cls(seed=seed, **options)
     except (TypeError, ValueError) as e:
-        raise SamplerOptionError(next(iter(options), "name"), f"sampler {name!r}: {e}") from e
+        named = [k for k in options if str(e).startswith(k)]
+        key = named[0] if named else next(iter(options), "name")
+        raise SamplerOptionError(key, f"sampler {name!r}: {e}") from e
 
 
 __all__ = [
