@@ -248,18 +248,18 @@ class Study:
         included) or the sampler is exhausted. A raising objective fails only its trial (the
         traceback is stored); Ctrl-C marks the running trial FAILED (interrupted), queues its
         parameters for the next run and re-raises ``KeyboardInterrupt``."""
-        while self.n_finished < n_trials:
-            try:
-                trial = self.ask()
-            except SpaceExhausted:
-                return
-            try:
+        try:
+            while self.n_finished < n_trials:
+                try:
+                    trial = self.ask()
+                except SpaceExhausted:
+                    return
                 frozen = self._run_one(objective, trial)
-            except KeyboardInterrupt:
-                self.storage.recover_running(f"{INTERRUPTED} by the user (KeyboardInterrupt)")
-                raise
-            for cb in callbacks:
-                cb(self, frozen)
+                for cb in callbacks:
+                    cb(self, frozen)
+        except KeyboardInterrupt:  # wherever it lands: in the objective, the sampler, a tell
+            self.storage.recover_running(f"{INTERRUPTED} by the user (KeyboardInterrupt)")
+            raise
 
     def _run_one(self, objective: Callable[[Trial], Any], trial: Trial) -> FrozenTrial:
         try:
