@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from torchtune_hp import TuneCallback
+
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
@@ -81,17 +83,6 @@ class DigitsMLP(L.LightningModule):
         )
 
 
-class _ReportEpochs(L.Callback):
-    """Reports ``val_loss`` to the trial after each validation epoch (not the sanity check)."""
-
-    def __init__(self, trial: Any) -> None:
-        self.trial = trial
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking and "val_loss" in trainer.callback_metrics:
-            self.trial.report(float(trainer.callback_metrics["val_loss"]), trainer.current_epoch)
-
-
 def train(
     trial: Any,
     max_epochs: int = 25,
@@ -113,14 +104,7 @@ def train(
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[_ReportEpochs(trial)],
+        callbacks=[TuneCallback(trial, monitor="val_loss")],
     )
     trainer.fit(model, train_dl, val_dl)
     return float(trainer.callback_metrics["val_loss"])
-
-
-if __name__ == "__main__":
-    from types import SimpleNamespace
-
-    default = {"lr": 1e-3, "dropout": 0.1, "weight_decay": 1e-4, "width": 128, "optimizer": "adam"}
-    print("val_loss", train(SimpleNamespace(params=default, report=lambda v, s: None)))

@@ -238,3 +238,25 @@ def test_cuda_surrogate_matches_cpu():
     study.optimize(lambda t: branin(t.params), n_trials=25)
     assert study.sampler.surrogate.x.device.type == "cuda"
     assert study.best_value - BRANIN_MIN < 0.2
+
+
+def test_the_gp_learns_from_pruned_and_failed_trials_as_documented():
+    from torchtune_hp.samplers.gp import observations
+    from torchtune_hp.trial import FrozenTrial
+
+    def t(n, state, value=None, interrupted=False):
+        return FrozenTrial(n, state, {"x": n / 10}, value, interrupted=interrupted)
+
+    obs = observations(
+        [
+            t(0, TrialState.COMPLETE, 1.0),
+            t(1, TrialState.COMPLETE, 3.0),
+            t(2, TrialState.PRUNED, 2.5),  # its last reported value
+            t(3, TrialState.PRUNED),  # pruned before any report: ignored
+            t(4, TrialState.FAILED),  # the worst observed value
+            t(5, TrialState.FAILED, interrupted=True),  # not the objective's fault: ignored
+        ],
+        mode="min",
+    )
+    assert [p["x"] for p in obs.params] == [0.0, 0.1, 0.2, 0.4]
+    assert obs.values.tolist() == [1.0, 3.0, 2.5, 3.0]

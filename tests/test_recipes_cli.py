@@ -222,7 +222,9 @@ def test_digits_mlp_end_to_end(tmp_path):
     assert "best val_loss = " in result.stdout
     study_dir = logdir / "digits_mlp"
     trials = _trials_json(study_dir)
-    assert [t["state"] for t in trials] == ["COMPLETE"] * 3
+    # the recipe prunes with ASHA at 3 reports: later trials may end PRUNED at their last epoch
+    assert trials[0]["state"] == "COMPLETE"
+    assert {t["state"] for t in trials} <= {"COMPLETE", "PRUNED"}
     for t in trials:
         assert 0.0 < t["value"] < 5.0
         assert set(t["params"]) == {"lr", "dropout", "weight_decay", "width", "optimizer"}
@@ -230,7 +232,7 @@ def test_digits_mlp_end_to_end(tmp_path):
     saved = yaml.safe_load((study_dir / "recipe.yaml").read_text())
     assert saved["study"]["trials"] == 3 and saved["logdir"] == str(logdir)
     best = json.loads(run_cli("best", str(study_dir), "--format", "json").stdout)
-    assert best["value"] == min(t["value"] for t in trials)
+    assert best["value"] == min(t["value"] for t in trials if t["state"] == "COMPLETE")
     best_yaml = yaml.safe_load(run_cli("best", str(study_dir), "--format", "yaml").stdout)
     assert best_yaml == best["params"]
     table = run_cli("trials", str(study_dir))

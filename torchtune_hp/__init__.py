@@ -10,6 +10,16 @@ from torchtune_hp.trial import FrozenTrial, Trial, TrialPruned, TrialState
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    """``TuneCallback`` loads Lightning on first use, so ``import torchtune_hp`` stays light."""
+    if name == "TuneCallback":
+        from torchtune_hp.callback import TuneCallback
+
+        return TuneCallback
+    raise AttributeError(f"module 'torchtune_hp' has no attribute {name!r}")
+
+
 __all__ = [
     "Categorical",
     "Fixed",
@@ -27,4 +37,5 @@ __all__ = [
     "Trial",
     "TrialPruned",
     "TrialState",
+    "TuneCallback",
 ]

@@ -6,7 +6,8 @@ the CLI prints it and exits with code 2. Sections::
     description: one line shown by `torchtune-hp ls`
     study:     {name, metric, mode, trials, seed}
     space:     {<param>: {type: float|int|categorical|fixed, ...}}
-    sampler:   {name: random|sobol|grid, <option>: ...}
+    sampler:   {name: gp|random|sobol|grid, <option>: ...}
+    pruner:    {name: none|median|asha, <option>: ...}
     objective: {function: file.py:train | package.module:train}
     train:     {<keyword>: <value>}   # fixed arguments passed to the objective
     logdir:    logs
@@ -28,6 +29,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
+from torchtune_hp.pruners import make_pruner
 from torchtune_hp.samplers import SamplerOptionError, make_sampler
 from torchtune_hp.space import _TYPES, Param, Space
 
@@ -88,6 +90,17 @@ class SamplerSection(BaseModel):
         return dict(self.model_extra or {})
 
 
+class PrunerSection(BaseModel):
+    """``name`` (none | median | asha) plus the pruner's own options."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    name: StrictStr = "none"
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
 class ObjectiveSection(_Section):
     function: StrictStr = Field(pattern=r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -97,6 +110,7 @@ class RecipeModel(_Section):
     study: StudySection
     space: dict[StrictStr, dict[StrictStr, Any]]
     sampler: SamplerSection = SamplerSection()
+    pruner: PrunerSection = PrunerSection()
     objective: ObjectiveSection
     train: dict[StrictStr, Any] = {}
     logdir: StrictStr = "logs"
@@ -181,6 +195,11 @@ def load_recipe(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Reci
         make_sampler(model.sampler.name, 0, model.sampler.options)
     except SamplerOptionError as e:
         raise ConfigError(path, f"sampler.{e.key}", str(e)) from None
+    try:
+        make_pruner(model.pruner.name, model.pruner.options)
+    except ValueError as e:
+        named = [k for k in model.pruner.options if k in str(e)]
+        raise ConfigError(path, f"pruner.{named[0] if named else 'name'}", str(e)) from None
     return Recipe(path=path, model=model, space=space, raw=raw)
 
 

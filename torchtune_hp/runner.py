@@ -22,6 +22,8 @@ def open_study(recipe: Recipe) -> Study:
         mode=m.study.mode,
         metric=m.study.metric,
         sampler_options=m.sampler.options,
+        pruner=m.pruner.name,
+        pruner_options=m.pruner.options,
     )
 
 

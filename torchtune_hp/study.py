@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from torchtune_hp.pruners import Pruner, make_pruner
 from torchtune_hp.samplers import Sampler, SpaceExhausted, make_sampler
 from torchtune_hp.space import Param, Space, space_diff
 from torchtune_hp.storage import Storage
@@ -61,6 +62,8 @@ class Study:
         mode: str = "min",
         metric: str = "value",
         sampler_options: Mapping[str, Any] | None = None,
+        pruner: str | Pruner = "none",
+        pruner_options: Mapping[str, Any] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
@@ -82,6 +85,15 @@ class Study:
                     f"the sampler minimizes/maximizes ({self.sampler.mode!r}) "  # type: ignore[attr-defined]
                     f"unlike the study (mode={mode!r}); give both the same mode"
                 )
+        except BaseException:
+            self.storage.close()
+            raise
+        try:
+            self.pruner: Pruner = (
+                make_pruner(pruner, dict(pruner_options or {}))
+                if isinstance(pruner, str)
+                else pruner
+            )
         except BaseException:
             self.storage.close()
             raise
@@ -229,6 +241,11 @@ class Study:
     def _report(self, trial: Trial, value: float, step: int) -> None:
         self.storage.report(trial.number, step, value)
 
+    def _should_prune(self, trial: Trial) -> bool:
+        trials = self.trials
+        me = next(t for t in trials if t.number == trial.number)
+        return self.pruner.prune(me, [t for t in trials if t.number != trial.number], self.mode)
+
     def _frozen(self, number: int) -> FrozenTrial:
         return next(t for t in self.trials if t.number == number)
 
@@ -270,6 +287,8 @@ class Study:
             tb = traceback.format_exc()
             warnings.warn(f"trial {trial.number} failed: {type(e).__name__}: {e}", stacklevel=3)
             return self.tell(trial, state=TrialState.FAILED, error=tb)
+        if trial.pruned:  # the callback stopped training; the objective returned normally
+            return self.tell(trial, state=TrialState.PRUNED)
         if isinstance(value, Mapping):
             if self.metric not in value:
                 return self.tell(

@@ -91,10 +91,17 @@ class Trial:
         self.study = study
         self.number = number
         self.params = dict(params)
+        self.pruned = False
 
     def report(self, value: float, step: int) -> None:
         """Record an intermediate value (e.g. the validation loss after epoch ``step``)."""
         self.study._report(self, float(value), int(step))
+
+    def should_prune(self) -> bool:
+        """Whether the study's pruner says to stop now, from the values reported so far. A
+        loop that stops on it sets ``trial.pruned = True`` (the callback does) or raises
+        :class:`TrialPruned`; either way the trial ends PRUNED."""
+        return self.study._should_prune(self)
 
     def __repr__(self) -> str:
         return f"Trial(number={self.number}, params={self.params})"

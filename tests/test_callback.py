@@ -1,0 +1,130 @@
+"""TuneCallback with a real Lightning Trainer on a tiny regression task."""
+
+import warnings
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from torchtune_hp import Float, Study, TrialState, TuneCallback
+
+
+class Tiny(L.LightningModule):
+    def __init__(self, lr: float, log_name: str = "val_loss") -> None:
+        super().__init__()
+        self.lr, self.log_name = lr, log_name
+        self.net = nn.Linear(4, 1)
+
+    def training_step(self, batch, _):
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x), y)
+
+    def validation_step(self, batch, _):
+        x, y = batch
+        loss = nn.functional.mse_loss(self.net(x), y)
+        self.log(self.log_name, loss)
+        self.log("val_score", -loss)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def loaders():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 4, generator=g)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]]) + 0.01 * torch.randn(128, 1, generator=g)
+    ds = TensorDataset(x, y)
+    return DataLoader(ds, batch_size=32), DataLoader(ds, batch_size=64)
+
+
+def fit(trial, epochs=6, **cb):
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    callback = TuneCallback(trial, **cb)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=2,
+        accelerator="cpu",
+    )
+    trainer.callbacks.append(callback)
+    torch.manual_seed(0)  # the same initial weights whatever ran before
+    trainer.fit(Tiny(**trial.params), *loaders())
+    return trainer, callback
+
+
+def test_reports_every_epoch_and_skips_the_sanity_check():
+    study = Study("c", {"lr": Float(0.01, 0.1)}, logdir=None)
+    study.enqueue({"lr": 0.05})
+    trainer, cb = fit(study.ask())
+    reports = study.trials[0].intermediate
+    assert sorted(reports) == [0, 1, 2, 3, 4, 5]  # six epochs, no sanity-check report
+    assert reports[5] == pytest.approx(float(trainer.callback_metrics["val_loss"]))
+    assert reports[5] < reports[0] and cb.reports == 6 and not cb.pruned
+
+
+def test_mode_max_and_a_mode_mismatch():
+    study = Study("c", {"lr": Float(0.01, 0.1)}, logdir=None, mode="max", metric="val_score")
+    trial = study.ask()
+    with pytest.raises(ValueError, match="differs from the study's 'max'"):
+        TuneCallback(trial, monitor="val_score", mode="min")
+    fit(trial, monitor="val_score", mode="max")
+    assert max(study.trials[0].intermediate.values()) < 0
+
+
+def test_missing_metric_strict_raises_and_lists_keys():
+    study = Study("c", {"lr": Float(0.01, 0.1)}, logdir=None)
+
+    def objective(trial):
+        fit(trial, monitor="val_los")
+        return 0.0
+
+    with pytest.warns(UserWarning, match="failed"):
+        study.optimize(objective, n_trials=1)
+    t = study.trials[0]
+    assert t.state is TrialState.FAILED
+    assert "'val_los' was not logged; available: ['val_loss', 'val_score']" in t.error
+
+
+def test_missing_metric_not_strict_warns_and_training_goes_on():
+    study = Study("c", {"lr": Float(0.01, 0.1)}, logdir=None)
+    with pytest.warns(RuntimeWarning, match="'val_los' was not logged"):
+        trainer, _ = fit(study.ask(), monitor="val_los", strict=False)
+    assert trainer.current_epoch == 6 and study.trials[0].intermediate == {}
+
+
+def test_asha_prunes_a_deliberately_bad_config_early():
+    study = Study(
+        "c",
+        {"lr": Float(1e-3, 1.0, log=True)},
+        logdir=None,
+        pruner="asha",
+        pruner_options={"min_resource": 1, "eta": 3},
+    )
+    for lr in (0.05, 0.08, 0.1, 1e-3):  # the last barely moves: a bad configuration
+        study.enqueue({"lr": lr})
+
+    def objective(trial):
+        trainer, _ = fit(trial, epochs=9)
+        return trainer.callback_metrics["val_loss"]
+
+    study.optimize(objective, n_trials=4)
+    bad = study.trials[3]
+    assert [t.state for t in study.trials[:3]] == [TrialState.COMPLETE] * 3
+    assert bad.state is TrialState.PRUNED
+    assert len(bad.intermediate) < 9  # stopped before max_epochs
+    assert bad.value == bad.intermediate[max(bad.intermediate)]  # its last report
+
+
+def test_state_dict_round_trip():
+    study = Study("c", {"lr": Float(0.01, 0.1)}, logdir=None)
+    cb = TuneCallback(study.ask())
+    cb.pruned, cb.reports = True, 4
+    other = TuneCallback(study.ask())
+    other.load_state_dict(cb.state_dict())
+    assert (other.pruned, other.reports) == (True, 4)
+    assert cb.state_key == "TuneCallback{'monitor': 'val_loss', 'mode': 'min'}"

@@ -1,0 +1,79 @@
+"""Pruners on synthetic learning curves (pure functions of the reports)."""
+
+import pytest
+
+from torchtune_hp import Float, Study, TrialState
+from torchtune_hp.pruners import ASHAPruner, MedianPruner, make_pruner, value_at
+from torchtune_hp.trial import FrozenTrial
+
+
+def curve(number, values, state=TrialState.COMPLETE):
+    return FrozenTrial(number=number, state=state, params={}, intermediate=dict(enumerate(values)))
+
+
+def test_value_at_is_best_so_far_in_the_mode():
+    t = curve(0, [3.0, 1.0, 2.0])
+    assert value_at(t, 2, "min") == 1.0 and value_at(t, 3, "max") == 3.0
+    assert value_at(t, 4, "min") is None
+
+
+def test_median_prunes_worse_than_median_after_warmup_and_startup():
+    others = [curve(i, [1.0, 0.8, 0.6]) for i in range(4)] + [curve(4, [2.0, 1.9, 1.8])]
+    p = MedianPruner(n_startup=5, n_warmup=1)
+    assert not p.prune(curve(9, [5.0]), others, "min")  # still warming up
+    assert p.prune(curve(9, [5.0, 4.0]), others, "min")
+    assert not p.prune(curve(9, [0.9, 0.7]), others, "min")
+    assert not MedianPruner(n_startup=6).prune(curve(9, [5.0, 4.0]), others, "min")
+    assert not p.prune(curve(9, [5.0, 4.0]), others, "max")  # higher is better there
+
+
+def test_asha_keeps_the_top_third_at_each_rung():
+    p = ASHAPruner(min_resource=1, eta=3)
+    assert p.rungs(10) == [1, 3, 9]
+    others = [curve(i, [v] * 9) for i, v in enumerate([0.1, 0.2, 0.3, 0.4, 0.5])]
+    # at rung 1 with 6 values, the top 2 continue: 0.1 and 0.2 (and a newcomer at 0.15)
+    assert not p.prune(curve(9, [0.15]), others, "min")
+    assert p.prune(curve(9, [0.25]), others, "min")
+    assert not p.prune(curve(9, [0.25, 0.05]), others, "min")  # between rungs: no decision
+    assert not p.prune(curve(9, [0.25, 0.05, 0.01]), others, "min")  # rung 3: best
+    # the first arrivals continue only while they are the best so far
+    assert not p.prune(curve(1, [0.5]), [curve(0, [0.6])], "min")
+    assert p.prune(curve(1, [0.7]), [curve(0, [0.6])], "min")
+    assert p.prune(curve(9, [0.15]), others, "max")
+
+
+def test_failed_trials_do_not_compete():
+    others = [curve(0, [0.1], TrialState.FAILED), curve(1, [0.9])]
+    assert not ASHAPruner(eta=2).prune(curve(9, [0.5]), others, "min")
+
+
+def test_study_prunes_a_bad_trial_through_should_prune():
+    study = Study(
+        "p",
+        {"x": Float(0, 1)},
+        logdir=None,
+        pruner="asha",
+        pruner_options={"min_resource": 1, "eta": 2},
+    )
+
+    def objective(trial):
+        bad = trial.number == 3
+        for step in range(4):
+            trial.report(10.0 + step if bad else 1.0 / (step + 1 + trial.number), step)
+            if trial.should_prune():
+                trial.pruned = True
+                return None
+        return 0.0
+
+    study.optimize(objective, n_trials=4)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED]
+    assert study.trials[3].intermediate == {0: 10.0} and study.trials[3].value == 10.0
+
+
+def test_bad_pruner_options():
+    with pytest.raises(ValueError, match="unknown pruner"):
+        make_pruner("hyperband")
+    with pytest.raises(ValueError, match="eta >= 2"):
+        make_pruner("asha", {"eta": 1})
+    with pytest.raises(ValueError, match="unexpected keyword argument 'rate'"):
+        make_pruner("median", {"rate": 2})

@@ -1,0 +1,129 @@
+"""Pruners: when to stop a trial early. Pure functions of the reported learning curves.
+
+A trial's *resource* is the number of values it has reported (one per validation epoch with
+the callback), so the rules do not depend on how steps are numbered. Values are compared in
+the study's ``mode``; a trial's value at resource ``r`` is its best value among its first ``r``
+reports (what a checkpoint-on-best run would keep).
+
+* ``median`` (Golovin et al. 2017, as Optuna's MedianPruner): after ``n_warmup`` reports, stop
+  a trial whose value is worse than the median of the other trials' values at the same
+  resource, once ``n_startup`` other trials have reached it.
+* ``asha`` (Li et al. 2020, asynchronous successive halving): rungs at ``min_resource *
+  eta**k`` reports; a trial reaching a rung continues only if its value there is in the top
+  ``1/eta`` of every trial that reached that rung (the first ``eta - 1`` arrivals continue if
+  they are the best so far, since a trial cannot be paused and resumed).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from torchtune_hp.trial import FrozenTrial, TrialState
+
+
+@runtime_checkable
+class Pruner(Protocol):
+    name: str
+
+    def prune(self, trial: FrozenTrial, others: Sequence[FrozenTrial], mode: str) -> bool:
+        """Whether ``trial`` (RUNNING, with its reports so far) should stop now."""
+        ...
+
+
+def value_at(trial: FrozenTrial, resource: int, mode: str) -> float | None:
+    """The trial's best value among its first ``resource`` reports; None if it has fewer."""
+    values = [trial.intermediate[s] for s in sorted(trial.intermediate)][:resource]
+    if len(values) < resource or resource < 1:
+        return None
+    return min(values) if mode == "min" else max(values)
+
+
+def _worse(a: float, b: float, mode: str) -> bool:
+    return a > b if mode == "min" else a < b
+
+
+def _competitors(others: Sequence[FrozenTrial], trial: FrozenTrial) -> list[FrozenTrial]:
+    return [
+        t
+        for t in others
+        if t.number != trial.number and t.state is not TrialState.FAILED and t.intermediate
+    ]
+
+
+@dataclass
+class NopPruner:
+    name = "none"
+
+    def prune(self, trial: FrozenTrial, others: Sequence[FrozenTrial], mode: str) -> bool:
+        return False
+
+
+@dataclass
+class MedianPruner:
+    n_startup: int = 5
+    n_warmup: int = 1
+
+    name = "median"
+
+    def __post_init__(self) -> None:
+        if self.n_startup < 1 or self.n_warmup < 0:
+            raise ValueError("n_startup must be >= 1 and n_warmup >= 0")
+
+    def prune(self, trial: FrozenTrial, others: Sequence[FrozenTrial], mode: str) -> bool:
+        r = len(trial.intermediate)
+        mine = value_at(trial, r, mode)
+        if mine is None or r <= self.n_warmup:
+            return False
+        peers = [v for t in _competitors(others, trial) if (v := value_at(t, r, mode)) is not None]
+        if len(peers) < self.n_startup:
+            return False
+        return _worse(mine, statistics.median(peers), mode)
+
+
+@dataclass
+class ASHAPruner:
+    min_resource: int = 1
+    eta: int = 3
+
+    name = "asha"
+
+    def __post_init__(self) -> None:
+        if self.min_resource < 1 or self.eta < 2:
+            raise ValueError("min_resource must be >= 1 and eta >= 2")
+
+    def rungs(self, resource: int) -> list[int]:
+        """The rung resources ``min_resource * eta**k`` up to ``resource``."""
+        out, r = [], self.min_resource
+        while r <= resource:
+            out.append(r)
+            r *= self.eta
+        return out
+
+    def prune(self, trial: FrozenTrial, others: Sequence[FrozenTrial], mode: str) -> bool:
+        resource = len(trial.intermediate)
+        rungs = self.rungs(resource)
+        if not rungs or rungs[-1] != resource:
+            return False  # only decide when the trial arrives at a rung
+        mine = value_at(trial, resource, mode)
+        assert mine is not None
+        peers = [
+            v for t in _competitors(others, trial) if (v := value_at(t, resource, mode)) is not None
+        ]
+        ranked = sorted([*peers, mine], reverse=(mode == "max"))
+        k = max(len(ranked) // self.eta, 1)
+        return _worse(mine, ranked[k - 1], mode)
+
+
+PRUNERS: dict[str, type] = {"none": NopPruner, "median": MedianPruner, "asha": ASHAPruner}
+
+
+def make_pruner(name: str, options: dict | None = None) -> Pruner:
+    if name not in PRUNERS:
+        raise ValueError(f"unknown pruner {name!r}; expected one of {sorted(PRUNERS)}")
+    try:
+        return PRUNERS[name](**(options or {}))
+    except TypeError as e:
+        raise ValueError(f"pruner {name!r}: {e}") from e
