@@ -85,10 +85,6 @@ class Study:
                     f"the sampler minimizes/maximizes ({self.sampler.mode!r}) "  # type: ignore[attr-defined]
                     f"unlike the study (mode={mode!r}); give both the same mode"
                 )
-        except BaseException:
-            self.storage.close()
-            raise
-        try:
             self.pruner: Pruner = (
                 make_pruner(pruner, dict(pruner_options or {}))
                 if isinstance(pruner, str)
