@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -177,7 +178,19 @@ def best(study_dir: Path, fmt: str) -> None:
         click.echo(json.dumps({"number": top.number, "params": top.params, "value": top.value}))
 
 
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+    """Our own warnings (and those about our calls) as one line; other libraries' as usual."""
+    if "torchtune_hp" in str(filename):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
 def main() -> None:
+    warnings.showwarning = _show_warning
     try:
         code = cli.main(standalone_mode=False)
     except (ConfigError, StudyMismatch, StorageError, FileNotFoundError) as e:

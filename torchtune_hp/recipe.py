@@ -22,6 +22,7 @@ import importlib.util
 import inspect
 import re
 import sys
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -29,8 +30,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-from torchtune_hp.pruners import make_pruner
-from torchtune_hp.samplers import SamplerOptionError, make_sampler
+from torchtune_hp.pruners import PRUNERS, make_pruner
+from torchtune_hp.samplers import SamplerOptionError, make_sampler, sampler_options
 from torchtune_hp.space import _TYPES, Param, Space
 
 
@@ -185,7 +186,9 @@ def load_recipe(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Reci
         raise ConfigError(path, "", f"not valid YAML: {e}") from e
     if not isinstance(raw, dict):
         raise ConfigError(path, "", f"expected a mapping of sections, got {type(raw).__name__}")
+    before = {k: (raw.get(k) or {}).get("name") for k in ("sampler", "pruner")}
     apply_overrides(raw, overrides, path)
+    _drop_options_of_a_replaced_choice(raw, before, overrides)
     try:
         model = RecipeModel.model_validate(raw)
     except ValidationError as e:
@@ -201,6 +204,40 @@ def load_recipe(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Reci
         named = [k for k in model.pruner.options if k in str(e)]
         raise ConfigError(path, f"pruner.{named[0] if named else 'name'}", str(e)) from None
     return Recipe(path=path, model=model, space=space, raw=raw)
+
+
+def _drop_options_of_a_replaced_choice(
+    raw: dict[str, Any], before: dict[str, Any], overrides: Sequence[str]
+) -> None:
+    """``sampler.name=random`` on the command line replaces a recipe's ``gp``: the recipe's gp
+    options would make the new sampler fail, so they are dropped, with a warning naming them.
+    Options given on the command line itself are kept and checked as usual."""
+    given = {o.partition("=")[0] for o in overrides}
+    for section in ("sampler", "pruner"):
+        node = raw.get(section)
+        if not isinstance(node, dict) or f"{section}.name" not in given:
+            continue
+        name = node.get("name")
+        if name == before[section]:
+            continue
+        try:
+            if section == "sampler":
+                allowed = set(sampler_options(name))
+            else:
+                allowed = {f.name for f in dataclasses.fields(PRUNERS[name])}
+        except (KeyError, TypeError):
+            continue  # an unknown name: validation reports it
+        dropped = [
+            k for k in node if k != "name" and k not in allowed and f"{section}.{k}" not in given
+        ]
+        for k in dropped:
+            del node[k]
+        if dropped:
+            warnings.warn(
+                f"{section}.name={name} replaces {before[section]!r}: ignoring the recipe's "
+                f"{section} options {dropped}, which {name!r} does not take",
+                stacklevel=3,
+            )
 
 
 def _config_error(path: Path, err: ValidationError) -> ConfigError:
