@@ -80,26 +80,23 @@ class StudySection(_Section):
     seed: StrictInt | None = None
 
 
-class SamplerSection(BaseModel):
-    """``name`` plus the sampler's own options, checked against the sampler itself."""
+class _ChoiceSection(BaseModel):
+    """``name`` plus that choice's own options, which the chosen class itself checks."""
 
     model_config = ConfigDict(extra="allow", strict=True)
+    name: StrictStr
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class SamplerSection(_ChoiceSection):
     name: StrictStr = "random"
 
-    @property
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
 
-
-class PrunerSection(BaseModel):
-    """``name`` (none | median | asha) plus the pruner's own options."""
-
-    model_config = ConfigDict(extra="allow", strict=True)
+class PrunerSection(_ChoiceSection):
     name: StrictStr = "none"
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
 
 
 class ObjectiveSection(_Section):

@@ -242,12 +242,12 @@ class GPSampler:
 
             pool, _ = maximize(acq, enc, candidates, self.n_restarts)
         seen = {_key(p) for p in obs.params} | {_key(t.params) for t in pending}
-        for params in enc.to_params(pool[:64]):
-            if _key(params) not in seen:
-                return params
-        for params in enc.to_params(pool[64:]):
-            if _key(params) not in seen:
-                return params
+        for start in range(
+            0, len(pool), 64
+        ):  # decode lazily: the first chunk nearly always has one
+            for params in enc.to_params(pool[start : start + 64]):
+                if _key(params) not in seen:
+                    return params
         self.last_note = "every candidate was already evaluated or pending: a Sobol point instead"
         return self._sobol(space, k)
 
