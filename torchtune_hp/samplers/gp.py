@@ -242,9 +242,8 @@ class GPSampler:
 
             pool, _ = maximize(acq, enc, candidates, self.n_restarts)
         seen = {_key(p) for p in obs.params} | {_key(t.params) for t in pending}
-        for start in range(
-            0, len(pool), 64
-        ):  # decode lazily: the first chunk nearly always has one
+        # Decode lazily, 64 at a time: the first chunk nearly always holds a new point.
+        for start in range(0, len(pool), 64):
             for params in enc.to_params(pool[start : start + 64]):
                 if _key(params) not in seen:
                     return params
