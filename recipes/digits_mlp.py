@@ -100,7 +100,8 @@ def train(
     trainer = L.Trainer(
         max_epochs=max_epochs,
         accelerator="cpu",
-        logger=False,
+        logger=trial.logger(),  # curves into logs/<study>/trial_NNNN/, beside its HParams row
+        log_every_n_steps=10,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,

@@ -1,42 +1,20 @@
 """TuneCallback with a real Lightning Trainer on a tiny regression task."""
 
+import subprocess
+import sys
+import time
 import warnings
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from tiny_model import Tiny, loaders
 
 from torchtune_hp import Float, Study, TrialState, TuneCallback
+from torchtune_hp.storage import Storage
 
-
-class Tiny(L.LightningModule):
-    def __init__(self, lr: float, log_name: str = "val_loss") -> None:
-        super().__init__()
-        self.lr, self.log_name = lr, log_name
-        self.net = nn.Linear(4, 1)
-
-    def training_step(self, batch, _):
-        x, y = batch
-        return nn.functional.mse_loss(self.net(x), y)
-
-    def validation_step(self, batch, _):
-        x, y = batch
-        loss = nn.functional.mse_loss(self.net(x), y)
-        self.log(self.log_name, loss)
-        self.log("val_score", -loss)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.lr)
-
-
-def loaders():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(128, 4, generator=g)
-    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]]) + 0.01 * torch.randn(128, 1, generator=g)
-    ds = TensorDataset(x, y)
-    return DataLoader(ds, batch_size=32), DataLoader(ds, batch_size=64)
+SCRIPTS = Path(__file__).parent / "scripts"
 
 
 def fit(trial, epochs=6, **cb):
@@ -128,3 +106,37 @@ def test_state_dict_round_trip():
     other.load_state_dict(cb.state_dict())
     assert (other.pruned, other.reports) == (True, 4)
     assert cb.state_key == "TuneCallback{'monitor': 'val_loss', 'mode': 'min'}"
+
+
+def test_ddp_two_processes_on_cpu_prune_without_hanging(tmp_path):
+    """Lightning runs the script again for rank 1; there the study follows rank 0's trials.
+    Both ranks must train the same trials, the bad one must stop early on both, and the whole
+    run must end (bounded by the timeout) with rank 0 alone writing the database."""
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "ddp_study.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    storage = Storage(tmp_path / "ddp" / "study.db", read_only=True)
+    trials = storage.trials()
+    assert [t.state for t in trials] == [
+        TrialState.COMPLETE,
+        TrialState.COMPLETE,
+        TrialState.PRUNED,
+    ]
+    assert len(trials[2].intermediate) == 1  # ASHA's first rung: stopped after one epoch
+    # (trial, epochs trained) per rank: the same trials; the pruned one stopped at epoch 1 of 9.
+    # Rank 1 may still be writing its last line when rank 0 exits: wait for it (bounded).
+    deadline = time.monotonic() + 30
+    while len(lines := (tmp_path / "rank_1.txt").read_text().split("\n")) < 4:
+        assert time.monotonic() < deadline, lines
+        time.sleep(0.2)
+    for rank in (0, 1):
+        text = (tmp_path / f"rank_{rank}.txt").read_text()
+        assert [tuple(map(int, line.split())) for line in text.splitlines()] == [
+            (0, 9),
+            (1, 9),
+            (2, 1),
+        ]

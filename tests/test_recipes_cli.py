@@ -108,7 +108,12 @@ def test_switching_the_sampler_on_the_command_line_drops_the_old_options_visibly
         "warning: sampler.name=random replaces 'gp': ignoring the recipe's sampler "
         "options ['acquisition']" in result.stderr
     )
-    assert "pruner" not in result.stderr  # its options (none) stay valid
+    assert (
+        "warning: pruner.name=median replaces 'asha': ignoring the recipe's pruner "
+        "options ['min_resource', 'eta']" in result.stderr
+    )
+    same = run_cli("validate", "digits_mlp", "pruner.min_resource=2")  # same name: no warning
+    assert same.returncode == 0 and "warning" not in same.stderr
     strict = run_cli("validate", "digits_mlp", "sampler.name=random", "sampler.beta=3")
     assert (
         strict.returncode == 2 and "sampler.beta: sampler 'random' has no option" in strict.stderr

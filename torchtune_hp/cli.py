@@ -45,16 +45,18 @@ def run(recipe: str, overrides: tuple[str, ...]) -> None:
     """
     from torchtune_hp.runner import run_recipe
 
-    study = run_recipe(load_recipe(recipe, overrides))
-    try:
-        best = study.best_trial
-    except ValueError:
-        click.echo(f"no trial completed; see torchtune-hp trials {study.dir}")
-        return
-    click.echo(
-        f"best {study.metric} = {best.value:.6g} (trial {best.number}) with {best.params}\n"
-        f"trials: torchtune-hp trials {study.dir}    best config: torchtune-hp best {study.dir}"
-    )
+    with run_recipe(load_recipe(recipe, overrides)) as study:
+        try:
+            best = study.best_trial
+        except ValueError:
+            click.echo(f"no trial completed; see torchtune-hp trials {study.dir}")
+            return
+        click.echo(
+            f"best {study.metric} = {best.value:.6g} (trial {best.number}) with {best.params}\n"
+            f"trials: torchtune-hp trials {study.dir}    best config: torchtune-hp best "
+            f"{study.dir}\n"
+            f"dashboard: tensorboard --logdir {study.dir}"
+        )
 
 
 @cli.command(name="ls")

@@ -10,6 +10,7 @@ the CLI prints it and exits with code 2. Sections::
     pruner:    {name: none|median|asha, <option>: ...}
     objective: {function: file.py:train | package.module:train}
     train:     {<keyword>: <value>}   # fixed arguments passed to the objective
+    tensorboard: {enabled: true, images_every: 5}
     logdir:    logs
 """
 
@@ -28,7 +29,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 
 from torchtune_hp.pruners import PRUNERS, make_pruner
 from torchtune_hp.samplers import SamplerOptionError, make_sampler, sampler_options
@@ -103,6 +112,11 @@ class ObjectiveSection(_Section):
     function: StrictStr = Field(pattern=r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$")
 
 
+class TensorBoardSection(_Section):
+    enabled: StrictBool = True
+    images_every: StrictInt = Field(5, ge=0)  # GP pictures every N trials; 0 = never
+
+
 class RecipeModel(_Section):
     description: StrictStr = ""
     study: StudySection
@@ -111,6 +125,7 @@ class RecipeModel(_Section):
     pruner: PrunerSection = PrunerSection()
     objective: ObjectiveSection
     train: dict[StrictStr, Any] = {}
+    tensorboard: TensorBoardSection = TensorBoardSection()
     logdir: StrictStr = "logs"
 
 

@@ -24,6 +24,8 @@ def open_study(recipe: Recipe) -> Study:
         sampler_options=m.sampler.options,
         pruner=m.pruner.name,
         pruner_options=m.pruner.options,
+        tensorboard=m.tensorboard.enabled,
+        images_every=m.tensorboard.images_every,
     )
 
 
@@ -35,11 +37,15 @@ def run_recipe(recipe: Recipe) -> Study:
     study = open_study(recipe)
     assert study.dir is not None
     (study.dir / "recipe.yaml").write_text(f"# resolved from {recipe.path}\n{recipe.resolved_yaml}")
-    with ProgressView(study, recipe.model.study.trials) as view:
+    try:
+        with ProgressView(study, recipe.model.study.trials) as view:
 
-        def run_trial(trial: Trial) -> Any:
-            view.trial_started(trial)
-            return objective(trial, **train)
+            def run_trial(trial: Trial) -> Any:
+                view.trial_started(trial)
+                return objective(trial, **train)
 
-        study.optimize(run_trial, recipe.model.study.trials, callbacks=[view.trial_finished])
+            study.optimize(run_trial, recipe.model.study.trials, callbacks=[view.trial_finished])
+    except BaseException:
+        study.close()
+        raise
     return study

@@ -4,12 +4,23 @@
 exists: finished trials are kept, trials left RUNNING by a dead process are marked FAILED
 (interrupted) and their parameters tried once more, and ``n_trials`` is the study's total, so
 running ``optimize(f, n_trials=30)`` twice still ends at 30.
+
+In a distributed training job (Lightning's ``strategy="ddp"`` runs the script again for every
+rank but 0), a study opened on another rank than 0 is a *follower*: it reads the database
+without taking the driver's lock, its ``ask()`` returns the trial rank 0 is running, and its
+``tell``/``report`` write nothing. So the same script tunes a DDP model unchanged: every rank
+trains the same trial, rank 0 alone records it, and the callback shares the prune decision.
+
+TensorBoard: each trial's run and the study-level run are written as the trials progress (see
+:mod:`torchtune_hp.board`); ``tensorboard=False`` turns that off.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import sqlite3
+import time
 import traceback
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from torchtune_hp.board import StudyBoard
+from torchtune_hp.distributed import is_follower_rank
 from torchtune_hp.pruners import Pruner, make_pruner
 from torchtune_hp.samplers import Sampler, SpaceExhausted, make_sampler
 from torchtune_hp.space import Param, Space, space_diff
@@ -49,6 +62,22 @@ def best_of(trials: Sequence[FrozenTrial], mode: str) -> FrozenTrial | None:
     return min(done, key=lambda t: (sign * float(t.value or 0.0), t.number), default=None)
 
 
+def _wait_for_database(path: Path, timeout_s: float = 60.0) -> Storage:
+    """A follower opens rank 0's database read-only, once rank 0 has created it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            storage = Storage(path, read_only=True)
+            if storage.get_meta():
+                return storage
+            storage.close()
+        except (FileNotFoundError, sqlite3.OperationalError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path}: rank 0 did not create the study within {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
 class Study:
     """A named search over ``space``; see the module docstring for what resuming does."""
 
@@ -64,15 +93,28 @@ class Study:
         sampler_options: Mapping[str, Any] | None = None,
         pruner: str | Pruner = "none",
         pruner_options: Mapping[str, Any] | None = None,
+        tensorboard: bool = True,
+        images_every: int = 5,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        if isinstance(images_every, bool) or not isinstance(images_every, int) or images_every < 0:
+            raise ValueError(f"images_every must be an integer >= 0, got {images_every!r}")
         self.name = name
         self.space = Space.of(space)
         self.mode = mode
         self.metric = metric
         self.dir = None if logdir is None else Path(logdir) / name
-        self.storage = Storage(None if self.dir is None else self.dir / "study.db")
+        self.follower = self.dir is not None and is_follower_rank()
+        self._followed: int | None = None  # the last trial a follower returned from ask()
+        self._target: int | None = None  # n_trials of the running optimize(), for followers
+        if self.follower:
+            assert self.dir is not None
+            self.storage = _wait_for_database(self.dir / "study.db")
+        else:
+            self.storage = Storage(None if self.dir is None else self.dir / "study.db")
+        self.board: StudyBoard | None = None
+        self.images_every = images_every
         try:
             self.seed = self._load_or_init_meta(seed)
             self.sampler: Sampler = (
@@ -93,6 +135,13 @@ class Study:
         except BaseException:
             self.storage.close()
             raise
+        self.recovered: list[int] = []
+        if self.follower:
+            return
+        if tensorboard and self.dir is not None:
+            self.board = StudyBoard(self.dir, self.space, metric, mode)
+            if self._created:
+                self.board.write_experiment(f"torchtune_hp study {name!r}")
         self.recovered = self.storage.recover_running(
             f"{INTERRUPTED}: the process running this trial died; its parameters are retried once"
         )
@@ -105,6 +154,9 @@ class Study:
 
     def _load_or_init_meta(self, seed: int | None) -> int:
         meta = self.storage.get_meta()
+        self._created = not meta
+        if self.follower:
+            return int(meta["seed"])
         if not meta:
             seed = random.randrange(2**31) if seed is None else seed
             self.storage.set_meta(
@@ -187,7 +239,10 @@ class Study:
         """Start a trial: queued parameters first, else the sampler's suggestion.
 
         Raises :class:`SpaceExhausted` when the sampler has nothing left (a finished grid)."""
+        if self.follower:
+            return self._follow()
         popped = self.storage.pop_queue_into_trial()
+        sampled = popped is None
         if popped is not None:
             number, params, _ = popped
         else:
@@ -202,7 +257,36 @@ class Study:
             trial_dir = self.trial_dir(number)
             trial_dir.mkdir(parents=True, exist_ok=True)
             (trial_dir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        if self.board is not None:
+            self.board.trial_started(number, params)
+            explain = getattr(self.sampler, "explain", None)
+            if sampled and explain and self.images_every and number % self.images_every == 0:
+                explanation = explain()
+                if explanation is not None:
+                    self.board.explained(explanation, number)
         return trial
+
+    def _follow(self, poll_s: float = 0.05, timeout_s: float = 600.0) -> Trial:
+        """A follower's ask(): the trial rank 0 runs now (the first call) or the next one it
+        starts; SpaceExhausted once rank 0's study holds ``n_trials``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            trials = self.trials
+            if self._followed is None:
+                running = [t for t in trials if t.state is TrialState.RUNNING]
+                nxt = running[-1] if running else None
+            else:
+                nxt = next((t for t in trials if t.number > self._followed), None)
+            if nxt is not None:
+                self._followed = nxt.number
+                return Trial(self, nxt.number, nxt.params)
+            if self._target is not None and sum(t.counts for t in trials) >= self._target:
+                raise SpaceExhausted("rank 0 finished the study")
+            time.sleep(poll_s)
+        raise TimeoutError(
+            f"{self.dir}: rank 0 started no new trial within {timeout_s:.0f} s "
+            "(this process follows rank 0 of a distributed job)"
+        )
 
     def tell(
         self,
@@ -216,6 +300,8 @@ class Study:
         A NaN or infinite value leaves the trial FAILED with the reason stored; a PRUNED trial
         keeps its last reported value."""
         number = trial if isinstance(trial, int) else trial.number
+        if self.follower:
+            return self._frozen(number)
         st = TrialState(state.upper()) if isinstance(state, str) else state
         st = st or TrialState.COMPLETE
         if st is TrialState.RUNNING:
@@ -232,12 +318,22 @@ class Study:
         elif st is TrialState.FAILED:
             val = None
         self.storage.finish_trial(number, st, val, error)
-        return self._frozen(number)
+        frozen = self._frozen(number)
+        if self.board is not None:
+            best = best_of(self.trials, self.mode)
+            self.board.trial_finished(frozen, None if best is None else best.value)
+        return frozen
 
     def _report(self, trial: Trial, value: float, step: int) -> None:
+        if self.follower:
+            return
         self.storage.report(trial.number, step, value)
+        if self.board is not None:
+            self.board.reported(trial.number, step, value)
 
     def _should_prune(self, trial: Trial) -> bool:
+        if self.follower:
+            return False
         trials = self.trials
         me = next(t for t in trials if t.number == trial.number)
         return self.pruner.prune(me, [t for t in trials if t.number != trial.number], self.mode)
@@ -261,8 +357,9 @@ class Study:
         included) or the sampler is exhausted. A raising objective fails only its trial (the
         traceback is stored); Ctrl-C marks the running trial FAILED (interrupted), queues its
         parameters for the next run and re-raises ``KeyboardInterrupt``."""
+        self._target = n_trials
         try:
-            while self.n_finished < n_trials:
+            while self.follower or self.n_finished < n_trials:
                 try:
                     trial = self.ask()
                 except SpaceExhausted:
@@ -271,7 +368,10 @@ class Study:
                 for cb in callbacks:
                     cb(self, frozen)
         except KeyboardInterrupt:  # wherever it lands: in the objective, the sampler, a tell
-            self.storage.recover_running(f"{INTERRUPTED} by the user (KeyboardInterrupt)")
+            if not self.follower:
+                self.storage.recover_running(f"{INTERRUPTED} by the user (KeyboardInterrupt)")
+            if self.board is not None:
+                self.board.close()
             raise
 
     def _run_one(self, objective: Callable[[Trial], Any], trial: Trial) -> FrozenTrial:
@@ -300,6 +400,8 @@ class Study:
             return self.tell(trial, state=TrialState.FAILED, error=str(e))
 
     def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
         self.storage.close()
 
     def __enter__(self) -> Study:

@@ -33,9 +33,11 @@ import torch
 from torchtune_hp.gp.acquisition import ACQUISITIONS, acquisition_value
 from torchtune_hp.gp.encoding import GPEncoding
 from torchtune_hp.gp.optimize import maximize
+from torchtune_hp.gp.slices import explain as explain_slices
 from torchtune_hp.gp.surrogate import Surrogate, SurrogateError, warp
 from torchtune_hp.gp.threads import torch_threads
 from torchtune_hp.samplers.base import own_draws
+from torchtune_hp.samplers.explain import Explanation
 from torchtune_hp.samplers.sobol import sobol_points
 from torchtune_hp.space import Space
 from torchtune_hp.trial import FrozenTrial, TrialState
@@ -150,6 +152,7 @@ class GPSampler:
         self.mode = mode
         self.last_note: str | None = None
         self.surrogate: Surrogate | None = None
+        self._view: dict[str, Any] | None = None  # the last GP suggestion, for explain()
         self._last_fit: dict[int, tuple[np.ndarray, int]] = {}  # width -> (raw hyper, n)
 
     # -- the interface -----------------------------------------------------------------------
@@ -157,6 +160,7 @@ class GPSampler:
         self, space: Space, trials: Sequence[FrozenTrial], pending: Sequence[FrozenTrial]
     ) -> dict[str, Any]:
         self.last_note = None
+        self._view = None
         k = own_draws(trials, pending)
         obs = observations(trials, self.mode)
         n_init = self.n_init or default_n_init(space.dim)
@@ -246,9 +250,38 @@ class GPSampler:
         for start in range(0, len(pool), 64):
             for params in enc.to_params(pool[start : start + 64]):
                 if _key(params) not in seen:
+                    self._view = {"space": space, "obs": obs, "y": y, "best": best, "next": params}
                     return params
         self.last_note = "every candidate was already evaluated or pending: a Sobol point instead"
         return self._sobol(space, k)
+
+    def explain(self, n_points: int = 80) -> Explanation | None:
+        """Slices of the model behind the last suggestion (see :mod:`torchtune_hp.gp.slices`);
+        None when that suggestion did not come from the GP (initial design, fallback)."""
+        if self._view is None or self.surrogate is None:
+            return None
+        v, surrogate = self._view, self.surrogate
+        name = "logei" if self.acquisition == "thompson" else self.acquisition
+        label = {"logei": "log EI", "ei": "EI", "pi": "log PI", "ucb": f"UCB (beta={self.beta})"}
+
+        def acq(xq: torch.Tensor) -> torch.Tensor:
+            mean, var = surrogate.posterior(xq)
+            return acquisition_value(name, mean, var, v["best"], self.beta, self.xi)
+
+        with torch_threads(1):
+            return explain_slices(
+                v["space"],
+                surrogate,
+                v["obs"].params,
+                v["obs"].values,
+                v["y"].cpu().numpy(),
+                v["next"],
+                acq,
+                label[name],
+                lengthscale_shares(v["space"], surrogate),
+                sign=1.0 if self.mode == "min" else -1.0,
+                n_points=n_points,
+            )
 
     def _candidates(
         self, enc: GPEncoding, x: torch.Tensor, y: torch.Tensor, k: int
@@ -268,20 +301,25 @@ class GPSampler:
         return torch.cat([global_x, enc.snap(local)])
 
 
+def lengthscale_shares(space: Space, surrogate: Surrogate) -> dict[str, float]:
+    """``1/l_j`` of the fitted ARD lengthscales, normalized to sum to 1."""
+    assert surrogate.hyper is not None
+    inv = 1.0 / surrogate.hyper.lengthscale.cpu().double()
+    share = (inv / inv.sum()).tolist()
+    return dict(zip(space.tunable, share, strict=True))
+
+
 def importance(space: Space, trials: Sequence[FrozenTrial], mode: str = "min") -> dict[str, float]:
-    """Each tunable parameter's relevance, from the fitted ARD lengthscales: ``1/l_j``
-    normalized to sum to 1. A parameter the objective ignores gets a long lengthscale and a
-    share near 0."""
+    """Each tunable parameter's relevance, from the fitted ARD lengthscales (see
+    :func:`lengthscale_shares`). A parameter the objective ignores gets a long lengthscale and
+    a share near 0."""
     obs = observations(trials, mode)
     if len(obs.values) < 3:
         raise ValueError("importance needs at least 3 finished trials")
     sampler = GPSampler(device="cpu")
     with torch_threads(1):
         surrogate, _ = sampler.fit(space, obs)
-    assert surrogate.hyper is not None
-    inv = 1.0 / surrogate.hyper.lengthscale.cpu().double()
-    share = (inv / inv.sum()).tolist()
-    return dict(zip(space.tunable, share, strict=True))
+    return lengthscale_shares(space, surrogate)
 
 
 __all__ = ["GPSampler", "importance", "observations"]
