@@ -42,6 +42,23 @@ def digits_loaders(
     )
 
 
+class DigitsData(L.LightningDataModule):
+    """The same split as :func:`digits_loaders`, as a DataModule (for LightningCLI scripts)."""
+
+    def __init__(self, batch_size: int = 64, val_fraction: float = 0.25, seed: int = 0) -> None:
+        super().__init__()
+        self.batch_size, self.val_fraction, self.seed = batch_size, val_fraction, seed
+
+    def setup(self, stage: str) -> None:
+        self.loaders = digits_loaders(self.batch_size, self.val_fraction, self.seed)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loaders[0]
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loaders[1]
+
+
 class DigitsMLP(L.LightningModule):
     """64 -> width -> width -> 10 with ReLU and dropout; logs ``val_loss`` (cross-entropy)."""
 

@@ -3,6 +3,7 @@
 Data flows one way: space -> sampler -> study (driver) -> trial -> storage.
 """
 
+from torchtune_hp.remote import report
 from torchtune_hp.samplers import GridSampler, RandomSampler, Sampler, SobolSampler, SpaceExhausted
 from torchtune_hp.space import Categorical, Fixed, Float, Int, Space
 from torchtune_hp.study import Study, StudyMismatch
@@ -38,4 +39,5 @@ __all__ = [
     "TrialPruned",
     "TrialState",
     "TuneCallback",
+    "report",
 ]

@@ -15,16 +15,38 @@ from typing import Any
 
 import lightning as L
 
-from torchtune_hp.trial import Trial
+from torchtune_hp.remote import current_trial
 
 
 class TuneCallback(L.Callback):
+    """``trial`` defaults to the running one: the in-process trial, or in a script launched by
+    the subprocess executor the trial named by its environment, so a LightningCLI script gets
+    it with ``--trainer.callbacks+=torchtune_hp.TuneCallback`` and no code change. ``monitor``
+    defaults to the study's metric (``val_loss`` when the study's is the generic ``value``) and
+    ``mode`` to the study's."""
+
     def __init__(
-        self, trial: Trial, monitor: str = "val_loss", mode: str = "min", strict: bool = True
+        self,
+        trial: Any = None,
+        monitor: str | None = None,
+        mode: str | None = None,
+        strict: bool = True,
     ) -> None:
+        if trial is None:
+            trial = current_trial()
+            if trial is None:
+                raise ValueError(
+                    "TuneCallback() without a trial runs only inside a study: pass "
+                    "TuneCallback(trial) or launch the script with torchtune-hp"
+                )
+        study = getattr(trial, "study", None)
+        study_metric = getattr(study, "metric", None) or getattr(trial, "metric", "value")
+        study_mode = getattr(study, "mode", None) or getattr(trial, "mode", "min")
+        if monitor is None:
+            monitor = "val_loss" if study_metric == "value" else study_metric
+        mode = mode or study_mode
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-        study_mode = getattr(getattr(trial, "study", None), "mode", mode)
         if mode != study_mode:
             raise ValueError(f"TuneCallback(mode={mode!r}) differs from the study's {study_mode!r}")
         self.trial = trial

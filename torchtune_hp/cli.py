@@ -109,8 +109,10 @@ def validate(path: str, overrides: tuple[str, ...]) -> None:
     Example:
       torchtune-hp validate recipes/digits_mlp.yaml study.trials=5
     """
+    from torchtune_hp.executors.spec import check_objective
+
     recipe = load_recipe(path, overrides)
-    recipe.objective()
+    check_objective(recipe)
     m = recipe.model
     click.echo(
         f"{recipe.path}: OK — study {m.study.name!r}, {len(recipe.space)} parameters, "

@@ -9,8 +9,11 @@ the CLI prints it and exits with code 2. Sections::
     sampler:   {name: gp|random|sobol|grid, <option>: ...}
     pruner:    {name: none|median|asha, <option>: ...}
     objective: {function: file.py:train | package.module:train}
+               or {command: [python, train.py], args: argparse|equals|hydra|lightning_cli,
+                   rename: {lr: model.learning_rate}, metric_regex: ..., timeout: 600}
     train:     {<keyword>: <value>}   # fixed arguments passed to the objective
     tensorboard: {enabled: true, images_every: 5}
+    executor:  {workers: 1, devices: auto|cpu|[0, 1], trials_per_device: 1, devices_per_trial: 1}
     logdir:    logs
 """
 
@@ -37,6 +40,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    model_validator,
 )
 
 from torchtune_hp.pruners import PRUNERS, make_pruner
@@ -109,7 +113,29 @@ class PrunerSection(_ChoiceSection):
 
 
 class ObjectiveSection(_Section):
-    function: StrictStr = Field(pattern=r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$")
+    """Either ``function`` (called in-process, or in worker processes when
+    ``executor.workers > 1``) or ``command`` (a script run per trial; see
+    :mod:`torchtune_hp.executors.argv` for ``args`` and ``rename``)."""
+
+    function: StrictStr | None = Field(None, pattern=r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$")
+    command: list[StrictStr] | None = Field(None, min_length=1)
+    args: Literal["argparse", "equals", "hydra", "lightning_cli"] = "argparse"
+    rename: dict[StrictStr, StrictStr] = {}
+    metric_regex: StrictStr | None = None
+    timeout: float | None = Field(None, gt=0)  # seconds per trial, then the trial is killed
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ObjectiveSection:
+        if (self.function is None) == (self.command is None):
+            raise ValueError("give exactly one of objective.function and objective.command")
+        return self
+
+
+class ExecutorSection(_Section):
+    workers: StrictInt = Field(1, ge=1)
+    devices: Literal["auto", "cpu"] | list[StrictInt | StrictStr] = "auto"
+    trials_per_device: StrictInt = Field(1, ge=1)
+    devices_per_trial: StrictInt = Field(1, ge=1)
 
 
 class TensorBoardSection(_Section):
@@ -126,6 +152,7 @@ class RecipeModel(_Section):
     objective: ObjectiveSection
     train: dict[StrictStr, Any] = {}
     tensorboard: TensorBoardSection = TensorBoardSection()
+    executor: ExecutorSection = ExecutorSection()
     logdir: StrictStr = "logs"
 
 
@@ -143,7 +170,9 @@ class Recipe:
         return yaml.safe_dump(self.raw, sort_keys=False)
 
     def objective(self) -> Callable[..., Any]:
-        return load_objective(self.path, self.model.objective.function, self.model.train)
+        function = self.model.objective.function
+        assert function is not None, "a command objective has no function"
+        return load_objective(self.path, function, self.model.train)
 
 
 # -- loading ------------------------------------------------------------------------------

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from torchtune_hp.executors.devices import device_slots
+from torchtune_hp.executors.pool import ProcessPool
+from torchtune_hp.executors.spec import launch_spec
 from torchtune_hp.progress import ProgressView
 from torchtune_hp.recipe import Recipe
 from torchtune_hp.study import Study
@@ -29,22 +32,41 @@ def open_study(recipe: Recipe) -> Study:
     )
 
 
+def in_process(recipe: Recipe) -> bool:
+    """A function objective with one worker runs in the driver's process (fast, debuggable);
+    commands and several workers run as processes (:mod:`torchtune_hp.executors.pool`)."""
+    return recipe.model.objective.function is not None and recipe.model.executor.workers == 1
+
+
 def run_recipe(recipe: Recipe) -> Study:
     """Run until the study holds ``study.trials`` finished trials. The resolved recipe is
     written beside the database (the latest run's, overrides applied)."""
-    objective = recipe.objective()
-    train = recipe.model.train
+    m = recipe.model
+    if in_process(recipe):
+        objective = recipe.objective()
+    else:
+        spec = launch_spec(recipe)
+        ex = m.executor
+        slots = device_slots(ex.devices, ex.workers, ex.trials_per_device, ex.devices_per_trial)
     study = open_study(recipe)
     assert study.dir is not None
     (study.dir / "recipe.yaml").write_text(f"# resolved from {recipe.path}\n{recipe.resolved_yaml}")
     try:
-        with ProgressView(study, recipe.model.study.trials) as view:
+        with ProgressView(study, m.study.trials) as view:
+            if in_process(recipe):
 
-            def run_trial(trial: Trial) -> Any:
-                view.trial_started(trial)
-                return objective(trial, **train)
+                def run_trial(trial: Trial) -> Any:
+                    view.trial_started(trial)
+                    return objective(trial, **m.train)
 
-            study.optimize(run_trial, recipe.model.study.trials, callbacks=[view.trial_finished])
+                study.optimize(run_trial, m.study.trials, callbacks=[view.trial_finished])
+            else:
+                pool = ProcessPool(study, spec, ex.workers, slots)
+                pool.run(m.study.trials, view.trial_started, [view.trial_finished])
+    except KeyboardInterrupt:
+        study.interrupted()
+        study.close()
+        raise
     except BaseException:
         study.close()
         raise

@@ -32,6 +32,7 @@ import yaml
 from torchtune_hp.board import StudyBoard
 from torchtune_hp.distributed import is_follower_rank
 from torchtune_hp.pruners import Pruner, make_pruner
+from torchtune_hp.remote import CURRENT
 from torchtune_hp.samplers import Sampler, SpaceExhausted, make_sampler
 from torchtune_hp.space import Param, Space, space_diff
 from torchtune_hp.storage import Storage
@@ -368,13 +369,19 @@ class Study:
                 for cb in callbacks:
                     cb(self, frozen)
         except KeyboardInterrupt:  # wherever it lands: in the objective, the sampler, a tell
-            if not self.follower:
-                self.storage.recover_running(f"{INTERRUPTED} by the user (KeyboardInterrupt)")
-            if self.board is not None:
-                self.board.close()
+            self.interrupted()
             raise
 
+    def interrupted(self) -> None:
+        """After Ctrl-C: the running trials become FAILED (interrupted), their parameters are
+        queued for the next run, and their TensorBoard sessions end."""
+        if not self.follower:
+            self.storage.recover_running(f"{INTERRUPTED} by the user (KeyboardInterrupt)")
+        if self.board is not None:
+            self.board.close()
+
     def _run_one(self, objective: Callable[[Trial], Any], trial: Trial) -> FrozenTrial:
+        token = CURRENT.set(trial)  # for torchtune_hp.report() and TuneCallback()
         try:
             value = objective(trial)
         except TrialPruned:
@@ -383,6 +390,8 @@ class Study:
             tb = traceback.format_exc()
             warnings.warn(f"trial {trial.number} failed: {type(e).__name__}: {e}", stacklevel=3)
             return self.tell(trial, state=TrialState.FAILED, error=tb)
+        finally:
+            CURRENT.reset(token)
         if trial.pruned:  # the callback stopped training; the objective returned normally
             return self.tell(trial, state=TrialState.PRUNED)
         if isinstance(value, Mapping):

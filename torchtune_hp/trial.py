@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -104,24 +105,26 @@ class Trial:
         return self.study._should_prune(self)
 
     def logger(self, **options: Any) -> Any:
-        """A Lightning ``TensorBoardLogger`` that writes into this trial's run folder,
-        ``logs/<study>/trial_NNNN/`` (no ``version_N`` sub-run), beside the trial's HParams
-        session. ``options`` go to ``TensorBoardLogger`` as given (``log_graph``, ``prefix``,
-        ``sub_dir``...); ``default_hp_metric`` is off unless asked for, so no ``hp_metric = -1``
-        column appears in the HParams table."""
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        from torchtune_hp.board import trial_run_name
-
+        """A Lightning ``TensorBoardLogger`` into this trial's run folder (see
+        :func:`trial_logger`)."""
         if self.study.dir is None:
             raise ValueError("trial.logger() needs a study with a logdir (logdir=None keeps none)")
-        fixed = sorted({"save_dir", "name", "version"} & set(options))
-        if fixed:
-            raise TypeError(f"trial.logger() chooses {fixed} itself (the trial's run folder)")
-        options.setdefault("default_hp_metric", False)
-        return TensorBoardLogger(
-            save_dir=str(self.study.dir), name=trial_run_name(self.number), version="", **options
-        )
+        return trial_logger(self.study.trial_dir(self.number), **options)
 
     def __repr__(self) -> str:
         return f"Trial(number={self.number}, params={self.params})"
+
+
+def trial_logger(run_dir: Path, **options: Any) -> Any:
+    """A Lightning ``TensorBoardLogger`` that writes into ``run_dir`` itself
+    (``logs/<study>/trial_NNNN/``, no ``version_N`` sub-run), beside the trial's HParams
+    session. ``options`` go to ``TensorBoardLogger`` as given (``log_graph``, ``prefix``,
+    ``sub_dir``...); ``default_hp_metric`` is off unless asked for, so no ``hp_metric = -1``
+    column appears in the HParams table."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    fixed = sorted({"save_dir", "name", "version"} & set(options))
+    if fixed:
+        raise TypeError(f"trial.logger() chooses {fixed} itself (the trial's run folder)")
+    options.setdefault("default_hp_metric", False)
+    return TensorBoardLogger(save_dir=str(run_dir.parent), name=run_dir.name, version="", **options)

@@ -1,0 +1,359 @@
+"""The subprocess executor with real processes: argv styles, the reporting ways, failures,
+parallel workers and devices, Ctrl-C, pruning."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import run_cli
+
+from torchtune_hp import Float, Study, TrialState, report
+from torchtune_hp.executors.argv import build_argv
+from torchtune_hp.executors.devices import device_slots
+from torchtune_hp.recipe import ConfigError, load_recipe
+from torchtune_hp.runner import run_recipe
+from torchtune_hp.storage import Storage
+
+SCRIPTS = Path(__file__).parent / "scripts"
+FAKE = str(SCRIPTS / "fake_train.py")
+
+
+def write_recipe(tmp_path: Path, objective: dict, trials: int = 3, **sections) -> Path:
+    recipe = {
+        "study": {"name": "sub", "metric": "loss", "trials": trials, "seed": 0},
+        "space": {
+            "x": {"type": "float", "low": 0.0, "high": 1.0},
+            "y": {"type": "float", "low": 0.0, "high": 1.0},
+        },
+        "sampler": {"name": "random"},
+        "objective": objective,
+        "logdir": str(tmp_path / "logs"),
+        **sections,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def run(path: Path, *overrides: str) -> list:
+    study = run_recipe(load_recipe(path, overrides))
+    trials = study.trials
+    study.close()
+    return trials
+
+
+def run_dir(tmp_path: Path, number: int) -> Path:
+    return tmp_path / "logs" / "sub" / f"trial_{number:04d}"
+
+
+def seen(tmp_path: Path, number: int) -> dict:
+    return json.loads((run_dir(tmp_path, number) / "seen.json").read_text())
+
+
+# -- argv ------------------------------------------------------------------------------------
+PARAMS = {"lr": 0.01, "layers": 3, "act": "relu", "bn": True}
+
+
+@pytest.mark.parametrize(
+    ("style", "expected"),
+    [
+        ("argparse", ["--lr", "0.01", "--layers", "3", "--act", "relu", "--bn", "True"]),
+        ("equals", ["--lr=0.01", "--layers=3", "--act=relu", "--bn=True"]),
+        ("hydra", ["lr=0.01", "layers=3", "act=relu", "bn=true"]),
+        (
+            "lightning_cli",
+            ["--model.lr=0.01", "--model.layers=3", "--model.act=relu", "--model.bn=true"],
+        ),
+    ],
+)
+def test_each_argument_style_builds_exactly_this_argv(style, expected):
+    assert build_argv(["python", "train.py"], PARAMS, style) == ["python", "train.py", *expected]
+
+
+def test_rename_templates_and_precision():
+    argv = build_argv(
+        ["python", "t.py", "fit", "--optimizer.lr={lr}"],
+        {"lr": 0.1 + 0.2, "layers": 3, "act": "gelu"},
+        "lightning_cli",
+        {"layers": "model.encoder.depth", "act": "activation"},
+    )
+    assert argv == [
+        "python",
+        "t.py",
+        "fit",
+        "--optimizer.lr=0.30000000000000004",  # repr: no precision lost; not appended again
+        "--model.encoder.depth=3",
+        "--model.activation=gelu",
+    ]
+    with pytest.raises(ValueError, match="names \\['lrr'\\]"):
+        build_argv(["--lr={lrr}"], {"lr": 1.0})
+
+
+@pytest.mark.parametrize("style", ["argparse", "equals", "hydra"])
+def test_a_real_script_receives_the_values(tmp_path, style):
+    path = write_recipe(tmp_path, {"command": ["python", FAKE], "args": style}, trials=2)
+    trials = run(path)
+    for t in trials:
+        assert t.state is TrialState.COMPLETE, t.error
+        got = seen(tmp_path, t.number)["args"]
+        assert float(got["x"]) == t.params["x"] and float(got["y"]) == t.params["y"]
+        assert t.value == pytest.approx((t.params["x"] - 0.3) ** 2 + (t.params["y"] - 0.7) ** 2)
+
+
+def test_command_objective_errors_name_the_key(tmp_path):
+    bad = write_recipe(tmp_path, {"command": ["python", FAKE, "--z={zz}"]})
+    with pytest.raises(ConfigError, match="objective.command.*zz"):
+        run(bad)
+    bad = write_recipe(tmp_path, {"command": ["python", FAKE], "rename": {"w": "width"}})
+    with pytest.raises(ConfigError, match="objective.rename.*w"):
+        run(bad)
+    both = write_recipe(tmp_path, {"command": ["python"], "function": "f.py:train"})
+    result = run_cli("validate", str(both))
+    assert result.returncode == 2 and "exactly one of objective.function" in result.stderr
+
+
+# -- the reporting ways ----------------------------------------------------------------------
+def test_report_in_a_plain_script_and_asha_stops_it_early(tmp_path):
+    path = write_recipe(
+        tmp_path,
+        {"command": ["python", FAKE, "--how", "report", "--epochs", "8"]},
+        trials=6,
+        pruner={"name": "asha", "min_resource": 1, "eta": 2},
+    )
+    trials = run(path)
+    states = [t.state for t in trials]
+    assert TrialState.PRUNED in states and TrialState.COMPLETE in states
+    for t in trials:
+        epochs = int(
+            (tmp_path / "logs" / "sub" / f"trial_{t.number:04d}" / "epochs.txt").read_text()
+        )
+        assert len(t.intermediate) == epochs  # every report reached the database
+        if t.state is TrialState.PRUNED:
+            assert epochs < 8  # the script stopped when report() said so
+        else:
+            assert epochs == 8 and t.value == t.intermediate[7]
+
+
+def test_stdout_json_line(tmp_path):
+    trials = run(write_recipe(tmp_path, {"command": ["python", FAKE, "--how", "json"]}))
+    assert all(t.state is TrialState.COMPLETE for t in trials)
+
+
+def test_stdout_regex_every_match_a_step_and_pruning_kills_the_script(tmp_path):
+    path = write_recipe(
+        tmp_path,
+        {
+            "command": ["python", FAKE, "--how", "regex", "--epochs", "6", "--epoch_sleep", "0.3"],
+            "metric_regex": r"valid loss (?P<value>[0-9.]+)",
+        },
+        trials=4,
+        pruner={"name": "asha", "min_resource": 1, "eta": 2},
+    )
+    trials = run(path)
+    complete = [t for t in trials if t.state is TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state is TrialState.PRUNED]
+    assert complete and pruned
+    for t in complete:
+        assert sorted(t.intermediate) == list(range(6))
+        assert t.value == pytest.approx(t.intermediate[5], abs=1e-6)
+    for t in pruned:  # SIGTERM: the script never reached its end
+        assert not (run_dir(tmp_path, t.number) / "epochs.txt").exists()
+        assert len(t.intermediate) < 6
+
+
+def test_tensorboard_tag_fallback(tmp_path):
+    path = write_recipe(tmp_path, {"command": ["python", FAKE, "--how", "tensorboard"]})
+    trials = run(path, "study.metric=valid/loss")
+    for t in trials:
+        assert t.state is TrialState.COMPLETE, t.error
+        expected = (t.params["x"] - 0.3) ** 2 + (t.params["y"] - 0.7) ** 2 + 1.0 / 4
+        assert t.value == pytest.approx(expected, rel=1e-6)  # the last step's value
+
+
+def test_lightning_cli_script_untouched(tmp_path):
+    """No code change: the launcher adds the callback and the logger through the CLI."""
+    path = write_recipe(
+        tmp_path,
+        {
+            "command": [
+                "python",
+                str(SCRIPTS / "cli_tiny.py"),
+                "fit",
+                "--trainer.max_epochs=5",
+                "--trainer.accelerator=cpu",
+                "--trainer.enable_progress_bar=false",
+                "--trainer.enable_checkpointing=false",
+            ],
+            "args": "lightning_cli",
+        },
+        trials=2,
+    )
+    raw = yaml.safe_load(path.read_text())
+    raw["space"] = {"lr": {"type": "float", "low": 0.01, "high": 0.2, "log": True}}
+    raw["study"]["metric"] = "val_loss"
+    path.write_text(yaml.safe_dump(raw))
+    trials = run(path)
+    for t in trials:
+        assert t.state is TrialState.COMPLETE, t.error
+        assert sorted(t.intermediate) == [0, 1, 2, 3, 4]  # the callback reported each epoch
+        assert t.value == t.intermediate[4]
+        folder = run_dir(tmp_path, t.number)
+        assert list(folder.glob("events.out.tfevents.*"))  # Lightning's curves, no sub-run
+        assert not [p for p in folder.iterdir() if p.is_dir()]
+
+
+def test_report_outside_a_study_warns_and_does_nothing(monkeypatch):
+    monkeypatch.delenv("TORCHTUNE_HP_TRIAL_DIR", raising=False)
+    with pytest.warns(UserWarning, match="outside a study"):
+        assert report(loss=1.0) is False
+
+
+def test_report_in_process_records_and_prunes():
+    study = Study(
+        "inproc",
+        {"x": Float(0, 1)},
+        logdir=None,
+        metric="loss",
+        pruner="asha",
+        pruner_options={"min_resource": 1, "eta": 2},
+    )
+    for x in (0.1, 0.9):
+        study.enqueue({"x": x})
+
+    def objective(trial):
+        for epoch in range(5):
+            if report(loss=trial.params["x"] * 10 / (epoch + 1), step=epoch, acc=0.5):
+                break
+        return trial.params["x"]
+
+    study.optimize(objective, n_trials=2)
+    good, bad = study.trials
+    assert good.state is TrialState.COMPLETE and len(good.intermediate) == 5
+    assert bad.state is TrialState.PRUNED and len(bad.intermediate) == 1
+
+
+# -- failures --------------------------------------------------------------------------------
+def test_crash_timeout_and_silence_fail_with_the_right_message_and_the_study_goes_on(tmp_path):
+    path = write_recipe(tmp_path, {"command": ["python", FAKE], "timeout": 3}, trials=4)
+    raw = yaml.safe_load(path.read_text())
+    raw["space"] = {"mode": {"type": "categorical", "choices": ["crash", "hang", "silent", "ok"]}}
+    raw["sampler"] = {"name": "grid", "shuffle": False}
+    path.write_text(yaml.safe_dump(raw))
+    start = time.monotonic()
+    trials = {t.params["mode"]: t for t in run(path)}
+    assert time.monotonic() - start < 60
+    assert trials["crash"].state is TrialState.FAILED
+    assert "exit code 1" in trials["crash"].error
+    assert "something broke in the training script" in trials["crash"].error  # stderr tail
+    assert trials["hang"].state is TrialState.FAILED
+    assert "timed out after 3 s" in trials["hang"].error
+    assert trials["silent"].state is TrialState.FAILED
+    assert "never reported the metric 'loss'" in trials["silent"].error
+    assert "stdout JSON keys []" in trials["silent"].error
+    assert trials["ok"].state is TrialState.COMPLETE
+    shown = run_cli("trials", str(tmp_path / "logs" / "sub"))
+    assert "timed out" in shown.stdout and "never reported" in shown.stdout
+
+
+# -- parallel workers and devices --------------------------------------------------------------
+def test_two_workers_overlap_get_distinct_params_and_their_own_devices(tmp_path):
+    path = write_recipe(
+        tmp_path,
+        {"command": ["python", FAKE, "--how", "json", "--sleep", "1.0"]},
+        trials=4,
+        executor={"workers": 2, "devices": [7, 9]},
+    )
+    trials = run(path)
+    assert all(t.state is TrialState.COMPLETE for t in trials)
+    spans = sorted((t.start, t.end) for t in trials)
+    assert any(b_start < a_end for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False))
+    keys = {json.dumps(t.params, sort_keys=True) for t in trials}
+    assert len(keys) == 4
+    by_trial = {t.number: seen(tmp_path, t.number) for t in trials}
+    assert {v["cuda"] for v in by_trial.values()} == {"7", "9"}
+    running_together = [
+        (a, b)
+        for a in trials
+        for b in trials
+        if a.number < b.number and b.start < a.end and a.start < b.end
+    ]
+    assert running_together
+    for a, b in running_together:  # two trials at once never share a device
+        assert by_trial[a.number]["cuda"] != by_trial[b.number]["cuda"]
+    threads = {v["threads"] for v in by_trial.values()}
+    assert threads == {str(max(1, (os.cpu_count() or 1) // 2))}
+
+
+def test_device_slots():
+    assert device_slots("cpu", 2) == ["", ""]
+    assert device_slots([0, 1, 2, 3], 4, devices_per_trial=2) == ["0,1", "2,3"]
+    assert device_slots([0, 1], 4, trials_per_device=2) == ["0", "0", "1", "1"]
+    with pytest.raises(ValueError, match="only 1 devices"):
+        device_slots([0], 1, devices_per_trial=2)
+
+
+def test_function_objective_in_two_worker_processes(tmp_path):
+    (tmp_path / "obj.py").write_text(
+        "import os\nimport torchtune_hp\n\n"
+        "def train(trial, scale=1.0):\n"
+        "    for epoch in range(3):\n"
+        "        torchtune_hp.report(loss=scale * trial.params['x'] / (epoch + 1), step=epoch)\n"
+        "    return {'loss': scale * trial.params['x'], 'pid': os.getpid()}\n"
+    )
+    path = write_recipe(
+        tmp_path,
+        {"function": "obj.py:train"},
+        trials=4,
+        executor={"workers": 2, "devices": "cpu"},
+        train={"scale": 2.0},
+    )
+    trials = run(path)
+    for t in trials:
+        assert t.state is TrialState.COMPLETE, t.error
+        assert t.value == pytest.approx(2.0 * t.params["x"])
+        assert len(t.intermediate) == 3
+
+
+# -- Ctrl-C --------------------------------------------------------------------------------------
+def test_sigint_stops_every_trial_process_and_a_rerun_completes(tmp_path):
+    path = write_recipe(
+        tmp_path,
+        {"command": ["python", FAKE, "--how", "json", "--sleep", "30"]},
+        trials=3,
+        executor={"workers": 2, "devices": "cpu"},
+    )
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "torchtune_hp.cli", "run", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    study_dir = tmp_path / "logs" / "sub"
+    deadline = time.monotonic() + 60
+    while len(list(study_dir.glob("trial_*/seen.json"))) < 2:
+        assert time.monotonic() < deadline and launcher.poll() is None
+        time.sleep(0.2)
+    pids = [json.loads(p.read_text())["pid"] for p in study_dir.glob("trial_*/seen.json")]
+    launcher.send_signal(signal.SIGINT)
+    _, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 130, err
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists(), f"trial process {pid} outlived the launcher"
+    storage = Storage(study_dir / "study.db", read_only=True)
+    trials = storage.trials()
+    storage.close()
+    assert len(trials) == 2 and all(t.state is TrialState.FAILED and t.interrupted for t in trials)
+    rerun = run_cli("run", str(path), "objective.command=[python, " + FAKE + ", --how, json]")
+    assert rerun.returncode == 0, rerun.stderr
+    storage = Storage(study_dir / "study.db", read_only=True)
+    done = [t for t in storage.trials() if t.state is TrialState.COMPLETE]
+    storage.close()
+    assert len(done) == 3
