@@ -128,12 +128,27 @@ def test_unknown_recipe_name_lists_builtins():
 
 def test_ls_cp_validate(tmp_path):
     ls = run_cli("ls", cwd=tmp_path)
-    assert ls.returncode == 0 and ls.stdout.startswith("digits_mlp ")
+    assert ls.returncode == 0
+    assert [line.split()[0] for line in ls.stdout.splitlines()] == [
+        "digits_cli",
+        "digits_cnn",
+        "digits_mlp",
+    ]
     cp = run_cli("cp", "digits_mlp", str(tmp_path / "mine") + "/", cwd=tmp_path)
     assert cp.returncode == 0, cp.stderr
     copied = tmp_path / "mine" / "digits_mlp.yaml"
     assert copied.read_text().startswith("# torchtune-hp run ")
     assert (tmp_path / "mine" / "digits_mlp.py").exists()
+    cli_copy = run_cli("cp", "digits_cli", str(tmp_path / "cli") + "/", cwd=tmp_path)
+    assert cli_copy.returncode == 0, cli_copy.stderr
+    # the command's script and the module it imports
+    assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == [
+        "digits_cli.py",
+        "digits_cli.yaml",
+        "digits_mlp.py",
+    ]
+    ok_cli = run_cli("validate", str(tmp_path / "cli" / "digits_cli.yaml"), cwd=tmp_path)
+    assert ok_cli.returncode == 0, ok_cli.stderr
     ok = run_cli("validate", str(copied), "study.trials=3", cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert "OK" in ok.stdout and "3 trials" in ok.stdout
@@ -259,3 +274,19 @@ def test_digits_mlp_end_to_end(tmp_path):
     con = sqlite3.connect(study_dir / "study.db")
     assert con.execute("SELECT COUNT(*) FROM intermediate").fetchone()[0] == 9
     assert os.path.exists(study_dir / "trial_0000" / "params.yaml")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_cli"])
+def test_script_recipes_end_to_end(tmp_path, name):
+    """The built-in recipes that tune scripts: two trials at once, each a real training run."""
+    logdir = tmp_path / "logs"
+    result = run_cli("run", name, "study.trials=2", f"logdir={logdir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trials = _trials_json(logdir / name)
+    assert len(trials) == 2
+    for t in trials:
+        assert t["state"] in ("COMPLETE", "PRUNED"), t["error"]
+        assert 0.0 < t["value"] < 5.0
+        assert (logdir / name / f"trial_{t['number']:04d}" / "stdout.log").exists()
+    assert trials[0]["start"] < trials[1]["end"] and trials[1]["start"] < trials[0]["end"]

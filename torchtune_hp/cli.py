@@ -76,7 +76,8 @@ def ls_() -> None:
 @click.argument("name")
 @click.argument("dest")
 def cp(name: str, dest: str) -> None:
-    """Copy a recipe (and the objective file beside it) to DEST to edit it.
+    """Copy a recipe and the Python files beside it that it uses (its objective function or
+    command scripts, and the sibling modules they import) to DEST to edit them.
 
     \b
     Example:
@@ -86,10 +87,11 @@ def cp(name: str, dest: str) -> None:
     target = Path(dest) / src.name if Path(dest).is_dir() or dest.endswith("/") else Path(dest)
     target.parent.mkdir(parents=True, exist_ok=True)
     raw = parse_yaml(src.read_text()) or {}
-    function = str((raw.get("objective") or {}).get("function", ""))
+    objective = raw.get("objective") or {}
+    named = [str(objective.get("function", "")).partition(":")[0]]
+    named += [str(e) for e in objective.get("command") or []]
     files = [(src, target)]
-    if function.partition(":")[0].endswith(".py"):
-        py = function.partition(":")[0]
+    for py in local_modules(src.parent, [n for n in named if n.endswith(".py")]):
         files.append((src.parent / py, target.parent / py))
     for _, b in files:
         if b.exists():
@@ -97,6 +99,27 @@ def cp(name: str, dest: str) -> None:
     for a, b in files:
         shutil.copyfile(a, b)
         click.echo(f"copied {a.name} -> {b}")
+
+
+def local_modules(folder: Path, scripts: list[str]) -> list[str]:
+    """``scripts`` that exist in ``folder``, and the sibling modules they import, transitively."""
+    import ast
+
+    found: list[str] = []
+    todo = [s for s in scripts if (folder / s).is_file()]
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.append(name)
+        for node in ast.walk(ast.parse((folder / name).read_text())):
+            modules = []
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                modules = [node.module]
+            todo += [f"{m}.py" for m in modules if (folder / f"{m}.py").is_file()]
+    return found
 
 
 @cli.command()
