@@ -67,9 +67,15 @@ class MixedMatern52(gpytorch.kernels.Kernel):
         return (1.0 + s5r + (5.0 / 3.0) * d2) * torch.exp(-s5r)
 
 
+# LogNormal(loc, scale) prior on the noise variance, in units of the warped (standardized) y:
+# median e^-5 (sd 0.08), wide enough for noisy training runs to find their level; a tighter
+# (-4, 1) capped how precisely a smooth deterministic objective (Branin) could be resolved.
+NOISE_PRIOR = (-5.0, 1.5)
+
+
 class _ExactGP(gpytorch.models.ExactGP):
     def __init__(self, x: Tensor, y: Tensor, encoding: GPEncoding, deterministic: bool) -> None:
-        noise_prior = None if deterministic else gpytorch.priors.LogNormalPrior(-4.0, 1.0)
+        noise_prior = None if deterministic else gpytorch.priors.LogNormalPrior(*NOISE_PRIOR)
         likelihood = gpytorch.likelihoods.GaussianLikelihood(
             noise_prior=noise_prior, noise_constraint=gpytorch.constraints.GreaterThan(1e-7)
         )

@@ -96,7 +96,11 @@ class GPSampler:
     trials first; default 2 per dimension, 5 to 10), ``device`` (cpu, the default: for the few
     hundred points of a study the CPU is faster than a kernel launch, and the GPU stays free for
     training | cuda | auto = cuda when present),
-    ``deterministic`` (noise-free objective: noise fixed at 1e-6), ``n_candidates`` and
+    ``deterministic`` (noise-free objective: noise fixed at 1e-6), ``thompson_every`` (every
+    k-th suggestion is the minimizer of one posterior draw instead of the acquisition's
+    maximizer, default 4, 0 = never: a cheap exploration step, as in acquisition portfolios,
+    that pulls the search out of a local basin where log-EI alone stays; in the benchmarks it
+    freed Levy4 and Hartmann6 runs without costing precision on Branin), ``n_candidates`` and
     ``n_restarts`` (acquisition optimizer effort), ``max_fit_points`` (hyperparameters are fit
     on at most this many observations, the best quarter always among them; the posterior always
     uses all of them), ``refit_fraction`` (hyperparameters are refit, warm-started, once the
@@ -115,6 +119,7 @@ class GPSampler:
         n_init: int | None = None,
         device: str = "cpu",
         deterministic: bool = False,
+        thompson_every: int = 4,
         n_candidates: int = 2048,
         n_restarts: int = 10,
         max_fit_points: int = 256,
@@ -130,6 +135,7 @@ class GPSampler:
         if n_init is not None and n_init < 1:
             raise ValueError(f"n_init must be >= 1, got {n_init!r}")
         for name, value, low in (
+            ("thompson_every", thompson_every, 0),
             ("n_candidates", n_candidates, 16),
             ("n_restarts", n_restarts, 1),
             ("max_fit_points", max_fit_points, 16),
@@ -143,6 +149,7 @@ class GPSampler:
         self.n_init = n_init
         self.device = resolve_device(device)
         self.deterministic = bool(deterministic)
+        self.thompson_every = thompson_every
         self.n_candidates = n_candidates
         self.n_restarts = n_restarts
         self.max_fit_points = max_fit_points
@@ -233,7 +240,8 @@ class GPSampler:
         best = float(y.min())
         candidates = self._candidates(enc, x, y, k).to(dev)
 
-        if self.acquisition == "thompson":
+        every = self.thompson_every
+        if self.acquisition == "thompson" or (every and k % every == every - 1):
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
             values = -surrogate.joint_sample(candidates[:1024], gen)
             order = values.argsort(descending=True)
