@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,8 +108,14 @@ class ProcessPool:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.study = study
         self.spec = spec
-        self.workers = min(workers, len(slots)) if slots else workers
         self.slots = list(slots) if slots else [None] * workers
+        if workers > len(self.slots):
+            warnings.warn(
+                f"executor.workers={workers}, but the devices give {len(self.slots)} slots "
+                f"(raise trials_per_device to share a device): running {len(self.slots)} at once",
+                stacklevel=2,
+            )
+        self.workers = min(workers, len(self.slots))
         self.running: dict[int, _Running] = {}
 
     # -- launching ---------------------------------------------------------------------------
