@@ -19,8 +19,8 @@ class Tiny(L.LightningModule):
     def validation_step(self, batch, _):
         x, y = batch
         loss = nn.functional.mse_loss(self.net(x), y)
-        self.log(self.log_name, loss)
-        self.log("val_score", -loss)
+        self.log(self.log_name, loss, sync_dist=True)  # the same value on every DDP rank
+        self.log("val_score", -loss, sync_dist=True)
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=self.lr)

@@ -25,11 +25,10 @@ import traceback
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from torchtune_hp.board import StudyBoard
 from torchtune_hp.distributed import is_follower_rank
 from torchtune_hp.pruners import Pruner, make_pruner
 from torchtune_hp.remote import CURRENT
@@ -37,6 +36,9 @@ from torchtune_hp.samplers import Sampler, SpaceExhausted, make_sampler
 from torchtune_hp.space import Param, Space, space_diff
 from torchtune_hp.storage import Storage
 from torchtune_hp.trial import FrozenTrial, Origin, Trial, TrialPruned, TrialState
+
+if TYPE_CHECKING:
+    from torchtune_hp.board import StudyBoard
 
 MODES = ("min", "max")
 INTERRUPTED = "interrupted"
@@ -140,6 +142,8 @@ class Study:
         if self.follower:
             return
         if tensorboard and self.dir is not None:
+            from torchtune_hp.board import StudyBoard  # TensorBoard loads only when used
+
             self.board = StudyBoard(self.dir, self.space, metric, mode)
             if self._created:
                 self.board.write_experiment(f"torchtune_hp study {name!r}")

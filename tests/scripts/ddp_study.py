@@ -8,40 +8,17 @@ LOGDIR/rank_<r>.txt, so the test can see that both ranks trained the same trials
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import lightning as L
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from torchtune_hp import Float, Study, TuneCallback
+sys.path.insert(0, str(Path(__file__).parent.parent))  # tests/, for tiny_model
+from tiny_model import Tiny, loaders  # noqa: E402
+
+from torchtune_hp import Float, Study, TuneCallback  # noqa: E402
 
 EPOCHS = 9
-
-
-class Tiny(L.LightningModule):
-    def __init__(self, lr: float) -> None:
-        super().__init__()
-        self.lr = lr
-        self.net = nn.Linear(4, 1)
-
-    def training_step(self, batch, _):
-        x, y = batch
-        return nn.functional.mse_loss(self.net(x), y)
-
-    def validation_step(self, batch, _):
-        x, y = batch
-        self.log("val_loss", nn.functional.mse_loss(self.net(x), y), sync_dist=True)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.lr)
-
-
-def data() -> DataLoader:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(128, 4, generator=g)
-    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]])
-    return DataLoader(TensorDataset(x, y), batch_size=32)
 
 
 def objective(trial):
@@ -58,7 +35,7 @@ def objective(trial):
         enable_model_summary=False,
         callbacks=[TuneCallback(trial, monitor="val_loss")],
     )
-    trainer.fit(Tiny(**trial.params), data(), data())
+    trainer.fit(Tiny(**trial.params), *loaders())
     with open(os.path.join(LOGDIR, f"rank_{trainer.global_rank}.txt"), "a") as f:
         f.write(f"{trial.number} {trainer.current_epoch}\n")
     return trainer.callback_metrics["val_loss"]

@@ -50,20 +50,31 @@ def write_verdict(run_dir: Path, seq: int, prune: bool) -> None:
     os.replace(tmp, run_dir / VERDICT)
 
 
-class ReportReader:
-    """The driver's side: new complete lines of ``report.jsonl`` since the last call."""
+class LineTail:
+    """New complete lines of a growing file (a trial's reports, its stdout) since the last
+    call; a line still being written waits for the next call."""
 
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / REPORTS
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self.offset = 0
 
-    def new(self) -> list[dict[str, Any]]:
+    def new_lines(self) -> list[str]:
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
                 data = f.read()
         except FileNotFoundError:
             return []
-        end = data.rfind(b"\n") + 1  # a line still being written waits for the next call
+        end = data.rfind(b"\n") + 1
         self.offset += end
-        return [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+        return data[:end].decode(errors="replace").splitlines()
+
+
+class ReportReader(LineTail):
+    """The driver's side of ``report.jsonl``: the reports written since the last call."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(run_dir / REPORTS)
+
+    def new(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.new_lines() if line.strip()]

@@ -60,25 +60,6 @@ def regex_value(match: re.Match[str]) -> float:
     return float(match.group(1) if match.re.groups else match.group(0))
 
 
-class StdoutTail:
-    """New complete lines of a growing log file, from where the last call stopped."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-
-    def new_lines(self) -> list[str]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            return []
-        end = data.rfind(b"\n") + 1
-        self.offset += end
-        return data[:end].decode(errors="replace").splitlines()
-
-
 def tensorboard_last(run_dir: Path, metric: str) -> tuple[float | None, list[str]]:
     """The metric's last value in any event file under ``run_dir``, and every scalar tag seen
     (for the error message when it is missing)."""

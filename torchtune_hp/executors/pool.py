@@ -30,7 +30,6 @@ from typing import IO, Any
 from torchtune_hp.executors import channel
 from torchtune_hp.executors.devices import threads_per_worker
 from torchtune_hp.executors.metric import (
-    StdoutTail,
     json_keys,
     last_json_value,
     regex_value,
@@ -73,7 +72,7 @@ class _Running:
     files: list[IO[bytes]]
     deadline: float | None
     reports: channel.ReportReader
-    stdout: StdoutTail
+    stdout: channel.LineTail
     last_report: float | None = None
     n_regex: int = 0
     pruned: bool = False
@@ -168,7 +167,7 @@ class ProcessPool:
             [out, err],
             None if timeout is None else time.monotonic() + timeout,
             channel.ReportReader(run_dir),
-            StdoutTail(run_dir / "stdout.log"),
+            channel.LineTail(run_dir / "stdout.log"),
         )
 
     # -- the loop ----------------------------------------------------------------------------
