@@ -39,9 +39,8 @@ class TuneCallback(L.Callback):
                     "TuneCallback() without a trial runs only inside a study: pass "
                     "TuneCallback(trial) or launch the script with torchtune-hp"
                 )
-        study = getattr(trial, "study", None)
-        study_metric = getattr(study, "metric", None) or getattr(trial, "metric", "value")
-        study_mode = getattr(study, "mode", None) or getattr(trial, "mode", "min")
+        study_metric = getattr(trial, "metric", "value")
+        study_mode = getattr(trial, "mode", "min")
         if monitor is None:
             monitor = "val_loss" if study_metric == "value" else study_metric
         mode = mode or study_mode

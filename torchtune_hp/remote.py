@@ -107,15 +107,7 @@ def report(step: int | None = None, **values: float) -> bool:
     counter = getattr(trial, "_auto_step", 0)
     step = counter if step is None else int(step)
     trial._auto_step = step + 1
-    floats = {k: float(v) for k, v in values.items()}
-    if isinstance(trial, RemoteTrial):
-        prune = trial.report_values(floats, step)
-    else:
-        metric = trial.study.metric
-        if metric not in floats:
-            return False
-        trial.report(floats[metric], step)
-        prune = trial.should_prune()
+    prune = trial.report_values({k: float(v) for k, v in values.items()}, step)
     if prune:
         trial.pruned = True
     return prune

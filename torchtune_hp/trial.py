@@ -98,6 +98,22 @@ class Trial:
         """Record an intermediate value (e.g. the validation loss after epoch ``step``)."""
         self.study._report(self, float(value), int(step))
 
+    @property
+    def metric(self) -> str:
+        return self.study.metric
+
+    @property
+    def mode(self) -> str:
+        return self.study.mode
+
+    def report_values(self, values: dict[str, float], step: int) -> bool:
+        """Record the study's metric from ``values`` (others are ignored here) and return
+        whether to prune; ``torchtune_hp.report()`` calls this on either kind of trial."""
+        if self.metric not in values:
+            return False
+        self.report(values[self.metric], step)
+        return self.should_prune()
+
     def should_prune(self) -> bool:
         """Whether the study's pruner says to stop now, from the values reported so far. A
         loop that stops on it sets ``trial.pruned = True`` (the callback does) or raises
