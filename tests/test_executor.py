@@ -93,8 +93,17 @@ def test_rename_templates_and_precision():
         "--model.encoder.depth=3",
         "--model.activation=gelu",
     ]
-    with pytest.raises(ValueError, match="names \\['lrr'\\]"):
+    with pytest.raises(ValueError, match="names 'lrr'"):
         build_argv(["--lr={lrr}"], {"lr": 1.0})
+    # format specs and conversions apply to the value itself
+    assert build_argv(["--lr={lr:.3g}", "--opt={opt!r}", "--w={w:04d}"], P2) == [
+        "--lr=0.00123",
+        "--opt='adam'",
+        "--w=0032",
+    ]
+
+
+P2 = {"lr": 0.001234567, "opt": "adam", "w": 32}
 
 
 @pytest.mark.parametrize("style", ["argparse", "equals", "hydra"])
@@ -292,10 +301,12 @@ def test_two_workers_overlap_get_distinct_params_and_their_own_devices(tmp_path)
     assert threads == {str(max(1, (os.cpu_count() or 1) // 2))}
 
 
-def test_device_slots():
-    assert device_slots("cpu", 2) == ["", ""]
-    assert device_slots([0, 1, 2, 3], 4, devices_per_trial=2) == ["0,1", "2,3"]
-    assert device_slots([0, 1], 4, trials_per_device=2) == ["0", "0", "1", "1"]
+def test_device_slots(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    visible = lambda slots: [s.visible for s in slots]  # noqa: E731
+    assert visible(device_slots("cpu", 2)) == ["", ""]
+    assert visible(device_slots([0, 1, 2, 3], 4, devices_per_trial=2)) == ["0,1", "2,3"]
+    assert visible(device_slots([0, 1], 4, trials_per_device=2)) == ["0", "0", "1", "1"]
     with pytest.raises(ValueError, match="only 1 devices"):
         device_slots([0], 1, devices_per_trial=2)
 

@@ -242,10 +242,10 @@ def test_cuda_surrogate_matches_cpu():
 
 def test_the_gp_learns_from_pruned_and_failed_trials_as_documented():
     from torchtune_hp.samplers.gp import observations
-    from torchtune_hp.trial import FrozenTrial
+    from torchtune_hp.trial import FrozenTrial, Interruption
 
-    def t(n, state, value=None, interrupted=False):
-        return FrozenTrial(n, state, {"x": n / 10}, value, interrupted=interrupted)
+    def t(n, state, value=None, interruption=None):
+        return FrozenTrial(n, state, {"x": n / 10}, value, interruption=interruption)
 
     obs = observations(
         [
@@ -254,7 +254,7 @@ def test_the_gp_learns_from_pruned_and_failed_trials_as_documented():
             t(2, TrialState.PRUNED, 2.5),  # its last reported value
             t(3, TrialState.PRUNED),  # pruned before any report: ignored
             t(4, TrialState.FAILED),  # the worst observed value
-            t(5, TrialState.FAILED, interrupted=True),  # not the objective's fault: ignored
+            t(5, TrialState.FAILED, interruption=Interruption.DIED),  # not its fault: ignored
         ],
         mode="min",
     )

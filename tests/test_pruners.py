@@ -3,6 +3,7 @@
 import pytest
 
 from torchtune_hp import Float, Study, TrialState
+from torchtune_hp.options import OptionError
 from torchtune_hp.pruners import ASHAPruner, MedianPruner, make_pruner, value_at
 from torchtune_hp.trial import FrozenTrial
 
@@ -75,5 +76,11 @@ def test_bad_pruner_options():
         make_pruner("hyperband")
     with pytest.raises(ValueError, match="eta >= 2"):
         make_pruner("asha", {"eta": 1})
-    with pytest.raises(ValueError, match="unexpected keyword argument 'rate'"):
+    with pytest.raises(OptionError, match="pruner 'median' has no option 'rate'") as e:
         make_pruner("median", {"rate": 2})
+    assert e.value.key == "rate"
+    with pytest.raises(OptionError, match="did you mean 'min_resource'") as e:
+        make_pruner("asha", {"min_resourse": 2})
+    with pytest.raises(OptionError, match="min_resource must be an integer, got 'one'") as e:
+        make_pruner("asha", {"min_resource": "one"})
+    assert e.value.key == "min_resource"

@@ -39,8 +39,8 @@ def mutate(path_keys: str, value):
 
 BAD = [
     # (recipe or raw text, extra override args, the key the message must name, a phrase)
-    (mutate("studdy", {"name": "x"}), [], "studdy", "Extra inputs are not permitted"),
-    (mutate("study.trails", 5), [], "study.trails", "Extra inputs are not permitted"),
+    (mutate("studdy", {"name": "x"}), [], "studdy", "unknown key (did you mean 'study'?)"),
+    (mutate("study.trails", 5), [], "study.trails", "unknown key (did you mean 'trials'?)"),
     (mutate("study.trials", "many"), [], "study.trials", "valid integer"),
     (mutate("study.trials", 0), [], "study.trials", "greater than or equal to 1"),
     (mutate("study.mode", "up"), [], "study.mode", "'min' or 'max'"),
@@ -223,8 +223,8 @@ def test_ctrl_c_marks_the_trial_failed_and_a_rerun_resumes(tmp_path, fast_recipe
     err = err.decode()
     assert proc.returncode == 130
     assert "Traceback" not in err
-    assert (
-        err.strip().splitlines()[-1].startswith("interrupted: the running trial is marked FAILED")
+    assert err.strip().splitlines()[-1].startswith(
+        "interrupted (SIGINT): running trials are marked FAILED (interrupted)"
     )
     states = [t["state"] for t in _trials_json(tmp_path / "logs" / "fast")]
     assert "RUNNING" not in states and states.count("FAILED") == 1

@@ -102,3 +102,5 @@ def test_unknown_sampler_and_option_are_named():
     assert e.value.key == "resolutoin"
     with pytest.raises(SamplerOptionError, match="resolution must be an integer >= 2"):
         make_sampler("grid", 0, {"resolution": 1})
+    with pytest.raises(SamplerOptionError, match="deterministic must be true or false, got 'no'"):
+        make_sampler("gp", 0, {"deterministic": "no"})  # a string would have read as True

@@ -1,11 +1,13 @@
 import math
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from torchtune_hp import Categorical, Float, Int, Study, StudyMismatch, TrialPruned, TrialState
-from torchtune_hp.storage import StorageError
+from torchtune_hp.storage import SCHEMA_VERSION, StorageError
 
 SPACE = {"x": Float(0.0, 1.0), "opt": Categorical(["sgd", "adam"])}
 
@@ -55,7 +57,7 @@ def test_failures_are_recorded_and_the_study_goes_on():
     assert "Traceback" in t[0].error and "ValueError: boom" in t[0].error
     assert t[1].error == "the objective returned nan" and t[1].value is None
     assert t[2].error == "the objective returned inf"
-    assert "must return a number, got str" in t[4].error
+    assert "must return a number, got a str ('text')" in t[4].error
     assert t[5].value == 0.9 and t[5].intermediate == {0: 0.9}  # pruned keeps its last report
     assert study.best_value == 0.5
 
@@ -94,7 +96,7 @@ def test_storage_is_a_real_sqlite_file_with_schema_version(tmp_path):
     study.optimize(lambda t: t.params["x"], n_trials=3)
     study.close()
     db = sqlite3.connect(tmp_path / "s" / "study.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("SELECT COUNT(*) FROM trials WHERE state='COMPLETE'").fetchone()[0] == 3
     assert (tmp_path / "s" / "trial_0002" / "params.yaml").read_text().startswith("x: ")
@@ -110,20 +112,39 @@ def test_n_trials_is_the_study_total_across_runs(tmp_path):
         assert len(study.trials) == 6
 
 
+DIE_WHILE_RUNNING = """
+import os, signal, sys
+from torchtune_hp import Categorical, Float, Study
+study = Study("s", {"x": Float(0.0, 1.0), "opt": Categorical(["sgd", "adam"])}, seed=0,
+              logdir=sys.argv[1])
+trial = study.ask()
+print(repr(trial.params), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # the driver dies with this trial RUNNING
+"""
+
+
+def _die_while_running(tmp_path):
+    script = tmp_path / "die.py"
+    script.write_text(DIE_WHILE_RUNNING)
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == -9, out.stderr
+    return eval(out.stdout)  # the params it printed
+
+
 def test_a_trial_left_running_is_failed_and_retried_once(tmp_path):
-    study = Study("s", SPACE, seed=0, logdir=tmp_path)
-    lost = study.ask()  # the driver "dies" with this trial running
-    study.storage.close()  # release the lock as a dead process would
+    lost = _die_while_running(tmp_path)  # a real driver, killed with -9 mid-trial
     with pytest.warns(UserWarning, match=r"trial\(s\) \[0\] were left RUNNING"):
         resumed = Study("s", SPACE, seed=0, logdir=tmp_path)
     t0 = resumed.trials[0]
     assert t0.state is TrialState.FAILED and t0.interrupted and "died" in t0.error
-    retry = resumed.ask()
-    assert retry.params == lost.params and retry.number == 1
-    resumed.storage.close()  # dies again, during the retry
+    resumed.close()
+    retry_params = _die_while_running(tmp_path)  # dies again, during the retry
+    assert retry_params == lost
     with pytest.warns(UserWarning):
         again = Study("s", SPACE, seed=0, logdir=tmp_path)
-    assert again.ask().params != lost.params  # tried again once, not forever
+    assert again.ask().params != lost  # tried again once, not forever
     assert again.n_finished == 0  # interrupted trials do not use up n_trials
     again.close()
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import lightning as L
 
-from torchtune_hp.remote import current_trial
+from torchtune_hp.executors.remote import current_trial
 
 
 class TuneCallback(L.Callback):
@@ -54,6 +54,14 @@ class TuneCallback(L.Callback):
         self.strict = strict
         self.pruned = False
         self.reports = 0
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        study = getattr(self.trial, "study", None)
+        if trainer.world_size > 1 and study is not None and study.dir is None:
+            raise ValueError(
+                "a distributed (DDP) trial needs a study with a logdir: with logdir=None every "
+                "rank would run its own in-memory study with its own parameters"
+            )
 
     @property
     def state_key(self) -> str:

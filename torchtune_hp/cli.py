@@ -1,23 +1,34 @@
 """The ``torchtune-hp`` command line. Bad input exits with code 2 and one message naming the
-file, the key and what was expected; Ctrl-C exits with 130 and leaves the study resumable."""
+file, the key and what was expected; a study that ends without a COMPLETE trial exits 1; a stop
+signal exits with 128 + its number and leaves the study resumable (see :mod:`torchtune_hp.entry`,
+the command's entry point)."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
-import sys
 import warnings
 from pathlib import Path
 
 import click
 import yaml
 
-from torchtune_hp.recipe import ConfigError, builtin_recipes, find_recipe, load_recipe, parse_yaml
-from torchtune_hp.storage import Storage, StorageError
+from torchtune_hp import files
+from torchtune_hp.errors import ConfigError, StorageError, StudyStopped
+from torchtune_hp.recipe import builtin_recipes, find_recipe, load_recipe, parse_yaml
+from torchtune_hp.storage import Storage
 from torchtune_hp.study import StudyMismatch, best_of
 from torchtune_hp.trial import FrozenTrial, TrialState
 
+NO_RESULT = 1
 BAD_INPUT = 2
+
+
+class NoResult(click.ClickException):
+    """The command worked but has nothing to show: exit 1, ``error: ...`` like the others."""
+
+    exit_code = NO_RESULT
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,7 +45,13 @@ def cli() -> None:
 @cli.command()
 @click.argument("recipe")
 @click.argument("overrides", nargs=-1)
-def run(recipe: str, overrides: tuple[str, ...]) -> None:
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Start the study over: move its folder aside (to <name>.old-<time>, nothing is "
+    "deleted) and run from trial 0.",
+)
+def run(recipe: str, overrides: tuple[str, ...], fresh: bool) -> None:
     """Run (or resume) the study described by RECIPE, a path or a built-in name.
 
     OVERRIDES are dotted key=value pairs (split on the first '=', values read as YAML).
@@ -42,21 +59,42 @@ def run(recipe: str, overrides: tuple[str, ...]) -> None:
     \b
     Example:
       torchtune-hp run digits_mlp study.trials=40 sampler.name=random logdir=/tmp/logs
+      torchtune-hp run my.yaml --fresh     # start over after fixing a mistake
     """
     from torchtune_hp.runner import run_recipe
 
-    with run_recipe(load_recipe(recipe, overrides)) as study:
-        try:
-            best = study.best_trial
-        except ValueError:
-            click.echo(f"no trial completed; see torchtune-hp trials {study.dir}")
-            return
+    loaded = load_recipe(recipe, overrides)
+    if fresh:
+        moved = start_over(files.absolute(loaded.model.logdir) / loaded.model.study.name)
+        if moved is not None:
+            click.echo(f"moved the old study to {moved}", err=True)
+    with run_recipe(loaded) as study:
+        best = study.incumbent
+        if best is None:
+            raise NoResult(
+                f"{study.dir}: no trial completed; see why with: torchtune-hp trials "
+                f"{study.dir}. After a fix, run the same command to go on, or add --fresh to "
+                "start the study over"
+            )
         click.echo(
             f"best {study.metric} = {best.value:.6g} (trial {best.number}) with {best.params}\n"
             f"trials: torchtune-hp trials {study.dir}    best config: torchtune-hp best "
             f"{study.dir}\n"
             f"dashboard: tensorboard --logdir {study.dir}"
         )
+
+
+def start_over(study_dir: Path) -> Path | None:
+    """Move a study's folder aside, unless a driver is running it."""
+    if not os.path.lexists(study_dir):
+        return None
+    lock = files.StudyLock(study_dir).acquire()
+    try:
+        aside = study_dir.with_name(f"{study_dir.name}.old-{files.timestamp()}")
+        os.rename(study_dir, aside)
+    finally:
+        lock.release()
+    return aside
 
 
 @cli.command(name="ls")
@@ -90,15 +128,27 @@ def cp(name: str, dest: str) -> None:
     objective = raw.get("objective") or {}
     named = [str(objective.get("function", "")).partition(":")[0]]
     named += [str(e) for e in objective.get("command") or []]
-    files = [(src, target)]
+    copies = [(src, target)]
     for py in local_modules(src.parent, [n for n in named if n.endswith(".py")]):
-        files.append((src.parent / py, target.parent / py))
-    for _, b in files:
-        if b.exists():
+        if not _inside(src.parent / py, src.parent):
+            warnings.warn(
+                f"{src}: {py} is outside the recipe's folder: not copied (copy it yourself)",
+                stacklevel=2,
+            )
+            continue
+        copies.append((src.parent / py, target.parent / py))
+    for _, b in copies:
+        if os.path.lexists(b):
             raise ConfigError(b, "", "already exists; not overwritten")
-    for a, b in files:
+    for a, b in copies:
         shutil.copyfile(a, b)
         click.echo(f"copied {a.name} -> {b}")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return os.path.commonpath([os.path.abspath(path), os.path.abspath(folder)]) == os.path.abspath(
+        folder
+    )
 
 
 def local_modules(folder: Path, scripts: list[str]) -> list[str]:
@@ -132,10 +182,12 @@ def validate(path: str, overrides: tuple[str, ...]) -> None:
     Example:
       torchtune-hp validate recipes/digits_mlp.yaml study.trials=5
     """
-    from torchtune_hp.executors.spec import check_objective
+    from torchtune_hp.launch import check_objective
+    from torchtune_hp.runner import slots_of
 
     recipe = load_recipe(path, overrides)
     check_objective(recipe)
+    slots_of(recipe)
     m = recipe.model
     click.echo(
         f"{recipe.path}: OK — study {m.study.name!r}, {len(recipe.space)} parameters, "
@@ -198,7 +250,7 @@ def best(study_dir: Path, fmt: str) -> None:
     meta, rows = _read_trials(study_dir)
     top = best_of(rows, meta.get("mode", "min"))
     if top is None:
-        raise click.ClickException(f"{study_dir}: no COMPLETE trial yet")
+        raise NoResult(f"{study_dir}: no COMPLETE trial yet")
     if fmt == "yaml":
         click.echo(yaml.safe_dump(top.params, sort_keys=False), nl=False)
     else:
@@ -216,25 +268,34 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):  #
         _default_showwarning(message, category, filename, lineno, file, line)
 
 
-def main() -> None:
+def main() -> int:
+    """Run the command line; returns the exit code (see :mod:`torchtune_hp.entry`)."""
     warnings.showwarning = _show_warning
     try:
         code = cli.main(standalone_mode=False)
-    except (ConfigError, StudyMismatch, StorageError, FileNotFoundError) as e:
+    except (ConfigError, StudyMismatch, StorageError) as e:
         click.echo(f"error: {e}", err=True)
-        sys.exit(BAD_INPUT)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+        return BAD_INPUT
+    except StudyStopped as e:
         click.echo(
-            "interrupted: the running trial is marked FAILED (interrupted) and will be retried; "
-            "run the same command again to resume",
+            f"error: {e}. Fix it and run the same command again (add --fresh to start over); "
+            "see every trial's error with: torchtune-hp trials <study folder>",
             err=True,
         )
-        sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
+        return NO_RESULT
+    except OSError as e:
+        where = e.filename if e.filename is not None else ""
+        click.echo(f"error: {where}: {e.strerror or e}" if where else f"error: {e}", err=True)
+        return BAD_INPUT
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        return e.exit_code
+    except click.exceptions.Abort:
+        raise KeyboardInterrupt from None
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":
-    main()
+    from torchtune_hp.entry import main as entry_main
+
+    entry_main()

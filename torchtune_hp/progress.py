@@ -25,7 +25,8 @@ def fmt_params(params: dict[str, Any]) -> str:
 
 
 class ProgressView:
-    """Shows trial n/N, best so far, the current params and elapsed time."""
+    """Shows trial n/N, best so far, the current params and elapsed time. A subscriber of the
+    study (:class:`~torchtune_hp.study.StudyListener`) while the ``with`` block runs."""
 
     def __init__(self, study: Study, n_trials: int, console: Console | None = None) -> None:
         self.study = study
@@ -36,6 +37,7 @@ class ProgressView:
         self.live: Live | None = None
 
     def __enter__(self) -> ProgressView:
+        self.study.subscribe(self)
         done = self.study.n_finished
         self.console.print(
             f"study {self.study.name!r}: {done}/{self.n_trials} trials done, "
@@ -48,14 +50,12 @@ class ProgressView:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.study.unsubscribe(self)
         if self.live is not None:
             self.live.__exit__(None, None, None)
 
     def _best(self) -> FrozenTrial | None:
-        try:
-            return self.study.best_trial
-        except ValueError:
-            return None
+        return self.study.incumbent
 
     def _panel(self) -> Table:
         best = self._best()
@@ -70,7 +70,7 @@ class ProgressView:
         table.add_row("elapsed", f"{elapsed:.0f} s")
         return table
 
-    def trial_started(self, trial: Trial) -> None:
+    def trial_started(self, study: Study, trial: Trial) -> None:
         self.current = trial
         if self.live is not None:
             self.live.update(self._panel())

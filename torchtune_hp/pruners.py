@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from torchtune_hp.options import OptionError, check_options, closest
 from torchtune_hp.trial import FrozenTrial, TrialState
 
 
@@ -121,9 +122,18 @@ PRUNERS: dict[str, type] = {"none": NopPruner, "median": MedianPruner, "asha": A
 
 
 def make_pruner(name: str, options: dict | None = None) -> Pruner:
+    """A pruner by name; raises :class:`~torchtune_hp.options.OptionError` naming the option."""
     if name not in PRUNERS:
-        raise ValueError(f"unknown pruner {name!r}; expected one of {sorted(PRUNERS)}")
+        raise OptionError(
+            "name",
+            f"unknown pruner {name!r}{closest(str(name), list(PRUNERS))}; expected one of "
+            f"{sorted(PRUNERS)}",
+        )
+    options = dict(options or {})
+    cls = PRUNERS[name]
+    check_options(cls.__init__, options, f"pruner {name!r}")
     try:
-        return PRUNERS[name](**(options or {}))
-    except TypeError as e:
-        raise ValueError(f"pruner {name!r}: {e}") from e
+        return cls(**options)
+    except (TypeError, ValueError) as e:
+        named = [k for k in options if k in str(e)]
+        raise OptionError(named[0] if named else "name", f"pruner {name!r}: {e}") from e

@@ -23,13 +23,11 @@ import dataclasses
 import importlib
 import importlib.resources
 import importlib.util
-import inspect
 import re
-import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -40,24 +38,42 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
+from torchtune_hp.errors import ConfigError
+from torchtune_hp.files import check_study_name
+from torchtune_hp.objective import load_objective
+from torchtune_hp.options import OptionError, closest
 from torchtune_hp.pruners import PRUNERS, make_pruner
-from torchtune_hp.samplers import SamplerOptionError, make_sampler, sampler_options
+from torchtune_hp.samplers import make_sampler, sampler_options
 from torchtune_hp.space import _TYPES, Param, Space
+from torchtune_hp.study import MAX_SEED
 
 
-class ConfigError(ValueError):
-    """Bad input in a recipe: which file, which key, what was expected."""
-
-    def __init__(self, file: str | Path, key: str, message: str) -> None:
-        super().__init__(f"{file}: {key}: {message}" if key else f"{file}: {message}")
-        self.file, self.key = str(file), key
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(f"key {key!r} is given twice, on lines {first} and {second}")
+        self.key = key
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-4`` as a string; recipes mean a number."""
+    """YAML 1.1 reads ``1e-4`` as a string; recipes mean a number. A key given twice in one
+    mapping is refused (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise DuplicateKey(key, seen[key], line)
+            except TypeError:  # an unhashable key: SafeLoader reports it below
+                continue
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -86,11 +102,17 @@ class _Section(BaseModel):
 
 
 class StudySection(_Section):
-    name: StrictStr = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: StrictStr
     metric: StrictStr = "val_loss"
     mode: Literal["min", "max"] = "min"
     trials: StrictInt = Field(20, ge=1)
-    seed: StrictInt | None = None
+    seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED)
+    fail_fast: StrictInt = Field(3, ge=0)  # stop when the first N trials fail alike; 0 = never
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        return check_study_name(name)
 
 
 class _ChoiceSection(BaseModel):
@@ -133,7 +155,7 @@ class ObjectiveSection(_Section):
 
 class ExecutorSection(_Section):
     workers: StrictInt = Field(1, ge=1)
-    devices: Literal["auto", "cpu"] | list[StrictInt | StrictStr] = "auto"
+    devices: Literal["auto", "cpu"] | list[Annotated[StrictInt, Field(ge=0)]] = "auto"
     trials_per_device: StrictInt = Field(1, ge=1)
     devices_per_trial: StrictInt = Field(1, ge=1)
 
@@ -222,7 +244,11 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], file: Path) -
 def load_recipe(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     path = find_recipe(str(name_or_path))
     try:
-        raw = parse_yaml(path.read_text())
+        raw = parse_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, "", f"not UTF-8 text (byte {e.start}): {e.reason}") from None
+    except DuplicateKey as e:
+        raise ConfigError(path, str(e.key), str(e)) from None
     except yaml.YAMLError as e:
         raise ConfigError(path, "", f"not valid YAML: {e}") from e
     if not isinstance(raw, dict):
@@ -237,13 +263,12 @@ def load_recipe(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Reci
     space = parse_space(model.space, path)
     try:
         make_sampler(model.sampler.name, 0, model.sampler.options)
-    except SamplerOptionError as e:
+    except OptionError as e:
         raise ConfigError(path, f"sampler.{e.key}", str(e)) from None
     try:
         make_pruner(model.pruner.name, model.pruner.options)
-    except ValueError as e:
-        named = [k for k in model.pruner.options if k in str(e)]
-        raise ConfigError(path, f"pruner.{named[0] if named else 'name'}", str(e)) from None
+    except OptionError as e:
+        raise ConfigError(path, f"pruner.{e.key}", str(e)) from None
     return Recipe(path=path, model=model, space=space, raw=raw)
 
 
@@ -281,10 +306,26 @@ def _drop_options_of_a_replaced_choice(
             )
 
 
+def _fields_at(loc: Sequence[Any]) -> list[str]:
+    """The keys the recipe's schema allows at ``loc`` (a section's path)."""
+    model: Any = RecipeModel
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
 def _config_error(path: Path, err: ValidationError) -> ConfigError:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            valid = _fields_at(e["loc"][:-1])
+            name = str(e["loc"][-1])
+            lines.append(f"{key}: unknown key{closest(name, valid)}; expected one of {valid}")
+            continue
         got = "" if e["type"] == "missing" else f" (got {e['input']!r})"
         lines.append(f"{key}: {e['msg']}{got}")
     first_key = ".".join(str(p) for p in err.errors()[0]["loc"])
@@ -326,36 +367,4 @@ def parse_space(spec: Mapping[str, Mapping[str, Any]], path: Path) -> Space:
     return Space(params)
 
 
-# -- the objective ------------------------------------------------------------------------
-
-
-def load_objective(recipe_path: Path, ref: str, train: Mapping[str, Any]) -> Callable[..., Any]:
-    """``file.py:func`` (relative to the recipe) or ``package.module:func``; checks that the
-    function accepts ``(trial, **train)``."""
-    target, _, func_name = ref.rpartition(":")
-    key = "objective.function"
-    if target.endswith(".py"):
-        file = (recipe_path.parent / target).resolve()
-        if not file.is_file():
-            raise ConfigError(recipe_path, key, f"file {file} does not exist")
-        mod_name = f"torchtune_hp_objective_{file.stem}"
-        spec = importlib.util.spec_from_file_location(mod_name, file)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = module
-        spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as e:
-            raise ConfigError(recipe_path, key, f"cannot import module {target!r}: {e}") from e
-    fn = getattr(module, func_name, None)
-    if not callable(fn):
-        raise ConfigError(recipe_path, key, f"{target} has no function {func_name!r}")
-    try:
-        inspect.signature(fn).bind(None, **train)
-    except TypeError as e:
-        raise ConfigError(
-            recipe_path, "train", f"{func_name}(trial, **train) does not accept these: {e}"
-        ) from None
-    return fn
+__all__ = ["ConfigError", "Recipe", "load_objective", "load_recipe"]

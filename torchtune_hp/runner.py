@@ -1,13 +1,22 @@
-"""Run a recipe: open (or resume) its study, save the resolved recipe, drive the trials."""
+"""Run a recipe: check it, open (or resume) its study, pick its executor, drive the trials.
+
+Everything that can be checked before the first trial is checked before the study is opened
+(the objective imports or its command exists, its templates fill in, the devices exist), so a
+mistake costs no trial and no file.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from torchtune_hp.executors.devices import device_slots
-from torchtune_hp.executors.pool import ProcessPool
-from torchtune_hp.executors.spec import launch_spec
+from torchtune_hp import files
+from torchtune_hp.errors import ConfigError
+from torchtune_hp.executors import Executor
+from torchtune_hp.executors.devices import Slot, device_slots
+from torchtune_hp.executors.inline import InlineExecutor
+from torchtune_hp.executors.loop import run_trials
+from torchtune_hp.launch import check_objective, launch_spec
 from torchtune_hp.progress import ProgressView
 from torchtune_hp.recipe import Recipe
 from torchtune_hp.study import Study
@@ -38,36 +47,48 @@ def in_process(recipe: Recipe) -> bool:
     return recipe.model.objective.function is not None and recipe.model.executor.workers == 1
 
 
+def slots_of(recipe: Recipe) -> list[Slot]:
+    ex = recipe.model.executor
+    try:
+        return device_slots(ex.devices, ex.workers, ex.trials_per_device, ex.devices_per_trial)
+    except ValueError as e:
+        raise ConfigError(recipe.path, "executor.devices", str(e)) from None
+
+
+def make_executor(recipe: Recipe, study: Study, slots: list[Slot]) -> Executor:
+    if in_process(recipe):
+        objective, train = recipe.objective(), recipe.model.train
+
+        def call(trial: Trial) -> Any:
+            return objective(trial, **train)
+
+        return InlineExecutor(call, devices=slots[0].positions)
+    from torchtune_hp.executors.pool import ProcessPool
+
+    return ProcessPool(study, launch_spec(recipe), recipe.model.executor.workers, slots)
+
+
 def run_recipe(recipe: Recipe) -> Study:
     """Run until the study holds ``study.trials`` finished trials. The resolved recipe is
     written beside the database (the latest run's, overrides applied)."""
     m = recipe.model
-    if in_process(recipe):
-        objective = recipe.objective()
-    else:
-        spec = launch_spec(recipe)
-        ex = m.executor
-        slots = device_slots(ex.devices, ex.workers, ex.trials_per_device, ex.devices_per_trial)
+    check_objective(recipe)
+    slots = slots_of(recipe)
     study = open_study(recipe)
-    assert study.dir is not None
-    (study.dir / "recipe.yaml").write_text(f"# resolved from {recipe.path}\n{recipe.resolved_yaml}")
+    executor: Executor | None = None
     try:
-        with ProgressView(study, m.study.trials) as view:
-            if in_process(recipe):
-
-                def run_trial(trial: Trial) -> Any:
-                    view.trial_started(trial)
-                    return objective(trial, **m.train)
-
-                study.optimize(run_trial, m.study.trials, callbacks=[view.trial_finished])
-            else:
-                pool = ProcessPool(study, spec, ex.workers, slots)
-                pool.run(m.study.trials, view.trial_started, [view.trial_finished])
-    except KeyboardInterrupt:
-        study.interrupted()
-        study.close()
-        raise
+        assert study.dir is not None
+        files.write_text(
+            study.dir / "recipe.yaml", f"# resolved from {recipe.path}\n{recipe.resolved_yaml}"
+        )
+        executor = make_executor(recipe, study, slots)
+        with ProgressView(study, m.study.trials):
+            run_trials(study, executor, m.study.trials, fail_fast=m.study.fail_fast)
     except BaseException:
         study.close()
         raise
+    finally:
+        close = getattr(executor, "close", None)
+        if close is not None:
+            close()
     return study

@@ -32,6 +32,8 @@ def _finite(name: str, value: float) -> float:
 
 
 def _check_bounds(low: float, high: float, log: bool, step: float | None) -> None:
+    if not isinstance(log, bool):  # "false" would read as true
+        raise TypeError(f"log must be true or false, got {log!r}")
     if low >= high:
         raise ValueError(f"low must be < high, got low={low!r} high={high!r}")
     if log and low <= 0:

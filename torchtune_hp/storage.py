@@ -1,25 +1,32 @@
 """SQLite storage: the single source of truth of a study.
 
-The driver process is the only writer. A lock file beside the database keeps a second driver
-out, so every trial found RUNNING when a driver opens the study was left by a process that
-died. ``path=None`` keeps the same tables in memory (``logdir=None``), so both share one code
-path. Readers (``torchtune-hp trials``/``best``) open the file read-only and take no lock.
+The driver process is the only writer (the study folder's lock, :class:`~torchtune_hp.files.
+StudyLock`, keeps a second driver out), so every trial found RUNNING when a driver opens the
+study was left by a process that died. ``path=None`` keeps the same tables in memory
+(``logdir=None``), so both share one code path. Readers (``torchtune-hp trials``/``best``, DDP
+followers) open the file read-only and take no lock; a study on read-only media is read too.
+
+A file that is not a study database, or a damaged one, is refused before anything is written to
+it: every byte stays as it was.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from torchtune_hp.trial import FrozenTrial, Origin, TrialState
+from torchtune_hp.errors import StorageError
+from torchtune_hp.trial import FrozenTrial, Interruption, Origin, TrialState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -33,7 +40,9 @@ CREATE TABLE IF NOT EXISTS trials (
     error TEXT,
     origin TEXT NOT NULL,
     interrupted INTEGER NOT NULL DEFAULT 0,
-    note TEXT
+    note TEXT,
+    interruption TEXT,
+    process TEXT
 );
 CREATE TABLE IF NOT EXISTS intermediate (
     trial INTEGER NOT NULL REFERENCES trials(number),
@@ -48,9 +57,15 @@ CREATE TABLE IF NOT EXISTS queue (
 );
 """
 
+# Version 1 had no interruption kind (every interrupted trial counted as "died") and no
+# process record.
+_MIGRATE_FROM_1 = """
+ALTER TABLE trials ADD COLUMN interruption TEXT;
+ALTER TABLE trials ADD COLUMN process TEXT;
+UPDATE trials SET interruption = 'died' WHERE interrupted = 1;
+"""
 
-class StorageError(RuntimeError):
-    """The database cannot be used: locked by another driver, or from a newer version."""
+_COLUMNS = 'number, state, params, value, start, "end", error, origin, interruption, note, process'
 
 
 def utcnow() -> datetime:
@@ -65,70 +80,124 @@ def _dt(s: str | None) -> datetime | None:
     return None if s is None else datetime.fromisoformat(s)
 
 
+def damaged(path: Path | str, why: str = "") -> StorageError:
+    detail = f" ({why})" if why else ""
+    return StorageError(f"{path}: not a study database, or damaged{detail}; left untouched")
+
+
 class Storage:
     """Trials, intermediate values, the queue of parameters to try next, and study metadata."""
 
     def __init__(self, path: Path | None, *, read_only: bool = False) -> None:
         self.path = path
-        self._lock_fd: int | None = None
+        self.read_only = read_only
+        self._copy: tempfile.TemporaryDirectory[str] | None = None
+        if path is not None:
+            _check_header(path, must_exist=read_only)
+        try:
+            self.conn = self._connect(path, read_only)
+        except sqlite3.DatabaseError as e:
+            raise self._error(e) from None
+        try:
+            with self._errors():
+                self._check_and_migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect(self, path: Path | None, read_only: bool) -> sqlite3.Connection:
         if path is None:
-            self.conn = sqlite3.connect(":memory:", isolation_level=None)
-        elif read_only:
-            if not path.exists():
-                raise FileNotFoundError(f"{path}: no study database here")
-            self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            return sqlite3.connect(":memory:", isolation_level=None)
+        if not read_only:
+            conn = sqlite3.connect(str(path), isolation_level=None, timeout=30)
+            _validate(conn, path)  # before the pragmas below, which may write to the file
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            return conn
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            _validate(conn, path)
+            return conn
+        except sqlite3.OperationalError:
+            pass
+        # Read-only media: SQLite cannot create the shared-memory file a WAL database needs.
+        # Without a write-ahead log the file is complete: read it as immutable. With one, read
+        # a private copy of both, so the latest trials are not missed.
+        wal = path.with_name(path.name + "-wal")
+        if not (wal.exists() and wal.stat().st_size > 0):
+            conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True, isolation_level=None)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock(path.with_name(path.name + ".lock"))
-            self.conn = sqlite3.connect(str(path), isolation_level=None, timeout=30)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            self._copy = tempfile.TemporaryDirectory(prefix="torchtune_hp_ro_")
+            copy = Path(self._copy.name) / path.name
+            shutil.copyfile(path, copy)
+            shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
+            conn = sqlite3.connect(f"file:{copy}?mode=ro", uri=True, isolation_level=None)
+        _validate(conn, path)
+        return conn
+
+    def _check_and_migrate(self) -> None:
+        conn = self.conn
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise StorageError(
-                f"{path}: schema version {version} is newer than this torchtune_hp "
+                f"{self.path}: schema version {version} is newer than this torchtune_hp "
                 f"understands ({SCHEMA_VERSION}); upgrade torchtune-hp"
             )
-        if not read_only:
-            self.conn.executescript(_SCHEMA)
-            self.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-
-    def _lock(self, lock_path: Path) -> None:
-        import fcntl
-
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise StorageError(
-                f"{lock_path.parent}: the study is being run by another process (pid {holder})"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self._lock_fd = fd
+        if self.read_only:
+            if version < SCHEMA_VERSION:
+                raise StorageError(
+                    f"{self.path}: written by an older torchtune_hp (schema {version}); run the "
+                    "study once with this version to upgrade it"
+                )
+            return
+        with self._tx() as c:
+            for statement in (_MIGRATE_FROM_1 if version == 1 else _SCHEMA).split(";"):
+                if statement.strip():
+                    c.execute(statement)
+            c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
-        self.conn.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        conn = getattr(self, "conn", None)
+        if conn is not None:
+            conn.close()
+        if self._copy is not None:
+            self._copy.cleanup()
+            self._copy = None
+
+    def _error(self, e: sqlite3.Error) -> StorageError:
+        text = str(e)
+        if isinstance(e, sqlite3.DatabaseError) and (
+            "not a database" in text or "malformed" in text
+        ):
+            return damaged(self.path or ":memory:", text)
+        return StorageError(f"{self.path or ':memory:'}: {text}")
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """SQLite's errors (a full disk, a damaged file) as a StorageError naming the file."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            raise self._error(e) from None
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+        with self._errors():
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._errors():
+            return self.conn.execute(sql, args).fetchall()
 
     # -- metadata ---------------------------------------------------------------------------
     def get_meta(self) -> dict[str, Any]:
-        rows = self.conn.execute("SELECT key, value FROM meta").fetchall()
-        return {k: json.loads(v) for k, v in rows}
+        return {k: json.loads(v) for k, v in self._read("SELECT key, value FROM meta")}
 
     def set_meta(self, values: dict[str, Any]) -> None:
         with self._tx() as c:
@@ -183,22 +252,25 @@ class Storage:
         state: TrialState,
         value: float | None = None,
         error: str | None = None,
-        interrupted: bool = False,
-    ) -> None:
+        interruption: Interruption | None = None,
+    ) -> bool:
+        """Record how a RUNNING trial ended; False when it was not RUNNING (told already)."""
         with self._tx() as c:
-            c.execute(
-                'UPDATE trials SET state=?, value=?, error=?, interrupted=?, "end"=? '
-                "WHERE number=? AND state=?",
+            cursor = c.execute(
+                "UPDATE trials SET state=?, value=?, error=?, interrupted=?, interruption=?, "
+                '"end"=? WHERE number=? AND state=?',
                 (
                     state.value,
                     value,
                     error,
-                    int(interrupted),
+                    int(interruption is not None),
+                    None if interruption is None else interruption.value,
                     _ts(utcnow()),
                     number,
                     TrialState.RUNNING.value,
                 ),
             )
+            return cursor.rowcount == 1
 
     def report(self, number: int, step: int, value: float) -> None:
         with self._tx() as c:
@@ -207,32 +279,37 @@ class Storage:
                 (number, step, value),
             )
 
+    def add_note(self, number: int, text: str) -> None:
+        """Append a line to a trial's note (what the driver noticed about its output)."""
+        with self._tx() as c:
+            c.execute(
+                "UPDATE trials SET note = CASE WHEN note IS NULL OR note = '' THEN ? "
+                "ELSE note || char(10) || ? END WHERE number=?",
+                (text, text, number),
+            )
+
+    def set_process(self, number: int, process: dict[str, Any]) -> None:
+        """Where a trial's process group runs (see :mod:`torchtune_hp.procs`)."""
+        with self._tx() as c:
+            c.execute("UPDATE trials SET process=? WHERE number=?", (json.dumps(process), number))
+
+    def trial(self, number: int) -> FrozenTrial:
+        rows = self._read(f"SELECT {_COLUMNS} FROM trials WHERE number=?", (number,))
+        if not rows:
+            raise KeyError(f"no trial {number} in {self.path or 'this study'}")
+        steps = self._read(
+            "SELECT trial, step, value FROM intermediate WHERE trial=? ORDER BY step", (number,)
+        )
+        return _frozen(rows[0], {step: v for _, step, v in steps})
+
     def trials(self) -> list[FrozenTrial]:
         inter: dict[int, dict[int, float]] = {}
-        for t, step, v in self.conn.execute(
+        for t, step, v in self._read(
             "SELECT trial, step, value FROM intermediate ORDER BY trial, step"
         ):
             inter.setdefault(t, {})[step] = v
-        rows = self.conn.execute(
-            'SELECT number, state, params, value, start, "end", error, origin, interrupted, note '
-            "FROM trials ORDER BY number"
-        ).fetchall()
-        return [
-            FrozenTrial(
-                number=n,
-                state=TrialState(state),
-                params=json.loads(params),
-                value=value,
-                start=_dt(start),
-                end=_dt(end),
-                error=error,
-                origin=Origin(origin),
-                interrupted=bool(interrupted),
-                note=note,
-                intermediate=inter.get(n, {}),
-            )
-            for n, state, params, value, start, end, error, origin, interrupted, note in rows
-        ]
+        rows = self._read(f"SELECT {_COLUMNS} FROM trials ORDER BY number")
+        return [_frozen(row, inter.get(row[0], {})) for row in rows]
 
     # -- queue of parameters to try next ---------------------------------------------------
     def push_queue(self, params: dict[str, Any], origin: Origin) -> None:
@@ -253,24 +330,82 @@ class Storage:
             return self._insert_trial(c, params, origin), json.loads(params), Origin(origin)
 
     def queued(self) -> list[dict[str, Any]]:
-        return [json.loads(p) for (p,) in self.conn.execute("SELECT params FROM queue")]
+        return [json.loads(p) for (p,) in self._read("SELECT params FROM queue")]
 
-    def recover_running(self, reason: str) -> list[int]:
-        """Mark every RUNNING trial FAILED (interrupted) and queue its parameters for one more
-        try, unless it already was that retry. Returns the numbers it marked."""
+    def recover_running(
+        self, reason: str, interruption: Interruption
+    ) -> list[tuple[int, dict[str, Any] | None]]:
+        """Mark every RUNNING trial FAILED with ``interruption`` and queue its parameters to
+        run again: always after a stop (``stopped``), once after a death (``died``: a trial
+        that was that retry is not queued again). Returns ``(number, process record)``."""
+        origin = Origin.RESUMED if interruption is Interruption.STOPPED else Origin.RETRY
         with self._tx() as c:
             rows = c.execute(
-                "SELECT number, params, origin FROM trials WHERE state=?",
+                "SELECT number, params, origin, process FROM trials WHERE state=?",
                 (TrialState.RUNNING.value,),
             ).fetchall()
-            for n, params, origin in rows:
+            for n, params, was, _ in rows:
                 c.execute(
-                    'UPDATE trials SET state=?, error=?, interrupted=1, "end"=? WHERE number=?',
-                    (TrialState.FAILED.value, reason, _ts(utcnow()), n),
+                    'UPDATE trials SET state=?, error=?, interrupted=1, interruption=?, "end"=? '
+                    "WHERE number=?",
+                    (TrialState.FAILED.value, reason, interruption.value, _ts(utcnow()), n),
                 )
-                if origin != Origin.RETRY.value:
+                if interruption is Interruption.STOPPED or was != Origin.RETRY.value:
                     c.execute(
-                        "INSERT INTO queue (params, origin) VALUES (?, ?)",
-                        (params, Origin.RETRY.value),
+                        "INSERT INTO queue (params, origin) VALUES (?, ?)", (params, origin.value)
                     )
-        return [n for n, _, _ in rows]
+        return [(n, None if p is None else json.loads(p)) for n, _, _, p in rows]
+
+
+def _frozen(row: tuple[Any, ...], intermediate: dict[int, float]) -> FrozenTrial:
+    n, state, params, value, start, end, error, origin, interruption, note, _ = row
+    return FrozenTrial(
+        number=n,
+        state=TrialState(state),
+        params=json.loads(params),
+        value=value,
+        start=_dt(start),
+        end=_dt(end),
+        error=error,
+        origin=Origin(origin),
+        interruption=None if interruption is None else Interruption(interruption),
+        note=note,
+        intermediate=intermediate,
+    )
+
+
+def _validate(conn: sqlite3.Connection, path: Path) -> None:
+    """A database with tables must be an intact study database (``quick_check`` reads every
+    page, a few milliseconds for ten thousand trials)."""
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables:
+            return
+        check = conn.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        conn.close()
+        if isinstance(e, sqlite3.OperationalError) and "unable to open" in str(e):
+            raise
+        raise damaged(path, str(e)) from None
+    if check != "ok" or not {"meta", "trials"} <= tables:
+        conn.close()
+        raise damaged(path, check if check != "ok" else f"it holds the tables {sorted(tables)}")
+
+
+def _check_header(path: Path, must_exist: bool) -> None:
+    """Refuse a file that is not SQLite at all before SQLite touches it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        if must_exist:
+            raise FileNotFoundError(f"{path}: no study database here") from None
+        return
+    except IsADirectoryError:
+        raise damaged(path, "it is a folder") from None
+    except OSError as e:
+        raise StorageError(f"{path}: cannot read: {e.strerror}") from None
+    if head and head != SQLITE_HEADER:
+        raise damaged(path, "not an SQLite file")
+    if not head and must_exist:
+        raise damaged(path, "the file is empty")

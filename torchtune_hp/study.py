@@ -1,60 +1,80 @@
-"""The study: the driver loop that asks the sampler, runs the objective and records results.
+"""The study: the record of a search, and ask / tell / report on it.
 
 ``Study(name, space, logdir="logs")`` opens ``logs/<name>/study.db`` and resumes it when it
-exists: finished trials are kept, trials left RUNNING by a dead process are marked FAILED
+exists: finished trials are kept, trials left RUNNING by a driver that died are marked FAILED
 (interrupted) and their parameters tried once more, and ``n_trials`` is the study's total, so
 running ``optimize(f, n_trials=30)`` twice still ends at 30.
+
+The study keeps records and answers questions; it runs nothing itself. ``optimize`` hands the
+objective to the in-process executor and the shared driver loop
+(:mod:`torchtune_hp.executors.loop`), which every executor uses. What happens to a trial is
+announced to subscribers (:class:`StudyListener`: the TensorBoard board, the progress view), the
+way Lightning calls its callbacks. The driver is the study's only writer, so it keeps an
+in-memory view of every trial in step with the database: asking, telling and reporting cost the
+same at trial 10,000 as at trial 10.
 
 In a distributed training job (Lightning's ``strategy="ddp"`` runs the script again for every
 rank but 0), a study opened on another rank than 0 is a *follower*: it reads the database
 without taking the driver's lock, its ``ask()`` returns the trial rank 0 is running, and its
 ``tell``/``report`` write nothing. So the same script tunes a DDP model unchanged: every rank
-trains the same trial, rank 0 alone records it, and the callback shares the prune decision.
-
-TensorBoard: each trial's run and the study-level run are written as the trials progress (see
-:mod:`torchtune_hp.board`); ``tensorboard=False`` turns that off.
+trains the same trial, rank 0 alone records it, and the callback shares the prune decision. A
+follower ends within a second of rank 0 ending, whatever the reason.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
-import sqlite3
+import socket
 import time
-import traceback
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
 
+from torchtune_hp import files, procs
 from torchtune_hp.distributed import is_follower_rank
+from torchtune_hp.errors import StorageError
+from torchtune_hp.outcome import Outcome, as_number, describe, outcome_of_return
 from torchtune_hp.pruners import Pruner, make_pruner
-from torchtune_hp.remote import CURRENT
 from torchtune_hp.samplers import Sampler, SpaceExhausted, make_sampler
 from torchtune_hp.space import Param, Space, space_diff
-from torchtune_hp.storage import Storage
-from torchtune_hp.trial import FrozenTrial, Origin, Trial, TrialPruned, TrialState
+from torchtune_hp.storage import Storage, utcnow
+from torchtune_hp.trial import FrozenTrial, Interruption, Origin, Trial, TrialState
 
 if TYPE_CHECKING:
-    from torchtune_hp.board import StudyBoard
+    from torchtune_hp.samplers.explain import Explanation
 
 MODES = ("min", "max")
 INTERRUPTED = "interrupted"
+MAX_SEED = 2**64 - 1
+MAX_STEP = 2**63 - 1
 
 
 class StudyMismatch(ValueError):
     """An existing study was opened with another space, metric or mode."""
 
 
-def to_float(value: Any) -> float:
-    """Objective values as plain floats: Python numbers, 0-d tensors and NumPy scalars."""
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"the objective must return a number, got {type(value).__name__}")
-    return float(value)
+class StudyListener(Protocol):
+    """What a subscriber may hear (every method is optional): a trial started, reported,
+    finished; the sampler explained itself; the study closed."""
+
+    def trial_started(self, study: Study, trial: Trial) -> None: ...
+    def trial_reported(self, study: Study, number: int, step: int, value: float) -> None: ...
+    def trial_finished(self, study: Study, trial: FrozenTrial) -> None: ...
+    def sampler_explained(self, study: Study, explanation: Explanation, number: int) -> None: ...
+    def study_closed(self, study: Study) -> None: ...
+
+
+def check_seed(seed: object) -> int | None:
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer from 0 to 2**64 - 1, got {seed!r}")
+    return seed
 
 
 def best_of(trials: Sequence[FrozenTrial], mode: str) -> FrozenTrial | None:
@@ -63,6 +83,13 @@ def best_of(trials: Sequence[FrozenTrial], mode: str) -> FrozenTrial | None:
     done = [t for t in trials if t.state is TrialState.COMPLETE and t.value is not None]
     sign = 1.0 if mode == "min" else -1.0
     return min(done, key=lambda t: (sign * float(t.value or 0.0), t.number), default=None)
+
+
+def _better(a: FrozenTrial, b: FrozenTrial | None, mode: str) -> bool:
+    if b is None:
+        return True
+    assert a.value is not None and b.value is not None
+    return a.value < b.value if mode == "min" else a.value > b.value
 
 
 def _wait_for_database(path: Path, timeout_s: float = 60.0) -> Storage:
@@ -74,7 +101,7 @@ def _wait_for_database(path: Path, timeout_s: float = 60.0) -> Storage:
             if storage.get_meta():
                 return storage
             storage.close()
-        except (FileNotFoundError, sqlite3.OperationalError):
+        except (FileNotFoundError, StorageError):
             pass
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path}: rank 0 did not create the study within {timeout_s:.0f} s")
@@ -103,23 +130,32 @@ class Study:
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         if isinstance(images_every, bool) or not isinstance(images_every, int) or images_every < 0:
             raise ValueError(f"images_every must be an integer >= 0, got {images_every!r}")
-        self.name = name
+        self.name = files.check_study_name(name)
+        seed = check_seed(seed)
         self.space = Space.of(space)
         self.mode = mode
         self.metric = metric
-        self.dir = None if logdir is None else Path(logdir) / name
-        self.follower = self.dir is not None and is_follower_rank()
-        self._followed: int | None = None  # the last trial a follower returned from ask()
-        self._target: int | None = None  # n_trials of the running optimize(), for followers
-        if self.follower:
-            assert self.dir is not None
-            self.storage = _wait_for_database(self.dir / "study.db")
-        else:
-            self.storage = Storage(None if self.dir is None else self.dir / "study.db")
-        self.board: StudyBoard | None = None
         self.images_every = images_every
+        self.dir = None if logdir is None else files.absolute(logdir) / name
+        self.follower = is_follower_rank()
+        if self.follower and self.dir is None:
+            raise ValueError(
+                "Study(logdir=None) in a distributed job's rank > 0: every rank would run its "
+                "own in-memory study with its own parameters. Give the study a logdir, so the "
+                "other ranks follow rank 0's trials."
+            )
+        self.recovered: list[int] = []
+        self._listeners: list[Any] = []
+        self._lock: files.StudyLock | None = None
+        self._view: dict[int, FrozenTrial] = {}
+        self._n_counted = 0
+        self._best: FrozenTrial | None = None
+        self._noted: set[tuple[int, str]] = set()
+        self._followed: int | None = None  # the last trial a follower returned from ask()
+        self._saw_driver = False
+        self.storage = self._open_storage()
         try:
-            self.seed = self._load_or_init_meta(seed)
+            self._load_or_init_meta(seed)
             self.sampler: Sampler = (
                 make_sampler(sampler, self.seed, dict(sampler_options or {}), mode)
                 if isinstance(sampler, str)
@@ -135,45 +171,85 @@ class Study:
                 if isinstance(pruner, str)
                 else pruner
             )
+            for t in self.storage.trials():
+                self._remember(t)
+            if not self.follower:
+                self._start_driving(tensorboard)
         except BaseException:
-            self.storage.close()
+            self.close()
             raise
-        self.recovered: list[int] = []
+
+    def _open_storage(self) -> Storage:
+        if self.dir is None:
+            return Storage(None)
+        db = self.dir / files.DATABASE
         if self.follower:
-            return
+            return _wait_for_database(db)
+        files.make_study_dir(self.dir)
+        self._lock = files.StudyLock(self.dir).acquire()
+        try:
+            if not db.exists():
+                aside = files.set_aside_leftovers(self.dir)
+                if aside is not None:
+                    warnings.warn(
+                        f"{self.dir} held files of an earlier study but no study.db: moved them "
+                        f"to {aside}, so none of them is read as this study's",
+                        stacklevel=3,
+                    )
+            return Storage(db)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _start_driving(self, tensorboard: bool) -> None:
+        if self.dir is not None:
+            self.storage.set_meta(
+                {
+                    "driver": {
+                        "pid": os.getpid(),
+                        "host": socket.gethostname(),
+                        "since": utcnow().isoformat(),
+                    }
+                }
+            )
         if tensorboard and self.dir is not None:
             from torchtune_hp.board import StudyBoard  # TensorBoard loads only when used
 
-            self.board = StudyBoard(self.dir, self.space, metric, mode)
+            board = StudyBoard(self.dir, self.space, self.metric, self.mode)
             if self._created:
-                self.board.write_experiment(f"torchtune_hp study {name!r}")
-        self.recovered = self.storage.recover_running(
-            f"{INTERRUPTED}: the process running this trial died; its parameters are retried once"
-        )
-        if self.recovered:
+                board.write_experiment(f"torchtune_hp study {self.name!r}")
+            self.subscribe(board)
+        left = [t.number for t in self._view.values() if t.state is TrialState.RUNNING]
+        if left:
+            self._recover(
+                f"{INTERRUPTED}: the process running this trial died; its parameters are retried "
+                "once",
+                Interruption.DIED,
+            )
             warnings.warn(
-                f"study {name!r}: trial(s) {self.recovered} were left RUNNING by a process that "
+                f"study {self.name!r}: trial(s) {left} were left RUNNING by a process that "
                 "died; marked FAILED and queued to run again once",
-                stacklevel=2,
+                stacklevel=3,
             )
 
-    def _load_or_init_meta(self, seed: int | None) -> int:
+    def _load_or_init_meta(self, seed: int | None) -> None:
         meta = self.storage.get_meta()
         self._created = not meta
         if self.follower:
-            return int(meta["seed"])
+            self.seed = int(meta["seed"])
+            return
         if not meta:
-            seed = random.randrange(2**31) if seed is None else seed
+            self.seed = random.randrange(2**31) if seed is None else seed
             self.storage.set_meta(
                 {
                     "name": self.name,
                     "space": self.space.to_dict(),
                     "metric": self.metric,
                     "mode": self.mode,
-                    "seed": seed,
+                    "seed": self.seed,
                 }
             )
-            return seed
+            return
         problems = space_diff(Space.from_dict(meta["space"]), self.space)
         for key in ("metric", "mode"):
             if meta[key] != getattr(self, key):
@@ -189,22 +265,63 @@ class Study:
             )
         if seed is not None and seed != meta["seed"]:
             self.storage.set_meta({"seed": seed})
-            return seed
-        return int(meta["seed"])
+        self.seed = int(meta["seed"]) if seed is None else seed
+
+    # -- subscribers -------------------------------------------------------------------------
+    def subscribe(self, listener: Any) -> None:
+        """Tell ``listener`` what happens from now on (see :class:`StudyListener`)."""
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Any) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _emit(self, event: str, *args: Any) -> None:
+        for listener in list(self._listeners):
+            handler = getattr(listener, event, None)
+            if handler is not None:
+                handler(self, *args)
+
+    # -- the in-memory view ------------------------------------------------------------------
+    def _remember(self, t: FrozenTrial) -> FrozenTrial:
+        old = self._view.get(t.number)
+        self._n_counted += int(t.counts) - int(old is not None and old.counts)
+        self._view[t.number] = t
+        if t.state is TrialState.COMPLETE and t.value is not None:
+            if _better(t, self._best, self.mode):
+                self._best = t
+        return t
+
+    def _refresh(self, number: int) -> FrozenTrial:
+        return self._remember(self.storage.trial(number))
 
     # -- reading -----------------------------------------------------------------------------
     @property
     def trials(self) -> list[FrozenTrial]:
-        return self.storage.trials()
+        if self.follower:
+            return self.storage.trials()
+        return list(self._view.values())
+
+    def trial(self, number: int) -> FrozenTrial:
+        return self._view[number] if not self.follower else self.storage.trial(number)
 
     @property
     def n_finished(self) -> int:
         """Trials that count toward ``n_trials`` (interrupted ones do not)."""
-        return sum(t.counts for t in self.trials)
+        return self._n_counted
+
+    @property
+    def running(self) -> list[FrozenTrial]:
+        return [t for t in self._view.values() if t.state is TrialState.RUNNING]
+
+    @property
+    def incumbent(self) -> FrozenTrial | None:
+        """The best COMPLETE trial so far, or None."""
+        return self._best if not self.follower else best_of(self.trials, self.mode)
 
     @property
     def best_trial(self) -> FrozenTrial:
-        best = best_of(self.trials, self.mode)
+        best = self.incumbent
         if best is None:
             raise ValueError(f"study {self.name!r} has no COMPLETE trial yet")
         return best
@@ -227,18 +344,22 @@ class Study:
 
         return importance(self.space, self.trials, self.mode)
 
-    # -- ask / tell --------------------------------------------------------------------------
+    def trial_dir(self, number: int) -> Path:
+        if self.dir is None:
+            raise ValueError("an in-memory study (logdir=None) has no trial folders")
+        return self.dir / f"trial_{number:04d}"
+
+    # -- ask / tell / report -----------------------------------------------------------------
     def enqueue(self, params: Mapping[str, Any]) -> None:
         """Make a following ``ask()`` return ``params`` (e.g. a known-good default first)."""
         self.storage.push_queue(self.space.validate(params), Origin.ENQUEUED)
 
     def add(self, params: Mapping[str, Any], value: float) -> FrozenTrial:
         """Record a trial evaluated elsewhere (a warm start from earlier results)."""
-        value = to_float(value)
-        if not math.isfinite(value):
-            raise ValueError(f"add() needs a finite value, got {value}")
-        number = self.storage.add_trial(self.space.validate(params), value)
-        return self._frozen(number)
+        number, why = as_number(value)
+        if number is None or not math.isfinite(number):
+            raise ValueError(f"add() needs a finite number, got {why or number}")
+        return self._refresh(self.storage.add_trial(self.space.validate(params), number))
 
     def ask(self) -> Trial:
         """Start a trial: queued parameters first, else the sampler's suggestion.
@@ -251,47 +372,25 @@ class Study:
         if popped is not None:
             number, params, _ = popped
         else:
-            trials = self.trials
-            finished = [t for t in trials if t.state.finished]
-            pending = [t for t in trials if not t.state.finished]
+            finished, pending = [], []
+            for t in self._view.values():
+                (finished if t.state.finished else pending).append(t)
             params = self.sampler.sample(self.space, finished, pending)
             note = getattr(self.sampler, "last_note", None)
             number = self.storage.create_trial(params, Origin.SAMPLER, note)
+        self._refresh(number)
         trial = Trial(self, number, params)
         if self.dir is not None:
-            trial_dir = self.trial_dir(number)
-            trial_dir.mkdir(parents=True, exist_ok=True)
-            (trial_dir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        if self.board is not None:
-            self.board.trial_started(number, params)
-            explain = getattr(self.sampler, "explain", None)
-            if sampled and explain and self.images_every and number % self.images_every == 0:
+            run_dir = files.fresh_dir(self.trial_dir(number))
+            files.write_text(run_dir / "params.yaml", yaml.safe_dump(params, sort_keys=False))
+        self._emit("trial_started", trial)
+        explain = getattr(self.sampler, "explain", None)
+        if sampled and explain and self.images_every and number % self.images_every == 0:
+            if any(getattr(x, "sampler_explained", None) for x in self._listeners):
                 explanation = explain()
                 if explanation is not None:
-                    self.board.explained(explanation, number)
+                    self._emit("sampler_explained", explanation, number)
         return trial
-
-    def _follow(self, poll_s: float = 0.05, timeout_s: float = 600.0) -> Trial:
-        """A follower's ask(): the trial rank 0 runs now (the first call) or the next one it
-        starts; SpaceExhausted once rank 0's study holds ``n_trials``."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            trials = self.trials
-            if self._followed is None:
-                running = [t for t in trials if t.state is TrialState.RUNNING]
-                nxt = running[-1] if running else None
-            else:
-                nxt = next((t for t in trials if t.number > self._followed), None)
-            if nxt is not None:
-                self._followed = nxt.number
-                return Trial(self, nxt.number, nxt.params)
-            if self._target is not None and sum(t.counts for t in trials) >= self._target:
-                raise SpaceExhausted("rank 0 finished the study")
-            time.sleep(poll_s)
-        raise TimeoutError(
-            f"{self.dir}: rank 0 started no new trial within {timeout_s:.0f} s "
-            "(this process follows rank 0 of a distributed job)"
-        )
 
     def tell(
         self,
@@ -302,54 +401,137 @@ class Study:
     ) -> FrozenTrial:
         """Finish a trial: COMPLETE with ``value``, or ``state="failed"``/``"pruned"``.
 
-        A NaN or infinite value leaves the trial FAILED with the reason stored; a PRUNED trial
-        keeps its last reported value."""
+        ``value`` may also be an :class:`~torchtune_hp.outcome.Outcome` (what executors pass).
+        Whatever ``value`` is, the trial ends: a value that is not a finite number leaves it
+        FAILED with the reason stored; a PRUNED trial keeps its last reported value. Telling a
+        trial that already ended changes nothing."""
         number = trial if isinstance(trial, int) else trial.number
         if self.follower:
-            return self._frozen(number)
+            return self.trial(number)
+        outcome = value if isinstance(value, Outcome) else self._outcome(value, state, error)
+        if outcome.state is TrialState.PRUNED:
+            val, _ = as_number(outcome.value)
+            if val is None or not math.isfinite(val):
+                steps = self._view[number].intermediate
+                val = steps[max(steps)] if steps else None
+            outcome = Outcome(TrialState.PRUNED, val)
+        if self.storage.finish_trial(
+            number, outcome.state, outcome.value, outcome.error, outcome.interruption
+        ):
+            frozen = self._refresh(number)
+            self._emit("trial_finished", frozen)
+            return frozen
+        return self._view[number]
+
+    def _outcome(self, value: Any, state: TrialState | str | None, error: str | None) -> Outcome:
         st = TrialState(state.upper()) if isinstance(state, str) else state
-        st = st or TrialState.COMPLETE
         if st is TrialState.RUNNING:
             raise ValueError("tell() needs a finished state: COMPLETE, PRUNED or FAILED")
-        val = None if value is None else to_float(value)
-        if st is TrialState.COMPLETE:
-            if val is None:
-                raise ValueError("tell() of a COMPLETE trial needs a value")
-            if not math.isfinite(val):
-                st, error, val = TrialState.FAILED, f"the objective returned {val}", None
-        elif st is TrialState.PRUNED and val is None:
-            steps = self._frozen(number).intermediate
-            val = steps[max(steps)] if steps else None
-        elif st is TrialState.FAILED:
-            val = None
-        self.storage.finish_trial(number, st, val, error)
-        frozen = self._frozen(number)
-        if self.board is not None:
-            best = best_of(self.trials, self.mode)
-            self.board.trial_finished(frozen, None if best is None else best.value)
-        return frozen
+        if st is TrialState.FAILED:
+            return Outcome.failed(error or "failed")
+        if st is TrialState.PRUNED:
+            return Outcome(TrialState.PRUNED, as_number(value)[0])
+        return outcome_of_return(value, self.metric)
 
-    def _report(self, trial: Trial, value: float, step: int) -> None:
+    def report(self, trial: Trial | int, value: Any, step: Any = None) -> None:
+        """Record an intermediate value of a RUNNING trial (``step``: the epoch, say; by default
+        the next after the last). A value that is not a number is skipped, and the trial's note
+        says so once; NaN or inf (a diverging run) is recorded as the worst value there is
+        (+inf when minimizing, -inf when maximizing), so the pruner stops it."""
+        number = trial if isinstance(trial, int) else trial.number
         if self.follower:
             return
-        self.storage.report(trial.number, step, value)
-        if self.board is not None:
-            self.board.reported(trial.number, step, value)
+        current = self._view[number]
+        if current.state is not TrialState.RUNNING:
+            return
+        val, why = as_number(value)
+        if val is None:
+            self.note(number, f"a report of {self.metric!r} was skipped: {why}")
+            return
+        if not math.isfinite(val):
+            val = math.inf if self.mode == "min" else -math.inf
+        done = current.intermediate
+        s, _ = as_number(step)
+        if s is None or not (math.isfinite(s) and 0 <= s <= MAX_STEP):
+            if step is not None:
+                self.note(number, f"a report's step {describe(step)} is not a step number")
+            s = max(done) + 1 if done else 0
+        self.storage.report(number, int(s), val)
+        self._refresh(number)
+        self._emit("trial_reported", number, int(s), val)
 
-    def _should_prune(self, trial: Trial) -> bool:
+    def note(self, number: int, text: str) -> None:
+        """Add ``text`` to a trial's note, once (``trials`` shows it)."""
+        if (number, text) in self._noted or self.follower:
+            return
+        self._noted.add((number, text))
+        self.storage.add_note(number, text)
+        self._refresh(number)
+        warnings.warn(f"trial {number}: {text}", RuntimeWarning, stacklevel=3)
+
+    def should_prune(self, trial: Trial | int) -> bool:
+        """Whether the pruner says to stop the trial now, from the values reported so far."""
+        number = trial if isinstance(trial, int) else trial.number
         if self.follower:
             return False
-        trials = self.trials
-        me = next(t for t in trials if t.number == trial.number)
-        return self.pruner.prune(me, [t for t in trials if t.number != trial.number], self.mode)
+        me = self._view[number]
+        others = [t for t in self._view.values() if t.number != number]
+        return bool(self.pruner.prune(me, others, self.mode))
 
-    def _frozen(self, number: int) -> FrozenTrial:
-        return next(t for t in self.trials if t.number == number)
+    def record_process(self, trial: Trial | int, process: dict[str, Any]) -> None:
+        """Where a trial's process group runs, so a resumed driver can make sure it is gone."""
+        number = trial if isinstance(trial, int) else trial.number
+        self.storage.set_process(number, process)
 
-    def trial_dir(self, number: int) -> Path:
-        if self.dir is None:
-            raise ValueError("an in-memory study (logdir=None) has no trial folders")
-        return self.dir / f"trial_{number:04d}"
+    def interrupted(self, reason: str = "", kind: Interruption = Interruption.STOPPED) -> None:
+        """After a stop (Ctrl-C, SIGTERM, SIGHUP) or a driver error: the running trials become
+        FAILED (interrupted) and their parameters are queued for the next run."""
+        if self.follower:
+            return
+        reason = reason or f"{INTERRUPTED} by the user (KeyboardInterrupt)"
+        self._recover(reason, kind)
+
+    def _recover(self, reason: str, kind: Interruption) -> None:
+        """Mark RUNNING trials FAILED (``kind``), first making sure no process of theirs still
+        runs: the resumed study must never run a trial whose old process still trains."""
+        for number, process in self.storage.recover_running(reason, kind):
+            if process is not None:
+                procs.end_group(process)
+            frozen = self._refresh(number)
+            self.recovered.append(number)
+            self._emit("trial_finished", frozen)
+
+    # -- DDP followers -----------------------------------------------------------------------
+    def _follow(self, poll_s: float = 0.05, timeout_s: float = 600.0) -> Trial:
+        """A follower's ask(): the trial rank 0 runs now (the first call) or the next one it
+        starts; SpaceExhausted once rank 0 is gone or its driver loop has ended."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            trials = self.storage.trials()
+            if self._followed is None:
+                running = [t for t in trials if t.state is TrialState.RUNNING]
+                nxt = running[-1] if running else None
+            else:
+                nxt = next((t for t in trials if t.number > self._followed), None)
+            if nxt is not None:
+                self._followed = nxt.number
+                return Trial(self, nxt.number, nxt.params)
+            assert self.dir is not None
+            held = files.StudyLock.is_held(self.dir)
+            self._saw_driver = self._saw_driver or held
+            loop = self.storage.get_meta().get("loop") or {}
+            if (self._saw_driver and not held) or loop.get("state") == "ended":
+                raise SpaceExhausted("rank 0 ended the study")
+            time.sleep(poll_s)
+        raise TimeoutError(
+            f"{self.dir}: rank 0 started no new trial within {timeout_s:.0f} s "
+            "(this process follows rank 0 of a distributed job)"
+        )
+
+    def loop_state(self, state: str) -> None:
+        """``running`` or ``ended``: followers stop following once rank 0's loop has ended."""
+        if not self.follower and self.dir is not None:
+            self.storage.set_meta({"loop": {"state": state, "at": utcnow().isoformat()}})
 
     # -- the loop ----------------------------------------------------------------------------
     def optimize(
@@ -357,65 +539,31 @@ class Study:
         objective: Callable[[Trial], Any],
         n_trials: int,
         callbacks: Sequence[Callable[[Study, FrozenTrial], None]] = (),
+        fail_fast: int = 3,
     ) -> None:
-        """Run ``objective`` until the study holds ``n_trials`` finished trials (earlier runs
-        included) or the sampler is exhausted. A raising objective fails only its trial (the
-        traceback is stored); Ctrl-C marks the running trial FAILED (interrupted), queues its
+        """Run ``objective`` in this process until the study holds ``n_trials`` finished trials
+        (earlier runs included) or the sampler is exhausted. A raising objective fails only its
+        trial (the traceback is stored); when the first ``fail_fast`` trials all fail with the
+        same error the study stops with :class:`~torchtune_hp.errors.StudyStopped` (0: never).
+        Ctrl-C (or SIGTERM, SIGHUP) marks the running trial FAILED (interrupted), queues its
         parameters for the next run and re-raises ``KeyboardInterrupt``."""
-        self._target = n_trials
-        try:
-            while self.follower or self.n_finished < n_trials:
-                try:
-                    trial = self.ask()
-                except SpaceExhausted:
-                    return
-                frozen = self._run_one(objective, trial)
-                for cb in callbacks:
-                    cb(self, frozen)
-        except KeyboardInterrupt:  # wherever it lands: in the objective, the sampler, a tell
-            self.interrupted()
-            raise
+        from torchtune_hp.executors.inline import InlineExecutor
+        from torchtune_hp.executors.loop import run_trials
 
-    def interrupted(self) -> None:
-        """After Ctrl-C: the running trials become FAILED (interrupted), their parameters are
-        queued for the next run, and their TensorBoard sessions end."""
-        if not self.follower:
-            self.storage.recover_running(f"{INTERRUPTED} by the user (KeyboardInterrupt)")
-        if self.board is not None:
-            self.board.close()
-
-    def _run_one(self, objective: Callable[[Trial], Any], trial: Trial) -> FrozenTrial:
-        token = CURRENT.set(trial)  # for torchtune_hp.report() and TuneCallback()
-        try:
-            value = objective(trial)
-        except TrialPruned:
-            return self.tell(trial, state=TrialState.PRUNED)
-        except Exception as e:
-            tb = traceback.format_exc()
-            warnings.warn(f"trial {trial.number} failed: {type(e).__name__}: {e}", stacklevel=3)
-            return self.tell(trial, state=TrialState.FAILED, error=tb)
-        finally:
-            CURRENT.reset(token)
-        if trial.pruned:  # the callback stopped training; the objective returned normally
-            return self.tell(trial, state=TrialState.PRUNED)
-        if isinstance(value, Mapping):
-            if self.metric not in value:
-                return self.tell(
-                    trial,
-                    state=TrialState.FAILED,
-                    error=f"the objective returned keys {sorted(value)}, not the metric "
-                    f"{self.metric!r}",
-                )
-            value = value[self.metric]
-        try:
-            return self.tell(trial, value)
-        except TypeError as e:
-            return self.tell(trial, state=TrialState.FAILED, error=str(e))
+        run_trials(self, InlineExecutor(objective), n_trials, callbacks, fail_fast)
 
     def close(self) -> None:
-        if self.board is not None:
-            self.board.close()
-        self.storage.close()
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
+        try:
+            self._emit("study_closed")
+        finally:
+            self._listeners.clear()
+            if hasattr(self, "storage"):
+                self.storage.close()
+            if self._lock is not None:
+                self._lock.release()
 
     def __enter__(self) -> Study:
         return self

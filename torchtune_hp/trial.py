@@ -28,21 +28,36 @@ class TrialPruned(Exception):
     """Raised inside an objective to end its trial as PRUNED (the pruner said stop)."""
 
 
+class Interruption(str, enum.Enum):
+    """Why a FAILED trial did not fail by itself; such a trial does not use up ``n_trials``.
+
+    ``died``: the driver died while it ran (kill -9, a lost node); its parameters are retried
+    once, so a trial that kills the driver cannot do so for ever. ``stopped``: the user stopped
+    the study (Ctrl-C, SIGTERM, SIGHUP); its parameters are always run again. ``not_started``:
+    its process could not be started (a missing or non-executable command)."""
+
+    DIED = "died"
+    STOPPED = "stopped"
+    NOT_STARTED = "not_started"
+
+
 class Origin(str, enum.Enum):
     """Where a trial's parameters came from; samplers count only their own draws."""
 
     SAMPLER = "sampler"
     ENQUEUED = "enqueued"
-    RETRY = "retry"
+    RETRY = "retry"  # run again after the driver died while it ran (once only)
+    RESUMED = "resumed"  # run again after the user stopped the study while it ran
     ADDED = "added"
 
 
 @dataclass(frozen=True)
 class FrozenTrial:
-    """One row of a study, as storage holds it. ``interrupted`` marks a FAILED trial that was
-    stopped from outside (Ctrl-C, a dead driver) rather than failed by its objective: it does
-    not count toward ``n_trials``. ``note`` is what the sampler said of its suggestion (e.g. why
-    the GP fell back to Sobol)."""
+    """One row of a study, as storage holds it. ``interruption`` marks a FAILED trial that was
+    stopped from outside (Ctrl-C, a dead driver, a command that could not start) rather than
+    failed by its objective: it does not count toward ``n_trials``. ``note`` is what the
+    sampler said of its suggestion (e.g. why the GP fell back to Sobol), or what the driver
+    noticed about the trial's output (e.g. a regex match that was not a number)."""
 
     number: int
     state: TrialState
@@ -52,7 +67,7 @@ class FrozenTrial:
     end: datetime | None = None
     error: str | None = None
     origin: Origin = Origin.SAMPLER
-    interrupted: bool = False
+    interruption: Interruption | None = None
     note: str | None = None
     intermediate: dict[int, float] = field(default_factory=dict)
 
@@ -61,6 +76,10 @@ class FrozenTrial:
         if self.start is None or self.end is None:
             return None
         return (self.end - self.start).total_seconds()
+
+    @property
+    def interrupted(self) -> bool:
+        return self.interruption is not None
 
     @property
     def counts(self) -> bool:
@@ -86,17 +105,26 @@ def _iso(t: datetime | None) -> str | None:
 
 
 class Trial:
-    """What an objective receives: ``number``, ``params`` (a plain dict) and ``report``."""
+    """What an objective receives: ``number``, ``params`` (a plain dict), ``report``, and the
+    devices the executor gave it (``devices``: CUDA device indices as this process sees them,
+    empty for CPU; ``accelerator``: ``"gpu"`` or ``"cpu"``, ready for ``L.Trainer``)."""
 
-    def __init__(self, study: Study, number: int, params: dict[str, Any]) -> None:
+    def __init__(
+        self, study: Study, number: int, params: dict[str, Any], devices: list[int] | None = None
+    ) -> None:
         self.study = study
         self.number = number
         self.params = dict(params)
+        self.devices = list(devices or [])
         self.pruned = False
+
+    @property
+    def accelerator(self) -> str:
+        return "gpu" if self.devices else "cpu"
 
     def report(self, value: float, step: int) -> None:
         """Record an intermediate value (e.g. the validation loss after epoch ``step``)."""
-        self.study._report(self, float(value), int(step))
+        self.study.report(self, value, step)
 
     @property
     def metric(self) -> str:
@@ -106,7 +134,7 @@ class Trial:
     def mode(self) -> str:
         return self.study.mode
 
-    def report_values(self, values: dict[str, float], step: int) -> bool:
+    def report_values(self, values: dict[str, Any], step: int) -> bool:
         """Record the study's metric from ``values`` (others are ignored here) and return
         whether to prune; ``torchtune_hp.report()`` calls this on either kind of trial."""
         if self.metric not in values:
@@ -118,7 +146,7 @@ class Trial:
         """Whether the study's pruner says to stop now, from the values reported so far. A
         loop that stops on it sets ``trial.pruned = True`` (the callback does) or raises
         :class:`TrialPruned`; either way the trial ends PRUNED."""
-        return self.study._should_prune(self)
+        return self.study.should_prune(self)
 
     def logger(self, **options: Any) -> Any:
         """A Lightning ``TensorBoardLogger`` into this trial's run folder (see

@@ -1,5 +1,17 @@
-"""TensorBoard output of a study: event files, HParams protos, GP pictures."""
+"""TensorBoard output of a study: event files, HParams protos, GP pictures.
 
-from torchtune_hp.board.study_board import StudyBoard, trial_run_name
+TensorBoard is imported only when a study writes to it (:class:`StudyBoard` loads on first
+use), so reading :mod:`torchtune_hp.board.tags` costs nothing."""
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("StudyBoard", "trial_run_name"):
+        from torchtune_hp.board import study_board
+
+        return getattr(study_board, name)
+    raise AttributeError(f"module 'torchtune_hp.board' has no attribute {name!r}")
+
 
 __all__ = ["StudyBoard", "trial_run_name"]

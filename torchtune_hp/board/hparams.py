@@ -17,17 +17,9 @@ from google.protobuf import struct_pb2
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
+from torchtune_hp.board.tags import PRUNED_TAG, objective_tag
 from torchtune_hp.space import Categorical, Fixed, Float, Int, Param, Space
 from torchtune_hp.trial import TrialState
-
-PRUNED_TAG = "trial/pruned"
-
-
-def objective_tag(metric: str) -> str:
-    """The scalar tag, in each trial's run, that holds the objective as the HParams metric
-    (apart from the curves Lightning logs under the metric's own name)."""
-    return f"trial/{metric}"
-
 
 # A PRUNED trial ran fine and was stopped on purpose: SUCCESS, with trial/pruned = 1.
 STATUS = {

@@ -12,7 +12,7 @@ database; it never reads the model, only the sampler's :class:`Explanation` arra
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
 from pathlib import Path
 from typing import Any
 
@@ -59,19 +59,22 @@ class StudyBoard:
         summary = experiment_summary(self.space, self.metric, self.mode, description)
         self.study_writer.summary(summary)
 
-    def trial_started(self, number: int, params: Mapping[str, Any]) -> None:
+    # -- what the study tells its subscribers (StudyListener) ---------------------------------
+    def trial_started(self, study: Any, trial: Any) -> None:
+        number = trial.number
         run = _TrialRun(EventWriter(self.dir / trial_run_name(number)))
-        run.writer.summary(session_start_summary(self.space, params, trial_run_name(number)))
+        run.writer.summary(session_start_summary(self.space, trial.params, trial_run_name(number)))
         run.writer.scalar(PRUNED_TAG, 0.0, 0)
         self._runs[number] = run
 
-    def reported(self, number: int, step: int, value: float) -> None:
+    def trial_reported(self, study: Any, number: int, step: int, value: float) -> None:
         run = self._runs.get(number)
-        if run is not None:
+        if run is not None and math.isfinite(value):  # a diverged report would flatten the axis
             run.writer.scalar(objective_tag(self.metric), value, step)
             run.last = (step, value)
 
-    def trial_finished(self, trial: FrozenTrial, best: float | None) -> None:
+    def trial_finished(self, study: Any, trial: FrozenTrial) -> None:
+        best = None if study.incumbent is None else study.incumbent.value
         run = self._runs.pop(trial.number, None)
         if run is not None:
             end_step = 0 if run.last is None else run.last[0] + 1
@@ -87,11 +90,14 @@ class StudyBoard:
         if best is not None:
             self.study_writer.scalar(f"study/best_{self.metric}", best, trial.number)
 
-    def explained(self, expl: Explanation, number: int) -> None:
+    def sampler_explained(self, study: Any, expl: Explanation, number: int) -> None:
         from torchtune_hp.board.figures import importance_png, slices_png  # matplotlib on use
 
         self.study_writer.image("gp/slices", slices_png(expl, self.metric, number), number)
         self.study_writer.image("gp/importance", importance_png(expl.importance, number), number)
+
+    def study_closed(self, study: Any) -> None:
+        self.close()
 
     def close(self) -> None:
         """Ends the sessions of trials still open (an interrupted run) as FAILED."""

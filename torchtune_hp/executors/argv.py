@@ -1,8 +1,9 @@
 """The command line of one trial: the recipe's command plus the trial's parameters.
 
 Arguments are an argv list, never a shell string. A command element with ``{name}`` in it is a
-template (``"--optim.lr={lr}"``) and that parameter is not appended again; the others are
-appended in the chosen style, under their ``rename``d names:
+template (``"--optim.lr={lr}"``, or with a format spec, ``"--lr={lr:.3g}"``) and that parameter
+is not appended again; the others are appended in the chosen style, under their ``rename``d
+names:
 
 ==============  ==========================  =============================================
 style           appended                    for
@@ -39,6 +40,27 @@ def template_fields(element: str) -> set[str]:
     return {f for _, f, _, _ in string.Formatter().parse(element) if f}
 
 
+_CONVERSIONS = {"r": repr, "s": str, "a": ascii}
+
+
+def render(element: str, params: Mapping[str, Any], style: str) -> str:
+    """A command element with its ``{name}`` fields filled in. A plain ``{lr}`` is written as
+    appended values are (``repr`` for floats); a format spec or conversion (``{lr:.3g}``,
+    ``{opt!r}``) is applied to the value as Python's ``format`` does."""
+    out = []
+    for literal, name, spec, conversion in string.Formatter().parse(element):
+        out.append(literal)
+        if name is None:
+            continue
+        if name not in params:
+            raise ValueError(f"command element {element!r} names {name!r}, not a parameter")
+        value = params[name]
+        if conversion:
+            value = _CONVERSIONS[conversion](value)
+        out.append(format(value, spec) if spec or conversion else format_value(value, style))
+    return "".join(out)
+
+
 def build_argv(
     command: Sequence[str],
     params: Mapping[str, Any],
@@ -51,12 +73,8 @@ def build_argv(
     used: set[str] = set()
     argv = []
     for element in command:
-        fields = template_fields(element)
-        unknown = fields - set(params)
-        if unknown:
-            raise ValueError(f"command element {element!r} names {sorted(unknown)}, not parameters")
-        used |= fields
-        argv.append(element.format(**{k: format_value(params[k], style) for k in fields}))
+        used |= template_fields(element)
+        argv.append(render(element, params, style))
     for name, value in params.items():
         if name in used:
             continue

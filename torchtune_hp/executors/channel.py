@@ -1,10 +1,15 @@
-"""How a trial running in another process talks to the driver: two files in its run folder.
+"""How a trial running in another process talks to the driver: files in its run folder.
 
-The trial appends one JSON line per report to ``report.jsonl`` (``{"seq", "step", "values"}``)
-and, when it wants the pruner's answer, waits for ``verdict`` (``"<seq> prune|continue"``,
-replaced atomically by the driver). The driver alone writes SQLite. Files, not sockets: they
-survive either side dying, they work inside containers and under DDP re-launches, and the
-report log doubles as a record of what the script said.
+The trial appends one JSON line per report to ``report.jsonl`` (``{"launch", "seq", "step",
+"values"}``) and, when it wants the pruner's answer, waits for ``verdict`` (``"<launch> <seq>
+prune|continue"``, replaced atomically by the driver). A worker leaves its outcome in
+``result.json``. The driver alone writes SQLite. Files, not sockets: they survive either side
+dying, they work inside containers and under DDP re-launches, and the report log doubles as a
+record of what the script said.
+
+``launch`` is a token the driver makes up for each process it starts: anything in these files
+that does not carry it (a file left in the folder by something else) is ignored, so a trial's
+result can only come from the process started for it.
 """
 
 from __future__ import annotations
@@ -12,31 +17,36 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from torchtune_hp.files import open_new
+from torchtune_hp.outcome import Outcome, describe
 
 REPORTS = "report.jsonl"
 VERDICT = "verdict"
 RESULT = "result.json"
 
 
-def append_report(run_dir: Path, seq: int, step: int, values: dict[str, float]) -> None:
-    line = json.dumps({"seq": seq, "step": step, "values": values}) + "\n"
+# -- the trial's side ----------------------------------------------------------------------------
+def append_report(run_dir: Path, launch: str, seq: int, step: int, values: dict[str, Any]) -> None:
+    line = json.dumps({"launch": launch, "seq": seq, "step": step, "values": values}) + "\n"
     with open(run_dir / REPORTS, "a") as f:
         f.write(line)
         f.flush()
 
 
-def wait_verdict(run_dir: Path, seq: int, timeout_s: float = 30.0) -> bool | None:
+def wait_verdict(run_dir: Path, launch: str, seq: int, timeout_s: float = 30.0) -> bool | None:
     """True to prune, False to continue, None when the driver did not answer in time."""
     path = run_dir / VERDICT
     deadline = time.monotonic() + timeout_s
     delay = 0.005
     while time.monotonic() < deadline:
         try:
-            got, _, word = path.read_text().partition(" ")
-            if int(got) >= seq:
-                return word.strip() == "prune"
+            token, got, word = path.read_text().split()
+            if token == launch and int(got) >= seq:
+                return word == "prune"
         except (FileNotFoundError, ValueError):
             pass
         time.sleep(delay)
@@ -44,10 +54,30 @@ def wait_verdict(run_dir: Path, seq: int, timeout_s: float = 30.0) -> bool | Non
     return None
 
 
-def write_verdict(run_dir: Path, seq: int, prune: bool) -> None:
+def write_result(run_dir: Path, launch: str, outcome: Outcome) -> None:
+    tmp = run_dir / f".{RESULT}.tmp"
+    with open_new(tmp) as f:
+        f.write(json.dumps({"launch": launch, **outcome.to_json()}).encode())
+    os.replace(tmp, run_dir / RESULT)
+
+
+# -- the driver's side ---------------------------------------------------------------------------
+def write_verdict(run_dir: Path, launch: str, seq: int, prune: bool) -> None:
     tmp = run_dir / f".{VERDICT}.tmp"
-    tmp.write_text(f"{seq} {'prune' if prune else 'continue'}")
+    with open_new(tmp) as f:
+        f.write(f"{launch} {seq} {'prune' if prune else 'continue'}".encode())
     os.replace(tmp, run_dir / VERDICT)
+
+
+def read_result(run_dir: Path, launch: str) -> Outcome | None:
+    """The worker's outcome, if it left one for this launch."""
+    try:
+        data = json.loads((run_dir / RESULT).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("launch") != launch:
+        return None
+    return Outcome.from_json(data)
 
 
 class LineTail:
@@ -70,11 +100,39 @@ class LineTail:
         return data[:end].decode(errors="replace").splitlines()
 
 
+@dataclass(frozen=True)
+class Report:
+    seq: int
+    step: Any  # as sent: the study decides what a step and a value mean
+    value: Any
+
+
 class ReportReader(LineTail):
-    """The driver's side of ``report.jsonl``: the reports written since the last call."""
+    """The driver's side of ``report.jsonl``: the reports of the study's metric written by this
+    launch since the last call. Lines that are not reports are skipped; ``problems`` says why."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, launch: str, metric: str) -> None:
         super().__init__(run_dir / REPORTS)
+        self.launch = launch
+        self.metric = metric
+        self.problems: list[str] = []
 
-    def new(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.new_lines() if line.strip()]
+    def new(self) -> list[Report]:
+        out = []
+        for line in self.new_lines():
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except ValueError:
+                self.problems.append(f"a line of {REPORTS} is not JSON: {describe(line)}")
+                continue
+            if not isinstance(data, dict) or data.get("launch") != self.launch:
+                continue  # not written by this trial's process
+            values, seq = data.get("values"), data.get("seq")
+            if not isinstance(values, dict) or not isinstance(seq, int):
+                self.problems.append(f"a line of {REPORTS} is not a report: {describe(line)}")
+                continue
+            if self.metric in values:
+                out.append(Report(seq, data.get("step"), values[self.metric]))
+        return out

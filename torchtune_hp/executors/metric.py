@@ -3,7 +3,7 @@
 * a final JSON line on stdout: the last line that parses as a JSON object holding the metric
   (``print(json.dumps({"val_loss": 0.31}))``);
 * ``objective.metric_regex``: every match in stdout is one step (so pruning works too); the
-  value is the named group ``value``, else the first group, else the whole match;
+  value is the named group ``value``, or the regex's only group;
 * the script's own TensorBoard event files anywhere under the trial's run folder: the last
   value (highest step) of the tag named like the metric.
 """
@@ -11,26 +11,30 @@
 from __future__ import annotations
 
 import json
-import math
+import os
 import re
 from pathlib import Path
+from typing import Any
+
+from torchtune_hp.outcome import parse_number
+
+MISSING = object()
 
 
-def last_json_value(text: str, metric: str) -> float | None:
+def last_json_value(text: str, metric: str) -> Any:
+    """The metric's value in the last JSON-object line of stdout that holds it, as written
+    (the study decides whether it is a number); ``MISSING`` when no line holds it."""
     for line in reversed(text.splitlines()):
         line = line.strip()
         if not (line.startswith("{") and line.endswith("}")):
             continue
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError:
+        except ValueError:
             continue
         if isinstance(obj, dict) and metric in obj:
-            try:
-                return float(obj[metric])
-            except (TypeError, ValueError):
-                return math.nan
-    return None
+            return obj[metric]
+    return MISSING
 
 
 def json_keys(text: str) -> list[str]:
@@ -40,7 +44,7 @@ def json_keys(text: str) -> list[str]:
         if line.startswith("{") and line.endswith("}"):
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError:
+            except ValueError:
                 continue
             if isinstance(obj, dict):
                 keys |= set(obj)
@@ -49,24 +53,42 @@ def json_keys(text: str) -> list[str]:
 
 def compile_metric_regex(pattern: str) -> re.Pattern[str]:
     regex = re.compile(pattern)
-    if regex.groups > 1 and "value" not in regex.groupindex:
-        raise ValueError("metric_regex with several groups needs one named (?P<value>...)")
+    if "value" not in regex.groupindex and regex.groups != 1:
+        raise ValueError(
+            "metric_regex needs a group around the number, named value: "
+            r"'valid loss\s+(?P<value>[0-9.eE+-]+)'"
+        )
     return regex
 
 
-def regex_value(match: re.Match[str]) -> float:
-    if "value" in match.re.groupindex:
-        return float(match.group("value"))
-    return float(match.group(1) if match.re.groups else match.group(0))
+def regex_capture(match: re.Match[str]) -> str:
+    group = "value" if "value" in match.re.groupindex else 1
+    return match.group(group) or ""
 
 
-def tensorboard_last(run_dir: Path, metric: str) -> tuple[float | None, list[str]]:
-    """The metric's last value in any event file under ``run_dir``, and every scalar tag seen
-    (for the error message when it is missing)."""
+def regex_value(match: re.Match[str]) -> float | None:
+    """The number a match captured; None when the capture is not a number (``(computing)``):
+    such a match is not a report."""
+    return parse_number(regex_capture(match))
+
+
+def tensorboard_last(
+    run_dir: Path, metric: str, since: float = 0.0
+) -> tuple[float | None, list[str]]:
+    """The metric's last value in the event files under ``run_dir`` written since ``since``
+    (a wall-clock time: files left there before the trial's process started are not its
+    output), and every scalar tag seen (for the error message when it is missing)."""
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
+    fresh = {
+        root
+        for root, _, names in os.walk(run_dir)
+        for name in names
+        if "tfevents" in name and os.path.getmtime(os.path.join(root, name)) >= since
+    }
     mux = EventMultiplexer(size_guidance={"scalars": 0})
-    mux.AddRunsFromDirectory(str(run_dir))
+    for folder in sorted(fresh):
+        mux.AddRun(folder, name=folder)
     mux.Reload()
     best: tuple[int, float, float] | None = None  # (step, wall_time, value)
     tags: set[str] = set()

@@ -1,41 +1,49 @@
-"""Run trials as processes, several at once: the subprocess executor.
+"""Run trials as processes on this machine, several at once: the subprocess executor.
 
-The driver (this loop) alone writes the database. It keeps up to ``workers`` trials running;
-when one ends the next starts at once (asynchronous, no batches), and the sampler is asked with
-the running trials as pending, so parallel trials never get the same point. Every 50 ms it
-reads each trial's reports (``report.jsonl``, stdout regex matches), asks the pruner and
-answers; a pruned trial that does not stop by itself gets SIGTERM (at once when it reports
-through stdout only). Each trial runs in its own process group, so a timeout or Ctrl-C stops
-the whole tree (DDP children, dataloader workers) and leaves no orphans.
+Each trial runs as its own process group, led by a guard (:mod:`torchtune_hp.executors.guard`)
+that ends the group if the driver dies, so a timeout, a prune, Ctrl-C or kill -9 of the driver
+stops the whole tree (DDP ranks, data loader workers) and leaves no orphans. The study records
+each group, so a resumed driver makes sure an old one is gone before it runs anything.
 
-How a finished process becomes a result, first match wins: a timeout or a prune; the worker's
-``result.json``; a non-zero exit (FAILED, stderr tail stored); the last JSON line on stdout
-holding the metric; the last reported value; the last value of the metric's tag in the
-TensorBoard files under the trial's folder; else FAILED, naming the metric and what was seen.
+While the loop waits (every 50 ms) the pool reads each trial's reports (``report.jsonl``, stdout
+regex matches), hands them to the study, asks the pruner and answers; a pruned trial that does
+not stop by itself gets SIGTERM (at once when it reports through stdout only).
+
+How a finished process becomes an outcome, first match wins: a timeout or a prune; a command
+that could not start; the worker's ``result.json``; a non-zero exit (FAILED, stderr tail
+stored); the last JSON line on stdout holding the metric; the last reported value; the last
+value of the metric's tag in the TensorBoard files the trial wrote; else FAILED, naming the
+metric and what was seen. Every value goes through :mod:`torchtune_hp.outcome`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
+import sys
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from torchtune_hp.executors import channel
-from torchtune_hp.executors.devices import threads_per_worker
+from torchtune_hp import files, procs
+from torchtune_hp.board.tags import PRUNED_TAG, objective_tag
+from torchtune_hp.executors import Finished, channel, guard
+from torchtune_hp.executors.devices import Slot, thread_env
 from torchtune_hp.executors.metric import (
+    MISSING,
     json_keys,
     last_json_value,
+    regex_capture,
     regex_value,
     tensorboard_last,
 )
-from torchtune_hp.remote import (
+from torchtune_hp.executors.remote import (
+    ENV_LAUNCH,
     ENV_METRIC,
     ENV_MODE,
     ENV_PARAMS,
@@ -43,11 +51,10 @@ from torchtune_hp.remote import (
     ENV_TRIAL,
     ENV_TRIAL_DIR,
 )
-from torchtune_hp.samplers import SpaceExhausted
-from torchtune_hp.trial import FrozenTrial, Trial
+from torchtune_hp.outcome import Outcome, describe, outcome_of_return
+from torchtune_hp.trial import Interruption, Trial
 
 POLL_S = 0.05
-KILL_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this long
 PRUNE_GRACE_S = 10.0  # a pruned trial that reports through files may stop by itself first
 STDERR_TAIL = 3000
 
@@ -69,58 +76,59 @@ class _Running:
     proc: subprocess.Popen
     run_dir: Path
     slot: int
+    launch: str
+    started: float  # wall-clock time of the launch
     files: list[IO[bytes]]
     deadline: float | None
     reports: channel.ReportReader
     stdout: channel.LineTail
-    last_report: float | None = None
     n_regex: int = 0
     pruned: bool = False
     stop_at: float | None = None  # when to SIGTERM (a pruned trial's grace)
     killed_for: str | None = None
     kill_at: float | None = None  # when to SIGKILL
+    regex_skipped: bool = False
 
 
 def _kill(r: _Running, sig: int) -> None:
     try:
         os.killpg(r.proc.pid, sig)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass
 
 
-def _terminate(r: _Running, why: str) -> None:
-    if r.killed_for is None:
-        r.killed_for = why
-        r.kill_at = time.monotonic() + KILL_GRACE_S
-        _kill(r, signal.SIGTERM)
-
-
 class ProcessPool:
+    """The :class:`~torchtune_hp.executors.Executor` of local processes: ``workers`` at once,
+    each in a device ``slot`` (its ``CUDA_VISIBLE_DEVICES``)."""
+
     def __init__(
         self,
         study: Any,
         spec: LaunchSpec,
         workers: int,
-        slots: Sequence[str | None],
+        slots: Sequence[Slot] = (),
+        grace_s: float = procs.KILL_GRACE_S,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.study = study
         self.spec = spec
-        self.slots = list(slots) if slots else [None] * workers
-        if workers > len(self.slots):
-            warnings.warn(
-                f"executor.workers={workers}, but the devices give {len(self.slots)} slots "
-                f"(raise trials_per_device to share a device): running {len(self.slots)} at once",
-                stacklevel=2,
-            )
-        self.workers = min(workers, len(self.slots))
+        self.slots = list(slots) or [Slot((), "")] * workers
+        self.capacity = min(workers, len(self.slots))
+        self.grace_s = grace_s
         self.running: dict[int, _Running] = {}
+        self._done: list[Finished] = []
+        # The guards watch the read end; only this process holds the write end (not inherited
+        # by anything it starts), so it closes, and they act, when this process dies.
+        self._watch_r, self._watch_w = os.pipe()
+
+    @property
+    def active(self) -> int:
+        return len(self.running) + len(self._done)
 
     # -- launching ---------------------------------------------------------------------------
-    def _env(self, trial: Trial, run_dir: Path, slot: str | None) -> dict[str, str]:
-        threads = str(threads_per_worker(self.workers))
-        env = {
+    def _env(self, trial: Trial, run_dir: Path, launch: str, slot: Slot) -> dict[str, str]:
+        return {
             **os.environ,
             **self.spec.env,
             ENV_TRIAL: str(trial.number),
@@ -129,98 +137,77 @@ class ProcessPool:
             ENV_METRIC: self.study.metric,
             ENV_MODE: self.study.mode,
             ENV_PARAMS: json.dumps(trial.params),
-            "OMP_NUM_THREADS": threads,
-            "MKL_NUM_THREADS": threads,
+            ENV_LAUNCH: launch,
+            **thread_env(self.capacity),
             "PYTHONUNBUFFERED": "1",
+            "CUDA_VISIBLE_DEVICES": slot.visible,
         }
-        if slot is not None:
-            env["CUDA_VISIBLE_DEVICES"] = slot
-        return env
+
+    def submit(self, trial: Trial) -> None:
+        busy = {r.slot for r in self.running.values()}
+        slot = next(i for i in range(len(self.slots)) if i not in busy)
+        try:
+            self.running[trial.number] = self._launch(trial, slot)
+        except OSError as e:
+            error = f"cannot start: {e}"
+            self._done.append(Finished(trial, Outcome.failed(error, Interruption.NOT_STARTED)))
 
     def _launch(self, trial: Trial, slot: int) -> _Running:
         run_dir = self.study.trial_dir(trial.number)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        out = open(run_dir / "stdout.log", "wb")
-        err = open(run_dir / "stderr.log", "wb")
+        launch = secrets.token_hex(8)
+        argv = self.spec.argv(trial.params, run_dir)
+        files.write_text(run_dir / "command.json", json.dumps(argv))
+        out = files.open_new(run_dir / "stdout.log")
+        err = files.open_new(run_dir / "stderr.log")
+        guarded = [sys.executable, "-S", guard.__file__, str(self._watch_r), str(self.grace_s)]
+        started = time.time()
         try:
-            argv = self.spec.argv(trial.params, run_dir)
-            (run_dir / "command.json").write_text(json.dumps(argv))
             proc = subprocess.Popen(
-                argv,
+                [*guarded, *argv],
                 cwd=run_dir,
-                env=self._env(trial, run_dir, self.slots[slot]),
+                env=self._env(trial, run_dir, launch, self.slots[slot]),
                 stdout=out,
                 stderr=err,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group: killed as a whole
+                pass_fds=(self._watch_r,),
             )
         except Exception:
             out.close()
             err.close()
             raise
+        self.study.record_process(trial, procs.record(proc.pid))
         timeout = self.spec.timeout_s
         return _Running(
             trial,
             proc,
             run_dir,
             slot,
+            launch,
+            started,
             [out, err],
             None if timeout is None else time.monotonic() + timeout,
-            channel.ReportReader(run_dir),
+            channel.ReportReader(run_dir, launch, self.study.metric),
             channel.LineTail(run_dir / "stdout.log"),
         )
 
-    # -- the loop ----------------------------------------------------------------------------
-    def run(
-        self,
-        n_trials: int,
-        on_start: Callable[[Trial], None] | None = None,
-        callbacks: Sequence[Callable[[Any, FrozenTrial], None]] = (),
-    ) -> None:
-        finished = self.study.n_finished
-        exhausted = False
-        try:
-            while True:
-                free = sorted(set(range(len(self.slots))) - {r.slot for r in self.running.values()})
-                while (
-                    not exhausted
-                    and free
-                    and len(self.running) < self.workers
-                    and finished + len(self.running) < n_trials
-                ):
-                    try:
-                        trial = self.study.ask()
-                    except SpaceExhausted:
-                        exhausted = True
-                        break
-                    if on_start is not None:
-                        on_start(trial)
-                    try:
-                        self.running[trial.number] = self._launch(trial, free.pop(0))
-                    except OSError as e:  # the command does not exist, is not executable...
-                        frozen = self.study.tell(trial, state="failed", error=f"cannot start: {e}")
-                        finished += frozen.counts
-                        for cb in callbacks:
-                            cb(self.study, frozen)
-                if not self.running:
-                    return
-                time.sleep(POLL_S)
-                for number in list(self.running):
-                    frozen = self._poll(self.running[number])
-                    if frozen is not None:
-                        del self.running[number]
-                        finished += frozen.counts
-                        for cb in callbacks:
-                            cb(self.study, frozen)
-        except BaseException:
-            self.stop_all()
-            raise
+    # -- waiting -----------------------------------------------------------------------------
+    def wait(self, timeout_s: float) -> list[Finished]:
+        if not self._done and timeout_s > 0:
+            time.sleep(timeout_s)
+        for number in list(self.running):
+            outcome = self._poll(self.running[number])
+            if outcome is not None:
+                r = self.running.pop(number)
+                self._done.append(Finished(r.trial, outcome))
+        done, self._done = self._done, []
+        return done
 
     def stop_all(self) -> None:
         """SIGTERM every running trial's process group, SIGKILL what is left after a grace."""
         for r in self.running.values():
-            _terminate(r, "interrupted")
-        deadline = time.monotonic() + KILL_GRACE_S
+            self._terminate(r, "interrupted")
+        deadline = time.monotonic() + self.grace_s
         for r in self.running.values():
             try:
                 r.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
@@ -232,40 +219,61 @@ class ProcessPool:
                 f.close()
         self.running.clear()
 
+    def close(self) -> None:
+        for fd in (self._watch_r, self._watch_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _terminate(self, r: _Running, why: str) -> None:
+        if r.killed_for is None:
+            r.killed_for = why
+            r.kill_at = time.monotonic() + self.grace_s
+            _kill(r, signal.SIGTERM)
+
     # -- one trial ---------------------------------------------------------------------------
-    def _report(self, r: _Running, value: float, step: int) -> bool:
-        self.study._report(r.trial, value, step)
-        r.last_report = value
-        prune = self.study._should_prune(r.trial)
+    def _report(self, r: _Running, value: Any, step: Any) -> bool:
+        self.study.report(r.trial, value, step)
+        prune = self.study.should_prune(r.trial)
         if prune and not r.pruned:
             r.pruned = True
             r.stop_at = time.monotonic() + PRUNE_GRACE_S
         return prune
 
     def _read_reports(self, r: _Running) -> None:
-        metric = self.study.metric
-        for line in r.reports.new():
-            values = line.get("values", {})
-            if metric in values:
-                prune = self._report(r, float(values[metric]), int(line.get("step", 0)))
-                channel.write_verdict(r.run_dir, int(line["seq"]), prune)
+        for report in r.reports.new():
+            prune = self._report(r, report.value, report.step)
+            channel.write_verdict(r.run_dir, r.launch, report.seq, prune)
+        while r.reports.problems:
+            self.study.note(r.trial.number, r.reports.problems.pop(0))
         if self.spec.regex is None:
             return
         for text in r.stdout.new_lines():
             for match in self.spec.regex.finditer(text):
-                if self._report(r, regex_value(match), r.n_regex):
+                value = regex_value(match)
+                if value is None:
+                    if not r.regex_skipped:
+                        r.regex_skipped = True
+                        self.study.note(
+                            r.trial.number,
+                            "stdout lines that matched metric_regex with no number were skipped "
+                            f"(first: {describe(regex_capture(match))} in {describe(text)})",
+                        )
+                    continue
+                if self._report(r, value, r.n_regex):
                     r.stop_at = time.monotonic()  # nothing in the script listens: stop it now
                 r.n_regex += 1
 
-    def _poll(self, r: _Running) -> FrozenTrial | None:
+    def _poll(self, r: _Running) -> Outcome | None:
         self._read_reports(r)
         now = time.monotonic()
         rc = r.proc.poll()
         if rc is None:
             if r.deadline is not None and now > r.deadline:
-                _terminate(r, "timeout")
+                self._terminate(r, "timeout")
             elif r.pruned and r.stop_at is not None and now >= r.stop_at:
-                _terminate(r, "pruned")
+                self._terminate(r, "pruned")
             if r.kill_at is not None and now > r.kill_at:
                 _kill(r, signal.SIGKILL)
             return None
@@ -273,37 +281,39 @@ class ProcessPool:
         for f in r.files:
             f.close()
         self._read_reports(r)
-        return self._result(r, rc)
+        return self._outcome(r, rc)
 
-    def _result(self, r: _Running, rc: int) -> FrozenTrial:
-        study, trial, metric = self.study, r.trial, self.study.metric
+    def _outcome(self, r: _Running, rc: int) -> Outcome:
+        metric = self.study.metric
         stderr = (r.run_dir / "stderr.log").read_bytes()[-STDERR_TAIL:].decode(errors="replace")
         if r.killed_for == "timeout":
-            error = f"timed out after {self.spec.timeout_s:g} s (killed)\n{stderr}"
-            return study.tell(trial, state="failed", error=error)
+            return Outcome.failed(f"timed out after {self.spec.timeout_s:g} s (killed)\n{stderr}")
         if r.pruned:
-            return study.tell(trial, state="pruned")
-        result_file = r.run_dir / channel.RESULT
-        if result_file.exists():
-            result = json.loads(result_file.read_text())
-            if "value" in result:
-                return study.tell(trial, result["value"])
-            if result.get("pruned"):
-                return study.tell(trial, state="pruned")
-            return study.tell(trial, state="failed", error=result.get("error") or stderr)
+            return Outcome.pruned()
+        if rc == 127 and stderr.startswith(guard.CANNOT_START):
+            return Outcome.failed(stderr.strip(), Interruption.NOT_STARTED)
+        result = channel.read_result(r.run_dir, r.launch)
+        if result is not None:
+            return result
         if rc != 0:
-            return study.tell(trial, state="failed", error=f"exit code {rc}; stderr:\n{stderr}")
+            return Outcome.failed(f"exit code {rc}; stderr:\n{stderr}")
         stdout = (r.run_dir / "stdout.log").read_text(errors="replace")
         value = last_json_value(stdout, metric)
-        if value is None:
-            value = r.last_report
-        tags: list[str] = []
-        if value is None:
-            value, tags = tensorboard_last(r.run_dir, metric)
-        if value is None:
-            seen = [f"TensorBoard tags {tags}", f"stdout JSON keys {json_keys(stdout)}"]
-            if self.spec.regex is not None:
-                seen.append(f"no stdout line matched metric_regex {self.spec.regex.pattern!r}")
-            error = f"the script never reported the metric {metric!r}; seen: " + ", ".join(seen)
-            return study.tell(trial, state="failed", error=error)
-        return study.tell(trial, value)  # NaN or inf: FAILED, with the reason
+        if value is not MISSING:
+            return outcome_of_return(value, metric)
+        steps = self.study.trial(r.trial.number).intermediate
+        if steps:
+            return outcome_of_return(steps[max(steps)], metric)
+        value, tags = tensorboard_last(r.run_dir, metric, since=r.started)
+        if value is not None:
+            return outcome_of_return(value, metric)
+        ours = {PRUNED_TAG, objective_tag(metric)}
+        seen = [
+            f"TensorBoard tags {[t for t in tags if t not in ours]}",
+            f"stdout JSON keys {json_keys(stdout)}",
+        ]
+        if self.spec.regex is not None:
+            seen.append(f"no stdout line matched metric_regex {self.spec.regex.pattern!r}")
+        return Outcome.failed(
+            f"the script never reported the metric {metric!r}; seen: " + ", ".join(seen)
+        )

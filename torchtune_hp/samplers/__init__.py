@@ -6,6 +6,7 @@ import importlib
 import inspect
 from typing import Any
 
+from torchtune_hp.options import OptionError, accepted_options, check_options, closest
 from torchtune_hp.samplers.base import Sampler, SpaceExhausted
 from torchtune_hp.samplers.grid import GridSampler
 from torchtune_hp.samplers.random import RandomSampler
@@ -27,18 +28,12 @@ def sampler_class(name: str) -> type:
     return getattr(importlib.import_module(module), cls)
 
 
-class SamplerOptionError(ValueError):
-    """An unknown sampler name or option; ``key`` names it for the recipe's error message."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
+SamplerOptionError = OptionError  # an unknown sampler name or option; ``key`` names it
 
 
 def sampler_options(name: str) -> list[str]:
     """The options a sampler accepts besides ``seed``."""
-    params = inspect.signature(sampler_class(name).__init__).parameters
-    return [p for p in params if p not in _NOT_OPTIONS]
+    return accepted_options(sampler_class(name).__init__, _NOT_OPTIONS)
 
 
 def make_sampler(
@@ -46,17 +41,14 @@ def make_sampler(
 ) -> Sampler:
     """A sampler by name; ``mode`` reaches the samplers that model the objective (gp)."""
     if name not in SAMPLERS:
-        raise SamplerOptionError(
-            "name", f"unknown sampler {name!r}; expected one of {sorted(SAMPLERS)}"
+        raise OptionError(
+            "name",
+            f"unknown sampler {name!r}{closest(str(name), list(SAMPLERS))}; expected one of "
+            f"{sorted(SAMPLERS)}",
         )
     options = dict(options or {})
-    allowed = sampler_options(name)
-    for key in options:
-        if key not in allowed:
-            raise SamplerOptionError(
-                key, f"sampler {name!r} has no option {key!r}; it accepts {allowed or 'none'}"
-            )
     cls = sampler_class(name)
+    check_options(cls.__init__, options, f"sampler {name!r}", _NOT_OPTIONS)
     if "mode" in inspect.signature(cls.__init__).parameters:
         options["mode"] = mode
     try:
@@ -64,7 +56,7 @@ def make_sampler(
     except (TypeError, ValueError) as e:
         named = [k for k in options if str(e).startswith(k)]
         key = named[0] if named else next(iter(options), "name")
-        raise SamplerOptionError(key, f"sampler {name!r}: {e}") from e
+        raise OptionError(key, f"sampler {name!r}: {e}") from e
 
 
 __all__ = [

@@ -242,7 +242,7 @@ class GPSampler:
 
         every = self.thompson_every
         if self.acquisition == "thompson" or (every and k % every == every - 1):
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
+            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + k) % 2**63)
             values = -surrogate.joint_sample(candidates[:1024], gen)
             order = values.argsort(descending=True)
             pool = candidates[:1024][order]
@@ -298,7 +298,7 @@ class GPSampler:
         the unit cube) of the five best observations, for a sharp local search."""
         u = torch.tensor(sobol_points(enc.d, (self.seed * 7919 + k) % 2**31, 0, self.n_candidates))
         global_x = enc.from_unit(u)
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
+        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + k) % 2**63)
         best = x.cpu()[y.cpu().argsort()[:5]]
         n_local = max(self.n_candidates // 8, 16)
         local = best.repeat((n_local + len(best) - 1) // len(best), 1)[:n_local].clone()

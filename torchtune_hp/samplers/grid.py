@@ -11,13 +11,23 @@ import numpy as np
 
 from torchtune_hp.samplers.base import SpaceExhausted
 from torchtune_hp.space import Space
-from torchtune_hp.trial import FrozenTrial
+from torchtune_hp.trial import FrozenTrial, Interruption, Origin
 
 MAX_GRID_POINTS = 1_000_000
 
 
 def params_key(params: Mapping[str, Any]) -> str:
     return json.dumps(params, sort_keys=True)
+
+
+def _settled(trial: FrozenTrial) -> bool:
+    """Whether a trial settles its grid point: it ran (to any end) or runs now. A point whose
+    trial was interrupted (stopped, not started, or the driver died) is offered again, unless
+    it was already the retry of a point whose driver died: then it is given up, so a point that
+    kills the driver cannot do so for ever."""
+    if not trial.interrupted:
+        return True
+    return trial.interruption is Interruption.DIED and trial.origin is Origin.RETRY
 
 
 class GridSampler:
@@ -57,7 +67,7 @@ class GridSampler:
     def sample(
         self, space: Space, trials: Sequence[FrozenTrial], pending: Sequence[FrozenTrial]
     ) -> dict[str, Any]:
-        seen = {params_key(t.params) for t in (*trials, *pending)}
+        seen = {params_key(t.params) for t in (*trials, *pending) if _settled(t)}
         for point in self.points(space):
             if params_key(point) not in seen:
                 return point

@@ -1,0 +1,36 @@
+"""The ``torchtune-hp`` command's entry point: stop signals are handled before anything heavy
+is imported, so Ctrl-C, SIGTERM or SIGHUP at any moment, start-up included, ends the command
+with one line and the code 128 + signal, never a traceback.
+
+Exit codes (also in the README): 0 success; 1 the study ended without a COMPLETE trial (or
+stopped itself on repeated failures, or ``best`` found none); 2 bad input or unusable files
+(the message names the file and key); 130, 143, 129 stopped by SIGINT, SIGTERM, SIGHUP.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from torchtune_hp import signals
+
+
+def main() -> None:
+    signals.install()
+    try:
+        from torchtune_hp.cli import main as cli_main
+
+        code = cli_main()
+    except KeyboardInterrupt as e:
+        name = signal.Signals(getattr(e, "signum", signal.SIGINT)).name
+        print(
+            f"interrupted ({name}): running trials are marked FAILED (interrupted) and run "
+            "again when you run the same command; finished trials are kept",
+            file=sys.stderr,
+        )
+        code = signals.exit_code(e)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

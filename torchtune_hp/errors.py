@@ -1,0 +1,30 @@
+"""The errors a user can be shown. The CLI turns each into one line: bad input and unusable files
+exit 2, a study stopped on repeated failures exits 1 (see the README's exit codes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """Bad input in a recipe: which file, which key, what was expected."""
+
+    def __init__(self, file: str | Path, key: str, message: str) -> None:
+        super().__init__(f"{file}: {key}: {message}" if key else f"{file}: {message}")
+        self.file, self.key = str(file), key
+
+
+class StorageError(RuntimeError):
+    """The study's files cannot be used: damaged, from a newer version, not writable, full."""
+
+
+class StudyLocked(StorageError):
+    """Another live process drives this study."""
+
+
+class UnsafePath(StorageError):
+    """A path inside a study folder is a symbolic link (or otherwise not ours to write)."""
+
+
+class StudyStopped(RuntimeError):
+    """The study stopped itself: its first trials all failed with the same error."""

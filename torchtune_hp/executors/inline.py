@@ -1,0 +1,47 @@
+"""The in-process executor: the objective runs in the driver's own process, one trial at a time.
+
+Fast (no process start, the data set loaded once) and debuggable: a breakpoint or pdb in the
+objective works. The trial is registered for ``torchtune_hp.report()`` and ``TuneCallback()``
+while it runs, and it is handed the devices of the executor's slot (``trial.devices``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torchtune_hp.executors import Finished
+from torchtune_hp.executors.remote import activate
+from torchtune_hp.outcome import call_objective
+from torchtune_hp.trial import Trial, TrialState
+
+
+class InlineExecutor:
+    capacity = 1
+
+    def __init__(self, objective: Callable[[Trial], Any], devices: Sequence[int] = ()) -> None:
+        self.objective = objective
+        self.devices = list(devices)
+        self._done: list[Finished] = []
+
+    @property
+    def active(self) -> int:
+        return len(self._done)
+
+    def submit(self, trial: Trial) -> None:
+        trial.devices = list(self.devices)
+        with activate(trial):
+            outcome = call_objective(lambda: self.objective(trial), trial.study.metric, trial)
+        if outcome.state is TrialState.FAILED:
+            last = (outcome.error or "").strip().splitlines()[-1:] or [""]
+            warnings.warn(f"trial {trial.number} failed: {last[0]}", stacklevel=5)
+        self._done.append(Finished(trial, outcome))
+
+    def wait(self, timeout_s: float) -> list[Finished]:
+        done, self._done = self._done, []
+        return done
+
+    def stop_all(self) -> None:
+        """Nothing to stop: the objective runs in the driver's thread, and the stop signal
+        that ended the loop has ended it."""

@@ -1,0 +1,138 @@
+"""The driver loop every executor runs under, and its one interrupt policy.
+
+Keep ``executor.capacity`` trials running: ask the study for the next trial (the sampler sees
+the running ones as pending), submit it, record each trial that ends, until the study holds
+``n_trials`` finished trials or the sampler is exhausted.
+
+Stops: Ctrl-C, SIGTERM and SIGHUP (see :mod:`torchtune_hp.signals`) stop every running trial,
+record them FAILED (interrupted: ``stopped``, their parameters run again on the next run) and
+re-raise. Any other error of the driver's own (a full disk, a bug) stops the trials the same way
+and records them ``died`` (run again once), then re-raises. A further signal during that
+cleanup is noted, not raised, so the records are always written.
+
+Fail fast: when the study's first ``fail_fast`` trials all fail with the same error (a typo in
+the command, a missing module), the study stops with :class:`~torchtune_hp.errors.StudyStopped`
+instead of spending its whole budget on the same failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torchtune_hp.errors import StudyStopped
+from torchtune_hp.executors import Executor
+from torchtune_hp.samplers import SpaceExhausted
+from torchtune_hp.signals import shielded, stop_signals
+from torchtune_hp.trial import FrozenTrial, Interruption, TrialState
+
+POLL_S = 0.05
+
+
+def error_signature(trial: FrozenTrial) -> str:
+    """The last line of a failure (``ModuleNotFoundError: No module named 'x'``)."""
+    lines = [line.strip() for line in (trial.error or "").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+class FailFast:
+    """Watches the study's first trials: ``n`` FAILED in a row with the same error and none
+    COMPLETE or PRUNED before them means the next one will fail too."""
+
+    def __init__(self, study: Any, n: int) -> None:
+        self.n = n
+        self.armed = n > 0 and not any(
+            t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials
+        )
+        self.same: list[FrozenTrial] = []
+
+    def check(self, trial: FrozenTrial) -> None:
+        if not self.armed or trial.interrupted:
+            return
+        if trial.state is not TrialState.FAILED:
+            self.armed = False
+            return
+        if self.same and error_signature(self.same[0]) != error_signature(trial):
+            self.same = []
+        self.same.append(trial)
+        if len(self.same) >= self.n:
+            numbers = [t.number for t in self.same]
+            raise StudyStopped(
+                f"the first {self.n} trials {numbers} all failed with the same error, so the "
+                f"study stopped instead of repeating it: {error_signature(trial)}"
+            )
+
+
+def run_trials(
+    study: Any,
+    executor: Executor,
+    n_trials: int,
+    callbacks: Sequence[Callable[[Any, FrozenTrial], None]] = (),
+    fail_fast: int = 3,
+) -> None:
+    fail = FailFast(study, fail_fast)
+    with stop_signals():
+        study.loop_state("running")
+        try:
+            _drive(study, executor, n_trials, callbacks, fail)
+        except BaseException as e:
+            with shielded():
+                _stop(study, executor, e)
+            raise
+        finally:
+            with shielded():
+                study.loop_state("ended")
+
+
+def _drive(
+    study: Any,
+    executor: Executor,
+    n_trials: int,
+    callbacks: Sequence[Callable[[Any, FrozenTrial], None]],
+    fail: FailFast,
+) -> None:
+    exhausted = False
+    while True:
+        while (
+            not exhausted
+            and executor.active < executor.capacity
+            and (study.follower or study.n_finished + executor.active < n_trials)
+        ):
+            try:
+                trial = study.ask()
+            except SpaceExhausted:
+                exhausted = True
+                break
+            executor.submit(trial)
+        if executor.active == 0:
+            return
+        for done in executor.wait(POLL_S):
+            frozen = study.tell(done.trial, done.outcome)
+            for cb in callbacks:
+                cb(study, frozen)
+            fail.check(frozen)
+
+
+def _stop(study: Any, executor: Executor, error: BaseException) -> None:
+    """Stop every trial, then record them: ``stopped`` after a signal or a fail-fast stop,
+    ``died`` after an error of the driver's own."""
+    try:
+        for done in executor.wait(0.0):  # what ended before the stop is kept as it ended
+            study.tell(done.trial, done.outcome)
+    except Exception:
+        pass
+    try:
+        executor.stop_all()
+    finally:
+        if isinstance(error, KeyboardInterrupt):
+            how = error.args[0] if error.args else "KeyboardInterrupt"
+            kind, reason = Interruption.STOPPED, f"interrupted by the user ({how})"
+        elif isinstance(error, StudyStopped):
+            kind, reason = Interruption.STOPPED, "interrupted: the study stopped on failures"
+        else:
+            kind = Interruption.DIED
+            reason = f"interrupted: the driver stopped on an error: {type(error).__name__}: {error}"
+        try:
+            study.interrupted(reason, kind)
+        except Exception:  # e.g. the disk is full: the next run records them as died
+            pass

@@ -1,0 +1,162 @@
+"""The trial as seen from inside the process that runs it, and ``torchtune_hp.report()``.
+
+One trial object per process, registered in one place: :func:`activate` registers the trial an
+in-process objective runs, and :func:`current_trial` otherwise builds the trial this process
+was launched for from its environment, once, and keeps it. ``report()``, ``TuneCallback()``
+and a worker's objective therefore all talk through the same object, with one sequence of
+reports and one prune verdict.
+
+A launched trial (a script run by the subprocess executor, or a function run in a worker
+process) learns who it is from the environment the launcher sets: ``TORCHTUNE_HP_TRIAL``
+(number), ``TORCHTUNE_HP_TRIAL_DIR`` (its run folder, absolute), ``TORCHTUNE_HP_STUDY``,
+``TORCHTUNE_HP_METRIC``, ``TORCHTUNE_HP_MODE``, ``TORCHTUNE_HP_PARAMS`` (JSON) and
+``TORCHTUNE_HP_LAUNCH`` (a token that marks what this process writes). Its reports travel to the
+driver through the run folder (:mod:`torchtune_hp.executors.channel`) and the pruner's answer
+comes back the same way.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from torchtune_hp.executors import channel
+from torchtune_hp.outcome import as_number
+
+ENV_TRIAL = "TORCHTUNE_HP_TRIAL"
+ENV_TRIAL_DIR = "TORCHTUNE_HP_TRIAL_DIR"
+ENV_STUDY = "TORCHTUNE_HP_STUDY"
+ENV_METRIC = "TORCHTUNE_HP_METRIC"
+ENV_MODE = "TORCHTUNE_HP_MODE"
+ENV_PARAMS = "TORCHTUNE_HP_PARAMS"
+ENV_LAUNCH = "TORCHTUNE_HP_LAUNCH"
+
+# The trial an in-process objective is running, set by the executor around the objective call.
+CURRENT: contextvars.ContextVar[Any] = contextvars.ContextVar("torchtune_hp_trial", default=None)
+# The trial this process was launched for: built from the environment once.
+_LAUNCHED: list[RemoteTrial | None] = []
+
+
+class RemoteTrial:
+    """What ``Trial`` offers an objective (``number``, ``params``, ``report``,
+    ``should_prune``, ``pruned``, ``logger``, ``devices``, ``accelerator``), for a trial run
+    by another process than the driver."""
+
+    def __init__(
+        self,
+        number: int,
+        params: dict[str, Any],
+        run_dir: Path,
+        metric: str,
+        mode: str,
+        launch: str = "",
+        devices: list[int] | None = None,
+    ) -> None:
+        self.number = number
+        self.params = params
+        self.run_dir = run_dir
+        self.metric = metric
+        self.mode = mode
+        self.launch = launch
+        self.devices = list(devices or [])
+        self.pruned = False
+        self._seq = 0
+        self._verdict = False
+
+    @classmethod
+    def from_env(cls) -> RemoteTrial | None:
+        if ENV_TRIAL_DIR not in os.environ:
+            return None
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        n_devices = 0 if not visible else len([d for d in visible.split(",") if d.strip()])
+        return cls(
+            int(os.environ[ENV_TRIAL]),
+            json.loads(os.environ.get(ENV_PARAMS, "{}")),
+            Path(os.environ[ENV_TRIAL_DIR]),
+            os.environ.get(ENV_METRIC, "value"),
+            os.environ.get(ENV_MODE, "min"),
+            os.environ.get(ENV_LAUNCH, ""),
+            list(range(n_devices)),
+        )
+
+    @property
+    def accelerator(self) -> str:
+        return "gpu" if self.devices else "cpu"
+
+    def report(self, value: float, step: int) -> None:
+        self.report_values({self.metric: value}, step)
+
+    def report_values(self, values: dict[str, Any], step: int) -> bool:
+        """Send the values; when the study's metric is among them, wait for the pruner."""
+        self._seq += 1
+        channel.append_report(self.run_dir, self.launch, self._seq, step, _jsonable(values))
+        if self.metric in values:
+            verdict = channel.wait_verdict(self.run_dir, self.launch, self._seq)
+            if verdict is None:
+                warnings.warn("torchtune_hp: the driver did not answer; going on", stacklevel=3)
+            self._verdict = bool(verdict)
+        return self._verdict
+
+    def should_prune(self) -> bool:
+        return self._verdict
+
+    def logger(self, **options: Any) -> Any:
+        from torchtune_hp.trial import trial_logger
+
+        return trial_logger(self.run_dir, **options)
+
+    def __repr__(self) -> str:
+        return f"RemoteTrial(number={self.number}, params={self.params})"
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    """Reported values as JSON: numbers as floats (NaN and inf too: Python's JSON carries them),
+    anything else as the reason it is not a number, which the driver notes and skips."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        number, why = as_number(value)
+        out[str(key)] = why if number is None else number
+    return out
+
+
+@contextmanager
+def activate(trial: Any) -> Iterator[None]:
+    """Make ``trial`` the one ``report()`` and ``TuneCallback()`` find while the block runs."""
+    token = CURRENT.set(trial)
+    try:
+        yield
+    finally:
+        CURRENT.reset(token)
+
+
+def current_trial() -> Any:
+    """The running trial: the in-process one, else the one this process was launched for."""
+    trial = CURRENT.get()
+    if trial is not None:
+        return trial
+    if not _LAUNCHED:
+        _LAUNCHED.append(RemoteTrial.from_env())
+    return _LAUNCHED[0]
+
+
+def report(step: int | None = None, **values: Any) -> bool:
+    """Report metrics of the running trial, e.g. ``report(val_loss=0.31, step=epoch)``; returns
+    True when the pruner says to stop (stop then; the trial ends PRUNED). ``step`` defaults to
+    the number of earlier reports. Outside a study it warns and does nothing."""
+    trial = current_trial()
+    if trial is None:
+        warnings.warn("torchtune_hp.report() outside a study: nothing recorded", stacklevel=2)
+        return False
+    counter = getattr(trial, "_auto_step", 0)
+    step = counter if step is None else int(step)
+    trial._auto_step = step + 1
+    prune = trial.report_values(values, step)
+    if prune:
+        trial.pruned = True
+    return prune

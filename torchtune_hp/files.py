@@ -1,0 +1,182 @@
+"""The study folder on disk: safe names, writes that never follow a planted link, the driver's lock.
+
+Everything torchtune_hp writes lives in ``<logdir>/<study>/``. The folder name is one safe path
+component, so no name can point outside the logdir. Files and trial folders inside it are
+created without following symbolic links: a link planted there (``recipe.yaml -> ~/.bashrc``)
+makes the write fail instead of landing elsewhere. The logdir, and the study folder itself, may
+be links the user made (``logs -> /scratch/logs``): those are the user's choice.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from torchtune_hp.errors import StorageError, StudyLocked, UnsafePath
+
+NAME_MAX = 100
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+DATABASE = "study.db"
+# Files of the database itself: a study folder holding only these is not "left over".
+DATABASE_FILES = (DATABASE, f"{DATABASE}-wal", f"{DATABASE}-shm", f"{DATABASE}-journal")
+
+
+def check_study_name(name: object) -> str:
+    """A study name is one folder name: letters, digits, ``_ . -``, not starting with a dot,
+    at most 100 characters (``..``, ``.`` and ``a/b`` would write outside the logdir)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a study name must be a non-empty string, got {name!r}")
+    if len(name) > NAME_MAX:
+        raise ValueError(f"a study name has at most {NAME_MAX} characters, got {len(name)}")
+    if not _NAME.fullmatch(name):
+        raise ValueError(
+            f"a study name is one folder name of letters, digits, '_', '.' and '-', not "
+            f"starting with '.' or '-', got {name!r}"
+        )
+    return name
+
+
+def absolute(path: str | Path) -> Path:
+    """``path`` made absolute against the current folder, links left as they are (a venv's
+    ``bin/python`` must stay the venv's, not become the base interpreter it links to)."""
+    return Path(os.path.abspath(os.fspath(path)))
+
+
+def timestamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a file of ours, never through a symbolic link standing at ``path``."""
+    with open_new(path) as f:
+        f.write(text.encode())
+
+
+def open_new(path: Path):  # type: ignore[no-untyped-def]
+    """A binary file of ours opened for writing (truncated), never through a link."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UnsafePath(
+                f"{path}: is a symbolic link; torchtune_hp never writes through a link inside "
+                "a study folder"
+            ) from None
+        raise
+    return os.fdopen(fd, "wb")
+
+
+def fresh_dir(path: Path) -> Path:
+    """A new, empty folder of ours at ``path``. Whatever stands there already (a trial folder of
+    an earlier study of the same name, a planted link) is renamed aside, never read or
+    followed: a trial's output can then only come from its own process."""
+    if os.path.lexists(path):
+        os.rename(path, path.with_name(f"{path.name}.stale-{timestamp()}-{time.monotonic_ns()}"))
+    path.mkdir()
+    return path
+
+
+def make_study_dir(path: Path) -> None:
+    """Create the study folder, with a clear message when the logdir cannot hold it."""
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise StorageError(f"{parent}: the logdir is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise StorageError(f"{path}: exists and is not a folder") from None
+    except OSError as e:
+        where = e.filename or path
+        raise StorageError(f"{where}: cannot create the study folder: {e.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise StorageError(f"{path}: not writable (a read-only folder or file system)")
+
+
+def set_aside_leftovers(path: Path) -> Path | None:
+    """A new study (no database yet) in a folder that holds another study's files (its
+    ``study.db`` was deleted, its trial folders kept): move those files, every byte, into
+    ``<study>.replaced-<time>/`` beside it, so nothing of theirs is read as the new study's."""
+    leftovers = [p for p in path.iterdir() if p.name not in DATABASE_FILES]
+    if not leftovers:
+        return None
+    aside = path.with_name(f"{path.name}.replaced-{timestamp()}")
+    aside.mkdir()
+    for p in leftovers:
+        os.rename(p, aside / p.name)
+    return aside
+
+
+class StudyLock:
+    """One driver per study: an exclusive ``flock`` on the study folder itself.
+
+    The kernel holds the lock on the open folder for as long as the driver lives and drops it
+    the moment the driver dies, kill -9 included; no lock file exists that could be deleted,
+    touched or left behind. Deleting ``study.db`` or any other file does not release it. (A lease
+    row in the database would need a timeout before a dead driver's study could be resumed.)
+    The descriptor is not inherited by trial processes, so a trial that outlives the driver
+    cannot hold the study either."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._fd: int | None = None
+
+    def acquire(self, wait_s: float = 1.0) -> StudyLock:
+        """Take the lock; a DDP follower probing it at the same moment is waited for briefly."""
+        fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise StudyLocked(
+                        f"{self.folder}: the study is being run by another process"
+                        f"{driver_description(self.folder)}; wait for it to end or stop it"
+                    ) from None
+                time.sleep(0.05)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor releases the flock
+            self._fd = None
+
+    @staticmethod
+    def is_held(folder: Path) -> bool:
+        """Whether a live driver holds the study now (a probe that takes nothing for long)."""
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+
+def driver_description(folder: Path) -> str:
+    """`` (pid N on host H, since T)`` from the study's metadata, or nothing when unreadable."""
+    from torchtune_hp.storage import Storage
+
+    try:
+        storage = Storage(folder / DATABASE, read_only=True)
+        try:
+            driver = storage.get_meta().get("driver") or {}
+        finally:
+            storage.close()
+    except Exception:  # only decorates the message: any failure just leaves it out
+        return ""
+    if not driver:
+        return ""
+    return f" (pid {driver.get('pid')} on host {driver.get('host')}, since {driver.get('since')})"

@@ -1,0 +1,185 @@
+"""A recipe's objective as something the process pool can launch (:class:`LaunchSpec`), and
+everything about it that can be checked before the first trial runs.
+
+``command`` objectives. Each trial runs in its own folder, so the command is rewritten once,
+before the study starts (the README's "which elements are rewritten"):
+
+* a first element ``python`` or ``python3`` becomes the interpreter running torchtune-hp, so a
+  trial sees the same environment; any other first element is left as the user wrote it (a
+  venv's ``/path/venv/bin/python`` stays that venv's python: links are not followed);
+* an element that is a relative path naming a file or folder that exists beside the recipe
+  (``train.py``, ``data``, ``configs/base.yaml``) becomes that path made absolute, again without
+  following links;
+* nothing else changes: options (``--data=data``), templates (``{lr}``), names on ``PATH``.
+
+With ``args: lightning_cli`` the launcher also adds the callback and points the script's
+TensorBoard logger at the trial's folder. ``function`` objectives run through
+``python -m torchtune_hp.executors.worker``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torchtune_hp.errors import ConfigError
+from torchtune_hp.executors.argv import build_argv, check_rename, render, template_fields
+from torchtune_hp.executors.metric import compile_metric_regex
+from torchtune_hp.executors.pool import LaunchSpec
+from torchtune_hp.executors.worker import ENV_OBJECTIVE, ENV_TRAIN
+from torchtune_hp.files import absolute
+from torchtune_hp.objective import load_objective
+from torchtune_hp.options import closest
+from torchtune_hp.recipe import Recipe
+from torchtune_hp.space import Categorical, Space
+
+PYTHONS = ("python", "python3")
+KEY = "objective.command"
+
+
+def lightning_cli_extras(run_dir: Path) -> list[str]:
+    """The callback from the environment, and a TensorBoardLogger writing into the trial's
+    run folder (no version sub-run, no hp_metric)."""
+    return [
+        "--trainer.callbacks+=torchtune_hp.TuneCallback",
+        "--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger",
+        f"--trainer.logger.init_args.save_dir={run_dir.parent}",
+        f"--trainer.logger.init_args.name={run_dir.name}",
+        "--trainer.logger.init_args.version=",
+        "--trainer.logger.init_args.default_hp_metric=false",
+    ]
+
+
+def resolve_command(command: list[str], recipe_dir: Path) -> list[str]:
+    """The command with the rewrites of the module docstring applied."""
+    out = []
+    for i, element in enumerate(command):
+        if i == 0 and element in PYTHONS:
+            out.append(sys.executable)
+        elif _beside(element, recipe_dir):
+            out.append(str(absolute(recipe_dir / element)))
+        else:
+            out.append(element)
+    return out
+
+
+def _beside(element: str, recipe_dir: Path) -> bool:
+    if not element or element.startswith("-") or template_fields(element):
+        return False
+    if os.path.isabs(element):
+        return False
+    return os.path.lexists(recipe_dir / element)
+
+
+def sample_points(space: Space) -> list[dict[str, Any]]:
+    """A few points that together use every choice of every categorical and both ends of
+    every range: enough to try a command template on before any trial runs."""
+    dim = space.dim
+    points = [space.decode([u] * dim) for u in (0.0, 0.5, 1.0)]
+    middle = points[1]
+    for name, p in space.params.items():
+        if isinstance(p, Categorical):
+            points += [{**middle, name: choice} for choice in p.choices]
+    return points
+
+
+def check_command(recipe: Recipe) -> list[str]:
+    """The resolved command, or a ConfigError saying what in it cannot work."""
+    obj = recipe.model.objective
+    assert obj.command is not None
+    folder = recipe.path.parent
+    command = resolve_command(obj.command, folder)
+    program = command[0]
+    if template_fields(program):
+        raise ConfigError(recipe.path, KEY, f"the program {program!r} cannot be a template")
+    if os.sep in program:
+        if not os.path.isfile(program):
+            raise ConfigError(recipe.path, KEY, f"{program} does not exist")
+        if not os.access(program, os.X_OK):
+            raise ConfigError(recipe.path, KEY, f"{program} is not executable (chmod +x?)")
+    elif shutil.which(program) is None:
+        raise ConfigError(
+            recipe.path, KEY, f"{program!r} is neither a file beside the recipe nor on PATH"
+        )
+    for given, resolved in zip(obj.command[1:], command[1:], strict=True):
+        if given.endswith(".py") and not _looks_like_option(given) and not os.path.exists(resolved):
+            nearby = sorted(p.name for p in folder.glob("*.py"))
+            raise ConfigError(
+                recipe.path,
+                KEY,
+                f"{given!r} does not exist beside the recipe ({absolute(folder)})"
+                f"{closest(given, nearby)}",
+            )
+    return command
+
+
+def _looks_like_option(element: str) -> bool:
+    return element.startswith("-") or "=" in element or bool(template_fields(element))
+
+
+def check_objective(recipe: Recipe) -> None:
+    """Everything about the objective that can be checked before a trial runs."""
+    obj = recipe.model.objective
+    if obj.function is not None:
+        load_objective(recipe.path, obj.function, recipe.model.train)
+        return
+    assert obj.command is not None
+    names = list(recipe.space.params)
+    try:
+        check_rename(obj.rename, names)
+    except ValueError as e:
+        raise ConfigError(recipe.path, "objective.rename", str(e)) from None
+    for element in obj.command:
+        unknown = template_fields(element) - set(names)
+        if unknown:
+            raise ConfigError(
+                recipe.path,
+                KEY,
+                f"{element!r} names {sorted(unknown)}, which are not parameters ({names})",
+            )
+        for point in sample_points(recipe.space):
+            try:
+                render(element, point, obj.args)
+            except (ValueError, TypeError, KeyError, IndexError) as e:
+                raise ConfigError(
+                    recipe.path, KEY, f"{element!r} cannot be filled in with {point}: {e}"
+                ) from None
+    check_command(recipe)
+    if obj.metric_regex is not None:
+        try:
+            compile_metric_regex(obj.metric_regex)
+        except (re.error, ValueError) as e:
+            raise ConfigError(recipe.path, "objective.metric_regex", str(e)) from None
+    if recipe.model.train:
+        raise ConfigError(
+            recipe.path,
+            "train",
+            "a command objective takes no train section: put fixed arguments in the command",
+        )
+
+
+def launch_spec(recipe: Recipe) -> LaunchSpec:
+    check_objective(recipe)
+    obj = recipe.model.objective
+    if obj.function is not None:
+        env = {
+            ENV_OBJECTIVE: f"{absolute(recipe.path)}::{obj.function}",
+            ENV_TRAIN: json.dumps(recipe.model.train),
+        }
+        worker = [sys.executable, "-m", "torchtune_hp.executors.worker"]
+        return LaunchSpec(argv=lambda params, run_dir: worker, env=env, timeout_s=obj.timeout)
+    command = check_command(recipe)
+    style, rename = obj.args, obj.rename
+
+    def argv(params: Mapping[str, Any], run_dir: Path) -> list[str]:
+        args = build_argv(command, params, style, rename)
+        return args + lightning_cli_extras(run_dir) if style == "lightning_cli" else args
+
+    regex = None if obj.metric_regex is None else compile_metric_regex(obj.metric_regex)
+    return LaunchSpec(argv=argv, regex=regex, timeout_s=obj.timeout)

@@ -1,0 +1,63 @@
+"""Loading a recipe's objective function: ``file.py:function`` beside the recipe, or
+``package.module:function``. Used by the driver (in-process trials, ``validate``) and by worker
+processes, so it imports nothing of the recipe layer."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from torchtune_hp.errors import ConfigError
+
+KEY = "objective.function"
+
+
+def load_objective(recipe_path: Path, ref: str, train: Mapping[str, Any]) -> Callable[..., Any]:
+    """The function ``ref`` names; checks that it accepts ``(trial, **train)``. A file that does
+    not import (a SyntaxError, a missing module) is a ConfigError naming its file and line."""
+    target, _, func_name = ref.rpartition(":")
+    if target.endswith(".py"):
+        file = (recipe_path.parent / target).absolute()
+        if not file.is_file():
+            raise ConfigError(recipe_path, KEY, f"file {file} does not exist")
+        mod_name = f"torchtune_hp_objective_{file.stem}"
+        spec = importlib.util.spec_from_file_location(mod_name, file)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            del sys.modules[mod_name]
+            raise ConfigError(recipe_path, KEY, f"{file} does not import: {where(e, file)}") from e
+    else:
+        try:
+            module = importlib.import_module(target)
+        except Exception as e:
+            raise ConfigError(recipe_path, KEY, f"cannot import module {target!r}: {e}") from e
+    fn = getattr(module, func_name, None)
+    if not callable(fn):
+        raise ConfigError(recipe_path, KEY, f"{target} has no function {func_name!r}")
+    try:
+        inspect.signature(fn).bind(None, **train)
+    except TypeError as e:
+        raise ConfigError(
+            recipe_path, "train", f"{func_name}(trial, **train) does not accept these: {e}"
+        ) from None
+    return fn
+
+
+def where(error: BaseException, file: Path) -> str:
+    """``<file>:<line>: <Error>: <message>`` for the deepest frame in ``file`` (or the
+    SyntaxError's own position)."""
+    if isinstance(error, SyntaxError):
+        return f"{error.filename}:{error.lineno}: SyntaxError: {error.msg}"
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == str(file)]
+    line = f"{file}:{frames[-1].lineno}: " if frames else f"{file}: "
+    return f"{line}{type(error).__name__}: {error}"

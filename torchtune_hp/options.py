@@ -1,0 +1,102 @@
+"""The options of a sampler or pruner, checked against the types its constructor declares.
+
+Recipes are strict: ``deterministic: "false"`` is a string, not a boolean (Python would take it
+as true), and ``min_resource: "3"`` is not a number. Each option is checked against the
+annotation of the parameter it fills, so the message names the option, what was given and what
+is accepted, and the closest valid spelling of an unknown one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+class OptionError(ValueError):
+    """An unknown option, or one of the wrong type; ``key`` names it for the message."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def closest(name: str, valid: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for a misspelled name, else nothing."""
+    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def accepted_options(func: Callable[..., Any], skip: Sequence[str]) -> list[str]:
+    params = inspect.signature(func).parameters
+    return [p for p in params if p not in ("self", *skip)]
+
+
+def check_options(
+    func: Callable[..., Any], options: Mapping[str, Any], what: str, skip: Sequence[str] = ()
+) -> None:
+    """Raise :class:`OptionError` for an option ``func`` does not take or whose value does not
+    match its annotation. ``what`` names the thing (``sampler 'gp'``)."""
+    allowed = accepted_options(func, skip)
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception:  # an annotation that cannot be resolved: names are still checked
+        hints = {}
+    for key, value in options.items():
+        if key not in allowed:
+            raise OptionError(
+                key,
+                f"{what} has no option {key!r}{closest(key, allowed)}; it accepts "
+                f"{allowed or 'none'}",
+            )
+        hint = hints.get(key)
+        if hint is not None and not _matches(value, hint):
+            raise OptionError(key, f"{what}: {key} must be {_describe(hint)}, got {value!r}")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is not None and isinstance(origin, type):
+        if issubclass(origin, Mapping):
+            key_t, val_t = (typing.get_args(hint) + (Any, Any))[:2]
+            return isinstance(value, Mapping) and all(
+                _matches(k, key_t) and _matches(v, val_t) for k, v in value.items()
+            )
+        if issubclass(origin, Sequence):
+            (item_t,) = typing.get_args(hint)[:1] or (Any,)
+            return isinstance(value, (list, tuple)) and all(_matches(v, item_t) for v in value)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if origin is not None and isinstance(origin, type) and issubclass(origin, Mapping):
+        return "a mapping"
+    return _NAMES.get(hint, getattr(hint, "__name__", str(hint)))
