@@ -223,8 +223,10 @@ def test_ctrl_c_marks_the_trial_failed_and_a_rerun_resumes(tmp_path, fast_recipe
     err = err.decode()
     assert proc.returncode == 130
     assert "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith(
-        "interrupted (SIGINT): running trials are marked FAILED (interrupted)"
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith("interrupted (SIGINT): running trials are marked FAILED (interrupted)")
     )
     states = [t["state"] for t in _trials_json(tmp_path / "logs" / "fast")]
     assert "RUNNING" not in states and states.count("FAILED") == 1

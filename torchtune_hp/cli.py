@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -272,7 +273,12 @@ def main() -> int:
     """Run the command line; returns the exit code (see :mod:`torchtune_hp.entry`)."""
     warnings.showwarning = _show_warning
     try:
-        code = cli.main(standalone_mode=False)
+        # not cli.main(): it turns a KeyboardInterrupt (and the signal it stands for) into a
+        # bare Abort; stop signals reach torchtune_hp.entry as they are
+        with cli.make_context("torchtune-hp", sys.argv[1:]) as ctx:
+            code = cli.invoke(ctx)
+    except click.exceptions.Exit as e:
+        return e.exit_code
     except (ConfigError, StudyMismatch, StorageError) as e:
         click.echo(f"error: {e}", err=True)
         return BAD_INPUT
@@ -287,11 +293,12 @@ def main() -> int:
         where = e.filename if e.filename is not None else ""
         click.echo(f"error: {where}: {e.strerror or e}" if where else f"error: {e}", err=True)
         return BAD_INPUT
+    except click.exceptions.UsageError as e:
+        e.show()
+        return e.exit_code
     except click.ClickException as e:
         click.echo(f"error: {e.format_message()}", err=True)
         return e.exit_code
-    except click.exceptions.Abort:
-        raise KeyboardInterrupt from None
     return code if isinstance(code, int) else 0
 
 

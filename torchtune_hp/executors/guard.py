@@ -42,11 +42,10 @@ def main() -> int:
         print(f"{CANNOT_START} {argv[0]!r}: {e}", file=sys.stderr, flush=True)
         return 127
     gone = threading.Event()
-    watcher = threading.Thread(target=_watch, args=(fd, grace, gone), daemon=True)
-    watcher.start()
+    threading.Thread(target=_watch, args=(fd, grace, gone), daemon=True).start()
     rc = child.wait()
-    if gone.is_set():  # the driver died: the rest of the group gets its grace, then SIGKILL
-        watcher.join()
+    if gone.is_set():  # the driver died and the command has ended: nothing of it may stay
+        os.killpg(0, signal.SIGKILL)
     if rc < 0:  # ended by a signal: end the same way, so the driver sees what the command saw
         signal.signal(-rc, signal.SIG_DFL)
         os.kill(os.getpid(), -rc)

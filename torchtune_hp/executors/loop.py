@@ -11,8 +11,9 @@ and records them ``died`` (run again once), then re-raises. A further signal dur
 cleanup is noted, not raised, so the records are always written.
 
 Fail fast: when the study's first ``fail_fast`` trials all fail with the same error (a typo in
-the command, a missing module), the study stops with :class:`~torchtune_hp.errors.StudyStopped`
-instead of spending its whole budget on the same failure.
+the command, a missing module), or trials cannot even be started several times in a row, the
+study stops with :class:`~torchtune_hp.errors.StudyStopped` instead of spending its whole
+budget on the same failure.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ def error_signature(trial: FrozenTrial) -> str:
 
 class FailFast:
     """Watches the study's first trials: ``n`` FAILED in a row with the same error and none
-    COMPLETE or PRUNED before them means the next one will fail too."""
+    COMPLETE or PRUNED before them means the next one will fail too. Trials that could not
+    even start (they do not count toward ``n_trials``) stop the study after ``n`` in a row
+    (3 when ``n`` is 0) at any point, or it would start them for ever."""
 
     def __init__(self, study: Any, n: int) -> None:
         self.n = n
@@ -45,8 +48,15 @@ class FailFast:
             t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials
         )
         self.same: list[FrozenTrial] = []
+        self.not_started: list[FrozenTrial] = []
 
     def check(self, trial: FrozenTrial) -> None:
+        if trial.interruption is Interruption.NOT_STARTED:
+            self.not_started.append(trial)
+            if len(self.not_started) >= (self.n or 3):
+                self._stop("could not start", self.not_started)
+            return
+        self.not_started = []
         if not self.armed or trial.interrupted:
             return
         if trial.state is not TrialState.FAILED:
@@ -56,11 +66,14 @@ class FailFast:
             self.same = []
         self.same.append(trial)
         if len(self.same) >= self.n:
-            numbers = [t.number for t in self.same]
-            raise StudyStopped(
-                f"the first {self.n} trials {numbers} all failed with the same error, so the "
-                f"study stopped instead of repeating it: {error_signature(trial)}"
-            )
+            self._stop("all failed with the same error", self.same)
+
+    def _stop(self, what: str, trials: list[FrozenTrial]) -> None:
+        numbers = [t.number for t in trials]
+        raise StudyStopped(
+            f"trials {numbers} {what}, so the study stopped instead of going on: "
+            f"{error_signature(trials[-1])}"
+        )
 
 
 def run_trials(

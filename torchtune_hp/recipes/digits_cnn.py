@@ -3,8 +3,10 @@
 Standalone: python digits_cnn.py --lr 0.01 --channels 16 --dropout 0.2 --epochs 15
 
 It knows nothing of torchtune_hp: it prints one progress line per epoch
-(``epoch 3 | valid loss 0.1234 |``) and logs to TensorBoard in ./tb. digits_cnn.yaml tunes it
-by reading those lines (``objective.metric_regex``), so ASHA can stop it early.
+(``epoch 3 | valid loss 0.1234 |``) and logs to TensorBoard in ``--logdir`` (``tb`` in its
+working folder: under torchtune-hp, the trial's folder). It trains on a GPU when it sees one
+(under torchtune-hp, the one its trial was given) and on the CPU otherwise. digits_cnn.yaml
+tunes it by reading those lines (``objective.metric_regex``), so ASHA can stop it early.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def main() -> None:
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--logdir", default="tb", help="TensorBoard folder")
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -69,8 +72,9 @@ def main() -> None:
     train_dl, val_dl = digits_loaders(args.batch_size, 0.25, 0)
     trainer = L.Trainer(
         max_epochs=args.epochs,
-        accelerator="cpu",
-        logger=TensorBoardLogger("tb", name="", version="", default_hp_metric=False),
+        accelerator="auto",
+        devices=1,
+        logger=TensorBoardLogger(args.logdir, name="", version="", default_hp_metric=False),
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,

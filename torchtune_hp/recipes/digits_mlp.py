@@ -116,7 +116,8 @@ def train(
     model = DigitsMLP(**trial.params)
     trainer = L.Trainer(
         max_epochs=max_epochs,
-        accelerator="cpu",
+        accelerator=trial.accelerator,  # the GPU the executor gave this trial, else the CPU
+        devices=trial.devices or 1,
         logger=trial.logger(),  # curves into logs/<study>/trial_NNNN/, beside its HParams row
         log_every_n_steps=10,
         enable_checkpointing=False,
