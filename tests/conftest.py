@@ -38,21 +38,48 @@ logdir: {logdir}
 
 
 def run_cli(
-    *args: str, cwd: Path | None = None, timeout: float = 300
+    *args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    """``torchtune-hp ARGS`` as a user runs it (``python -m torchtune_hp`` is the same entry)."""
     return subprocess.run(
-        [sys.executable, "-m", "torchtune_hp.cli", *args],
+        cli_cmd(*args),
         capture_output=True,
         text=True,
         cwd=cwd,
         timeout=timeout,
-        env=env,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
 
 
 def cli_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "torchtune_hp.cli", *args]
+    return [sys.executable, "-m", "torchtune_hp", *args]
+
+
+def private_mounts(script: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a bash script in a mount namespace of its own, so a test can mount a tiny or a
+    read-only file system (a full disk, read-only media) without touching the machine's."""
+    prefix = ["unshare", "-m", "--propagation", "private"]
+    if os.geteuid() != 0:
+        prefix.insert(1, "-r")  # a user namespace, where this user may mount
+    probe = subprocess.run([*prefix, "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"needs a private mount namespace: {probe.stderr.decode().strip()}")
+    return subprocess.run(
+        [*prefix, "bash", "-euo", "pipefail", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def pid_alive(pid: int) -> bool:
+    """A process that exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 @pytest.fixture

@@ -134,7 +134,7 @@ def cp(name: str, dest: str) -> None:
         if not _inside(src.parent / py, src.parent):
             warnings.warn(
                 f"{src}: {py} is outside the recipe's folder: not copied (copy it yourself)",
-                stacklevel=2,
+                stacklevel=1,  # attributed to this module: shown as one line
             )
             continue
         copies.append((src.parent / py, target.parent / py))

@@ -12,10 +12,14 @@ reports (what a checkpoint-on-best run would keep).
   eta**k`` reports; a trial reaching a rung continues only if its value there is in the top
   ``1/eta`` of every trial that reached that rung (the first ``eta - 1`` arrivals continue if
   they are the best so far, since a trial cannot be paused and resumed).
+
+Both stop a trial at once when its latest report is NaN or inf (a diverging run, recorded by
+the study as the worst value there is); ``none`` lets it run to its end.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +44,14 @@ def value_at(trial: FrozenTrial, resource: int, mode: str) -> float | None:
     if len(values) < resource or resource < 1:
         return None
     return min(values) if mode == "min" else max(values)
+
+
+def diverged(trial: FrozenTrial) -> bool:
+    """Its latest report is not finite: the study records a NaN or inf report (a diverging
+    run) as the worst value there is, and every pruning rule stops such a trial at once."""
+    return bool(trial.intermediate) and not math.isfinite(
+        trial.intermediate[max(trial.intermediate)]
+    )
 
 
 def _worse(a: float, b: float, mode: str) -> bool:
@@ -74,6 +86,8 @@ class MedianPruner:
             raise ValueError("n_startup must be >= 1 and n_warmup >= 0")
 
     def prune(self, trial: FrozenTrial, others: Sequence[FrozenTrial], mode: str) -> bool:
+        if diverged(trial):
+            return True
         r = len(trial.intermediate)
         mine = value_at(trial, r, mode)
         if mine is None or r <= self.n_warmup:
@@ -104,6 +118,8 @@ class ASHAPruner:
         return out
 
     def prune(self, trial: FrozenTrial, others: Sequence[FrozenTrial], mode: str) -> bool:
+        if diverged(trial):
+            return True
         resource = len(trial.intermediate)
         rungs = self.rungs(resource)
         if not rungs or rungs[-1] != resource:

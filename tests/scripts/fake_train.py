@@ -2,8 +2,10 @@
 
 Arguments in any style: ``--x 0.3``, ``--x=0.3`` or ``x=0.3``. ``--how`` picks how it reports
 (report | json | regex | tensorboard | silent), ``--fail`` crashes it, ``--hang`` sleeps for
-ever; ``--mode crash|hang|silent|ok`` is one switch for those. It writes what it saw (argv
-values, pid, CUDA_VISIBLE_DEVICES, trial env) to seen.json in its working directory.
+ever; ``--mode crash|hang|silent|ok`` is one switch for those. ``--ignore_term 1`` makes it
+ignore SIGTERM (a script that does not stop when asked); ``--nan_at E`` reports NaN at epoch
+E. It writes what it saw (argv values, pid, CUDA_VISIBLE_DEVICES, trial env, working folder,
+sys.prefix) to seen.json in its working directory.
 """
 
 import json
@@ -29,6 +31,10 @@ def parse(argv):
 
 
 args = parse(sys.argv[1:])
+if args.get("ignore_term"):
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 mode = args.get("mode")  # one switch for the failure tests
 if mode == "crash":
     args["fail"] = "1"
@@ -46,6 +52,8 @@ with open("seen.json", "w") as f:
             "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "trial": os.environ.get("TORCHTUNE_HP_TRIAL"),
             "threads": os.environ.get("OMP_NUM_THREADS"),
+            "cwd": os.getcwd(),
+            "prefix": sys.prefix,
         },
         f,
     )
@@ -64,6 +72,8 @@ if how == "tensorboard":
 epoch = -1
 for epoch in range(epochs):
     loss = (x - 0.3) ** 2 + (y - 0.7) ** 2 + 1.0 / (epoch + 1)
+    if args.get("nan_at") is not None and epoch == int(args["nan_at"]):
+        loss = float("nan")
     if how == "report":
         import torchtune_hp
 

@@ -1,18 +1,28 @@
 """One TensorBoard event file: scalars, PNG images and raw summaries (the HParams protos).
 
-Built on TensorBoard's own ``EventFileWriter``, with no TensorFlow and no ``SummaryWriter``
-(whose ``add_hparams`` makes a timestamped sub-run per call). Every write is flushed, so a
-dashboard that is open shows a trial's values as they arrive.
+Written with TensorBoard's own record format (``RecordWriter``), with no TensorFlow and no
+``SummaryWriter`` (whose ``add_hparams`` makes a timestamped sub-run per call). Writes are
+synchronous and flushed: a dashboard that is open shows a trial's values as they arrive, and a
+write that fails (a full disk) raises here, in the driver's thread, where the study stops
+cleanly, instead of in a background thread that prints a traceback and loses the event. The
+file is created new, never through a link.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import socket
 import struct
 import time
 from pathlib import Path
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.summary.writer.record_writer import RecordWriter
+
+from torchtune_hp.files import open_new
+
+_COUNTER = itertools.count()
 
 
 class EventWriter:
@@ -21,11 +31,21 @@ class EventWriter:
     def __init__(self, logdir: Path) -> None:
         logdir.mkdir(parents=True, exist_ok=True)
         self.logdir = logdir
-        self._writer = EventFileWriter(str(logdir), flush_secs=5)
+        name = "events.out.tfevents.%010d.%s.%s.%s" % (
+            time.time(),
+            socket.gethostname(),
+            os.getpid(),
+            next(_COUNTER),
+        )
+        self._writer = RecordWriter(open_new(logdir / name))
+        self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def _write(self, event: event_pb2.Event) -> None:
+        self._writer.write(event.SerializeToString())
+        self._writer.flush()
 
     def summary(self, summary: summary_pb2.Summary, step: int = 0) -> None:
-        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
-        self._writer.flush()
+        self._write(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.summary(
@@ -43,7 +63,8 @@ class EventWriter:
         )
 
     def close(self) -> None:
-        self._writer.close()
+        if not self._writer.closed:
+            self._writer.close()
 
 
 def png_size(png: bytes) -> tuple[int, int]:

@@ -1,0 +1,675 @@
+"""Nothing a trial produces, no fault, file or signal may crash a study, lose a result or let a
+second driver in. Real SQLite files, real processes, real signals, real mounts; nothing mocked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import cli_cmd, pid_alive, private_mounts, run_cli
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from torchtune_hp import Float, Study, TrialState
+from torchtune_hp.executors import channel
+from torchtune_hp.executors.metric import MISSING, compile_metric_regex, last_json_value
+from torchtune_hp.outcome import Outcome, as_number, outcome_of_return
+from torchtune_hp.storage import Storage
+from torchtune_hp.trial import Interruption
+
+SCRIPTS = Path(__file__).parent / "scripts"
+FAKE = str(SCRIPTS / "fake_train.py")
+
+
+def write(path: Path, recipe: dict) -> Path:
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def command_recipe(folder: Path, command: list, trials: int = 3, **sections) -> Path:
+    """A recipe with the relative ``logdir: logs`` every built-in recipe has."""
+    recipe = {
+        "study": {"name": "sub", "metric": "loss", "trials": trials, "seed": 0},
+        "space": {
+            "x": {"type": "float", "low": 0.0, "high": 1.0},
+            "y": {"type": "float", "low": 0.0, "high": 1.0},
+        },
+        "sampler": {"name": "random"},
+        "objective": {"command": command},
+        "logdir": "logs",
+        **sections,
+    }
+    return write(folder / "recipe.yaml", recipe)
+
+
+def read_trials(study_dir: Path) -> list:
+    storage = Storage(study_dir / "study.db", read_only=True)
+    try:
+        return storage.trials()
+    finally:
+        storage.close()
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- 0. the recipes' own relative logdir ---------------------------------------------------------
+def test_report_from_a_script_with_the_recipes_relative_logdir(tmp_path):
+    """A user's folder, ``logdir: logs``, a script calling torchtune_hp.report(): every path
+    handed to the trial is absolute, so its reports reach the study."""
+    home = tmp_path / "my_project"
+    home.mkdir()
+    command_recipe(home, ["python", FAKE, "--how", "report", "--epochs", "3"])
+    result = run_cli("run", "recipe.yaml", cwd=home)
+    assert result.returncode == 0, result.stderr
+    trials = read_trials(home / "logs" / "sub")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    for t in trials:
+        assert sorted(t.intermediate) == [0, 1, 2]
+        seen = json.loads(
+            (home / "logs" / "sub" / f"trial_{t.number:04d}" / "seen.json").read_text()
+        )
+        assert Path(seen["cwd"]) == home / "logs" / "sub" / f"trial_{t.number:04d}"
+
+
+# -- 1. nothing a trial produces crashes the driver ----------------------------------------------
+ODD_RETURNS = [
+    None,
+    {"value": None},
+    [0.1, 0.2],
+    torch.tensor([0.1, 0.2]),
+    np.array([1.0, 2.0, 3.0]),
+    10**400,
+    -(10**400),
+    "0.5",
+    True,
+    object(),
+    {"value": torch.tensor([1.0, 2.0])},
+    {"other": 1.0},
+    complex(1, 2),
+    float("nan"),
+    torch.tensor(float("inf")),
+]
+
+
+@pytest.mark.parametrize("value", ODD_RETURNS, ids=[type(v).__name__ for v in ODD_RETURNS])
+def test_an_odd_return_fails_only_its_trial_and_the_study_goes_on(tmp_path, value):
+    outs = iter([value, 0.25])
+    with Study("odd", {"x": Float(0, 1)}, logdir=tmp_path, seed=0) as study:
+        with pytest.warns(UserWarning, match="trial 0 failed"):
+            study.optimize(lambda t: next(outs), n_trials=2, fail_fast=0)
+        first, second = study.trials
+        assert first.state is TrialState.FAILED and first.value is None and first.error
+        assert second.state is TrialState.COMPLETE and second.value == 0.25
+    # the resumed study opens cleanly and has nothing RUNNING
+    with Study("odd", {"x": Float(0, 1)}, logdir=tmp_path, seed=0) as again:
+        assert [t.state for t in again.trials] == [TrialState.FAILED, TrialState.COMPLETE]
+
+
+ANYTHING = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=10**300, max_value=10**400)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20)
+    | st.binary(max_size=20)
+    | st.builds(np.float32, st.floats(width=32))
+    | st.builds(np.array, st.lists(st.floats(), max_size=3))
+    | st.builds(torch.tensor, st.lists(st.floats(width=32), min_size=0, max_size=3))
+    | st.builds(lambda v: torch.tensor(v), st.floats(width=32)),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["value", "loss", "acc"]), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ANYTHING)
+def test_whatever_an_objective_returns_the_trial_ends_recorded(value):
+    study = Study("any", {"x": Float(0, 1)}, logdir=None, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a failure warns; that is not what is checked here
+        study.optimize(lambda t: value, n_trials=1, fail_fast=0)
+    (trial,) = study.trials
+    expected = outcome_of_return(value, "value")
+    assert trial.state is expected.state
+    if trial.state is TrialState.COMPLETE:
+        assert math.isfinite(trial.value) and trial.value == expected.value
+    else:
+        assert trial.state is TrialState.FAILED and trial.value is None and trial.error
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(max_size=60), max_size=8), st.text(max_size=40))
+def test_whatever_a_script_prints_or_writes_the_readers_never_raise(tmp_path_factory, lines, key):
+    text = "\n".join(lines)
+    value = last_json_value(text, key)
+    assert value is MISSING or value is not None or '"' in text
+    regex = compile_metric_regex(r"valid loss\s+(?P<value>\S+)")
+    for match in regex.finditer(text):
+        from torchtune_hp.executors.metric import regex_value
+
+        number = regex_value(match)
+        assert number is None or isinstance(number, float)
+    run_dir = tmp_path_factory.mktemp("reports")
+    (run_dir / channel.REPORTS).write_text(text + "\n")
+    reader = channel.ReportReader(run_dir, "token", "loss")
+    for report in reader.new():  # never raises; the study decides what the values mean
+        number, why = as_number(report.value)
+        assert number is not None or why
+
+
+def test_regex_match_that_is_not_a_number_is_skipped_with_a_note(tmp_path):
+    """The README's own regex on a line like ``valid loss (computing)``."""
+    script = tmp_path / "noisy.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            print("valid loss (computing)", flush=True)
+            for epoch in range(3):
+                print(f"epoch {epoch} | valid loss  {0.5 / (epoch + 1):.4f} |", flush=True)
+                print("valid loss nan-ish", flush=True)
+            """
+        )
+    )
+    command_recipe(
+        tmp_path,
+        ["python", "noisy.py"],
+        trials=1,
+        objective={"command": ["python", "noisy.py"], "metric_regex": r"valid loss\s+(\S+)"},
+    )
+    result = run_cli("run", "recipe.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (trial,) = read_trials(tmp_path / "logs" / "sub")
+    assert trial.state is TrialState.COMPLETE
+    assert [round(v, 4) for v in trial.intermediate.values()] == [0.5, 0.25, 0.1667]
+    assert "matched metric_regex with no number were skipped" in trial.note
+    assert "(computing)" in trial.note
+
+
+def test_a_nan_report_is_a_diverged_trial_and_ends_no_other_trial(tmp_path):
+    """workers=2: one trial reports NaN mid-way; it is recorded as the worst value and pruned,
+    the other trial finishes, nothing is left RUNNING."""
+    command_recipe(
+        tmp_path,
+        [],
+        trials=2,
+        objective={"command": ["python", FAKE, "--how", "report", "--epochs", "4"]},
+        executor={"workers": 2, "devices": "cpu"},
+        pruner={"name": "median", "n_startup": 1, "n_warmup": 0},
+    )
+    raw = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
+    raw["sampler"] = {"name": "grid", "shuffle": False}
+    raw["space"] = {"nan_at": {"type": "categorical", "choices": [1, 99]}}
+    write(tmp_path / "recipe.yaml", raw)
+    result = run_cli("run", "recipe.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    by_choice = {t.params["nan_at"]: t for t in read_trials(tmp_path / "logs" / "sub")}
+    diverged, healthy = by_choice[1], by_choice[99]
+    assert healthy.state is TrialState.COMPLETE and len(healthy.intermediate) == 4
+    assert diverged.intermediate[1] == math.inf  # NaN is kept as the worst value
+    assert diverged.state is TrialState.PRUNED
+
+
+class BuggyListener:
+    """A subscriber with a bug that crashes the driver whenever one configuration starts."""
+
+    def trial_started(self, study, trial):
+        if trial.params["x"] == 0.5:
+            raise RuntimeError("a bug in the driver")
+
+
+def _buggy_run(tmp_path):
+    study = Study("bug", {"x": Float(0, 1)}, logdir=tmp_path, seed=0)
+    study.subscribe(BuggyListener())
+    if not study.trials:
+        study.enqueue({"x": 0.5})
+    try:
+        study.optimize(lambda trial: trial.params["x"], n_trials=3)
+    finally:
+        study.close()
+
+
+def test_a_driver_bug_on_one_trial_does_not_crash_every_resume(tmp_path):
+    with pytest.raises(RuntimeError, match="a bug in the driver"):
+        _buggy_run(tmp_path)  # the trial crashes the driver...
+    with pytest.raises(RuntimeError, match="a bug in the driver"):
+        _buggy_run(tmp_path)  # ...and its one retry does too
+    _buggy_run(tmp_path)  # the third run goes past it and finishes
+    trials = read_trials(tmp_path / "bug")
+    crashed = [t for t in trials if t.params["x"] == 0.5]
+    assert len(crashed) == 2 and all(t.interruption is Interruption.DIED for t in crashed)
+    assert sum(t.state is TrialState.COMPLETE for t in trials) == 3
+
+
+def test_the_in_memory_view_equals_the_database(tmp_path):
+    with Study("view", {"x": Float(0, 1)}, logdir=tmp_path, seed=0, pruner="median") as study:
+
+        def objective(trial):
+            for step in range(3):
+                trial.report(trial.params["x"] * (3 - step), step)
+            if trial.number == 2:
+                raise ValueError("boom")
+            return trial.params["x"]
+
+        with pytest.warns(UserWarning):
+            study.optimize(objective, n_trials=6)
+        study.enqueue({"x": 0.1})
+        t = study.ask()
+        study.report(t, float("nan"), 0)
+        study.report(t, "not a number", 1)
+        assert study.trials == read_trials(tmp_path / "view")
+
+
+# -- 2. one driver per study ---------------------------------------------------------------------
+FAST = """
+import time
+
+def train(trial, sleep=0.0):
+    time.sleep(sleep)
+    return (trial.params["x"] - 0.3) ** 2
+"""
+
+
+def fast_study(folder: Path, trials: int, sleep: float = 0.0, **study) -> Path:
+    (folder / "fast.py").write_text(FAST)
+    recipe = {
+        "study": {"name": "fast", "metric": "loss", "trials": trials, "seed": 0, **study},
+        "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+        "sampler": {"name": "random"},
+        "objective": {"function": "fast.py:train"},
+        "train": {"sleep": sleep},
+        "logdir": "logs",
+    }
+    return write(folder / "fast.yaml", recipe)
+
+
+def wait_for(condition, timeout: float = 60.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def count(study_dir: Path, state: str) -> int:
+    try:
+        return sum(t.state.value == state for t in read_trials(study_dir))
+    except Exception:
+        return 0
+
+
+def test_deleting_or_touching_files_never_lets_a_second_driver_in(tmp_path):
+    fast_study(tmp_path, trials=12, sleep=1.0)
+    study_dir = tmp_path / "logs" / "fast"
+    first = subprocess.Popen(cli_cmd("run", "fast.yaml"), cwd=tmp_path, stderr=subprocess.PIPE)
+    wait_for(lambda: count(study_dir, "COMPLETE") >= 2, what="the first driver")
+    assert not list(study_dir.glob("*lock*"))  # no lock file to delete...
+    (study_dir / "study.db.lock").write_text("0")  # ...and a planted one means nothing
+    (study_dir / "study.db.lock").unlink()
+    os.utime(study_dir / "study.db")
+    second = run_cli("run", "fast.yaml", cwd=tmp_path)
+    assert second.returncode == 2
+    assert "being run by another process (pid" in second.stderr and str(first.pid) in second.stderr
+    # readers are welcome while it runs
+    shown = run_cli("trials", str(study_dir), "--format", "json")
+    assert shown.returncode == 0 and "RUNNING" in shown.stdout
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    trials = read_trials(study_dir)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 12
+    assert len({t.params["x"] for t in trials}) == 12
+    assert not [p for p in study_dir.iterdir() if "lock" in p.name]  # nothing left behind
+
+
+def test_kill_9_releases_the_study_at_once(tmp_path):
+    fast_study(tmp_path, trials=6, sleep=0.3)
+    study_dir = tmp_path / "logs" / "fast"
+    proc = subprocess.Popen(cli_cmd("run", "fast.yaml"), cwd=tmp_path, stderr=subprocess.PIPE)
+    wait_for(lambda: count(study_dir, "COMPLETE") >= 1, what="a first trial")
+    proc.kill()
+    proc.wait()
+    start = time.monotonic()
+    again = run_cli("run", "fast.yaml", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert time.monotonic() - start < 30
+    assert count(study_dir, "COMPLETE") == 6
+
+
+def test_a_study_on_read_only_media_is_read(tmp_path):
+    fast_study(tmp_path, trials=3)
+    assert run_cli("run", "fast.yaml", cwd=tmp_path).returncode == 0
+    out = private_mounts(
+        f"""
+        mount --bind {tmp_path}/logs {tmp_path}/logs
+        mount -o remount,bind,ro {tmp_path}/logs
+        cd {tmp_path}
+        {sys.executable} -m torchtune_hp trials logs/fast --format json > t.json
+        {sys.executable} -m torchtune_hp best logs/fast > b.json
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads((tmp_path / "t.json").read_text())) == 3
+    assert json.loads((tmp_path / "b.json").read_text())["number"] in (0, 1, 2)
+
+
+# -- 3. processes never outlive the driver; every stop signal is a clean stop --------------------
+def _seen_pids(study_dir: Path) -> list[int]:
+    return [json.loads(p.read_text())["pid"] for p in study_dir.glob("trial_*/seen.json")]
+
+
+def test_kill_9_of_the_driver_takes_its_trials_with_it_and_the_resume_waits_for_them(tmp_path):
+    """Trials that ignore SIGTERM, two at a time; the driver is killed with -9 and restarted
+    at once: the new run starts nothing while an old trial process still lives."""
+    command_recipe(
+        tmp_path,
+        ["python", FAKE, "--how", "json", "--sleep", "60", "--ignore_term", "1"],
+        trials=2,
+        executor={"workers": 2, "devices": "cpu"},
+    )
+    study_dir = tmp_path / "logs" / "sub"
+    driver = subprocess.Popen(cli_cmd("run", "recipe.yaml"), cwd=tmp_path, stderr=subprocess.PIPE)
+    wait_for(lambda: len(_seen_pids(study_dir)) == 2, what="two trials")
+    old = _seen_pids(study_dir)
+    driver.kill()
+    driver.wait()
+    raw = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
+    raw["objective"]["command"] = ["python", FAKE, "--how", "json", "--sleep", "0.5"]
+    write(tmp_path / "recipe.yaml", raw)
+    resumed = subprocess.Popen(cli_cmd("run", "recipe.yaml"), cwd=tmp_path, stderr=subprocess.PIPE)
+    wait_for(lambda: len(_seen_pids(study_dir)) > 2, what="a retried trial")
+    assert not [pid for pid in old if pid_alive(pid)], "a retry started beside its old process"
+    assert resumed.wait(timeout=120) == 0, resumed.stderr.read()
+    trials = read_trials(study_dir)
+    assert sum(t.state is TrialState.COMPLETE for t in trials) == 2
+    assert {t.interruption for t in trials[:2]} == {Interruption.DIED}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_every_stop_signal_is_a_clean_stop(tmp_path, sig):
+    command_recipe(
+        tmp_path,
+        ["python", FAKE, "--how", "json", "--sleep", "60"],
+        trials=3,
+        executor={"workers": 2, "devices": "cpu"},
+    )
+    study_dir = tmp_path / "logs" / "sub"
+    driver = subprocess.Popen(
+        cli_cmd("run", "recipe.yaml"), cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    wait_for(lambda: len(_seen_pids(study_dir)) == 2, what="two trials")
+    pids = _seen_pids(study_dir)
+    driver.send_signal(sig)
+    _, err = driver.communicate(timeout=60)
+    assert driver.returncode == 128 + sig, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"interrupted ({signal.Signals(sig).name})")
+    assert not [pid for pid in pids if pid_alive(pid)]
+    trials = read_trials(study_dir)
+    assert len(trials) == 2
+    assert all(
+        t.state is TrialState.FAILED and t.interruption is Interruption.STOPPED for t in trials
+    )
+
+
+@pytest.mark.parametrize("delay", [0.15, 0.3, 0.6, 1.0])
+def test_ctrl_c_during_start_up_is_one_line(tmp_path, delay):
+    fast_study(tmp_path, trials=2)
+    proc = subprocess.Popen(
+        cli_cmd("run", "fast.yaml"), cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    if proc.returncode != 0:  # it may have finished first
+        assert proc.returncode in (130, -signal.SIGINT), err
+        assert len([line for line in err.splitlines() if line.startswith("interrupted")]) <= 1
+
+
+# -- 4. paths and files --------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["..", ".", ".hidden", "a/b", "-x", "n" * 101])
+def test_a_study_name_is_one_safe_folder_name(tmp_path, name):
+    fast_study(tmp_path, trials=1)
+    result = run_cli("run", "fast.yaml", f"study.name={name}", cwd=tmp_path)
+    assert result.returncode == 2 and "study.name" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fast.py", "fast.yaml"]
+
+
+def test_a_trial_result_only_comes_from_its_own_process(tmp_path):
+    """study.db deleted, trial folders kept: the old files are set aside, never read."""
+    command_recipe(tmp_path, ["python", FAKE, "--how", "report"], trials=2)
+    assert run_cli("run", "recipe.yaml", cwd=tmp_path).returncode == 0
+    study_dir = tmp_path / "logs" / "sub"
+    old = {p.name: digest(p) for p in (study_dir / "trial_0000").iterdir() if p.is_file()}
+    for f in study_dir.glob("study.db*"):
+        f.unlink()
+    raw = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
+    raw["objective"]["command"] = ["python", FAKE, "--how", "silent"]
+    write(tmp_path / "recipe.yaml", raw)
+    result = run_cli("run", "recipe.yaml", "study.fail_fast=0", cwd=tmp_path)
+    assert result.returncode == 1  # nothing completed: the script reported nothing
+    assert "held files of an earlier study" in result.stderr
+    trials = read_trials(study_dir)
+    assert all(t.state is TrialState.FAILED and "never reported" in t.error for t in trials)
+    (aside,) = tmp_path.joinpath("logs").glob("sub.replaced-*")
+    kept = {p.name: digest(p) for p in (aside / "trial_0000").iterdir() if p.is_file()}
+    assert kept == old  # every byte of the old study kept
+
+
+def test_writes_never_follow_a_link_planted_in_the_study_folder(tmp_path):
+    fast_study(tmp_path, trials=1)
+    assert run_cli("run", "fast.yaml", cwd=tmp_path).returncode == 0
+    study_dir = tmp_path / "logs" / "fast"
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    victim_dir = tmp_path / "precious_dir"
+    victim_dir.mkdir()
+    (study_dir / "trial_0001").symlink_to(victim_dir)  # the next trial's folder
+    result = run_cli("run", "fast.yaml", "study.trials=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert list(victim_dir.iterdir()) == []  # trial 1 wrote into a folder of its own
+    assert (study_dir / "trial_0001").is_dir() and not (study_dir / "trial_0001").is_symlink()
+    (study_dir / "recipe.yaml").unlink()
+    (study_dir / "recipe.yaml").symlink_to(victim)
+    result = run_cli("run", "fast.yaml", "study.trials=3", cwd=tmp_path)
+    assert result.returncode == 2 and "symbolic link" in result.stderr, result.stderr
+    assert victim.read_text() == "keep me"
+
+
+def test_cp_never_writes_outside_its_destination(tmp_path):
+    src = tmp_path / "src" / "recipes"
+    src.mkdir(parents=True)
+    (tmp_path / "src" / "helper.py").write_text("print('{\"loss\": 1.0}')\n")
+    write(
+        src / "r.yaml",
+        {
+            "study": {"name": "r"},
+            "space": {"x": {"type": "float", "low": 0, "high": 1}},
+            "objective": {"command": ["python", "../helper.py"]},
+        },
+    )
+    dest = tmp_path / "dest" / "inner"
+    result = run_cli("cp", str(src / "r.yaml"), str(dest) + "/", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "outside the recipe's folder" in result.stderr
+    assert sorted(p.name for p in dest.iterdir()) == ["r.yaml"]
+    assert not (tmp_path / "dest" / "helper.py").exists()
+
+
+def test_a_damaged_or_foreign_database_is_refused_and_left_untouched(tmp_path):
+    fast_study(tmp_path, trials=3)
+    assert run_cli("run", "fast.yaml", cwd=tmp_path).returncode == 0
+    db = tmp_path / "logs" / "fast" / "study.db"
+    whole = db.read_bytes()
+    for content in (whole[: len(whole) // 2], b"this is not a database at all" * 100):
+        db.write_bytes(content)
+        before = digest(db)
+        for args in (["run", "fast.yaml", "study.trials=5"], ["trials", str(db.parent)]):
+            result = run_cli(*args, cwd=tmp_path)
+            assert result.returncode == 2, result.stderr
+            assert "not a study database, or damaged" in result.stderr
+            assert "left untouched" in result.stderr and "Traceback" not in result.stderr
+            assert digest(db) == before
+
+
+def test_bad_files_and_values_are_one_line_exit_2_and_store_nothing(tmp_path):
+    fast_study(tmp_path, trials=1)
+    (tmp_path / "logfile").write_text("a file where the logdir should be")
+    cases = [
+        (["logdir=logfile"], "the logdir is a file"),
+        (["study.seed=-1"], "study.seed"),
+        ([f"study.seed={2**64}"], "study.seed"),
+    ]
+    for overrides, phrase in cases:
+        result = run_cli("run", "fast.yaml", *overrides, cwd=tmp_path)
+        assert result.returncode == 2 and phrase in result.stderr, (overrides, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "logs").exists()
+    (tmp_path / "latin1.yaml").write_bytes("study: {name: caf\xe9}\n".encode("latin-1"))
+    result = run_cli("run", "latin1.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "not UTF-8" in result.stderr
+    (tmp_path / "fast.py").write_text("import time\n\ndef train(trial, sleep=0):\n    return (\n")
+    result = run_cli("run", "fast.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "fast.py:4: SyntaxError" in result.stderr, result.stderr
+    (tmp_path / "fast.py").write_text("import no_such_module_here\n\ndef train(trial): pass\n")
+    result = run_cli("validate", "fast.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "fast.py:1: ModuleNotFoundError: No module named 'no_such_module_here'" in result.stderr
+
+
+def test_a_read_only_logdir_and_a_full_disk(tmp_path):
+    """Read-only: exit 2 before anything runs. Full: the study stops with one line, every
+    finished trial is kept, and the same command resumes once there is space."""
+    fast_study(tmp_path, trials=400)
+    out = private_mounts(
+        f"""
+        cd {tmp_path}
+        mkdir -p ro small
+        mount --bind ro ro && mount -o remount,bind,ro ro
+        set +e
+        {sys.executable} -m torchtune_hp run fast.yaml logdir=ro/logs 2> ro.err; echo $? > ro.rc
+        mount -t tmpfs -o size=400k tmpfs small
+        {sys.executable} -m torchtune_hp run fast.yaml logdir=small 2> full.err; echo $? > full.rc
+        {sys.executable} -m torchtune_hp trials small/fast --format json > full.json
+        mount -o remount,size=64m small
+        {sys.executable} -m torchtune_hp run fast.yaml logdir=small 2> again.err; echo $? > again.rc
+        {sys.executable} -m torchtune_hp trials small/fast --format json > again.json
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    read = lambda name: (tmp_path / name).read_text()  # noqa: E731
+    assert read("ro.rc").strip() == "2", read("ro.err")
+    assert "not writable" in read("ro.err") or "Read-only" in read("ro.err")
+    assert read("full.rc").strip() == "2", read("full.err")
+    last = read("full.err").strip().splitlines()[-1]
+    assert last.startswith("error: ") and ("No space left" in last or "disk is full" in last)
+    assert "Traceback" not in read("full.err")
+    before = {t["number"]: t for t in json.loads(read("full.json")) if t["state"] == "COMPLETE"}
+    assert 10 < len(before) < 400
+    assert read("again.rc").strip() == "0", read("again.err")
+    after = {t["number"]: t for t in json.loads(read("again.json"))}
+    assert sum(t["state"] == "COMPLETE" for t in after.values()) == 400
+    for number, t in before.items():  # every finished trial kept as it was
+        assert after[number]["value"] == t["value"] and after[number]["params"] == t["params"]
+
+
+# -- 5. mistakes caught before they burn the budget ----------------------------------------------
+def test_a_missing_or_non_executable_command_is_caught_before_any_trial(tmp_path):
+    for command, phrase in [
+        (["no-such-program-xyz", "train.py"], "neither a file beside the recipe nor on PATH"),
+        (["./train.sh"], "not executable"),
+        (["python", "mian.py"], "'mian.py' does not exist beside the recipe"),
+    ]:
+        (tmp_path / "train.sh").write_text("#!/bin/sh\necho '{\"loss\": 1}'\n")
+        (tmp_path / "main.py").write_text("print('{\"loss\": 1}')\n")
+        command_recipe(tmp_path, command, trials=2)
+        for verb in ("validate", "run"):
+            result = run_cli(verb, "recipe.yaml", cwd=tmp_path)
+            assert result.returncode == 2 and phrase in result.stderr, (verb, result.stderr)
+            assert "objective.command" in result.stderr
+    assert "did you mean 'main.py'" in result.stderr
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_trial_that_cannot_start_does_not_use_up_the_budget(tmp_path):
+    """The program vanishes mid-study (the first trial deletes it): later trials cannot start;
+    they are not counted, and the study stops instead of starting them for ever."""
+    program = tmp_path / "run.sh"
+    program.write_text(f'#!/bin/sh\nrm -- "$0"\nexec {sys.executable} {FAKE} "$@"\n')
+    program.chmod(0o755)
+    command_recipe(tmp_path, ["./run.sh", "--how", "json"], trials=3)
+    result = run_cli("run", "recipe.yaml", cwd=tmp_path)
+    assert result.returncode == 1 and "could not start" in result.stderr, result.stderr
+    trials = read_trials(tmp_path / "logs" / "sub")
+    assert trials[0].state is TrialState.COMPLETE
+    assert all(t.interruption is Interruption.NOT_STARTED for t in trials[1:])
+    program.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE} "$@"\n')
+    program.chmod(0o755)
+    again = run_cli("run", "recipe.yaml", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    done = [t for t in read_trials(tmp_path / "logs" / "sub") if t.state is TrialState.COMPLETE]
+    assert len(done) == 3  # the trials that never started did not count
+
+
+def test_the_same_failure_at_the_start_stops_the_study(tmp_path):
+    fast_study(tmp_path, trials=20)
+    (tmp_path / "fast.py").write_text(
+        "def train(trial, sleep=0):\n    raise ImportError('No module named lightning_extra')\n"
+    )
+    result = run_cli("run", "fast.yaml", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "all failed with the same error" in result.stderr
+    assert "ImportError: No module named lightning_extra" in result.stderr
+    assert count(tmp_path / "logs" / "fast", "FAILED") == 3
+    off = run_cli("run", "fast.yaml", "study.fail_fast=0", "study.trials=5", cwd=tmp_path)
+    assert off.returncode == 1 and count(tmp_path / "logs" / "fast", "FAILED") == 5
+
+
+def test_recipes_are_strict_about_types_and_repeated_keys(tmp_path):
+    fast_study(tmp_path, trials=1)
+    result = run_cli("run", "fast.yaml", 'space.x.log="false"', cwd=tmp_path)
+    assert result.returncode == 2 and "log must be true or false, got 'false'" in result.stderr
+    text = (tmp_path / "fast.yaml").read_text()
+    (tmp_path / "twice.yaml").write_text(text.replace("study:\n", "study:\n  trials: 3\n", 1))
+    result = run_cli("validate", "twice.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "'trials' is given twice, on lines 2 and" in result.stderr
+
+
+def test_a_command_keeps_the_python_of_another_venv(tmp_path):
+    """A recipe pointing at another environment's python runs the trial there (the venv's
+    bin/python is a link to the base interpreter: it must not be followed)."""
+    venv = tmp_path / "other-env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    assert python.is_symlink()
+    command_recipe(tmp_path, [str(python), FAKE, "--how", "json"], trials=1)
+    result = run_cli("run", "recipe.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads((tmp_path / "logs" / "sub" / "trial_0000" / "seen.json").read_text())
+    assert Path(seen["prefix"]) == venv
+
+
+def test_outcome_from_a_result_file_is_validated():
+    assert Outcome.from_json({"state": "COMPLETE", "value": 0.5}) == Outcome.complete(0.5)
+    assert Outcome.from_json({"state": "COMPLETE", "value": "x"}).state is TrialState.FAILED
+    assert Outcome.from_json(["garbage"]).state is TrialState.FAILED
+    assert Outcome.from_json({"state": "PRUNED"}) == Outcome.pruned()
