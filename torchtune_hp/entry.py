@@ -22,6 +22,7 @@ def main() -> None:
 
         code = cli_main()
     except KeyboardInterrupt as e:
+        signals.ignore_from_now_on()
         name = signal.Signals(getattr(e, "signum", signal.SIGINT)).name
         print(
             f"interrupted ({name}): running trials are marked FAILED (interrupted) and run "

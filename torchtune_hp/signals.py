@@ -27,13 +27,36 @@ def exit_code(interrupt: KeyboardInterrupt) -> int:
     return 128 + getattr(interrupt, "signum", signal.SIGINT)
 
 
+_stopping = [False]  # set once a stop is being handled: further signals are not raised
+
+
 def _raise(signum: int, frame: FrameType | None) -> None:
-    raise Interrupted(signum)
+    if not _stopping[0]:
+        raise Interrupted(signum)
+
+
+def begin_stop() -> None:
+    """A stop is being handled: from now on stop signals (from these handlers) are ignored, so
+    a second Ctrl-C cannot cut the cleanup, or the exit after it, short."""
+    _stopping[0] = True
+
+
+def ignore_from_now_on() -> None:
+    """The program is ending after a stop: ignore stop signals in the kernel, so one that
+    arrives while the interpreter shuts down (when Python's own handlers are gone) does not
+    kill it and replace its exit code."""
+    for sig in (signal.SIGINT, *STOP_SIGNALS):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def reset() -> None:
+    _stopping[0] = False
 
 
 def install() -> None:
-    """For a whole program (the command line): SIGTERM and SIGHUP raise from now on."""
-    for sig in STOP_SIGNALS:
+    """For a whole program (the command line): Ctrl-C, SIGTERM and SIGHUP raise
+    :class:`Interrupted` from now on (once; see :func:`begin_stop`)."""
+    for sig in (signal.SIGINT, *STOP_SIGNALS):
         signal.signal(sig, _raise)
 
 

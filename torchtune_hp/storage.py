@@ -144,6 +144,8 @@ class Storage:
                 f"understands ({SCHEMA_VERSION}); upgrade torchtune-hp"
             )
         if self.read_only:
+            if version == 0:  # created this instant by a driver that has not written it yet
+                raise FileNotFoundError(f"{self.path}: holds no study yet")
             if version < SCHEMA_VERSION:
                 raise StorageError(
                     f"{self.path}: written by an older torchtune_hp (schema {version}); run the "
@@ -407,5 +409,5 @@ def _check_header(path: Path, must_exist: bool) -> None:
         raise StorageError(f"{path}: cannot read: {e.strerror}") from None
     if head and head != SQLITE_HEADER:
         raise damaged(path, "not an SQLite file")
-    if not head and must_exist:
-        raise damaged(path, "the file is empty")
+    if not head and must_exist:  # a study being created this instant, or nothing ever written
+        raise FileNotFoundError(f"{path}: holds no study yet (an empty file)")

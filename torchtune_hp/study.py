@@ -505,8 +505,11 @@ class Study:
     def _follow(self, poll_s: float = 0.05, timeout_s: float = 600.0) -> Trial:
         """A follower's ask(): the trial rank 0 runs now (the first call) or the next one it
         starts; SpaceExhausted once rank 0 is gone or its driver loop has ended."""
+        assert self.dir is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            held = files.StudyLock.is_held(self.dir)  # before reading: a driver alive now
+            self._saw_driver = self._saw_driver or held
             trials = self.storage.trials()
             if self._followed is None:
                 running = [t for t in trials if t.state is TrialState.RUNNING]
@@ -516,9 +519,6 @@ class Study:
             if nxt is not None:
                 self._followed = nxt.number
                 return Trial(self, nxt.number, nxt.params)
-            assert self.dir is not None
-            held = files.StudyLock.is_held(self.dir)
-            self._saw_driver = self._saw_driver or held
             loop = self.storage.get_meta().get("loop") or {}
             if (self._saw_driver and not held) or loop.get("state") == "ended":
                 raise SpaceExhausted("rank 0 ended the study")

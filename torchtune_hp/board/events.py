@@ -31,12 +31,8 @@ class EventWriter:
     def __init__(self, logdir: Path) -> None:
         logdir.mkdir(parents=True, exist_ok=True)
         self.logdir = logdir
-        name = "events.out.tfevents.%010d.%s.%s.%s" % (
-            time.time(),
-            socket.gethostname(),
-            os.getpid(),
-            next(_COUNTER),
-        )
+        stamp = f"{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_COUNTER)}"
+        name = f"events.out.tfevents.{stamp}"  # TensorBoard's own naming
         self._writer = RecordWriter(open_new(logdir / name))
         self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 

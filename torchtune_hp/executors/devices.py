@@ -45,10 +45,10 @@ def gpu_count() -> int:
     return torch.cuda.device_count()
 
 
-def driver_gpus() -> list[str]:
+def driver_gpus(count: int | None = None) -> list[str]:
     """The GPUs the driver may use, in its own terms (CUDA stops reading a mask at its first
-    invalid entry, so the count torch sees decides how many of the entries are real)."""
-    count = gpu_count()
+    invalid entry, so the count torch sees, ``count``, decides how many entries are real)."""
+    count = gpu_count() if count is None else count
     entries = mask_entries()
     if entries is None:
         return [str(i) for i in range(count)]

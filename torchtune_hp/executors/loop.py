@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from torchtune_hp import signals
 from torchtune_hp.errors import StudyStopped
 from torchtune_hp.executors import Executor
 from torchtune_hp.samplers import SpaceExhausted
@@ -84,11 +85,14 @@ def run_trials(
     fail_fast: int = 3,
 ) -> None:
     fail = FailFast(study, fail_fast)
+    signals.reset()
     with stop_signals():
         study.loop_state("running")
         try:
             _drive(study, executor, n_trials, callbacks, fail)
         except BaseException as e:
+            if isinstance(e, KeyboardInterrupt):
+                signals.begin_stop()
             with shielded():
                 _stop(study, executor, e)
             raise
