@@ -30,7 +30,7 @@ _EXPORTS = {
     "SobolSampler": "torchtune_hp.samplers",
     "SpaceExhausted": "torchtune_hp.samplers",
     "Study": "torchtune_hp.study",
-    "StudyMismatch": "torchtune_hp.study",
+    "StudyMismatch": "torchtune_hp.errors",
     "StudyStopped": "torchtune_hp.errors",
     "TuneCallback": "torchtune_hp.callback",
     "report": "torchtune_hp.executors.remote",

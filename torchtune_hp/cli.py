@@ -13,14 +13,15 @@ import warnings
 from pathlib import Path
 
 import click
-import yaml
 
 from torchtune_hp import files
-from torchtune_hp.errors import ConfigError, StorageError, StudyStopped
-from torchtune_hp.recipe import builtin_recipes, find_recipe, load_recipe, parse_yaml
+from torchtune_hp.errors import ConfigError, StorageError, StudyMismatch, StudyStopped
 from torchtune_hp.storage import Storage
-from torchtune_hp.study import StudyMismatch, best_of
-from torchtune_hp.trial import FrozenTrial, TrialState
+from torchtune_hp.trial import FrozenTrial, best_of
+
+# The recipe layer (pydantic, the samplers, numpy) is imported by the commands that need it, so
+# `trials` and `best` start in a fraction of a second.
+RICH_ROWS = 200  # a terminal gets a rich table up to this many trials, plain columns beyond
 
 NO_RESULT = 1
 BAD_INPUT = 2
@@ -62,6 +63,7 @@ def run(recipe: str, overrides: tuple[str, ...], fresh: bool) -> None:
       torchtune-hp run digits_mlp study.trials=40 sampler.name=random logdir=/tmp/logs
       torchtune-hp run my.yaml --fresh     # start over after fixing a mistake
     """
+    from torchtune_hp.recipe import load_recipe
     from torchtune_hp.runner import run_recipe
 
     loaded = load_recipe(recipe, overrides)
@@ -106,6 +108,8 @@ def ls_() -> None:
     Example:
       torchtune-hp ls
     """
+    from torchtune_hp.recipe import builtin_recipes, parse_yaml
+
     for name, path in builtin_recipes().items():
         desc = (parse_yaml(path.read_text()) or {}).get("description", "")
         click.echo(f"{name:<24} {desc}")
@@ -122,6 +126,8 @@ def cp(name: str, dest: str) -> None:
     Example:
       torchtune-hp cp digits_mlp my_recipes/ && torchtune-hp run my_recipes/digits_mlp.yaml
     """
+    from torchtune_hp.recipe import find_recipe, parse_yaml
+
     src = find_recipe(name)
     target = Path(dest) / src.name if Path(dest).is_dir() or dest.endswith("/") else Path(dest)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -184,6 +190,7 @@ def validate(path: str, overrides: tuple[str, ...]) -> None:
       torchtune-hp validate recipes/digits_mlp.yaml study.trials=5
     """
     from torchtune_hp.launch import check_objective
+    from torchtune_hp.recipe import load_recipe
     from torchtune_hp.runner import slots_of
 
     recipe = load_recipe(path, overrides)
@@ -214,28 +221,23 @@ def trials(study_dir: Path, fmt: str) -> None:
     Example:
       torchtune-hp trials logs/digits_mlp --format json
     """
+    from torchtune_hp.display import plain_table, trial_rows
+
     meta, rows = _read_trials(study_dir)
     if fmt == "json":
         click.echo(json.dumps([t.to_json() for t in rows], indent=2))
         return
+    header, cells = trial_rows(rows, list(meta.get("space", {})), meta.get("metric", "value"))
+    if not (sys.stdout.isatty() and len(rows) <= RICH_ROWS):
+        click.echo(plain_table(header, cells))
+        return
     from rich.console import Console
     from rich.table import Table
 
-    from torchtune_hp.progress import fmt_value
-
-    names = list(meta.get("space", {}))
-    table = Table("#", "state", meta.get("metric", "value"), "seconds", *names, "note")
-    for t in rows:
-        note = t.note or ""
-        if t.state is TrialState.FAILED and t.error:
-            note = t.error.strip().splitlines()[-1]
-        dur = "-" if t.duration_s is None else f"{t.duration_s:.1f}"
-        cells = [fmt_value(v) if isinstance(v, float) else str(v) for v in map(t.params.get, names)]
-        table.add_row(str(t.number), t.state.value, fmt_value(t.value), dur, *cells, note)
-    console = Console()
-    if not console.is_terminal:  # pipes and logs: no 80-column squeeze
-        console.width = 240
-    console.print(table)
+    table = Table(*header)
+    for row in cells:
+        table.add_row(*row)
+    Console().print(table)
 
 
 @cli.command()
@@ -253,6 +255,8 @@ def best(study_dir: Path, fmt: str) -> None:
     if top is None:
         raise NoResult(f"{study_dir}: no COMPLETE trial yet")
     if fmt == "yaml":
+        import yaml
+
         click.echo(yaml.safe_dump(top.params, sort_keys=False), nl=False)
     else:
         click.echo(json.dumps({"number": top.number, "params": top.params, "value": top.value}))

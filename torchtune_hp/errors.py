@@ -28,3 +28,7 @@ class UnsafePath(StorageError):
 
 class StudyStopped(RuntimeError):
     """The study stopped itself: its first trials all failed with the same error."""
+
+
+class StudyMismatch(ValueError):
+    """An existing study was opened with another space, metric or mode."""

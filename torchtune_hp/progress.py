@@ -4,24 +4,14 @@ logs, pipes), so both stay readable."""
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from torchtune_hp.display import fmt_params, fmt_value
 from torchtune_hp.study import Study
 from torchtune_hp.trial import FrozenTrial, Trial, TrialState
-
-
-def fmt_value(v: float | None) -> str:
-    return "-" if v is None else f"{v:.6g}"
-
-
-def fmt_params(params: dict[str, Any]) -> str:
-    return ", ".join(
-        f"{k}={fmt_value(v) if isinstance(v, float) else v}" for k, v in params.items()
-    )
 
 
 class ProgressView:

@@ -37,25 +37,23 @@ import yaml
 
 from torchtune_hp import files, procs
 from torchtune_hp.distributed import is_follower_rank
-from torchtune_hp.errors import StorageError
+from torchtune_hp.errors import StorageError, StudyMismatch
 from torchtune_hp.outcome import Outcome, as_number, describe, outcome_of_return
 from torchtune_hp.pruners import Pruner, make_pruner
 from torchtune_hp.samplers import Sampler, SpaceExhausted, make_sampler
 from torchtune_hp.space import Param, Space, space_diff
 from torchtune_hp.storage import Storage, utcnow
-from torchtune_hp.trial import FrozenTrial, Interruption, Origin, Trial, TrialState
+from torchtune_hp.trial import FrozenTrial, Interruption, Origin, Trial, TrialState, best_of
 
 if TYPE_CHECKING:
     from torchtune_hp.samplers.explain import Explanation
+
+__all__ = ["Study", "StudyListener", "StudyMismatch", "best_of", "check_seed"]
 
 MODES = ("min", "max")
 INTERRUPTED = "interrupted"
 MAX_SEED = 2**64 - 1
 MAX_STEP = 2**63 - 1
-
-
-class StudyMismatch(ValueError):
-    """An existing study was opened with another space, metric or mode."""
 
 
 class StudyListener(Protocol):
@@ -75,14 +73,6 @@ def check_seed(seed: object) -> int | None:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed must be an integer from 0 to 2**64 - 1, got {seed!r}")
     return seed
-
-
-def best_of(trials: Sequence[FrozenTrial], mode: str) -> FrozenTrial | None:
-    """The COMPLETE trial with the lowest (``min``) or highest (``max``) value; ties go to the
-    earlier trial."""
-    done = [t for t in trials if t.state is TrialState.COMPLETE and t.value is not None]
-    sign = 1.0 if mode == "min" else -1.0
-    return min(done, key=lambda t: (sign * float(t.value or 0.0), t.number), default=None)
 
 
 def _better(a: FrozenTrial, b: FrozenTrial | None, mode: str) -> bool:
@@ -148,6 +138,9 @@ class Study:
         self._listeners: list[Any] = []
         self._lock: files.StudyLock | None = None
         self._view: dict[int, FrozenTrial] = {}
+        self._finished: list[FrozenTrial] = []  # in the order they finished: what samplers see
+        self._finished_at: dict[int, int] = {}  # number -> index in _finished
+        self._pending: dict[int, FrozenTrial] = {}
         self._n_counted = 0
         self._best: FrozenTrial | None = None
         self._noted: set[tuple[int, str]] = set()
@@ -284,9 +277,21 @@ class Study:
 
     # -- the in-memory view ------------------------------------------------------------------
     def _remember(self, t: FrozenTrial) -> FrozenTrial:
+        """Keep the view, the finished and pending trials and the counts in step with one
+        trial's row (O(1): nothing here walks the whole study)."""
         old = self._view.get(t.number)
         self._n_counted += int(t.counts) - int(old is not None and old.counts)
         self._view[t.number] = t
+        if t.state.finished:
+            self._pending.pop(t.number, None)
+            at = self._finished_at.get(t.number)
+            if at is None:
+                self._finished_at[t.number] = len(self._finished)
+                self._finished.append(t)
+            else:
+                self._finished[at] = t
+        else:
+            self._pending[t.number] = t
         if t.state is TrialState.COMPLETE and t.value is not None:
             if _better(t, self._best, self.mode):
                 self._best = t
@@ -309,10 +314,6 @@ class Study:
     def n_finished(self) -> int:
         """Trials that count toward ``n_trials`` (interrupted ones do not)."""
         return self._n_counted
-
-    @property
-    def running(self) -> list[FrozenTrial]:
-        return [t for t in self._view.values() if t.state is TrialState.RUNNING]
 
     @property
     def incumbent(self) -> FrozenTrial | None:
@@ -372,9 +373,7 @@ class Study:
         if popped is not None:
             number, params, _ = popped
         else:
-            finished, pending = [], []
-            for t in self._view.values():
-                (finished if t.state.finished else pending).append(t)
+            finished, pending = list(self._finished), list(self._pending.values())
             params = self.sampler.sample(self.space, finished, pending)
             note = getattr(self.sampler, "last_note", None)
             number = self.storage.create_trial(params, Origin.SAMPLER, note)

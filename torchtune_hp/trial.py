@@ -4,6 +4,7 @@ receives (:class:`Trial`)."""
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -98,6 +99,14 @@ class FrozenTrial:
             "error": self.error,
             "note": self.note,
         }
+
+
+def best_of(trials: Sequence[FrozenTrial], mode: str) -> FrozenTrial | None:
+    """The COMPLETE trial with the lowest (``min``) or highest (``max``) value; ties go to the
+    earlier trial."""
+    done = [t for t in trials if t.state is TrialState.COMPLETE and t.value is not None]
+    sign = 1.0 if mode == "min" else -1.0
+    return min(done, key=lambda t: (sign * float(t.value or 0.0), t.number), default=None)
 
 
 def _iso(t: datetime | None) -> str | None:

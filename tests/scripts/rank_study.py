@@ -19,6 +19,10 @@ study = Study("ddp", {"c": Categorical(choices)}, sampler="grid", seed=0, logdir
 def objective(trial):
     with open(os.path.join(logdir, f"{rank}.txt"), "a") as f:
         f.write(f"{trial.number}\n")
+    deadline = time.monotonic() + 60  # in DDP the ranks train each trial together: rank 0
+    while rank == "0" and not os.path.exists(os.path.join(logdir, "1.txt")):  # waits for 1
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     time.sleep(0.5)
     return float(trial.params["c"])
 

@@ -9,6 +9,7 @@ sequence instead of replaying it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import attrgetter, countOf
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from torchtune_hp.space import Space
@@ -36,5 +37,9 @@ class Sampler(Protocol):
 
 
 def own_draws(trials: Sequence[FrozenTrial], pending: Sequence[FrozenTrial]) -> int:
-    """How many trials the sampler produced so far: the index of its next draw."""
-    return sum(t.origin is Origin.SAMPLER for t in (*trials, *pending))
+    """How many trials the sampler produced so far: the index of its next draw. (Counted in C:
+    at ten thousand trials a Python loop here would cost more than the rest of a trial.)"""
+    origin = attrgetter("origin")
+    return countOf(map(origin, trials), Origin.SAMPLER) + countOf(
+        map(origin, pending), Origin.SAMPLER
+    )

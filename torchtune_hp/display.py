@@ -1,0 +1,46 @@
+"""How values, parameters and trial tables are written for people (the progress lines, the
+``trials`` command). No rich here: a table of ten thousand trials is written in milliseconds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torchtune_hp.trial import FrozenTrial, TrialState
+
+
+def fmt_value(v: float | None) -> str:
+    return "-" if v is None else f"{v:.6g}"
+
+
+def fmt_params(params: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k}={fmt_value(v) if isinstance(v, float) else v}" for k, v in params.items()
+    )
+
+
+def trial_rows(
+    trials: Sequence[FrozenTrial], names: Sequence[str], metric: str
+) -> tuple[list[str], list[list[str]]]:
+    """The ``trials`` table: a header and one row of cells per trial. A FAILED trial's note is
+    the last line of its error (``trials --format json`` has the whole text)."""
+    header = ["#", "state", metric, "seconds", *names, "note"]
+    rows = []
+    for t in trials:
+        note = t.note or ""
+        if t.state is TrialState.FAILED and t.error:
+            note = t.error.strip().splitlines()[-1]
+        dur = "-" if t.duration_s is None else f"{t.duration_s:.1f}"
+        cells = [fmt_value(v) if isinstance(v, float) else str(v) for v in map(t.params.get, names)]
+        rows.append([str(t.number), t.state.value, fmt_value(t.value), dur, *cells, note])
+    return header, rows
+
+
+def plain_table(header: list[str], rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell; the last column (the note) is not padded."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    lines = []
+    for r in [header, *rows]:
+        cells = [c.ljust(w) for c, w in zip(r, widths, strict=False)]
+        lines.append("  ".join([*cells, r[-1]]).rstrip())
+    return "\n".join(lines)
