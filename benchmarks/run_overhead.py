@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from torchtune_hp.executors.argv import build_argv
-from torchtune_hp.executors.devices import threads_per_worker
+from torchtune_hp.executors.devices import thread_env
 from torchtune_hp.recipe import load_recipe
 from torchtune_hp.runner import run_recipe
 
@@ -56,7 +56,7 @@ SCRIPTS = {
 def alone(argv: list[str], n: int) -> list[float]:
     """Wall times of ``n`` runs after one untimed warm-up run (file caches), with the thread
     setting the launcher gives one worker."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_worker(1))}
+    env = {**os.environ, **thread_env(1)}
     times = []
     with tempfile.TemporaryDirectory() as cwd:  # where the launcher would run it, too
         for i in range(n + 1):

@@ -214,16 +214,29 @@ def _read_trials(study_dir: Path) -> tuple[dict, list[FrozenTrial]]:
 @cli.command()
 @click.argument("study_dir", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
-def trials(study_dir: Path, fmt: str) -> None:
+@click.option("--trial", "number", type=int, help="Show this trial in full (its whole error).")
+def trials(study_dir: Path, fmt: str, number: int | None) -> None:
     """Show the trials of the study in STUDY_DIR.
 
     \b
     Example:
       torchtune-hp trials logs/digits_mlp --format json
+      torchtune-hp trials logs/digits_mlp --trial 3     # one trial, its whole error
     """
-    from torchtune_hp.display import plain_table, trial_rows
+    from torchtune_hp.display import plain_table, trial_detail, trial_rows
 
     meta, rows = _read_trials(study_dir)
+    if number is not None:
+        chosen = [t for t in rows if t.number == number]
+        if not chosen:
+            raise ConfigError(
+                study_dir, "--trial", f"no trial {number} (trials 0 to {len(rows) - 1})"
+            )
+        if fmt == "json":
+            click.echo(json.dumps({**chosen[0].to_json(), "intermediate": chosen[0].intermediate}))
+        else:
+            click.echo(trial_detail(chosen[0], meta.get("metric", "value")))
+        return
     if fmt == "json":
         click.echo(json.dumps([t.to_json() for t in rows], indent=2))
         return

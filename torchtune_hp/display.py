@@ -44,3 +44,22 @@ def plain_table(header: list[str], rows: list[list[str]]) -> str:
         cells = [c.ljust(w) for c, w in zip(r, widths, strict=False)]
         lines.append("  ".join([*cells, r[-1]]).rstrip())
     return "\n".join(lines)
+
+
+def trial_detail(t: FrozenTrial, metric: str) -> str:
+    """Everything about one trial, the whole error text included (``trials --trial N``)."""
+    lines = [
+        f"trial {t.number}: {t.state.value}"
+        + (f" (interrupted: {t.interruption.value})" if t.interruption else ""),
+        f"{metric}: {fmt_value(t.value)}",
+        f"params: {fmt_params(t.params)}",
+        f"started: {t.start}  ended: {t.end}  seconds: {fmt_value(t.duration_s)}",
+    ]
+    if t.intermediate:
+        steps = ", ".join(f"{s}: {fmt_value(v)}" for s, v in sorted(t.intermediate.items()))
+        lines.append(f"reports: {steps}")
+    if t.note:
+        lines.append(f"note: {t.note}")
+    if t.error:
+        lines.append(f"error:\n{t.error.rstrip()}")
+    return "\n".join(lines)

@@ -71,7 +71,10 @@ class ProgressView:
         state = trial.state.value
         detail = fmt_value(trial.value)
         if trial.state is TrialState.FAILED and trial.error:
-            detail = trial.error.strip().splitlines()[-1][:120]
+            text = trial.error.strip()
+            detail = text.splitlines()[-1][:120]
+            if detail != text and study.dir is not None:
+                detail += f" (all of it: torchtune-hp trials {study.dir} --trial {trial.number})"
         line = (
             f"[{study.n_finished}/{self.n_trials}] trial {trial.number} {state} {detail} "
             f"({trial.duration_s or 0:.1f} s) best {fmt_value(best.value if best else None)} "

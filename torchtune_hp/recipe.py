@@ -345,14 +345,18 @@ def parse_space(spec: Mapping[str, Mapping[str, Any]], path: Path) -> Space:
         kind = entry.get("type")
         if kind not in _TYPES:
             raise ConfigError(
-                path, f"{key}.type", f"expected one of {sorted(_TYPES)}, got {kind!r}"
+                path,
+                f"{key}.type",
+                f"expected one of {sorted(_TYPES)}{closest(str(kind), list(_TYPES))}, got {kind!r}",
             )
         fields = dataclasses.fields(_TYPES[kind])
         allowed = [f.name for f in fields]
         for k in entry:
             if k != "type" and k not in allowed:
                 raise ConfigError(
-                    path, f"{key}.{k}", f"unknown key for type {kind}; expected {allowed}"
+                    path,
+                    f"{key}.{k}",
+                    f"unknown key for type {kind}{closest(k, allowed)}; expected {allowed}",
                 )
         for f in fields:
             no_default = (

@@ -72,6 +72,23 @@ def regex_value(match: re.Match[str]) -> float | None:
     return parse_number(regex_capture(match))
 
 
+def closest_lines(text: str, pattern: str, metric: str, n: int = 3) -> list[str]:
+    """When ``metric_regex`` matched nothing: the stdout lines that share the most words with
+    the regex's own text and the metric's name (``valid loss  6.77`` for a regex written with
+    one space), so the fix is visible in the message."""
+    literal = re.sub(r"\(\?P<\w+>|\\[a-zA-Z]", " ", pattern)
+    words = {
+        w.lower() for w in re.findall(r"[A-Za-z]{3,}", f"{literal} {metric}".replace("_", " "))
+    }
+    scored = []
+    for line in text.splitlines():
+        low = line.lower()
+        score = sum(w in low for w in words)
+        if score:
+            scored.append((-score, len(scored), line.strip()[:120]))
+    return [line for _, _, line in sorted(scored)[:n]]
+
+
 def tensorboard_last(
     run_dir: Path, metric: str, since: float = 0.0
 ) -> tuple[float | None, list[str]]:

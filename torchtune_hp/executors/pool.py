@@ -36,6 +36,7 @@ from torchtune_hp.executors import Finished, channel, guard
 from torchtune_hp.executors.devices import Slot, thread_env
 from torchtune_hp.executors.metric import (
     MISSING,
+    closest_lines,
     json_keys,
     last_json_value,
     regex_capture,
@@ -313,7 +314,12 @@ class ProcessPool:
             f"stdout JSON keys {json_keys(stdout)}",
         ]
         if self.spec.regex is not None:
-            seen.append(f"no stdout line matched metric_regex {self.spec.regex.pattern!r}")
+            pattern = self.spec.regex.pattern
+            near = closest_lines(stdout, pattern, metric)
+            seen.append(
+                f"no stdout line matched metric_regex {pattern!r}"
+                + (f"; the closest lines: {near}" if near else "")
+            )
         return Outcome.failed(
             f"the script never reported the metric {metric!r}; seen: " + ", ".join(seen)
         )
