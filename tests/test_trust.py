@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -673,3 +674,294 @@ def test_outcome_from_a_result_file_is_validated():
     assert Outcome.from_json({"state": "COMPLETE", "value": "x"}).state is TrialState.FAILED
     assert Outcome.from_json(["garbage"]).state is TrialState.FAILED
     assert Outcome.from_json({"state": "PRUNED"}) == Outcome.pruned()
+
+
+# -- what a trial does to its own folder, and other findings of a user-style review -------------
+EVIL = """
+import json, os, sys
+mode = sys.argv[1].split("=", 1)[1]
+deep = "[" * 200000 + "]" * 200000
+if mode == "rm_stderr":
+    os.unlink("stderr.log")
+elif mode == "rm_folder":
+    import shutil
+    shutil.rmtree(os.getcwd())
+elif mode == "dir_reports":
+    os.mkdir("report.jsonl")
+elif mode == "dangling_events":
+    os.symlink("/nonexistent/x", "events.out.tfevents.1.x")
+elif mode == "deep_stdout":
+    print('{"loss": ' + deep + "}")
+elif mode == "deep_report":
+    with open("report.jsonl", "a") as f:
+        f.write(json.dumps({"launch": os.environ["TORCHTUNE_HP_LAUNCH"], "seq": 1, "step": 0,
+                            "values": {}})[:-1] + ', "x": ' + deep + "}\\n")
+elif mode == "sigkill":
+    os.kill(os.getpid(), 9)
+elif mode == "ok":
+    print(json.dumps({"loss": 0.5}))
+"""
+
+
+@pytest.mark.parametrize(
+    "mode",
+    ["rm_stderr", "rm_folder", "dir_reports", "dangling_events", "deep_stdout", "deep_report"],
+)
+def test_what_a_trial_does_to_its_folder_ends_only_that_trial(tmp_path, mode):
+    (tmp_path / "evil.py").write_text(EVIL)
+    command_recipe(tmp_path, ["python", "evil.py"], trials=2)
+    raw = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
+    raw["objective"]["args"] = "hydra"
+    raw["sampler"] = {"name": "grid", "shuffle": False}
+    raw["space"] = {"mode": {"type": "categorical", "choices": [mode, "ok"]}}
+    write(tmp_path / "recipe.yaml", raw)
+    result = run_cli("run", "recipe.yaml", cwd=tmp_path)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    bad, good = read_trials(tmp_path / "logs" / "sub")
+    assert bad.state is TrialState.FAILED and bad.error and not bad.interrupted
+    assert good.state is TrialState.COMPLETE and good.value == 0.5
+
+
+def test_a_trial_killed_by_sigkill_says_so(tmp_path):
+    """What the OOM killer does: the trial's error is its exit by signal 9."""
+    (tmp_path / "evil.py").write_text(EVIL)
+    command_recipe(tmp_path, ["python", "evil.py", "mode=sigkill"], trials=1)
+    raw = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
+    raw["space"] = {"x": {"type": "fixed", "value": 1}}
+    write(tmp_path / "recipe.yaml", raw)
+    assert run_cli("run", "recipe.yaml", cwd=tmp_path).returncode == 1
+    (trial,) = read_trials(tmp_path / "logs" / "sub")
+    assert trial.error.startswith("exit code -9"), trial.error
+
+
+class Prickly(dict):
+    def __contains__(self, key):
+        raise RuntimeError("no looking inside")
+
+
+class BadItem:
+    @property
+    def item(self):
+        raise RuntimeError("no item")
+
+
+def test_in_process_returns_that_cannot_be_read_and_sys_exit_fail_only_their_trial(tmp_path):
+    outs = iter([Prickly(), BadItem(), "exit", 0.25])
+
+    def objective(trial):
+        out = next(outs)
+        if out == "exit":
+            sys.exit(3)  # what argparse does on a bad argument
+        return out
+
+    with Study("odd", {"x": Float(0, 1)}, logdir=tmp_path, seed=0) as study:
+        with pytest.warns(UserWarning):
+            study.optimize(objective, n_trials=4, fail_fast=0)
+        states = [t.state for t in study.trials]
+        assert states == [TrialState.FAILED] * 3 + [TrialState.COMPLETE]
+        assert "sys.exit(3)" in study.trials[2].error
+
+
+def test_told_to_stop_is_pruned_however_the_objective_returns():
+    class Always:
+        name = "always"
+
+        def prune(self, trial, others, mode):
+            return True
+
+    study = Study("p", {"x": Float(0, 1)}, logdir=None, pruner=Always())
+
+    def objective(trial):
+        for step in range(5):
+            trial.report(1.0, step)
+            if trial.should_prune():
+                break  # stops without raising TrialPruned
+        return 1.0
+
+    study.optimize(objective, n_trials=1)
+    assert study.trials[0].state is TrialState.PRUNED  # as in a worker process
+
+
+LIGHTNING_OBJECTIVE = """
+import sys, time
+sys.path.insert(0, {tests!r})
+import lightning as L
+import torch
+from tiny_model import Tiny, loaders
+
+
+class Slow(L.Callback):
+    def on_train_batch_end(self, *args):
+        time.sleep(0.05)
+
+
+def train(trial):
+    trainer = L.Trainer(max_epochs=1000, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu", callbacks=[Slow()])
+    open("started", "w").close()
+    trainer.fit(Tiny(trial.params["lr"]), *loaders())
+    return float(trainer.callback_metrics["val_loss"])
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_inside_lightning_training_is_a_stop(tmp_path, sig):
+    """Lightning catches KeyboardInterrupt and calls sys.exit(1); the study still knows it was
+    a stop: exit 128 + signal, the trial interrupted (stopped), to run again."""
+    (tmp_path / "obj.py").write_text(LIGHTNING_OBJECTIVE.format(tests=str(Path(__file__).parent)))
+    write(
+        tmp_path / "r.yaml",
+        {
+            "study": {"name": "l", "trials": 2, "seed": 0},
+            "space": {"lr": {"type": "float", "low": 0.01, "high": 0.1}},
+            "objective": {"function": "obj.py:train"},
+            "logdir": "logs",
+        },
+    )
+    proc = subprocess.Popen(
+        cli_cmd("run", "r.yaml"), cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    wait_for(lambda: (tmp_path / "started").exists(), what="training to start")
+    time.sleep(1.0)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err
+    (trial,) = read_trials(tmp_path / "logs" / "l")
+    assert trial.interruption is Interruption.STOPPED, trial.error
+
+
+def test_a_damaged_database_with_a_write_ahead_log_is_left_untouched(tmp_path):
+    fast_study(tmp_path, trials=60)
+    assert run_cli("run", "fast.yaml", cwd=tmp_path).returncode == 0  # all in study.db
+    study_dir = tmp_path / "logs" / "fast"
+    cmd = cli_cmd("run", "fast.yaml", "study.trials=200", "train.sleep=0.05")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stderr=subprocess.PIPE)
+    wait_for(lambda: count(study_dir, "COMPLETE") >= 65, what="some more trials")
+    proc.kill()  # leaves study.db-wal behind, holding the latest pages
+    proc.wait()
+    db, wal = study_dir / "study.db", study_dir / "study.db-wal"
+    assert wal.exists() and wal.stat().st_size > 0
+    with open(db, "r+b") as f:  # garbage over every page but the first
+        size = f.seek(0, 2)
+        f.seek(4096)
+        f.write(b"\xff" * (size - 4096))
+    before = (digest(db), digest(wal))
+    result = run_cli("run", "fast.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "damaged" in result.stderr, result.stderr
+    assert (digest(db), digest(wal)) == before
+
+
+def test_links_of_either_kind_are_never_written_through(tmp_path):
+    victim = tmp_path / "victim.db"
+    victim.write_bytes(b"")
+    study_dir = tmp_path / "logs" / "fast"
+    study_dir.mkdir(parents=True)
+    (study_dir / "study.db").symlink_to(victim)
+    fast_study(tmp_path, trials=1)
+    result = run_cli("run", "fast.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "symbolic link" in result.stderr, result.stderr
+    assert victim.read_bytes() == b""
+    (study_dir / "study.db").unlink()
+    assert run_cli("run", "fast.yaml", cwd=tmp_path).returncode == 0
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    (study_dir / "recipe.yaml").unlink()
+    os.link(precious, study_dir / "recipe.yaml")  # a hard link: O_NOFOLLOW does not see it
+    assert run_cli("run", "fast.yaml", "study.trials=2", cwd=tmp_path).returncode == 0
+    assert precious.read_text() == "keep me"
+
+
+def test_a_database_sqlite_cannot_open_on_a_full_disk_is_not_called_damaged(tmp_path):
+    fast_study(tmp_path, trials=3)
+    assert run_cli("run", "fast.yaml", cwd=tmp_path).returncode == 0
+    size = (tmp_path / "logs" / "fast" / "study.db").stat().st_size
+    out = private_mounts(
+        f"""
+        cd {tmp_path}
+        mkdir -p tight
+        mount -t tmpfs -o size={size + 4096} tmpfs tight
+        cp logs/fast/study.db tight/ 2>/dev/null || true
+        mkdir -p tight2 && mount -t tmpfs -o size={size + 8192} tmpfs tight2
+        mkdir tight2/fast && cp logs/fast/study.db tight2/fast/
+        set +e
+        {sys.executable} -m torchtune_hp trials tight2/fast 2> err.txt; echo $? > rc.txt
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    err = (tmp_path / "err.txt").read_text()
+    if (tmp_path / "rc.txt").read_text().strip() == "0":
+        pytest.skip("SQLite found room on this file system")
+    assert "damaged" not in err and "disk" in err, err
+
+
+def test_the_trials_table_on_a_terminal_shows_brackets_as_written(tmp_path):
+    import pty
+
+    (tmp_path / "fast.py").write_text(
+        "def train(trial):\n    raise RuntimeError('[rank0]: boom at [/tmp/x]')\n"
+    )
+    write(
+        tmp_path / "fast.yaml",
+        {
+            "study": {"name": "fast", "trials": 1},
+            "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+            "objective": {"function": "fast.py:train"},
+            "logdir": "logs",
+        },
+    )
+    run_cli("run", "fast.yaml", cwd=tmp_path)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        cli_cmd("trials", "logs/fast"), cwd=tmp_path, stdout=slave, stderr=subprocess.PIPE
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    _, err = proc.communicate(timeout=60)
+    os.close(master)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, err
+    assert "[rank0]: boom" in shown.replace("\r\n", "\n").replace("│", " ").replace("\n", " ")
+
+
+def test_closing_the_terminal_is_a_clean_stop(tmp_path):
+    """SIGHUP from a real closed terminal: 129, trials recorded, nothing orphaned, even though
+    nothing can be written to the terminal any more."""
+    import pty
+
+    command_recipe(
+        tmp_path,
+        ["python", FAKE, "--how", "json", "--sleep", "60"],
+        trials=3,
+        executor={"workers": 2, "devices": "cpu"},
+    )
+    study_dir = tmp_path / "logs" / "sub"
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI on the terminal's slave side
+        os.chdir(tmp_path)
+        os.execv(sys.executable, cli_cmd("run", "recipe.yaml"))
+    try:
+        deadline = time.monotonic() + 60
+        while len(_seen_pids(study_dir)) < 2:
+            assert time.monotonic() < deadline, "two trials did not start"
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    os.read(fd, 65536)  # keep the terminal drained
+                except OSError:
+                    break
+        pids = _seen_pids(study_dir)
+    finally:
+        os.close(fd)  # the window closes: the kernel sends SIGHUP
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 129
+    assert not [p for p in pids if pid_alive(p)]
+    trials = read_trials(study_dir)
+    assert trials and all(t.interruption is Interruption.STOPPED for t in trials)

@@ -5,6 +5,7 @@ the command's entry point)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -246,10 +247,11 @@ def trials(study_dir: Path, fmt: str, number: int | None) -> None:
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(*header)
     for row in cells:
-        table.add_row(*row)
+        table.add_row(*map(Text, row))  # text, not markup: "[rank0]: ..." stays as written
     Console().print(table)
 
 
@@ -297,26 +299,29 @@ def main() -> int:
     except click.exceptions.Exit as e:
         return e.exit_code
     except (ConfigError, StudyMismatch, StorageError) as e:
-        click.echo(f"error: {e}", err=True)
-        return BAD_INPUT
+        return _error(str(e), BAD_INPUT)
     except StudyStopped as e:
-        click.echo(
-            f"error: {e}. Fix it and run the same command again (add --fresh to start over); "
+        return _error(
+            f"{e}. Fix it and run the same command again (add --fresh to start over); "
             "see every trial's error with: torchtune-hp trials <study folder>",
-            err=True,
+            NO_RESULT,
         )
-        return NO_RESULT
     except OSError as e:
         where = e.filename if e.filename is not None else ""
-        click.echo(f"error: {where}: {e.strerror or e}" if where else f"error: {e}", err=True)
-        return BAD_INPUT
+        return _error(f"{where}: {e.strerror or e}" if where else str(e), BAD_INPUT)
     except click.exceptions.UsageError as e:
-        e.show()
+        with contextlib.suppress(OSError):
+            e.show()
         return e.exit_code
     except click.ClickException as e:
-        click.echo(f"error: {e.format_message()}", err=True)
-        return e.exit_code
+        return _error(e.format_message(), e.exit_code)
     return code if isinstance(code, int) else 0
+
+
+def _error(message: str, code: int) -> int:
+    with contextlib.suppress(OSError):  # no terminal left to tell (a closed window)
+        click.echo(f"error: {message}", err=True)
+    return code
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ stopped itself on repeated failures, or ``best`` found none); 2 bad input or unu
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 
@@ -24,12 +25,14 @@ def main() -> None:
     except KeyboardInterrupt as e:
         signals.ignore_from_now_on()
         name = signal.Signals(getattr(e, "signum", signal.SIGINT)).name
-        print(
-            f"interrupted ({name}): running trials are marked FAILED (interrupted) and run "
-            "again when you run the same command; finished trials are kept",
-            file=sys.stderr,
-        )
+        with contextlib.suppress(OSError):  # a closed terminal (SIGHUP) cannot be written to
+            print(
+                f"interrupted ({name}): running trials are marked FAILED (interrupted) and run "
+                "again when you run the same command; finished trials are kept",
+                file=sys.stderr,
+            )
         code = signals.exit_code(e)
+    signals.ignore_from_now_on()  # a signal during the interpreter's shutdown: same exit code
     sys.exit(code)
 
 

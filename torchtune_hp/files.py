@@ -9,6 +9,7 @@ be links the user made (``logs -> /scratch/logs``): those are the user's choice.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -52,23 +53,36 @@ def timestamp() -> str:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write a file of ours, never through a symbolic link standing at ``path``."""
-    with open_new(path) as f:
+    """Write a file of ours whole: into a new file beside it, then renamed over it. Neither a
+    symbolic link standing at ``path`` (refused) nor a hard link (replaced, never written
+    into) can carry the write to another file."""
+    if os.path.islink(path):
+        raise unsafe(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    with open_new(tmp) as f:
         f.write(text.encode())
+    os.replace(tmp, path)
 
 
 def open_new(path: Path):  # type: ignore[no-untyped-def]
-    """A binary file of ours opened for writing (truncated), never through a link."""
+    """A new binary file of ours, opened for writing: it must not exist yet, so nothing that
+    stands at ``path`` (a link of either kind, somebody else's file) is ever written into."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise UnsafePath(
-                f"{path}: is a symbolic link; torchtune_hp never writes through a link inside "
-                "a study folder"
-            ) from None
+        if e.errno in (errno.ELOOP, errno.EEXIST) and os.path.islink(path):
+            raise unsafe(path) from None
         raise
     return os.fdopen(fd, "wb")
+
+
+def unsafe(path: Path) -> UnsafePath:
+    return UnsafePath(
+        f"{path}: is a symbolic link; torchtune_hp never writes through a link inside a study "
+        "folder"
+    )
 
 
 def fresh_dir(path: Path) -> Path:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from torchtune_hp import signals
 from torchtune_hp.trial import Interruption, TrialPruned, TrialState
 
 MAX_DESCRIPTION = 80
@@ -134,15 +135,24 @@ def _size(value: Any) -> int | None:
 
 
 def outcome_of_return(value: Any, metric: str | None, pruned: bool = False) -> Outcome:
-    """What an objective's return value means. ``metric`` picks the value out of a mapping."""
+    """What an objective's return value means. ``metric`` picks the value out of a mapping.
+    Never raises: a value that cannot even be looked at is a FAILED trial, saying why."""
     if pruned:
         return Outcome.pruned()
-    if isinstance(value, Mapping) and metric is not None:
-        if metric not in value:
-            keys = sorted(map(str, value))
-            return Outcome.failed(f"the objective returned keys {keys}, not the metric {metric!r}")
-        value = value[metric]
-    number, why = as_number(value)
+    try:
+        if isinstance(value, Mapping) and metric is not None:
+            if metric not in value:
+                keys = sorted(map(str, value))
+                return Outcome.failed(
+                    f"the objective returned keys {keys}, not the metric {metric!r}"
+                )
+            value = value[metric]
+        number, why = as_number(value)
+    except Exception as e:
+        return Outcome.failed(
+            f"the objective returned a {type(value).__name__} that could not be read: "
+            f"{type(e).__name__}: {e}"
+        )
     if number is None:
         return Outcome.failed(f"the objective must return a number, got {why}")
     if not math.isfinite(number):
@@ -151,13 +161,22 @@ def outcome_of_return(value: Any, metric: str | None, pruned: bool = False) -> O
 
 
 def call_objective(call: Callable[[], Any], metric: str, trial: Any) -> Outcome:
-    """Run an objective and say how its trial ended. Only ``Exception`` is caught: Ctrl-C and
-    stop signals go on to the driver loop, which records the trial as interrupted."""
+    """Run an objective and say how its trial ended. An exception, or ``sys.exit()`` (an
+    argparse error does that), fails the trial with its traceback. A stop signal is not a
+    failure: Ctrl-C goes on to the driver loop, and so does a stop that a library caught and
+    turned into something else (Lightning turns it into ``sys.exit(1)``)."""
     try:
         value = call()
     except TrialPruned:
         return Outcome.pruned()
-    except Exception:
+    except (Exception, SystemExit) as e:
+        stop = signals.received()
+        if stop is not None:
+            raise signals.Interrupted(stop) from None
+        if isinstance(e, SystemExit):
+            return Outcome.failed(
+                f"the objective called sys.exit({e.code!r})\n{traceback.format_exc()}"
+            )
         return Outcome.failed(traceback.format_exc())
     return outcome_of_return(value, metric, pruned=bool(getattr(trial, "pruned", False)))
 

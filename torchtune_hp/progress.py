@@ -4,10 +4,12 @@ logs, pipes), so both stay readable."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from torchtune_hp.display import fmt_params, fmt_value
 from torchtune_hp.study import Study
@@ -16,7 +18,9 @@ from torchtune_hp.trial import FrozenTrial, Trial, TrialState
 
 class ProgressView:
     """Shows trial n/N, best so far, the current params and elapsed time. A subscriber of the
-    study (:class:`~torchtune_hp.study.StudyListener`) while the ``with`` block runs."""
+    study (:class:`~torchtune_hp.study.StudyListener`) while the ``with`` block runs. Showing
+    progress never stops a study: once the terminal is gone (a closed window, a broken pipe)
+    the view goes quiet and the study goes on."""
 
     def __init__(self, study: Study, n_trials: int, console: Console | None = None) -> None:
         self.study = study
@@ -25,24 +29,34 @@ class ProgressView:
         self.t0 = time.monotonic()
         self.current: Trial | None = None
         self.live: Live | None = None
+        self.quiet = False
+
+    def _show(self, action: Callable[[], object]) -> None:
+        if self.quiet:
+            return
+        try:
+            action()
+        except OSError:
+            self.quiet, self.live = True, None
 
     def __enter__(self) -> ProgressView:
         self.study.subscribe(self)
         done = self.study.n_finished
-        self.console.print(
+        line = (
             f"study {self.study.name!r}: {done}/{self.n_trials} trials done, "
-            f"sampler {self.study.sampler.name}, storage {self.study.storage.path or 'memory'}",
-            soft_wrap=True,
+            f"sampler {self.study.sampler.name}, storage {self.study.storage.path or 'memory'}"
         )
+        self._show(lambda: self.console.print(Text(line), soft_wrap=True))
         if self.console.is_terminal:
             self.live = Live(self._panel(), console=self.console, refresh_per_second=2)
-            self.live.__enter__()
+            self._show(self.live.__enter__)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.study.unsubscribe(self)
-        if self.live is not None:
-            self.live.__exit__(None, None, None)
+        live = self.live
+        if live is not None:
+            self._show(lambda: live.__exit__(None, None, None))
 
     def _best(self) -> FrozenTrial | None:
         return self.study.incumbent
@@ -56,14 +70,19 @@ class ProgressView:
             "best", "-" if best is None else f"{fmt_value(best.value)} (trial {best.number})"
         )
         if self.current is not None:
-            table.add_row("running", f"#{self.current.number}: {fmt_params(self.current.params)}")
+            running = f"#{self.current.number}: {fmt_params(self.current.params)}"
+            table.add_row("running", Text(running))
         table.add_row("elapsed", f"{elapsed:.0f} s")
         return table
 
+    def _refresh(self) -> None:
+        live = self.live
+        if live is not None:
+            self._show(lambda: live.update(self._panel()))
+
     def trial_started(self, study: Study, trial: Trial) -> None:
         self.current = trial
-        if self.live is not None:
-            self.live.update(self._panel())
+        self._refresh()
 
     def trial_finished(self, study: Study, trial: FrozenTrial) -> None:
         self.current = None
@@ -80,6 +99,5 @@ class ProgressView:
             f"({trial.duration_s or 0:.1f} s) best {fmt_value(best.value if best else None)} "
             f"| {fmt_params(trial.params)}"
         )
-        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
-        if self.live is not None:
-            self.live.update(self._panel())
+        self._show(lambda: self.console.print(line, markup=False, highlight=False, soft_wrap=True))
+        self._refresh()

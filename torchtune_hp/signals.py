@@ -1,6 +1,12 @@
 """Every stop signal is a clean stop: SIGTERM (``kill``, Docker, Slurm, systemd) and SIGHUP (a
 closed terminal) are handled as Ctrl-C is: the driver stops its trials, records them FAILED
-(interrupted) and exits with 128 + the signal's number."""
+(interrupted) and exits with 128 + the signal's number.
+
+A stop raises :class:`Interrupted` where the driver happens to be, and is also *remembered*:
+libraries that catch ``KeyboardInterrupt`` and turn it into something else (Lightning's trainer
+turns it into ``sys.exit(1)``) cannot make the study mistake a stop for a failed trial, because
+the driver loop asks :func:`received` before it records anything as a failure.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from contextlib import contextmanager
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+ALL_STOPS = (signal.SIGINT, *STOP_SIGNALS)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -27,50 +34,64 @@ def exit_code(interrupt: KeyboardInterrupt) -> int:
     return 128 + getattr(interrupt, "signum", signal.SIGINT)
 
 
-_stopping = [False]  # set once a stop is being handled: further signals are not raised
+class _State:
+    received: int | None = None  # the first stop signal of this run
+    stopping = False  # a stop is being handled: further signals are noted, not raised
+    deferred: list[int] | None = None  # inside defer(): signals wait until the block ends
 
 
-def _raise(signum: int, frame: FrameType | None) -> None:
-    if not _stopping[0]:
-        raise Interrupted(signum)
+def _handler(signum: int, frame: FrameType | None) -> None:
+    if _State.received is None:
+        _State.received = signum
+    if _State.stopping:
+        return
+    if _State.deferred is not None:
+        _State.deferred.append(signum)
+        return
+    raise Interrupted(signum)
 
 
-def begin_stop() -> None:
-    """A stop is being handled: from now on stop signals (from these handlers) are ignored, so
-    a second Ctrl-C cannot cut the cleanup, or the exit after it, short."""
-    _stopping[0] = True
-
-
-def ignore_from_now_on() -> None:
-    """The program is ending after a stop: ignore stop signals in the kernel, so one that
-    arrives while the interpreter shuts down (when Python's own handlers are gone) does not
-    kill it and replace its exit code."""
-    for sig in (signal.SIGINT, *STOP_SIGNALS):
-        signal.signal(sig, signal.SIG_IGN)
+def received() -> int | None:
+    """The stop signal that arrived since :func:`reset`, if any, even if whatever it raised
+    was caught and turned into something else on the way."""
+    return _State.received
 
 
 def reset() -> None:
-    _stopping[0] = False
+    _State.received = None
+    _State.stopping = False
+
+
+def begin_stop() -> None:
+    """A stop is being handled: from now on stop signals are ignored (by these handlers), so a
+    second Ctrl-C cannot cut the cleanup short."""
+    _State.stopping = True
+
+
+def ignore_from_now_on() -> None:
+    """The program is ending: ignore stop signals in the kernel, so one that arrives while the
+    interpreter shuts down (when Python's own handlers are gone) cannot replace its exit code."""
+    for sig in ALL_STOPS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def install() -> None:
-    """For a whole program (the command line): Ctrl-C, SIGTERM and SIGHUP raise
-    :class:`Interrupted` from now on (once; see :func:`begin_stop`)."""
-    for sig in (signal.SIGINT, *STOP_SIGNALS):
-        signal.signal(sig, _raise)
+    """For a whole program (the command line): every stop signal raises :class:`Interrupted`."""
+    for sig in ALL_STOPS:
+        signal.signal(sig, _handler)
 
 
 @contextmanager
 def stop_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise :class:`Interrupted` while the block runs (main thread only,
-    and only where nobody else installed a handler), then the old handlers come back."""
+    """While the block runs (main thread only), stop signals raise :class:`Interrupted` and are
+    remembered; handlers somebody else installed are left alone. The old ones come back after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     old = {}
-    for sig in STOP_SIGNALS:
-        if signal.getsignal(sig) is signal.SIG_DFL:
-            old[sig] = signal.signal(sig, _raise)
+    for sig in ALL_STOPS:
+        if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):
+            old[sig] = signal.signal(sig, _handler)
     try:
         yield
     finally:
@@ -79,21 +100,36 @@ def stop_signals() -> Iterator[None]:
 
 
 @contextmanager
-def shielded() -> Iterator[list[int]]:
+def defer() -> Iterator[None]:
+    """Stop signals that arrive during the block (recording what finished) are raised when it
+    ends, so a record is never cut in half. Works with this module's handlers installed."""
+    if _State.deferred is not None:
+        yield
+        return
+    _State.deferred = []
+    try:
+        yield
+    finally:
+        pending, _State.deferred = _State.deferred, None
+    if pending and not _State.stopping:
+        raise Interrupted(pending[0])
+
+
+@contextmanager
+def shielded() -> Iterator[None]:
     """While the driver cleans up after a stop, further Ctrl-C or stop signals are noted, not
     raised, so the cleanup that records the trials cannot itself be cut short."""
-    noted: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield noted
+        yield
         return
     old = {}
-    for sig in (signal.SIGINT, *STOP_SIGNALS):
+    for sig in ALL_STOPS:
         try:
-            old[sig] = signal.signal(sig, lambda signum, frame: noted.append(signum))
+            old[sig] = signal.signal(sig, lambda signum, frame: None)
         except (ValueError, OSError):
             continue
     try:
-        yield noted
+        yield
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)

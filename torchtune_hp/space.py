@@ -169,6 +169,8 @@ class Categorical:
         for c in choices:
             if not (c is None or isinstance(c, (str, int, float, bool))):
                 raise TypeError(f"choices must be str, int, float, bool or None, got {c!r}")
+            if isinstance(c, float) and not math.isfinite(c):
+                raise ValueError(f"choices must be finite numbers, got {c!r}")
         keys = [_choice_key(c) for c in choices]
         dups = sorted({repr(c) for c, k in zip(choices, keys, strict=True) if keys.count(k) > 1})
         if dups:
@@ -210,6 +212,10 @@ class Fixed:
     """A constant passed to the objective with the tuned values; it owns no coordinate."""
 
     value: Value
+
+    def __post_init__(self) -> None:
+        if isinstance(self.value, float) and not math.isfinite(self.value):
+            raise ValueError(f"value must be a finite number, got {self.value!r}")
 
     def contains(self, value: Value) -> bool:
         return _choice_key(value) == _choice_key(self.value)

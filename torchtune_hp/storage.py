@@ -109,8 +109,11 @@ class Storage:
         if path is None:
             return sqlite3.connect(":memory:", isolation_level=None)
         if not read_only:
+            if path.exists() and path.stat().st_size > 0:
+                # checked through a read-only connection: closing a read-write one on a damaged
+                # file would fold its write-ahead log into it, which "left untouched" forbids
+                _validate(sqlite3.connect(f"file:{path}?mode=ro", uri=True), path, close=True)
             conn = sqlite3.connect(str(path), isolation_level=None, timeout=30)
-            _validate(conn, path)  # before the pragmas below, which may write to the file
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             return conn
@@ -334,19 +337,25 @@ class Storage:
     def queued(self) -> list[dict[str, Any]]:
         return [json.loads(p) for (p,) in self._read("SELECT params FROM queue")]
 
-    def recover_running(
-        self, reason: str, interruption: Interruption
-    ) -> list[tuple[int, dict[str, Any] | None]]:
+    def running_processes(self) -> list[dict[str, Any]]:
+        """The process records of the RUNNING trials (see :meth:`set_process`)."""
+        rows = self._read(
+            "SELECT process FROM trials WHERE state=? AND process IS NOT NULL",
+            (TrialState.RUNNING.value,),
+        )
+        return [json.loads(p) for (p,) in rows]
+
+    def recover_running(self, reason: str, interruption: Interruption) -> list[int]:
         """Mark every RUNNING trial FAILED with ``interruption`` and queue its parameters to
         run again: always after a stop (``stopped``), once after a death (``died``: a trial
-        that was that retry is not queued again). Returns ``(number, process record)``."""
+        that was that retry is not queued again). Returns the trials' numbers."""
         origin = Origin.RESUMED if interruption is Interruption.STOPPED else Origin.RETRY
         with self._tx() as c:
             rows = c.execute(
-                "SELECT number, params, origin, process FROM trials WHERE state=?",
+                "SELECT number, params, origin FROM trials WHERE state=?",
                 (TrialState.RUNNING.value,),
             ).fetchall()
-            for n, params, was, _ in rows:
+            for n, params, was in rows:
                 c.execute(
                     'UPDATE trials SET state=?, error=?, interrupted=1, interruption=?, "end"=? '
                     "WHERE number=?",
@@ -356,7 +365,7 @@ class Storage:
                     c.execute(
                         "INSERT INTO queue (params, origin) VALUES (?, ?)", (params, origin.value)
                     )
-        return [(n, None if p is None else json.loads(p)) for n, _, _, p in rows]
+        return [n for n, _, _ in rows]
 
 
 def _frozen(row: tuple[Any, ...], intermediate: dict[int, float]) -> FrozenTrial:
@@ -376,22 +385,27 @@ def _frozen(row: tuple[Any, ...], intermediate: dict[int, float]) -> FrozenTrial
     )
 
 
-def _validate(conn: sqlite3.Connection, path: Path) -> None:
+def _validate(conn: sqlite3.Connection, path: Path, close: bool = False) -> None:
     """A database with tables must be an intact study database (``quick_check`` reads every
-    page, a few milliseconds for ten thousand trials)."""
+    page, a few milliseconds for ten thousand trials). A file SQLite cannot read for another
+    reason (a full disk, no room for its shared-memory file) is not called damaged."""
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if not tables:
-            return
-        check = conn.execute("PRAGMA quick_check").fetchone()[0]
+        check = conn.execute("PRAGMA quick_check").fetchone()[0] if tables else "ok"
     except sqlite3.DatabaseError as e:
         conn.close()
-        if isinstance(e, sqlite3.OperationalError) and "unable to open" in str(e):
-            raise
-        raise damaged(path, str(e)) from None
-    if check != "ok" or not {"meta", "trials"} <= tables:
+        text = str(e)
+        if "malformed" in text or "not a database" in text:
+            raise damaged(path, text) from None
+        if isinstance(e, sqlite3.OperationalError) and "unable to open" in text:
+            raise  # read-only media: the caller reads it another way
+        hint = " (is the disk full?)" if "disk I/O" in text or "full" in text else ""
+        raise StorageError(f"{path}: cannot read the study database: {text}{hint}") from None
+    if check != "ok" or (tables and not {"meta", "trials"} <= tables):
         conn.close()
         raise damaged(path, check if check != "ok" else f"it holds the tables {sorted(tables)}")
+    if close:
+        conn.close()
 
 
 def _check_header(path: Path, must_exist: bool) -> None:

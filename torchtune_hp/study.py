@@ -181,6 +181,8 @@ class Study:
         files.make_study_dir(self.dir)
         self._lock = files.StudyLock(self.dir).acquire()
         try:
+            if db.is_symlink():
+                raise files.unsafe(db)
             if not db.exists():
                 aside = files.set_aside_leftovers(self.dir)
                 if aside is not None:
@@ -493,9 +495,9 @@ class Study:
     def _recover(self, reason: str, kind: Interruption) -> None:
         """Mark RUNNING trials FAILED (``kind``), first making sure no process of theirs still
         runs: the resumed study must never run a trial whose old process still trains."""
-        for number, process in self.storage.recover_running(reason, kind):
-            if process is not None:
-                procs.end_group(process)
+        for process in self.storage.running_processes():  # first: a driver killed while
+            procs.end_group(process)  # it waits here still finds the records next time
+        for number in self.storage.recover_running(reason, kind):
             frozen = self._refresh(number)
             self.recovered.append(number)
             self._emit("trial_finished", frozen)

@@ -4,6 +4,7 @@ receives (:class:`Trial`)."""
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -92,7 +93,8 @@ class FrozenTrial:
             "number": self.number,
             "state": self.state.value,
             "params": self.params,
-            "value": self.value,
+            # a trial pruned for diverging holds inf, which JSON cannot carry
+            "value": self.value if self.value is None or math.isfinite(self.value) else None,
             "start": _iso(self.start),
             "end": _iso(self.end),
             "duration_s": self.duration_s,
@@ -152,10 +154,12 @@ class Trial:
         return self.should_prune()
 
     def should_prune(self) -> bool:
-        """Whether the study's pruner says to stop now, from the values reported so far. A
-        loop that stops on it sets ``trial.pruned = True`` (the callback does) or raises
-        :class:`TrialPruned`; either way the trial ends PRUNED."""
-        return self.study.should_prune(self)
+        """Whether the study's pruner says to stop now, from the values reported so far. Once
+        it has said so the trial ends PRUNED, however the objective then returns (stop, or
+        raise :class:`TrialPruned`): the same in this process and in a worker process."""
+        if self.study.should_prune(self):
+            self.pruned = True
+        return self.pruned
 
     def logger(self, **options: Any) -> Any:
         """A Lightning ``TensorBoardLogger`` into this trial's run folder (see

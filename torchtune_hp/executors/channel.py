@@ -14,6 +14,7 @@ result can only come from the process started for it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -55,25 +56,29 @@ def wait_verdict(run_dir: Path, launch: str, seq: int, timeout_s: float = 30.0) 
 
 
 def write_result(run_dir: Path, launch: str, outcome: Outcome) -> None:
-    tmp = run_dir / f".{RESULT}.tmp"
-    with open_new(tmp) as f:
-        f.write(json.dumps({"launch": launch, **outcome.to_json()}).encode())
-    os.replace(tmp, run_dir / RESULT)
+    _replace(run_dir / RESULT, json.dumps({"launch": launch, **outcome.to_json()}))
 
 
 # -- the driver's side ---------------------------------------------------------------------------
 def write_verdict(run_dir: Path, launch: str, seq: int, prune: bool) -> None:
-    tmp = run_dir / f".{VERDICT}.tmp"
+    _replace(run_dir / VERDICT, f"{launch} {seq} {'prune' if prune else 'continue'}")
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``path`` whole, atomically: a reader sees the old text or the new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # a leftover of a crash (never followed: unlink removes the entry)
     with open_new(tmp) as f:
-        f.write(f"{launch} {seq} {'prune' if prune else 'continue'}".encode())
-    os.replace(tmp, run_dir / VERDICT)
+        f.write(text.encode())
+    os.replace(tmp, path)
 
 
 def read_result(run_dir: Path, launch: str) -> Outcome | None:
     """The worker's outcome, if it left one for this launch."""
     try:
         data = json.loads((run_dir / RESULT).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(data, dict) or data.get("launch") != launch:
         return None
@@ -93,7 +98,7 @@ class LineTail:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
                 data = f.read()
-        except FileNotFoundError:
+        except OSError:  # not there (yet), or the trial put something else in its place
             return []
         end = data.rfind(b"\n") + 1
         self.offset += end
@@ -124,7 +129,7 @@ class ReportReader(LineTail):
                 continue
             try:
                 data = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 self.problems.append(f"a line of {REPORTS} is not JSON: {describe(line)}")
                 continue
             if not isinstance(data, dict) or data.get("launch") != self.launch:

@@ -32,11 +32,17 @@ class Slot:
 
 
 def mask_entries() -> list[str] | None:
-    """The driver's ``CUDA_VISIBLE_DEVICES`` entries, or None when it has no mask."""
+    """The driver's ``CUDA_VISIBLE_DEVICES`` entries, or None when it has no mask. CUDA stops
+    reading a mask at its first invalid entry (``-1``): so do these."""
     mask = os.environ.get("CUDA_VISIBLE_DEVICES")
     if mask is None:
         return None
-    return [e.strip() for e in mask.split(",") if e.strip()]
+    entries = []
+    for e in (e.strip() for e in mask.split(",")):
+        if not e or e.startswith("-"):
+            break
+        entries.append(e)
+    return entries
 
 
 def gpu_count() -> int:
@@ -75,6 +81,11 @@ def device_slots(
     elif isinstance(devices, str):
         raise ValueError(f"devices must be auto, cpu or a list of device ids, got {devices!r}")
     else:
+        if len(set(devices)) != len(devices):
+            raise ValueError(
+                f"devices lists a GPU twice ({list(devices)}); to share a GPU between trials, "
+                "set trials_per_device"
+            )
         ids = [_driver_id(d) for d in devices]
     positions = list(range(len(ids))) if devices == "auto" else [int(d) for d in devices]
     if len(ids) < devices_per_trial:

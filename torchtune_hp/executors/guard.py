@@ -47,7 +47,8 @@ def main() -> int:
     if gone.is_set():  # the driver died and the command has ended: nothing of it may stay
         os.killpg(0, signal.SIGKILL)
     if rc < 0:  # ended by a signal: end the same way, so the driver sees what the command saw
-        signal.signal(-rc, signal.SIG_DFL)
+        if -rc not in (signal.SIGKILL, signal.SIGSTOP):  # those two have no handler to reset
+            signal.signal(-rc, signal.SIG_DFL)
         os.kill(os.getpid(), -rc)
     return rc
 

@@ -18,6 +18,7 @@ budget on the same failure.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,7 +26,7 @@ from torchtune_hp import signals
 from torchtune_hp.errors import StudyStopped
 from torchtune_hp.executors import Executor
 from torchtune_hp.samplers import SpaceExhausted
-from torchtune_hp.signals import shielded, stop_signals
+from torchtune_hp.signals import Interrupted, shielded, stop_signals
 from torchtune_hp.trial import FrozenTrial, Interruption, TrialState
 
 POLL_S = 0.05
@@ -50,6 +51,13 @@ class FailFast:
         )
         self.same: list[FrozenTrial] = []
         self.not_started: list[FrozenTrial] = []
+
+    def check_all(self, finished: list[FrozenTrial]) -> None:
+        """The trials that ended together: one that succeeded shows the setup works."""
+        if any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in finished):
+            self.armed = False
+        for trial in finished:
+            self.check(trial)
 
     def check(self, trial: FrozenTrial) -> None:
         if trial.interruption is Interruption.NOT_STARTED:
@@ -91,14 +99,18 @@ def run_trials(
         try:
             _drive(study, executor, n_trials, callbacks, fail)
         except BaseException as e:
-            if isinstance(e, KeyboardInterrupt):
-                signals.begin_stop()
+            stop = signals.received()
+            error = e if stop is None or isinstance(e, KeyboardInterrupt) else Interrupted(stop)
+            if isinstance(error, KeyboardInterrupt):  # a library may have turned it into
+                signals.begin_stop()  # something else (Lightning: sys.exit(1)): still a stop
             with shielded():
-                _stop(study, executor, e)
-            raise
+                _stop(study, executor, error)
+            if error is e:
+                raise
+            raise error from None
         finally:
-            with shielded():
-                study.loop_state("ended")
+            with shielded(), contextlib.suppress(Exception):  # a hint for followers only: it
+                study.loop_state("ended")  # must not replace the error that ended the loop
 
 
 def _drive(
@@ -123,11 +135,12 @@ def _drive(
             executor.submit(trial)
         if executor.active == 0:
             return
-        for done in executor.wait(POLL_S):
-            frozen = study.tell(done.trial, done.outcome)
+        with signals.defer():  # what finished is recorded whole before a stop is acted on
+            finished = [study.tell(d.trial, d.outcome) for d in executor.wait(POLL_S)]
+        for frozen in finished:
             for cb in callbacks:
                 cb(study, frozen)
-            fail.check(frozen)
+        fail.check_all(finished)
 
 
 def _stop(study: Any, executor: Executor, error: BaseException) -> None:

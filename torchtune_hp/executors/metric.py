@@ -30,7 +30,7 @@ def last_json_value(text: str, metric: str) -> Any:
             continue
         try:
             obj = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(obj, dict) and metric in obj:
             return obj[metric]
@@ -44,7 +44,7 @@ def json_keys(text: str) -> list[str]:
         if line.startswith("{") and line.endswith("}"):
             try:
                 obj = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             if isinstance(obj, dict):
                 keys |= set(obj)
@@ -97,24 +97,29 @@ def tensorboard_last(
     output), and every scalar tag seen (for the error message when it is missing)."""
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
-    fresh = {
-        root
-        for root, _, names in os.walk(run_dir)
-        for name in names
-        if "tfevents" in name and os.path.getmtime(os.path.join(root, name)) >= since
-    }
-    mux = EventMultiplexer(size_guidance={"scalars": 0})
-    for folder in sorted(fresh):
-        mux.AddRun(folder, name=folder)
-    mux.Reload()
+    fresh = set()
+    for root, _, names in os.walk(run_dir):
+        for name in names:
+            try:
+                if "tfevents" in name and os.path.getmtime(os.path.join(root, name)) >= since:
+                    fresh.add(root)
+            except OSError:  # a dangling link, a file gone meanwhile: not readable output
+                continue
     best: tuple[int, float, float] | None = None  # (step, wall_time, value)
     tags: set[str] = set()
-    for run, run_tags in mux.Runs().items():
-        scalars = run_tags.get("scalars", [])
-        tags |= set(scalars)
-        if metric in scalars:
-            for event in mux.Scalars(run, metric):
-                key = (event.step, event.wall_time, event.value)
-                if best is None or key[:2] > best[:2]:
-                    best = key
+    try:
+        mux = EventMultiplexer(size_guidance={"scalars": 0})
+        for folder in sorted(fresh):
+            mux.AddRun(folder, name=folder)
+        mux.Reload()
+        for run, run_tags in mux.Runs().items():
+            scalars = run_tags.get("scalars", [])
+            tags |= set(scalars)
+            if metric in scalars:
+                for event in mux.Scalars(run, metric):
+                    key = (event.step, event.wall_time, event.value)
+                    if best is None or key[:2] > best[:2]:
+                        best = key
+    except Exception:  # files a script wrote that TensorBoard cannot read are not a report
+        return None, sorted(tags)
     return (None if best is None else best[2]), sorted(tags)

@@ -32,6 +32,7 @@ from typing import IO, Any
 
 from torchtune_hp import files, procs
 from torchtune_hp.board.tags import PRUNED_TAG, objective_tag
+from torchtune_hp.errors import UnsafePath
 from torchtune_hp.executors import Finished, channel, guard
 from torchtune_hp.executors.devices import Slot, thread_env
 from torchtune_hp.executors.metric import (
@@ -58,6 +59,7 @@ from torchtune_hp.trial import Interruption, Trial
 POLL_S = 0.05
 PRUNE_GRACE_S = 10.0  # a pruned trial that reports through files may stop by itself first
 STDERR_TAIL = 3000
+STDOUT_TAIL = 4 << 20  # where a script's last JSON line and its metric lines are looked for
 
 
 @dataclass
@@ -89,6 +91,17 @@ class _Running:
     killed_for: str | None = None
     kill_at: float | None = None  # when to SIGKILL
     regex_skipped: bool = False
+
+
+def _read(path: Path, tail: int) -> str:
+    """The last ``tail`` bytes of a log of the trial's (a script may write gigabytes), or
+    nothing when the trial removed or replaced it."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - tail))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _kill(r: _Running, sig: int) -> None:
@@ -197,9 +210,18 @@ class ProcessPool:
         if not self._done and timeout_s > 0:
             time.sleep(timeout_s)
         for number in list(self.running):
-            outcome = self._poll(self.running[number])
+            r = self.running[number]
+            try:
+                outcome = self._poll(r)
+            except (OSError, ValueError, RecursionError, UnsafePath) as e:
+                # what the trial did to its own folder (deleted a log, put a folder where its
+                # report file goes, planted a link) ends that trial, never the study
+                outcome = Outcome.failed(
+                    f"its output could not be read: {type(e).__name__}: {describe(e)}"
+                )
+                self._end(r)
             if outcome is not None:
-                r = self.running.pop(number)
+                self.running.pop(number)
                 self._done.append(Finished(r.trial, outcome))
         done, self._done = self._done, []
         return done
@@ -210,15 +232,19 @@ class ProcessPool:
             self._terminate(r, "interrupted")
         deadline = time.monotonic() + self.grace_s
         for r in self.running.values():
-            try:
-                r.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _kill(r, signal.SIGKILL)
-                r.proc.wait()
-            _kill(r, signal.SIGKILL)  # anything the trial left behind in its group
-            for f in r.files:
-                f.close()
+            self._end(r, max(0.0, deadline - time.monotonic()))
         self.running.clear()
+
+    def _end(self, r: _Running, grace_s: float = 0.0) -> None:
+        """Wait up to ``grace_s`` for a trial's process, then kill its whole group."""
+        try:
+            r.proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            _kill(r, signal.SIGKILL)
+            r.proc.wait()
+        _kill(r, signal.SIGKILL)  # anything the trial left behind in its group
+        for f in r.files:
+            f.close()
 
     def close(self) -> None:
         for fd in (self._watch_r, self._watch_w):
@@ -278,15 +304,13 @@ class ProcessPool:
             if r.kill_at is not None and now > r.kill_at:
                 _kill(r, signal.SIGKILL)
             return None
-        _kill(r, signal.SIGKILL)  # the group's leftovers (e.g. dataloader workers)
-        for f in r.files:
-            f.close()
+        self._end(r)  # the group's leftovers (e.g. dataloader workers)
         self._read_reports(r)
         return self._outcome(r, rc)
 
     def _outcome(self, r: _Running, rc: int) -> Outcome:
         metric = self.study.metric
-        stderr = (r.run_dir / "stderr.log").read_bytes()[-STDERR_TAIL:].decode(errors="replace")
+        stderr = _read(r.run_dir / "stderr.log", STDERR_TAIL)
         if r.killed_for == "timeout":
             return Outcome.failed(f"timed out after {self.spec.timeout_s:g} s (killed)\n{stderr}")
         if r.pruned:
@@ -298,7 +322,7 @@ class ProcessPool:
             return result
         if rc != 0:
             return Outcome.failed(f"exit code {rc}; stderr:\n{stderr}")
-        stdout = (r.run_dir / "stdout.log").read_text(errors="replace")
+        stdout = _read(r.run_dir / "stdout.log", STDOUT_TAIL)
         value = last_json_value(stdout, metric)
         if value is not MISSING:
             return outcome_of_return(value, metric)

@@ -101,6 +101,7 @@ class RemoteTrial:
             if verdict is None:
                 warnings.warn("torchtune_hp: the driver did not answer; going on", stacklevel=3)
             self._verdict = bool(verdict)
+            self.pruned = self.pruned or self._verdict  # told to stop: it ends PRUNED
         return self._verdict
 
     def should_prune(self) -> bool:
