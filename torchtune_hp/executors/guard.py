@@ -1,32 +1,32 @@
 """The guard of one trial process: it dies with the driver, taking the trial with it.
 
-Run as ``python -S guard.py <fd> <grace> <argv...>`` (by path, no torchtune_hp import: it must
-start in milliseconds). The driver starts it as the leader of a new process group; it runs the
-trial's command in that group and waits. ``fd`` is the read end of a pipe whose write end only
-the driver holds: when the driver dies, however it dies (kill -9 included), the pipe reads
-end-of-file, and the guard SIGTERMs the whole group (the command, its DDP ranks, its data
-loader workers), SIGKILLs it after ``grace`` seconds, and is gone with it. No trial process
-outlives its driver, and no resumed driver finds an old trial still training on its GPU.
+Run as ``python -S guard.py <fd> <grace> <argv...>`` (by path, no torchtune_hp import, and only
+modules built into the interpreter: it starts in milliseconds). The driver starts it as the
+leader of a new process group; it starts the trial's command in that group and waits. ``fd`` is
+the read end of a pipe whose write end only the driver holds: when the driver dies, however it
+dies (kill -9 included), the pipe reads end-of-file, and the guard SIGTERMs the whole group (the
+command, its DDP ranks, its data loader workers), SIGKILLs it after ``grace`` seconds, and is
+gone with it. No trial process outlives its driver, and no resumed driver finds an old trial
+still training on its GPU.
 
 The guard itself ignores the SIGTERM the driver sends the group to stop a trial (a timeout, a
 prune, Ctrl-C): the command gets it and ends, and the guard exits as the command did (its exit
 code, or the same signal), so the driver sees the command's own end.
 """
 
+import _thread
 import os
 import signal
-import subprocess
 import sys
-import threading
 import time
 
 CANNOT_START = "torchtune_hp: cannot start"
 
 
-def _watch(fd: int, grace: float, gone: threading.Event) -> None:
+def _watch(fd: int, grace: float, gone: list) -> None:
     while os.read(fd, 1):
         pass  # the driver writes nothing; anything read is ignored
-    gone.set()
+    gone.append(True)
     os.killpg(0, signal.SIGTERM)
     time.sleep(grace)
     os.killpg(0, signal.SIGKILL)  # the guard too: the driver is gone
@@ -34,17 +34,22 @@ def _watch(fd: int, grace: float, gone: threading.Event) -> None:
 
 def main() -> int:
     fd, grace, argv = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
+    os.set_inheritable(fd, False)  # the command need not hold the pipe
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda signum, frame: None)  # a Python handler: reset on exec
     try:
-        child = subprocess.Popen(argv)  # the pipe is not inherited (close_fds)
+        # Python ignores SIGPIPE and SIGXFSZ; the command gets their defaults back, as
+        # subprocess gives them
+        restore = [getattr(signal, n) for n in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, n)]
+        pid = os.posix_spawnp(argv[0], argv, os.environ, setsigdef=restore)
     except OSError as e:
         print(f"{CANNOT_START} {argv[0]!r}: {e}", file=sys.stderr, flush=True)
         return 127
-    gone = threading.Event()
-    threading.Thread(target=_watch, args=(fd, grace, gone), daemon=True).start()
-    rc = child.wait()
-    if gone.is_set():  # the driver died and the command has ended: nothing of it may stay
+    gone: list = []
+    _thread.start_new_thread(_watch, (fd, grace, gone))
+    _, status = os.waitpid(pid, 0)
+    rc = os.waitstatus_to_exitcode(status)
+    if gone:  # the driver died and the command has ended: nothing of it may stay
         os.killpg(0, signal.SIGKILL)
     if rc < 0:  # ended by a signal: end the same way, so the driver sees what the command saw
         if -rc not in (signal.SIGKILL, signal.SIGSTOP):  # those two have no handler to reset
