@@ -35,22 +35,28 @@ RESULTS = Path(__file__).parent / "results"
 WINDOW = 100
 
 
-def run_ours(logdir: Path, n: int) -> list[tuple[float, float, float]]:
-    """(ask, tell, whole trial) seconds for each of ``n`` trials."""
-    space = {"x": Float(0.0, 1.0), "y": Float(0.0, 1.0)}
-    study = Study("book", space, sampler="random", seed=0, logdir=logdir)
+def timed(ask: Callable[[], Any], tell: Callable[[Any, float], Any], n: int) -> list[tuple]:
+    """(ask, tell, whole trial) seconds for each of ``n`` trials of an instant objective."""
     out = []
     for _ in range(n):
         t0 = time.perf_counter()
-        trial = study.ask()
+        trial = ask()
         t1 = time.perf_counter()
         value = trial.params["x"] + trial.params["y"]
         t2 = time.perf_counter()
-        study.tell(trial, value)
+        tell(trial, value)
         t3 = time.perf_counter()
         out.append((t1 - t0, t3 - t2, t3 - t0))
-    study.close()
     return out
+
+
+def run_ours(logdir: Path, n: int) -> list[tuple[float, float, float]]:
+    space = {"x": Float(0.0, 1.0), "y": Float(0.0, 1.0)}
+    study = Study("book", space, sampler="random", seed=0, logdir=logdir)
+    try:
+        return timed(study.ask, study.tell, n)
+    finally:
+        study.close()
 
 
 def run_optuna(logdir: Path, n: int) -> list[tuple[float, float, float]]:
@@ -63,17 +69,7 @@ def run_optuna(logdir: Path, n: int) -> list[tuple[float, float, float]]:
         "x": optuna.distributions.FloatDistribution(0.0, 1.0),
         "y": optuna.distributions.FloatDistribution(0.0, 1.0),
     }
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        trial = study.ask(dists)
-        t1 = time.perf_counter()
-        value = trial.params["x"] + trial.params["y"]
-        t2 = time.perf_counter()
-        study.tell(trial, value)
-        t3 = time.perf_counter()
-        out.append((t1 - t0, t3 - t2, t3 - t0))
-    return out
+    return timed(lambda: study.ask(dists), study.tell, n)
 
 
 def windows(times: list[tuple[float, float, float]], marks: list[int]) -> dict[int, dict]:

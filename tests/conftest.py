@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 # A fast objective: a smooth bowl with its minimum at x=0.3, y=0.7, plus an optional sleep so
 # the kill/interrupt tests can catch a trial mid-run.
@@ -53,6 +54,42 @@ def run_cli(
 
 def cli_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "torchtune_hp", *args]
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def xy_recipe(
+    folder: Path, objective: dict, trials: int = 3, logdir: str = "logs", **sections
+) -> Path:
+    """``folder/recipe.yaml``: study ``sub`` (metric ``loss``) over x, y in [0, 1], random
+    search, the given objective; by default the relative ``logdir: logs`` every built-in recipe
+    has. ``sections`` replace or add whole sections."""
+    recipe = {
+        "study": {"name": "sub", "metric": "loss", "trials": trials, "seed": 0},
+        "space": {
+            "x": {"type": "float", "low": 0.0, "high": 1.0},
+            "y": {"type": "float", "low": 0.0, "high": 1.0},
+        },
+        "sampler": {"name": "random"},
+        "objective": objective,
+        "logdir": logdir,
+        **sections,
+    }
+    return write_yaml(folder / "recipe.yaml", recipe)
+
+
+def read_trials(study_dir: Path) -> list:
+    """A study's trials as its database holds them (read-only, as the CLI reads them)."""
+    from torchtune_hp.storage import Storage
+
+    storage = Storage(study_dir / "study.db", read_only=True)
+    try:
+        return storage.trials()
+    finally:
+        storage.close()
 
 
 def private_mounts(script: str, timeout: float = 600) -> subprocess.CompletedProcess:

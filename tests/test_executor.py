@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_cli
+from conftest import run_cli, xy_recipe
 
 from torchtune_hp import Float, Study, TrialState, report
 from torchtune_hp.executors.argv import build_argv
@@ -27,20 +27,9 @@ FAKE = str(SCRIPTS / "fake_train.py")
 
 
 def write_recipe(tmp_path: Path, objective: dict, trials: int = 3, **sections) -> Path:
-    recipe = {
-        "study": {"name": "sub", "metric": "loss", "trials": trials, "seed": 0},
-        "space": {
-            "x": {"type": "float", "low": 0.0, "high": 1.0},
-            "y": {"type": "float", "low": 0.0, "high": 1.0},
-        },
-        "sampler": {"name": "random"},
-        "objective": objective,
-        "logdir": str(tmp_path / "logs"),
-        **sections,
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
+    """Runs in this process (run_recipe): the logdir must be absolute, or it would land in the
+    folder pytest runs in."""
+    return xy_recipe(tmp_path, objective, trials, logdir=str(tmp_path / "logs"), **sections)
 
 
 def run(path: Path, *overrides: str) -> list:

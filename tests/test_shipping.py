@@ -14,8 +14,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import cli_cmd, run_cli
+from conftest import cli_cmd, read_trials, run_cli, xy_recipe
+from conftest import write_yaml as write
 
 from torchtune_hp import Float, Study, TrialState
 from torchtune_hp.errors import StorageError
@@ -27,34 +27,12 @@ SCRIPTS = Path(__file__).parent / "scripts"
 FAKE = str(SCRIPTS / "fake_train.py")
 
 
-def write(path: Path, recipe: dict) -> Path:
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
-
-
 def recipe(folder: Path, objective: dict, trials: int = 4, **sections) -> Path:
-    return write(
-        folder / "recipe.yaml",
-        {
-            "study": {"name": "sub", "metric": "loss", "trials": trials, "seed": 0},
-            "space": {
-                "x": {"type": "float", "low": 0.0, "high": 1.0},
-                "y": {"type": "float", "low": 0.0, "high": 1.0},
-            },
-            "sampler": {"name": "random"},
-            "objective": objective,
-            "logdir": "logs",
-            **sections,
-        },
-    )
+    return xy_recipe(folder, objective, trials, **sections)
 
 
 def trials_of(folder: Path, name: str = "sub") -> list:
-    storage = Storage(folder / "logs" / name / "study.db", read_only=True)
-    try:
-        return storage.trials()
-    finally:
-        storage.close()
+    return read_trials(folder / "logs" / name)
 
 
 def seen(folder: Path, number: int) -> dict:

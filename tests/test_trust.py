@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import cli_cmd, pid_alive, private_mounts, run_cli
+from conftest import cli_cmd, pid_alive, private_mounts, read_trials, run_cli, xy_recipe
+from conftest import write_yaml as write
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,40 +30,14 @@ from torchtune_hp import Float, Study, TrialState
 from torchtune_hp.executors import channel
 from torchtune_hp.executors.metric import MISSING, compile_metric_regex, last_json_value
 from torchtune_hp.outcome import Outcome, as_number, outcome_of_return
-from torchtune_hp.storage import Storage
 from torchtune_hp.trial import Interruption
 
 SCRIPTS = Path(__file__).parent / "scripts"
 FAKE = str(SCRIPTS / "fake_train.py")
 
 
-def write(path: Path, recipe: dict) -> Path:
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
-
-
 def command_recipe(folder: Path, command: list, trials: int = 3, **sections) -> Path:
-    """A recipe with the relative ``logdir: logs`` every built-in recipe has."""
-    recipe = {
-        "study": {"name": "sub", "metric": "loss", "trials": trials, "seed": 0},
-        "space": {
-            "x": {"type": "float", "low": 0.0, "high": 1.0},
-            "y": {"type": "float", "low": 0.0, "high": 1.0},
-        },
-        "sampler": {"name": "random"},
-        "objective": {"command": command},
-        "logdir": "logs",
-        **sections,
-    }
-    return write(folder / "recipe.yaml", recipe)
-
-
-def read_trials(study_dir: Path) -> list:
-    storage = Storage(study_dir / "study.db", read_only=True)
-    try:
-        return storage.trials()
-    finally:
-        storage.close()
+    return xy_recipe(folder, {"command": command}, trials, **sections)
 
 
 def digest(path: Path) -> str:

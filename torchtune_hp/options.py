@@ -32,6 +32,26 @@ def closest(name: str, valid: Sequence[str]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
+def check_name(kind: str, name: object, known: Sequence[str]) -> None:
+    """``name`` must be one of ``known`` (``kind``: sampler, pruner)."""
+    if name not in known:
+        raise OptionError(
+            "name",
+            f"unknown {kind} {name!r}{closest(str(name), known)}; expected one of {sorted(known)}",
+        )
+
+
+def build(cls: type, what: str, options: Mapping[str, Any], **fixed: Any) -> Any:
+    """``cls(**fixed, **options)``; a value the class rejects is an :class:`OptionError`
+    naming the option its message is about."""
+    try:
+        return cls(**fixed, **options)
+    except (TypeError, ValueError) as e:
+        text = str(e)
+        named = [k for k in options if text.startswith(k)] or [k for k in options if k in text]
+        raise OptionError(named[0] if named else "name", f"{what}: {e}") from e
+
+
 def accepted_options(func: Callable[..., Any], skip: Sequence[str]) -> list[str]:
     params = inspect.signature(func).parameters
     return [p for p in params if p not in ("self", *skip)]

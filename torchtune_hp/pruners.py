@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from torchtune_hp.options import OptionError, check_options, closest
+from torchtune_hp.options import build, check_name, check_options
 from torchtune_hp.trial import FrozenTrial, TrialState
 
 
@@ -139,17 +139,7 @@ PRUNERS: dict[str, type] = {"none": NopPruner, "median": MedianPruner, "asha": A
 
 def make_pruner(name: str, options: dict | None = None) -> Pruner:
     """A pruner by name; raises :class:`~torchtune_hp.options.OptionError` naming the option."""
-    if name not in PRUNERS:
-        raise OptionError(
-            "name",
-            f"unknown pruner {name!r}{closest(str(name), list(PRUNERS))}; expected one of "
-            f"{sorted(PRUNERS)}",
-        )
+    check_name("pruner", name, list(PRUNERS))
     options = dict(options or {})
-    cls = PRUNERS[name]
-    check_options(cls.__init__, options, f"pruner {name!r}")
-    try:
-        return cls(**options)
-    except (TypeError, ValueError) as e:
-        named = [k for k in options if k in str(e)]
-        raise OptionError(named[0] if named else "name", f"pruner {name!r}: {e}") from e
+    check_options(PRUNERS[name].__init__, options, f"pruner {name!r}")
+    return build(PRUNERS[name], f"pruner {name!r}", options)

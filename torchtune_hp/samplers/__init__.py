@@ -6,7 +6,7 @@ import importlib
 import inspect
 from typing import Any
 
-from torchtune_hp.options import OptionError, accepted_options, check_options, closest
+from torchtune_hp.options import OptionError, accepted_options, build, check_name, check_options
 from torchtune_hp.samplers.base import Sampler, SpaceExhausted
 from torchtune_hp.samplers.grid import GridSampler
 from torchtune_hp.samplers.random import RandomSampler
@@ -40,23 +40,14 @@ def make_sampler(
     name: str, seed: int, options: dict[str, Any] | None = None, mode: str = "min"
 ) -> Sampler:
     """A sampler by name; ``mode`` reaches the samplers that model the objective (gp)."""
-    if name not in SAMPLERS:
-        raise OptionError(
-            "name",
-            f"unknown sampler {name!r}{closest(str(name), list(SAMPLERS))}; expected one of "
-            f"{sorted(SAMPLERS)}",
-        )
+    check_name("sampler", name, list(SAMPLERS))
     options = dict(options or {})
     cls = sampler_class(name)
     check_options(cls.__init__, options, f"sampler {name!r}", _NOT_OPTIONS)
+    fixed: dict[str, Any] = {"seed": seed}
     if "mode" in inspect.signature(cls.__init__).parameters:
-        options["mode"] = mode
-    try:
-        return cls(seed=seed, **options)
-    except (TypeError, ValueError) as e:
-        named = [k for k in options if str(e).startswith(k)]
-        key = named[0] if named else next(iter(options), "name")
-        raise OptionError(key, f"sampler {name!r}: {e}") from e
+        fixed["mode"] = mode
+    return build(cls, f"sampler {name!r}", options, **fixed)
 
 
 __all__ = [
