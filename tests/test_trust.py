@@ -940,3 +940,20 @@ def test_closing_the_terminal_is_a_clean_stop(tmp_path):
     assert not [p for p in pids if pid_alive(p)]
     trials = read_trials(study_dir)
     assert trials and all(t.interruption is Interruption.STOPPED for t in trials)
+
+
+def test_a_deleted_database_s_write_ahead_log_is_set_aside_too(tmp_path):
+    fast_study(tmp_path, trials=200, sleep=0.05)
+    study_dir = tmp_path / "logs" / "fast"
+    proc = subprocess.Popen(cli_cmd("run", "fast.yaml"), cwd=tmp_path, stderr=subprocess.PIPE)
+    wait_for(lambda: count(study_dir, "COMPLETE") >= 5, what="some trials")
+    proc.kill()  # study.db-wal stays, holding those trials
+    proc.wait()
+    assert (study_dir / "study.db-wal").exists()
+    (study_dir / "study.db").unlink()  # the user deletes the database only
+    result = run_cli("run", "fast.yaml", "study.trials=3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trials = read_trials(study_dir)
+    assert [t.number for t in trials] == [0, 1, 2]  # a new study, nothing replayed into it
+    (aside,) = (tmp_path / "logs").glob("fast.replaced-*")
+    assert (aside / "study.db-wal").exists()

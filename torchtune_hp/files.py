@@ -23,8 +23,6 @@ from torchtune_hp.errors import StorageError, StudyLocked, UnsafePath
 NAME_MAX = 100
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 DATABASE = "study.db"
-# Files of the database itself: a study folder holding only these is not "left over".
-DATABASE_FILES = (DATABASE, f"{DATABASE}-wal", f"{DATABASE}-shm", f"{DATABASE}-journal")
 
 
 def check_study_name(name: object) -> str:
@@ -114,8 +112,9 @@ def make_study_dir(path: Path) -> None:
 def set_aside_leftovers(path: Path) -> Path | None:
     """A new study (no database yet) in a folder that holds another study's files (its
     ``study.db`` was deleted, its trial folders kept): move those files, every byte, into
-    ``<study>.replaced-<time>/`` beside it, so nothing of theirs is read as the new study's."""
-    leftovers = [p for p in path.iterdir() if p.name not in DATABASE_FILES]
+    ``<study>.replaced-<time>/`` beside it, so nothing of theirs is read as the new study's
+    (a write-ahead log left by the old database would even be replayed into the new one)."""
+    leftovers = list(path.iterdir())
     if not leftovers:
         return None
     aside = path.with_name(f"{path.name}.replaced-{timestamp()}")

@@ -88,7 +88,6 @@ def run_recipe(recipe: Recipe) -> Study:
         study.close()
         raise
     finally:
-        close = getattr(executor, "close", None)
-        if close is not None:
-            close()
+        if executor is not None:
+            executor.close()
     return study

@@ -50,5 +50,9 @@ class Executor(Protocol):
         running after this returns. Their outcomes are not returned; the loop records them."""
         ...
 
+    def close(self) -> None:
+        """Give back what the executor holds (pipes, a cluster connection); nothing runs."""
+        ...
+
 
 __all__ = ["Executor", "Finished"]

@@ -45,3 +45,6 @@ class InlineExecutor:
     def stop_all(self) -> None:
         """Nothing to stop: the objective runs in the driver's thread, and the stop signal
         that ended the loop has ended it."""
+
+    def close(self) -> None:
+        """Nothing is held."""
