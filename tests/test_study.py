@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from torchtune_hp import Categorical, Float, Int, Study, StudyMismatch, TrialPruned, TrialState
-from torchtune_hp.storage import SCHEMA_VERSION, StorageError
+from torchtune_hp.storage import SCHEMA_VERSION, Storage, StorageError
+from torchtune_hp.trial import Interruption
 
 SPACE = {"x": Float(0.0, 1.0), "opt": Categorical(["sgd", "adam"])}
 
@@ -197,3 +198,26 @@ def test_unseeded_study_stores_its_seed_and_continues(tmp_path):
         b.optimize(lambda t: 1.0, n_trials=6)
         assert [t.params for t in b.trials[:3]] == first
         assert len({str(t.params) for t in b.trials}) == 6
+
+
+def test_a_study_written_by_the_previous_version_is_read_and_upgraded(tmp_path):
+    with Study("old", SPACE, seed=0, logdir=tmp_path) as study:
+        study.optimize(lambda t: t.params["x"], n_trials=3)
+    db = sqlite3.connect(tmp_path / "old" / "study.db")  # back to schema 1, as 0.1 wrote it
+    db.execute("UPDATE trials SET interrupted = 1, state = 'FAILED', value = NULL WHERE number = 2")
+    db.execute("ALTER TABLE trials DROP COLUMN interruption")
+    db.execute("ALTER TABLE trials DROP COLUMN process")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    reader = Storage(tmp_path / "old" / "study.db", read_only=True)  # `trials` before upgrading
+    old = reader.trials()
+    reader.close()
+    assert [t.state for t in old] == [TrialState.COMPLETE] * 2 + [TrialState.FAILED]
+    assert old[2].interruption is Interruption.DIED and not old[2].counts
+    with Study("old", SPACE, seed=0, logdir=tmp_path) as study:  # a run upgrades it
+        assert study.trials == old
+        study.optimize(lambda t: t.params["x"], n_trials=4)
+        assert study.n_finished == 4
+    check = sqlite3.connect(tmp_path / "old" / "study.db")
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

@@ -66,6 +66,11 @@ UPDATE trials SET interruption = 'died' WHERE interrupted = 1;
 """
 
 _COLUMNS = 'number, state, params, value, start, "end", error, origin, interruption, note, process'
+# The same row from a version-1 file, read where it cannot be upgraded (a reader, read-only media)
+_COLUMNS_1 = (
+    'number, state, params, value, start, "end", error, origin, '
+    "CASE WHEN interrupted = 1 THEN 'died' END, note, NULL"
+)
 
 
 def utcnow() -> datetime:
@@ -91,6 +96,7 @@ class Storage:
     def __init__(self, path: Path | None, *, read_only: bool = False) -> None:
         self.path = path
         self.read_only = read_only
+        self._columns = _COLUMNS
         self._copy: tempfile.TemporaryDirectory[str] | None = None
         if path is not None:
             _check_header(path, must_exist=read_only)
@@ -149,11 +155,7 @@ class Storage:
         if self.read_only:
             if version == 0:  # created this instant by a driver that has not written it yet
                 raise FileNotFoundError(f"{self.path}: holds no study yet")
-            if version < SCHEMA_VERSION:
-                raise StorageError(
-                    f"{self.path}: written by an older torchtune_hp (schema {version}); run the "
-                    "study once with this version to upgrade it"
-                )
+            self._columns = _COLUMNS_1 if version == 1 else _COLUMNS
             return
         with self._tx() as c:
             for statement in (_MIGRATE_FROM_1 if version == 1 else _SCHEMA).split(";"):
@@ -299,7 +301,7 @@ class Storage:
             c.execute("UPDATE trials SET process=? WHERE number=?", (json.dumps(process), number))
 
     def trial(self, number: int) -> FrozenTrial:
-        rows = self._read(f"SELECT {_COLUMNS} FROM trials WHERE number=?", (number,))
+        rows = self._read(f"SELECT {self._columns} FROM trials WHERE number=?", (number,))
         if not rows:
             raise KeyError(f"no trial {number} in {self.path or 'this study'}")
         steps = self._read(
@@ -313,7 +315,7 @@ class Storage:
             "SELECT trial, step, value FROM intermediate ORDER BY trial, step"
         ):
             inter.setdefault(t, {})[step] = v
-        rows = self._read(f"SELECT {_COLUMNS} FROM trials ORDER BY number")
+        rows = self._read(f"SELECT {self._columns} FROM trials ORDER BY number")
         return [_frozen(row, inter.get(row[0], {})) for row in rows]
 
     # -- queue of parameters to try next ---------------------------------------------------
