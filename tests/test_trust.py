@@ -167,11 +167,10 @@ def test_regex_match_that_is_not_a_number_is_skipped_with_a_note(tmp_path):
             """
         )
     )
-    command_recipe(
+    xy_recipe(
         tmp_path,
-        ["python", "noisy.py"],
+        {"command": ["python", "noisy.py"], "metric_regex": r"valid loss\s+(\S+)"},
         trials=1,
-        objective={"command": ["python", "noisy.py"], "metric_regex": r"valid loss\s+(\S+)"},
     )
     result = run_cli("run", "recipe.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -187,9 +186,8 @@ def test_a_nan_report_is_a_diverged_trial_and_ends_no_other_trial(tmp_path):
     the other trial finishes, nothing is left RUNNING."""
     command_recipe(
         tmp_path,
-        [],
+        ["python", FAKE, "--how", "report", "--epochs", "4"],
         trials=2,
-        objective={"command": ["python", FAKE, "--how", "report", "--epochs", "4"]},
         executor={"workers": 2, "devices": "cpu"},
         pruner={"name": "median", "n_startup": 1, "n_warmup": 0},
     )
