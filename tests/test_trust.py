@@ -718,21 +718,57 @@ class BadItem:
         raise RuntimeError("no item")
 
 
-def test_in_process_returns_that_cannot_be_read_and_sys_exit_fail_only_their_trial(tmp_path):
-    outs = iter([Prickly(), BadItem(), "exit", 0.25])
-
-    def objective(trial):
-        out = next(outs)
-        if out == "exit":
-            sys.exit(3)  # what argparse does on a bad argument
-        return out
-
+def test_in_process_returns_that_cannot_be_read_fail_only_their_trial(tmp_path):
+    outs = iter([Prickly(), BadItem(), 0.25])
     with Study("odd", {"x": Float(0, 1)}, logdir=tmp_path, seed=0) as study:
         with pytest.warns(UserWarning):
-            study.optimize(objective, n_trials=4, fail_fast=0)
+            study.optimize(lambda trial: next(outs), n_trials=3, fail_fast=0)
         states = [t.state for t in study.trials]
-        assert states == [TrialState.FAILED] * 3 + [TrialState.COMPLETE]
-        assert "sys.exit(3)" in study.trials[2].error
+        assert states == [TrialState.FAILED] * 2 + [TrialState.COMPLETE]
+
+
+def test_sys_exit_in_an_objective_ends_the_program_and_the_trial_runs_again(tmp_path):
+    """sys.exit() means what it means in Python (yours, or your signal handler's): the
+    program ends with that code; the trial is recorded interrupted and runs next time."""
+    (tmp_path / "obj.py").write_text(
+        "import sys\n\ndef train(trial):\n    if trial.number == 1:\n        sys.exit(3)\n"
+        "    return trial.params['x']\n"
+    )
+    recipe = {
+        "study": {"name": "ex", "trials": 3, "seed": 0},
+        "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+        "objective": {"function": "obj.py:train"},
+        "logdir": "logs",
+    }
+    write(tmp_path / "r.yaml", recipe)
+    assert run_cli("run", "r.yaml", cwd=tmp_path).returncode == 3
+    trials = read_trials(tmp_path / "logs" / "ex")
+    assert trials[1].interruption is Interruption.STOPPED and "sys.exit(3)" in trials[1].error
+    assert run_cli("run", "r.yaml", cwd=tmp_path).returncode == 0  # trial 2 is trial 1 again
+    again = read_trials(tmp_path / "logs" / "ex")
+    assert again[2].params == trials[1].params and again[2].state is TrialState.COMPLETE
+
+
+OWN_HANDLER = """
+import os, signal, sys, threading, time
+from torchtune_hp import Float, Study
+
+signal.signal(signal.SIGTERM, lambda s, f: sys.exit(143))  # the program's own policy
+threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
+study = Study("own", {"x": Float(0, 1)}, logdir=sys.argv[1], seed=0)
+study.optimize(lambda trial: time.sleep(1.0) or trial.params["x"], n_trials=8)
+"""
+
+
+def test_a_programs_own_signal_handler_keeps_its_meaning(tmp_path):
+    (tmp_path / "own.py").write_text(OWN_HANDLER)
+    t0 = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, str(tmp_path / "own.py"), str(tmp_path)], capture_output=True, timeout=120
+    )
+    assert result.returncode == 143 and time.monotonic() - t0 < 20, result.stderr
+    trials = read_trials(tmp_path / "own")
+    assert len(trials) < 8 and trials[-1].interruption is Interruption.STOPPED
 
 
 def test_told_to_stop_is_pruned_however_the_objective_returns():
@@ -955,3 +991,95 @@ def test_a_deleted_database_s_write_ahead_log_is_set_aside_too(tmp_path):
     assert [t.number for t in trials] == [0, 1, 2]  # a new study, nothing replayed into it
     (aside,) = (tmp_path / "logs").glob("fast.replaced-*")
     assert (aside / "study.db-wal").exists()
+
+
+SWALLOWS = """
+import time
+
+def train(trial):
+    try:
+        time.sleep(30)  # "train" until done or stopped
+    except KeyboardInterrupt:  # a common early-stop loop: keep what there is
+        pass
+    open("stopped_once", "a").close()
+    return trial.params["x"]
+"""
+
+
+def test_a_stop_the_objective_swallows_still_stops_the_study(tmp_path):
+    (tmp_path / "obj.py").write_text(SWALLOWS)
+    write(
+        tmp_path / "r.yaml",
+        {
+            "study": {"name": "sw", "trials": 5, "seed": 0},
+            "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+            "objective": {"function": "obj.py:train"},
+            "logdir": "logs",
+        },
+    )
+    proc = subprocess.Popen(cli_cmd("run", "r.yaml"), cwd=tmp_path, stderr=subprocess.PIPE)
+    study_dir = tmp_path / "logs" / "sw"
+    wait_for(lambda: count(study_dir, "RUNNING") == 1, what="a trial")
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    (trial,) = read_trials(study_dir)  # what it returned is kept; nothing more ran
+    assert trial.state is TrialState.COMPLETE
+
+
+def test_nohup_keeps_sighup_ignored(tmp_path):
+    fast_study(tmp_path, trials=4, sleep=0.5)
+    study_dir = tmp_path / "logs" / "fast"
+    proc = subprocess.Popen(
+        ["nohup", *cli_cmd("run", "fast.yaml")],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(lambda: count(study_dir, "COMPLETE") >= 1, what="a trial")
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(timeout=60) == 0
+    assert count(study_dir, "COMPLETE") == 4
+
+
+@pytest.mark.parametrize("folder", ["h#1", "w?x", "q%41"])
+def test_a_logdir_with_uri_characters_resumes(tmp_path, folder):
+    fast_study(tmp_path, trials=2)
+    logdir = tmp_path / folder
+    assert run_cli("run", "fast.yaml", f"logdir={logdir}", cwd=tmp_path).returncode == 0
+    again = run_cli("run", "fast.yaml", f"logdir={logdir}", "study.trials=3", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    shown = run_cli("trials", str(logdir / "fast"), "--format", "json")
+    assert shown.returncode == 0 and len(json.loads(shown.stdout)) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["fast.py", "fast.yaml", folder])
+
+
+def test_a_reader_that_stops_reading_does_not_stop_the_study(tmp_path):
+    """``torchtune-hp run ... 2>&1 | head -2``: the pipe breaks, the study goes on."""
+    (tmp_path / "fast.py").write_text(
+        "import warnings\n\ndef train(trial):\n    warnings.warn('noisy')\n"
+        "    if trial.number == 1:\n        raise ValueError('a failure warns too')\n"
+        "    return trial.params['x']\n"
+    )
+    write(
+        tmp_path / "r.yaml",
+        {
+            "study": {"name": "pipe", "trials": 8, "seed": 0},
+            "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+            "objective": {"function": "fast.py:train"},
+            "logdir": "logs",
+        },
+    )
+    cmd = " ".join(cli_cmd("run", "r.yaml"))
+    pipeline = f"{cmd} 2>&1 | head -2 > /dev/null; echo ${{PIPESTATUS[0]}}"
+    out = subprocess.run(
+        ["bash", "-c", pipeline],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.stdout.strip() == "0", out
+    trials = read_trials(tmp_path / "logs" / "pipe")
+    assert len(trials) == 8 and trials[1].state is TrialState.FAILED
+    assert sum(t.state is TrialState.COMPLETE for t in trials) == 7

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -80,12 +81,22 @@ def run(recipe: str, overrides: tuple[str, ...], fresh: bool) -> None:
                 f"{study.dir}. After a fix, run the same command to go on, or add --fresh to "
                 "start the study over"
             )
-        click.echo(
+        say(
             f"best {study.metric} = {best.value:.6g} (trial {best.number}) with {best.params}\n"
             f"trials: torchtune-hp trials {study.dir}    best config: torchtune-hp best "
             f"{study.dir}\n"
             f"dashboard: tensorboard --logdir {study.dir}"
         )
+
+
+def say(text: str, nl: bool = True) -> None:
+    """Print a result; a reader that stopped reading (``| head``) is not an error."""
+    try:
+        click.echo(text, nl=nl)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nor is Python's own flush at exit
+        os.close(devnull)
 
 
 def start_over(study_dir: Path) -> Path | None:
@@ -113,7 +124,7 @@ def ls_() -> None:
 
     for name, path in builtin_recipes().items():
         desc = (parse_yaml(path.read_text()) or {}).get("description", "")
-        click.echo(f"{name:<24} {desc}")
+        say(f"{name:<24} {desc}")
 
 
 @cli.command()
@@ -150,7 +161,7 @@ def cp(name: str, dest: str) -> None:
             raise ConfigError(b, "", "already exists; not overwritten")
     for a, b in copies:
         shutil.copyfile(a, b)
-        click.echo(f"copied {a.name} -> {b}")
+        say(f"copied {a.name} -> {b}")
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -198,7 +209,7 @@ def validate(path: str, overrides: tuple[str, ...]) -> None:
     check_objective(recipe)
     slots_of(recipe)
     m = recipe.model
-    click.echo(
+    say(
         f"{recipe.path}: OK — study {m.study.name!r}, {len(recipe.space)} parameters, "
         f"sampler {m.sampler.name}, {m.study.trials} trials, {m.study.mode} {m.study.metric}"
     )
@@ -234,16 +245,17 @@ def trials(study_dir: Path, fmt: str, number: int | None) -> None:
                 study_dir, "--trial", f"no trial {number} (trials 0 to {len(rows) - 1})"
             )
         if fmt == "json":
-            click.echo(json.dumps({**chosen[0].to_json(), "intermediate": chosen[0].intermediate}))
+            steps = {s: v if math.isfinite(v) else None for s, v in chosen[0].intermediate.items()}
+            say(json.dumps({**chosen[0].to_json(), "intermediate": steps}))
         else:
-            click.echo(trial_detail(chosen[0], meta.get("metric", "value")))
+            say(trial_detail(chosen[0], meta.get("metric", "value")))
         return
     if fmt == "json":
-        click.echo(json.dumps([t.to_json() for t in rows], indent=2))
+        say(json.dumps([t.to_json() for t in rows], indent=2))
         return
     header, cells = trial_rows(rows, list(meta.get("space", {})), meta.get("metric", "value"))
     if not (sys.stdout.isatty() and len(rows) <= RICH_ROWS):
-        click.echo(plain_table(header, cells))
+        say(plain_table(header, cells))
         return
     from rich.console import Console
     from rich.table import Table
@@ -272,20 +284,23 @@ def best(study_dir: Path, fmt: str) -> None:
     if fmt == "yaml":
         import yaml
 
-        click.echo(yaml.safe_dump(top.params, sort_keys=False), nl=False)
+        say(yaml.safe_dump(top.params, sort_keys=False), nl=False)
     else:
-        click.echo(json.dumps({"number": top.number, "params": top.params, "value": top.value}))
+        say(json.dumps({"number": top.number, "params": top.params, "value": top.value}))
 
 
 _default_showwarning = warnings.showwarning
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
-    """Our own warnings (and those about our calls) as one line; other libraries' as usual."""
-    if "torchtune_hp" in str(filename):
-        click.echo(f"warning: {message}", err=True)
-    else:
-        _default_showwarning(message, category, filename, lineno, file, line)
+    """Our own warnings (and those about our calls) as one line; other libraries' as usual.
+    A warning that cannot be shown (a closed terminal or pipe) is dropped: showing it must
+    never cost the trial it is about."""
+    with contextlib.suppress(OSError):
+        if "torchtune_hp" in str(filename):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            _default_showwarning(message, category, filename, lineno, file, line)
 
 
 def main() -> int:

@@ -59,9 +59,14 @@ def write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
-    with open_new(tmp) as f:
-        f.write(text.encode())
-    os.replace(tmp, path)
+    try:
+        with open_new(tmp) as f:
+            f.write(text.encode())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a stop signal: no half-written file stays behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def open_new(path: Path):  # type: ignore[no-untyped-def]

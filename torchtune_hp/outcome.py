@@ -161,22 +161,18 @@ def outcome_of_return(value: Any, metric: str | None, pruned: bool = False) -> O
 
 
 def call_objective(call: Callable[[], Any], metric: str, trial: Any) -> Outcome:
-    """Run an objective and say how its trial ended. An exception, or ``sys.exit()`` (an
-    argparse error does that), fails the trial with its traceback. A stop signal is not a
-    failure: Ctrl-C goes on to the driver loop, and so does a stop that a library caught and
-    turned into something else (Lightning turns it into ``sys.exit(1)``)."""
+    """Run an objective and say how its trial ended. An exception fails the trial with its
+    traceback. What ends the program is not a trial's failure: ``sys.exit()`` (yours, or a
+    signal handler's) and Ctrl-C go on to the driver loop, which records the trial as
+    interrupted; so does a stop that a library caught and turned into an exception."""
     try:
         value = call()
     except TrialPruned:
         return Outcome.pruned()
-    except (Exception, SystemExit) as e:
+    except Exception:
         stop = signals.received()
         if stop is not None:
             raise signals.Interrupted(stop) from None
-        if isinstance(e, SystemExit):
-            return Outcome.failed(
-                f"the objective called sys.exit({e.code!r})\n{traceback.format_exc()}"
-            )
         return Outcome.failed(traceback.format_exc())
     return outcome_of_return(value, metric, pruned=bool(getattr(trial, "pruned", False)))
 

@@ -3,6 +3,7 @@ logs, pipes), so both stay readable."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -16,6 +17,17 @@ from torchtune_hp.study import Study
 from torchtune_hp.trial import FrozenTrial, Trial, TrialState
 
 
+class _Console(Console):
+    """Rich answers a broken pipe (``| head``, a closed log shipper) with ``SystemExit(1)``:
+    here the view goes quiet instead, and the study goes on."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self.file.fileno())  # later writes to it by anyone go nowhere
+        os.close(devnull)
+
+
 class ProgressView:
     """Shows trial n/N, best so far, the current params and elapsed time. A subscriber of the
     study (:class:`~torchtune_hp.study.StudyListener`) while the ``with`` block runs. Showing
@@ -25,7 +37,7 @@ class ProgressView:
     def __init__(self, study: Study, n_trials: int, console: Console | None = None) -> None:
         self.study = study
         self.n_trials = n_trials
-        self.console = console or Console(stderr=True)
+        self.console = console or _Console(stderr=True)
         self.t0 = time.monotonic()
         self.current: Trial | None = None
         self.live: Live | None = None

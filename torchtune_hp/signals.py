@@ -76,9 +76,12 @@ def ignore_from_now_on() -> None:
 
 
 def install() -> None:
-    """For a whole program (the command line): every stop signal raises :class:`Interrupted`."""
+    """For a whole program (the command line): every stop signal raises :class:`Interrupted`,
+    except one the program was started ignoring (``nohup`` ignores SIGHUP; a shell script's
+    background job, SIGINT): that stays ignored."""
     for sig in ALL_STOPS:
-        signal.signal(sig, _handler)
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _handler)
 
 
 @contextmanager

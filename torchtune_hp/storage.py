@@ -16,6 +16,7 @@ import json
 import shutil
 import sqlite3
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -118,13 +119,13 @@ class Storage:
             if path.exists() and path.stat().st_size > 0:
                 # checked through a read-only connection: closing a read-write one on a damaged
                 # file would fold its write-ahead log into it, which "left untouched" forbids
-                _validate(sqlite3.connect(f"file:{path}?mode=ro", uri=True), path, close=True)
+                _validate(sqlite3.connect(_uri(path, "mode=ro"), uri=True), path, close=True)
             conn = sqlite3.connect(str(path), isolation_level=None, timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             return conn
         try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            conn = sqlite3.connect(_uri(path, "mode=ro"), uri=True, isolation_level=None)
             _validate(conn, path)
             return conn
         except sqlite3.OperationalError:
@@ -134,13 +135,13 @@ class Storage:
         # a private copy of both, so the latest trials are not missed.
         wal = path.with_name(path.name + "-wal")
         if not (wal.exists() and wal.stat().st_size > 0):
-            conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True, isolation_level=None)
+            conn = sqlite3.connect(_uri(path, "immutable=1"), uri=True, isolation_level=None)
         else:
             self._copy = tempfile.TemporaryDirectory(prefix="torchtune_hp_ro_")
             copy = Path(self._copy.name) / path.name
             shutil.copyfile(path, copy)
             shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
-            conn = sqlite3.connect(f"file:{copy}?mode=ro", uri=True, isolation_level=None)
+            conn = sqlite3.connect(_uri(copy, "mode=ro"), uri=True, isolation_level=None)
         _validate(conn, path)
         return conn
 
@@ -385,6 +386,11 @@ def _frozen(row: tuple[Any, ...], intermediate: dict[int, float]) -> FrozenTrial
         note=note,
         intermediate=intermediate,
     )
+
+
+def _uri(path: Path, query: str) -> str:
+    """An SQLite URI for ``path``: quoted, so a folder named ``h#1`` or ``w?x`` is that folder."""
+    return f"file:{urllib.parse.quote(str(path))}?{query}"
 
 
 def _validate(conn: sqlite3.Connection, path: Path, close: bool = False) -> None:

@@ -141,6 +141,9 @@ def _drive(
             for cb in callbacks:
                 cb(study, frozen)
         fail.check_all(finished)
+        stop = signals.received()
+        if stop is not None:  # the objective (or a library) caught the stop and returned
+            raise Interrupted(stop)
 
 
 def _stop(study: Any, executor: Executor, error: BaseException) -> None:
@@ -159,6 +162,8 @@ def _stop(study: Any, executor: Executor, error: BaseException) -> None:
             kind, reason = Interruption.STOPPED, f"interrupted by the user ({how})"
         elif isinstance(error, StudyStopped):
             kind, reason = Interruption.STOPPED, "interrupted: the study stopped on failures"
+        elif isinstance(error, SystemExit):  # the program chose to end (sys.exit)
+            kind, reason = Interruption.STOPPED, f"interrupted: sys.exit({error.code!r})"
         else:
             kind = Interruption.DIED
             reason = f"interrupted: the driver stopped on an error: {type(error).__name__}: {error}"
