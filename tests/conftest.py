@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -10,6 +11,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+# The tests send the CLI Ctrl-C and SIGHUP as a terminal would. A suite started in the
+# background (``pytest &``, nohup) runs with those ignored, and the CLI keeps an ignored signal
+# ignored, as a program should: give the children the terminal's defaults back.
+for _sig in (signal.SIGINT, signal.SIGHUP):
+    if signal.getsignal(_sig) is signal.SIG_IGN:
+        signal.signal(_sig, signal.SIG_DFL if _sig == signal.SIGHUP else signal.default_int_handler)
 
 # A fast objective: a smooth bowl with its minimum at x=0.3, y=0.7, plus an optional sleep so
 # the kill/interrupt tests can catch a trial mid-run.

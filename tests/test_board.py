@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
@@ -93,6 +95,10 @@ def session_of(acc: EventAccumulator, tag: str):
     return metadata.parse_session_end_info_plugin_data(content)
 
 
+def error_text(acc: EventAccumulator) -> str:
+    return acc.Tensors("error")[-1].tensor_proto.string_val[0].decode()
+
+
 def test_one_session_per_trial_with_params_state_and_final_objective(study_dir):
     trials = stored_trials(study_dir)
     states = [t.state for t in trials]
@@ -102,44 +108,47 @@ def test_one_session_per_trial_with_params_state_and_final_objective(study_dir):
         TrialState.FAILED,
         TrialState.PRUNED,
     ]
-    runs = sorted(p for p in study_dir.iterdir() if p.is_dir())
-    assert [p.name for p in runs] == [f"trial_{t.number:04d}" for t in trials]
-    for t, run in zip(trials, runs, strict=True):
-        assert not [p for p in run.iterdir() if p.is_dir()]  # no version_0 or timestamped runs
-        acc = read(run)
+    names = [f"trial_{t.number:04d}" for t in trials]
+    assert sorted(p.name for p in study_dir.iterdir() if p.is_dir()) == ["study", *names]
+    for t in trials:
+        run = study_dir / f"trial_{t.number:04d}"
+        # the running session is gone; no version_0 or timestamped runs
+        assert [p.name for p in run.iterdir() if p.is_dir()] == ["hparams"]
+        acc = read(run / "hparams")
         start = session_of(acc, metadata.SESSION_START_INFO_TAG)
-        assert start.group_name == run.name
+        assert start.group_name == ""  # grouped by the run's path: unique in any logdir
         assert start.hparams["lr"].number_value == pytest.approx(t.params["lr"], rel=1e-12)
+        assert start.hparams["study"].string_value == "tb"
+        assert start.hparams["state"].string_value == t.state.value
         end = session_of(acc, metadata.SESSION_END_INFO_TAG)
         expected = (
             api_pb2.STATUS_FAILURE if t.state is TrialState.FAILED else api_pb2.STATUS_SUCCESS
         )
         assert end.status == expected
-        scalars = acc.Tags()["scalars"]
-        assert "hp_metric" not in scalars
-        assert acc.Scalars("trial/pruned")[-1].value == float(t.state is TrialState.PRUNED)
         if t.state is TrialState.FAILED:
-            assert "trial/val_loss" not in scalars
+            assert acc.Tags()["scalars"] == []  # no objective value at all
+            assert "RuntimeError: diverged" in error_text(acc)
             continue
-        # the HParams metric: the last event of trial/val_loss is the value in the database
-        series = acc.Scalars("trial/val_loss")
+        # the HParams metric: the reports, then the value in the database last
+        series = acc.Scalars("objective/val_loss")
+        assert acc.Tags()["scalars"] == ["objective/val_loss"]
         assert series[-1].value == pytest.approx(t.value, rel=1e-6)
         assert [e.step for e in series] == sorted(e.step for e in series)
-        # Lightning's own curves, in the same run folder
-        assert len(acc.Scalars("val_loss")) == len(t.intermediate)
+        steps = sorted(t.intermediate)
+        assert [e.value for e in series[: len(steps)]] == pytest.approx(
+            [t.intermediate[k] for k in steps], rel=1e-6
+        )
+        # Lightning's own curves, in the trial's folder (not a metric column)
+        lightning = read(run)
+        assert "hp_metric" not in lightning.Tags()["scalars"]
+        assert len(lightning.Scalars("val_loss")) == len(t.intermediate)
         if t.state is TrialState.PRUNED:
             assert len(t.intermediate) < EPOCHS
 
 
-def test_study_run_has_experiment_best_so_far_and_gp_pictures(study_dir):
-    acc = read(study_dir)
-    experiment = metadata.parse_experiment_plugin_data(
-        acc.SummaryMetadata(metadata.EXPERIMENT_TAG).plugin_data.content
-    )
-    (lr,) = experiment.hparam_infos
-    assert (lr.name, lr.display_name) == ("lr", "lr (log)")
-    assert (lr.domain_interval.min_value, lr.domain_interval.max_value) == (1e-4, 0.5)
-    assert [m.name.tag for m in experiment.metric_infos] == ["trial/val_loss", "trial/pruned"]
+def test_study_run_has_best_so_far_views_and_gp_pictures_to_the_end(study_dir):
+    acc = read(study_dir / "study")
+    assert metadata.EXPERIMENT_TAG not in acc.Tags()["tensors"]  # columns come from sessions
     best = acc.Scalars("study/best_val_loss")
     values = [e.value for e in best]
     assert values == sorted(values, reverse=True)  # best so far: never worse
@@ -149,11 +158,16 @@ def test_study_run_has_experiment_best_so_far_and_gp_pictures(study_dir):
     assert [(e.step, e.value) for e in objective] == [
         (t.number, pytest.approx(t.value, rel=1e-6)) for t in complete
     ]
-    images = acc.Images("gp/slices")
-    assert images and all(e.step % 2 == 0 and e.step >= 4 for e in images)
-    first = images[0]
+    steps = [e.step for e in acc.Images("gp/slices")]
+    # before trials 4 and 6 (2 and 8 are enqueued or in the initial design), and at the end
+    assert steps[-1] == 9 and all(s % 2 == 0 and s >= 4 for s in steps[:-1]) and len(steps) > 1
+    first = acc.Images("gp/slices")[0]
     assert first.encoded_image_string[:4] == b"\x89PNG" and first.width > 300
-    assert acc.Images("gp/importance")
+    assert acc.Images("gp/importance")[-1].step == 9
+    for view in ("history", "curves", "slices", "pairs", "parallel"):
+        images = acc.Images(f"views/{view}")
+        assert [e.step for e in images][-1] == 9, view  # once more when the study ended
+        assert images[-1].encoded_image_string[:4] == b"\x89PNG" and images[-1].width >= 300
 
 
 def free_port() -> int:
@@ -172,69 +186,179 @@ def post(url: str, body: dict) -> dict:
         return json.loads(response.read())
 
 
-@pytest.mark.slow
-def test_tensorboard_server_hparams_plugin_lists_one_session_per_trial(study_dir):
-    """What the HParams dashboard shows, asked of a real TensorBoard over HTTP."""
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tensorboard.main",
-            "--logdir",
-            str(study_dir),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}/data/plugin/hparams"
+ALL_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
+
+
+class Board:
+    """A real TensorBoard server over ``logdir``, asked over HTTP what its HParams dashboard
+    shows (the requests its web page makes)."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.port = free_port()
+        self.server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tensorboard.main",
+                "--logdir",
+                str(logdir),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--reload_interval",
+                "1",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.base = f"http://127.0.0.1:{self.port}/data/plugin"
+
+    def groups(self, col_params=(), statuses=ALL_STATUSES) -> dict[str, dict]:
         request = {
             "experimentName": "",
-            "allowedStatuses": [
-                "STATUS_UNKNOWN",
-                "STATUS_SUCCESS",
-                "STATUS_FAILURE",
-                "STATUS_RUNNING",
-            ],
-            "colParams": [],
+            "allowedStatuses": list(statuses),
+            "colParams": list(col_params),
             "startIndex": 0,
-            "sliceSize": 100,
+            "sliceSize": 1000,
         }
-        deadline, groups = time.monotonic() + 90, []
+        answer = post(f"{self.base}/hparams/session_groups", request)
+        return {g["name"]: g for g in answer.get("sessionGroups", [])}
+
+    def wait_for(self, condition, what: str, timeout: float = 90.0) -> dict[str, dict]:
+        deadline, groups = time.monotonic() + timeout, {}
         while time.monotonic() < deadline:
             try:
-                groups = post(f"{base}/session_groups", request).get("sessionGroups", [])
+                groups = self.groups()
             except OSError:  # not listening yet
-                groups = []
-            if len(groups) == 9 and all(g["sessions"][0].get("endTimeSecs") for g in groups):
-                break
+                groups = {}
+            if condition(groups):
+                return groups
             time.sleep(0.5)
-        trials = {f"trial_{t.number:04d}": t for t in stored_trials(study_dir)}
-        assert sorted(g["name"] for g in groups) == sorted(trials)
-        for g in groups:
-            t = trials[g["name"]]
-            assert g["hparams"]["lr"] == pytest.approx(t.params["lr"])
-            metrics = {m["name"]["tag"]: m["value"] for m in g["metricValues"]}
-            if t.state is TrialState.FAILED:
-                assert "trial/val_loss" not in metrics
-                assert g["sessions"][0]["status"] == "STATUS_FAILURE"
-            else:
-                assert metrics["trial/val_loss"] == pytest.approx(t.value, rel=1e-6)
-            assert metrics["trial/pruned"] == float(t.state is TrialState.PRUNED)
-        experiment = post(f"{base}/experiment", {"experimentName": ""})
-        assert [h["name"] for h in experiment["hparamInfos"]] == ["lr"]
+        raise AssertionError(f"TensorBoard never showed {what}: {sorted(groups)}")
+
+    def experiment(self) -> dict:
+        return post(f"{self.base}/hparams/experiment", {"experimentName": ""})
+
+    def text(self, run: str, tag: str) -> str:
+        query = urllib.parse.urlencode({"run": run, "tag": tag})
+        with urllib.request.urlopen(f"{self.base}/text/text?{query}", timeout=10) as response:
+            return " ".join(e["text"] for e in json.loads(response.read()))
+
+    def close(self) -> None:
+        self.server.kill()
+        self.server.wait(timeout=10)
+
+
+def metrics_of(group: dict) -> dict[str, float]:
+    return {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+
+
+def check_row(group: dict, t, study: str, metric: str) -> None:
+    """One row equals the trial's row in the database."""
+    assert group["hparams"]["study"] == study
+    assert group["hparams"]["state"] == t.state.value
+    for name, value in t.params.items():
+        assert group["hparams"][name] == pytest.approx(value), name
+    status = group["sessions"][0]["status"]
+    metrics = metrics_of(group)
+    if t.state is TrialState.FAILED:
+        assert metrics == {} and status == "STATUS_FAILURE"
+    else:
+        assert metrics == {f"objective/{metric}": pytest.approx(t.value, rel=1e-6)}
+        assert status == "STATUS_SUCCESS"
+
+
+def acc_objective(trial):
+    if trial.params["act"] == "tanh" and trial.params["width"] > 40:
+        raise RuntimeError("too wide for tanh")
+    trial.report(trial.params["width"] / 128, 0)
+    return trial.params["width"] / 64
+
+
+@pytest.mark.slow
+def test_tensorboard_server_shows_two_studies_in_one_logdir_row_by_row(study_dir):
+    """Two studies of different spaces, metrics and modes under one logdir: every trial its own
+    row, equal to the database; states filterable; a running trial shown as running, then as
+    what it became; the failed trial's error in the Text tab."""
+    logdir = study_dir.parent
+    other = Study(
+        "acc",
+        {"width": Int(8, 64), "act": Categorical(["relu", "tanh"])},
+        metric="acc",
+        mode="max",
+        logdir=logdir,
+        seed=0,
+    )
+    other.enqueue({"width": 60, "act": "tanh"})  # a failure
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        other.optimize(acc_objective, n_trials=6)
+    running = other.ask()
+    running.report(0.25, 0)
+    board = Board(logdir)
+    try:
+        tb = {f"tb/trial_{t.number:04d}/hparams": t for t in stored_trials(study_dir)}
+        acc = {f"acc/trial_{t.number:04d}/hparams": t for t in other.trials if t.state.finished}
+        running_row = f"acc/trial_{running.number:04d}/running"
+        groups = board.wait_for(lambda g: len(g) == 16, "16 rows")
+        assert sorted(groups) == sorted([*tb, *acc, running_row])
+        for name, t in tb.items():
+            check_row(groups[name], t, "tb", "val_loss")
+            assert not {"width", "act"} & set(groups[name]["hparams"])
+        for name, t in acc.items():
+            check_row(groups[name], t, "acc", "acc")
+            assert "lr" not in groups[name]["hparams"]
+        live = groups[running_row]
+        assert live["hparams"]["state"] == "RUNNING"
+        assert live["sessions"][0]["status"] == "STATUS_RUNNING"
+        assert metrics_of(live) == {"objective/acc": 0.25}
+        assert any(t.state is TrialState.FAILED for t in acc.values())
+
+        experiment = board.experiment()  # the columns: the union of both studies
+        infos = {h["name"]: h for h in experiment["hparamInfos"]}
+        assert set(infos) == {"lr", "width", "act", "study", "state"}
+        assert sorted(infos["study"]["domainDiscrete"]) == ["acc", "tb"]
+        assert sorted(infos["state"]["domainDiscrete"]) == [
+            "COMPLETE",
+            "FAILED",
+            "PRUNED",
+            "RUNNING",
+        ]
+        assert {m["name"]["tag"] for m in experiment["metricInfos"]} == {
+            "objective/val_loss",
+            "objective/acc",
+        }
+        # the state column is a filter to tick; the status filter knows running trials
+        pruned = board.groups([{"hparam": "state", "filterDiscrete": ["PRUNED"]}])
+        assert sorted(pruned) == sorted(n for n, t in tb.items() if t.state is TrialState.PRUNED)
+        assert list(board.groups(statuses=["STATUS_RUNNING"])) == [running_row]
+        failed = next(n for n, t in tb.items() if t.state is TrialState.FAILED)
+        assert "RuntimeError: diverged" in board.text(failed, "error")
+
+        other.tell(running, 0.75)
+        done_row = f"acc/trial_{running.number:04d}/hparams"
+        groups = board.wait_for(
+            lambda g: done_row in g and running_row not in g, "the running trial's end"
+        )
+        assert groups[done_row]["hparams"]["state"] == "COMPLETE"
+        assert metrics_of(groups[done_row]) == {"objective/acc": 0.75}
+        assert len(groups) == 16
     finally:
-        server.kill()
-        server.wait(timeout=10)
-    assert server.poll() is not None
+        board.close()
+        other.close()
+
+    board = Board(study_dir)  # the logdir pointed at one study
+    try:
+        groups = board.wait_for(lambda g: len(g) == 9, "9 rows")
+        assert sorted(groups) == sorted(n.removeprefix("tb/") for n in tb)
+        for name, t in tb.items():
+            check_row(groups[name.removeprefix("tb/")], t, "tb", "val_loss")
+    finally:
+        board.close()
 
 
-def test_interrupted_trial_session_ends_failed(tmp_path):
+def test_an_interrupted_trial_ends_failed_and_a_dead_drivers_sessions_are_rebuilt(tmp_path):
     space = {"x": Float(0.0, 1.0)}
     study = Study("ctrl_c", space, logdir=tmp_path, seed=0)
 
@@ -247,21 +371,37 @@ def test_interrupted_trial_session_ends_failed(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         study.optimize(objective, n_trials=3)
     study.close()
-    acc = read(tmp_path / "ctrl_c" / "trial_0001")
+    acc = read(tmp_path / "ctrl_c" / "trial_0001" / "hparams")
     assert session_of(acc, metadata.SESSION_END_INFO_TAG).status == api_pb2.STATUS_FAILURE
+    start = session_of(acc, metadata.SESSION_START_INFO_TAG)
+    assert start.hparams["state"].string_value == "FAILED"
+    assert "interrupted" in error_text(acc)
+    assert not (tmp_path / "ctrl_c" / "trial_0001" / "running").exists()
     # trial 0 reported 0.5 at step 0, then returned x: the return value is written last
-    acc0 = read(tmp_path / "ctrl_c" / "trial_0000")
-    series = acc0.Scalars("trial/value")
+    acc0 = read(tmp_path / "ctrl_c" / "trial_0000" / "hparams")
+    series = acc0.Scalars("objective/value")
     assert [e.step for e in series] == [0, 1]
     assert series[-1].value == pytest.approx(stored_trials(tmp_path / "ctrl_c")[0].value)
 
+    # a driver that died mid-trial left a running session and no final one: the next run
+    # of the study writes it from the database
+    for folder in ("trial_0000/hparams", "trial_0001/hparams"):
+        shutil.rmtree(tmp_path / "ctrl_c" / folder)
+    (tmp_path / "ctrl_c" / "trial_0001" / "running").mkdir()
+    Study("ctrl_c", space, logdir=tmp_path).close()
+    rebuilt = read(tmp_path / "ctrl_c" / "trial_0000" / "hparams").Scalars("objective/value")
+    assert [(e.step, e.value) for e in rebuilt] == [(e.step, e.value) for e in series]
+    assert (tmp_path / "ctrl_c" / "trial_0001" / "hparams").is_dir()
+    assert not (tmp_path / "ctrl_c" / "trial_0001" / "running").exists()
 
-def test_mixed_space_columns_and_pictures(tmp_path):
+
+def test_mixed_space_sessions_and_pictures(tmp_path):
     space = {
         "lr": Float(1e-4, 1.0, log=True),
         "width": Int(8, 256, log=True),
         "act": Categorical(["relu", "gelu", 1]),  # mixed choices: shown as strings
         "flag": Categorical([True, False]),
+        "state": Categorical(["a", "b"]),  # a parameter named like our column
     }
     study = Study("mixed", space, sampler="gp", seed=0, logdir=tmp_path, images_every=1)
 
@@ -271,16 +411,18 @@ def test_mixed_space_columns_and_pictures(tmp_path):
 
     study.optimize(objective, n_trials=12)
     study.close()
-    acc = read(tmp_path / "mixed")
-    experiment = metadata.parse_experiment_plugin_data(
-        acc.SummaryMetadata(metadata.EXPERIMENT_TAG).plugin_data.content
+    start = session_of(
+        read(tmp_path / "mixed" / "trial_0011" / "hparams"), metadata.SESSION_START_INFO_TAG
     )
-    infos = {h.name: h for h in experiment.hparam_infos}
-    assert infos["act"].type == api_pb2.DATA_TYPE_STRING
-    assert [v.string_value for v in infos["act"].domain_discrete.values] == ["relu", "gelu", "1"]
-    assert infos["flag"].type == api_pb2.DATA_TYPE_BOOL
-    assert infos["width"].display_name == "width (log)"
+    t = study.trial(11)
+    assert start.hparams["act"].string_value == str(t.params["act"])
+    assert start.hparams["flag"].bool_value is t.params["flag"]
+    assert start.hparams["width"].number_value == t.params["width"]
+    assert start.hparams["state"].string_value == t.params["state"]
+    assert start.hparams["torchtune_hp/state"].string_value == "COMPLETE"
+    acc = read(tmp_path / "mixed" / "study")
     assert len(acc.Images("gp/slices")) >= 1
+    assert [e.step for e in acc.Images("views/history")] == list(range(1, 13))
 
 
 def test_unwarp_is_monotone_and_exact_at_observations():

@@ -204,8 +204,8 @@ def test_lightning_cli_script_untouched(tmp_path):
         assert sorted(t.intermediate) == [0, 1, 2, 3, 4]  # the callback reported each epoch
         assert t.value == t.intermediate[4]
         folder = run_dir(tmp_path, t.number)
-        assert list(folder.glob("events.out.tfevents.*"))  # Lightning's curves, no sub-run
-        assert not [p for p in folder.iterdir() if p.is_dir()]
+        assert list(folder.glob("events.out.tfevents.*"))  # Lightning's curves, no version_0
+        assert [p.name for p in folder.iterdir() if p.is_dir()] == ["hparams"]
 
 
 def test_report_outside_a_study_warns_and_does_nothing(monkeypatch):

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import yaml
 
 from torchtune_hp import files, procs
+from torchtune_hp.board.tags import trial_run_name
 from torchtune_hp.distributed import is_follower_rank
 from torchtune_hp.errors import StorageError, StudyMismatch
 from torchtune_hp.outcome import Outcome, as_number, describe, outcome_of_return
@@ -210,9 +211,10 @@ class Study:
         if tensorboard and self.dir is not None:
             from torchtune_hp.board import StudyBoard  # TensorBoard loads only when used
 
-            board = StudyBoard(self.dir, self.space, self.metric, self.mode)
-            if self._created:
-                board.write_experiment(f"torchtune_hp study {self.name!r}")
+            board = StudyBoard(
+                self.dir, self.name, self.space, self.metric, self.mode, self.images_every
+            )
+            board.sync(self._finished)
             self.subscribe(board)
         left = [t.number for t in self._view.values() if t.state is TrialState.RUNNING]
         if left:
@@ -313,6 +315,12 @@ class Study:
         return self._view[number] if not self.follower else self.storage.trial(number)
 
     @property
+    def finished_trials(self) -> Sequence[FrozenTrial]:
+        """The trials that have ended (interrupted ones too), in the order they ended. A view
+        kept up to date as trials end: copy it to keep a snapshot."""
+        return self._finished if not self.follower else [t for t in self.trials if t.state.finished]
+
+    @property
     def n_finished(self) -> int:
         """Trials that count toward ``n_trials`` (interrupted ones do not)."""
         return self._n_counted
@@ -350,7 +358,7 @@ class Study:
     def trial_dir(self, number: int) -> Path:
         if self.dir is None:
             raise ValueError("an in-memory study (logdir=None) has no trial folders")
-        return self.dir / f"trial_{number:04d}"
+        return self.dir / trial_run_name(number)
 
     # -- ask / tell / report -----------------------------------------------------------------
     def enqueue(self, params: Mapping[str, Any]) -> None:

@@ -7,11 +7,11 @@ from typing import Any
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("StudyBoard", "trial_run_name"):
-        from torchtune_hp.board import study_board
+    if name == "StudyBoard":
+        from torchtune_hp.board.study_board import StudyBoard
 
-        return getattr(study_board, name)
+        return StudyBoard
     raise AttributeError(f"module 'torchtune_hp.board' has no attribute {name!r}")
 
 
-__all__ = ["StudyBoard", "trial_run_name"]
+__all__ = ["StudyBoard"]

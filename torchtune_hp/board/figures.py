@@ -1,10 +1,12 @@
 """The study's pictures, drawn with matplotlib (Agg, no screen) into PNG bytes.
 
 ``slices_png``: one panel per hyperparameter: the posterior mean and its ±2σ band along that
-axis through the incumbent, every observed trial projected onto the axis, the incumbent, the
-next suggestion, and below it the acquisition. Log parameters get a log axis; the value axis is
-cut at the observations' 90th percentile (10th when higher is better), so a few diverging trials
-do not flatten the picture. ``importance_png``: one bar per hyperparameter.
+axis through the suggestion (the dashed line), every observed trial projected onto the axis,
+the best complete trial (★), and below it the acquisition. Log parameters get a log axis. The
+value axis is scaled to the complete trials: pruned trials (whose early values would flatten
+it) and failed ones (imputed as the worst) beyond it sit on its edge as open markers. The title
+says how the suggestion was chosen (an acquisition maximizer or a Thompson draw).
+``importance_png``: one bar per hyperparameter.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torchtune_hp.samplers.explain import Explanation, SliceView
 NCOLS = 3
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -29,40 +31,40 @@ def _pyplot() -> Any:
     return plt
 
 
-def _png(fig: Any) -> bytes:
+def png_bytes(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return buf.getvalue()
 
 
-def _value_limits(views: list[SliceView], lower_is_better: bool) -> tuple[float, float]:
-    obs = np.concatenate([v.observed_y for v in views])
-    means = np.concatenate([v.mean for v in views])
-    if lower_is_better:
-        lo = min(obs.min(), means.min())
-        hi = max(np.percentile(obs, 90), np.percentile(means, 90))
-    else:
-        lo = min(np.percentile(obs, 10), np.percentile(means, 10))
-        hi = max(obs.max(), means.max())
-    pad = 0.08 * (hi - lo) if hi > lo else 1.0
-    return float(lo - pad), float(hi + pad)
+def _value_limits(views: list[SliceView]) -> tuple[float, float]:
+    """The complete trials' range (all observations' when none is complete), with a margin."""
+    v = views[0]
+    done = [y for y, k in zip(v.observed_y, v.observed_kind, strict=True) if k == "complete"]
+    obs = np.asarray(done or list(v.observed_y), dtype=float)
+    lo, hi = float(obs.min()), float(obs.max())
+    pad = 0.08 * (hi - lo) if hi > lo else max(abs(lo) * 0.1, 0.1)
+    return lo - pad, hi + pad
 
 
-def _log_axis(xs: np.ndarray, *axes: Any) -> None:
-    """Log x axes in plain numbers: at powers of ten, and also at 2 and 5 times them when the
+def log_axis(xs: np.ndarray, *axes: Any, axis: str = "x") -> None:
+    """Log axes in plain numbers: at powers of ten, and also at 2 and 5 times them when the
     range spans two decades or less."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     subs = (1.0, 2.0, 5.0) if math.log10(xs.max() / xs.min()) <= 2 else (1.0,)
     for a in axes:
-        a.set_xscale("log")
-        a.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
-        a.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        a.xaxis.set_minor_formatter(NullFormatter())
+        which = a.xaxis if axis == "x" else a.yaxis
+        (a.set_xscale if axis == "x" else a.set_yscale)("log")
+        which.set_major_locator(LogLocator(base=10, subs=subs))
+        which.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        which.set_minor_formatter(NullFormatter())
 
 
-def _slice_panel(ax: Any, acq_ax: Any, v: SliceView, metric: str, acq_label: str) -> None:
+def _slice_panel(
+    ax: Any, acq_ax: Any, v: SliceView, metric: str, acq_label: str, ylim: tuple[float, float]
+) -> None:
     if v.categorical:
         labels = [str(c) for c in v.x]
         pos = {c: i for i, c in enumerate(labels)}
@@ -77,7 +79,7 @@ def _slice_panel(ax: Any, acq_ax: Any, v: SliceView, metric: str, acq_label: str
             label="mean ± 2σ",
         )
         rng = np.random.default_rng(0)
-        ox = np.array([pos[str(o)] for o in v.observed_x]) + rng.uniform(
+        ox = np.array([pos[str(o)] for o in v.observed_x], dtype=float) + rng.uniform(
             -0.15, 0.15, len(v.observed_x)
         )
         acq_ax.plot(xs, v.acquisition, "o", color="C2")
@@ -93,10 +95,28 @@ def _slice_panel(ax: Any, acq_ax: Any, v: SliceView, metric: str, acq_label: str
         acq_ax.plot(xs, v.acquisition, color="C2")
         inc, nxt = float(v.incumbent), float(v.suggestion)
         if v.log:
-            _log_axis(xs, ax, acq_ax)
-    ax.scatter(ox, v.observed_y, s=14, color="0.35", zorder=3, label="trials")
+            log_axis(xs, ax, acq_ax)
+    lo, hi = ylim
+    oy = np.asarray(v.observed_y, dtype=float)
+    kind = np.array(v.observed_kind)
+    done, inside = kind == "complete", (oy >= lo) & (oy <= hi)
     ax.scatter(
-        [inc], [v.incumbent_value], s=90, marker="*", color="C3", zorder=4, label="incumbent"
+        ox[done & inside], oy[done & inside], s=14, color="0.35", zorder=3, label="complete trials"
+    )
+    other = ~(done & inside)
+    if other.any():  # beyond the complete trials' range, or pruned/failed: on the edge, open
+        ax.scatter(
+            ox[other],
+            np.clip(oy[other], lo, hi),
+            s=18,
+            facecolors="none",
+            edgecolors="0.45",
+            zorder=3,
+            clip_on=False,
+            label="pruned, failed or off-scale",
+        )
+    ax.scatter(
+        [inc], [v.incumbent_value], s=90, marker="*", color="C3", zorder=4, label="best so far"
     )
     for a in (ax, acq_ax):
         a.axvline(nxt, color="C1", linestyle="--", linewidth=1.2)
@@ -109,32 +129,48 @@ def _slice_panel(ax: Any, acq_ax: Any, v: SliceView, metric: str, acq_label: str
 
 
 def slices_png(expl: Explanation, metric: str, trial: int) -> bytes:
-    plt = _pyplot()
+    """``trial``: the trial the suggestion is for (or, after the study, how many ended)."""
+    from matplotlib.lines import Line2D
+
+    plt = pyplot()
     d = len(expl.slices)
     ncols = min(NCOLS, d)
     nrows = math.ceil(d / ncols)
-    fig = plt.figure(figsize=(4.2 * ncols, 3.8 * nrows + 0.6))
+    fig = plt.figure(figsize=(4.2 * ncols, 3.8 * nrows + 1.1))
     outer = fig.add_gridspec(nrows, ncols, hspace=0.4, wspace=0.35)
-    ylim = _value_limits(expl.slices, expl.lower_is_better)
+    ylim = _value_limits(expl.slices)
+    handles: dict[str, Any] = {}
     for i, view in enumerate(expl.slices):
         cell = outer[divmod(i, ncols)].subgridspec(2, 1, height_ratios=[3, 1], hspace=0.08)
         ax = fig.add_subplot(cell[0])
         acq_ax = fig.add_subplot(cell[1], sharex=ax)
-        _slice_panel(ax, acq_ax, view, metric, expl.acq_label)
+        _slice_panel(ax, acq_ax, view, metric, expl.acq_label, ylim)
         ax.set_ylim(*ylim)
-        if i == 0:
-            ax.legend(fontsize=7, loc="best")
-    fig.suptitle(
-        f"GP surrogate before trial {trial} ({expl.n_observations} observations); "
-        "others held at the incumbent (★), dashed = next suggestion",
-        fontsize=10,
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    handles["suggestion"] = Line2D([], [], color="C1", linestyle="--")
+    fig.legend(
+        handles.values(),
+        handles.keys(),
+        loc="lower center",
+        ncol=len(handles),
+        fontsize=8,
+        frameon=False,
     )
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.08, top=0.9)
-    return _png(fig)
+    how = f" ({expl.suggested_by})" if expl.suggested_by else ""
+    if expl.after_study:
+        head = f"GP surrogate after {trial} trials ({expl.n_observations} observations)"
+        tail = f"slices through what it would suggest next{how}, dashed"
+    else:
+        head = f"GP surrogate before trial {trial} ({expl.n_observations} observations)"
+        tail = f"slices through the suggestion{how}, dashed"
+    fig.suptitle(f"{head}; {tail}; ★ = best so far", fontsize=10)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.1 + 0.25 / (nrows + 1), top=0.9)
+    return png_bytes(fig)
 
 
 def importance_png(importance: dict[str, float], trial: int) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     names = sorted(importance, key=importance.get)
     fig, ax = plt.subplots(figsize=(5.5, 0.45 * len(names) + 1.2))
     ax.barh(names, [importance[n] for n in names], color="C0")
@@ -142,4 +178,4 @@ def importance_png(importance: dict[str, float], trial: int) -> bytes:
     ax.set_xlim(0, 1)
     ax.set_title(f"hyperparameter importance at trial {trial}", fontsize=10)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)

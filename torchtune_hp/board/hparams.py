@@ -1,10 +1,17 @@
-"""The HParams plugin's protos, built from a study's space, without TensorFlow.
+"""The HParams plugin's protos for one trial's session, without TensorFlow.
 
-The experiment (one column per hyperparameter with its domain, and the metric columns) is
-written once, in the study-level run; each trial's run holds its session: the parameters when it
-starts, the metric values as they arrive, the status when it ends. TensorBoard takes a tag's
-metadata from its first event only, so nothing here is ever rewritten: a session's state is its
-end status plus the ``trial/pruned`` metric, both written when the trial ends.
+No experiment summary is written. TensorBoard shows one experiment per logdir and, when several
+runs hold one, takes whichever it finds first: with two studies under ``logs/`` one study's
+columns would hide the other's. Without one, TensorBoard builds the columns from the sessions
+themselves: the union of every study's parameters (empty where a study has none), each numeric
+filter bounded by the values seen, each string column (study, state, categorical choices) a
+set of boxes to tick, and one metric column per scalar tag in the session runs, which hold only
+``objective/<metric>``. What that costs: no "(log)" in a column's name and no descriptions
+(the README says which parameters are log), and integers show as floats (the protocol has no
+integer type).
+
+Each session's group name is left empty, so TensorBoard groups by the run's path, which is
+unique in the logdir: trial 0 of two studies are two rows, never one averaged row.
 """
 
 from __future__ import annotations
@@ -14,14 +21,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import struct_pb2
-from tensorboard.compat.proto import summary_pb2
+from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+from tensorboard.plugins.text import metadata as text_metadata
 
-from torchtune_hp.board.tags import PRUNED_TAG, objective_tag
-from torchtune_hp.space import Categorical, Fixed, Float, Int, Param, Space
+from torchtune_hp.space import Categorical, Fixed, Space
 from torchtune_hp.trial import TrialState
 
-# A PRUNED trial ran fine and was stopped on purpose: SUCCESS, with trial/pruned = 1.
+# PRUNED ran fine and was stopped on purpose: SUCCESS; the state column tells it apart.
 STATUS = {
     TrialState.COMPLETE: api_pb2.Status.STATUS_SUCCESS,
     TrialState.PRUNED: api_pb2.Status.STATUS_SUCCESS,
@@ -42,84 +49,46 @@ def _summary(tag: str, data: plugin_data_pb2.HParamsPluginData) -> summary_pb2.S
     )
 
 
-def _kind(values: list[Any]) -> int:
+def _as_strings(values: list[Any]) -> bool:
+    """A categorical is shown as strings unless its choices are all bools or all numbers."""
     if all(isinstance(v, bool) for v in values):
-        return api_pb2.DataType.DATA_TYPE_BOOL
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        return api_pb2.DataType.DATA_TYPE_FLOAT64
-    return api_pb2.DataType.DATA_TYPE_STRING
+        return False
+    return not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
-def _proto_value(value: Any, kind: int) -> struct_pb2.Value:
-    if kind == api_pb2.DataType.DATA_TYPE_BOOL:
-        return struct_pb2.Value(bool_value=bool(value))
-    if kind == api_pb2.DataType.DATA_TYPE_FLOAT64:
-        return struct_pb2.Value(number_value=float(value))
-    return struct_pb2.Value(string_value=str(value))
+def _proto_value(value: Any, as_string: bool) -> struct_pb2.Value:
+    if as_string:
+        return struct_pb2.Value(string_value=str(value))
+    if isinstance(value, bool):
+        return struct_pb2.Value(bool_value=value)
+    return struct_pb2.Value(number_value=float(value))
 
 
-def column_kinds(space: Space) -> dict[str, int]:
-    """Each parameter's column type: a mixed categorical (``[relu, 1]``) is shown as strings."""
-    kinds: dict[str, int] = {}
-    for name, p in space.params.items():
-        if isinstance(p, Categorical):
-            kinds[name] = _kind(list(p.choices))
-        elif isinstance(p, Fixed):
-            kinds[name] = _kind([p.value])
-        else:
-            kinds[name] = api_pb2.DataType.DATA_TYPE_FLOAT64
-    return kinds
-
-
-def _hparam_info(name: str, p: Param, kind: int) -> api_pb2.HParamInfo:
-    info = api_pb2.HParamInfo(name=name, type=kind)
-    if isinstance(p, (Float, Int)):
-        info.domain_interval.min_value = float(p.low)
-        info.domain_interval.max_value = float(p.high)
-        if p.log:  # the proto has no log domain: say it where the column header shows it
-            info.display_name = f"{name} (log)"
-            info.description = f"log-uniform on [{p.low}, {p.high}]"
-    else:
-        values = list(p.choices) if isinstance(p, Categorical) else [p.value]
-        info.domain_discrete.values.extend(_proto_value(v, kind) for v in values)
-    return info
-
-
-def experiment_summary(
-    space: Space, metric: str, mode: str, description: str = ""
-) -> summary_pb2.Summary:
-    kinds = column_kinds(space)
-    experiment = api_pb2.Experiment(
-        description=description,
-        time_created_secs=time.time(),
-        hparam_infos=[_hparam_info(n, p, kinds[n]) for n, p in space.params.items()],
-        metric_infos=[
-            api_pb2.MetricInfo(
-                name=api_pb2.MetricName(tag=objective_tag(metric)),
-                display_name=metric,
-                description=f"the trial's objective ({'lower' if mode == 'min' else 'higher'} "
-                "is better)",
-            ),
-            api_pb2.MetricInfo(
-                name=api_pb2.MetricName(tag=PRUNED_TAG),
-                display_name="pruned",
-                description="1 when the pruner stopped the trial early",
-            ),
-        ],
-    )
-    return _summary(
-        metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment)
+def meta_columns(space: Space) -> tuple[str, str]:
+    """The names of the study and state columns: ``study`` and ``state``, unless the space
+    has parameters of those names."""
+    names = set(space.params)
+    return tuple(  # type: ignore[return-value]
+        name if name not in names else f"torchtune_hp/{name}" for name in ("study", "state")
     )
 
 
 def session_start_summary(
-    space: Space, params: Mapping[str, Any], group: str
+    space: Space, params: Mapping[str, Any], study: str, state: TrialState
 ) -> summary_pb2.Summary:
-    """``group`` names the session's row; one per trial, so retried parameters get two rows."""
-    kinds = column_kinds(space)
-    info = plugin_data_pb2.SessionStartInfo(group_name=group, start_time_secs=time.time())
+    info = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
     for name, value in params.items():
-        info.hparams[name].CopyFrom(_proto_value(value, kinds.get(name, _kind([value]))))
+        p = space.params.get(name)
+        if isinstance(p, Categorical):
+            as_string = _as_strings(list(p.choices))
+        elif isinstance(p, Fixed):
+            as_string = _as_strings([p.value])
+        else:
+            as_string = p is None and _as_strings([value])
+        info.hparams[name].CopyFrom(_proto_value(value, as_string))
+    study_column, state_column = meta_columns(space)
+    info.hparams[study_column].CopyFrom(struct_pb2.Value(string_value=study))
+    info.hparams[state_column].CopyFrom(struct_pb2.Value(string_value=state.value.upper()))
     return _summary(
         metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=info)
     )
@@ -129,4 +98,17 @@ def session_end_summary(state: TrialState) -> summary_pb2.Summary:
     info = plugin_data_pb2.SessionEndInfo(status=STATUS[state], end_time_secs=time.time())
     return _summary(
         metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=info)
+    )
+
+
+def text_summary(tag: str, markdown: str, description: str = "") -> summary_pb2.Summary:
+    """A text summary (TensorBoard's Text tab renders it as Markdown)."""
+    tensor = tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_STRING,
+        string_val=[markdown.encode("utf-8", "replace")],
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(),
+    )
+    meta = text_metadata.create_summary_metadata(display_name=tag, description=description)
+    return summary_pb2.Summary(
+        value=[summary_pb2.Summary.Value(tag=tag, metadata=meta, tensor=tensor)]
     )

@@ -1,110 +1,183 @@
-"""TensorBoard as the study's dashboard: one run per trial and one for the study.
+"""TensorBoard as the study's dashboard (the layout is in :mod:`torchtune_hp.board.tags`).
 
-``logs/<study>/trial_0007/`` holds that trial's HParams session (its parameters at the start,
-the objective under ``trial/<metric>`` as values arrive, its end status and ``trial/pruned`` at
-the end) beside the curves its own Lightning logger writes (``trial.logger()``). ``logs/<study>/``
-holds the HParams experiment (written when the study is created), each trial's objective and
-the best so far (step = trial number), and every ``images_every`` trials the GP pictures.
+A trial's HParams session is written twice: when it starts, into ``trial_NNNN/running/`` (state
+RUNNING, its reports as they arrive), and when it ends, into ``trial_NNNN/hparams/``, rebuilt
+whole from the trial's row (parameters, study and state columns, its reports and value under
+``objective/<metric>``, none for a FAILED trial, whose error goes in as text), after which the
+running session is removed and TensorBoard drops it. The study-level run ``study/`` holds each
+trial's objective, the best so far, the study views and the GP pictures.
 
-The board is fed by the study after each storage write, so everything it shows is also in the
-database; it never reads the model, only the sampler's :class:`Explanation` arrays.
+Everything but the GP pictures is drawn from the study's rows, so :meth:`StudyBoard.sync`
+rebuilds what is missing (a driver killed mid-trial, a study written by 0.1) when a study
+starts. The board never reads the model, only the sampler's :class:`Explanation` arrays.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from torchtune_hp import signals
 from torchtune_hp.board.events import EventWriter
-from torchtune_hp.board.hparams import (
-    PRUNED_TAG,
-    experiment_summary,
+from torchtune_hp.board.hparams import session_end_summary, session_start_summary, text_summary
+from torchtune_hp.board.tags import (
+    ERROR_TAG,
+    RUNNING_RUN,
+    SESSION_RUN,
+    STUDY_RUN,
     objective_tag,
-    session_end_summary,
-    session_start_summary,
+    trial_run_name,
 )
 from torchtune_hp.samplers.explain import Explanation
 from torchtune_hp.space import Space
 from torchtune_hp.trial import FrozenTrial, TrialState
 
 
-def trial_run_name(number: int) -> str:
-    return f"trial_{number:04d}"
-
-
-class _TrialRun:
-    def __init__(self, writer: EventWriter) -> None:
-        self.writer = writer
-        self.last: tuple[int, float] | None = None  # the last (step, value) reported
+def _error_markdown(trial: FrozenTrial) -> str:
+    """The error as a Markdown code block (indented four spaces: no fence to escape)."""
+    text = (trial.error or "no error recorded").rstrip()
+    return f"trial {trial.number} failed:\n\n" + "\n".join(
+        "    " + line for line in text.splitlines()
+    )
 
 
 class StudyBoard:
-    def __init__(self, study_dir: Path, space: Space, metric: str, mode: str) -> None:
+    def __init__(
+        self, study_dir: Path, name: str, space: Space, metric: str, mode: str, images_every: int
+    ) -> None:
         self.dir = study_dir
+        self.name = name
         self.space = space
         self.metric = metric
         self.mode = mode
+        self.images_every = images_every
         self._study_writer: EventWriter | None = None
-        self._runs: dict[int, _TrialRun] = {}
+        self._running: dict[int, EventWriter] = {}
+        self._drawn_at = -1  # how many trials had finished when the views were last drawn
 
     @property
     def study_writer(self) -> EventWriter:
         if self._study_writer is None:
-            self._study_writer = EventWriter(self.dir)
+            self._study_writer = EventWriter(self.dir / STUDY_RUN)
         return self._study_writer
 
-    def write_experiment(self, description: str = "") -> None:
-        """The HParams columns; once per study (TensorBoard reads one experiment per logdir)."""
-        summary = experiment_summary(self.space, self.metric, self.mode, description)
-        self.study_writer.summary(summary)
+    def _trial_dir(self, number: int) -> Path:
+        return self.dir / trial_run_name(number)
+
+    # -- sessions ----------------------------------------------------------------------------
+    def write_session(self, trial: FrozenTrial) -> None:
+        """The finished trial's session, from its row alone; then its running session goes."""
+        folder = self._trial_dir(trial.number) / SESSION_RUN
+        if folder.exists():
+            shutil.rmtree(folder)
+        writer = EventWriter(folder)
+        try:
+            writer.summary(session_start_summary(self.space, trial.params, self.name, trial.state))
+            if trial.state is not TrialState.FAILED:
+                self._write_objective(writer, trial)
+            else:
+                writer.summary(text_summary(ERROR_TAG, _error_markdown(trial)))
+            writer.summary(session_end_summary(trial.state))
+        finally:
+            writer.close()
+        running = self._trial_dir(trial.number) / RUNNING_RUN
+        if running.is_dir() and not running.is_symlink():
+            shutil.rmtree(running, ignore_errors=True)
+
+    def _write_objective(self, writer: EventWriter, trial: FrozenTrial) -> None:
+        tag = objective_tag(self.metric)
+        steps = sorted(s for s, v in trial.intermediate.items() if math.isfinite(v))
+        for step in steps:
+            writer.scalar(tag, trial.intermediate[step], step)
+        last = trial.intermediate[steps[-1]] if steps else None
+        if trial.value is not None and math.isfinite(trial.value) and trial.value != last:
+            # the value differs from the last report (or nothing was reported): it goes last,
+            # so it is what the HParams table shows
+            writer.scalar(tag, trial.value, steps[-1] + 1 if steps else 0)
+
+    def sync(self, trials: Sequence[FrozenTrial]) -> None:
+        """Write the sessions that are missing for finished trials (the driver died before it
+        could, or an older version wrote the study)."""
+        for trial in trials:
+            if trial.state.finished and self._trial_dir(trial.number).is_dir():
+                if not (self._trial_dir(trial.number) / SESSION_RUN).is_dir():
+                    self.write_session(trial)
 
     # -- what the study tells its subscribers (StudyListener) ---------------------------------
     def trial_started(self, study: Any, trial: Any) -> None:
-        number = trial.number
-        run = _TrialRun(EventWriter(self.dir / trial_run_name(number)))
-        run.writer.summary(session_start_summary(self.space, trial.params, trial_run_name(number)))
-        run.writer.scalar(PRUNED_TAG, 0.0, 0)
-        self._runs[number] = run
+        folder = self._trial_dir(trial.number) / RUNNING_RUN
+        if folder.exists():
+            shutil.rmtree(folder)
+        writer = EventWriter(folder)
+        writer.summary(
+            session_start_summary(self.space, trial.params, self.name, TrialState.RUNNING)
+        )
+        writer.summary(session_end_summary(TrialState.RUNNING))  # the status filter's "Running"
+        self._running[trial.number] = writer
 
     def trial_reported(self, study: Any, number: int, step: int, value: float) -> None:
-        run = self._runs.get(number)
-        if run is not None and math.isfinite(value):  # a diverged report would flatten the axis
-            run.writer.scalar(objective_tag(self.metric), value, step)
-            run.last = (step, value)
+        writer = self._running.get(number)
+        if writer is not None and math.isfinite(value):  # a diverged report would flatten it
+            writer.scalar(objective_tag(self.metric), value, step)
 
     def trial_finished(self, study: Any, trial: FrozenTrial) -> None:
-        best = None if study.incumbent is None else study.incumbent.value
-        run = self._runs.pop(trial.number, None)
-        if run is not None:
-            end_step = 0 if run.last is None else run.last[0] + 1
-            if trial.value is not None and (run.last is None or run.last[1] != trial.value):
-                # the objective differs from the last report (or nothing was reported): it
-                # goes last, so it is the value the HParams table shows
-                run.writer.scalar(objective_tag(self.metric), trial.value, end_step)
-            run.writer.scalar(PRUNED_TAG, float(trial.state is TrialState.PRUNED), max(end_step, 1))
-            run.writer.summary(session_end_summary(trial.state))
-            run.writer.close()
+        writer = self._running.pop(trial.number, None)
+        if writer is not None:
+            writer.close()
+        if self._trial_dir(trial.number).is_dir():
+            self.write_session(trial)
         if trial.value is not None and trial.state is TrialState.COMPLETE:
             self.study_writer.scalar(f"study/{self.metric}", trial.value, trial.number)
-        if best is not None:
-            self.study_writer.scalar(f"study/best_{self.metric}", best, trial.number)
+        best = study.incumbent
+        if best is not None and best.value is not None:
+            self.study_writer.scalar(f"study/best_{self.metric}", best.value, trial.number)
+        finished = study.finished_trials
+        if self.images_every and len(finished) % self.images_every == 0:
+            self.draw_views(finished)
 
     def sampler_explained(self, study: Any, expl: Explanation, number: int) -> None:
-        from torchtune_hp.board.figures import importance_png, slices_png  # matplotlib on use
-
-        self.study_writer.image("gp/slices", slices_png(expl, self.metric, number), number)
-        self.study_writer.image("gp/importance", importance_png(expl.importance, number), number)
+        self._draw_gp(expl, number)
 
     def study_closed(self, study: Any) -> None:
-        self.close()
+        try:
+            if self.images_every and signals.received() is None:
+                finished = study.finished_trials
+                self.draw_views(finished)
+                explain_now = getattr(study.sampler, "explain_trials", None)
+                if explain_now is not None and finished:
+                    expl = explain_now(self.space, finished)
+                    if expl is not None:
+                        self._draw_gp(expl, len(finished))
+        finally:
+            self.close()
+
+    # -- pictures ----------------------------------------------------------------------------
+    def draw_views(self, finished: Sequence[FrozenTrial]) -> None:
+        """The study views (history, curves, slices, pairs, parallel coordinates), at step =
+        the number of finished trials."""
+        if not finished or len(finished) == self._drawn_at:
+            return
+        from torchtune_hp.board.views import study_views  # matplotlib on use
+
+        self._drawn_at = len(finished)
+        for tag, png in study_views(finished, self.space, self.metric, self.mode).items():
+            self.study_writer.image(f"views/{tag}", png, len(finished))
+
+    def _draw_gp(self, expl: Explanation, step: int) -> None:
+        from torchtune_hp.board.figures import importance_png, slices_png  # matplotlib on use
+
+        self.study_writer.image("gp/slices", slices_png(expl, self.metric, step), step)
+        self.study_writer.image("gp/importance", importance_png(expl.importance, step), step)
 
     def close(self) -> None:
-        """Ends the sessions of trials still open (an interrupted run) as FAILED."""
-        for run in self._runs.values():
-            run.writer.summary(session_end_summary(TrialState.FAILED))
-            run.writer.close()
-        self._runs.clear()
+        """Trials still open (an interrupted run) end as the study records them: the study
+        tells :meth:`trial_finished` first; a session left here is closed as it is."""
+        for writer in self._running.values():
+            writer.close()
+        self._running.clear()
         if self._study_writer is not None:
             self._study_writer.close()
             self._study_writer = None

@@ -1,10 +1,24 @@
-"""The scalar tags the board writes into a trial's run (no TensorBoard import: the pool reads
-them to tell the launcher's own tags from what a script logged)."""
+"""Where a study's TensorBoard output goes, by name (no TensorBoard import: the pool reads these
+to tell the launcher's own output from what a script logged).
 
-PRUNED_TAG = "trial/pruned"
+``logs/<study>/study/`` is the study-level run; ``logs/<study>/trial_0007/`` holds the trial's
+own curves (its Lightning logger, its script); ``trial_0007/running/`` its HParams session while
+it runs and ``trial_0007/hparams/`` once it has ended (a session's state cannot change in place:
+TensorBoard keeps a tag's metadata from its first event, so the running session is removed).
+"""
+
+STUDY_RUN = "study"
+RUNNING_RUN = "running"
+SESSION_RUN = "hparams"
+OUR_RUNS = (RUNNING_RUN, SESSION_RUN)
+ERROR_TAG = "error"
+
+
+def trial_run_name(number: int) -> str:
+    return f"trial_{number:04d}"
 
 
 def objective_tag(metric: str) -> str:
-    """The scalar tag, in each trial's run, that holds the objective as the HParams metric
-    (apart from the curves Lightning logs under the metric's own name)."""
-    return f"trial/{metric}"
+    """The scalar tag, in a trial's session run, that holds the objective as the HParams metric
+    column: each report as it arrives, the trial's value last (none for a FAILED trial)."""
+    return f"objective/{metric}"

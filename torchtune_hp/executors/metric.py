@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from torchtune_hp.board.tags import OUR_RUNS
 from torchtune_hp.outcome import parse_number
 
 MISSING = object()
@@ -98,7 +99,9 @@ def tensorboard_last(
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
     fresh = set()
-    for root, _, names in os.walk(run_dir):
+    for root, dirs, names in os.walk(run_dir):
+        if root == str(run_dir):  # the board's own sessions are not the script's output
+            dirs[:] = [d for d in dirs if d not in OUR_RUNS]
         for name in names:
             try:
                 if "tfevents" in name and os.path.getmtime(os.path.join(root, name)) >= since:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from torchtune_hp import files, procs
-from torchtune_hp.board.tags import PRUNED_TAG, objective_tag
+from torchtune_hp.board.tags import objective_tag
 from torchtune_hp.errors import UnsafePath
 from torchtune_hp.executors import Finished, channel, guard
 from torchtune_hp.executors.devices import Slot, thread_env
@@ -332,7 +332,7 @@ class ProcessPool:
         value, tags = tensorboard_last(r.run_dir, metric, since=r.started)
         if value is not None:
             return outcome_of_return(value, metric)
-        ours = {PRUNED_TAG, objective_tag(metric)}
+        ours = {objective_tag(metric)}
         seen = [
             f"TensorBoard tags {[t for t in tags if t not in ours]}",
             f"stdout JSON keys {json_keys(stdout)}",

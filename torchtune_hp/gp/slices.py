@@ -1,10 +1,11 @@
 """One-dimensional views of a fitted surrogate, for the study's TensorBoard pictures.
 
-Each slice moves one hyperparameter across its range with the others held at the incumbent
-(the best observation), and reports the posterior band and the acquisition there. The model
-works on warped values; the band is mapped back to the objective's units through the observed
-pairs (warped, original), which the warping keeps in the same order, so the mapping is monotone:
-linear interpolation between them, linear extrapolation past the ends.
+Each slice moves one hyperparameter across its range with the others held at the suggestion
+(so the dashed line marks a point the picture really passes through), and reports the posterior
+band and the acquisition there. The model works on warped values; the band is mapped back to the
+objective's units through the observed pairs (warped, original), which the warping keeps in the
+same order, so the mapping is monotone: linear interpolation between them, linear extrapolation
+past the ends.
 """
 
 from __future__ import annotations
@@ -72,14 +73,19 @@ def explain(
     importance: dict[str, float],
     sign: float = 1.0,
     n_points: int = 80,
+    kinds: list[str] | None = None,
+    suggested_by: str = "",
 ) -> Explanation:
-    """Slices through the incumbent for each tunable parameter. ``values`` are the observed
+    """Slices through the suggestion for each tunable parameter. ``values`` are the observed
     objective values times ``sign`` (lower is better) and ``warped`` the model's targets for
-    them; ``sign`` turns them back into the user's values."""
+    them; ``sign`` turns them back into the user's values. ``kinds`` says which observations
+    are complete trials (the incumbent is the best of those), pruned or failed ones."""
     enc = surrogate.encoding
     back = unwarp(warped, values)
-    best = int(np.argmin(values))
-    base = enc.from_params([observed[best]]).to(surrogate.device)
+    kinds = kinds or ["complete"] * len(values)
+    complete = [i for i, k in enumerate(kinds) if k == "complete"] or list(range(len(values)))
+    best = min(complete, key=lambda i: values[i])
+    base = enc.from_params([suggestion]).to(surrogate.device)
     slices = []
     for name in space.tunable:
         p = space.params[name]
@@ -99,6 +105,7 @@ def explain(
                 acquisition=acq.cpu().numpy(),
                 observed_x=[o[name] for o in observed],
                 observed_y=sign * values,
+                observed_kind=list(kinds),
                 incumbent=observed[best][name],
                 incumbent_value=float(sign * values[best]),
                 suggestion=suggestion[name],
@@ -106,4 +113,11 @@ def explain(
                 categorical=isinstance(p, Categorical),
             )
         )
-    return Explanation(slices, importance, acq_label, len(values), lower_is_better=sign > 0)
+    return Explanation(
+        slices,
+        importance,
+        acq_label,
+        len(values),
+        lower_is_better=sign > 0,
+        suggested_by=suggested_by,
+    )

@@ -28,6 +28,7 @@ class SliceView:
     acquisition: np.ndarray
     observed_x: list[Any]
     observed_y: np.ndarray
+    observed_kind: list[str]  # "complete", "pruned" (its last value) or "failed" (imputed)
     incumbent: Any
     incumbent_value: float
     suggestion: Any
@@ -44,4 +45,6 @@ class Explanation:
     acq_label: str
     n_observations: int
     lower_is_better: bool = True
+    suggested_by: str = ""  # how the suggestion was chosen: "log EI maximizer", "Thompson draw"
+    after_study: bool = False  # drawn when the study ended: the suggestion is what would be next
     notes: list[str] = field(default_factory=list)

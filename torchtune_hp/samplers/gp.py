@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -64,16 +64,18 @@ class Observations:
 
     params: list[dict[str, Any]]
     values: np.ndarray  # (n,)
+    kinds: list[str] = field(default_factory=list)  # complete | pruned | failed, per value
 
 
 def observations(trials: Sequence[FrozenTrial], mode: str) -> Observations:
     sign = 1.0 if mode == "min" else -1.0
-    params, values, failed = [], [], []
+    params, values, kinds, failed = [], [], [], []
     for t in trials:
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.value is not None:
             if np.isfinite(t.value):
                 params.append(t.params)
                 values.append(sign * t.value)
+                kinds.append(t.state.value.lower())
                 continue
         if t.state is TrialState.FAILED and not t.interrupted:
             failed.append(t.params)
@@ -83,7 +85,8 @@ def observations(trials: Sequence[FrozenTrial], mode: str) -> Observations:
         worst = max(values)
         params += failed
         values += [worst] * len(failed)
-    return Observations(params, np.asarray(values, dtype=np.float64))
+        kinds += ["failed"] * len(failed)
+    return Observations(params, np.asarray(values, dtype=np.float64), kinds)
 
 
 def _key(params: dict[str, Any]) -> str:
@@ -241,7 +244,8 @@ class GPSampler:
         candidates = self._candidates(enc, x, y, k).to(dev)
 
         every = self.thompson_every
-        if self.acquisition == "thompson" or (every and k % every == every - 1):
+        thompson = self.acquisition == "thompson" or bool(every and k % every == every - 1)
+        if thompson:
             gen = torch.Generator().manual_seed((self.seed * 1_000_003 + k) % 2**63)
             values = -surrogate.joint_sample(candidates[:1024], gen)
             order = values.argsort(descending=True)
@@ -258,7 +262,14 @@ class GPSampler:
         for start in range(0, len(pool), 64):
             for params in enc.to_params(pool[start : start + 64]):
                 if _key(params) not in seen:
-                    self._view = {"space": space, "obs": obs, "y": y, "best": best, "next": params}
+                    self._view = {
+                        "space": space,
+                        "obs": obs,
+                        "y": y,
+                        "best": best,
+                        "next": params,
+                        "thompson": thompson,
+                    }
                     return params
         self.last_note = "every candidate was already evaluated or pending: a Sobol point instead"
         return self._sobol(space, k)
@@ -276,6 +287,7 @@ class GPSampler:
             mean, var = surrogate.posterior(xq)
             return acquisition_value(name, mean, var, v["best"], self.beta, self.xi)
 
+        how = "Thompson draw" if v["thompson"] else f"{label[name]} maximizer"
         with torch_threads(1):
             return explain_slices(
                 v["space"],
@@ -289,7 +301,20 @@ class GPSampler:
                 lengthscale_shares(v["space"], surrogate),
                 sign=1.0 if self.mode == "min" else -1.0,
                 n_points=n_points,
+                kinds=v["obs"].kinds,
+                suggested_by=how,
             )
+
+    def explain_trials(
+        self, space: Space, trials: Sequence[FrozenTrial], n_points: int = 80
+    ) -> Explanation | None:
+        """The model on ``trials`` (e.g. when a study ends), sliced through what it would
+        suggest next; None where the GP would not suggest (too few trials)."""
+        self.sample(space, trials, [])
+        expl = self.explain(n_points)
+        if expl is not None:
+            expl.after_study = True
+        return expl
 
     def _candidates(
         self, enc: GPEncoding, x: torch.Tensor, y: torch.Tensor, k: int
