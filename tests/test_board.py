@@ -450,3 +450,28 @@ def test_explanation_follows_the_objective_and_draws_readable_pngs():
     width, height = png_size(slices_png(expl, "loss", 15))
     assert width >= 600 and height >= 300
     assert png_size(importance_png(expl.importance, 15))[0] >= 300
+
+
+def test_the_same_parameters_train_to_the_same_loss(tmp_path):
+    """The README's claim behind its pictures: the built-in recipe, trained twice with one
+    configuration for the same number of epochs (in two studies), gives the same loss. A pruned
+    trial's value is from the epoch where it stopped, so it differs from a full run's."""
+    from torchtune_hp.recipes.digits_mlp import train
+
+    params = {"lr": 0.01, "dropout": 0.1, "weight_decay": 1e-4, "width": 64, "optimizer": "adam"}
+    space = {
+        "lr": Float(1e-4, 0.3, log=True),
+        "dropout": Float(0.0, 0.6),
+        "weight_decay": Float(1e-6, 1e-2, log=True),
+        "width": Int(16, 512, log=True),
+        "optimizer": Categorical(["sgd", "adam", "adamw"]),
+    }
+    values = []
+    for name in ("first", "second"):
+        study = Study(name, space, logdir=tmp_path, metric="val_loss", tensorboard=False)
+        study.enqueue(params)
+        study.optimize(lambda trial: train(trial, max_epochs=3), n_trials=1)
+        values.append((study.trial(0).value, study.trial(0).intermediate))
+        study.close()
+    assert values[0] == values[1]
+    assert len(values[0][1]) == 3

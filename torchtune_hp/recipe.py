@@ -162,7 +162,7 @@ class ExecutorSection(_Section):
 
 class TensorBoardSection(_Section):
     enabled: StrictBool = True
-    images_every: StrictInt = Field(5, ge=0)  # GP pictures every N trials; 0 = never
+    images_every: StrictInt = Field(5, ge=0)  # views, GP pictures every N trials; 0 = never
 
 
 class RecipeModel(_Section):
