@@ -422,7 +422,9 @@ def test_mixed_space_sessions_and_pictures(tmp_path):
     assert start.hparams["torchtune_hp/state"].string_value == "COMPLETE"
     acc = read(tmp_path / "mixed" / "study")
     assert len(acc.Images("gp/slices")) >= 1
-    assert [e.step for e in acc.Images("views/history")] == list(range(1, 13))
+    # redrawn as trials end (fast trials: at most a tenth of the time), and at the end
+    steps = [e.step for e in acc.Images("views/history")]
+    assert steps[0] == 1 and steps[-1] == 12 and steps == sorted(set(steps))
 
 
 def test_unwarp_is_monotone_and_exact_at_observations():

@@ -136,6 +136,7 @@ class Study:
                 "other ranks follow rank 0's trials."
             )
         self.recovered: list[int] = []
+        self.stopped = False  # set by interrupted(): closing then skips the final pictures
         self._listeners: list[Any] = []
         self._lock: files.StudyLock | None = None
         self._view: dict[int, FrozenTrial] = {}
@@ -495,6 +496,7 @@ class Study:
     def interrupted(self, reason: str = "", kind: Interruption = Interruption.STOPPED) -> None:
         """After a stop (Ctrl-C, SIGTERM, SIGHUP) or a driver error: the running trials become
         FAILED (interrupted) and their parameters are queued for the next run."""
+        self.stopped = True
         if self.follower:
             return
         reason = reason or f"{INTERRUPTED} by the user (KeyboardInterrupt)"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from torchtune_hp.board.tags import (
 from torchtune_hp.samplers.explain import Explanation
 from torchtune_hp.space import Space
 from torchtune_hp.trial import FrozenTrial, TrialState
+
+DRAW_BUDGET = 10  # a redraw of the views waits this many times as long as the last one took
 
 
 def _error_markdown(trial: FrozenTrial) -> str:
@@ -57,6 +60,7 @@ class StudyBoard:
         self._study_writer: EventWriter | None = None
         self._running: dict[int, EventWriter] = {}
         self._drawn_at = -1  # how many trials had finished when the views were last drawn
+        self._next_draw = 0.0  # monotonic time before which a periodic redraw is skipped
 
     @property
     def study_writer(self) -> EventWriter:
@@ -136,14 +140,15 @@ class StudyBoard:
             self.study_writer.scalar(f"study/best_{self.metric}", best.value, trial.number)
         finished = study.finished_trials
         if self.images_every and len(finished) % self.images_every == 0:
-            self.draw_views(finished)
+            if time.monotonic() >= self._next_draw:
+                self.draw_views(finished)
 
     def sampler_explained(self, study: Any, expl: Explanation, number: int) -> None:
         self._draw_gp(expl, number)
 
     def study_closed(self, study: Any) -> None:
         try:
-            if self.images_every and signals.received() is None:
+            if self.images_every and not study.stopped and signals.received() is None:
                 finished = study.finished_trials
                 self.draw_views(finished)
                 explain_now = getattr(study.sampler, "explain_trials", None)
@@ -157,14 +162,19 @@ class StudyBoard:
     # -- pictures ----------------------------------------------------------------------------
     def draw_views(self, finished: Sequence[FrozenTrial]) -> None:
         """The study views (history, curves, slices, pairs, parallel coordinates), at step =
-        the number of finished trials."""
+        the number of finished trials. Drawing takes about a second (more on a long study), so
+        after one the next periodic redraw waits at least ten times as long: with fast trials
+        the pictures cost a tenth of the time at most; the last is always drawn at the end."""
         if not finished or len(finished) == self._drawn_at:
             return
         from torchtune_hp.board.views import study_views  # matplotlib on use
 
+        began = time.monotonic()
         self._drawn_at = len(finished)
         for tag, png in study_views(finished, self.space, self.metric, self.mode).items():
             self.study_writer.image(f"views/{tag}", png, len(finished))
+        now = time.monotonic()
+        self._next_draw = now + DRAW_BUDGET * (now - began)
 
     def _draw_gp(self, expl: Explanation, step: int) -> None:
         from torchtune_hp.board.figures import importance_png, slices_png  # matplotlib on use
