@@ -454,6 +454,44 @@ def test_explanation_follows_the_objective_and_draws_readable_pngs():
     assert png_size(importance_png(expl.importance, 15))[0] >= 300
 
 
+def test_gp_slices_pass_through_the_suggestion_say_how_it_was_chosen_and_star_the_best():
+    """Every slice holds the other parameters at the suggestion, so all slices cross at it
+    (the same posterior mean there); the title's words follow the sampler's choice; the star
+    is the best COMPLETE trial, never a pruned one with a lower last report."""
+    space = {"x": Float(0.0, 1.0), "y": Float(0.0, 1.0), "z": Categorical(["a", "b"])}
+    study = Study("through", space, sampler="gp", seed=3, logdir=None)
+    study.add({"x": 0.5, "y": 0.5, "z": "a"}, 0.3)
+    pruned = study.ask()
+    study.report(pruned, -5.0, 0)  # a pruned trial's last report is lower than any value
+    study.tell(pruned, state="pruned")
+
+    def f(trial):
+        p = trial.params
+        return (p["x"] - 0.2) ** 2 + (p["y"] - 0.7) ** 2 + 0.1 * (p["z"] == "b")
+
+    study.optimize(f, n_trials=12)
+    hows = set()
+    for _ in range(4):  # thompson_every=4: one of four suggestions is a Thompson draw
+        trial = study.ask()
+        expl = study.sampler.explain()
+        hows.add(expl.suggested_by)
+        at = []
+        for view in expl.slices:
+            assert view.suggestion == trial.params[view.name]
+            if view.categorical:
+                at.append(view.mean[[str(v) for v in view.x].index(str(view.suggestion))])
+            else:  # the grid holds the suggestion's own value
+                gap = np.abs(np.asarray(view.x, dtype=float) - view.suggestion)
+                assert gap.min() < 1e-9
+                at.append(view.mean[int(np.argmin(gap))])
+            best = study.incumbent
+            assert view.incumbent == best.params[view.name] and view.incumbent_value == best.value
+            assert "pruned" in view.observed_kind
+        assert max(at) - min(at) < 1e-6  # the same point: the same posterior
+        study.tell(trial, f(trial))
+    assert hows == {"log EI maximizer", "Thompson draw"}
+
+
 def test_the_same_parameters_train_to_the_same_loss(tmp_path):
     """The README's claim behind its pictures: the built-in recipe, trained twice with one
     configuration for the same number of epochs (in two studies), gives the same loss. A pruned

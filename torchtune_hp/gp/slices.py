@@ -45,7 +45,7 @@ def _axis_points(
     enc: GPEncoding, space: Space, name: str, base: torch.Tensor, n: int
 ) -> torch.Tensor:
     """Rows equal to ``base`` except along ``name``: every choice, or ``n`` values over its
-    range (deduplicated after snapping, for integers)."""
+    range and ``base``'s own (deduplicated after snapping, for integers)."""
     i = list(space.tunable).index(name)
     col, width = enc.blocks[i]
     p = space.params[name]
@@ -55,8 +55,11 @@ def _axis_points(
         for choice in range(width):
             enc.set_categorical(rows[choice : choice + 1], block, choice)
         return rows
-    rows = base.repeat(n, 1)
-    rows[:, col] = torch.linspace(0, 1, n, dtype=rows.dtype)
+    # the grid plus the base point's own value: the slice passes exactly through it, even
+    # where the model bends sharply between grid points
+    u = torch.cat([torch.linspace(0, 1, n, dtype=base.dtype), base[0, col : col + 1].cpu()])
+    rows = base.repeat(n + 1, 1)
+    rows[:, col] = torch.sort(u).values.to(rows.device)
     rows = enc.snap(rows)
     return torch.unique(rows, dim=0) if isinstance(p, Int) else rows
 
