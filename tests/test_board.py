@@ -515,3 +515,21 @@ def test_the_same_parameters_train_to_the_same_loss(tmp_path):
         study.close()
     assert values[0] == values[1]
     assert len(values[0][1]) == 3
+
+
+def test_a_link_a_trial_plants_where_its_session_goes_is_never_followed(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    study = Study("links", {"x": Float(0.0, 1.0)}, logdir=tmp_path / "logs", seed=0)
+
+    def objective(trial):
+        (study.trial_dir(trial.number) / "hparams").symlink_to(outside)
+        return trial.params["x"]
+
+    study.optimize(objective, n_trials=1)
+    study.close()
+    session = tmp_path / "logs" / "links" / "trial_0000" / "hparams"
+    assert list(outside.iterdir()) == []
+    assert session.is_dir() and not session.is_symlink()
+    acc = read(session)
+    assert acc.Scalars("objective/value")[-1].value == pytest.approx(study.trial(0).value)

@@ -14,6 +14,7 @@ import errno
 import fcntl
 import os
 import re
+import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -96,6 +97,15 @@ def fresh_dir(path: Path) -> Path:
         os.rename(path, path.with_name(f"{path.name}.stale-{timestamp()}-{time.monotonic_ns()}"))
     path.mkdir()
     return path
+
+
+def renewed_dir(path: Path) -> Path:
+    """A new, empty folder at ``path`` in place of one of ours: a real folder there (written
+    by us before) is removed; anything else (a link or file a trial planted) is renamed aside
+    by :func:`fresh_dir`, never followed."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    return fresh_dir(path)
 
 
 def make_study_dir(path: Path) -> None:

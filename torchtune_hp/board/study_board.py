@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from torchtune_hp import signals
+from torchtune_hp import files, signals
 from torchtune_hp.board.events import EventWriter
 from torchtune_hp.board.hparams import session_end_summary, session_start_summary, text_summary
 from torchtune_hp.board.tags import (
@@ -74,10 +74,7 @@ class StudyBoard:
     # -- sessions ----------------------------------------------------------------------------
     def write_session(self, trial: FrozenTrial) -> None:
         """The finished trial's session, from its row alone; then its running session goes."""
-        folder = self._trial_dir(trial.number) / SESSION_RUN
-        if folder.exists():
-            shutil.rmtree(folder)
-        writer = EventWriter(folder)
+        writer = EventWriter(files.renewed_dir(self._trial_dir(trial.number) / SESSION_RUN))
         try:
             writer.summary(session_start_summary(self.space, trial.params, self.name, trial.state))
             if trial.state is not TrialState.FAILED:
@@ -112,10 +109,7 @@ class StudyBoard:
 
     # -- what the study tells its subscribers (StudyListener) ---------------------------------
     def trial_started(self, study: Any, trial: Any) -> None:
-        folder = self._trial_dir(trial.number) / RUNNING_RUN
-        if folder.exists():
-            shutil.rmtree(folder)
-        writer = EventWriter(folder)
+        writer = EventWriter(files.renewed_dir(self._trial_dir(trial.number) / RUNNING_RUN))
         writer.summary(
             session_start_summary(self.space, trial.params, self.name, TrialState.RUNNING)
         )
