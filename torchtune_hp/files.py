@@ -99,12 +99,18 @@ def fresh_dir(path: Path) -> Path:
     return path
 
 
-def renewed_dir(path: Path) -> Path:
-    """A new, empty folder at ``path`` in place of one of ours: a real folder there (written
-    by us before) is removed; anything else (a link or file a trial planted) is renamed aside
-    by :func:`fresh_dir`, never followed."""
+def renewed_dir(path: Path, suffix: str) -> Path:
+    """A new, empty folder at ``path`` in place of one of ours: a real folder holding only
+    files whose names end in ``suffix`` (what we write) is removed; anything else there (a
+    link, a file, a folder a script made) is renamed aside by :func:`fresh_dir`, never
+    followed or deleted."""
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
+        with os.scandir(path) as entries:
+            ours = all(
+                e.is_file(follow_symlinks=False) and e.name.endswith(suffix) for e in entries
+            )
+        if ours:
+            shutil.rmtree(path)
     return fresh_dir(path)
 
 

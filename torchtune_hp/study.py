@@ -68,6 +68,14 @@ class StudyListener(Protocol):
     def study_closed(self, study: Study) -> None: ...
 
 
+def _wants_explanation(listener: Any, number: int) -> bool:
+    """A listener that draws the sampler's pictures and wants them now (it may pace itself)."""
+    if getattr(listener, "sampler_explained", None) is None:
+        return False
+    wants = getattr(listener, "wants_explanation", None)
+    return wants is None or bool(wants(number))
+
+
 def check_seed(seed: object) -> int | None:
     if seed is None:
         return None
@@ -371,7 +379,9 @@ class Study:
         number, why = as_number(value)
         if number is None or not math.isfinite(number):
             raise ValueError(f"add() needs a finite number, got {why or number}")
-        return self._refresh(self.storage.add_trial(self.space.validate(params), number))
+        frozen = self._refresh(self.storage.add_trial(self.space.validate(params), number))
+        self._emit("trial_finished", frozen)
+        return frozen
 
     def ask(self) -> Trial:
         """Start a trial: queued parameters first, else the sampler's suggestion.
@@ -396,7 +406,7 @@ class Study:
         self._emit("trial_started", trial)
         explain = getattr(self.sampler, "explain", None)
         if sampled and explain and self.images_every and number % self.images_every == 0:
-            if any(getattr(x, "sampler_explained", None) for x in self._listeners):
+            if any(_wants_explanation(x, number) for x in self._listeners):
                 explanation = explain()
                 if explanation is not None:
                     self._emit("sampler_explained", explanation, number)

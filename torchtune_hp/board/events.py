@@ -1,5 +1,9 @@
 """One TensorBoard event file: scalars, PNG images and raw summaries (the HParams protos).
 
+Scalars are ``simple_value`` (float32, about 7 digits; TensorBoard's table shows 5): a float64
+tensor would keep every digit, but TensorBoard's fast data server (its default) does not read
+float64 scalars, so the HParams table would show no value at all.
+
 Written with TensorBoard's own record format (``RecordWriter``), with no TensorFlow and no
 ``SummaryWriter`` (whose ``add_hparams`` makes a timestamped sub-run per call). Writes are
 synchronous and flushed: a dashboard that is open shows a trial's values as they arrive, and a
@@ -20,6 +24,7 @@ from pathlib import Path
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
+from torchtune_hp.board.tags import OUR_SUFFIX
 from torchtune_hp.files import open_new
 
 _COUNTER = itertools.count()
@@ -32,7 +37,7 @@ class EventWriter:
         logdir.mkdir(parents=True, exist_ok=True)
         self.logdir = logdir
         stamp = f"{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_COUNTER)}"
-        name = f"events.out.tfevents.{stamp}"  # TensorBoard's own naming
+        name = f"events.out.tfevents.{stamp}{OUR_SUFFIX}"  # TensorBoard's naming, marked ours
         self._writer = RecordWriter(open_new(logdir / name))
         self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
 

@@ -64,13 +64,14 @@ def _proto_value(value: Any, as_string: bool) -> struct_pb2.Value:
     return struct_pb2.Value(number_value=float(value))
 
 
-def meta_columns(space: Space) -> tuple[str, str]:
-    """The names of the study and state columns: ``study`` and ``state``, unless the space
-    has parameters of those names."""
-    names = set(space.params)
-    return tuple(  # type: ignore[return-value]
-        name if name not in names else f"torchtune_hp/{name}" for name in ("study", "state")
-    )
+STUDY_COLUMN, STATE_COLUMN = "study", "state"
+
+
+def column_name(param: str) -> str:
+    """A parameter's column: its name, except that parameters named like the study and state
+    columns become ``state (parameter)``; the rule depends on the name alone, so the columns
+    mean the same for every study in a logdir."""
+    return f"{param} (parameter)" if param in (STUDY_COLUMN, STATE_COLUMN) else param
 
 
 def session_start_summary(
@@ -85,10 +86,9 @@ def session_start_summary(
             as_string = _as_strings([p.value])
         else:
             as_string = p is None and _as_strings([value])
-        info.hparams[name].CopyFrom(_proto_value(value, as_string))
-    study_column, state_column = meta_columns(space)
-    info.hparams[study_column].CopyFrom(struct_pb2.Value(string_value=study))
-    info.hparams[state_column].CopyFrom(struct_pb2.Value(string_value=state.value.upper()))
+        info.hparams[column_name(name)].CopyFrom(_proto_value(value, as_string))
+    info.hparams[STUDY_COLUMN].CopyFrom(struct_pb2.Value(string_value=study))
+    info.hparams[STATE_COLUMN].CopyFrom(struct_pb2.Value(string_value=state.value))
     return _summary(
         metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=info)
     )

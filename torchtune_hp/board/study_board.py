@@ -15,6 +15,7 @@ starts. The board never reads the model, only the sampler's :class:`Explanation`
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -23,9 +24,11 @@ from typing import Any
 
 from torchtune_hp import files, signals
 from torchtune_hp.board.events import EventWriter
+from torchtune_hp.board.foreign import strip_foreign_hparams
 from torchtune_hp.board.hparams import session_end_summary, session_start_summary, text_summary
 from torchtune_hp.board.tags import (
     ERROR_TAG,
+    OUR_SUFFIX,
     RUNNING_RUN,
     SESSION_RUN,
     STUDY_RUN,
@@ -36,7 +39,8 @@ from torchtune_hp.samplers.explain import Explanation
 from torchtune_hp.space import Space
 from torchtune_hp.trial import FrozenTrial, TrialState
 
-DRAW_BUDGET = 10  # a redraw of the views waits this many times as long as the last one took
+DRAW_BUDGET = 10  # a redraw waits this many times as long as the last drawing took
+FIRST_DRAW_GUESS_S = 1.0  # what the first drawing is guessed to take (matplotlib's import too)
 
 
 def _error_markdown(trial: FrozenTrial) -> str:
@@ -60,7 +64,11 @@ class StudyBoard:
         self._study_writer: EventWriter | None = None
         self._running: dict[int, EventWriter] = {}
         self._drawn_at = -1  # how many trials had finished when the views were last drawn
-        self._next_draw = 0.0  # monotonic time before which a periodic redraw is skipped
+        # periodic pictures wait until this (monotonic) time: the first until the study has
+        # run ten times as long as a drawing is guessed to take, each next one likewise
+        began = time.monotonic()
+        self._next_views = self._next_gp = began + DRAW_BUDGET * FIRST_DRAW_GUESS_S
+        self._ended_here = 0  # trials that ended while this board listened
 
     @property
     def study_writer(self) -> EventWriter:
@@ -73,8 +81,13 @@ class StudyBoard:
 
     # -- sessions ----------------------------------------------------------------------------
     def write_session(self, trial: FrozenTrial) -> None:
-        """The finished trial's session, from its row alone; then its running session goes."""
-        writer = EventWriter(files.renewed_dir(self._trial_dir(trial.number) / SESSION_RUN))
+        """The finished trial's session, from its row alone; then its running session goes.
+        HParams summaries a script wrote into the trial's folder are removed first (see
+        :mod:`torchtune_hp.board.foreign`). A trial added with ``add()`` gets a folder here."""
+        folder = self._trial_dir(trial.number)
+        folder.mkdir(exist_ok=True)
+        strip_foreign_hparams(folder)
+        writer = EventWriter(files.renewed_dir(folder / SESSION_RUN, OUR_SUFFIX))
         try:
             writer.summary(session_start_summary(self.space, trial.params, self.name, trial.state))
             if trial.state is not TrialState.FAILED:
@@ -100,16 +113,21 @@ class StudyBoard:
             writer.scalar(tag, trial.value, steps[-1] + 1 if steps else 0)
 
     def sync(self, trials: Sequence[FrozenTrial]) -> None:
-        """Write the sessions that are missing for finished trials (the driver died before it
-        could, or an older version wrote the study)."""
+        """Write the sessions of finished trials that lack one or still have a running one
+        (the driver died before or while it wrote them, or 0.1 wrote the study; 0.1's own
+        experiment summary, in the study folder itself, is removed)."""
+        strip_foreign_hparams(self.dir, recurse=False)
         for trial in trials:
-            if trial.state.finished and self._trial_dir(trial.number).is_dir():
-                if not (self._trial_dir(trial.number) / SESSION_RUN).is_dir():
+            if trial.state.finished:
+                folder = self._trial_dir(trial.number)
+                if not (folder / SESSION_RUN).is_dir() or os.path.lexists(folder / RUNNING_RUN):
                     self.write_session(trial)
 
     # -- what the study tells its subscribers (StudyListener) ---------------------------------
     def trial_started(self, study: Any, trial: Any) -> None:
-        writer = EventWriter(files.renewed_dir(self._trial_dir(trial.number) / RUNNING_RUN))
+        writer = EventWriter(
+            files.renewed_dir(self._trial_dir(trial.number) / RUNNING_RUN, OUR_SUFFIX)
+        )
         writer.summary(
             session_start_summary(self.space, trial.params, self.name, TrialState.RUNNING)
         )
@@ -125,8 +143,8 @@ class StudyBoard:
         writer = self._running.pop(trial.number, None)
         if writer is not None:
             writer.close()
-        if self._trial_dir(trial.number).is_dir():
-            self.write_session(trial)
+        self.write_session(trial)
+        self._ended_here += 1
         if trial.value is not None and trial.state is TrialState.COMPLETE:
             self.study_writer.scalar(f"study/{self.metric}", trial.value, trial.number)
         best = study.incumbent
@@ -134,15 +152,23 @@ class StudyBoard:
             self.study_writer.scalar(f"study/best_{self.metric}", best.value, trial.number)
         finished = study.finished_trials
         if self.images_every and len(finished) % self.images_every == 0:
-            if time.monotonic() >= self._next_draw:
+            if time.monotonic() >= self._next_views:
                 self.draw_views(finished)
+
+    def wants_explanation(self, number: int) -> bool:
+        """Whether the study should ask the sampler for its pictures now (they cost a model
+        evaluation and a drawing: the same time budget as the views)."""
+        return bool(self.images_every) and time.monotonic() >= self._next_gp
 
     def sampler_explained(self, study: Any, expl: Explanation, number: int) -> None:
         self._draw_gp(expl, number)
 
     def study_closed(self, study: Any) -> None:
         try:
-            if self.images_every and not study.stopped and signals.received() is None:
+            # once more at the end, if trials ended in this run (not on a plain open/close,
+            # nor after a stop, when the user waits for the prompt)
+            quiet = study.stopped or signals.received() is not None
+            if self.images_every and self._ended_here and not quiet:
                 finished = study.finished_trials
                 self.draw_views(finished)
                 explain_now = getattr(study.sampler, "explain_trials", None)
@@ -168,13 +194,16 @@ class StudyBoard:
         for tag, png in study_views(finished, self.space, self.metric, self.mode).items():
             self.study_writer.image(f"views/{tag}", png, len(finished))
         now = time.monotonic()
-        self._next_draw = now + DRAW_BUDGET * (now - began)
+        self._next_views = now + DRAW_BUDGET * (now - began)
 
     def _draw_gp(self, expl: Explanation, step: int) -> None:
         from torchtune_hp.board.figures import importance_png, slices_png  # matplotlib on use
 
+        began = time.monotonic()
         self.study_writer.image("gp/slices", slices_png(expl, self.metric, step), step)
         self.study_writer.image("gp/importance", importance_png(expl.importance, step), step)
+        now = time.monotonic()
+        self._next_gp = now + DRAW_BUDGET * (now - began)
 
     def close(self) -> None:
         """Trials still open (an interrupted run) end as the study records them: the study

@@ -12,6 +12,7 @@ RUNNING_RUN = "running"
 SESSION_RUN = "hparams"
 OUR_RUNS = (RUNNING_RUN, SESSION_RUN)
 ERROR_TAG = "error"
+OUR_SUFFIX = ".torchtune_hp"  # ends the name of every event file the board writes
 
 
 def trial_run_name(number: int) -> str:
