@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib.collections import LineCollection
 
 from torchtune_hp.board.figures import log_axis, png_bytes, pyplot
 from torchtune_hp.space import Categorical, Fixed, Float, Int, Space
@@ -107,24 +108,26 @@ def curves_png(trials: Sequence[FrozenTrial], metric: str) -> bytes:
         [v for t in complete for v in t.intermediate.values()] + [t.value for t in complete],
         [v for t in trials for v in t.intermediate.values()],
     )
-    drawn = set()
+    lines: dict[TrialState, list[np.ndarray]] = {}
+    ends: list[tuple[int, float]] = []
     for t in sorted(trials, key=lambda t: t.number):
         steps = sorted(s for s, v in t.intermediate.items() if _finite(v))
         if not steps:
             continue
-        colour, marker, label = STATE_STYLE.get(t.state, ("C2", "o", "running"))
         ys = np.clip([t.intermediate[s] for s in steps], *lim)
-        ax.plot(
-            steps,
-            ys,
-            color=colour,
-            alpha=0.6,
-            linewidth=1.0,
-            label=None if t.state in drawn else label,
-        )
-        drawn.add(t.state)
+        lines.setdefault(t.state, []).append(np.column_stack([steps, ys]))
         if t.state is TrialState.PRUNED:
-            ax.scatter([steps[-1]], [ys[-1]], marker="x", color="C3", s=30, zorder=3)
+            ends.append((steps[-1], float(ys[-1])))
+    drawn = set(lines)
+    for state, segments in lines.items():  # one collection per state: fast for many trials
+        colour, _, label = STATE_STYLE.get(state, ("C2", "o", "running"))
+        ax.add_collection(
+            LineCollection(segments, colors=colour, alpha=0.6, linewidths=1.0, label=label)
+        )
+    if ends:
+        ax.scatter(*zip(*ends, strict=True), marker="x", color="C3", s=30, zorder=3)
+    if drawn:
+        ax.autoscale_view(scaley=False)
     if not drawn:
         ax.text(
             0.5,
@@ -281,17 +284,16 @@ def parallel_png(trials: Sequence[FrozenTrial], space: Space, metric: str, mode:
     lo, hi = float(values.min()), float(values.max())
     cmap = plt.get_cmap("viridis_r" if mode == "max" else "viridis")
     order = np.argsort(-values if mode == "min" else values)  # the best drawn last, on top
-    for idx in order:
-        t = complete[idx]
-        ys = [_unit(t.params[n], space, n) for n in names]
-        ys.append((t.value - lo) / (hi - lo) if hi > lo else 0.5)
-        ax.plot(
-            range(len(ys)),
-            ys,
-            color=cmap((t.value - lo) / (hi - lo) if hi > lo else 0.5),
-            alpha=0.7,
-            linewidth=1.2,
-        )
+    shade = (values - lo) / (hi - lo) if hi > lo else np.full(len(values), 0.5)
+    xs = np.arange(len(names) + 1)
+    segments = [
+        np.column_stack([xs, [*(_unit(complete[i].params[n], space, n) for n in names), shade[i]]])
+        for i in order
+    ]
+    ax.add_collection(
+        LineCollection(segments, colors=cmap(shade[order]), alpha=0.7, linewidths=1.2)
+    )
+    ax.set_xlim(-0.3, len(names) + 0.3)
     for k, name in enumerate(names):
         bottom, top = _axis_labels(space, name)
         ax.axvline(k, color="0.3", linewidth=0.8)
