@@ -376,15 +376,20 @@ def test_kill_9_of_the_driver_takes_its_trials_with_it_and_the_resume_waits_for_
     assert {t.interruption for t in trials[:2]} == {Interruption.DIED}
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
-def test_every_stop_signal_is_a_clean_stop(tmp_path, sig):
+def two_long_trials_recipe(tmp_path: Path) -> Path:
+    """``recipe.yaml``: 3 trials of a minute each, two at a time; returns the study folder."""
     command_recipe(
         tmp_path,
         ["python", FAKE, "--how", "json", "--sleep", "60"],
         trials=3,
         executor={"workers": 2, "devices": "cpu"},
     )
-    study_dir = tmp_path / "logs" / "sub"
+    return tmp_path / "logs" / "sub"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_every_stop_signal_is_a_clean_stop(tmp_path, sig):
+    study_dir = two_long_trials_recipe(tmp_path)
     driver = subprocess.Popen(
         cli_cmd("run", "recipe.yaml"), cwd=tmp_path, stderr=subprocess.PIPE, text=True
     )
@@ -962,13 +967,7 @@ def test_closing_the_terminal_is_a_clean_stop(tmp_path):
     nothing can be written to the terminal any more."""
     import pty
 
-    command_recipe(
-        tmp_path,
-        ["python", FAKE, "--how", "json", "--sleep", "60"],
-        trials=3,
-        executor={"workers": 2, "devices": "cpu"},
-    )
-    study_dir = tmp_path / "logs" / "sub"
+    study_dir = two_long_trials_recipe(tmp_path)
     pid, fd = pty.fork()
     if pid == 0:  # the child: the CLI on the terminal's slave side
         os.chdir(tmp_path)
