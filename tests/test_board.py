@@ -586,3 +586,42 @@ def test_a_link_a_trial_plants_where_its_session_goes_is_never_followed(tmp_path
     assert session.is_dir() and not session.is_symlink()
     acc = read(session)
     assert acc.Scalars("objective/value")[-1].value == pytest.approx(study.trial(0).value)
+
+
+def test_a_trial_that_breaks_its_folder_never_stops_the_study(tmp_path):
+    """A board problem is a warning: the study goes on, every trial is recorded, and the study
+    opens again (its missing sessions written then, where possible)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    study = Study("broken", {"x": Float(0.0, 1.0)}, logdir=tmp_path / "logs", seed=0)
+
+    def objective(trial):
+        folder = study.trial_dir(trial.number)
+        if trial.number == 1:
+            shutil.rmtree(folder)
+            folder.write_text("not a folder any more")
+        if trial.number == 2:
+            shutil.rmtree(folder)
+            folder.symlink_to(outside)
+        return trial.params["x"]
+
+    with pytest.warns(RuntimeWarning, match="TensorBoard output of study 'broken' skipped"):
+        study.optimize(objective, n_trials=4)
+    study.close()
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    assert list(outside.iterdir()) == []  # nothing written through the link
+    shutil.rmtree(tmp_path / "logs" / "broken" / "trial_0003" / "hparams")
+    with pytest.warns(RuntimeWarning, match="skipped in repair_session"):
+        Study("broken", {"x": Float(0.0, 1.0)}, logdir=tmp_path / "logs").close()
+    assert (tmp_path / "logs" / "broken" / "trial_0003" / "hparams").is_dir()  # past 1 and 2
+
+
+def test_a_damaged_event_file_is_never_cut_short(tmp_path):
+    from torchtune_hp.board.foreign import strip_foreign_hparams
+
+    path = old_experiment(tmp_path)
+    with path.open("ab") as f:
+        f.write(b"\x00" * 7)  # a record cut off: the loader stops before the end
+    data = path.read_bytes()
+    assert strip_foreign_hparams(tmp_path, recurse=False) == []
+    assert path.read_bytes() == data

@@ -89,29 +89,41 @@ def unsafe(path: Path) -> UnsafePath:
     )
 
 
+def set_aside(path: Path) -> None:
+    """Rename whatever stands at ``path`` (never read or followed) to ``<name>.stale-<time>``."""
+    if os.path.lexists(path):
+        os.rename(path, path.with_name(f"{path.name}.stale-{timestamp()}-{time.monotonic_ns()}"))
+
+
 def fresh_dir(path: Path) -> Path:
     """A new, empty folder of ours at ``path``. Whatever stands there already (a trial folder of
     an earlier study of the same name, a planted link) is renamed aside, never read or
     followed: a trial's output can then only come from its own process."""
-    if os.path.lexists(path):
-        os.rename(path, path.with_name(f"{path.name}.stale-{timestamp()}-{time.monotonic_ns()}"))
+    set_aside(path)
     path.mkdir()
     return path
 
 
-def renewed_dir(path: Path, suffix: str) -> Path:
-    """A new, empty folder at ``path`` in place of one of ours: a real folder holding only
-    files whose names end in ``suffix`` (what we write) is removed; anything else there (a
-    link, a file, a folder a script made) is renamed aside by :func:`fresh_dir`, never
-    followed or deleted."""
+def discard_dir(path: Path, suffix: str) -> None:
+    """Remove a folder of ours: a real folder holding only files whose names end in ``suffix``
+    (what we write) is deleted; anything else there (a link, a file, a folder a script made) is
+    renamed aside, never followed or deleted."""
     if path.is_dir() and not path.is_symlink():
         with os.scandir(path) as entries:
             ours = all(
-                e.is_file(follow_symlinks=False) and e.name.endswith(suffix) for e in entries
+                e.name.endswith(suffix) and e.is_file(follow_symlinks=False) for e in entries
             )
         if ours:
             shutil.rmtree(path)
-    return fresh_dir(path)
+            return
+    set_aside(path)
+
+
+def renewed_dir(path: Path, suffix: str) -> Path:
+    """A new, empty folder at ``path`` in place of one of ours (see :func:`discard_dir`)."""
+    discard_dir(path, suffix)
+    path.mkdir()
+    return path
 
 
 def make_study_dir(path: Path) -> None:

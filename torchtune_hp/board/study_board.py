@@ -14,11 +14,12 @@ starts. The board never reads the model, only the sampler's :class:`Explanation`
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-import shutil
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,29 @@ def _error_markdown(trial: FrozenTrial) -> str:
     )
 
 
+def _never_stops_a_study(method: Callable[..., None]) -> Callable[..., None]:
+    """The board shows the study; it must never stop it or lose a trial. An error here (a
+    trial that replaced its folder with a file, a folder made read-only) becomes a warning,
+    once per method and kind of error; what is missing is written when the study next runs."""
+
+    @functools.wraps(method)
+    def guarded(self: StudyBoard, *args: Any, **kwargs: Any) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except Exception as e:
+            key = (method.__name__, type(e).__name__)
+            if key not in self._warned:
+                self._warned.add(key)
+                warnings.warn(
+                    f"TensorBoard output of study {self.name!r} skipped in {method.__name__}: "
+                    f"{type(e).__name__}: {e}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+
+    return guarded
+
+
 class StudyBoard:
     def __init__(
         self, study_dir: Path, name: str, space: Space, metric: str, mode: str, images_every: int
@@ -68,7 +92,8 @@ class StudyBoard:
         # run ten times as long as a drawing is guessed to take, each next one likewise
         began = time.monotonic()
         self._next_views = self._next_gp = began + DRAW_BUDGET * FIRST_DRAW_GUESS_S
-        self._ended_here = 0  # trials that ended while this board listened
+        self._ended_here = 0  # trials that ran and ended while this board listened
+        self._warned: set[tuple[str, str]] = set()
 
     @property
     def study_writer(self) -> EventWriter:
@@ -85,7 +110,10 @@ class StudyBoard:
         HParams summaries a script wrote into the trial's folder are removed first (see
         :mod:`torchtune_hp.board.foreign`). A trial added with ``add()`` gets a folder here."""
         folder = self._trial_dir(trial.number)
-        folder.mkdir(exist_ok=True)
+        if not os.path.lexists(folder):
+            folder.mkdir()
+        elif folder.is_symlink() or not folder.is_dir():  # the trial replaced it: not ours now
+            raise files.unsafe(folder) if folder.is_symlink() else NotADirectoryError(folder)
         strip_foreign_hparams(folder)
         writer = EventWriter(files.renewed_dir(folder / SESSION_RUN, OUR_SUFFIX))
         try:
@@ -97,9 +125,7 @@ class StudyBoard:
             writer.summary(session_end_summary(trial.state))
         finally:
             writer.close()
-        running = self._trial_dir(trial.number) / RUNNING_RUN
-        if running.is_dir() and not running.is_symlink():
-            shutil.rmtree(running, ignore_errors=True)
+        files.discard_dir(folder / RUNNING_RUN, OUR_SUFFIX)
 
     def _write_objective(self, writer: EventWriter, trial: FrozenTrial) -> None:
         tag = objective_tag(self.metric)
@@ -116,14 +142,23 @@ class StudyBoard:
         """Write the sessions of finished trials that lack one or still have a running one
         (the driver died before or while it wrote them, or 0.1 wrote the study; 0.1's own
         experiment summary, in the study folder itself, is removed)."""
-        strip_foreign_hparams(self.dir, recurse=False)
+        self.strip_study_folder()
         for trial in trials:
             if trial.state.finished:
                 folder = self._trial_dir(trial.number)
                 if not (folder / SESSION_RUN).is_dir() or os.path.lexists(folder / RUNNING_RUN):
-                    self.write_session(trial)
+                    self.repair_session(trial)
+
+    @_never_stops_a_study
+    def strip_study_folder(self) -> None:
+        strip_foreign_hparams(self.dir, recurse=False)
+
+    @_never_stops_a_study
+    def repair_session(self, trial: FrozenTrial) -> None:
+        self.write_session(trial)
 
     # -- what the study tells its subscribers (StudyListener) ---------------------------------
+    @_never_stops_a_study
     def trial_started(self, study: Any, trial: Any) -> None:
         writer = EventWriter(
             files.renewed_dir(self._trial_dir(trial.number) / RUNNING_RUN, OUR_SUFFIX)
@@ -134,17 +169,19 @@ class StudyBoard:
         writer.summary(session_end_summary(TrialState.RUNNING))  # the status filter's "Running"
         self._running[trial.number] = writer
 
+    @_never_stops_a_study
     def trial_reported(self, study: Any, number: int, step: int, value: float) -> None:
         writer = self._running.get(number)
         if writer is not None and math.isfinite(value):  # a diverged report would flatten it
             writer.scalar(objective_tag(self.metric), value, step)
 
+    @_never_stops_a_study
     def trial_finished(self, study: Any, trial: FrozenTrial) -> None:
         writer = self._running.pop(trial.number, None)
-        if writer is not None:
+        if writer is not None:  # it ran here (not a warm start added, not a recovered one)
             writer.close()
+            self._ended_here += 1
         self.write_session(trial)
-        self._ended_here += 1
         if trial.value is not None and trial.state is TrialState.COMPLETE:
             self.study_writer.scalar(f"study/{self.metric}", trial.value, trial.number)
         best = study.incumbent
@@ -160,9 +197,11 @@ class StudyBoard:
         evaluation and a drawing: the same time budget as the views)."""
         return bool(self.images_every) and time.monotonic() >= self._next_gp
 
+    @_never_stops_a_study
     def sampler_explained(self, study: Any, expl: Explanation, number: int) -> None:
         self._draw_gp(expl, number)
 
+    @_never_stops_a_study
     def study_closed(self, study: Any) -> None:
         try:
             # once more at the end, if trials ended in this run (not on a plain open/close,

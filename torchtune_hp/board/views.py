@@ -278,7 +278,8 @@ def parallel_png(trials: Sequence[FrozenTrial], space: Space, metric: str, mode:
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * (len(names) + 1)), 4.4))
     if not complete or not names:
         ax.axis("off")
-        ax.text(0.5, 0.5, "no complete trial yet", ha="center")
+        why = "no tunable parameter" if not names else "no complete trial yet"
+        ax.text(0.5, 0.5, why, ha="center")
         return png_bytes(fig)
     values = np.array([t.value for t in complete])
     lo, hi = float(values.min()), float(values.max())
