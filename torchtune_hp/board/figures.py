@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -38,12 +39,17 @@ def png_bytes(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _value_limits(views: list[SliceView]) -> tuple[float, float]:
-    """The complete trials' range (all observations' when none is complete), with a margin."""
-    v = views[0]
-    done = [y for y, k in zip(v.observed_y, v.observed_kind, strict=True) if k == "complete"]
-    obs = np.asarray(done or list(v.observed_y), dtype=float)
-    lo, hi = float(obs.min()), float(obs.max())
+def value_limits(values: Sequence[float], fallback: Sequence[float] = ()) -> tuple[float, float]:
+    """A value axis over the finite ``values`` (the complete trials'), else over the
+    ``fallback``'s, with a margin; the study views and the GP pictures share it."""
+
+    def finite(xs: Sequence[float]) -> list[float]:
+        return [float(x) for x in xs if x is not None and math.isfinite(x)]
+
+    vals = np.array(finite(values) or finite(fallback))
+    if not len(vals):
+        return 0.0, 1.0
+    lo, hi = float(vals.min()), float(vals.max())
     pad = 0.08 * (hi - lo) if hi > lo else max(abs(lo) * 0.1, 0.1)
     return lo - pad, hi + pad
 
@@ -138,7 +144,11 @@ def slices_png(expl: Explanation, metric: str, trial: int) -> bytes:
     nrows = math.ceil(d / ncols)
     fig = plt.figure(figsize=(4.2 * ncols, 3.8 * nrows + 1.1))
     outer = fig.add_gridspec(nrows, ncols, hspace=0.4, wspace=0.35)
-    ylim = _value_limits(expl.slices)
+    first = expl.slices[0]  # every slice holds the same observed values
+    done = [
+        y for y, k in zip(first.observed_y, first.observed_kind, strict=True) if k == "complete"
+    ]
+    ylim = value_limits(done, list(first.observed_y))
     handles: dict[str, Any] = {}
     for i, view in enumerate(expl.slices):
         cell = outer[divmod(i, ncols)].subgridspec(2, 1, height_ratios=[3, 1], hspace=0.08)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from matplotlib.collections import LineCollection
 
-from torchtune_hp.board.figures import log_axis, png_bytes, pyplot
+from torchtune_hp.board.figures import log_axis, png_bytes, pyplot, value_limits
 from torchtune_hp.space import Categorical, Fixed, Float, Int, Space
 from torchtune_hp.trial import FrozenTrial, TrialState
 
@@ -34,16 +34,6 @@ STATE_STYLE = {  # colour, marker, label
 
 def _finite(v: float | None) -> bool:
     return v is not None and math.isfinite(v)
-
-
-def value_limits(values: Sequence[float], fallback: Sequence[float] = ()) -> tuple[float, float]:
-    """The value axis: the COMPLETE trials' range with a margin (else the fallback's)."""
-    vals = np.array([v for v in values if _finite(v)] or [v for v in fallback if _finite(v)])
-    if not len(vals):
-        return 0.0, 1.0
-    lo, hi = float(vals.min()), float(vals.max())
-    pad = 0.08 * (hi - lo) if hi > lo else max(abs(lo) * 0.1, 0.1)
-    return lo - pad, hi + pad
 
 
 def _numeric_axis(space: Space, name: str) -> tuple[bool, bool, list[Any] | None]:
