@@ -69,6 +69,35 @@ def write_yaml(path: Path, data: dict) -> Path:
     return path
 
 
+X_SPACE = {"x": {"type": "float", "low": 0.0, "high": 1.0}}
+
+
+def function_recipe(
+    folder: Path,
+    source: str,
+    name: str,
+    trials: int,
+    space: dict = X_SPACE,
+    file: str = "r.yaml",
+    metric: str | None = None,
+    **sections,
+) -> Path:
+    """``folder/obj.py`` holding ``source`` (its ``train`` is the objective) and the recipe
+    ``folder/<file>`` that tunes it: study ``name``, seed 0, ``logdir: logs``."""
+    (folder / "obj.py").write_text(source)
+    study = {"name": name, "trials": trials, "seed": 0}
+    if metric is not None:
+        study["metric"] = metric
+    recipe = {
+        "study": study,
+        "space": space,
+        "objective": {"function": "obj.py:train"},
+        "logdir": "logs",
+        **sections,
+    }
+    return write_yaml(folder / file, recipe)
+
+
 def xy_recipe(
     folder: Path, objective: dict, trials: int = 3, logdir: str = "logs", **sections
 ) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_cli
+from conftest import function_recipe, run_cli
 
 SCRIPTS = Path(__file__).parent / "scripts"
 FAKE = str(SCRIPTS / "fake_train.py")
@@ -19,15 +19,7 @@ FIXED = "def train(trial):\n    return (trial.params['x'] - 0.3) ** 2\n"
 
 
 def study_files(folder: Path, objective: str, trials: int = 4, **extra) -> None:
-    (folder / "obj.py").write_text(objective)
-    recipe = {
-        "study": {"name": "first", "metric": "loss", "trials": trials, "seed": 0},
-        "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
-        "objective": {"function": "obj.py:train"},
-        "logdir": "logs",
-        **extra,
-    }
-    (folder / "r.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    function_recipe(folder, objective, "first", trials, metric="loss", **extra)
 
 
 def test_a_mistake_then_a_fix_then_starting_over(tmp_path):

@@ -14,8 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import cli_cmd, read_trials, run_cli, xy_recipe
-from conftest import write_yaml as write
+from conftest import cli_cmd, function_recipe, read_trials, run_cli, xy_recipe
 
 from torchtune_hp import Float, Study, TrialState
 from torchtune_hp.errors import StorageError
@@ -298,17 +297,9 @@ def _interrupt_once(tmp_path: Path, twice: bool = False) -> None:
 
 
 def test_every_grid_point_runs_exactly_once_whatever_the_interruptions(tmp_path):
-    (tmp_path / "obj.py").write_text(GRID_OBJECTIVE)
-    write(
-        tmp_path / "grid.yaml",
-        {
-            "study": {"name": "grid", "trials": 10, "seed": 0},
-            "space": {"c": {"type": "categorical", "choices": ["a", "b", "c"]}},
-            "sampler": {"name": "grid", "shuffle": False},
-            "objective": {"function": "obj.py:train"},
-            "logdir": "logs",
-        },
-    )
+    choices = {"c": {"type": "categorical", "choices": ["a", "b", "c"]}}
+    sampler = {"name": "grid", "shuffle": False}
+    function_recipe(tmp_path, GRID_OBJECTIVE, "grid", 10, choices, "grid.yaml", sampler=sampler)
     _interrupt_once(tmp_path)
     _interrupt_once(tmp_path, twice=True)  # the retry is interrupted too, with two Ctrl-Cs
     final = run_cli("run", "grid.yaml", cwd=tmp_path)

@@ -21,7 +21,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import cli_cmd, pid_alive, private_mounts, read_trials, run_cli, xy_recipe
+from conftest import (
+    cli_cmd,
+    function_recipe,
+    pid_alive,
+    private_mounts,
+    read_trials,
+    run_cli,
+    xy_recipe,
+)
 from conftest import write_yaml as write
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -751,17 +759,11 @@ def test_in_process_returns_that_cannot_be_read_fail_only_their_trial(tmp_path):
 def test_sys_exit_in_an_objective_ends_the_program_and_the_trial_runs_again(tmp_path):
     """sys.exit() means what it means in Python (yours, or your signal handler's): the
     program ends with that code; the trial is recorded interrupted and runs next time."""
-    (tmp_path / "obj.py").write_text(
+    source = (
         "import sys\n\ndef train(trial):\n    if trial.number == 1:\n        sys.exit(3)\n"
         "    return trial.params['x']\n"
     )
-    recipe = {
-        "study": {"name": "ex", "trials": 3, "seed": 0},
-        "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
-        "objective": {"function": "obj.py:train"},
-        "logdir": "logs",
-    }
-    write(tmp_path / "r.yaml", recipe)
+    function_recipe(tmp_path, source, "ex", trials=3)
     assert run_cli("run", "r.yaml", cwd=tmp_path).returncode == 3
     trials = read_trials(tmp_path / "logs" / "ex")
     assert trials[1].interruption is Interruption.STOPPED and "sys.exit(3)" in trials[1].error
@@ -839,16 +841,9 @@ def train(trial):
 def test_a_stop_signal_inside_lightning_training_is_a_stop(tmp_path, sig):
     """Lightning catches KeyboardInterrupt and calls sys.exit(1); the study still knows it was
     a stop: exit 128 + signal, the trial interrupted (stopped), to run again."""
-    (tmp_path / "obj.py").write_text(LIGHTNING_OBJECTIVE.format(tests=str(Path(__file__).parent)))
-    write(
-        tmp_path / "r.yaml",
-        {
-            "study": {"name": "l", "trials": 2, "seed": 0},
-            "space": {"lr": {"type": "float", "low": 0.01, "high": 0.1}},
-            "objective": {"function": "obj.py:train"},
-            "logdir": "logs",
-        },
-    )
+    source = LIGHTNING_OBJECTIVE.format(tests=str(Path(__file__).parent))
+    lr = {"lr": {"type": "float", "low": 0.01, "high": 0.1}}
+    function_recipe(tmp_path, source, "l", trials=2, space=lr)
     proc = subprocess.Popen(
         cli_cmd("run", "r.yaml"), cwd=tmp_path, stderr=subprocess.PIPE, text=True
     )
@@ -1022,16 +1017,7 @@ def train(trial):
 
 
 def test_a_stop_the_objective_swallows_still_stops_the_study(tmp_path):
-    (tmp_path / "obj.py").write_text(SWALLOWS)
-    write(
-        tmp_path / "r.yaml",
-        {
-            "study": {"name": "sw", "trials": 5, "seed": 0},
-            "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
-            "objective": {"function": "obj.py:train"},
-            "logdir": "logs",
-        },
-    )
+    function_recipe(tmp_path, SWALLOWS, "sw", trials=5)
     proc = subprocess.Popen(cli_cmd("run", "r.yaml"), cwd=tmp_path, stderr=subprocess.PIPE)
     study_dir = tmp_path / "logs" / "sw"
     wait_for(lambda: count(study_dir, "RUNNING") == 1, what="a trial")
