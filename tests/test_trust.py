@@ -311,9 +311,15 @@ def test_deleting_or_touching_files_never_lets_a_second_driver_in(tmp_path):
     second = run_cli("run", "fast.yaml", cwd=tmp_path)
     assert second.returncode == 2
     assert "being run by another process (pid" in second.stderr and str(first.pid) in second.stderr
-    # readers are welcome while it runs
-    shown = run_cli("trials", str(study_dir), "--format", "json")
-    assert shown.returncode == 0 and "RUNNING" in shown.stdout
+
+    # readers are welcome while it runs (asked until one catches a trial mid-run: between
+    # trials the driver may be drawing the study's pictures, with none running)
+    def read_running() -> bool:
+        shown = run_cli("trials", str(study_dir), "--format", "json")
+        assert shown.returncode == 0, shown.stderr
+        return "RUNNING" in shown.stdout
+
+    wait_for(read_running, what="a reader seeing a running trial")
     assert first.wait(timeout=120) == 0, first.stderr.read()
     trials = read_trials(study_dir)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 12
