@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -145,6 +146,11 @@ def private_mounts(script: str, timeout: float = 600) -> subprocess.CompletedPro
         timeout=timeout,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+
+
+def seen_pids(study_dir: Path) -> list[int]:
+    """The pids of the trials of ``study_dir`` that tests/scripts/fake_train.py has started."""
+    return [json.loads(p.read_text())["pid"] for p in study_dir.glob("trial_*/seen.json")]
 
 
 def pid_alive(pid: int) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_cli, xy_recipe
+from conftest import run_cli, seen_pids, xy_recipe
 
 from torchtune_hp import Float, Study, TrialState, report
 from torchtune_hp.executors.argv import build_argv
@@ -338,10 +338,10 @@ def test_sigint_stops_every_trial_process_and_a_rerun_completes(tmp_path):
     )
     study_dir = tmp_path / "logs" / "sub"
     deadline = time.monotonic() + 60
-    while len(list(study_dir.glob("trial_*/seen.json"))) < 2:
+    while len(seen_pids(study_dir)) < 2:
         assert time.monotonic() < deadline and launcher.poll() is None
         time.sleep(0.2)
-    pids = [json.loads(p.read_text())["pid"] for p in study_dir.glob("trial_*/seen.json")]
+    pids = seen_pids(study_dir)
     launcher.send_signal(signal.SIGINT)
     _, err = launcher.communicate(timeout=60)
     assert launcher.returncode == 130, err

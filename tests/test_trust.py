@@ -28,6 +28,7 @@ from conftest import (
     private_mounts,
     read_trials,
     run_cli,
+    seen_pids,
     xy_recipe,
 )
 from conftest import write_yaml as write
@@ -359,10 +360,6 @@ def test_a_study_on_read_only_media_is_read(tmp_path):
 
 
 # -- 3. processes never outlive the driver; every stop signal is a clean stop --------------------
-def _seen_pids(study_dir: Path) -> list[int]:
-    return [json.loads(p.read_text())["pid"] for p in study_dir.glob("trial_*/seen.json")]
-
-
 def test_kill_9_of_the_driver_takes_its_trials_with_it_and_the_resume_waits_for_them(tmp_path):
     """Trials that ignore SIGTERM, two at a time; the driver is killed with -9 and restarted
     at once: the new run starts nothing while an old trial process still lives."""
@@ -374,15 +371,15 @@ def test_kill_9_of_the_driver_takes_its_trials_with_it_and_the_resume_waits_for_
     )
     study_dir = tmp_path / "logs" / "sub"
     driver = subprocess.Popen(cli_cmd("run", "recipe.yaml"), cwd=tmp_path, stderr=subprocess.PIPE)
-    wait_for(lambda: len(_seen_pids(study_dir)) == 2, what="two trials")
-    old = _seen_pids(study_dir)
+    wait_for(lambda: len(seen_pids(study_dir)) == 2, what="two trials")
+    old = seen_pids(study_dir)
     driver.kill()
     driver.wait()
     raw = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
     raw["objective"]["command"] = ["python", FAKE, "--how", "json", "--sleep", "0.5"]
     write(tmp_path / "recipe.yaml", raw)
     resumed = subprocess.Popen(cli_cmd("run", "recipe.yaml"), cwd=tmp_path, stderr=subprocess.PIPE)
-    wait_for(lambda: len(_seen_pids(study_dir)) > 2, what="a retried trial")
+    wait_for(lambda: len(seen_pids(study_dir)) > 2, what="a retried trial")
     assert not [pid for pid in old if pid_alive(pid)], "a retry started beside its old process"
     assert resumed.wait(timeout=120) == 0, resumed.stderr.read()
     trials = read_trials(study_dir)
@@ -407,8 +404,8 @@ def test_every_stop_signal_is_a_clean_stop(tmp_path, sig):
     driver = subprocess.Popen(
         cli_cmd("run", "recipe.yaml"), cwd=tmp_path, stderr=subprocess.PIPE, text=True
     )
-    wait_for(lambda: len(_seen_pids(study_dir)) == 2, what="two trials")
-    pids = _seen_pids(study_dir)
+    wait_for(lambda: len(seen_pids(study_dir)) == 2, what="two trials")
+    pids = seen_pids(study_dir)
     driver.send_signal(sig)
     _, err = driver.communicate(timeout=60)
     assert driver.returncode == 128 + sig, err
@@ -975,14 +972,14 @@ def test_closing_the_terminal_is_a_clean_stop(tmp_path):
         os.execv(sys.executable, cli_cmd("run", "recipe.yaml"))
     try:
         deadline = time.monotonic() + 60
-        while len(_seen_pids(study_dir)) < 2:
+        while len(seen_pids(study_dir)) < 2:
             assert time.monotonic() < deadline, "two trials did not start"
             if select.select([fd], [], [], 0.1)[0]:
                 try:
                     os.read(fd, 65536)  # keep the terminal drained
                 except OSError:
                     break
-        pids = _seen_pids(study_dir)
+        pids = seen_pids(study_dir)
     finally:
         os.close(fd)  # the window closes: the kernel sends SIGHUP
     _, status = os.waitpid(pid, 0)

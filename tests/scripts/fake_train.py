@@ -44,7 +44,8 @@ elif mode in ("silent", "ok"):
     args["how"] = "silent" if mode == "silent" else "json"
 x, y = float(args.get("x", 0.5)), float(args.get("y", 0.5))
 epochs, how = int(args.get("epochs", 4)), args.get("how", "json")
-with open("seen.json", "w") as f:
+# written whole, then renamed: a test that polls for seen.json never reads half a file
+with open("seen.json.part", "w") as f:
     json.dump(
         {
             "args": args,
@@ -57,6 +58,7 @@ with open("seen.json", "w") as f:
         },
         f,
     )
+os.replace("seen.json.part", "seen.json")
 time.sleep(float(args.get("sleep", 0)))
 if args.get("fail"):
     print("about to fail", flush=True)
