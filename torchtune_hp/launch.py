@@ -24,14 +24,13 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from torchtune_hp.errors import ConfigError
-from torchtune_hp.executors.argv import build_argv, check_rename, render, template_fields
+from torchtune_hp.executors.argv import check_rename, render, template_fields
 from torchtune_hp.executors.metric import compile_metric_regex
-from torchtune_hp.executors.pool import LaunchSpec
+from torchtune_hp.executors.process import LaunchSpec
 from torchtune_hp.executors.worker import ENV_OBJECTIVE, ENV_TRAIN
 from torchtune_hp.files import absolute
 from torchtune_hp.objective import load_objective
@@ -41,19 +40,6 @@ from torchtune_hp.space import Categorical, Space
 
 PYTHONS = ("python", "python3")
 KEY = "objective.command"
-
-
-def lightning_cli_extras(run_dir: Path) -> list[str]:
-    """The callback from the environment, and a TensorBoardLogger writing into the trial's
-    run folder (no version sub-run, no hp_metric)."""
-    return [
-        "--trainer.callbacks+=torchtune_hp.TuneCallback",
-        "--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger",
-        f"--trainer.logger.init_args.save_dir={run_dir.parent}",
-        f"--trainer.logger.init_args.name={run_dir.name}",
-        "--trainer.logger.init_args.version=",
-        "--trainer.logger.init_args.default_hp_metric=false",
-    ]
 
 
 def resolve_command(command: list[str], recipe_dir: Path) -> list[str]:
@@ -167,19 +153,20 @@ def check_objective(recipe: Recipe) -> None:
 def launch_spec(recipe: Recipe) -> LaunchSpec:
     check_objective(recipe)
     obj = recipe.model.objective
+    folder = absolute(recipe.path.parent)
     if obj.function is not None:
         env = {
             ENV_OBJECTIVE: f"{absolute(recipe.path)}::{obj.function}",
             ENV_TRAIN: json.dumps(recipe.model.train),
         }
         worker = [sys.executable, "-m", "torchtune_hp.executors.worker"]
-        return LaunchSpec(argv=lambda params, run_dir: worker, env=env, timeout_s=obj.timeout)
-    command = check_command(recipe)
-    style, rename = obj.args, obj.rename
-
-    def argv(params: Mapping[str, Any], run_dir: Path) -> list[str]:
-        args = build_argv(command, params, style, rename)
-        return args + lightning_cli_extras(run_dir) if style == "lightning_cli" else args
-
+        return LaunchSpec(worker, folder, env=env, timeout_s=obj.timeout)
     regex = None if obj.metric_regex is None else compile_metric_regex(obj.metric_regex)
-    return LaunchSpec(argv=argv, regex=regex, timeout_s=obj.timeout)
+    return LaunchSpec(
+        check_command(recipe),
+        folder,
+        style=obj.args,
+        rename=dict(obj.rename),
+        regex=regex,
+        timeout_s=obj.timeout,
+    )

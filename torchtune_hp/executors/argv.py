@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 STYLES = ("argparse", "equals", "hydra", "lightning_cli")
@@ -97,3 +98,16 @@ def check_rename(rename: Mapping[str, str], names: Sequence[str]) -> None:
     for arg in rename.values():
         if not re.fullmatch(r"[+~]*[A-Za-z_][\w.\-/]*", arg):
             raise ValueError(f"rename target {arg!r} is not an argument name")
+
+
+def lightning_cli_extras(run_dir: Path) -> list[str]:
+    """The callback from the environment, and a TensorBoardLogger writing into the trial's
+    run folder (no version sub-run, no hp_metric)."""
+    return [
+        "--trainer.callbacks+=torchtune_hp.TuneCallback",
+        "--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger",
+        f"--trainer.logger.init_args.save_dir={run_dir.parent}",
+        f"--trainer.logger.init_args.name={run_dir.name}",
+        "--trainer.logger.init_args.version=",
+        "--trainer.logger.init_args.default_hp_metric=false",
+    ]

@@ -1,0 +1,315 @@
+"""One trial running as a process on this machine: how it is started, heard, stopped and judged.
+
+Used by the local pool (:mod:`~torchtune_hp.executors.pool`, the driver's own machine) and by
+the Ray executor's node side (:mod:`~torchtune_hp.executors.ray_node`, any machine of a
+cluster), so a trial's argv, environment, reporting ways, stop rules and outcome are the same
+wherever it runs. Nothing here touches the study: reports come out of :meth:`TrialProcess.
+reports`, the pruner's answer goes in through :meth:`TrialProcess.answer`.
+
+The trial runs as its own process group led by a guard (:mod:`~torchtune_hp.executors.guard`)
+that ends the group when the process holding ``watch_fd``'s write end dies, so a timeout, a
+prune, a stop or the death of whoever launched it (the driver, a Ray actor) ends the whole tree.
+
+How a finished process becomes an outcome (:func:`process_outcome`), first match wins: a
+timeout or a prune; a command that could not start; the worker's ``result.json``; a non-zero
+exit (FAILED, stderr tail stored); the last JSON line on stdout holding the metric; the last
+reported value; the last value of the metric's tag in the TensorBoard files the trial wrote;
+else FAILED, naming the metric and what was seen. Every value goes through
+:mod:`torchtune_hp.outcome`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from torchtune_hp import files
+from torchtune_hp.board.tags import objective_tag
+from torchtune_hp.executors import channel, guard
+from torchtune_hp.executors.argv import build_argv, lightning_cli_extras
+from torchtune_hp.executors.metric import (
+    MISSING,
+    closest_lines,
+    json_keys,
+    last_json_value,
+    regex_capture,
+    regex_value,
+    tensorboard_last,
+)
+from torchtune_hp.outcome import Outcome, describe, outcome_of_return
+from torchtune_hp.trial import Interruption
+
+PRUNE_GRACE_S = 10.0  # a pruned trial that reports through files may stop by itself first
+STDERR_TAIL = 3000
+STDOUT_TAIL = 4 << 20  # where a script's last JSON line and its metric lines are looked for
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """What to run for each trial, as plain data (it travels to Ray nodes): the command with
+    ``python`` already made the driver's interpreter and the files beside the recipe made
+    absolute (see :mod:`torchtune_hp.launch`), how parameters are added (``style`` None: not
+    at all, as for the function worker), extra environment, the stdout regex, the timeout."""
+
+    command: list[str]
+    recipe_dir: Path
+    style: str | None = None
+    rename: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    regex: Any = None  # a compiled pattern
+    timeout_s: float | None = None
+    python: str = sys.executable  # the interpreter a leading ``python`` was made into
+
+    def argv(self, params: Mapping[str, Any], run_dir: Path) -> list[str]:
+        if self.style is None:
+            return list(self.command)
+        args = build_argv(self.command, params, self.style, self.rename)
+        return args + lightning_cli_extras(run_dir) if self.style == "lightning_cli" else args
+
+    def moved(self, recipe_dir: Path, python: str) -> LaunchSpec:
+        """The same launch on a machine where the recipe's folder arrived as ``recipe_dir`` and
+        the interpreter is ``python`` (a Ray node: its working_dir and its worker's python).
+        Paths under the old folder move with it; nothing else changes."""
+        old = str(self.recipe_dir)
+
+        def move(text: str) -> str:
+            if text == old or text.startswith(old + os.sep):
+                return str(recipe_dir) + text[len(old) :]
+            return text
+
+        command = [move(e) for e in self.command]
+        if command and command[0] == self.python:
+            command[0] = python
+        env = {k: move(v) for k, v in self.env.items()}
+        return replace(self, command=command, recipe_dir=recipe_dir, env=env, python=python)
+
+
+@dataclass(frozen=True)
+class Report:
+    """A value of the study's metric the trial reported: ``seq`` is set for reports through
+    ``report.jsonl`` (the trial waits for the answer), None for a stdout ``metric_regex``
+    match (the script waits for nothing: a prune stops it at once)."""
+
+    seq: int | None
+    step: Any
+    value: Any
+
+
+def read_tail(path: Path, tail: int) -> str:
+    """The last ``tail`` bytes of a log of the trial's (a script may write gigabytes), or
+    nothing when the trial removed or replaced it."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - tail))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class TrialProcess:
+    """A launched trial: ``argv`` run in ``run_dir`` with ``env``, stdout and stderr in
+    ``stdout.log`` and ``stderr.log``, its reports read from ``report.jsonl`` and (with
+    ``regex``) from stdout lines."""
+
+    def __init__(
+        self,
+        argv: list[str],
+        env: Mapping[str, str],
+        run_dir: Path,
+        launch: str,
+        metric: str,
+        watch_fd: int,
+        grace_s: float,
+        regex: Any = None,
+        timeout_s: float | None = None,
+    ) -> None:
+        self.run_dir = run_dir
+        self.launch = launch
+        self.regex = regex
+        self.timeout_s = timeout_s
+        self.grace_s = grace_s
+        files.write_text(run_dir / "command.json", json.dumps(argv))
+        self._files = [
+            files.open_new(run_dir / "stdout.log"),
+            files.open_new(run_dir / "stderr.log"),
+        ]
+        guarded = [sys.executable, "-S", guard.__file__, str(watch_fd), str(grace_s)]
+        self.started = time.time()
+        try:
+            self.proc = subprocess.Popen(
+                [*guarded, *argv],
+                cwd=run_dir,
+                env=dict(env),
+                stdout=self._files[0],
+                stderr=self._files[1],
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: killed as a whole
+                pass_fds=(watch_fd,),
+            )
+        except Exception:
+            self._close_files()
+            raise
+        self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self._reports = channel.ReportReader(run_dir, launch, metric)
+        self._stdout = channel.LineTail(run_dir / "stdout.log")
+        self.problems: list[str] = []  # notes for the trial (lines that were not reports)
+        self.n_regex = 0
+        self.regex_skipped = False
+        self.pruned = False
+        self.stop_at: float | None = None  # when to SIGTERM (a pruned trial's grace)
+        self.killed_for: str | None = None
+        self.kill_at: float | None = None  # when to SIGKILL
+        self.returncode: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    # -- hearing it ----------------------------------------------------------------------------
+    def reports(self) -> list[Report]:
+        """The reports of the metric since the last call, in the order they were made."""
+        out = [Report(r.seq, r.step, r.value) for r in self._reports.new()]
+        self.problems += self._reports.problems
+        self._reports.problems.clear()
+        if self.regex is None:
+            return out
+        for text in self._stdout.new_lines():
+            for match in self.regex.finditer(text):
+                value = regex_value(match)
+                if value is None:
+                    if not self.regex_skipped:
+                        self.regex_skipped = True
+                        self.problems.append(
+                            "stdout lines that matched metric_regex with no number were skipped "
+                            f"(first: {describe(regex_capture(match))} in {describe(text)})"
+                        )
+                    continue
+                out.append(Report(None, self.n_regex, value))
+                self.n_regex += 1
+        return out
+
+    def answer(self, report: Report, prune: bool) -> None:
+        """The pruner's verdict on ``report``: written for a trial that waits for it; a pruned
+        trial gets ``PRUNE_GRACE_S`` to stop by itself, a regex-reporting one none."""
+        if report.seq is not None:
+            channel.write_verdict(self.run_dir, self.launch, report.seq, prune)
+        if prune and not self.pruned:
+            self.pruned = True
+            self.stop_at = time.monotonic() + PRUNE_GRACE_S
+        if prune and report.seq is None:
+            self.stop_at = time.monotonic()  # nothing in the script listens: stop it now
+
+    # -- stopping it ---------------------------------------------------------------------------
+    def poll(self) -> int | None:
+        """The exit code once the process has ended (its group's leftovers killed), else None
+        after applying the timeout, a prune's grace and the kill escalation."""
+        if self.returncode is not None:
+            return self.returncode
+        now = time.monotonic()
+        rc = self.proc.poll()
+        if rc is None:
+            if self.deadline is not None and now > self.deadline:
+                self.terminate("timeout")
+            elif self.pruned and self.stop_at is not None and now >= self.stop_at:
+                self.terminate("pruned")
+            if self.kill_at is not None and now > self.kill_at:
+                self._kill(signal.SIGKILL)
+            return None
+        self.end()
+        return self.returncode
+
+    def terminate(self, why: str) -> None:
+        if self.killed_for is None:
+            self.killed_for = why
+            self.kill_at = time.monotonic() + self.grace_s
+            self._kill(signal.SIGTERM)
+
+    def end(self, grace_s: float = 0.0) -> None:
+        """Wait up to ``grace_s`` for the process, then kill its whole group."""
+        try:
+            self.proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            self._kill(signal.SIGKILL)
+            self.proc.wait()
+        self._kill(signal.SIGKILL)  # anything the trial left behind in its group
+        self.returncode = self.proc.returncode
+        self._close_files()
+
+    def _kill(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _close_files(self) -> None:
+        for f in self._files:
+            f.close()
+
+
+def stop_together(trials: list[TrialProcess], grace_s: float) -> None:
+    """SIGTERM every trial's group, then SIGKILL what is left after one shared grace."""
+    for t in trials:
+        t.terminate("interrupted")
+    deadline = time.monotonic() + grace_s
+    for t in trials:
+        t.end(max(0.0, deadline - time.monotonic()))
+
+
+def process_outcome(
+    run_dir: Path,
+    launch: str,
+    rc: int,
+    metric: str,
+    *,
+    killed_for: str | None,
+    pruned: bool,
+    timeout_s: float | None,
+    started: float,
+    last_reported: Any = MISSING,
+    regex: Any = None,
+) -> Outcome:
+    """How the trial that ran in ``run_dir`` ended (the rules of the module docstring).
+    ``last_reported``: the study's value at the trial's last reported step, if any."""
+    stderr = read_tail(run_dir / "stderr.log", STDERR_TAIL)
+    if killed_for == "timeout":
+        return Outcome.failed(f"timed out after {timeout_s:g} s (killed)\n{stderr}")
+    if pruned:
+        return Outcome.pruned()
+    if rc == 127 and stderr.startswith(guard.CANNOT_START):
+        return Outcome.failed(stderr.strip(), Interruption.NOT_STARTED)
+    result = channel.read_result(run_dir, launch)
+    if result is not None:
+        return result
+    if rc != 0:
+        return Outcome.failed(f"exit code {rc}; stderr:\n{stderr}")
+    stdout = read_tail(run_dir / "stdout.log", STDOUT_TAIL)
+    value = last_json_value(stdout, metric)
+    if value is not MISSING:
+        return outcome_of_return(value, metric)
+    if last_reported is not MISSING:
+        return outcome_of_return(last_reported, metric)
+    value, tags = tensorboard_last(run_dir, metric, since=started)
+    if value is not None:
+        return outcome_of_return(value, metric)
+    ours = {objective_tag(metric)}
+    seen = [
+        f"TensorBoard tags {[t for t in tags if t not in ours]}",
+        f"stdout JSON keys {json_keys(stdout)}",
+    ]
+    if regex is not None:
+        near = closest_lines(stdout, regex.pattern, metric)
+        seen.append(
+            f"no stdout line matched metric_regex {regex.pattern!r}"
+            + (f"; the closest lines: {near}" if near else "")
+        )
+    return Outcome.failed(
+        f"the script never reported the metric {metric!r}; seen: " + ", ".join(seen)
+    )
