@@ -13,7 +13,10 @@ the CLI prints it and exits with code 2. Sections::
                    rename: {lr: model.learning_rate}, metric_regex: ..., timeout: 600}
     train:     {<keyword>: <value>}   # fixed arguments passed to the objective
     tensorboard: {enabled: true, images_every: 5}
-    executor:  {workers: 1, devices: auto|cpu|[0, 1], trials_per_device: 1, devices_per_trial: 1}
+    executor:  {name: local, workers: 1, devices: auto|cpu|[0, 1], trials_per_device: 1,
+                devices_per_trial: 1}
+               or {name: ray, workers: 8, address: auto|local|host:port,
+                   resources_per_trial: {cpu: 1, gpu: 0}}
     logdir:    logs
 """
 
@@ -153,11 +156,34 @@ class ObjectiveSection(_Section):
         return self
 
 
+class TrialResources(_Section):
+    """What Ray reserves for each trial (``executor.name: ray``)."""
+
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
 class ExecutorSection(_Section):
+    """``name: local`` (this machine: ``devices``, ``trials_per_device``,
+    ``devices_per_trial``) or ``name: ray`` (a Ray cluster: ``address``,
+    ``resources_per_trial``); ``workers``: trials at once, for both."""
+
+    name: Literal["local", "ray"] = "local"
     workers: StrictInt = Field(1, ge=1)
     devices: Literal["auto", "cpu"] | list[Annotated[StrictInt, Field(ge=0)]] = "auto"
     trials_per_device: StrictInt = Field(1, ge=1)
     devices_per_trial: StrictInt = Field(1, ge=1)
+    address: StrictStr = "auto"  # ray: auto (the running cluster), local, or host:port
+    resources_per_trial: TrialResources = TrialResources()
+
+    @property
+    def only_for(self) -> dict[str, str]:
+        """The keys given that belong to the other kind of executor, and that kind."""
+        local = {"devices", "trials_per_device", "devices_per_trial"}
+        ray = {"address", "resources_per_trial"}
+        other = ray if self.name == "local" else local
+        kind = "ray" if self.name == "local" else "local"
+        return {key: kind for key in sorted(self.model_fields_set & other)}
 
 
 class TensorBoardSection(_Section):

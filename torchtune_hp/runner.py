@@ -42,20 +42,56 @@ def open_study(recipe: Recipe) -> Study:
 
 
 def in_process(recipe: Recipe) -> bool:
-    """A function objective with one worker runs in the driver's process (fast, debuggable);
-    commands and several workers run as processes (:mod:`torchtune_hp.executors.pool`)."""
-    return recipe.model.objective.function is not None and recipe.model.executor.workers == 1
+    """A function objective with one local worker runs in the driver's process (fast,
+    debuggable); commands, several workers and Ray run trials as processes."""
+    ex = recipe.model.executor
+    return recipe.model.objective.function is not None and ex.workers == 1 and ex.name == "local"
+
+
+def check_executor(recipe: Recipe) -> None:
+    """Keys of the other kind of executor are a mistake, not something to ignore."""
+    ex = recipe.model.executor
+    for key, kind in ex.only_for.items():
+        hint = " (on Ray, ask for GPUs with resources_per_trial.gpu)" if kind == "local" else ""
+        raise ConfigError(
+            recipe.path,
+            f"executor.{key}",
+            f"applies to executor.name: {kind} only, and this recipe runs on {ex.name!r}{hint}",
+        )
 
 
 def slots_of(recipe: Recipe) -> list[Slot]:
     ex = recipe.model.executor
+    if ex.name != "local":
+        return []
     try:
         return device_slots(ex.devices, ex.workers, ex.trials_per_device, ex.devices_per_trial)
     except ValueError as e:
         raise ConfigError(recipe.path, "executor.devices", str(e)) from None
 
 
+def connect_cluster(recipe: Recipe) -> None:
+    """Join the recipe's Ray cluster (``executor.name: ray``, ``address: local`` starts one
+    for the study), shipping the recipe's folder to its nodes without the study's logs."""
+    from torchtune_hp.executors.ray_pool import connect
+
+    ex = recipe.model.executor
+    folder = files.absolute(recipe.path.parent)
+    excludes = [".git/", "__pycache__/", "lightning_logs/"]
+    logdir = files.absolute(Path(recipe.model.logdir))
+    if logdir.is_relative_to(folder) and logdir != folder:
+        excludes.append("/" + logdir.relative_to(folder).as_posix() + "/")
+    resources = ex.resources_per_trial.model_dump()
+    connect(ex.address, recipe.path, folder, excludes, resources)
+
+
 def make_executor(recipe: Recipe, study: Study, slots: list[Slot]) -> Executor:
+    ex = recipe.model.executor
+    if ex.name == "ray":
+        from torchtune_hp.executors.ray_pool import RayExecutor
+
+        resources = ex.resources_per_trial.model_dump()
+        return RayExecutor(study, launch_spec(recipe), ex.workers, resources)
     if in_process(recipe):
         objective, train = recipe.objective(), recipe.model.train
 
@@ -73,9 +109,16 @@ def run_recipe(recipe: Recipe) -> Study:
     written beside the database (the latest run's, overrides applied)."""
     m = recipe.model
     check_objective(recipe)
+    check_executor(recipe)
     slots = slots_of(recipe)
-    study = open_study(recipe)
+    if m.executor.name == "ray":
+        connect_cluster(recipe)  # before the study opens: a cluster problem costs no trial
     executor: Executor | None = None
+    try:
+        study = open_study(recipe)
+    except BaseException:
+        disconnect(recipe)
+        raise
     try:
         assert study.dir is not None
         files.write_text(
@@ -90,4 +133,13 @@ def run_recipe(recipe: Recipe) -> Study:
     finally:
         if executor is not None:
             executor.close()
+        else:
+            disconnect(recipe)
     return study
+
+
+def disconnect(recipe: Recipe) -> None:
+    if recipe.model.executor.name == "ray":
+        import ray
+
+        ray.shutdown()

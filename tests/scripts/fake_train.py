@@ -50,6 +50,7 @@ with open("seen.json.part", "w") as f:
         {
             "args": args,
             "pid": os.getpid(),
+            "time": time.time(),
             "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "trial": os.environ.get("TORCHTUNE_HP_TRIAL"),
             "threads": os.environ.get("OMP_NUM_THREADS"),

@@ -113,8 +113,10 @@ def _driver_id(position: int) -> str:
     return entries[position]
 
 
-def thread_env(workers: int) -> dict[str, str]:
+def thread_env(workers: int, cpus: float | None = None) -> dict[str, str]:
     """CPU threads for each trial process so that ``workers`` trials do not oversubscribe the
-    cores: cores / workers, unless the user set the variable, which is then respected."""
-    threads = str(max(1, (os.cpu_count() or 1) // max(1, workers)))
+    cores: cores / workers (or the ``cpus`` a cluster gave the trial), unless the user set the
+    variable, which is then respected."""
+    share = (os.cpu_count() or 1) // max(1, workers) if cpus is None else int(cpus)
+    threads = str(max(1, share))
     return {name: os.environ.get(name, threads) for name in THREAD_VARIABLES}

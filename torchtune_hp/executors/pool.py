@@ -16,7 +16,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,13 @@ from torchtune_hp.errors import UnsafePath
 from torchtune_hp.executors import Finished
 from torchtune_hp.executors.devices import Slot, thread_env
 from torchtune_hp.executors.metric import MISSING
-from torchtune_hp.executors.process import LaunchSpec, TrialProcess, process_outcome, stop_together
+from torchtune_hp.executors.process import (
+    LaunchSpec,
+    Report,
+    TrialProcess,
+    process_outcome,
+    stop_together,
+)
 from torchtune_hp.executors.remote import (
     ENV_LAUNCH,
     ENV_METRIC,
@@ -41,15 +47,11 @@ from torchtune_hp.trial import Interruption, Trial
 POLL_S = 0.05
 
 
-def trial_env(
-    study: Any, trial: Trial, run_dir: Any, launch: str, spec: LaunchSpec
-) -> dict[str, str]:
-    """What a launched trial finds in its environment (besides its devices and threads):
-    who it is, where its folder is, and the study's metric (see :mod:`.remote`)."""
+def trial_env(study: Any, trial: Trial, launch: str) -> dict[str, str]:
+    """Who a launched trial is, for its environment (see :mod:`.remote`); its folder
+    (``TORCHTUNE_HP_TRIAL_DIR``), devices and threads are the executor's to add."""
     return {
-        **spec.env,
         ENV_TRIAL: str(trial.number),
-        ENV_TRIAL_DIR: str(run_dir),
         ENV_STUDY: study.name,
         ENV_METRIC: study.metric,
         ENV_MODE: study.mode,
@@ -65,13 +67,21 @@ def last_reported(study: Any, number: int) -> Any:
     return steps[max(steps)] if steps else MISSING
 
 
-def forward_reports(study: Any, trial: Trial, proc: TrialProcess) -> None:
-    """Hand the trial's new reports to the study and answer each with the pruner's verdict."""
-    for report in proc.reports():
+def forward_reports(
+    study: Any,
+    trial: Trial,
+    reports: list[Report],
+    answer: Callable[[Report, bool], None],
+) -> None:
+    """Hand a trial's new reports to the study, and each its pruner's verdict."""
+    for report in reports:
         study.report(trial, report.value, report.step)
-        proc.answer(report, study.should_prune(trial))
-    while proc.problems:
-        study.note(trial.number, proc.problems.pop(0))
+        answer(report, study.should_prune(trial))
+
+
+def forward_notes(study: Any, number: int, problems: list[str]) -> None:
+    while problems:
+        study.note(number, problems.pop(0))
 
 
 @dataclass
@@ -117,7 +127,9 @@ class ProcessPool:
         launch = secrets.token_hex(8)
         env = {
             **os.environ,
-            **trial_env(self.study, trial, run_dir, launch, self.spec),
+            **self.spec.env,
+            **trial_env(self.study, trial, launch),
+            ENV_TRIAL_DIR: str(run_dir),
             **thread_env(self.capacity),
             "CUDA_VISIBLE_DEVICES": self.slots[slot].visible,
         }
@@ -161,12 +173,14 @@ class ProcessPool:
         return done
 
     def _poll(self, r: _Running) -> Outcome | None:
-        forward_reports(self.study, r.trial, r.proc)
-        rc = r.proc.poll()
+        p = r.proc
+        forward_reports(self.study, r.trial, p.reports(), p.answer)
+        rc = p.poll()
+        if rc is not None:
+            forward_reports(self.study, r.trial, p.reports(), p.answer)
+        forward_notes(self.study, r.trial.number, p.problems)
         if rc is None:
             return None
-        forward_reports(self.study, r.trial, r.proc)
-        p = r.proc
         return process_outcome(
             p.run_dir,
             p.launch,

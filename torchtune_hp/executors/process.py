@@ -233,7 +233,10 @@ class TrialProcess:
             self._kill(signal.SIGTERM)
 
     def end(self, grace_s: float = 0.0) -> None:
-        """Wait up to ``grace_s`` for the process, then kill its whole group."""
+        """Wait up to ``grace_s`` for the process, then kill its whole group (once: after
+        that the group's id may belong to someone else)."""
+        if self.returncode is not None:
+            return
         try:
             self.proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:

@@ -1,0 +1,419 @@
+"""The Ray executor against a real Ray cluster on this machine: a head and a second node, each
+started here with ``ray start`` (token authentication on, as Ray's default), stopped by the
+session ids the test got. Trials run in node-local folders (what a cluster without a shared
+file system does) and are copied back to the driver's ``logs/``.
+
+Needs the ``ray`` extra (``pip install -e ".[ray]"``); ``.ci/run`` installs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import cli_cmd, pid_alive, read_trials, run_cli, seen_pids, xy_recipe
+
+from torchtune_hp import TrialState
+
+pytest.importorskip("ray")
+
+pytestmark = pytest.mark.ray
+SCRIPTS = Path(__file__).parent / "scripts"
+START_S = 120  # a node on a busy 2-core machine takes 5-30 s to start
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _session_pids(sid: int) -> list[int]:
+    """Every process of the session ``ray start`` led (its raylet, workers, actors)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            out.append(int(entry))
+    return out
+
+
+def _kill_session(sid: int) -> None:
+    for pid in _session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@dataclass
+class Cluster:
+    address: str
+    env: dict[str, str]
+    nodes: list[subprocess.Popen]
+
+    def add_node(self, cpus: int) -> subprocess.Popen:
+        node = _ray_start(["--address", self.address, f"--num-cpus={cpus}"], self.env)
+        self.nodes.append(node)
+        return node
+
+    def kill(self, node: subprocess.Popen) -> None:
+        """The node is lost: its raylet and everything it runs die at once."""
+        _kill_session(node.pid)
+        node.wait()
+
+
+def _ray_start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        ["ray", "start", "--block", "--disable-usage-stats", "--object-store-memory=80000000"]
+        + args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + START_S
+    seen = []
+    assert proc.stdout is not None
+    for line in proc.stdout:  # ends when the node started (or failed)
+        seen.append(line)
+        if "Ray runtime started" in line:
+            break
+        if time.monotonic() > deadline:
+            break
+    else:
+        raise AssertionError("ray start ended: " + "".join(seen[-20:]))
+    if not any("Ray runtime started" in line for line in seen):
+        _kill_session(proc.pid)
+        raise AssertionError("ray start did not start in time: " + "".join(seen[-20:]))
+    return proc
+
+
+@pytest.fixture
+def cluster(tmp_path_factory) -> Iterator[Cluster]:
+    """A head (4 CPUs) on loopback with its own token; nodes join with ``add_node``."""
+    folder = tmp_path_factory.mktemp("ray")
+    token = folder / "token"
+    token.write_text(secrets.token_hex(32))
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    env.pop("RAY_ADDRESS", None)
+    port = _free_port()
+    head = _ray_start(
+        ["--head", f"--port={port}", "--num-cpus=4", "--include-dashboard=false"], env
+    )
+    c = Cluster(f"127.0.0.1:{port}", env, [head])
+    try:
+        yield c
+    finally:
+        for node in reversed(c.nodes):
+            _kill_session(node.pid)
+
+
+def _project(tmp_path: Path, trials: int, workers: int, **sections) -> Path:
+    """A user's folder: the training script beside the recipe (it reaches the nodes as Ray's
+    working_dir), the recipe's relative ``logdir: logs``."""
+    home = tmp_path / "project"
+    home.mkdir()
+    shutil.copy(SCRIPTS / "fake_train.py", home / "fake_train.py")
+    objective = sections.pop("objective", {"command": ["python", "fake_train.py"]})
+    xy_recipe(home, objective, trials=trials, executor={"name": "ray", "workers": workers})
+    raw = yaml.safe_load((home / "recipe.yaml").read_text())
+    for key, value in sections.items():
+        raw.setdefault(key, {}).update(value)
+    (home / "recipe.yaml").write_text(yaml.safe_dump(raw))
+    return home
+
+
+def _processes(study_dir: Path) -> dict[int, dict]:
+    with sqlite3.connect(study_dir / "study.db") as db:
+        rows = db.execute("SELECT number, process FROM trials").fetchall()
+    return {n: json.loads(p) for n, p in rows if p}
+
+
+def _seen(study_dir: Path) -> dict[int, dict]:
+    return {
+        int(p.parent.name.split("_")[1]): json.loads(p.read_text())
+        for p in study_dir.glob("trial_*/seen.json")
+    }
+
+
+def _most_at_once(spans: list[tuple[float, float]]) -> int:
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    most = now = 0
+    for _, delta in events:
+        now += delta
+        most = max(most, now)
+    return most
+
+
+def test_a_study_runs_eight_trials_at_once_across_two_nodes(cluster, tmp_path):
+    """16 trials, 8 at once, 1 CPU each on a head and a node of 4 CPUs: both nodes run trials,
+    every way a script reports reaches the study, and every trial's folder is back in logs/."""
+    cluster.add_node(cpus=4)
+    sleep = 4.0
+    home = _project(
+        tmp_path,
+        trials=16,
+        workers=8,
+        objective={
+            "command": ["python", "fake_train.py", "--sleep", str(sleep), "--epochs", "3"],
+            "metric_regex": r"valid loss\s+(?P<value>[0-9.]+)",
+        },
+        executor={"address": cluster.address},
+        space={"how": {"type": "categorical", "choices": ["report", "json", "regex"]}},
+        pruner={"name": "none"},
+    )
+    result = run_cli("run", "recipe.yaml", cwd=home, env=cluster.env, timeout=280)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study_dir = home / "logs" / "sub"
+    trials = read_trials(study_dir)
+    assert [t.number for t in trials] == list(range(16))
+    assert all(t.state is TrialState.COMPLETE for t in trials), [t.error for t in trials]
+    seen = _seen(study_dir)
+    for t in trials:
+        x, y = t.params["x"], t.params["y"]
+        bowl = (x - 0.3) ** 2 + (y - 0.7) ** 2
+        # json: the script's last line; report and regex: the last epoch's report (1/3 added)
+        expected = bowl if t.params["how"] == "json" else bowl + 1.0 / 3
+        assert t.value == pytest.approx(expected, abs=1e-5), t.params
+        if t.params["how"] != "json":
+            assert sorted(t.intermediate) == [0, 1, 2]
+        run_dir = study_dir / f"trial_{t.number:04d}"
+        for name in ("stdout.log", "stderr.log", "command.json", "epochs.txt"):
+            assert (run_dir / name).is_file(), f"{name} of trial {t.number} not copied back"
+        # it ran in a node-local folder, not in the driver's, from the shipped working_dir
+        assert Path(seen[t.number]["cwd"]) != run_dir
+        argv = json.loads((run_dir / "command.json").read_text())
+        assert argv[1].endswith("fake_train.py") and not argv[1].startswith(str(home))
+        assert seen[t.number]["cuda"] == ""
+        assert seen[t.number]["threads"] == "1"
+    nodes = {p["node"] for p in _processes(study_dir).values()}
+    assert len(nodes) == 2, nodes
+    spans = [(s["time"], s["time"] + sleep) for s in seen.values()]
+    assert _most_at_once(spans) == 8
+
+
+def test_a_lost_node_costs_a_retry_and_the_study_ends_with_every_trial(cluster, tmp_path):
+    """The second node is killed while two trials run on it: those run again once on the head,
+    the study ends with exactly its 6 trials, none twice, and no trial process is left."""
+    node = cluster.add_node(cpus=4)
+    home = _project(
+        tmp_path,
+        trials=6,
+        workers=4,
+        objective={"command": ["python", "fake_train.py", "--sleep", "20", "--how", "json"]},
+        executor={"address": cluster.address, "resources_per_trial": {"cpu": 2}},
+    )
+    driver = subprocess.Popen(
+        cli_cmd("run", "recipe.yaml"),
+        cwd=home,
+        env=cluster.env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    study_dir = home / "logs" / "sub"
+    deadline = time.monotonic() + 150
+    while len(seen_pids(study_dir)) < 4:
+        assert driver.poll() is None, driver.stderr.read() if driver.stderr else ""
+        assert time.monotonic() < deadline, "four trials never ran at once"
+        time.sleep(0.3)
+    running = {t.number for t in read_trials(study_dir) if t.state is TrialState.RUNNING}
+    head = _head_node(cluster)
+    on_node = {n for n, p in _processes(study_dir).items() if p["node"] != head} & running
+    first_pids = seen_pids(study_dir)
+    cluster.kill(node)
+    _, err = driver.communicate(timeout=240)
+    assert driver.returncode == 0, err[-3000:]
+    trials = read_trials(study_dir)
+    assert [t.number for t in trials] == list(range(6))
+    assert all(t.state is TrialState.COMPLETE for t in trials), [t.error for t in trials]
+    retried = {t.number for t in trials if "node was lost" in (t.note or "")}
+    assert retried == on_node and len(retried) == 2, (retried, on_node)
+    for number in retried:
+        assert (study_dir / f"trial_{number:04d}" / "lost_attempt_1" / "seen.json").is_file()
+    assert not [pid for pid in first_pids if pid_alive(pid)]
+
+
+def _head_node(cluster: Cluster) -> str:
+    """The node id of the head (the node whose raylet runs in the head's session)."""
+    for pid in _session_pids(cluster.nodes[0].pid):
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline").read().split("\0")
+        except OSError:
+            continue
+        if cmdline and cmdline[0].endswith("raylet"):
+            for arg in cmdline:
+                if arg.startswith("--node_id="):
+                    return arg.split("=", 1)[1]
+    raise AssertionError("the head's raylet was not found")
+
+
+def test_kill_9_of_the_driver_ends_its_trials_and_the_same_command_resumes(cluster, tmp_path):
+    home = _project(
+        tmp_path,
+        trials=2,
+        workers=2,
+        objective={"command": ["python", "fake_train.py", "--sleep", "120", "--how", "json"]},
+        executor={"address": cluster.address},
+    )
+    study_dir = home / "logs" / "sub"
+    driver = subprocess.Popen(cli_cmd("run", "recipe.yaml"), cwd=home, env=cluster.env)
+    deadline = time.monotonic() + 150
+    while len(seen_pids(study_dir)) < 2:
+        assert time.monotonic() < deadline and driver.poll() is None
+        time.sleep(0.3)
+    pids = seen_pids(study_dir)
+    driver.kill()
+    driver.wait()
+    deadline = time.monotonic() + 90  # Ray ends a dead driver's actors; their guards the trials
+    while [pid for pid in pids if pid_alive(pid)]:
+        assert time.monotonic() < deadline, "a trial kept running after its driver died"
+        time.sleep(0.5)
+    raw = yaml.safe_load((home / "recipe.yaml").read_text())
+    raw["objective"]["command"] = ["python", "fake_train.py", "--sleep", "0.2", "--how", "json"]
+    (home / "recipe.yaml").write_text(yaml.safe_dump(raw))
+    result = run_cli("run", "recipe.yaml", cwd=home, env=cluster.env, timeout=200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = read_trials(study_dir)
+    assert sum(t.state is TrialState.COMPLETE for t in trials) == 2
+    assert sum(t.interrupted for t in trials) == 2  # the two killed with their driver
+
+
+def test_sigterm_stops_every_ray_trial_at_once(cluster, tmp_path):
+    home = _project(
+        tmp_path,
+        trials=3,
+        workers=2,
+        objective={"command": ["python", "fake_train.py", "--sleep", "120", "--how", "json"]},
+        executor={"address": cluster.address},
+    )
+    study_dir = home / "logs" / "sub"
+    driver = subprocess.Popen(
+        cli_cmd("run", "recipe.yaml"), cwd=home, env=cluster.env, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 150
+    while len(seen_pids(study_dir)) < 2:
+        assert time.monotonic() < deadline and driver.poll() is None
+        time.sleep(0.3)
+    pids = seen_pids(study_dir)
+    driver.send_signal(signal.SIGTERM)
+    _, err = driver.communicate(timeout=90)
+    assert driver.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "Traceback" not in err
+    assert not [pid for pid in pids if pid_alive(pid)]
+    trials = read_trials(study_dir)
+    assert len(trials) == 2 and all(t.interrupted for t in trials)
+
+
+def test_pruning_and_function_objectives_on_a_private_cluster(tmp_path):
+    """``address: local`` starts a cluster for the study and ends it; a function objective
+    runs on it, and the median rule prunes through Ray's messages."""
+    home = tmp_path / "project"
+    home.mkdir()
+    (home / "obj.py").write_text(
+        "import torchtune_hp\n"
+        "def train(trial):\n"
+        "    x = trial.params['x']\n"
+        "    for step in range(8):\n"
+        "        if torchtune_hp.report(val_loss=x + 1.0 / (step + 1), step=step):\n"
+        "            return None\n"
+        "    return x\n"
+    )
+    (home / "recipe.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "study": {"name": "f", "trials": 10, "seed": 3},
+                "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+                "sampler": {"name": "random"},
+                "pruner": {"name": "median", "n_startup": 2, "n_warmup": 1},
+                "objective": {"function": "obj.py:train"},
+                "executor": {"name": "ray", "address": "local", "workers": 2},
+            }
+        )
+    )
+    before = _gcs_servers()
+    result = run_cli("run", "recipe.yaml", cwd=home, timeout=280)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = read_trials(home / "logs" / "f")
+    assert len(trials) == 10
+    pruned = [t for t in trials if t.state is TrialState.PRUNED]
+    complete = [t for t in trials if t.state is TrialState.COMPLETE]
+    assert pruned and complete
+    for t in complete:
+        assert t.value == pytest.approx(t.params["x"])
+        assert sorted(t.intermediate) == list(range(8))
+    for t in pruned:  # stopped at the step the pruner answered, not at the end
+        assert max(t.intermediate) < 7
+    time.sleep(2)
+    assert _gcs_servers() <= before, "the private cluster outlived its study"
+
+
+def _gcs_servers() -> set[int]:
+    out = set()
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and open(f"/proc/{entry}/comm").read().strip() == "gcs_server":
+                out.add(int(entry))
+        except OSError:
+            continue
+    return out
+
+
+def test_cluster_problems_are_one_clear_error_before_any_trial(cluster, tmp_path):
+    home = _project(tmp_path, trials=2, workers=1)
+    study_dir = home / "logs" / "sub"
+    unreachable = f"127.0.0.1:{_free_port()}"
+    began = time.monotonic()
+    result = run_cli("run", "recipe.yaml", f"executor.address={unreachable}", cwd=home)
+    assert result.returncode == 2, result.stderr
+    assert time.monotonic() - began < 60
+    assert "executor.address" in result.stderr and "cannot be reached" in result.stderr
+    result = run_cli(
+        "run",
+        "recipe.yaml",
+        f"executor.address={cluster.address}",
+        "executor.resources_per_trial.gpu=1",
+        cwd=home,
+        env=cluster.env,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "executor.resources_per_trial" in result.stderr
+    assert re.search(r"no node .* has that much", result.stderr)
+    result = run_cli("run", "recipe.yaml", "executor.devices=[0]", cwd=home)
+    assert result.returncode == 2 and "executor.devices" in result.stderr
+    assert not study_dir.exists()
+
+
+def test_without_ray_installed_asking_for_it_says_how_to_install(tmp_path):
+    home = _project(tmp_path, trials=2, workers=1)
+    hide = tmp_path / "no_ray" / "ray"
+    hide.mkdir(parents=True)
+    (hide / "__init__.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
+    result = run_cli("run", "recipe.yaml", cwd=home, env={"PYTHONPATH": str(hide.parent)})
+    assert result.returncode == 2, result.stderr
+    assert "pip install 'torchtune_hp[ray]'" in result.stderr
+    assert not (home / "logs").exists()

@@ -1,0 +1,368 @@
+"""Run trials on a Ray cluster: the driver's side of ``executor: {name: ray}``.
+
+The driver stays what it is with the local pool: the only writer of ``study.db``, the sampler,
+the pruner, the board. Ray places the trials: :class:`RayExecutor` keeps up to ``workers``
+:class:`~torchtune_hp.executors.ray_node.TrialHost` actors, each with the trial's resources,
+and hands each a trial at a time. Every 50 ms it polls the running ones: their reports go to
+the study and the pruner's verdicts go back at once (a message each way, as fast as the local
+pool's files); what changed in their folders is written into ``logs/<study>/trial_NNNN``.
+
+Faults. A host whose node is lost (``RayActorError``) has its trial run again once on a new
+host, which Ray places on a live node; a second loss makes the trial FAILED with the reason.
+Stopping the study (Ctrl-C, SIGTERM) stops every trial through its host and then kills the
+hosts; if the driver dies (kill -9), Ray ends the job's actors, and their trials' guards end
+the trials.
+
+The connection (:func:`connect`) is checked before the study is opened: a cluster that cannot
+be reached, or one with no node large enough for one trial, is a :class:`ConfigError` and costs
+no trial.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torchtune_hp import procs
+from torchtune_hp.errors import ConfigError
+from torchtune_hp.executors import Finished
+from torchtune_hp.executors.folder_sync import apply_chunks
+from torchtune_hp.executors.pool import forward_notes, forward_reports, last_reported, trial_env
+from torchtune_hp.executors.process import LaunchSpec, Report, process_outcome
+from torchtune_hp.outcome import Outcome, describe
+from torchtune_hp.trial import Trial
+
+RETRIES = 1  # a trial whose node is lost runs again this many times
+PROBE_S = 5.0  # how long an address may take to answer before it counts as unreachable
+INSTALL = "pip install 'torchtune_hp[ray]'"
+KEY = "executor.address"
+
+
+@dataclass
+class _Host:
+    actor: Any
+    trial: Trial | None = None
+    launch: str = ""
+    start_ref: Any = None  # the pending start() of its trial
+    poll_ref: Any = None
+    started: float = 0.0  # wall-clock time the trial was handed over
+    placed: bool = False  # Ray has placed it (it has started a trial)
+    pruned: bool = False
+    killed_for: str | None = None
+
+
+class RayExecutor:
+    """The :class:`~torchtune_hp.executors.Executor` of a Ray cluster (see the module
+    docstring). ``resources``: ``{"cpu": 2, "gpu": 1}`` per trial."""
+
+    def __init__(
+        self,
+        study: Any,
+        spec: LaunchSpec,
+        workers: int,
+        resources: dict[str, float],
+        grace_s: float = procs.KILL_GRACE_S,
+    ) -> None:
+        import ray
+
+        from torchtune_hp.executors.ray_node import TrialHost
+
+        self.ray = ray
+        self.study = study
+        self.spec = spec
+        self.capacity = workers
+        self.resources = resources
+        self.grace_s = grace_s
+        self._host_class = ray.remote(TrialHost).options(
+            num_cpus=resources.get("cpu", 1),
+            num_gpus=resources.get("gpu", 0),
+            max_restarts=0,
+            max_task_retries=0,
+        )
+        self.hosts: list[_Host] = []
+        self.attempts: dict[int, int] = {}
+        self._done: list[Finished] = []
+
+    @property
+    def active(self) -> int:
+        return sum(h.trial is not None for h in self.hosts) + len(self._done)
+
+    # -- handing trials out ------------------------------------------------------------------
+    def _new_host(self) -> _Host:
+        actor = self._host_class.remote(
+            self.spec,
+            self.study.name,
+            self.study.metric,
+            self.resources.get("cpu", 1),
+            self.grace_s,
+        )
+        host = _Host(actor)
+        self.hosts.append(host)
+        return host
+
+    def _idle(self) -> _Host | None:
+        return next((h for h in self.hosts if h.trial is None), None)
+
+    def submit(self, trial: Trial) -> None:
+        self._hand(self._idle() or self._new_host(), trial)
+
+    def _hand(self, host: _Host, trial: Trial) -> None:
+        launch = secrets.token_hex(8)
+        env = trial_env(self.study, trial, launch)
+        host.trial, host.launch, host.poll_ref = trial, launch, None
+        host.pruned, host.killed_for, host.started = False, None, time.time()
+        host.start_ref = host.actor.start.remote(trial.number, trial.params, launch, env)
+
+    # -- waiting -----------------------------------------------------------------------------
+    def wait(self, timeout_s: float) -> list[Finished]:
+        ray = self.ray
+        begun = time.monotonic()
+        busy = [h for h in self.hosts if h.trial is not None]
+        for h in busy:
+            if h.start_ref is not None:
+                ready, _ = ray.wait([h.start_ref], timeout=0)
+                if not ready:  # Ray has not placed this host yet (the cluster is busy):
+                    self._move_to_idle(h)  # an idle host holds resources it could use
+                    continue
+                try:
+                    record = ray.get(h.start_ref)
+                except Exception as e:
+                    self._lost(h, e)
+                    continue
+                h.start_ref, h.placed = None, True
+                assert h.trial is not None
+                self.study.record_process(h.trial, record)
+            if h.poll_ref is None:
+                h.poll_ref = h.actor.poll.remote()
+        polls = [h.poll_ref for h in busy if h.trial is not None and h.poll_ref is not None]
+        if polls:
+            ray.wait(polls, num_returns=len(polls), timeout=max(timeout_s, 0.0))
+        for h in busy:
+            if h.trial is None or h.poll_ref is None:
+                continue
+            ready, _ = ray.wait([h.poll_ref], timeout=0)
+            if ready:
+                ref, h.poll_ref = h.poll_ref, None
+                try:
+                    self._heard(h, ray.get(ref))
+                except ray.exceptions.RayActorError as e:
+                    self._lost(h, e)
+        left = timeout_s - (time.monotonic() - begun)
+        if not self._done and left > 0:
+            time.sleep(left)
+        done, self._done = self._done, []
+        return done
+
+    def _move_to_idle(self, h: _Host) -> None:
+        """Give the trial that waits for ``h`` to be placed to a host that sits idle (after a
+        retry, or at the end of a study, the idle ones would otherwise keep the resources)."""
+        idle = self._idle()
+        if idle is None or h.trial is None or h.placed:
+            return
+        trial, h.trial, h.start_ref = h.trial, None, None
+        self.hosts.remove(h)
+        self._kill(h)
+        self._hand(idle, trial)
+
+    def _heard(self, h: _Host, news: dict[str, Any]) -> None:
+        trial = h.trial
+        assert trial is not None
+        run_dir = self.study.trial_dir(trial.number)
+        try:
+            apply_chunks(run_dir, news["chunks"])
+        except (OSError, ValueError) as e:
+            self.study.note(trial.number, f"its files could not all be copied back: {e}")
+
+        def answer(report: Report, prune: bool) -> None:
+            if prune:
+                h.pruned = True
+            if report.seq is not None or prune:
+                h.actor.answer.remote(report.seq, prune)
+
+        reports = [Report(*r) for r in news["reports"]]
+        forward_reports(self.study, trial, reports, answer)
+        forward_notes(self.study, trial.number, news["problems"])
+        h.killed_for = news["killed_for"]
+        if news["rc"] is None:
+            return
+        outcome = process_outcome(
+            run_dir,
+            h.launch,
+            news["rc"],
+            self.study.metric,
+            killed_for=h.killed_for,
+            pruned=h.pruned,
+            timeout_s=self.spec.timeout_s,
+            started=h.started,
+            last_reported=last_reported(self.study, trial.number),
+            regex=self.spec.regex,
+        )
+        h.trial = None
+        self._done.append(Finished(trial, outcome))
+
+    def _lost(self, h: _Host, error: BaseException) -> None:
+        """``h``'s actor is gone (its node lost): run its trial again on a new host, once."""
+        trial = h.trial
+        assert trial is not None
+        self.hosts.remove(h)
+        self._kill(h)
+        n = self.attempts[trial.number] = self.attempts.get(trial.number, 0) + 1
+        lost = isinstance(error, self.ray.exceptions.RayActorError)
+        what = "its node was lost" if lost else "Ray could not run it"
+        why = f"{what}: {type(error).__name__}: {describe(_first_line(error))}"
+        if n > RETRIES:
+            self._done.append(Finished(trial, Outcome.failed(f"{why} (after {n} tries)")))
+            return
+        self.study.note(trial.number, f"{why}; it ran again on another node")
+        _keep_lost_attempt(self.study.trial_dir(trial.number), n)
+        self.submit(trial)
+
+    # -- stopping ----------------------------------------------------------------------------
+    def stop_all(self) -> None:
+        """Every trial stopped through its host (SIGTERM, SIGKILL after the grace); hosts that
+        do not answer in time are killed, and their trials' guards end the trials."""
+        ray = self.ray
+        running = [h for h in self.hosts if h.trial is not None and h.start_ref is None]
+        refs = {h.actor.stop.remote(): h for h in running}
+        if refs:
+            ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=self.grace_s + 10)
+            for ref in ready:
+                h = refs[ref]
+                assert h.trial is not None
+                try:
+                    apply_chunks(self.study.trial_dir(h.trial.number), ray.get(ref))
+                except Exception:
+                    pass  # the trial's record matters more than its last log lines
+        for h in self.hosts:
+            h.trial = None
+            self._kill(h)
+        self.hosts.clear()
+
+    def _kill(self, h: _Host) -> None:
+        try:
+            self.ray.kill(h.actor, no_restart=True)
+        except Exception:
+            pass
+
+    def close(self) -> None:
+        for h in self.hosts:
+            self._kill(h)
+        self.hosts.clear()
+        if self.ray.is_initialized():
+            self.ray.shutdown()
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _keep_lost_attempt(run_dir: Path, n: int) -> None:
+    """What the lost attempt had copied back moves to ``lost_attempt_<n>/`` in the trial's
+    folder (the board's own runs stay), so the next attempt starts with a clean folder."""
+    from torchtune_hp.board.tags import OUR_RUNS
+
+    keep = run_dir / f"lost_attempt_{n}"
+    keep.mkdir(exist_ok=True)
+    for entry in os.listdir(run_dir):
+        if entry in OUR_RUNS or entry.startswith("lost_attempt_") or entry == "params.yaml":
+            continue
+        os.replace(run_dir / entry, keep / entry)
+
+
+# -- connecting --------------------------------------------------------------------------------
+def connect(
+    address: str, recipe_path: Path, working_dir: Path, excludes: list[str], resources: dict
+) -> None:
+    """Join (or, with ``local``, start) the cluster, with ``working_dir`` shipped to every node
+    (``close`` disconnects, which ends a cluster started here). A ConfigError, before any
+    trial, when Ray is not installed, the cluster cannot be reached, or no node can hold one
+    trial."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            recipe_path, "executor.name", f"'ray' needs Ray, which is not installed: {INSTALL}"
+        ) from None
+    started_here = address == "local"
+    if not started_here:
+        _probe(address, recipe_path)
+    runtime_env = {"working_dir": str(working_dir), "excludes": excludes}
+    try:
+        ray.init(
+            address=address,
+            runtime_env=runtime_env,
+            include_dashboard=False if started_here else None,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            configure_logging=True,
+        )
+    except Exception as e:
+        raise ConfigError(
+            recipe_path, KEY, f"cannot join the Ray cluster at {address!r}: {_first_line(e)}"
+        ) from None
+    try:
+        _check_resources(ray, address, recipe_path, resources)
+    except ConfigError:
+        ray.shutdown()
+        raise
+
+
+def _probe(address: str, recipe_path: Path) -> None:
+    """Fail in seconds, not minutes (Ray retries an unreachable address for a long time)."""
+    if address.startswith("ray://"):
+        return  # Ray Client: Ray's own error is prompt
+    target = address
+    if address == "auto":
+        target = os.environ.get("RAY_ADDRESS", "") or _current_cluster()
+        if not target:
+            raise ConfigError(
+                recipe_path,
+                KEY,
+                "'auto' found no running Ray cluster on this machine: start one with "
+                "`ray start --head`, or give its address (host:port), or use 'local'",
+            )
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=PROBE_S):
+            pass
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            recipe_path,
+            KEY,
+            f"the Ray cluster at {target!r} cannot be reached ({e}); is `ray start --head` "
+            "running there, and is its port open to this machine?",
+        ) from None
+
+
+def _current_cluster() -> str:
+    """The address ``ray start`` leaves for ``auto`` on this machine (Ray's own convention)."""
+    try:
+        from ray._private.utils import get_ray_address_file
+
+        with open(get_ray_address_file(None)) as f:
+            return f.read().strip()
+    except Exception:
+        return ""
+
+
+def _check_resources(ray: Any, address: str, recipe_path: Path, resources: dict) -> None:
+    cpu, gpu = float(resources.get("cpu", 1)), float(resources.get("gpu", 0))
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(n.get("CPU", 0) >= cpu and n.get("GPU", 0) >= gpu for n in nodes):
+        return
+    largest = ", ".join(
+        sorted({f"{n.get('CPU', 0):g} CPU and {n.get('GPU', 0):g} GPU" for n in nodes})
+    )
+    raise ConfigError(
+        recipe_path,
+        "executor.resources_per_trial",
+        f"asks for {cpu:g} CPU and {gpu:g} GPU per trial, but no node of the Ray cluster at "
+        f"{address!r} has that much (its nodes: {largest or 'none'})",
+    )
