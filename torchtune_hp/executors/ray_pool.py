@@ -23,7 +23,9 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,7 @@ RETRIES = 1  # a trial whose node is lost runs again this many times
 PROBE_S = 5.0  # how long an address may take to answer before it counts as unreachable
 INSTALL = "pip install 'torchtune_hp[ray]'"
 KEY = "executor.address"
+STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 @dataclass
@@ -84,6 +87,10 @@ class RayExecutor:
             num_gpus=resources.get("gpu", 0),
             max_restarts=0,
             max_task_retries=0,
+            # A host ends its trials itself: when it dies, its trials' guards end each trial's
+            # whole process group. Ray's own clean-up would SIGKILL the guards first (they are
+            # the host's children), leaving the trials (their grandchildren) running.
+            runtime_env={"env_vars": {"RAY_kill_child_processes_on_worker_exit": "false"}},
         )
         self.hosts: list[_Host] = []
         self.attempts: dict[int, int] = {}
@@ -294,6 +301,8 @@ def connect(
     if not started_here:
         _probe(address, recipe_path)
     runtime_env = {"working_dir": str(working_dir), "excludes": excludes}
+    main = threading.current_thread() is threading.main_thread()
+    ours = {sig: signal.getsignal(sig) for sig in STOPS} if main else {}
     try:
         ray.init(
             address=address,
@@ -307,6 +316,10 @@ def connect(
         raise ConfigError(
             recipe_path, KEY, f"cannot join the Ray cluster at {address!r}: {_first_line(e)}"
         ) from None
+    finally:  # Ray's driver turns SIGTERM into sys.exit: a stop is ours to record and report
+        for sig, handler in ours.items():
+            if handler is not None:
+                signal.signal(sig, handler)
     try:
         _check_resources(ray, address, recipe_path, resources)
     except ConfigError:
