@@ -203,10 +203,11 @@ def validate(path: str, overrides: tuple[str, ...]) -> None:
     """
     from torchtune_hp.launch import check_objective
     from torchtune_hp.recipe import load_recipe
-    from torchtune_hp.runner import slots_of
+    from torchtune_hp.runner import check_executor, slots_of
 
     recipe = load_recipe(path, overrides)
     check_objective(recipe)
+    check_executor(recipe)
     slots_of(recipe)
     m = recipe.model
     say(
