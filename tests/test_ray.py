@@ -330,8 +330,9 @@ def test_sigterm_stops_every_ray_trial_at_once(cluster, tmp_path):
 
 
 def test_pruning_and_function_objectives_on_a_private_cluster(tmp_path):
-    """``address: local`` starts a cluster for the study and ends it; a function objective
-    runs on it, and the median rule prunes through Ray's messages."""
+    """``address: local`` starts a cluster for the study and ends it (2 CPUs here, so of 3
+    workers one waits to be placed); a function objective runs on it, and the median rule
+    prunes through Ray's messages."""
     home = tmp_path / "project"
     home.mkdir()
     (home / "obj.py").write_text(
@@ -351,7 +352,7 @@ def test_pruning_and_function_objectives_on_a_private_cluster(tmp_path):
                 "sampler": {"name": "random"},
                 "pruner": {"name": "median", "n_startup": 2, "n_warmup": 1},
                 "objective": {"function": "obj.py:train"},
-                "executor": {"name": "ray", "address": "local", "workers": 2},
+                "executor": {"name": "ray", "address": "local", "workers": 3},
             }
         )
     )

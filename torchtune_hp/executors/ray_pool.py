@@ -117,6 +117,8 @@ class RayExecutor:
         return next((h for h in self.hosts if h.trial is None), None)
 
     def submit(self, trial: Trial) -> None:
+        for waiting in [h for h in self.hosts if h.trial is not None and not h.placed]:
+            self._move_to_idle(waiting)  # trials that wait for Ray go first, in order
         self._hand(self._idle() or self._new_host(), trial)
 
     def _hand(self, host: _Host, trial: Trial) -> None:
@@ -170,8 +172,10 @@ class RayExecutor:
         """Give the trial that waits for ``h`` to be placed to a host that sits idle (after a
         retry, or at the end of a study, the idle ones would otherwise keep the resources)."""
         idle = self._idle()
-        if idle is None or h.trial is None or h.placed:
+        if idle is None or h.trial is None or h.placed or h.start_ref is None:
             return
+        if self.ray.wait([h.start_ref], timeout=0)[0]:
+            return  # placed after all: its trial has started
         trial, h.trial, h.start_ref = h.trial, None, None
         self.hosts.remove(h)
         self._kill(h)
