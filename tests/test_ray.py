@@ -174,7 +174,7 @@ def test_a_study_runs_eight_trials_at_once_across_two_nodes(cluster, tmp_path):
     """16 trials, 8 at once, 1 CPU each on a head and a node of 4 CPUs: both nodes run trials,
     every way a script reports reaches the study, and every trial's folder is back in logs/."""
     cluster.add_node(cpus=4)
-    sleep = 4.0
+    sleep = 10.0  # long enough for 8 starts to overlap on a busy 2-core machine
     home = _project(
         tmp_path,
         trials=16,
@@ -256,6 +256,22 @@ def test_a_lost_node_costs_a_retry_and_the_study_ends_with_every_trial(cluster, 
     for number in retried:
         assert (study_dir / f"trial_{number:04d}" / "lost_attempt_1" / "seen.json").is_file()
     assert not [pid for pid in first_pids if pid_alive(pid)]
+    deadline = time.monotonic() + 30  # and no host of the study is left on the cluster
+    while _hosts(cluster):
+        assert time.monotonic() < deadline, "a TrialHost actor outlived its study"
+        time.sleep(0.5)
+
+
+def _hosts(cluster: Cluster) -> list[int]:
+    found = []
+    for node in cluster.nodes:
+        for pid in _session_pids(node.pid):
+            try:
+                if b"TrialHost" in open(f"/proc/{pid}/cmdline", "rb").read():
+                    found.append(pid)
+            except OSError:
+                continue
+    return found
 
 
 def _head_node(cluster: Cluster) -> str:
@@ -356,8 +372,8 @@ def test_pruning_and_function_objectives_on_a_private_cluster(tmp_path):
             }
         )
     )
-    before = _gcs_servers()
-    result = run_cli("run", "recipe.yaml", cwd=home, timeout=280)
+    mark = f"TORCHTUNE_HP_TEST_MARK={secrets.token_hex(8)}"
+    result = run_cli("run", "recipe.yaml", cwd=home, timeout=280, env=dict([mark.split("=")]))
     assert result.returncode == 0, result.stderr[-3000:]
     trials = read_trials(home / "logs" / "f")
     assert len(trials) == 10
@@ -369,19 +385,24 @@ def test_pruning_and_function_objectives_on_a_private_cluster(tmp_path):
         assert sorted(t.intermediate) == list(range(8))
     for t in pruned:  # stopped at the step the pruner answered, not at the end
         assert max(t.intermediate) < 7
-    time.sleep(2)
-    assert _gcs_servers() <= before, "the private cluster outlived its study"
+    deadline = time.monotonic() + 30  # nothing the driver started (its cluster) outlives it
+    while _marked(mark):
+        assert time.monotonic() < deadline, (
+            f"the private cluster outlived its study: {_marked(mark)}"
+        )
+        time.sleep(0.5)
 
 
-def _gcs_servers() -> set[int]:
-    out = set()
+def _marked(mark: str) -> list[str]:
+    """Processes whose environment holds ``mark``: the driver's and what it started."""
+    found = []
     for entry in os.listdir("/proc"):
         try:
-            if entry.isdigit() and open(f"/proc/{entry}/comm").read().strip() == "gcs_server":
-                out.add(int(entry))
+            if entry.isdigit() and mark.encode() in open(f"/proc/{entry}/environ", "rb").read():
+                found.append(open(f"/proc/{entry}/comm").read().strip())
         except OSError:
             continue
-    return out
+    return found
 
 
 def test_cluster_problems_are_one_clear_error_before_any_trial(cluster, tmp_path):

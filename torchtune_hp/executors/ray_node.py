@@ -137,6 +137,11 @@ class TrialHost:
         self._discard()
         return chunks
 
+    def close(self) -> None:
+        """Before the driver lets the host go: nothing of it stays on the node."""
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
     def _discard(self) -> None:
         """The finished trial's node-local folder: everything in it has reached the driver."""
         if self.proc is not None:
