@@ -137,7 +137,7 @@ def _project(tmp_path: Path, trials: int, workers: int, **sections) -> Path:
     """A user's folder: the training script beside the recipe (it reaches the nodes as Ray's
     working_dir), the recipe's relative ``logdir: logs``."""
     home = tmp_path / "project"
-    home.mkdir()
+    home.mkdir(parents=True)
     shutil.copy(SCRIPTS / "fake_train.py", home / "fake_train.py")
     objective = sections.pop("objective", {"command": ["python", "fake_train.py"]})
     xy_recipe(home, objective, trials=trials, executor={"name": "ray", "workers": workers})
@@ -439,3 +439,48 @@ def test_without_ray_installed_asking_for_it_says_how_to_install(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "pip install 'torchtune_hp[ray]'" in result.stderr
     assert not (home / "logs").exists()
+
+
+def test_lightning_cli_and_tensorboard_reporting_on_the_cluster(cluster, tmp_path):
+    """The zero-code LightningCLI path (TuneCallback reports each epoch) with the script's
+    sibling module shipped to the node, and a script that only writes TensorBoard tags: the
+    same results as locally, their event files back in logs/. The built-in recipe switches to
+    Ray with one override (its ``devices: auto`` is the default and does not stand in the way)."""
+    home = tmp_path / "cli"
+    copied = run_cli("cp", "digits_cli", str(home) + "/", cwd=tmp_path)
+    assert copied.returncode == 0, copied.stderr
+    recipe = home / "digits_cli.yaml"
+    recipe.write_text(recipe.read_text().replace("max_epochs=20", "max_epochs=3"))
+    result = run_cli(
+        "run",
+        "digits_cli.yaml",
+        "executor.name=ray",
+        f"executor.address={cluster.address}",
+        "study.trials=2",
+        "pruner.name=none",
+        cwd=home,
+        env=cluster.env,
+        timeout=280,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    study_dir = home / "logs" / "digits_cli"
+    trials = read_trials(study_dir)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2, [t.error for t in trials]
+    for t in trials:
+        assert sorted(t.intermediate) == [0, 1, 2]
+        assert t.value == pytest.approx(t.intermediate[2])
+        assert list((study_dir / f"trial_{t.number:04d}").glob("events.out.tfevents.*"))
+
+    tb_home = _project(
+        tmp_path / "tb",
+        trials=2,
+        workers=2,
+        objective={"command": ["python", "fake_train.py", "--how", "tensorboard"]},
+        executor={"address": cluster.address},
+        study={"metric": "valid/loss"},
+    )
+    result = run_cli("run", "recipe.yaml", cwd=tb_home, env=cluster.env, timeout=200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for t in read_trials(tb_home / "logs" / "sub"):
+        x, y = t.params["x"], t.params["y"]
+        assert t.value == pytest.approx((x - 0.3) ** 2 + (y - 0.7) ** 2 + 1.0 / 4, abs=1e-5)

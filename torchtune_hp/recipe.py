@@ -178,12 +178,19 @@ class ExecutorSection(_Section):
 
     @property
     def only_for(self) -> dict[str, str]:
-        """The keys given that belong to the other kind of executor, and that kind."""
+        """The keys set to something other than their default that belong to the other kind
+        of executor, and that kind (a default, like a built-in recipe's ``devices: auto``,
+        says nothing and does not stand in the way of ``executor.name=ray``)."""
         local = {"devices", "trials_per_device", "devices_per_trial"}
         ray = {"address", "resources_per_trial"}
         other = ray if self.name == "local" else local
         kind = "ray" if self.name == "local" else "local"
-        return {key: kind for key in sorted(self.model_fields_set & other)}
+        fields = type(self).model_fields
+        return {
+            key: kind
+            for key in sorted(self.model_fields_set & other)
+            if getattr(self, key) != fields[key].get_default(call_default_factory=True)
+        }
 
 
 class TensorBoardSection(_Section):
