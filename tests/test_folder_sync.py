@@ -4,6 +4,7 @@ over several messages, and paths that must never be written."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -55,6 +56,30 @@ def test_appends_travel_as_new_bytes_and_the_copy_equals_the_source(tmp_path):
     (src / "small.txt").write_text("short")  # shrunk: sent again whole
     _sync(sender, dest)
     assert _tree(dest) == _tree(src)
+    for n in range(2, 6):  # rewritten in place and longer each time (json.dump over the file)
+        with open(src / "history.json", "w") as f:
+            json.dump({"losses": [round(1 / (k + 1), 5) for k in range(n)]}, f)
+        _sync(sender, dest)
+        assert json.loads((dest / "history.json").read_text()) == {
+            "losses": [round(1 / (k + 1), 5) for k in range(n)]
+        }
+    assert _tree(dest) == _tree(src)
+
+
+def test_small_changes_are_not_held_back_by_a_large_file(tmp_path):
+    src, dest = tmp_path / "node", tmp_path / "driver"
+    src.mkdir()
+    dest.mkdir()
+    sender = FolderSender(src)
+    (src / "a_checkpoint.bin").write_bytes(os.urandom(300_000))
+    (src / "stdout.log").write_text("epoch 0\n")
+    chunks, complete = sender.changes(budget=100_000)
+    assert not complete and chunks[0].path == "stdout.log"
+    apply_chunks(dest, chunks)
+    with open(src / "stdout.log", "a") as f:
+        f.write("epoch 1\n")
+    chunks, _ = sender.changes(budget=100_000)
+    assert chunks[0] == Chunk("stdout.log", 8, b"epoch 1\n")
 
 
 def test_a_large_file_travels_over_several_messages(tmp_path):

@@ -16,6 +16,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -171,13 +172,13 @@ def _most_at_once(spans: list[tuple[float, float]]) -> int:
 
 
 def test_a_study_runs_eight_trials_at_once_across_two_nodes(cluster, tmp_path):
-    """16 trials, 8 at once, 1 CPU each on a head and a node of 4 CPUs: both nodes run trials,
+    """12 trials, 8 at once, 1 CPU each on a head and a node of 4 CPUs: both nodes run trials,
     every way a script reports reaches the study, and every trial's folder is back in logs/."""
     cluster.add_node(cpus=4)
-    sleep = 10.0  # long enough for 8 starts to overlap on a busy 2-core machine
+    sleep = 15.0  # the first 8 start within this on a busy 2-core machine, so they overlap
     home = _project(
         tmp_path,
-        trials=16,
+        trials=12,
         workers=8,
         objective={
             "command": ["python", "fake_train.py", "--sleep", str(sleep), "--epochs", "3"],
@@ -187,11 +188,12 @@ def test_a_study_runs_eight_trials_at_once_across_two_nodes(cluster, tmp_path):
         space={"how": {"type": "categorical", "choices": ["report", "json", "regex"]}},
         pruner={"name": "none"},
     )
-    result = run_cli("run", "recipe.yaml", cwd=home, env=cluster.env, timeout=280)
+    driver_env = {**cluster.env, "MY_TEST_PROBE": "set for the driver only"}
+    result = run_cli("run", "recipe.yaml", cwd=home, env=driver_env, timeout=280)
     assert result.returncode == 0, result.stderr[-3000:]
     study_dir = home / "logs" / "sub"
     trials = read_trials(study_dir)
-    assert [t.number for t in trials] == list(range(16))
+    assert [t.number for t in trials] == list(range(12))
     assert all(t.state is TrialState.COMPLETE for t in trials), [t.error for t in trials]
     seen = _seen(study_dir)
     for t in trials:
@@ -211,6 +213,7 @@ def test_a_study_runs_eight_trials_at_once_across_two_nodes(cluster, tmp_path):
         assert argv[1].endswith("fake_train.py") and not argv[1].startswith(str(home))
         assert seen[t.number]["cuda"] == ""
         assert seen[t.number]["threads"] == "1"
+        assert seen[t.number]["probe"] == "set for the driver only"  # as a local pool's trial
     nodes = {p["node"] for p in _processes(study_dir).values()}
     assert len(nodes) == 2, nodes
     spans = [(s["time"], s["time"] + sleep) for s in seen.values()]
@@ -227,6 +230,7 @@ def test_a_lost_node_costs_a_retry_and_the_study_ends_with_every_trial(cluster, 
         workers=4,
         objective={"command": ["python", "fake_train.py", "--sleep", "20", "--how", "json"]},
         executor={"address": cluster.address, "resources_per_trial": {"cpu": 2}},
+        study={"name": "lost"},
     )
     driver = subprocess.Popen(
         cli_cmd("run", "recipe.yaml"),
@@ -235,7 +239,7 @@ def test_a_lost_node_costs_a_retry_and_the_study_ends_with_every_trial(cluster, 
         stderr=subprocess.PIPE,
         text=True,
     )
-    study_dir = home / "logs" / "sub"
+    study_dir = home / "logs" / "lost"
     deadline = time.monotonic() + 150
     while len(seen_pids(study_dir)) < 4:
         assert driver.poll() is None, driver.stderr.read() if driver.stderr else ""
@@ -260,6 +264,24 @@ def test_a_lost_node_costs_a_retry_and_the_study_ends_with_every_trial(cluster, 
     while _hosts(cluster):
         assert time.monotonic() < deadline, "a TrialHost actor outlived its study"
         time.sleep(0.5)
+    assert not _host_folders("lost"), "a node-local trial folder was left behind"
+
+
+def _host_folders(study: str) -> list[Path]:
+    """Folders of ``study``'s hosts that are gone, in the node's temporary folder (a host
+    clears its own; a new host clears those of hosts that died, e.g. with their node)."""
+    from torchtune_hp import procs
+    from torchtune_hp.executors.ray_node import OWNER, PREFIX
+
+    left = []
+    for folder in Path(tempfile.gettempdir()).glob(PREFIX + "*"):
+        try:
+            pid, ticks = (folder / OWNER).read_text().split()
+        except (OSError, ValueError):
+            continue
+        if str(procs.start_ticks(int(pid))) != ticks and (folder / study).exists():
+            left.append(folder)
+    return left
 
 
 def _hosts(cluster: Cluster) -> list[int]:
@@ -343,6 +365,8 @@ def test_sigterm_stops_every_ray_trial_at_once(cluster, tmp_path):
     assert not [pid for pid in pids if pid_alive(pid)]
     trials = read_trials(study_dir)
     assert len(trials) == 2 and all(t.interrupted for t in trials)
+    for t in trials:  # their last output was copied back as they stopped
+        assert (study_dir / f"trial_{t.number:04d}" / "stderr.log").is_file()
 
 
 def test_pruning_and_function_objectives_on_a_private_cluster(tmp_path):

@@ -54,6 +54,7 @@ with open("seen.json.part", "w") as f:
             "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "trial": os.environ.get("TORCHTUNE_HP_TRIAL"),
             "threads": os.environ.get("OMP_NUM_THREADS"),
+            "probe": os.environ.get("MY_TEST_PROBE"),
             "cwd": os.getcwd(),
             "prefix": sys.prefix,
         },

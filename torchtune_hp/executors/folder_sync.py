@@ -4,7 +4,8 @@ Nodes of a cluster need not share a file system, so a trial runs in a folder of 
 node, and the node sends what changed (:class:`FolderSender`) with its answers to the driver,
 which writes it into the trial's folder (:func:`apply_chunks`). Files grow by appending (logs,
 TensorBoard event files): only the new bytes travel. A file replaced (a new inode), shrunk or
-rewritten in place is sent again whole. Links and special files are not copied. Deleted files
+rewritten in place (its first or last bytes sent changed: ``json.dump`` over the old file) is
+sent again whole. Links and special files are not copied. Deleted files
 stay on the driver: what a trial wrote once is kept.
 """
 
@@ -27,15 +28,22 @@ class Chunk:
     data: bytes
 
 
+EDGE = 64  # bytes at each end of what was sent, to tell an append from a rewrite
+
+
 @dataclass
 class _Sent:
     identity: tuple[int, int]  # (device, inode)
     size: int  # bytes sent
-    mtime_ns: int
+    mtime_ns: int  # of the file when all of it was sent (-1: part of it)
+    head: bytes  # the first and last EDGE bytes sent
+    tail: bytes
 
 
 class FolderSender:
-    """The node's side: what changed under ``root`` since the last call."""
+    """The node's side: what changed under ``root`` since the last call. Small changes go
+    first, so a large file being written (a checkpoint) never holds back the logs and the
+    TensorBoard event files behind it."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -43,7 +51,7 @@ class FolderSender:
 
     def changes(self, budget: int = BUDGET) -> tuple[list[Chunk], bool]:
         """New bytes, up to ``budget`` of them; True when nothing is left to send."""
-        out: list[Chunk] = []
+        pending = []
         for folder, dirs, names in os.walk(self.root):
             dirs.sort()
             for name in sorted(names):
@@ -51,31 +59,55 @@ class FolderSender:
                 rel = os.path.relpath(full, self.root).replace(os.sep, "/")
                 try:
                     st = os.lstat(full)
-                    if not stat.S_ISREG(st.st_mode):
-                        continue
-                    chunk = self._read(full, rel, st, budget)
+                    start = self._start(full, rel, st) if stat.S_ISREG(st.st_mode) else None
                 except OSError:  # removed or unreadable meanwhile: next time, or never
                     continue
-                if chunk is None:
-                    continue
-                out.append(chunk)
-                budget -= len(chunk.data)
-                if budget <= 0:
-                    return out, False
+                if start is not None:
+                    pending.append((st.st_size - start, rel, full, start))
+        out: list[Chunk] = []
+        for _, rel, full, start in sorted(pending):
+            try:
+                chunk = self._read(full, rel, start, budget)
+            except OSError:
+                continue
+            out.append(chunk)
+            budget -= len(chunk.data)
+            if budget <= 0:
+                return out, False
         return out, True
 
-    def _read(self, full: str, rel: str, st: os.stat_result, budget: int) -> Chunk | None:
-        identity = (st.st_dev, st.st_ino)
+    def _start(self, full: str, rel: str, st: os.stat_result) -> int | None:
+        """Where to send ``full`` from: None when unchanged, the size sent when it only grew
+        (its first and last bytes sent are still there), else 0: it is sent again whole."""
         prev = self.sent.get(rel)
-        same = prev is not None and prev.identity == identity
-        if same and prev.size == st.st_size and prev.mtime_ns == st.st_mtime_ns:
+        if prev is None or prev.identity != (st.st_dev, st.st_ino) or prev.size > st.st_size:
+            return 0
+        if prev.size == st.st_size and prev.mtime_ns == st.st_mtime_ns:
             return None
-        start = prev.size if same and prev.size < st.st_size else 0
+        if prev.size < st.st_size and self._kept(full, prev):
+            return prev.size  # the rest of a file sent in parts, or an append
+        return 0  # rewritten in place
+
+    @staticmethod
+    def _kept(full: str, prev: _Sent) -> bool:
         with open(full, "rb") as f:
+            head = f.read(len(prev.head))
+            f.seek(prev.size - len(prev.tail))
+            return head == prev.head and f.read(len(prev.tail)) == prev.tail
+
+    def _read(self, full: str, rel: str, start: int, budget: int) -> Chunk:
+        with open(full, "rb") as f:
+            st = os.fstat(f.fileno())
             f.seek(start)
             data = f.read(max(0, min(budget, st.st_size - start)))
-        done = start + len(data) >= st.st_size
-        self.sent[rel] = _Sent(identity, start + len(data), st.st_mtime_ns if done else -1)
+            end = start + len(data)
+            f.seek(0)
+            head = f.read(min(EDGE, end))
+            f.seek(max(0, end - EDGE))
+            tail = f.read(min(EDGE, end))
+        done = end >= st.st_size
+        identity = (st.st_dev, st.st_ino)
+        self.sent[rel] = _Sent(identity, end, st.st_mtime_ns if done else -1, head, tail)
         return Chunk(rel, start, data)
 
 

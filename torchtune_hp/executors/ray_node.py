@@ -39,6 +39,21 @@ from torchtune_hp.executors.process import LaunchSpec, Report, TrialProcess, sto
 from torchtune_hp.executors.remote import ENV_TRIAL_DIR
 
 SYNC_EVERY_S = 2.0  # how fresh a running trial's folder is on the driver (plus one poll)
+PREFIX = "torchtune_hp-"  # a host's folder in the node's temporary folder
+OWNER = "host.pid"  # in it: the host's pid and start time
+
+
+def clear_stale(tmp: Path) -> None:
+    """Remove the folders of hosts that died without cleaning up (killed with their node's
+    raylet or their driver): a node must not fill up with dead trials' checkpoints."""
+    for folder in tmp.glob(PREFIX + "*"):
+        try:
+            pid, ticks = (folder / OWNER).read_text().split()
+            alive = str(procs.start_ticks(int(pid))) == ticks
+        except (OSError, ValueError):
+            continue  # not ours, or being created
+        if not alive:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 class TrialHost:
@@ -50,7 +65,9 @@ class TrialHost:
         self.metric = metric
         self.cpus = cpus
         self.grace_s = grace_s
-        self.base = Path(tempfile.mkdtemp(prefix="torchtune_hp-"))
+        clear_stale(Path(tempfile.gettempdir()))
+        self.base = Path(tempfile.mkdtemp(prefix=PREFIX))
+        (self.base / OWNER).write_text(f"{os.getpid()} {procs.start_ticks(os.getpid())}")
         self.proc: TrialProcess | None = None
         self.sender: FolderSender | None = None
         self.synced = 0.0
@@ -70,16 +87,17 @@ class TrialHost:
     def start(self, number: int, params: dict[str, Any], launch: str, env: dict[str, str]):
         """Start a trial (``env``: who it is, from the driver); returns its process record."""
         self._discard()
+        clear_stale(self.base.parent)
         run_dir = self.base / self.study / trial_run_name(number)
         run_dir.mkdir(parents=True)
         where = self.where()
         gpus = where["gpus"]
         proc_env = {
             **os.environ,
-            **self.spec.env,
-            **env,
-            ENV_TRIAL_DIR: str(run_dir),
             **thread_env(1, self.cpus),
+            **self.spec.env,
+            **env,  # the driver's (see ray_pool.driver_env): a thread count set there wins
+            ENV_TRIAL_DIR: str(run_dir),
             "CUDA_VISIBLE_DEVICES": ",".join(gpus),
         }
         self.proc = TrialProcess(
@@ -128,19 +146,16 @@ class TrialHost:
             self.proc.answer(Report(seq, None, None), prune)
 
     def stop(self) -> list[Chunk]:
-        """End the running trial (SIGTERM, SIGKILL after the grace); what its folder still
-        had to send, as far as one message holds it."""
-        if self.proc is None or self.sender is None:
-            return []
-        stop_together([self.proc], self.grace_s)
-        chunks, _ = self.sender.changes(BUDGET)
+        """The host's last call: end the running trial (SIGTERM, SIGKILL after the grace),
+        return what its folder still had to send (as far as one message holds it), and leave
+        nothing of the host on the node."""
+        chunks: list[Chunk] = []
+        if self.proc is not None and self.sender is not None:
+            stop_together([self.proc], self.grace_s)
+            chunks, _ = self.sender.changes(BUDGET)
         self._discard()
-        return chunks
-
-    def close(self) -> None:
-        """Before the driver lets the host go: nothing of it stays on the node."""
-        self.stop()
         shutil.rmtree(self.base, ignore_errors=True)
+        return chunks
 
     def _discard(self) -> None:
         """The finished trial's node-local folder: everything in it has reached the driver."""

@@ -60,6 +60,26 @@ class _Host:
     killed_for: str | None = None
 
 
+# Variables that describe the machine they are set on, not the user's run: a node keeps its own.
+MACHINE_OWN = {
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "PWD", "OLDPWD", "HOSTNAME", "SHLVL", "_",
+    "TMPDIR", "TEMP", "TMP", "DISPLAY", "TERM", "COLORTERM", "MAIL", "PYTHONHOME",
+    "VIRTUAL_ENV", "CUDA_VISIBLE_DEVICES", "CUDA_HOME", "CUDA_PATH", "PYTHONUNBUFFERED",
+}  # fmt: skip
+MACHINE_PREFIXES = ("LD_", "DYLD_", "CONDA", "RAY_", "SSH_", "XDG_", "TORCHTUNE_HP_", "NVIDIA_")
+
+
+def driver_env() -> dict[str, str]:
+    """The driver's environment that travels with each trial, as a local pool's trials inherit
+    it (API keys, ``PYTHONPATH``, ``CUBLAS_WORKSPACE_CONFIG``, thread counts), less what
+    belongs to the driver's machine (:data:`MACHINE_OWN`, :data:`MACHINE_PREFIXES`)."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k not in MACHINE_OWN and not k.startswith(MACHINE_PREFIXES)
+    }
+
+
 class RayExecutor:
     """The :class:`~torchtune_hp.executors.Executor` of a Ray cluster (see the module
     docstring). ``resources``: ``{"cpu": 2, "gpu": 1}`` per trial."""
@@ -123,7 +143,7 @@ class RayExecutor:
 
     def _hand(self, host: _Host, trial: Trial) -> None:
         launch = secrets.token_hex(8)
-        env = trial_env(self.study, trial, launch)
+        env = {**driver_env(), **trial_env(self.study, trial, launch)}
         host.trial, host.launch, host.poll_ref = trial, launch, None
         host.pruned, host.killed_for, host.started = False, None, time.time()
         host.start_ref = host.actor.start.remote(trial.number, trial.params, launch, env)
@@ -134,6 +154,8 @@ class RayExecutor:
         begun = time.monotonic()
         busy = [h for h in self.hosts if h.trial is not None]
         for h in busy:
+            if h.trial is None:  # given to another host meanwhile
+                continue
             if h.start_ref is not None:
                 ready, _ = ray.wait([h.start_ref], timeout=0)
                 if not ready:  # Ray has not placed this host yet (the cluster is busy):
@@ -159,9 +181,14 @@ class RayExecutor:
             if ready:
                 ref, h.poll_ref = h.poll_ref, None
                 try:
-                    self._heard(h, ray.get(ref))
+                    news = ray.get(ref)
                 except ray.exceptions.RayActorError as e:
                     self._lost(h, e)
+                    continue
+                except ray.exceptions.RayError as e:  # the host failed, not its node
+                    self._failed(h, f"its host failed: {type(e).__name__}: {describe(e)}")
+                    continue
+                self._heard(h, news)
         left = timeout_s - (time.monotonic() - begun)
         if not self._done and left > 0:
             time.sleep(left)
@@ -217,37 +244,45 @@ class RayExecutor:
         h.trial = None
         self._done.append(Finished(trial, outcome))
 
-    def _lost(self, h: _Host, error: BaseException) -> None:
-        """``h``'s actor is gone (its node lost): run its trial again on a new host, once."""
+    def _failed(self, h: _Host, why: str) -> None:
         trial = h.trial
         assert trial is not None
         self.hosts.remove(h)
         self._kill(h)
+        self._done.append(Finished(trial, Outcome.failed(why)))
+
+    def _lost(self, h: _Host, error: BaseException) -> None:
+        """``h``'s actor is gone (its node lost): run its trial again on a new host, once."""
+        trial = h.trial
+        assert trial is not None
         n = self.attempts[trial.number] = self.attempts.get(trial.number, 0) + 1
         lost = isinstance(error, self.ray.exceptions.RayActorError)
         what = "its node was lost" if lost else "Ray could not run it"
         why = f"{what}: {type(error).__name__}: {describe(_first_line(error))}"
         if n > RETRIES:
-            self._done.append(Finished(trial, Outcome.failed(f"{why} (after {n} tries)")))
+            self._failed(h, f"{why} (after {n} tries)")
             return
+        self.hosts.remove(h)
+        self._kill(h)
         self.study.note(trial.number, f"{why}; it ran again on another node")
         _keep_lost_attempt(self.study.trial_dir(trial.number), n)
         self.submit(trial)
 
     # -- stopping ----------------------------------------------------------------------------
     def stop_all(self) -> None:
-        """Every trial stopped through its host (SIGTERM, SIGKILL after the grace); hosts that
-        do not answer in time are killed, and their trials' guards end the trials."""
+        """Every placed host stops its trial (SIGTERM, SIGKILL after the grace) and clears its
+        node-local folder; hosts that do not answer in time are killed, and their trials'
+        guards end the trials."""
         ray = self.ray
-        running = [h for h in self.hosts if h.trial is not None and h.start_ref is None]
-        refs = {h.actor.stop.remote(): h for h in running}
+        refs = {h.actor.stop.remote(): h for h in self.hosts if h.placed}
         if refs:
             ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=self.grace_s + 10)
             for ref in ready:
-                h = refs[ref]
-                assert h.trial is not None
+                trial = refs[ref].trial
                 try:
-                    apply_chunks(self.study.trial_dir(h.trial.number), ray.get(ref))
+                    chunks = ray.get(ref)
+                    if trial is not None:
+                        apply_chunks(self.study.trial_dir(trial.number), chunks)
                 except Exception:
                     pass  # the trial's record matters more than its last log lines
         for h in self.hosts:
@@ -262,15 +297,21 @@ class RayExecutor:
             pass
 
     def close(self) -> None:
-        """The hosts clear their node-local folders (a few seconds at most), then go."""
-        placed = [h.actor.close.remote() for h in self.hosts if h.placed]
-        if placed:
-            self.ray.wait(placed, num_returns=len(placed), timeout=5.0)
-        for h in self.hosts:
-            self._kill(h)
-        self.hosts.clear()
+        """The hosts clear their node-local folders (see ``stop_all``), then go."""
+        self.stop_all()
         if self.ray.is_initialized():
             self.ray.shutdown()
+
+
+def _reason(error: BaseException) -> str:
+    """Ray's message in a line or two: its first line, and its last when that says more
+    (``Package size (600.00MiB) exceeds the maximum size of 512.00MiB``)."""
+    lines = [" ".join(line.split()) for line in str(error).splitlines() if line.strip()]
+    picked = lines[:1] + [line for line in lines[1:] if "exceed" in line.lower()][:1]
+    if len(picked) == 1 and len(lines) > 1:
+        picked.append(lines[-1])
+    text = " ".join(picked)
+    return text if len(text) <= 500 else text[:497] + "..."
 
 
 def _first_line(error: BaseException) -> str:
@@ -321,8 +362,16 @@ def connect(
             configure_logging=True,
         )
     except Exception as e:
+        if "runtime env" in str(e).lower() or "package size" in str(e).lower():
+            raise ConfigError(
+                recipe_path,
+                "executor",
+                f"the recipe's folder {working_dir} could not be shipped to the cluster: "
+                f"{_reason(e)} (list what the nodes need not get in a .rayignore or "
+                ".gitignore there, as Ray reads them)",
+            ) from None
         raise ConfigError(
-            recipe_path, KEY, f"cannot join the Ray cluster at {address!r}: {_first_line(e)}"
+            recipe_path, KEY, f"cannot join the Ray cluster at {address!r}: {_reason(e)}"
         ) from None
     finally:  # Ray's driver turns SIGTERM into sys.exit: a stop is ours to record and report
         for sig, handler in ours.items():
@@ -337,9 +386,7 @@ def connect(
 
 def _probe(address: str, recipe_path: Path) -> None:
     """Fail in seconds, not minutes (Ray retries an unreachable address for a long time)."""
-    if address.startswith("ray://"):
-        return  # Ray Client: Ray's own error is prompt
-    target = address
+    target = address.removeprefix("ray://")  # Ray Client: its server's port
     if address == "auto":
         target = os.environ.get("RAY_ADDRESS", "") or _current_cluster()
         if not target:
