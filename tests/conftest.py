@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -151,6 +152,16 @@ def private_mounts(script: str, timeout: float = 600) -> subprocess.CompletedPro
 def seen_pids(study_dir: Path) -> list[int]:
     """The pids of the trials of ``study_dir`` that tests/scripts/fake_train.py has started."""
     return [json.loads(p.read_text())["pid"] for p in study_dir.glob("trial_*/seen.json")]
+
+
+def wait_seen(study_dir: Path, n: int, driver: subprocess.Popen, timeout: float = 150) -> list[int]:
+    """Wait until ``n`` trials of fake_train.py have started under ``driver``; their pids."""
+    deadline = time.monotonic() + timeout
+    while len(seen_pids(study_dir)) < n:
+        assert driver.poll() is None, f"the driver ended (exit {driver.returncode})"
+        assert time.monotonic() < deadline, f"{n} trials never ran at once"
+        time.sleep(0.2)
+    return seen_pids(study_dir)
 
 
 def pid_alive(pid: int) -> bool:

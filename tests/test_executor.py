@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_cli, seen_pids, xy_recipe
+from conftest import run_cli, wait_seen, xy_recipe
 
 from torchtune_hp import Float, Study, TrialState, report
 from torchtune_hp.executors.argv import build_argv
@@ -337,11 +337,7 @@ def test_sigint_stops_every_trial_process_and_a_rerun_completes(tmp_path):
         text=True,
     )
     study_dir = tmp_path / "logs" / "sub"
-    deadline = time.monotonic() + 60
-    while len(seen_pids(study_dir)) < 2:
-        assert time.monotonic() < deadline and launcher.poll() is None
-        time.sleep(0.2)
-    pids = seen_pids(study_dir)
+    pids = wait_seen(study_dir, 2, launcher, timeout=60)
     launcher.send_signal(signal.SIGINT)
     _, err = launcher.communicate(timeout=60)
     assert launcher.returncode == 130, err

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import cli_cmd, pid_alive, read_trials, run_cli, seen_pids, xy_recipe
+from conftest import cli_cmd, pid_alive, read_trials, run_cli, seen_pids, wait_seen, xy_recipe
 
 from torchtune_hp import TrialState
 
@@ -240,11 +240,7 @@ def test_a_lost_node_costs_a_retry_and_the_study_ends_with_every_trial(cluster, 
         text=True,
     )
     study_dir = home / "logs" / "lost"
-    deadline = time.monotonic() + 150
-    while len(seen_pids(study_dir)) < 4:
-        assert driver.poll() is None, driver.stderr.read() if driver.stderr else ""
-        assert time.monotonic() < deadline, "four trials never ran at once"
-        time.sleep(0.3)
+    wait_seen(study_dir, 4, driver)
     running = {t.number for t in read_trials(study_dir) if t.state is TrialState.RUNNING}
     head = _head_node(cluster)
     on_node = {n for n, p in _processes(study_dir).items() if p["node"] != head} & running
@@ -320,11 +316,7 @@ def test_kill_9_of_the_driver_ends_its_trials_and_the_same_command_resumes(clust
     )
     study_dir = home / "logs" / "sub"
     driver = subprocess.Popen(cli_cmd("run", "recipe.yaml"), cwd=home, env=cluster.env)
-    deadline = time.monotonic() + 150
-    while len(seen_pids(study_dir)) < 2:
-        assert time.monotonic() < deadline and driver.poll() is None
-        time.sleep(0.3)
-    pids = seen_pids(study_dir)
+    pids = wait_seen(study_dir, 2, driver)
     driver.kill()
     driver.wait()
     deadline = time.monotonic() + 90  # Ray ends a dead driver's actors; their guards the trials
@@ -353,11 +345,7 @@ def test_sigterm_stops_every_ray_trial_at_once(cluster, tmp_path):
     driver = subprocess.Popen(
         cli_cmd("run", "recipe.yaml"), cwd=home, env=cluster.env, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + 150
-    while len(seen_pids(study_dir)) < 2:
-        assert time.monotonic() < deadline and driver.poll() is None
-        time.sleep(0.3)
-    pids = seen_pids(study_dir)
+    pids = wait_seen(study_dir, 2, driver)
     driver.send_signal(signal.SIGTERM)
     _, err = driver.communicate(timeout=90)
     assert driver.returncode == 128 + signal.SIGTERM, err[-3000:]
