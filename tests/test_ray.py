@@ -306,17 +306,25 @@ def _head_node(cluster: Cluster) -> str:
     raise AssertionError("the head's raylet was not found")
 
 
-def test_kill_9_of_the_driver_ends_its_trials_and_the_same_command_resumes(cluster, tmp_path):
+def _two_long_trials(cluster: Cluster, tmp_path: Path, trials: int):
+    """A study of ``trials`` two-minute trials, two at a time, whose driver runs (stderr piped)
+    until two have started: (its folder, its study folder, the driver, the trials' pids)."""
     home = _project(
         tmp_path,
-        trials=2,
+        trials=trials,
         workers=2,
         objective={"command": ["python", "fake_train.py", "--sleep", "120", "--how", "json"]},
         executor={"address": cluster.address},
     )
     study_dir = home / "logs" / "sub"
-    driver = subprocess.Popen(cli_cmd("run", "recipe.yaml"), cwd=home, env=cluster.env)
-    pids = wait_seen(study_dir, 2, driver)
+    driver = subprocess.Popen(
+        cli_cmd("run", "recipe.yaml"), cwd=home, env=cluster.env, stderr=subprocess.PIPE, text=True
+    )
+    return home, study_dir, driver, wait_seen(study_dir, 2, driver)
+
+
+def test_kill_9_of_the_driver_ends_its_trials_and_the_same_command_resumes(cluster, tmp_path):
+    home, study_dir, driver, pids = _two_long_trials(cluster, tmp_path, trials=2)
     driver.kill()
     driver.wait()
     deadline = time.monotonic() + 90  # Ray ends a dead driver's actors; their guards the trials
@@ -334,18 +342,7 @@ def test_kill_9_of_the_driver_ends_its_trials_and_the_same_command_resumes(clust
 
 
 def test_sigterm_stops_every_ray_trial_at_once(cluster, tmp_path):
-    home = _project(
-        tmp_path,
-        trials=3,
-        workers=2,
-        objective={"command": ["python", "fake_train.py", "--sleep", "120", "--how", "json"]},
-        executor={"address": cluster.address},
-    )
-    study_dir = home / "logs" / "sub"
-    driver = subprocess.Popen(
-        cli_cmd("run", "recipe.yaml"), cwd=home, env=cluster.env, stderr=subprocess.PIPE, text=True
-    )
-    pids = wait_seen(study_dir, 2, driver)
+    _, study_dir, driver, pids = _two_long_trials(cluster, tmp_path, trials=3)
     driver.send_signal(signal.SIGTERM)
     _, err = driver.communicate(timeout=90)
     assert driver.returncode == 128 + signal.SIGTERM, err[-3000:]

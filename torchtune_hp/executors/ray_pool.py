@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from torchtune_hp import procs
+from torchtune_hp.board.tags import OUR_RUNS
 from torchtune_hp.errors import ConfigError
 from torchtune_hp.executors import Finished
 from torchtune_hp.executors.folder_sync import apply_chunks
@@ -322,8 +323,6 @@ def _first_line(error: BaseException) -> str:
 def _keep_lost_attempt(run_dir: Path, n: int) -> None:
     """What the lost attempt had copied back moves to ``lost_attempt_<n>/`` in the trial's
     folder (the board's own runs stay), so the next attempt starts with a clean folder."""
-    from torchtune_hp.board.tags import OUR_RUNS
-
     keep = run_dir / f"lost_attempt_{n}"
     keep.mkdir(exist_ok=True)
     for entry in os.listdir(run_dir):
