@@ -10,8 +10,9 @@ final regret, then a scorecard of ``ours_gp`` against the best peer on each prob
 
 A peer's run is a fixed function of (problem, seed, budget, its package version), so each one
 is cached under ``benchmarks/.cache/regret/`` as it finishes and reused by later runs
-(``--no-cache`` recomputes); ours (``ours_*`` and ``--variant``) always runs afresh. An
-interrupted benchmark therefore resumes where it stopped. Slow peers can run on fewer seeds
+(``--no-cache`` recomputes, ``--only-cached`` reports the cached peer runs and skips the
+rest); ours (``ours_*`` and ``--variant``) always runs afresh. An interrupted benchmark
+therefore resumes where it stopped. Slow peers can run on fewer seeds
 (``--seeds-for hebo=3``); the table shows each row's seed count.
 """
 
@@ -48,6 +49,11 @@ def cache_path(problem: str, optimizer: str, seed: int) -> Path | None:
     version = importlib.metadata.version(DIST.get(pkg, pkg)) if pkg else "builtin"
     budget = PROBLEMS[problem].budget
     return CACHE / f"{optimizer}-{version}" / problem / f"seed{seed}_budget{budget}.json"
+
+
+def _missing(problem: str, optimizer: str, seed: int) -> bool:
+    path = cache_path(problem, optimizer, seed)
+    return path is not None and not path.exists()
 
 
 def one_run(job: tuple[str, str, int, dict[str, Any] | None, bool]) -> dict[str, Any]:
@@ -194,6 +200,11 @@ def main() -> None:
     )
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--no-cache", action="store_true")
+    ap.add_argument(
+        "--only-cached",
+        action="store_true",
+        help="peers: use the cached runs and skip the rest (ours still runs)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "regret.json")
     args = ap.parse_args()
     opts = [o for o in args.optimizers if available(o)]
@@ -215,7 +226,7 @@ def main() -> None:
             for s in range(max(seeds.values(), default=0))
             for p in args.problems
             for o, opt_options in options.items()
-            if s < seeds[o]
+            if s < seeds[o] and not (args.only_cached and _missing(p, o, s))
         ),
         key=lambda job: (seeds[job[1]] < args.seeds, job[2]),
     )
