@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -36,6 +35,7 @@ import numpy as np
 
 from benchmarks.optimizers import OPTIMIZERS, available
 from benchmarks.problems import Problem
+from benchmarks.report import write_results
 from torchtune_hp.space import Categorical, Float, Int, Space
 
 RESULTS = Path(__file__).parent / "results"
@@ -228,20 +228,7 @@ def main() -> None:
                 f"  vs {o:<14} wins {c['wins']:>2} ties {c['ties']:>2} losses {c['losses']:>2}"
                 f"  median diff {c['median_diff']:+.4f}  Wilcoxon p {c['wilcoxon_p']:.3f}"
             )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                "wall_seconds": time.perf_counter() - t0,
-                "summary": summary,
-                "paired": comparisons,
-                "runs": runs,
-            },
-            indent=1,
-        )
-    )
-    print(f"\nwrote {args.out} ({time.perf_counter() - t0:.0f} s)")
+    write_results(args.out, {"summary": summary, "paired": comparisons, "runs": runs}, t0)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import argparse
 import importlib.metadata
 import json
 import os
-import platform
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 
 from benchmarks.optimizers import OPTIMIZERS, PEER_PACKAGES, available, ours, regret_curve
 from benchmarks.problems import PROBLEMS
+from benchmarks.report import write_results
 
 RESULTS = Path(__file__).parent / "results"
 CACHE = Path(__file__).parent / ".cache" / "regret"
@@ -241,20 +241,7 @@ def main() -> None:
     card = scorecard(table, "ours_gp") if "ours_gp" in opts else None
     if card:
         print_scorecard(card, "ours_gp")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                "wall_seconds": time.perf_counter() - t0,
-                "summary": table,
-                "scorecard": card,
-                "runs": runs,
-            },
-            indent=1,
-        )
-    )
-    print(f"\nwrote {args.out} ({time.perf_counter() - t0:.0f} s)")
+    write_results(args.out, {"summary": table, "scorecard": card, "runs": runs}, t0)
 
 
 if __name__ == "__main__":
