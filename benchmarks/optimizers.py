@@ -182,6 +182,15 @@ def skopt_run(problem: Problem, seed: int, budget: int) -> list[dict[str, Any]]:
     return evaluated
 
 
+# HEBO's parameter type for (our type, log).
+HEBO_TYPES = {
+    (Float, False): "num",
+    (Float, True): "pow",
+    (Int, False): "int",
+    (Int, True): "pow_int",
+}
+
+
 def hebo_run(problem: Problem, seed: int, budget: int) -> list[dict[str, Any]]:
     """HEBO 0.3.6 (Cowen-Rivers et al. 2022; NeurIPS 2020 black-box challenge winner) with its
     defaults: input and output warping, the MACE acquisition ensemble optimized by NSGA-II.
@@ -198,9 +207,7 @@ def hebo_run(problem: Problem, seed: int, budget: int) -> list[dict[str, Any]]:
             labels[name] = {str(c): c for c in p.choices}
             spec.append({"name": name, "type": "cat", "categories": list(labels[name])})
         else:
-            kind = ("pow" if p.log else "num") if isinstance(p, Float) else "int"
-            if isinstance(p, Int) and p.log:
-                kind = "pow_int"
+            kind = HEBO_TYPES[type(p), p.log]
             spec.append({"name": name, "type": kind, "lb": p.low, "ub": p.high})
     np.random.seed(seed)
     torch.manual_seed(seed)

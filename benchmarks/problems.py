@@ -126,10 +126,14 @@ def griewank(p: dict[str, Any]) -> float:
     return float(np.sum(x**2) / 4000 - np.prod(np.cos(x / np.sqrt(i))) + 1)
 
 
+def _seeded_normal(key: str) -> float:
+    """A standard normal draw that is a fixed function of ``key`` (a point's repr): noise like
+    a seeded training run's, the same every time the point is evaluated."""
+    return float(np.random.default_rng(zlib.crc32(key.encode())).standard_normal())
+
+
 def _point_noise(p: dict[str, Any], sd: float) -> float:
-    """Noise that is a fixed function of the point, like a seeded training run."""
-    key = zlib.crc32(repr(sorted((k, round(float(v), 12)) for k, v in p.items())).encode())
-    return sd * float(np.random.default_rng(key).standard_normal())
+    return sd * _seeded_normal(repr(sorted((k, round(float(v), 12)) for k, v in p.items())))
 
 
 def noisy_rosenbrock(p: dict[str, Any]) -> float:
@@ -165,10 +169,8 @@ def mixed_hpo_true(p: dict[str, Any]) -> float:
 def mixed_hpo(p: dict[str, Any]) -> float:
     """``mixed_hpo_true`` plus noise (sd 0.01) that is a fixed function of the point, like a
     seeded training run."""
-    key = zlib.crc32(
-        repr((round(p["lr"], 12), round(p["dropout"], 12), p["width"], p["optimizer"])).encode()
-    )
-    return mixed_hpo_true(p) + 0.01 * float(np.random.default_rng(key).standard_normal())
+    key = repr((round(p["lr"], 12), round(p["dropout"], 12), p["width"], p["optimizer"]))
+    return mixed_hpo_true(p) + 0.01 * _seeded_normal(key)
 
 
 def _problems() -> dict[str, Problem]:

@@ -32,6 +32,7 @@ import numpy as np
 from benchmarks.optimizers import OPTIMIZERS, PEER_PACKAGES, available, ours, regret_curve
 from benchmarks.problems import PROBLEMS
 from benchmarks.report import write_results
+from torchtune_hp.files import write_text
 
 RESULTS = Path(__file__).parent / "results"
 CACHE = Path(__file__).parent / ".cache" / "regret"
@@ -41,11 +42,16 @@ DEFAULT = [o for o in OPTIMIZERS if o not in ("grid", "ours_gp_ucb", "bayes_opt"
 DIST = {"skopt": "scikit-optimize", "bayes_opt": "bayesian-optimization"}
 
 
+def is_ours(optimizer: str) -> bool:
+    """Ours: ``ours_*`` and ``--variant`` runs (never cached, never a peer)."""
+    return optimizer.startswith(("ours", "variant:"))
+
+
 def cache_path(problem: str, optimizer: str, seed: int) -> Path | None:
     """Where a peer's run is kept; None for ours (never cached)."""
-    pkg = PEER_PACKAGES.get(optimizer)
-    if optimizer.startswith("ours") or optimizer.startswith("variant:"):
+    if is_ours(optimizer):
         return None
+    pkg = PEER_PACKAGES.get(optimizer)
     version = importlib.metadata.version(DIST.get(pkg, pkg)) if pkg else "builtin"
     budget = PROBLEMS[problem].budget
     return CACHE / f"{optimizer}-{version}" / problem / f"seed{seed}_budget{budget}.json"
@@ -75,11 +81,9 @@ def one_run(job: tuple[str, str, int, dict[str, Any] | None, bool]) -> dict[str,
         "curve": regret_curve(problem, params).tolist(),
         "seconds": time.perf_counter() - t0,
     }
-    if path is not None:
+    if path is not None:  # whole or not at all: two benchmark runs may share the cache
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(out))
-        tmp.replace(path)
+        write_text(path, json.dumps(out))
     return out
 
 
@@ -105,8 +109,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                     "q25": float(q25),
                     "q75": float(q75),
                 }
-            row["worst"] = float(max(r["curve"][-1] for r in rs))
             row["finals"] = [r["curve"][-1] for r in sorted(rs, key=lambda r: r["seed"])]
+            row["worst"] = float(max(row["finals"]))
             row["seconds"] = float(np.median([r["seconds"] for r in rs]))
             row["seeds"] = len(rs)
             table.setdefault(prob, {})[opt] = row
@@ -121,9 +125,7 @@ def scorecard(table: dict[str, dict[str, Any]], me: str) -> dict[str, Any]:
         if me not in opts:
             continue
         peers = {
-            o: r
-            for o, r in opts.items()
-            if not o.startswith(("ours", "variant:")) and o not in ("random", "sobol", "grid")
+            o: r for o, r in opts.items() if not is_ours(o) and o not in ("random", "sobol", "grid")
         }
         if not peers:
             continue
