@@ -1,5 +1,6 @@
 """The GP sampler: surrogate accuracy, acquisitions, mixed spaces, pending trials, failures."""
 
+import json
 import math
 
 import gpytorch
@@ -120,15 +121,13 @@ def test_gp_beats_random_when_only_x_matters_and_importance_says_so():
     assert imp["x"] > 0.8 and imp["y"] < 0.2 and sum(imp.values()) == pytest.approx(1.0)
 
 
+def branin_study(seed: int, **kwargs) -> Study:
+    space = {"x1": Float(-5, 10), "x2": Float(0, 15)}
+    return Study("b", space, sampler="gp", seed=seed, logdir=None, **kwargs)
+
+
 def test_mode_max_maximizes():
-    study = Study(
-        "m",
-        {"x1": Float(-5, 10), "x2": Float(0, 15)},
-        sampler="gp",
-        seed=1,
-        logdir=None,
-        mode="max",
-    )
+    study = branin_study(1, mode="max")
     study.optimize(lambda t: -branin(t.params), n_trials=30)
     assert -study.best_value - BRANIN_MIN < 0.1
 
@@ -225,6 +224,7 @@ def test_gp_options_are_checked():
         ({"n_init": 0}, "n_init must be >= 1"),
         ({"device": "tpu"}, "device must be auto, cpu or cuda"),
         ({"n_restarts": 0}, "n_restarts must be an integer >= 1"),
+        ({"warp_inputs": "maybe"}, "warp_inputs must be true, false or auto"),
     ]:
         with pytest.raises(ValueError, match=message):
             GPSampler(**bad)
@@ -260,3 +260,65 @@ def test_the_gp_learns_from_pruned_and_failed_trials_as_documented():
     )
     assert [p["x"] for p in obs.params] == [0.0, 0.1, 0.2, 0.4]
     assert obs.values.tolist() == [1.0, 3.0, 2.5, 3.0]
+
+
+def test_pareto_front_keeps_exactly_the_non_dominated_rows():
+    from torchtune_hp.samplers.gp import pareto_front
+
+    values = torch.tensor(
+        [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.5, 0.0], [0.4, 0.4, 0.0], [1.0, 0.0, 0.0]]
+    )
+    # row 3 is dominated by row 2; rows 0 and 4 tie (neither dominates the other)
+    assert pareto_front(values).tolist() == [0, 1, 2, 4]
+
+
+def test_input_warping_starts_at_the_identity_and_learns_a_stretch():
+    """The Kumaraswamy warp begins as the identity (a = b = 1), so it changes nothing until
+    the likelihood asks; on a function that varies only near x = 0 it learns a < 1, which
+    stretches that end of the axis."""
+    from torchtune_hp.gp.surrogate import MixedMatern52
+
+    enc = GPEncoding(Space({"x": Float(0.0, 1.0), "c": Categorical(["a", "b"])}))
+    kernel = MixedMatern52(enc, warp_inputs=True)
+    x = enc.from_unit(torch.tensor(np.random.default_rng(0).random((5, 2))))
+    assert torch.allclose(kernel.warp(x), x, atol=1e-5)
+    xs = torch.linspace(0, 1, 25, dtype=torch.float64).unsqueeze(-1)
+    ys = torch.sin(12 * torch.exp(-6 * xs[:, 0]))  # wiggles near 0, flat near 1
+    enc1 = GPEncoding(Space({"x": Float(0.0, 1.0)}))
+    s = Surrogate(enc1, torch.device("cpu"), deterministic=True, warp_inputs=True)
+    s.fit(xs, (ys - ys.mean()) / ys.std())
+    assert float(s._base.warp_concentration("a")) < 0.9
+
+
+def test_warp_inputs_auto_warps_only_where_the_likelihood_asks_for_it():
+    """``warp_inputs: auto`` fits the GP with and without the warp and keeps the better fitted
+    log posterior: a function that wiggles near one end of its range gets the warp, a smooth
+    one does not, and both are optimized."""
+    cases = {
+        "wiggle": lambda x: math.sin(12 * math.exp(-6 * x)),
+        "smooth": lambda x: math.sin(6 * x) + x * x,
+    }
+    chosen = {}
+    for name, f in cases.items():
+        study = Study(
+            name,
+            {"x": Float(0.0, 1.0)},
+            sampler="gp",
+            seed=0,
+            logdir=None,
+            sampler_options={"warp_inputs": "auto"},
+        )
+        study.optimize(lambda t, f=f: f(t.params["x"]), n_trials=20)
+        chosen[name] = study.sampler._warped[1]
+        assert study.best_value < {"wiggle": -0.999, "smooth": -0.41}[name]
+    assert chosen == {"wiggle": True, "smooth": False}
+
+
+def test_mace_suggests_new_points_explains_itself_and_solves_branin():
+    study = branin_study(0, sampler_options={"acquisition": "mace", "thompson_every": 0})
+    study.optimize(lambda t: branin(t.params), n_trials=30)
+    assert study.best_value - BRANIN_MIN < 0.05
+    params = [json.dumps(t.params, sort_keys=True) for t in study.trials]
+    assert len(set(params)) == len(params)
+    expl = study.sampler.explain(n_points=10)
+    assert expl is not None and "MACE" in expl.suggested_by

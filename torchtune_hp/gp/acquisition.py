@@ -23,7 +23,7 @@ import math
 import torch
 from torch import Tensor
 
-ACQUISITIONS = ("logei", "ei", "pi", "ucb", "thompson")
+ACQUISITIONS = ("logei", "ei", "pi", "ucb", "thompson", "mace")
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 _SQRT_PI_DIV_2 = math.sqrt(math.pi / 2)

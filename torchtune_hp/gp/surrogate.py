@@ -50,16 +50,56 @@ def warp(y: np.ndarray) -> np.ndarray:
     return (t - t.mean()) / np.std(t)
 
 
+# Input warping: concentrations a, b in [0.1, 10] with a LogNormal(0, sqrt(0.75)) prior (the
+# BoTorch default: median 1, the identity warp), so a warp is learned only where the data
+# ask for it; inputs are squeezed into [eps, 1 - eps] to keep u^a differentiable at 0.
+WARP_PRIOR_SD = math.sqrt(0.75)
+WARP_EPS = 1e-6
+
+
 class MixedMatern52(gpytorch.kernels.Kernel):
-    """Matérn-5/2 with per-parameter ARD lengthscales expanded over one-hot columns."""
+    """Matérn-5/2 with per-parameter ARD lengthscales expanded over one-hot columns; with
+    ``warp_inputs``, each numeric column first goes through a learned Kumaraswamy CDF."""
 
     has_lengthscale = True
 
-    def __init__(self, encoding: GPEncoding, **kwargs: object) -> None:
+    def __init__(self, encoding: GPEncoding, warp_inputs: bool = False, **kwargs: object) -> None:
         super().__init__(ard_num_dims=encoding.d, **kwargs)
         self.encoding = encoding
+        self.warp_cols = encoding.cont_cols if warp_inputs else encoding.cont_cols[:0]
+        if len(self.warp_cols):
+            n = len(self.warp_cols)
+            prior = gpytorch.priors.LogNormalPrior(0.0, WARP_PRIOR_SD)
+            for name in ("a", "b"):
+                bounds = gpytorch.constraints.Interval(0.1, 10.0)
+                raw = bounds.inverse_transform(torch.ones(n))  # start at the identity
+                self.register_parameter(f"raw_warp_{name}", torch.nn.Parameter(raw))
+                self.register_constraint(f"raw_warp_{name}", bounds)
+                self.register_prior(
+                    f"warp_{name}_prior",
+                    prior,
+                    lambda m, name=name: m.warp_concentration(name),
+                )
+
+    def warp_concentration(self, name: str) -> Tensor:
+        raw = getattr(self, f"raw_warp_{name}")
+        return getattr(self, f"raw_warp_{name}_constraint").transform(raw)
+
+    def warp(self, x: Tensor) -> Tensor:
+        """The Kumaraswamy CDF ``1 - (1 - u^a)^b`` on the numeric columns (Snoek et al. 2014's
+        input warping, the form HEBO and BoTorch use): a monotone bijection of [0, 1] that
+        can stretch the region where the objective changes fast (a valley floor, small
+        learning rates) so that one stationary lengthscale fits everywhere."""
+        if not len(self.warp_cols):
+            return x
+        cols = self.warp_cols.to(x.device)
+        a = self.warp_concentration("a").to(x.dtype)
+        b = self.warp_concentration("b").to(x.dtype)
+        u = x[..., cols].clamp(0.0, 1.0) * (1 - 2 * WARP_EPS) + WARP_EPS
+        return x.index_copy(-1, cols, 1 - (1 - u.pow(a)).pow(b))
 
     def forward(self, x1: Tensor, x2: Tensor, diag: bool = False, **params: object) -> Tensor:
+        x1, x2 = self.warp(x1), self.warp(x2)
         scale = self.encoding.column_scale(self.lengthscale)
         d2 = self.covar_dist(x1 / scale, x2 / scale, diag=diag, square_dist=True)
         r = d2.clamp_min(1e-30).sqrt()
@@ -74,7 +114,14 @@ NOISE_PRIOR = (-5.0, 1.5)
 
 
 class _ExactGP(gpytorch.models.ExactGP):
-    def __init__(self, x: Tensor, y: Tensor, encoding: GPEncoding, deterministic: bool) -> None:
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        encoding: GPEncoding,
+        deterministic: bool,
+        warp_inputs: bool = False,
+    ) -> None:
         noise_prior = None if deterministic else gpytorch.priors.LogNormalPrior(*NOISE_PRIOR)
         likelihood = gpytorch.likelihoods.GaussianLikelihood(
             noise_prior=noise_prior, noise_constraint=gpytorch.constraints.GreaterThan(1e-7)
@@ -85,6 +132,7 @@ class _ExactGP(gpytorch.models.ExactGP):
         self.covar_module = gpytorch.kernels.ScaleKernel(
             MixedMatern52(
                 encoding,
+                warp_inputs,
                 lengthscale_prior=gpytorch.priors.LogNormalPrior(
                     math.sqrt(2.0) + 0.5 * math.log(d), math.sqrt(3.0)
                 ),
@@ -109,6 +157,7 @@ class Hyper:
     noise: float
     mean: float
     raw: np.ndarray
+    loss: float  # the fit's negative log marginal likelihood plus priors, over n; nan if reused
 
 
 def neg_mll(model: _ExactGP, x: Tensor, y: Tensor, priors: list | None = None) -> Tensor:
@@ -140,11 +189,16 @@ class Surrogate:
     """Fit on ``(X, y)``, then answer posterior mean and variance for batches of points."""
 
     def __init__(
-        self, encoding: GPEncoding, device: torch.device, deterministic: bool = False
+        self,
+        encoding: GPEncoding,
+        device: torch.device,
+        deterministic: bool = False,
+        warp_inputs: bool = False,
     ) -> None:
         self.encoding = encoding
         self.device = device
         self.deterministic = deterministic
+        self.warp_inputs = warp_inputs
         self.hyper: Hyper | None = None
         self.x: Tensor | None = None
 
@@ -158,7 +212,9 @@ class Surrogate:
         hyperparameters as they are. Raises SurrogateError when every start fails."""
         x = x.to(self.device, torch.float64)
         y = y.to(self.device, torch.float64)
-        model = _ExactGP(x, y, self.encoding, self.deterministic).to(self.device, torch.float64)
+        model = _ExactGP(x, y, self.encoding, self.deterministic, self.warp_inputs).to(
+            self.device, torch.float64
+        )
         params = [p for p in model.parameters() if p.requires_grad]
         defaults = []
         for ls in (0.2, 0.8):  # short and long lengthscales, relative to sqrt(d)
@@ -220,6 +276,7 @@ class Surrogate:
             noise=float(model.likelihood.noise),
             mean=float(model.mean_module.constant),
             raw=best[1],
+            loss=best[0],
         )
         self._base = kernel.base_kernel
         return self.hyper

@@ -22,6 +22,7 @@ kept in ``last_note`` (stored on the trial).
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ import torch
 
 from torchtune_hp.gp.acquisition import ACQUISITIONS, acquisition_value
 from torchtune_hp.gp.encoding import GPEncoding
-from torchtune_hp.gp.optimize import maximize
+from torchtune_hp.gp.optimize import maximize, refine, score, sweep_categoricals
 from torchtune_hp.gp.slices import explain as explain_slices
 from torchtune_hp.gp.surrogate import Surrogate, SurrogateError, warp
 from torchtune_hp.gp.threads import torch_threads
@@ -127,6 +128,7 @@ class GPSampler:
         n_restarts: int = 10,
         max_fit_points: int = 256,
         refit_fraction: float = 0.05,
+        warp_inputs: bool | str = False,
         mode: str = "min",
     ) -> None:
         if acquisition not in ACQUISITIONS:
@@ -159,11 +161,16 @@ class GPSampler:
         if not 0 <= refit_fraction < 1:
             raise ValueError(f"refit_fraction must be in [0, 1), got {refit_fraction!r}")
         self.refit_fraction = float(refit_fraction)
+        if warp_inputs not in (True, False, "auto"):
+            raise ValueError(f"warp_inputs must be true, false or auto, got {warp_inputs!r}")
+        self.warp_inputs = warp_inputs
         self.mode = mode
         self.last_note: str | None = None
         self.surrogate: Surrogate | None = None
         self._view: dict[str, Any] | None = None  # the last GP suggestion, for explain()
-        self._last_fit: dict[int, tuple[np.ndarray, int]] = {}  # width -> (raw hyper, n)
+        # (width, warped) -> (raw hyperparameters, n) of the last fit, for warm starts
+        self._last_fit: dict[tuple[int, bool], tuple[np.ndarray, int]] = {}
+        self._warped: dict[int, bool] = {}  # width -> the warp_inputs=auto choice in force
 
     # -- the interface -----------------------------------------------------------------------
     def sample(
@@ -210,19 +217,44 @@ class GPSampler:
             )
             idx = torch.as_tensor(np.concatenate([keep_best, rest]))
             fit_x, fit_y = x[idx], y[idx]
-        surrogate = Surrogate(enc, self.device, self.deterministic)
-        warm, n_fit = self._last_fit.get(enc.w, (None, 0))
-        if warm is None:
-            max_iter = 200
-        elif len(y) - n_fit >= max(1, int(self.refit_fraction * len(y))):
-            max_iter = 40
+        if self.warp_inputs == "auto" and len(enc.cont_cols):
+            chosen = self._warped.get(enc.w)
+            if chosen is not None and self._refit_iters(enc.w, chosen, len(y)) == 0:
+                surrogate = self._fit_one(enc, fit_x, fit_y, chosen, len(y))
+            else:
+                plain = self._fit_one(enc, fit_x, fit_y, False, len(y))
+                warped = self._fit_one(enc, fit_x, fit_y, True, len(y))
+                surrogate = plain
+                assert plain.hyper is not None and warped.hyper is not None
+                # The better fitted log posterior wins; the warp's priors (two concentrations
+                # per numeric column, each LogNormal density below 1 near a = b = 1) are its
+                # price, so it has to buy a better likelihood to be used.
+                if warped.hyper.loss < plain.hyper.loss:
+                    surrogate = warped
+                self._warped[enc.w] = surrogate.warp_inputs
         else:
-            max_iter = 0  # few new points since the last fit: keep its hyperparameters
-        hyper = surrogate.fit(fit_x, fit_y, warm=warm, max_iter=max_iter)
-        if max_iter:
-            self._last_fit[enc.w] = (hyper.raw, len(y))
+            surrogate = self._fit_one(enc, fit_x, fit_y, self.warp_inputs is True, len(y))
         surrogate.condition(x, y)
         return surrogate, y
+
+    def _refit_iters(self, width: int, warped: bool, n: int) -> int:
+        """L-BFGS iterations for this fit: 200 cold, 40 warm once the data grew by
+        ``refit_fraction``, 0 (reuse the last hyperparameters) otherwise."""
+        warm, n_fit = self._last_fit.get((width, warped), (None, 0))
+        if warm is None:
+            return 200
+        return 40 if n - n_fit >= max(1, int(self.refit_fraction * n)) else 0
+
+    def _fit_one(
+        self, enc: GPEncoding, x: torch.Tensor, y: torch.Tensor, warped: bool, n: int
+    ) -> Surrogate:
+        surrogate = Surrogate(enc, self.device, self.deterministic, warped)
+        max_iter = self._refit_iters(enc.w, warped, n)
+        warm, _ = self._last_fit.get((enc.w, warped), (None, 0))
+        hyper = surrogate.fit(x, y, warm=warm, max_iter=max_iter)
+        if max_iter:
+            self._last_fit[(enc.w, warped)] = (hyper.raw, n)
+        return surrogate
 
     def _suggest(
         self, space: Space, obs: Observations, pending: Sequence[FrozenTrial], k: int
@@ -250,6 +282,8 @@ class GPSampler:
             values = -surrogate.joint_sample(candidates[:1024], gen)
             order = values.argsort(descending=True)
             pool = candidates[:1024][order]
+        elif self.acquisition == "mace":
+            pool = self._mace(surrogate, enc, candidates, k)
         else:
 
             def acq(xq: torch.Tensor) -> torch.Tensor:
@@ -274,13 +308,57 @@ class GPSampler:
         self.last_note = "every candidate was already evaluated or pending: a Sobol point instead"
         return self._sobol(space, k)
 
+    def _mace(
+        self, surrogate: Surrogate, enc: GPEncoding, candidates: torch.Tensor, k: int
+    ) -> torch.Tensor:
+        """HEBO's MACE (Cowen-Rivers et al. 2022): the Pareto set of log EI, log PI and UCB
+        (HEBO's growing ``kappa``), improvement measured against the lowest posterior mean at
+        an observed point; one member drawn at random, the rest as fallbacks. One posterior
+        pass scores all three; the restarts are shared out among them and refined together,
+        so a suggestion costs what a single acquisition's does."""
+        x = surrogate.x
+        assert x is not None
+        with torch.no_grad():
+            best = float(surrogate.posterior(x)[0].min())
+        kappa2 = (2.0 + enc.d / 2.0) * math.log(max(len(x), 2)) + math.log(math.pi**2 / 0.01)
+
+        def acq3(xq: torch.Tensor) -> torch.Tensor:
+            mean, var = surrogate.posterior(xq)
+            return torch.stack(
+                [
+                    acquisition_value("logei", mean, var, best, 0.0, self.xi),
+                    acquisition_value("pi", mean, var, best, 0.0, self.xi),
+                    acquisition_value("ucb", mean, var, best, kappa2, 0.0),
+                ],
+                -1,
+            )
+
+        values = score(acq3, candidates)  # (m, 3), larger is better
+        per = max(1, -(-self.n_restarts // 3))
+        starts = torch.cat([values[:, j].argsort(descending=True)[:per] for j in range(3)])
+        owner = torch.arange(3).repeat_interleave(per).to(candidates.device)
+
+        def own(xq: torch.Tensor) -> torch.Tensor:  # each start climbs its own acquisition
+            rows = owner.repeat(len(xq) // len(owner))
+            return acq3(xq).gather(1, rows.unsqueeze(1)).squeeze(1)
+
+        refined = sweep_categoricals(own, enc, refine(own, enc, candidates[starts]))
+        pool = torch.cat([refined, candidates])
+        values = torch.cat([score(acq3, refined), values])
+        front = pareto_front(values)
+        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + k) % 2**63)
+        first = front[torch.randint(len(front), (1,), generator=gen)]
+        rest = values[:, 0].argsort(descending=True)
+        return pool[torch.cat([first, front, rest])]
+
     def explain(self, n_points: int = 80) -> Explanation | None:
         """Slices of the model behind the last suggestion (see :mod:`torchtune_hp.gp.slices`);
         None when that suggestion did not come from the GP (initial design, fallback)."""
         if self._view is None or self.surrogate is None:
             return None
         v, surrogate = self._view, self.surrogate
-        name = "logei" if self.acquisition == "thompson" else self.acquisition
+        # Thompson and MACE have no single acquisition surface: their slices show log EI.
+        name = "logei" if self.acquisition in ("thompson", "mace") else self.acquisition
         label = {"logei": "log EI", "ei": "EI", "pi": "log PI", "ucb": f"UCB (beta={self.beta})"}
 
         def acq(xq: torch.Tensor) -> torch.Tensor:
@@ -288,6 +366,8 @@ class GPSampler:
             return acquisition_value(name, mean, var, v["best"], self.beta, self.xi)
 
         how = "Thompson draw" if v["thompson"] else f"{label[name]} maximizer"
+        if self.acquisition == "mace" and not v["thompson"]:
+            how = "MACE: a random point of the log EI / log PI / UCB Pareto set"
         with torch_threads(1):
             return explain_slices(
                 v["space"],
@@ -332,6 +412,15 @@ class GPSampler:
             noise = 0.05 * torch.randn(len(local), len(cols), generator=gen, dtype=local.dtype)
             local[:, cols] = (local[:, cols] + noise).clamp(0, 1)
         return torch.cat([global_x, enc.snap(local)])
+
+
+def pareto_front(values: torch.Tensor) -> torch.Tensor:
+    """Indices of the rows of ``values`` ``(m, k)`` (larger is better) that no other row
+    dominates."""
+    ge = (values.unsqueeze(1) >= values.unsqueeze(0)).all(-1)  # [i, j]: i >= j everywhere
+    gt = (values.unsqueeze(1) > values.unsqueeze(0)).any(-1)
+    dominated = (ge & gt).any(0)
+    return torch.nonzero(~dominated).squeeze(-1)
 
 
 def lengthscale_shares(space: Space, surrogate: Surrogate) -> dict[str, float]:
