@@ -3,6 +3,7 @@ measured in the same process, one after the other, on the same history.
 
     python -m benchmarks.run_latency                     # 50 100 200 400 1000 observations
     python -m benchmarks.run_latency --sizes 100 --device cuda
+    python -m benchmarks.run_latency --sizes 100 --options '{"acquisition": "mace"}'
 
 For each size: ``n - 1`` random observations are added, one ask/tell warms the sampler (both
 samplers warm-start their kernel fit from the previous one, as in a running study), then
@@ -40,10 +41,9 @@ def history(n: int, seed: int = 0) -> list[tuple[dict[str, Any], float]]:
     return [(p, PROBLEM.f(p)) for p in pts]
 
 
-def time_ours(n: int, repeats: int, device: str) -> list[float]:
-    study = Study(
-        "lat", PROBLEM.space, sampler="gp", seed=0, logdir=None, sampler_options={"device": device}
-    )
+def time_ours(n: int, repeats: int, device: str, options: dict[str, Any]) -> list[float]:
+    opts = {"device": device, **options}
+    study = Study("lat", PROBLEM.space, sampler="gp", seed=0, logdir=None, sampler_options=opts)
     for p, v in history(n - 1):
         study.add(p, v)
     times = []
@@ -86,6 +86,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-optuna", action="store_true")
+    ap.add_argument(
+        "--options",
+        type=json.loads,
+        default={},
+        help='ours with gp options, e.g. \'{"acquisition": "mace"}\'',
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "latency.json")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -93,13 +99,13 @@ def main() -> None:
     rows = []
     print(
         f"ask() latency on Hartmann6, seconds (median of {args.repeats}), "
-        f"torch threads {torch.get_num_threads()}, ours on {args.device}"
+        f"torch threads {torch.get_num_threads()}, ours on {args.device} {args.options or ''}"
     )
     print(
         f"{'n':>6} {'ours':>9} {'ours mean':>10} {'optuna_gp':>10} {'optuna mean':>12} {'ratio':>7}"
     )
     for n in args.sizes:
-        ours_t = time_ours(n, args.repeats, args.device)
+        ours_t = time_ours(n, args.repeats, args.device, args.options)
         opt_t = time_optuna(n, args.repeats) if with_optuna else [float("nan")]
         ours, opt = float(np.median(ours_t)), float(np.median(opt_t))
         print(
@@ -125,6 +131,7 @@ def main() -> None:
                     "device": args.device,
                     "torch_threads": torch.get_num_threads(),
                 },
+                "options": args.options,
                 "rows": rows,
             },
             indent=1,
