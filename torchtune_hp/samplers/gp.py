@@ -163,7 +163,7 @@ class GPSampler:
         self.refit_fraction = float(refit_fraction)
         if warp_inputs not in (True, False, "auto"):
             raise ValueError(f"warp_inputs must be true, false or auto, got {warp_inputs!r}")
-        self.warp_inputs = warp_inputs
+        self.warp_inputs: bool | str = "auto" if warp_inputs == "auto" else bool(warp_inputs)
         self.mode = mode
         self.last_note: str | None = None
         self.surrogate: Surrogate | None = None
@@ -219,7 +219,7 @@ class GPSampler:
             fit_x, fit_y = x[idx], y[idx]
         if self.warp_inputs == "auto" and len(enc.cont_cols):
             chosen = self._warped.get(enc.w)
-            if chosen is not None and self._refit_iters(enc.w, chosen, len(y)) == 0:
+            if chosen is not None and self._refit_iters(enc.w, chosen, len(y))[1] == 0:
                 surrogate = self._fit_one(enc, fit_x, fit_y, chosen, len(y))
             else:
                 plain = self._fit_one(enc, fit_x, fit_y, False, len(y))
@@ -237,20 +237,20 @@ class GPSampler:
         surrogate.condition(x, y)
         return surrogate, y
 
-    def _refit_iters(self, width: int, warped: bool, n: int) -> int:
-        """L-BFGS iterations for this fit: 200 cold, 40 warm once the data grew by
-        ``refit_fraction``, 0 (reuse the last hyperparameters) otherwise."""
+    def _refit_iters(self, width: int, warped: bool, n: int) -> tuple[np.ndarray | None, int]:
+        """The last fit's raw hyperparameters (the warm start) and the L-BFGS iterations for
+        this fit: 200 cold, 40 warm once the data grew by ``refit_fraction``, 0 (reuse the
+        last hyperparameters) otherwise."""
         warm, n_fit = self._last_fit.get((width, warped), (None, 0))
         if warm is None:
-            return 200
-        return 40 if n - n_fit >= max(1, int(self.refit_fraction * n)) else 0
+            return None, 200
+        return warm, 40 if n - n_fit >= max(1, int(self.refit_fraction * n)) else 0
 
     def _fit_one(
         self, enc: GPEncoding, x: torch.Tensor, y: torch.Tensor, warped: bool, n: int
     ) -> Surrogate:
         surrogate = Surrogate(enc, self.device, self.deterministic, warped)
-        max_iter = self._refit_iters(enc.w, warped, n)
-        warm, _ = self._last_fit.get((enc.w, warped), (None, 0))
+        warm, max_iter = self._refit_iters(enc.w, warped, n)
         hyper = surrogate.fit(x, y, warm=warm, max_iter=max_iter)
         if max_iter:
             self._last_fit[(enc.w, warped)] = (hyper.raw, n)
