@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import platform
 import time
 import warnings
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch
 
 from benchmarks.optimizers import optuna_distributions
 from benchmarks.problems import PROBLEMS
+from benchmarks.report import write_results
 from torchtune_hp import Study
 
 RESULTS = Path(__file__).parent / "results"
@@ -94,6 +93,7 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, default=RESULTS / "latency.json")
     args = ap.parse_args()
+    started = time.perf_counter()
     warnings.filterwarnings("ignore")
     with_optuna = not args.no_optuna and importlib.util.find_spec("optuna") is not None
     rows = []
@@ -121,23 +121,8 @@ def main() -> None:
                 "optuna_gp_median_s": opt if with_optuna else None,
             }
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "platform": platform.platform(),
-                    "device": args.device,
-                    "torch_threads": torch.get_num_threads(),
-                },
-                "options": args.options,
-                "rows": rows,
-            },
-            indent=1,
-        )
-    )
-    print(f"wrote {args.out}")
+    machine = {"device": args.device, "torch_threads": torch.get_num_threads()}
+    write_results(args.out, {"options": args.options, "rows": rows}, started, machine)
 
 
 if __name__ == "__main__":
