@@ -13,12 +13,17 @@ reports (what a checkpoint-on-best run would keep).
   ``1/eta`` of every trial that reached that rung (the first ``eta - 1`` arrivals continue if
   they are the best so far, since a trial cannot be paused and resumed).
 
-Both stop a trial at once when its latest report is NaN or inf (a diverging run, recorded by
+* ``gp`` (:class:`torchtune_hp.gp.stopping.GPPruner`): a GP over (configuration, training
+  progress) forecasts each running trial's final value from every curve the study has seen;
+  a trial stops when its chance of beating the best value so far is below ``threshold``.
+
+All stop a trial at once when its latest report is NaN or inf (a diverging run, recorded by
 the study as the worst value there is); ``none`` lets it run to its end.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 import statistics
 from collections.abc import Sequence
@@ -134,12 +139,27 @@ class ASHAPruner:
         return _worse(mine, ranked[k - 1], mode)
 
 
-PRUNERS: dict[str, type] = {"none": NopPruner, "median": MedianPruner, "asha": ASHAPruner}
+# name -> class, or "module:Class" imported on first use (the gp pruner loads GPyTorch).
+PRUNERS: dict[str, type | str] = {
+    "none": NopPruner,
+    "median": MedianPruner,
+    "asha": ASHAPruner,
+    "gp": "torchtune_hp.gp.stopping:GPPruner",
+}
+
+
+def pruner_class(name: str) -> type:
+    cls = PRUNERS[name]
+    if isinstance(cls, str):
+        module, _, attr = cls.partition(":")
+        return getattr(importlib.import_module(module), attr)
+    return cls
 
 
 def make_pruner(name: str, options: dict | None = None) -> Pruner:
     """A pruner by name; raises :class:`~torchtune_hp.options.OptionError` naming the option."""
     check_name("pruner", name, list(PRUNERS))
     options = dict(options or {})
-    check_options(PRUNERS[name].__init__, options, f"pruner {name!r}")
-    return build(PRUNERS[name], f"pruner {name!r}", options)
+    cls = pruner_class(name)
+    check_options(cls.__init__, options, f"pruner {name!r}")
+    return build(cls, f"pruner {name!r}", options)

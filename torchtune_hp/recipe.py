@@ -7,7 +7,7 @@ the CLI prints it and exits with code 2. Sections::
     study:     {name, metric, mode, trials, seed}
     space:     {<param>: {type: float|int|categorical|fixed, ...}}
     sampler:   {name: gp|random|sobol|grid, <option>: ...}
-    pruner:    {name: none|median|asha, <option>: ...}
+    pruner:    {name: none|median|asha|gp, <option>: ...}
     objective: {function: file.py:train | package.module:train}
                or {command: [python, train.py], args: argparse|equals|hydra|lightning_cli,
                    rename: {lr: model.learning_rate}, metric_regex: ..., timeout: 600}
@@ -49,7 +49,7 @@ from torchtune_hp.errors import ConfigError
 from torchtune_hp.files import check_study_name
 from torchtune_hp.objective import load_objective
 from torchtune_hp.options import OptionError, closest
-from torchtune_hp.pruners import PRUNERS, make_pruner
+from torchtune_hp.pruners import make_pruner, pruner_class
 from torchtune_hp.samplers import make_sampler, sampler_options
 from torchtune_hp.space import _TYPES, Param, Space
 from torchtune_hp.study import MAX_SEED
@@ -323,7 +323,7 @@ def _drop_options_of_a_replaced_choice(
             if section == "sampler":
                 allowed = set(sampler_options(name))
             else:
-                allowed = {f.name for f in dataclasses.fields(PRUNERS[name])}
+                allowed = {f.name for f in dataclasses.fields(pruner_class(name))}
         except (KeyError, TypeError):
             continue  # an unknown name: validation reports it
         dropped = [

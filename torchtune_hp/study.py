@@ -59,12 +59,14 @@ MAX_STEP = 2**63 - 1
 
 class StudyListener(Protocol):
     """What a subscriber may hear (every method is optional): a trial started, reported,
-    finished; the sampler explained itself; the study closed."""
+    finished; the sampler explained itself; a model-based pruner decided (with its reasons);
+    the study closed."""
 
     def trial_started(self, study: Study, trial: Trial) -> None: ...
     def trial_reported(self, study: Study, number: int, step: int, value: float) -> None: ...
     def trial_finished(self, study: Study, trial: FrozenTrial) -> None: ...
     def sampler_explained(self, study: Study, explanation: Explanation, number: int) -> None: ...
+    def trial_decided(self, study: Study, number: int, decision: Any) -> None: ...
     def study_closed(self, study: Study) -> None: ...
 
 
@@ -174,6 +176,13 @@ class Study:
                 if isinstance(pruner, str)
                 else pruner
             )
+            # A pruner with a model of the curves (gp) learns the space, and hands the gp
+            # sampler its forecasts of stopped trials' final values.
+            bind = getattr(self.pruner, "bind", None)
+            if callable(bind):
+                bind(self.space, mode, self.seed or 0)
+            if hasattr(self.pruner, "final_values") and hasattr(self.sampler, "final_values"):
+                self.sampler.final_values = self.pruner.final_values
             for t in self.storage.trials():
                 self._remember(t)
             if not self.follower:
@@ -480,14 +489,16 @@ class Study:
         self._refresh(number)
         self._emit("trial_reported", number, int(s), val)
 
-    def note(self, number: int, text: str) -> None:
-        """Add ``text`` to a trial's note, once (``trials`` shows it)."""
+    def note(self, number: int, text: str, warn: bool = True) -> None:
+        """Add ``text`` to a trial's note, once (``trials`` shows it); ``warn``: also as a
+        RuntimeWarning (for what went wrong, not for a pruner's reasons)."""
         if (number, text) in self._noted or self.follower:
             return
         self._noted.add((number, text))
         self.storage.add_note(number, text)
         self._refresh(number)
-        warnings.warn(f"trial {number}: {text}", RuntimeWarning, stacklevel=3)
+        if warn:
+            warnings.warn(f"trial {number}: {text}", RuntimeWarning, stacklevel=3)
 
     def should_prune(self, trial: Trial | int) -> bool:
         """Whether the pruner says to stop the trial now, from the values reported so far."""
@@ -496,7 +507,13 @@ class Study:
             return False
         me = self._view[number]
         others = [t for t in self._view.values() if t.number != number]
-        return bool(self.pruner.prune(me, others, self.mode))
+        stop = bool(self.pruner.prune(me, others, self.mode))
+        decision = getattr(self.pruner, "last_decision", None)
+        if decision is not None:
+            if stop:
+                self.note(number, decision.describe(self.metric), warn=False)
+            self._emit("trial_decided", number, decision)
+        return stop
 
     def record_process(self, trial: Trial | int, process: dict[str, Any]) -> None:
         """Where a trial's process group runs, so a resumed driver can make sure it is gone."""

@@ -29,6 +29,7 @@ from torchtune_hp.board.foreign import strip_foreign_hparams
 from torchtune_hp.board.hparams import session_end_summary, session_start_summary, text_summary
 from torchtune_hp.board.tags import (
     ERROR_TAG,
+    FORECAST_RUN,
     OUR_SUFFIX,
     RUNNING_RUN,
     SESSION_RUN,
@@ -50,6 +51,13 @@ def _error_markdown(trial: FrozenTrial) -> str:
     return f"trial {trial.number} failed:\n\n" + "\n".join(
         "    " + line for line in text.splitlines()
     )
+
+
+def _forecasts(study: Any) -> Any:
+    """The pruner's forecasts of the stopped and running trials' curves (pruner gp), as plain
+    arrays for the curves view; None for a pruner without a model."""
+    explain = getattr(study.pruner, "explain_curves", None)
+    return explain(study.trials) if explain is not None else None
 
 
 def _never_stops_a_study(method: Callable[..., None]) -> Callable[..., None]:
@@ -87,6 +95,7 @@ class StudyBoard:
         self.images_every = images_every
         self._study_writer: EventWriter | None = None
         self._running: dict[int, EventWriter] = {}
+        self._forecast: dict[int, EventWriter] = {}  # pruner gp: trial -> its forecast run
         self._drawn_at = -1  # how many trials had finished when the views were last drawn
         # periodic pictures wait until this (monotonic) time: the first until the study has
         # run ten times as long as a drawing is guessed to take, each next one likewise
@@ -176,7 +185,30 @@ class StudyBoard:
             writer.scalar(objective_tag(self.metric), value, step)
 
     @_never_stops_a_study
+    def trial_decided(self, study: Any, number: int, decision: Any) -> None:
+        """``pruner: gp`` decided on a trial: its forecast (predicted final value, ±1 sd, the
+        chance to beat the best) at the trial's latest step, in ``trial_NNNN/forecast``; the
+        reason in words as text when it stopped the trial."""
+        writer = self._forecast.get(number)
+        if writer is None:
+            folder = files.renewed_dir(self._trial_dir(number) / FORECAST_RUN, OUR_SUFFIX)
+            writer = self._forecast[number] = EventWriter(folder)
+        f = decision.forecast
+        steps = study.trial(number).intermediate
+        step = max(steps) if steps else f.resource
+        tag = f"forecast/final_{self.metric}"
+        writer.scalar(tag, f.mean, step)
+        writer.scalar(f"{tag}_low", f.mean - f.sd, step)
+        writer.scalar(f"{tag}_high", f.mean + f.sd, step)
+        writer.scalar("forecast/p_beats_best", f.p_improve, step)
+        if decision.stop:
+            writer.summary(text_summary("forecast/decision", decision.describe(self.metric)))
+
+    @_never_stops_a_study
     def trial_finished(self, study: Any, trial: FrozenTrial) -> None:
+        forecast = self._forecast.pop(trial.number, None)
+        if forecast is not None:
+            forecast.close()
         writer = self._running.pop(trial.number, None)
         if writer is not None:  # it ran here (not a warm start added, not a recovered one)
             writer.close()
@@ -190,7 +222,7 @@ class StudyBoard:
         finished = study.finished_trials
         if self.images_every and len(finished) % self.images_every == 0:
             if time.monotonic() >= self._next_views:
-                self.draw_views(finished)
+                self.draw_views(finished, _forecasts(study))
 
     def wants_explanation(self, number: int) -> bool:
         """Whether the study should ask the sampler for its pictures now (they cost a model
@@ -209,7 +241,7 @@ class StudyBoard:
             quiet = study.stopped or signals.received() is not None
             if self.images_every and self._ended_here and not quiet:
                 finished = study.finished_trials
-                self.draw_views(finished)
+                self.draw_views(finished, _forecasts(study))
                 explain_now = getattr(study.sampler, "explain_trials", None)
                 if explain_now is not None and finished:
                     expl = explain_now(self.space, finished)
@@ -219,7 +251,7 @@ class StudyBoard:
             self.close()
 
     # -- pictures ----------------------------------------------------------------------------
-    def draw_views(self, finished: Sequence[FrozenTrial]) -> None:
+    def draw_views(self, finished: Sequence[FrozenTrial], forecasts: Any = None) -> None:
         """The study views (history, curves, slices, pairs, parallel coordinates), at step =
         the number of finished trials. Drawing takes about a second (more on a long study), so
         after one the next periodic redraw waits at least ten times as long: with fast trials
@@ -230,7 +262,8 @@ class StudyBoard:
 
         began = time.monotonic()
         self._drawn_at = len(finished)
-        for tag, png in study_views(finished, self.space, self.metric, self.mode).items():
+        views = study_views(finished, self.space, self.metric, self.mode, forecasts)
+        for tag, png in views.items():
             self.study_writer.image(f"views/{tag}", png, len(finished))
         now = time.monotonic()
         self._next_views = now + DRAW_BUDGET * (now - began)
@@ -247,9 +280,10 @@ class StudyBoard:
     def close(self) -> None:
         """Trials still open (an interrupted run) end as the study records them: the study
         tells :meth:`trial_finished` first; a session left here is closed as it is."""
-        for writer in self._running.values():
+        for writer in [*self._running.values(), *self._forecast.values()]:
             writer.close()
         self._running.clear()
+        self._forecast.clear()
         if self._study_writer is not None:
             self._study_writer.close()
             self._study_writer = None

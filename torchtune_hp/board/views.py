@@ -90,7 +90,14 @@ def history_png(trials: Sequence[FrozenTrial], metric: str, mode: str) -> bytes:
     return png_bytes(fig)
 
 
-def curves_png(trials: Sequence[FrozenTrial], metric: str) -> bytes:
+Forecasts = dict[int, tuple[list[float], list[float], list[float]]]
+
+
+def curves_png(
+    trials: Sequence[FrozenTrial], metric: str, forecasts: Forecasts | None = None
+) -> bytes:
+    """Every trial's reported values; with ``forecasts`` (trial -> steps, mean, sd from the
+    learning-curve model), each forecast trial's predicted rest of the curve, dashed, ±1 sd."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.2))
     complete = [t for t in trials if t.state is TrialState.COMPLETE]
@@ -116,6 +123,14 @@ def curves_png(trials: Sequence[FrozenTrial], metric: str) -> bytes:
         )
     if ends:
         ax.scatter(*zip(*ends, strict=True), marker="x", color="C3", s=30, zorder=3)
+    for i, (_, arrays) in enumerate(sorted((forecasts or {}).items())):
+        steps, mean, sd = (np.asarray(a, dtype=float) for a in arrays)
+        label = "model forecast (±1 sd)" if i == 0 else None
+        ax.plot(steps, np.clip(mean, *lim), "--", color="C0", lw=0.9, alpha=0.7, label=label)
+        ax.fill_between(
+            steps, np.clip(mean - sd, *lim), np.clip(mean + sd, *lim), color="C0", alpha=0.08
+        )
+        drawn.add("forecast")
     if drawn:
         ax.autoscale_view(scaley=False)
     if not drawn:
@@ -307,13 +322,17 @@ def parallel_png(trials: Sequence[FrozenTrial], space: Space, metric: str, mode:
 
 
 def study_views(
-    trials: Sequence[FrozenTrial], space: Space, metric: str, mode: str
+    trials: Sequence[FrozenTrial],
+    space: Space,
+    metric: str,
+    mode: str,
+    forecasts: Forecasts | None = None,
 ) -> dict[str, bytes]:
     """Every view, by its tag's last part."""
     finished = [t for t in trials if t.state.finished]
     return {
         "history": history_png(finished, metric, mode),
-        "curves": curves_png(finished, metric),
+        "curves": curves_png(finished, metric, forecasts),
         "slices": slices_png(finished, space, metric),
         "pairs": pairs_png(finished, space, metric, mode),
         "parallel": parallel_png(finished, space, metric, mode),

@@ -38,16 +38,26 @@ def warp(y: np.ndarray) -> np.ndarray:
     NeurIPS 2020 black-box challenge winner, does), then standardize again. Skewed objectives
     (a few diverging trials at 10x the loss of the rest, or a long tail of bad values) become
     close to Gaussian, so the outliers neither flatten the model nor dominate its scale."""
+    return warp_with(y)[0]
+
+
+def warp_with(y: np.ndarray, lmbda: float | None = None) -> tuple[np.ndarray, float | None]:
+    """:func:`warp` with the Yeo-Johnson exponent given (``lmbda``) or fit (None); returns the
+    warped values and the exponent used (None where none was), so a caller that warps a
+    slowly growing set many times can fit the exponent only now and then."""
     y = np.asarray(y, dtype=np.float64)
     std = float(np.std(y))
     if not std > 0 or len(y) < 3:
-        return np.zeros_like(y) if not std > 0 else (y - y.mean()) / std
+        return (np.zeros_like(y) if not std > 0 else (y - y.mean()) / std), None
     z = (y - y.mean()) / std
     with np.errstate(all="ignore"):
-        t, _ = yeojohnson(z)
+        if lmbda is None:
+            t, lmbda = yeojohnson(z)
+        else:
+            t = yeojohnson(z, lmbda)
     if not np.all(np.isfinite(t)) or not np.std(t) > 0:
-        t = z
-    return (t - t.mean()) / np.std(t)
+        t, lmbda = z, None
+    return (t - t.mean()) / np.std(t), (None if lmbda is None else float(lmbda))
 
 
 # Input warping: concentrations a, b in [0.1, 10] with a LogNormal(0, sqrt(0.75)) prior (the

@@ -4,7 +4,8 @@ What the sampler learns from (one documented rule each):
 
 * COMPLETE trials: their value.
 * PRUNED trials: their last reported value, when there is one (a pruned trial was stopped
-  because it looked bad, and that early value says so).
+  because it looked bad, and that early value says so); with ``pruner.name: gp``, the
+  learning-curve model's forecast of its final value instead (``final_values``).
 * FAILED trials (a raising objective, NaN, inf): the worst observed value, so the model is
   steered away from the region that fails. Interrupted trials (Ctrl-C, a dead driver) are
   ignored: their parameters are not at fault.
@@ -24,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,14 +69,20 @@ class Observations:
     kinds: list[str] = field(default_factory=list)  # complete | pruned | failed, per value
 
 
-def observations(trials: Sequence[FrozenTrial], mode: str) -> Observations:
+def observations(
+    trials: Sequence[FrozenTrial], mode: str, forecasts: dict[int, float] | None = None
+) -> Observations:
+    """``forecasts``: a final value to use for a PRUNED trial in place of its last report."""
     sign = 1.0 if mode == "min" else -1.0
     params, values, kinds, failed = [], [], [], []
     for t in trials:
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.value is not None:
-            if np.isfinite(t.value):
+            value = t.value
+            if forecasts and t.state is TrialState.PRUNED and t.number in forecasts:
+                value = forecasts[t.number]
+            if np.isfinite(value):
                 params.append(t.params)
-                values.append(sign * t.value)
+                values.append(sign * value)
                 kinds.append(t.state.value.lower())
                 continue
         if t.state is TrialState.FAILED and not t.interrupted:
@@ -171,6 +178,9 @@ class GPSampler:
         # (width, warped) -> (raw hyperparameters, n) of the last fit, for warm starts
         self._last_fit: dict[tuple[int, bool], tuple[np.ndarray, int]] = {}
         self._warped: dict[int, bool] = {}  # width -> the warp_inputs=auto choice in force
+        # Set by the study when its pruner models the curves (pruner gp): trials -> forecast
+        # final values of the PRUNED ones.
+        self.final_values: Callable[[Sequence[FrozenTrial]], dict[int, float]] | None = None
 
     # -- the interface -----------------------------------------------------------------------
     def sample(
@@ -179,7 +189,8 @@ class GPSampler:
         self.last_note = None
         self._view = None
         k = own_draws(trials, pending)
-        obs = observations(trials, self.mode)
+        forecasts = self.final_values(trials) if self.final_values is not None else None
+        obs = observations(trials, self.mode, forecasts)
         n_init = self.n_init or default_n_init(space.dim)
         if space.dim == 0 or len(obs.values) < max(n_init, 2):
             return self._sobol(space, k)

@@ -1,0 +1,207 @@
+"""``pruner: gp``: the learning-curve GP keeps slow starters that will finish well, stops fast
+starters that will not, feeds the gp sampler its forecasts, and shows its reasons."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+from conftest import run_cli, xy_recipe
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from torchtune_hp import Float, Study, TrialState
+from torchtune_hp.gp.curves import thinned_resources
+from torchtune_hp.gp.stopping import GPPruner
+from torchtune_hp.pruners import ASHAPruner, make_pruner
+from torchtune_hp.recipe import load_recipe
+from torchtune_hp.runner import run_recipe
+from torchtune_hp.space import Space
+from torchtune_hp.trial import FrozenTrial
+
+EPOCHS = 16
+SPACE = Space({"a": Float(0.0, 1.0)})
+
+
+def loss(a: float, epoch: int) -> float:
+    """Validation loss after ``epoch`` epochs: configurations near a = 0.8 end best but start
+    slowest (the time constant grows with a); small a learns fast and plateaus high."""
+    final = 0.2 + (a - 0.8) ** 2
+    tau = 0.5 + 4.0 * a
+    return final + (2.0 - final) * math.exp(-epoch / tau)
+
+
+def trial(number: int, a: float, epochs: int, state=TrialState.COMPLETE) -> FrozenTrial:
+    curve = {e: loss(a, e) for e in range(1, epochs + 1)}
+    value = min(curve.values()) if state is TrialState.COMPLETE else None
+    return FrozenTrial(number, state, {"a": a}, value=value, intermediate=curve)
+
+
+HISTORY = [trial(i, a, EPOCHS) for i, a in enumerate([0.0, 0.15, 0.3, 0.45, 0.6, 1.0])]
+
+
+def test_thinned_resources_are_log_spaced_and_keep_the_last():
+    assert thinned_resources(1) == [1]
+    assert thinned_resources(20) == [1, 2, 3, 4, 6, 8, 12, 16, 20]
+    assert thinned_resources(0) == []
+
+
+def test_the_model_keeps_a_slow_starter_that_asha_stops_and_stops_a_plateau_asha_keeps():
+    slow_good = trial(10, 0.8, 2, TrialState.RUNNING)  # ends at 0.20: better than all so far
+    fast_bad = trial(11, 0.1, 2, TrialState.RUNNING)  # ends at 0.69: worse than the best
+    assert slow_good.intermediate[2] > fast_bad.intermediate[2]  # it looks worse at epoch 2
+    best_so_far = min(t.value for t in HISTORY)
+    assert loss(0.8, EPOCHS) < best_so_far < loss(0.1, EPOCHS)
+
+    asha = ASHAPruner(min_resource=1, eta=2)
+    assert asha.prune(slow_good, HISTORY, "min") and not asha.prune(fast_bad, HISTORY, "min")
+
+    gp = GPPruner(n_startup=3)
+    gp.bind(SPACE, "min")
+    assert not gp.prune(slow_good, HISTORY, "min")
+    keep = gp.last_decision
+    assert keep is not None and not keep.stop and keep.forecast.p_improve > 0.05
+    assert gp.prune(fast_bad, HISTORY, "min")
+    stop = gp.last_decision
+    assert stop is not None and stop.stop and stop.forecast.p_improve < 0.05
+    # the forecasts are near the truth, and the slow starter's far below its current value
+    assert keep.forecast.mean == pytest.approx(loss(0.8, EPOCHS), abs=0.08)
+    assert stop.forecast.mean == pytest.approx(loss(0.1, EPOCHS), abs=0.1)
+    assert keep.forecast.mean < slow_good.intermediate[2] - 0.5
+    assert "stopped after 2 reports" in stop.describe("val_loss")
+
+
+def test_no_decision_before_startup_off_rung_or_at_the_end():
+    gp = GPPruner(n_startup=3, min_resource=2, eta=2)
+    gp.bind(SPACE, "min")
+    fast_bad = trial(11, 0.1, 2, TrialState.RUNNING)
+    assert not gp.prune(fast_bad, HISTORY[:2], "min")  # two complete trials: too early
+    assert not gp.prune(trial(11, 0.1, 3, TrialState.RUNNING), HISTORY, "min")  # off rung
+    assert gp.last_decision is None
+    assert gp.prune(trial(11, 0.1, 4, TrialState.RUNNING), HISTORY, "min")
+    assert not gp.prune(trial(11, 0.1, EPOCHS, TrialState.RUNNING), HISTORY, "min")
+    diverging = FrozenTrial(12, TrialState.RUNNING, {"a": 0.5}, intermediate={1: math.inf})
+    assert gp.prune(diverging, HISTORY[:1], "min")  # stopped at once, model or not
+
+
+def test_maximizing_studies_are_forecast_in_their_direction():
+    flipped = [
+        FrozenTrial(
+            t.number,
+            t.state,
+            t.params,
+            value=-t.value,
+            intermediate={e: -v for e, v in t.intermediate.items()},
+        )
+        for t in HISTORY
+    ]
+    gp = GPPruner(n_startup=3)
+    gp.bind(SPACE, "max")
+    fast_bad = trial(11, 0.1, 2, TrialState.RUNNING)
+    neg = FrozenTrial(
+        11,
+        fast_bad.state,
+        fast_bad.params,
+        intermediate={e: -v for e, v in fast_bad.intermediate.items()},
+    )
+    assert gp.prune(neg, flipped, "max")
+    assert gp.last_decision.forecast.mean == pytest.approx(-loss(0.1, EPOCHS), abs=0.1)
+
+
+def train_curve(trial) -> float:
+    for epoch in range(1, EPOCHS + 1):
+        trial.report(loss(trial.params["a"], epoch), step=epoch)
+        if trial.should_prune():
+            trial.pruned = True
+            return None
+    return loss(trial.params["a"], EPOCHS)
+
+
+def read(run: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def test_a_study_with_pruner_gp_stops_bad_trials_feeds_the_sampler_and_shows_why(tmp_path):
+    study = Study(
+        "mf",
+        {"a": Float(0.0, 1.0)},
+        sampler="gp",
+        pruner="gp",
+        logdir=tmp_path / "logs",
+        metric="loss",
+        seed=0,
+        images_every=1,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        study.optimize(train_curve, n_trials=14)
+    assert not [w for w in caught if "TensorBoard output" in str(w.message)]
+    trials = study.trials
+    pruned = [t for t in trials if t.state is TrialState.PRUNED]
+    complete = [t for t in trials if t.state is TrialState.COMPLETE]
+    assert pruned and len(complete) >= 3
+    epochs = sum(len(t.intermediate) for t in trials)
+    assert epochs <= EPOCHS * (len(trials) - 1)  # the stops saved a full training at least
+    assert study.best_value < 0.2225  # the best reachable in 16 epochs is 0.2209 (a = 0.70)
+    for t in pruned:
+        assert "predicted final loss" in t.note and "P(beats best" in t.note
+        assert loss(t.params["a"], EPOCHS) > study.best_value  # none would have become best
+    # the sampler learns a stopped trial's forecast final value, not its early report
+    forecasts = study.sampler.final_values(trials)
+    assert set(forecasts) == {t.number for t in pruned}
+    for t in pruned:
+        assert forecasts[t.number] < t.value  # below the (higher) last report ...
+        assert forecasts[t.number] == pytest.approx(loss(t.params["a"], EPOCHS), abs=0.15)
+    study.close()
+    # TensorBoard: each decision's forecast in the trial's forecast run; the reason as text
+    t = pruned[0]
+    acc = read(tmp_path / "logs" / "mf" / f"trial_{t.number:04d}" / "forecast")
+    final = acc.Scalars("forecast/final_loss")
+    assert final and final[-1].step == max(t.intermediate)
+    low, high = acc.Scalars("forecast/final_loss_low"), acc.Scalars("forecast/final_loss_high")
+    assert low[-1].value < final[-1].value < high[-1].value
+    assert 0.0 <= acc.Scalars("forecast/p_beats_best")[-1].value < 0.05
+    text = acc.Tensors("forecast/decision")[-1].tensor_proto.string_val[0].decode()
+    assert text == t.note
+    views = read(tmp_path / "logs" / "mf" / "study")
+    assert "views/curves" in views.Tags()["images"]
+
+
+def test_recipe_key_and_bad_options_name_the_key(tmp_path):
+    ok = run_cli("validate", "digits_mlp", "pruner.name=gp", "pruner.threshold=0.1", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    bad = run_cli("validate", "digits_mlp", "pruner.name=gp", "pruner.threshold=1.5", cwd=tmp_path)
+    assert bad.returncode == 2 and "pruner.threshold" in bad.stderr and "[0, 1)" in bad.stderr
+    with pytest.raises(ValueError, match="eta >= 2"):
+        make_pruner("gp", {"eta": 1})
+
+
+def test_subprocess_workers_with_pruner_gp(tmp_path):
+    """Two workers, a plain script that calls report(): the driver's model decides for both."""
+    fake = str(Path(__file__).parent / "scripts" / "fake_train.py")
+    path = xy_recipe(
+        tmp_path,
+        {"command": ["python", fake, "--how", "report", "--epochs", "8"]},
+        trials=10,
+        logdir=str(tmp_path / "logs"),
+        sampler={"name": "gp", "n_init": 4},
+        pruner={"name": "gp", "n_startup": 2},
+        executor={"workers": 2},
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        study = run_recipe(load_recipe(path))
+        trials = study.trials
+        study.close()
+    assert not [w for w in caught if "TensorBoard output" in str(w.message)]
+    assert len(trials) == 10 and all(t.state is not TrialState.FAILED for t in trials)
+    pruned = [t for t in trials if t.state is TrialState.PRUNED]
+    assert pruned, [t.note for t in trials]
+    best = min(t.value for t in trials if t.state is TrialState.COMPLETE)
+    for t in pruned:  # the script's curve: distance to (0.3, 0.7) plus 1/(epoch + 1)
+        final = (t.params["x"] - 0.3) ** 2 + (t.params["y"] - 0.7) ** 2 + 1.0 / 8
+        assert final > best and len(t.intermediate) < 8
+        assert "predicted final loss" in t.note

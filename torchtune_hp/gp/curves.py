@@ -1,0 +1,280 @@
+"""The learning-curve model: one GPyTorch GP over (configuration, training progress).
+
+Notation: a trial's *resource* ``r`` is the number of values it has reported (as for every
+pruner); ``T`` is the horizon, the most reports any COMPLETE trial made (or the pruner's
+``max_resource``). A report at resource ``r`` sits at progress ``t = log(r) / log(T)`` in
+``[0, 1]`` (``t = 1`` at the end of training; the log spaces early epochs apart, where curves
+move fastest). Its target is the trial's running best at ``r`` (what a checkpoint-on-best run
+keeps, so each curve is monotone), signed so that lower is better and warped as the sampler's
+targets are (:func:`~torchtune_hp.gp.surrogate.warp`).
+
+The GP input is the sampler's encoding of the configuration plus one numeric column for ``t``,
+under the same Matérn-5/2 ARD kernel and priors, so the progress gets its own learned
+lengthscale (the joint ``(x, r)`` kernel of MOBSTER, Klein et al. 2020). A trial's final value
+is predicted at ``(x, t=1)``, conditioned on every report of every trial, its own partial
+curve included: a slow starter whose configuration resembles trials that finished well is
+predicted to finish well, and a fast starter that plateaus early is predicted to plateau.
+Stopped trials stay in the data: their curves are evidence like any other.
+
+Each trial contributes its reports at ``r = 1, 2, 3, 4, 6, 8, 12, 16, ...`` and its last one
+(a log-spaced thinning: long curves do not swamp the kernel matrix), hyperparameters are fit on
+at most ``max_fit_points`` of them (each trial's last report always among them) and refit,
+warm-started, when the data grew by ``refit_fraction``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from torchtune_hp.gp.encoding import GPEncoding
+from torchtune_hp.gp.surrogate import Surrogate, warp_with
+from torchtune_hp.space import Float, Space
+from torchtune_hp.trial import FrozenTrial, TrialState
+
+PROGRESS = "__progress__"  # the GP input column for t; not a name a user space can hold
+
+
+def thinned_resources(n: int) -> list[int]:
+    """The resources ``1, 2, 3, 4, 6, 8, 12, 16, 24, ...`` up to ``n``, and ``n`` itself."""
+    out = sorted({r for k in range(64) for r in (2**k, 3 * 2**k) if r <= n})
+    return out + [n] if n >= 1 and out[-1] != n else out
+
+
+def running_best(trial: FrozenTrial, sign: float) -> list[float]:
+    """The trial's signed running best after each report (lower is better); a report that is
+    not finite (a diverging run) ends the curve."""
+    out: list[float] = []
+    for step in sorted(trial.intermediate):
+        v = sign * trial.intermediate[step]
+        if not math.isfinite(v):
+            break
+        out.append(v if not out else min(out[-1], v))
+    return out
+
+
+def expected_improvement(best: float, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """``E[max(best - f, 0)]`` for ``f ~ N(mean, sd^2)`` (lower is better), elementwise."""
+    sd = np.maximum(sd, 1e-12)
+    z = (best - mean) / sd
+    cdf = 0.5 * np.vectorize(math.erfc)(-z / math.sqrt(2.0))
+    pdf = np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+    return sd * (z * cdf + pdf)
+
+
+@dataclass(frozen=True)
+class FinalPrediction:
+    """The model's forecast of one trial's final value, in the study's units and direction."""
+
+    number: int
+    resource: int  # reports seen when predicted
+    mean: float
+    sd: float  # posterior and observation noise together
+    p_improve: float  # probability that the final value beats ``incumbent``
+    incumbent: float  # the best value reported by any trial so far
+    gain: float  # expected improvement of the final value on ``incumbent`` (warped units)
+
+
+class CurveModel:
+    """Fits the GP on a study's curves and forecasts final values; one per study."""
+
+    def __init__(
+        self,
+        space: Space,
+        mode: str,
+        device: torch.device,
+        max_resource: int | None = None,
+        max_fit_points: int = 300,
+        refit_fraction: float = 0.2,
+        seed: int = 0,
+    ) -> None:
+        self.space = space
+        self.sign = 1.0 if mode == "min" else -1.0
+        self.device = device
+        self.max_resource = max_resource
+        self.max_fit_points = max_fit_points
+        self.refit_fraction = refit_fraction
+        self.seed = seed
+        self.encoding = GPEncoding(Space({**space.params, PROGRESS: Float(0.0, 1.0)}))
+        self.horizon: int | None = None
+        self.surrogate: Surrogate | None = None
+        self._warm: tuple[np.ndarray, int] | None = None  # raw hyperparameters, n at that fit
+        self._lmbda: float | None = None  # the output warping's exponent at that fit
+        self._key: tuple | None = None  # what the current conditioning was built from
+        self._raw = np.zeros(0)  # sorted signed targets, for mapping warped values back
+        self._warped = np.zeros(0)
+        self.best_warped = math.inf
+        self.best = math.inf
+        self._candidates: torch.Tensor | None = None  # encoded, at t = 1
+        self._encoded: dict[int, tuple[tuple, torch.Tensor, list[float]]] = {}  # per trial
+        self._gain: tuple[tuple | None, float] | None = None
+
+    # -- data --------------------------------------------------------------------------------
+    def find_horizon(self, trials: Sequence[FrozenTrial]) -> int | None:
+        """``max_resource`` when given, else the most reports of a COMPLETE trial."""
+        if self.max_resource is not None:
+            return self.max_resource
+        done = [len(t.intermediate) for t in trials if t.state is TrialState.COMPLETE]
+        return max(done) if done and max(done) > 0 else None
+
+    def progress(self, resource: int) -> float:
+        assert self.horizon is not None
+        if self.horizon <= 1:
+            return 1.0
+        return min(1.0, math.log(max(resource, 1)) / math.log(self.horizon))
+
+    def _rows(self, trials: Sequence[FrozenTrial]) -> tuple[torch.Tensor | None, list[float]]:
+        """GP inputs ``(n, w)`` and signed targets of every trial's thinned curve; a trial's
+        rows are encoded once per length of its curve (encoding is the slow part)."""
+        xs: list[torch.Tensor] = []
+        values: list[float] = []
+        for t in trials:
+            if t.state is TrialState.FAILED:
+                continue
+            key = (t.state, len(t.intermediate), self.horizon)
+            cached = self._encoded.get(t.number)
+            if cached is None or cached[0] != key:
+                cached = (key, *self._encode_trial(t))
+                self._encoded[t.number] = cached
+            if cached[2]:
+                xs.append(cached[1])
+                values += cached[2]
+        return (torch.cat(xs) if xs else None), values
+
+    def _encode_trial(self, t: FrozenTrial) -> tuple[torch.Tensor, list[float]]:
+        curve = running_best(t, self.sign)
+        if not curve:
+            if t.state is TrialState.COMPLETE and t.value is not None and math.isfinite(t.value):
+                # an objective that returns without reporting: its value is the final one
+                return self.encode([t.params], [1.0]), [self.sign * t.value]
+            return torch.zeros(0, self.encoding.w, dtype=torch.float64), []
+        rs = thinned_resources(len(curve))
+        x = self.encode([t.params] * len(rs), [self.progress(r) for r in rs])
+        return x, [curve[r - 1] for r in rs]
+
+    def encode(self, params: Sequence[dict[str, Any]], progress: Sequence[float]) -> torch.Tensor:
+        """GP inputs ``(q, w)`` for configurations at training progress ``t``."""
+        return self.encoding.from_params(
+            [{**p, PROGRESS: float(t)} for p, t in zip(params, progress, strict=True)]
+        )
+
+    # -- fitting -----------------------------------------------------------------------------
+    def update(self, trials: Sequence[FrozenTrial]) -> bool:
+        """Bring the model up to date with ``trials``; False while it cannot forecast yet (no
+        COMPLETE trial has shown how long training is, or fewer than 3 reports in all)."""
+        self.horizon = self.find_horizon(trials)
+        if self.horizon is None:
+            return False
+        key = (self.horizon, tuple((t.number, t.state, len(t.intermediate)) for t in trials))
+        if key == self._key and self.surrogate is not None:
+            return True
+        x, values = self._rows(trials)
+        if x is None or len(values) < 3:
+            return False
+        y_raw = np.asarray(values, dtype=np.float64)
+        n = len(y_raw)
+        warm, n_fit = self._warm if self._warm is not None else (None, 0)
+        grown = n - n_fit >= max(1, int(self.refit_fraction * n_fit))
+        max_iter = 200 if warm is None else (40 if grown else 0)
+        # the warping's exponent is refit with the hyperparameters, reused in between
+        warped, lmbda = warp_with(y_raw, None if max_iter else self._lmbda)
+        y = torch.as_tensor(warped)
+        if not bool(torch.isfinite(y).all()) or not float(y.std()) > 0:
+            return False
+        fit_x, fit_y = x, y
+        if n > self.max_fit_points:
+            rng = np.random.default_rng([self.seed, n])
+            idx = rng.choice(n, self.max_fit_points, replace=False)
+            fit_x, fit_y = x[torch.as_tensor(idx)], y[torch.as_tensor(idx)]
+        surrogate = Surrogate(self.encoding, self.device)
+        hyper = surrogate.fit(fit_x, fit_y, warm=warm, max_iter=max_iter)
+        if max_iter:
+            self._warm, self._lmbda = (hyper.raw, n), lmbda
+        surrogate.condition(x, y)
+        self.surrogate = surrogate
+        order = np.argsort(y_raw, kind="stable")
+        self._raw, self._warped = y_raw[order], y.numpy()[order]
+        self.best_warped, self.best = float(self._warped[0]), float(self._raw[0])
+        self._key = key
+        return True
+
+    def unwarp(self, w: np.ndarray) -> np.ndarray:
+        """Warped values back to signed study units (monotone interpolation through the
+        observed pairs; linear beyond them with the outermost slope)."""
+        xs, ys = self._warped, self._raw
+        out = np.interp(w, xs, ys)
+        if len(xs) >= 2 and xs[-1] > xs[0]:
+            lo_slope = (ys[1] - ys[0]) / max(xs[1] - xs[0], 1e-12)
+            hi_slope = (ys[-1] - ys[-2]) / max(xs[-1] - xs[-2], 1e-12)
+            out = np.where(w < xs[0], ys[0] + (w - xs[0]) * lo_slope, out)
+            out = np.where(w > xs[-1], ys[-1] + (w - xs[-1]) * hi_slope, out)
+        return out
+
+    # -- forecasts ---------------------------------------------------------------------------
+    def posterior(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Warped posterior mean and total sd ``(q,)`` at GP inputs ``x`` ``(q, w)``."""
+        assert self.surrogate is not None and self.surrogate.hyper is not None
+        with torch.no_grad():
+            mean, var = self.surrogate.posterior(x.to(self.device))
+        sd = (var + self.surrogate.hyper.noise).sqrt()
+        return mean.cpu().numpy(), sd.cpu().numpy()
+
+    def forecast(self, trials: Sequence[FrozenTrial]) -> list[FinalPrediction]:
+        """Each trial's predicted final value (call :meth:`update` first)."""
+        if not trials:
+            return []
+        mean, sd = self.posterior(self.encode([t.params for t in trials], [1.0] * len(trials)))
+        z = (self.best_warped - mean) / np.maximum(sd, 1e-12)
+        p = 0.5 * np.vectorize(math.erfc)(-z / math.sqrt(2.0))
+        gain = expected_improvement(self.best_warped, mean, sd)
+        lo, mid, hi = (self.unwarp(mean + k * sd) for k in (-1.0, 0.0, 1.0))
+        # a running best never gets worse: the final value is at most the best so far
+        now = np.array([min(running_best(t, self.sign) or [math.inf]) for t in trials])
+        mid = np.minimum(mid, now)
+        return [
+            FinalPrediction(
+                number=t.number,
+                resource=len(t.intermediate),
+                mean=self.sign * float(mid[i]),
+                sd=float(abs(hi[i] - lo[i]) / 2.0),
+                p_improve=float(p[i]),
+                incumbent=self.sign * self.best,
+                gain=float(gain[i]),
+            )
+            for i, t in enumerate(trials)
+        ]
+
+    def new_trial_gain(self, n: int = 512) -> float:
+        """The largest expected improvement of a full training of a new configuration, over
+        ``n`` fixed quasi-random candidates (warped units): what a fresh trial is worth."""
+        if self._gain is not None and self._gain[0] == self._key:
+            return self._gain[1]
+        if self._candidates is None:
+            from torchtune_hp.samplers.sobol import sobol_points
+
+            units = sobol_points(self.space.dim, self.seed + 7, 0, n)
+            self._candidates = self.encode([self.space.decode(u) for u in units], [1.0] * n)
+        mean, sd = self.posterior(self._candidates)
+        gain = float(expected_improvement(self.best_warped, mean, sd).max())
+        self._gain = (self._key, gain)
+        return gain
+
+    def continuation(
+        self, trial: FrozenTrial, points: int = 12
+    ) -> tuple[list[int], list[float], list[float]]:
+        """The predicted rest of a trial's curve: resources, mean and sd in study units."""
+        assert self.horizon is not None
+        start = max(len(trial.intermediate), 1)
+        rs = sorted({int(round(r)) for r in np.geomspace(start, self.horizon, points)})
+        mean, sd = self.posterior(
+            self.encode([trial.params] * len(rs), [self.progress(r) for r in rs])
+        )
+        lo, mid, hi = (self.unwarp(mean + k * sd) for k in (-1.0, 0.0, 1.0))
+        now = min(running_best(trial, self.sign) or [math.inf])
+        mid = np.minimum.accumulate(np.minimum(mid, now))  # a running best only improves
+        return rs, list(self.sign * mid), list(np.abs(hi - lo) / 2.0)

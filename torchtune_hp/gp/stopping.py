@@ -1,0 +1,203 @@
+"""``pruner.name: gp``: the learning-curve GP decides which running trials go on.
+
+ASHA and the median rule stop a trial by its rank at a rung, blind to where its curve is
+heading, so a slow starter (small learning rate, heavy regularization, SGD against Adam) is
+stopped exactly when it is about to become good. This pruner asks a model instead: at each
+decision rung (``min_resource * eta**k`` reports) the :class:`~torchtune_hp.gp.curves.CurveModel`
+forecasts the trial's final value from its own partial curve and every other trial's curve,
+and the trial stops when it is hopeless or when its remaining epochs are worth more spent on a
+new configuration (see :class:`GPPruner`). The first ``n_startup`` trials always run to the
+end: they show the model how long training is and how curves finish.
+
+With the ``gp`` sampler the same model feeds the search: a stopped trial enters the sampler's
+data at its *forecast* final value rather than at its last report (a trial stopped at epoch 2
+of 20 is not as bad as its epoch-2 loss), so the next configuration is chosen on what each
+configuration would have reached. Trials cannot be paused and resumed: a stopped trial ends,
+as with every pruner here, and its curve stays in the model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torchtune_hp.gp.curves import CurveModel, FinalPrediction
+from torchtune_hp.gp.surrogate import SurrogateError
+from torchtune_hp.gp.threads import torch_threads
+from torchtune_hp.pruners import diverged
+from torchtune_hp.space import Space
+from torchtune_hp.trial import FrozenTrial, TrialState
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Why a trial was stopped or let go on at one rung (what TensorBoard and ``trials`` show):
+    its forecast, and the expected gain per epoch of going on against that of a new trial."""
+
+    forecast: FinalPrediction
+    stop: bool
+    rate: float = math.nan  # expected improvement per remaining epoch of this trial
+    new_rate: float = math.nan  # ... and per epoch of the best new configuration
+
+    def describe(self, metric: str = "value") -> str:
+        f = self.forecast
+        verb = "stopped" if self.stop else "continued"
+        text = (
+            f"{verb} after {f.resource} reports: predicted final {metric} {f.mean:.4g} "
+            f"± {f.sd:.2g}, P(beats best {f.incumbent:.4g}) = {f.p_improve:.2f}"
+        )
+        if math.isfinite(self.rate) and math.isfinite(self.new_rate):
+            text += f"; expected gain per epoch {self.rate:.2g} (a new trial: {self.new_rate:.2g})"
+        return text
+
+
+@dataclass
+class GPPruner:
+    """At each decision rung, a trial stops when either
+
+    * its chance of ending better than the best value reported so far is below
+      ``threshold`` (it is hopeless), or
+    * the expected improvement of its final value, per epoch it still needs, is below
+      ``gain_ratio`` times that of a full training of the most promising new configuration
+      (its epochs buy more as a new trial: the freeze-thaw trade, Swersky et al. 2014),
+      unless its forecast is among the best ``keep_top`` of all trials that reached this rung.
+
+    Options: ``threshold`` (0.05), ``gain_ratio`` (0.5; 0 = the first rule alone),
+    ``keep_top`` (0.25), ``n_startup`` (COMPLETE trials before any stop, 3),
+    ``min_resource`` and ``eta`` (decisions at ``min_resource * eta**k`` reports: 1, 2, 4,
+    8, ...), ``max_resource`` (reports in a full training; by default the most a COMPLETE
+    trial made), ``device`` (cpu | cuda | auto)."""
+
+    threshold: float = 0.05
+    gain_ratio: float = 0.5
+    keep_top: float = 0.25
+    n_startup: int = 3
+    min_resource: int = 1
+    eta: int = 2
+    max_resource: int | None = None
+    device: str = "cpu"
+
+    name = "gp"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.keep_top <= 1.0:
+            raise ValueError(f"keep_top must be in [0, 1], got {self.keep_top!r}")
+        if not self.gain_ratio >= 0.0:
+            raise ValueError(f"gain_ratio must be >= 0, got {self.gain_ratio!r}")
+        if not 0.0 <= self.threshold < 1.0:
+            raise ValueError(f"threshold must be in [0, 1), got {self.threshold!r}")
+        if self.n_startup < 1 or self.min_resource < 1 or self.eta < 2:
+            raise ValueError("n_startup and min_resource must be >= 1 and eta >= 2")
+        if self.max_resource is not None and self.max_resource < 1:
+            raise ValueError(f"max_resource must be >= 1, got {self.max_resource!r}")
+        from torchtune_hp.samplers.gp import resolve_device
+
+        self._device = resolve_device(self.device)
+        self.model: CurveModel | None = None
+        self.last_decision: Decision | None = None  # of the last prune() call, if it decided
+
+    def bind(self, space: Space, mode: str, seed: int = 0) -> None:
+        """Called by the study: the model needs the space's encoding and the direction."""
+        self.model = CurveModel(space, mode, self._device, self.max_resource, seed=seed)
+
+    def at_rung(self, resource: int) -> bool:
+        r = self.min_resource
+        while r < resource:
+            r *= self.eta
+        return r == resource
+
+    def prune(self, trial: FrozenTrial, others: Sequence[FrozenTrial], mode: str) -> bool:
+        self.last_decision = None
+        if diverged(trial):
+            return True
+        if self.model is None:
+            raise RuntimeError("GPPruner.bind(space, mode) must be called before prune()")
+        resource = len(trial.intermediate)
+        complete = sum(t.state is TrialState.COMPLETE for t in others)
+        if complete < self.n_startup or not self.at_rung(resource):
+            return False
+        forecast = self.forecast([*others, trial], [trial])
+        if not forecast:
+            return False
+        f, horizon = forecast[0], self.model.horizon
+        if horizon is None or resource >= horizon:
+            return False  # at (or past) the end of training: nothing left to save
+        rate = f.gain / (horizon - resource)
+        new_rate = self.model.new_trial_gain() / horizon if self.gain_ratio > 0 else math.nan
+        stop = f.p_improve < self.threshold or (
+            rate < self.gain_ratio * new_rate and not self._leads(f, others, resource)
+        )
+        self.last_decision = Decision(f, stop, rate, new_rate)
+        return stop
+
+    def _leads(self, mine: FinalPrediction, others: Sequence[FrozenTrial], resource: int) -> bool:
+        """Whether the trial's forecast final value is among the best ``keep_top`` of the
+        forecasts of every trial that reached this many reports: those go on whatever a new
+        trial promises, so full trainings keep coming (the model learns how curves end from
+        them) even while the model is unsure of everything."""
+        assert self.model is not None
+        rivals = [
+            t
+            for t in others
+            if t.state is not TrialState.FAILED and len(t.intermediate) >= resource
+        ]
+        if not rivals:
+            return True
+        better = sum(
+            f.mean * self.model.sign < mine.mean * self.model.sign
+            for f in self.model.forecast(rivals)
+        )
+        return better < max(1, math.ceil(self.keep_top * (len(rivals) + 1)))
+
+    def forecast(
+        self, trials: Sequence[FrozenTrial], which: Sequence[FrozenTrial]
+    ) -> list[FinalPrediction]:
+        """The model's final-value forecasts for ``which`` after fitting it on ``trials``;
+        empty while it cannot forecast (no COMPLETE trial yet, a numerical failure)."""
+        if self.model is None:
+            return []
+        try:
+            with torch_threads(1):
+                if not self.model.update(trials):
+                    return []
+                return self.model.forecast(which)
+        except (SurrogateError, RuntimeError, ValueError):
+            return []
+
+    def final_values(self, trials: Sequence[FrozenTrial]) -> dict[int, float]:
+        """Forecast final values of the PRUNED trials among ``trials`` (study units): what
+        the gp sampler learns from in place of their last reports."""
+        pruned = [t for t in trials if t.state is TrialState.PRUNED and t.intermediate]
+        if not pruned or self.model is None:
+            return {}
+        if self.model.surrogate is None:  # the model as the last decision left it
+            return {f.number: f.mean for f in self.forecast(trials, pruned)}
+        try:  # holds every stopped trial's curve: each was stopped by that decision
+            with torch_threads(1):
+                return {f.number: f.mean for f in self.model.forecast(pruned)}
+        except (SurrogateError, RuntimeError, ValueError):
+            return {}
+
+    def explain_curves(
+        self, trials: Sequence[FrozenTrial], most: int = 40
+    ) -> dict[int, tuple[list[float], list[float], list[float]]]:
+        """For the curves view: the predicted rest of the curve (steps, mean, sd) of the
+        ``most`` latest stopped or running trials, from their last report to the horizon.
+        Resources become steps by the trial's own step spacing."""
+        which = [
+            t
+            for t in trials
+            if t.state in (TrialState.PRUNED, TrialState.RUNNING) and len(t.intermediate) >= 1
+        ][-most:]
+        if not which or not self.forecast(trials, which[:1]):
+            return {}
+        assert self.model is not None
+        out = {}
+        for t in which:
+            steps = sorted(t.intermediate)
+            spacing = (steps[-1] - steps[0]) / (len(steps) - 1) if len(steps) > 1 else 1.0
+            rs, mean, sd = self.model.continuation(t)
+            xs = [steps[-1] + (r - len(steps)) * spacing for r in rs]
+            out[t.number] = (xs, mean, sd)
+        return out
