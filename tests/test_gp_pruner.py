@@ -72,6 +72,47 @@ def test_the_model_keeps_a_slow_starter_that_asha_stops_and_stops_a_plateau_asha
     assert "stopped after 2 reports" in stop.describe("val_loss")
 
 
+def test_forecasts_beyond_the_best_so_far_survive_a_plateau_and_diverged_runs_are_left_out():
+    """Tied best values (a plateau) must not pin every forecast to the incumbent, and a
+    stopped run that diverged is not handed to the sampler as a finite forecast."""
+    incumbent = min(t.value for t in HISTORY)
+    plateau = FrozenTrial(  # its running best ties the incumbent for its last 10 epochs
+        6,
+        TrialState.COMPLETE,
+        {"a": 0.62},
+        value=incumbent,
+        intermediate={e: max(loss(0.62, e), incumbent) for e in range(1, EPOCHS + 1)},
+    )
+    gp = GPPruner(n_startup=3)
+    gp.bind(SPACE, "min")
+    slow_good = trial(10, 0.8, 4, TrialState.RUNNING)
+    assert not gp.prune(slow_good, [*HISTORY, plateau], "min")
+    forecast = gp.last_decision.forecast  # below the tied incumbent, not clamped to it
+    assert forecast.mean < incumbent - 1e-3 and forecast.p_improve > 0.5
+    diverged = FrozenTrial(
+        11,
+        TrialState.PRUNED,
+        {"a": 0.95},
+        value=math.inf,
+        intermediate={1: 1.5, 2: 0.9, 3: math.inf},
+    )
+    stopped = FrozenTrial(
+        12, TrialState.PRUNED, {"a": 0.1}, value=1.0, intermediate={1: 1.2, 2: 1.0}
+    )
+    gp.prune(trial(13, 0.1, 2, TrialState.RUNNING), [*HISTORY, plateau, diverged, stopped], "min")
+    assert set(gp.final_values([*HISTORY, diverged, stopped])) == {12}
+
+
+def test_keep_top_zero_lets_the_gain_rule_stop_even_the_leader():
+    leader = trial(10, 0.8, 2, TrialState.RUNNING)
+    keep = GPPruner(n_startup=3, threshold=0.0, gain_ratio=1e6)  # every trial "cheaper new"
+    keep.bind(SPACE, "min")
+    assert not keep.prune(leader, HISTORY, "min")  # the best forecast at its rung goes on
+    drop = GPPruner(n_startup=3, threshold=0.0, gain_ratio=1e6, keep_top=0.0)
+    drop.bind(SPACE, "min")
+    assert drop.prune(leader, HISTORY, "min")
+
+
 def test_no_decision_before_startup_off_rung_or_at_the_end():
     gp = GPPruner(n_startup=3, min_resource=2, eta=2)
     gp.bind(SPACE, "min")
@@ -158,7 +199,7 @@ def test_a_study_with_pruner_gp_stops_bad_trials_feeds_the_sampler_and_shows_why
     study.close()
     # TensorBoard: each decision's forecast in the trial's forecast run; the reason as text
     t = pruned[0]
-    acc = read(tmp_path / "logs" / "mf" / f"trial_{t.number:04d}" / "forecast")
+    acc = read(tmp_path / "logs" / "mf" / f"trial_{t.number:04d}" / "pruner_forecast")
     final = acc.Scalars("forecast/final_loss")
     assert final and final[-1].step == max(t.intermediate)
     low, high = acc.Scalars("forecast/final_loss_low"), acc.Scalars("forecast/final_loss_high")

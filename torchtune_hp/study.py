@@ -181,8 +181,8 @@ class Study:
             bind = getattr(self.pruner, "bind", None)
             if callable(bind):
                 bind(self.space, mode, self.seed or 0)
-            if hasattr(self.pruner, "final_values") and hasattr(self.sampler, "final_values"):
-                self.sampler.final_values = self.pruner.final_values
+            if hasattr(self.sampler, "final_values"):  # set or cleared: a reused sampler
+                self.sampler.final_values = getattr(self.pruner, "final_values", None)
             for t in self.storage.trials():
                 self._remember(t)
             if not self.follower:

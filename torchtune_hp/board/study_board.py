@@ -187,7 +187,7 @@ class StudyBoard:
     @_never_stops_a_study
     def trial_decided(self, study: Any, number: int, decision: Any) -> None:
         """``pruner: gp`` decided on a trial: its forecast (predicted final value, ±1 sd, the
-        chance to beat the best) at the trial's latest step, in ``trial_NNNN/forecast``; the
+        chance to beat the best) at the trial's latest step, in ``trial_NNNN/pruner_forecast``; the
         reason in words as text when it stopped the trial."""
         writer = self._forecast.get(number)
         if writer is None:
@@ -222,7 +222,7 @@ class StudyBoard:
         finished = study.finished_trials
         if self.images_every and len(finished) % self.images_every == 0:
             if time.monotonic() >= self._next_views:
-                self.draw_views(finished, _forecasts(study))
+                self.draw_views(finished, lambda: _forecasts(study))
 
     def wants_explanation(self, number: int) -> bool:
         """Whether the study should ask the sampler for its pictures now (they cost a model
@@ -241,7 +241,7 @@ class StudyBoard:
             quiet = study.stopped or signals.received() is not None
             if self.images_every and self._ended_here and not quiet:
                 finished = study.finished_trials
-                self.draw_views(finished, _forecasts(study))
+                self.draw_views(finished, lambda: _forecasts(study))
                 explain_now = getattr(study.sampler, "explain_trials", None)
                 if explain_now is not None and finished:
                     expl = explain_now(self.space, finished)
@@ -251,7 +251,9 @@ class StudyBoard:
             self.close()
 
     # -- pictures ----------------------------------------------------------------------------
-    def draw_views(self, finished: Sequence[FrozenTrial], forecasts: Any = None) -> None:
+    def draw_views(
+        self, finished: Sequence[FrozenTrial], forecasts: Callable[[], Any] | None = None
+    ) -> None:
         """The study views (history, curves, slices, pairs, parallel coordinates), at step =
         the number of finished trials. Drawing takes about a second (more on a long study), so
         after one the next periodic redraw waits at least ten times as long: with fast trials
@@ -262,7 +264,8 @@ class StudyBoard:
 
         began = time.monotonic()
         self._drawn_at = len(finished)
-        views = study_views(finished, self.space, self.metric, self.mode, forecasts)
+        curves = forecasts() if forecasts is not None else None  # timed with the drawing
+        views = study_views(finished, self.space, self.metric, self.mode, curves)
         for tag, png in views.items():
             self.study_writer.image(f"views/{tag}", png, len(finished))
         now = time.monotonic()

@@ -2,17 +2,17 @@
 to tell the launcher's own output from what a script logged).
 
 ``logs/<study>/study/`` is the study-level run; ``logs/<study>/trial_0007/`` holds the trial's
-own curves (its Lightning logger, its script); ``trial_0007/forecast/`` the learning-curve
-model's forecasts of its final value (``pruner: gp``); ``trial_0007/running/`` its HParams
-session while it runs and ``trial_0007/hparams/`` once it has ended (a session's state cannot
-change in place: TensorBoard keeps a tag's metadata from its first event, so the running session
-is removed).
+own curves (its Lightning logger, its script); ``trial_0007/pruner_forecast/`` the
+learning-curve model's forecasts of its final value (``pruner: gp``); ``trial_0007/running/``
+its HParams session while it runs and ``trial_0007/hparams/`` once it has ended (a session's
+state cannot change in place: TensorBoard keeps a tag's metadata from its first event, so the
+running session is removed).
 """
 
 STUDY_RUN = "study"
 RUNNING_RUN = "running"
 SESSION_RUN = "hparams"
-FORECAST_RUN = "forecast"  # pruner gp: the predicted final value at each decision
+FORECAST_RUN = "pruner_forecast"  # pruner gp: its forecast at each decision
 OUR_RUNS = (RUNNING_RUN, SESSION_RUN, FORECAST_RUN)
 ERROR_TAG = "error"
 OUR_SUFFIX = ".torchtune_hp"  # ends the name of every event file the board writes

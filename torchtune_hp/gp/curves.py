@@ -18,8 +18,10 @@ Stopped trials stay in the data: their curves are evidence like any other.
 
 Each trial contributes its reports at ``r = 1, 2, 3, 4, 6, 8, 12, 16, ...`` and its last one
 (a log-spaced thinning: long curves do not swamp the kernel matrix), hyperparameters are fit on
-at most ``max_fit_points`` of them (each trial's last report always among them) and refit,
-warm-started, when the data grew by ``refit_fraction``.
+at most ``max_fit_points`` of them (drawn at random) and refit,
+warm-started, when the data grew by ``refit_fraction``; the posterior is conditioned on at most
+``max_points`` rows (each trial's last report always among them, the rest drawn at random), so
+a decision costs the same at 300 trials as at 3,000.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 
 from torchtune_hp.gp.encoding import GPEncoding
-from torchtune_hp.gp.surrogate import Surrogate, warp_with
+from torchtune_hp.gp.surrogate import OutputWarp, Surrogate, fit_warp
 from torchtune_hp.space import Float, Space
 from torchtune_hp.trial import FrozenTrial, TrialState
 
@@ -90,6 +92,7 @@ class CurveModel:
         device: torch.device,
         max_resource: int | None = None,
         max_fit_points: int = 300,
+        max_points: int = 2000,
         refit_fraction: float = 0.2,
         seed: int = 0,
     ) -> None:
@@ -98,16 +101,16 @@ class CurveModel:
         self.device = device
         self.max_resource = max_resource
         self.max_fit_points = max_fit_points
+        self.max_points = max_points
         self.refit_fraction = refit_fraction
         self.seed = seed
         self.encoding = GPEncoding(Space({**space.params, PROGRESS: Float(0.0, 1.0)}))
         self.horizon: int | None = None
         self.surrogate: Surrogate | None = None
         self._warm: tuple[np.ndarray, int] | None = None  # raw hyperparameters, n at that fit
-        self._lmbda: float | None = None  # the output warping's exponent at that fit
+        self._out: OutputWarp | None = None  # the output warping of the data conditioned on
+        self._range = (0.0, 0.0)  # and the range of its signed targets
         self._key: tuple | None = None  # what the current conditioning was built from
-        self._raw = np.zeros(0)  # sorted signed targets, for mapping warped values back
-        self._warped = np.zeros(0)
         self.best_warped = math.inf
         self.best = math.inf
         self._candidates: torch.Tensor | None = None  # encoded, at t = 1
@@ -128,15 +131,19 @@ class CurveModel:
             return 1.0
         return min(1.0, math.log(max(resource, 1)) / math.log(self.horizon))
 
-    def _rows(self, trials: Sequence[FrozenTrial]) -> tuple[torch.Tensor | None, list[float]]:
-        """GP inputs ``(n, w)`` and signed targets of every trial's thinned curve; a trial's
-        rows are encoded once per length of its curve (encoding is the slow part)."""
+    def _rows(
+        self, trials: Sequence[FrozenTrial]
+    ) -> tuple[torch.Tensor | None, list[float], np.ndarray]:
+        """GP inputs ``(n, w)``, signed targets and a mask of each trial's last row, over
+        every trial's thinned curve; a trial's rows are encoded once per state of its curve
+        (encoding is the slow part)."""
         xs: list[torch.Tensor] = []
         values: list[float] = []
+        last: list[bool] = []
         for t in trials:
             if t.state is TrialState.FAILED:
                 continue
-            key = (t.state, len(t.intermediate), self.horizon)
+            key = (t.state, self.horizon, hash(tuple(sorted(t.intermediate.items()))))
             cached = self._encoded.get(t.number)
             if cached is None or cached[0] != key:
                 cached = (key, *self._encode_trial(t))
@@ -144,7 +151,8 @@ class CurveModel:
             if cached[2]:
                 xs.append(cached[1])
                 values += cached[2]
-        return (torch.cat(xs) if xs else None), values
+                last += [False] * (len(cached[2]) - 1) + [True]
+        return (torch.cat(xs) if xs else None), values, np.asarray(last, dtype=bool)
 
     def _encode_trial(self, t: FrozenTrial) -> tuple[torch.Tensor, list[float]]:
         curve = running_best(t, self.sign)
@@ -170,10 +178,13 @@ class CurveModel:
         self.horizon = self.find_horizon(trials)
         if self.horizon is None:
             return False
-        key = (self.horizon, tuple((t.number, t.state, len(t.intermediate)) for t in trials))
+        key = (
+            self.horizon,
+            tuple((t.number, t.state, hash(tuple(t.intermediate.items()))) for t in trials),
+        )
         if key == self._key and self.surrogate is not None:
             return True
-        x, values = self._rows(trials)
+        x, values, last = self._rows(trials)
         if x is None or len(values) < 3:
             return False
         y_raw = np.asarray(values, dtype=np.float64)
@@ -182,7 +193,8 @@ class CurveModel:
         grown = n - n_fit >= max(1, int(self.refit_fraction * n_fit))
         max_iter = 200 if warm is None else (40 if grown else 0)
         # the warping's exponent is refit with the hyperparameters, reused in between
-        warped, lmbda = warp_with(y_raw, None if max_iter else self._lmbda)
+        lmbda = None if max_iter or self._out is None else self._out.lmbda
+        warped, out = fit_warp(y_raw, lmbda)
         y = torch.as_tensor(warped)
         if not bool(torch.isfinite(y).all()) or not float(y.std()) > 0:
             return False
@@ -194,26 +206,26 @@ class CurveModel:
         surrogate = Surrogate(self.encoding, self.device)
         hyper = surrogate.fit(fit_x, fit_y, warm=warm, max_iter=max_iter)
         if max_iter:
-            self._warm, self._lmbda = (hyper.raw, n), lmbda
+            self._warm = (hyper.raw, n)
+        if n > self.max_points:  # each trial's last report, then a random draw of the rest
+            rng = np.random.default_rng([self.seed, n, 1])
+            rest = np.flatnonzero(~last)
+            extra = rng.choice(rest, max(self.max_points - int(last.sum()), 0), replace=False)
+            keep = torch.as_tensor(np.sort(np.concatenate([np.flatnonzero(last), extra])))
+            x, y = x[keep], y[keep]
         surrogate.condition(x, y)
         self.surrogate = surrogate
-        order = np.argsort(y_raw, kind="stable")
-        self._raw, self._warped = y_raw[order], y.numpy()[order]
-        self.best_warped, self.best = float(self._warped[0]), float(self._raw[0])
+        self._out, self._range = out, (float(y_raw.min()), float(y_raw.max()))
+        self.best_warped, self.best = float(y.min()), float(y_raw.min())
         self._key = key
         return True
 
     def unwarp(self, w: np.ndarray) -> np.ndarray:
-        """Warped values back to signed study units (monotone interpolation through the
-        observed pairs; linear beyond them with the outermost slope)."""
-        xs, ys = self._warped, self._raw
-        out = np.interp(w, xs, ys)
-        if len(xs) >= 2 and xs[-1] > xs[0]:
-            lo_slope = (ys[1] - ys[0]) / max(xs[1] - xs[0], 1e-12)
-            hi_slope = (ys[-1] - ys[-2]) / max(xs[-1] - xs[-2], 1e-12)
-            out = np.where(w < xs[0], ys[0] + (w - xs[0]) * lo_slope, out)
-            out = np.where(w > xs[-1], ys[-1] + (w - xs[-1]) * hi_slope, out)
-        return out
+        """Warped values back to signed study units (the output warping's exact inverse),
+        kept within the observed range widened by its own width on each side."""
+        assert self._out is not None
+        lo, hi = self._range
+        return np.clip(self._out.inverse(w), lo - (hi - lo), hi + (hi - lo))
 
     # -- forecasts ---------------------------------------------------------------------------
     def posterior(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

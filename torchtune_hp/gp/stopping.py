@@ -19,6 +19,7 @@ as with every pruner here, and its curve stays in the model.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -95,6 +96,7 @@ class GPPruner:
 
         self._device = resolve_device(self.device)
         self.model: CurveModel | None = None
+        self._warned = False
         self.last_decision: Decision | None = None  # of the last prune() call, if it decided
 
     def bind(self, space: Space, mode: str, seed: int = 0) -> None:
@@ -117,19 +119,42 @@ class GPPruner:
         complete = sum(t.state is TrialState.COMPLETE for t in others)
         if complete < self.n_startup or not self.at_rung(resource):
             return False
-        forecast = self.forecast([*others, trial], [trial])
-        if not forecast:
+        try:
+            with torch_threads(1):
+                decision = self._decide(trial, others, resource)
+        except (SurrogateError, RuntimeError, ValueError) as e:  # the trial goes on
+            self._failed(e)
             return False
-        f, horizon = forecast[0], self.model.horizon
+        self.last_decision = decision
+        return decision is not None and decision.stop
+
+    def _decide(
+        self, trial: FrozenTrial, others: Sequence[FrozenTrial], resource: int
+    ) -> Decision | None:
+        assert self.model is not None
+        if not self.model.update([*others, trial]):
+            return None
+        horizon = self.model.horizon
         if horizon is None or resource >= horizon:
-            return False  # at (or past) the end of training: nothing left to save
+            return None  # at (or past) the end of training: nothing left to save
+        f = self.model.forecast([trial])[0]
         rate = f.gain / (horizon - resource)
         new_rate = self.model.new_trial_gain() / horizon if self.gain_ratio > 0 else math.nan
         stop = f.p_improve < self.threshold or (
             rate < self.gain_ratio * new_rate and not self._leads(f, others, resource)
         )
-        self.last_decision = Decision(f, stop, rate, new_rate)
-        return stop
+        return Decision(f, stop, rate, new_rate)
+
+    def _failed(self, error: Exception) -> None:
+        """A numerical failure leaves the trial running; said once per study, not silently."""
+        if not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"pruner gp could not forecast ({type(error).__name__}: {error}); the trials "
+                "it could not judge go on",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def _leads(self, mine: FinalPrediction, others: Sequence[FrozenTrial], resource: int) -> bool:
         """Whether the trial's forecast final value is among the best ``keep_top`` of the
@@ -137,6 +162,8 @@ class GPPruner:
         trial promises, so full trainings keep coming (the model learns how curves end from
         them) even while the model is unsure of everything."""
         assert self.model is not None
+        if self.keep_top <= 0:
+            return False
         rivals = [
             t
             for t in others
@@ -150,47 +177,42 @@ class GPPruner:
         )
         return better < max(1, math.ceil(self.keep_top * (len(rivals) + 1)))
 
-    def forecast(
-        self, trials: Sequence[FrozenTrial], which: Sequence[FrozenTrial]
-    ) -> list[FinalPrediction]:
-        """The model's final-value forecasts for ``which`` after fitting it on ``trials``;
-        empty while it cannot forecast (no COMPLETE trial yet, a numerical failure)."""
-        if self.model is None:
+    def _as_left(self, which: Sequence[FrozenTrial]) -> list[FinalPrediction]:
+        """Forecasts from the model as the last decision left it (never refit here: what the
+        sampler and TensorBoard ask must not change later decisions); empty before one."""
+        if self.model is None or self.model.surrogate is None or not which:
             return []
         try:
             with torch_threads(1):
-                if not self.model.update(trials):
-                    return []
                 return self.model.forecast(which)
-        except (SurrogateError, RuntimeError, ValueError):
+        except (SurrogateError, RuntimeError, ValueError) as e:
+            self._failed(e)
             return []
 
     def final_values(self, trials: Sequence[FrozenTrial]) -> dict[int, float]:
         """Forecast final values of the PRUNED trials among ``trials`` (study units): what
-        the gp sampler learns from in place of their last reports."""
-        pruned = [t for t in trials if t.state is TrialState.PRUNED and t.intermediate]
-        if not pruned or self.model is None:
-            return {}
-        if self.model.surrogate is None:  # the model as the last decision left it
-            return {f.number: f.mean for f in self.forecast(trials, pruned)}
-        try:  # holds every stopped trial's curve: each was stopped by that decision
-            with torch_threads(1):
-                return {f.number: f.mean for f in self.model.forecast(pruned)}
-        except (SurrogateError, RuntimeError, ValueError):
-            return {}
+        the gp sampler learns from in place of their last reports. Every one was stopped by
+        a decision, so the model holds its curve. A trial whose run diverged (a report that
+        is not finite) is left out: the sampler learns it as the worst value, as before."""
+        pruned = [
+            t
+            for t in trials
+            if t.state is TrialState.PRUNED
+            and t.intermediate
+            and all(math.isfinite(v) for v in t.intermediate.values())
+        ]
+        return {f.number: f.mean for f in self._as_left(pruned)}
 
     def explain_curves(
         self, trials: Sequence[FrozenTrial], most: int = 40
     ) -> dict[int, tuple[list[float], list[float], list[float]]]:
         """For the curves view: the predicted rest of the curve (steps, mean, sd) of the
-        ``most`` latest stopped or running trials, from their last report to the horizon.
-        Resources become steps by the trial's own step spacing."""
-        which = [
-            t
-            for t in trials
-            if t.state in (TrialState.PRUNED, TrialState.RUNNING) and len(t.intermediate) >= 1
-        ][-most:]
-        if not which or not self.forecast(trials, which[:1]):
+        ``most`` latest stopped trials, from their last report to the horizon, from the model
+        as the last decision left it. Resources become steps by the trial's own spacing."""
+        which = [t for t in trials if t.state is TrialState.PRUNED and len(t.intermediate) >= 1][
+            -most:
+        ]
+        if not self._as_left(which[:1]):
             return {}
         assert self.model is not None
         out = {}

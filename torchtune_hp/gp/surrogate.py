@@ -38,18 +38,55 @@ def warp(y: np.ndarray) -> np.ndarray:
     NeurIPS 2020 black-box challenge winner, does), then standardize again. Skewed objectives
     (a few diverging trials at 10x the loss of the rest, or a long tail of bad values) become
     close to Gaussian, so the outliers neither flatten the model nor dominate its scale."""
-    return warp_with(y)[0]
+    return fit_warp(y)[0]
 
 
-def warp_with(y: np.ndarray, lmbda: float | None = None) -> tuple[np.ndarray, float | None]:
+@dataclass(frozen=True)
+class OutputWarp:
+    """A fitted :func:`warp`, to apply again and to invert (forecasts back to study units)."""
+
+    mean_y: float
+    std_y: float
+    lmbda: float | None  # the Yeo-Johnson exponent; None: no power transform
+    mean_t: float
+    std_t: float
+
+    def inverse(self, w: np.ndarray) -> np.ndarray:
+        """Warped values back to the original units (any real input: the Yeo-Johnson
+        inverse is clipped where a value lies beyond what the transform can reach)."""
+        t = np.asarray(w, dtype=np.float64) * self.std_t + self.mean_t
+        lam = self.lmbda
+        if lam is None:
+            z = t
+        else:
+            with np.errstate(all="ignore"):
+                pos = (
+                    np.expm1(t)
+                    if abs(lam) < 1e-12
+                    else np.power(np.clip(lam * t + 1.0, 1e-300, None), 1.0 / lam) - 1.0
+                )
+                mu = 2.0 - lam
+                neg = (
+                    -np.expm1(-t)
+                    if abs(mu) < 1e-12
+                    else 1.0 - np.power(np.clip(1.0 - mu * t, 1e-300, None), 1.0 / mu)
+                )
+            z = np.where(t >= 0, pos, neg)
+        return np.nan_to_num(z * self.std_y + self.mean_y, nan=self.mean_y)
+
+
+def fit_warp(y: np.ndarray, lmbda: float | None = None) -> tuple[np.ndarray, OutputWarp]:
     """:func:`warp` with the Yeo-Johnson exponent given (``lmbda``) or fit (None); returns the
-    warped values and the exponent used (None where none was), so a caller that warps a
-    slowly growing set many times can fit the exponent only now and then."""
+    warped values and the fitted warp, so a caller that warps a slowly growing set many times
+    can fit the exponent only now and then, and map forecasts back."""
     y = np.asarray(y, dtype=np.float64)
-    std = float(np.std(y))
+    mean, std = float(np.mean(y)) if len(y) else 0.0, float(np.std(y)) if len(y) else 0.0
     if not std > 0 or len(y) < 3:
-        return (np.zeros_like(y) if not std > 0 else (y - y.mean()) / std), None
-    z = (y - y.mean()) / std
+        scale = std if std > 0 else 1.0
+        return (y - mean) / scale if std > 0 else np.zeros_like(y), OutputWarp(
+            mean, scale, None, 0.0, 1.0
+        )
+    z = (y - mean) / std
     with np.errstate(all="ignore"):
         if lmbda is None:
             t, lmbda = yeojohnson(z)
@@ -57,7 +94,9 @@ def warp_with(y: np.ndarray, lmbda: float | None = None) -> tuple[np.ndarray, fl
             t = yeojohnson(z, lmbda)
     if not np.all(np.isfinite(t)) or not np.std(t) > 0:
         t, lmbda = z, None
-    return (t - t.mean()) / np.std(t), (None if lmbda is None else float(lmbda))
+    t_mean, t_std = float(t.mean()), float(np.std(t))
+    out = OutputWarp(mean, std, None if lmbda is None else float(lmbda), t_mean, t_std)
+    return (t - t_mean) / t_std, out
 
 
 # Input warping: concentrations a, b in [0.1, 10] with a LogNormal(0, sqrt(0.75)) prior (the
