@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.curve_tasks import digits, epochs_of, mlp_sgd, param_key
 from benchmarks.optimizers import OPTIMIZERS, available
 from benchmarks.problems import Problem
 from benchmarks.report import write_results
@@ -57,24 +58,6 @@ CACHE = Path(__file__).parent / ".cache" / f"realtask-{TASK:08x}.jsonl"
 
 
 @lru_cache(maxsize=1)
-def data() -> tuple[Any, Any, Any, Any]:
-    import torch
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(y))
-    x = torch.tensor(x[order] / 16.0, dtype=torch.float32)
-    y = torch.tensor(y[order], dtype=torch.long)
-    n_val = int(0.3 * len(y))
-    return x[n_val:], y[n_val:], x[:n_val], y[:n_val]
-
-
-def _key(params: dict[str, Any]) -> str:
-    return json.dumps({k: params[k] for k in sorted(params)}, sort_keys=True)
-
-
-@lru_cache(maxsize=1)
 def _cached() -> dict[str, float]:
     out: dict[str, float] = {}
     if CACHE.exists():
@@ -89,45 +72,17 @@ def _cached() -> dict[str, float]:
 
 def train(params: dict[str, Any]) -> float:
     """Validation cross-entropy of one seeded training run (inf when it diverges)."""
-    key = _key(params)
+    key = param_key(params)
     if key in _cached():
         return _cached()[key]
     import torch
-    from torch import nn
 
-    torch.manual_seed(0)
-    xt, yt, xv, yv = data()
-    layers: list[nn.Module] = []
-    width_in = xt.shape[1]
-    for _ in range(params["depth"]):
-        layers += [nn.Linear(width_in, params["width"]), nn.ReLU(), nn.Dropout(params["dropout"])]
-        width_in = params["width"]
-    model = nn.Sequential(*layers, nn.Linear(width_in, 10))
-    momentum = params["momentum"]
-    opt = torch.optim.SGD(
-        model.parameters(),
-        lr=params["lr"],
-        momentum=momentum,
-        nesterov=momentum > 0,
-        weight_decay=params["weight_decay"],
-    )
+    model, opt = mlp_sgd(params)
     bs = params["batch_size"]
-    steps = EPOCHS * ((len(yt) + bs - 1) // bs)
+    steps = EPOCHS * ((len(digits()[1]) + bs - 1) // bs)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(EPOCHS):
-        model.train()
-        perm = torch.randperm(len(yt), generator=gen)
-        for i in range(0, len(yt), bs):
-            idx = perm[i : i + bs]
-            loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    with torch.no_grad():
-        value = float(nn.functional.cross_entropy(model(xv), yv))
+    curve = epochs_of(model, opt, bs, (64,), after_step=sched.step)
+    value = [next(curve) for _ in range(EPOCHS)][-1]
     value = value if np.isfinite(value) else float("inf")
     CACHE.parent.mkdir(parents=True, exist_ok=True)
     with CACHE.open("a") as f:  # one short line per write: appends from workers do not mix

@@ -1,0 +1,451 @@
+"""Multi-fidelity leg: the best validation loss found against the training epochs consumed.
+
+    python -m benchmarks.run_curves                      # every task and method, 5 seeds
+    python -m benchmarks.run_curves --tasks synthetic --methods ours_mf gp_asha --seeds 3
+
+Each method tunes a task (see :mod:`benchmarks.curve_tasks`) one trial at a time, on a budget
+of ``--budget`` full trainings (``budget * epochs`` epochs). Every epoch any method trains is
+charged, whether the trial later goes on, stops, or (DEHB) is a lower-fidelity run from
+scratch; the anytime curve is the lowest validation loss seen after each charged epoch.
+
+Methods, each with the settings its documentation shows a user:
+
+* ``ours_mf``: ``sampler: gp`` with ``pruner: gp`` (the learning-curve GP decides).
+* ``gp``: ``sampler: gp``, no pruning. ``gp_asha`` / ``random_asha``: with ``pruner: asha``
+  (``min_resource: 1``, ``eta: 3``; random + ASHA is what a Ray Tune user gets by default).
+* ``optuna_tpe_hb``: Optuna's TPESampler with its HyperbandPruner (``min_resource=1``,
+  ``reduction_factor=3``).
+* ``dehb``: DEHB 0.1.2 (differential evolution over Hyperband brackets, ``eta=3``,
+  fidelities 1 to ``epochs``); each of its runs trains from scratch to its fidelity.
+* ``syne_mobster`` / ``syne_hypertune``: Syne Tune 0.13's MOBSTER (a GP over configuration x
+  epoch driving asynchronous successive halving) and Hyper-Tune, stopping variant. Syne Tune
+  0.14 and later no longer ship them; 0.13 installs with ``--no-deps`` (see the README).
+
+Peer runs are cached per (task, method, seed, budget, package version) under
+``benchmarks/.cache/curves-runs/``; ours always runs again. Prints, per task, each method's
+median best loss (and quartiles) at 5, 10, 20 and 30 full trainings, the epochs ours needs to
+reach the quality ``gp`` without pruning has at 30 full trainings, and writes
+``benchmarks/results/curves.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.curve_tasks import CurveTask, tasks
+from benchmarks.report import write_results
+from torchtune_hp.files import write_text
+from torchtune_hp.space import Float, Int
+
+RESULTS = Path(__file__).parent / "results"
+RUN_CACHE = Path(__file__).parent / ".cache" / "curves-runs"
+MARKS = (5, 10, 20, 30)
+
+
+class BudgetSpent(Exception):
+    """The method has used its epochs; the run ends here."""
+
+
+class Meter:
+    """Charges epochs and keeps the anytime curve: ``trace[k]`` is the best loss seen after
+    ``k + 1`` epochs."""
+
+    def __init__(self, task: CurveTask, budget_epochs: int) -> None:
+        self.task = task
+        self.budget = budget_epochs
+        self.trace: list[float] = []
+        self.trials = 0
+
+    def epoch(self, params: dict[str, Any], e: int) -> float:
+        """Train ``params`` to epoch ``e`` (charging one epoch) and return its loss."""
+        if len(self.trace) >= self.budget:
+            raise BudgetSpent
+        v = self.task.value(params, e)
+        self.trace.append(min(v, self.trace[-1]) if self.trace else v)
+        return v
+
+    def curve_to(self, params: dict[str, Any], fidelity: int) -> list[float]:
+        """Train from scratch to ``fidelity`` epochs, charging each (DEHB's runs)."""
+        return [self.epoch(params, e) for e in range(1, fidelity + 1)]
+
+
+def run_study_loop(
+    meter: Meter,
+    ask: Callable[[], tuple[Any, dict[str, Any]]],
+    report: Callable[[Any, float, int], bool],
+    finish: Callable[[Any, float | None, bool], None],
+) -> None:
+    """One trial at a time: ``ask`` a configuration, train it epoch by epoch, ``report``
+    each loss (True = stop it; not asked after the last epoch), ``finish`` it with its best
+    loss (pruned or complete)."""
+    t_max = meter.task.epochs
+    while True:
+        handle, params = ask()
+        best = math.inf
+        try:
+            for e in range(1, t_max + 1):
+                v = meter.epoch(params, e)
+                best = min(best, v)
+                if report(handle, v, e) and e < t_max:
+                    finish(handle, best, True)
+                    break
+            else:
+                finish(handle, best, False)
+        except BudgetSpent:
+            finish(handle, None, True)
+            return
+        meter.trials += 1
+
+
+def ours(sampler: str, pruner: str, **pruner_options: Any) -> Callable[[Meter, int], None]:
+    def run(meter: Meter, seed: int) -> None:
+        from torchtune_hp import Study
+
+        study = Study(
+            "bench",
+            meter.task.space,
+            sampler=sampler,
+            pruner=pruner,
+            pruner_options=pruner_options,
+            seed=seed,
+            logdir=None,
+        )
+
+        def ask() -> tuple[Any, dict[str, Any]]:
+            t = study.ask()
+            return t, t.params
+
+        def report(t: Any, v: float, e: int) -> bool:
+            study.report(t, v, step=e)
+            return e < meter.task.epochs and study.should_prune(t)
+
+        def finish(t: Any, best: float | None, pruned: bool) -> None:
+            study.tell(t, best, state="pruned" if pruned else None)
+
+        run_study_loop(meter, ask, report, finish)
+
+    return run
+
+
+def optuna_tpe_hb(meter: Meter, seed: int) -> None:
+    import optuna
+
+    from benchmarks.optimizers import optuna_distributions
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=meter.task.epochs, reduction_factor=3
+        ),
+    )
+    dists = optuna_distributions(meter.task.space)
+
+    def ask() -> tuple[Any, dict[str, Any]]:
+        t = study.ask(dists)
+        return t, meter.task.space.validate(t.params)
+
+    def report(t: Any, v: float, e: int) -> bool:
+        t.report(v, e)
+        return e < meter.task.epochs and t.should_prune()
+
+    def finish(t: Any, best: float | None, pruned: bool) -> None:
+        if pruned:
+            study.tell(t, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(t, best)
+
+    run_study_loop(meter, ask, report, finish)
+
+
+def dehb_run(meter: Meter, seed: int) -> None:
+    """DEHB's ask/tell loop; fidelities (floats: 1.33, 4, 12 for 12 epochs) are rounded to
+    whole epochs, and each job trains from scratch to its fidelity; fitness is the job's best
+    loss, as for every method here."""
+    import tempfile
+    import warnings
+
+    import ConfigSpace as CS
+    from dehb import DEHB
+    from loguru import logger
+
+    space = meter.task.space
+    cs = CS.ConfigurationSpace(seed=seed)
+    for name, p in space.tunable.items():
+        if isinstance(p, Float):
+            cs.add(CS.Float(name, (p.low, p.high), log=p.log))
+        elif isinstance(p, Int):
+            cs.add(CS.Integer(name, (p.low, p.high), log=p.log))
+        else:
+            cs.add(CS.Categorical(name, list(p.choices)))
+    with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        dehb = DEHB(
+            cs=cs,
+            f=None,
+            dimensions=len(cs),
+            min_fidelity=1,
+            max_fidelity=meter.task.epochs,
+            eta=3,
+            seed=seed,
+            n_workers=1,
+            output_path=out,
+            save_freq="end",
+            log_level="WARNING",
+        )
+        logger.remove()  # DEHB's stdout and log-file sinks
+        while True:
+            job = dehb.ask()
+            params = space.validate(_plain(dict(job["config"])))
+            losses = meter.curve_to(params, max(1, int(round(job["fidelity"]))))
+            dehb.tell(job, {"fitness": float(min(losses)), "cost": float(len(losses))})
+            meter.trials += 1
+
+
+def _plain(config: dict[str, Any]) -> dict[str, Any]:
+    """numpy scalars from a peer's config as Python numbers."""
+    return {k: v.item() if hasattr(v, "item") else v for k, v in config.items()}
+
+
+def syne_tune(kind: str) -> Callable[[Meter, int], None]:
+    """Syne Tune 0.13's MOBSTER or Hyper-Tune (``type="stopping"``, ``grace_period=1``,
+    ``reduction_factor=3``), its scheduler driven by hand one trial at a time: ``suggest``,
+    then ``on_trial_result`` per epoch until it says stop (the Tuner does the same through a
+    backend). Its GP's initialization draws from numpy's global generator, seeded too."""
+
+    def run(meter: Meter, seed: int) -> None:
+        import random
+        from datetime import datetime
+
+        from syne_tune.backend.trial_status import Trial
+        from syne_tune.config_space import choice, lograndint, loguniform, randint, uniform
+        from syne_tune.optimizer.baselines import MOBSTER, HyperTune
+        from syne_tune.optimizer.scheduler import SchedulerDecision
+
+        space, t_max = meter.task.space, meter.task.epochs
+        config_space: dict[str, Any] = {"epochs": t_max}
+        for name, p in space.tunable.items():
+            if isinstance(p, Float):
+                config_space[name] = (loguniform if p.log else uniform)(p.low, p.high)
+            elif isinstance(p, Int):
+                config_space[name] = (lograndint if p.log else randint)(p.low, p.high)
+            else:
+                config_space[name] = choice(list(p.choices))
+        options: dict[str, Any] = {"brackets": 3} if kind == "hypertune" else {}
+        np.random.seed(seed)
+        random.seed(seed)
+        scheduler = (HyperTune if kind == "hypertune" else MOBSTER)(
+            config_space,
+            metric="loss",
+            mode="min",
+            resource_attr="epoch",
+            max_resource_attr="epochs",
+            type="stopping",
+            grace_period=1,
+            reduction_factor=3,
+            random_seed=seed,
+            **options,
+        )
+        number = 0
+        while True:
+            suggestion = scheduler.suggest(number)
+            if suggestion is None:
+                return
+            trial = Trial(trial_id=number, config=suggestion.config, creation_time=datetime.now())
+            scheduler.on_trial_add(trial)
+            number += 1
+            config = {k: v for k, v in suggestion.config.items() if k != "epochs"}
+            params = space.validate(_plain(config))
+            for e in range(1, t_max + 1):
+                result = {"loss": meter.epoch(params, e), "epoch": e}
+                if scheduler.on_trial_result(trial, result) != SchedulerDecision.CONTINUE:
+                    scheduler.on_trial_remove(trial)
+                    break
+            else:
+                scheduler.on_trial_complete(trial, result)
+            meter.trials += 1
+
+    return run
+
+
+METHODS: dict[str, Callable[[Meter, int], None]] = {
+    "ours_mf": ours("gp", "gp"),
+    "gp": ours("gp", "none"),
+    "gp_asha": ours("gp", "asha", min_resource=1, eta=3),
+    "random_asha": ours("random", "asha", min_resource=1, eta=3),
+    "optuna_tpe_hb": optuna_tpe_hb,
+    "dehb": dehb_run,
+    "syne_mobster": syne_tune("mobster"),
+    "syne_hypertune": syne_tune("hypertune"),
+}
+PEER_PACKAGES = {"optuna_tpe_hb": "optuna", "dehb": "dehb", "syne_mobster": "syne-tune"}
+PEER_PACKAGES["syne_hypertune"] = "syne-tune"
+
+
+def is_ours(method: str) -> bool:
+    """The method under test (never cached); the baselines built from our samplers and
+    pruners are cached like peers, under our package's version (``--no-cache`` reruns)."""
+    return method.startswith("ours")
+
+
+def available(method: str) -> bool:
+    pkg = PEER_PACKAGES.get(method)
+    if pkg is None:
+        return True
+    try:
+        importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def cache_path(task: str, method: str, seed: int, budget: int) -> Path | None:
+    if is_ours(method):
+        return None
+    pkg = PEER_PACKAGES.get(method, "torchtune-hp")
+    version = importlib.metadata.version(pkg)
+    return RUN_CACHE / f"{method}-{version}" / task / f"seed{seed}_budget{budget}.json"
+
+
+def variant(spec: str) -> str:
+    """``--variant NAME=JSON``: ours_mf with other ``pruner: gp`` options, as ``ours_NAME``."""
+    name, _, options = spec.partition("=")
+    METHODS[f"ours_{name}"] = ours("gp", "gp", **json.loads(options))
+    return f"ours_{name}"
+
+
+def one_run(job: tuple[str, str, int, int, bool, list[str]]) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(1)  # one core per run; runs go side by side
+    task_name, method, seed, budget, use_cache, variants = job
+    for spec in variants:  # a worker process rebuilds the variants
+        variant(spec)
+    path = cache_path(task_name, method, seed, budget)
+    if use_cache and path is not None and path.exists():
+        return json.loads(path.read_text()) | {"cached": True}
+    task = tasks()[task_name]
+    meter = Meter(task, budget * task.epochs)
+    t0 = time.perf_counter()
+    try:
+        METHODS[method](meter, seed)
+    except BudgetSpent:
+        pass
+    out = {
+        "task": task_name,
+        "method": method,
+        "seed": seed,
+        "trace": meter.trace,
+        "trials": meter.trials,
+        "seconds": time.perf_counter() - t0,
+    }
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, json.dumps(out))
+    return out
+
+
+def best_at(trace: list[float], epochs: int) -> float:
+    """The best loss after ``epochs`` charged epochs (the last one seen if the run ended
+    sooner)."""
+    if not trace:
+        return math.inf
+    return trace[min(epochs, len(trace)) - 1]
+
+
+def epochs_to_reach(trace: list[float], target: float) -> float:
+    hit = np.nonzero(np.asarray(trace) <= target)[0]
+    return float(hit[0] + 1) if len(hit) else math.inf
+
+
+def summarize(runs: list[dict[str, Any]], epochs: dict[str, int]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for task in sorted({r["task"] for r in runs}):
+        t_runs = [r for r in runs if r["task"] == task]
+        rows: dict[str, Any] = {}
+        for m in sorted({r["method"] for r in t_runs}):
+            rs = [r for r in t_runs if r["method"] == m]
+            row: dict[str, Any] = {"seeds": len(rs)}
+            for k in MARKS:
+                vals = np.array([best_at(r["trace"], k * epochs[task]) for r in rs])
+                q25, med, q75 = np.percentile(vals, [25, 50, 75])
+                row[f"@{k}"] = {"median": float(med), "q25": float(q25), "q75": float(q75)}
+            row["trials"] = float(np.median([r["trials"] for r in rs]))
+            row["seconds"] = float(np.median([r["seconds"] for r in rs]))
+            rows[m] = row
+        if "gp" in rows and "ours_mf" in rows:
+            target = rows["gp"]["@30"]["median"]
+            need = [epochs_to_reach(r["trace"], target) for r in t_runs if r["method"] == "ours_mf"]
+            rows["ours_mf"]["epochs_to_gp_at_30"] = float(np.median(need))
+            rows["ours_mf"]["fraction_of_gp_epochs"] = float(np.median(need)) / (30 * epochs[task])
+        out[task] = rows
+    return out
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    for task, rows in summary.items():
+        print(f"\n{task}: median best validation loss [q25, q75] at k full trainings")
+        print(f"  {'method':<16}" + "".join(f"{'@' + str(k):>24}" for k in MARKS) + "  trials")
+        for m, row in rows.items():
+            cells = ["{median:.4f} [{q25:.3f},{q75:.3f}]".format(**row[f"@{k}"]) for k in MARKS]
+            print(f"  {m:<16}" + "".join(f"{c:>24}" for c in cells) + f"  {row['trials']:6.0f}")
+        mf = rows.get("ours_mf", {})
+        if "epochs_to_gp_at_30" in mf:
+            print(
+                f"  ours_mf reaches gp's @30 median in {mf['epochs_to_gp_at_30']:.0f} epochs "
+                f"({mf['fraction_of_gp_epochs']:.0%} of gp's)"
+            )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--tasks", nargs="*", default=list(tasks()))
+    ap.add_argument("--methods", nargs="*", default=list(METHODS))
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--budget", type=int, default=30, help="full trainings per run")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--no-cache", action="store_true")
+    ap.add_argument("--out", type=Path, default=RESULTS / "curves.json")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON")
+    args = ap.parse_args()
+    methods = [m for m in args.methods if available(m)] + [variant(v) for v in args.variant]
+    for m in sorted(set(args.methods) - set(methods)):
+        print(f"skipped {m}: its package is not installed (see the README's Benchmarks)")
+    jobs = [
+        (t, m, s, args.budget, not args.no_cache, args.variant)
+        for s in range(args.seeds)
+        for t in args.tasks
+        for m in methods
+    ]
+    t0 = time.perf_counter()
+    runs: list[dict[str, Any]] = []
+    with ProcessPoolExecutor(args.workers) as pool:
+        futures = [pool.submit(one_run, j) for j in jobs]
+        for fut in as_completed(futures):
+            r = fut.result()
+            runs.append(r)
+            print(
+                f"  {r['task']:<11} {r['method']:<15} seed {r['seed']}: "
+                f"{best_at(r['trace'], 10 * 10**9):.4f} in {r['seconds']:.0f} s",
+                flush=True,
+            )
+    all_tasks = tasks()
+    summary = summarize(runs, {t: all_tasks[t].epochs for t in args.tasks})
+    print_summary(summary)
+    payload = {"budget": args.budget, "marks": MARKS, "summary": summary, "runs": runs}
+    write_results(args.out, payload, t0)
+
+
+if __name__ == "__main__":
+    main()
