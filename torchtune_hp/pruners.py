@@ -59,6 +59,16 @@ def diverged(trial: FrozenTrial) -> bool:
     )
 
 
+def rung_resources(min_resource: int, eta: int, resource: int) -> list[int]:
+    """The rungs ``min_resource * eta**k`` up to ``resource``: where ASHA and the gp pruner
+    decide."""
+    out, r = [], min_resource
+    while r <= resource:
+        out.append(r)
+        r *= eta
+    return out
+
+
 def _worse(a: float, b: float, mode: str) -> bool:
     return a > b if mode == "min" else a < b
 
@@ -116,11 +126,7 @@ class ASHAPruner:
 
     def rungs(self, resource: int) -> list[int]:
         """The rung resources ``min_resource * eta**k`` up to ``resource``."""
-        out, r = [], self.min_resource
-        while r <= resource:
-            out.append(r)
-            r *= self.eta
-        return out
+        return rung_resources(self.min_resource, self.eta, resource)
 
     def prune(self, trial: FrozenTrial, others: Sequence[FrozenTrial], mode: str) -> bool:
         if diverged(trial):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from torchtune_hp.gp.curves import CurveModel, FinalPrediction
 from torchtune_hp.gp.surrogate import SurrogateError
 from torchtune_hp.gp.threads import torch_threads
-from torchtune_hp.pruners import diverged
+from torchtune_hp.pruners import diverged, rung_resources
 from torchtune_hp.space import Space
 from torchtune_hp.trial import FrozenTrial, TrialState
 
@@ -104,10 +104,8 @@ class GPPruner:
         self.model = CurveModel(space, mode, self._device, self.max_resource, seed=seed)
 
     def at_rung(self, resource: int) -> bool:
-        r = self.min_resource
-        while r < resource:
-            r *= self.eta
-        return r == resource
+        rungs = rung_resources(self.min_resource, self.eta, resource)
+        return bool(rungs) and rungs[-1] == resource
 
     def prune(self, trial: FrozenTrial, others: Sequence[FrozenTrial], mode: str) -> bool:
         self.last_decision = None
