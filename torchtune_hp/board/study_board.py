@@ -54,8 +54,8 @@ def _error_markdown(trial: FrozenTrial) -> str:
 
 
 def _forecasts(study: Any) -> Any:
-    """The pruner's forecasts of the stopped and running trials' curves (pruner gp), as plain
-    arrays for the curves view; None for a pruner without a model."""
+    """The pruner's forecasts of the stopped trials' curves (pruner gp), as plain arrays for
+    the curves view; None for a pruner without a model."""
     explain = getattr(study.pruner, "explain_curves", None)
     return explain(study.trials) if explain is not None else None
 
