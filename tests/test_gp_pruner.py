@@ -113,11 +113,43 @@ def test_keep_top_zero_lets_the_gain_rule_stop_even_the_leader():
     assert drop.prune(leader, HISTORY, "min")
 
 
-def test_no_decision_before_startup_off_rung_or_at_the_end():
+def test_before_startup_asha_ranks_and_the_model_must_agree():
+    """Before any trial completes the model cannot forecast: the rank at the rung decides,
+    as ASHA's would. Until ``n_startup`` have completed, a trial stops only when both the
+    rank and the model say so."""
     gp = GPPruner(n_startup=3, min_resource=2, eta=2)
     gp.bind(SPACE, "min")
-    fast_bad = trial(11, 0.1, 2, TrialState.RUNNING)
-    assert not gp.prune(fast_bad, HISTORY[:2], "min")  # two complete trials: too early
+    asha = ASHAPruner(min_resource=2, eta=2)
+    partial = [trial(i, a, 4, TrialState.RUNNING) for i, a in enumerate([0.0, 0.3, 0.6])]
+    for a in (0.1, 0.45, 0.8, 1.0):
+        running = trial(11, a, 2, TrialState.RUNNING)
+        assert gp.prune(running, partial, "min") == asha.prune(running, partial, "min")
+        assert gp.last_decision is not None and gp.last_decision.forecast is None
+    slow = trial(11, 0.8, 2, TrialState.RUNNING)
+    assert gp.prune(slow, partial, "min")  # worse at epoch 2 than all three: stopped
+    assert gp.last_decision.describe("loss") == (
+        "stopped after 2 reports by rank, before the model forecasts: 3 of the 4 trials that "
+        "reached 2 reports were better"
+    )
+    assert not gp.prune(slow, [], "min")  # the first trial at a rung goes on
+
+    two = HISTORY[:2]  # two complete trials: the model votes, but cannot stop alone yet
+    alone = GPPruner(n_startup=2, min_resource=2, eta=2)
+    alone.bind(SPACE, "min")
+    for a in (0.1, 0.45, 0.8, 1.0):
+        running = trial(11, a, 2, TrialState.RUNNING)
+        rank_stop = asha.prune(running, two, "min")
+        both = gp.prune(running, two, "min")
+        assert both == (rank_stop and alone.prune(running, two, "min"))
+        d = gp.last_decision
+        assert d is not None and d.rank is not None and (d.forecast is not None) == rank_stop
+        if rank_stop:
+            assert "predicted final loss" in d.describe("loss") and "by rank, " in d.describe()
+
+
+def test_no_decision_off_rung_or_at_the_end():
+    gp = GPPruner(n_startup=3, min_resource=2, eta=2)
+    gp.bind(SPACE, "min")
     assert not gp.prune(trial(11, 0.1, 3, TrialState.RUNNING), HISTORY, "min")  # off rung
     assert gp.last_decision is None
     assert gp.prune(trial(11, 0.1, 4, TrialState.RUNNING), HISTORY, "min")
@@ -187,24 +219,28 @@ def test_a_study_with_pruner_gp_stops_bad_trials_feeds_the_sampler_and_shows_why
     epochs = sum(len(t.intermediate) for t in trials)
     assert epochs <= EPOCHS * (len(trials) - 1)  # the stops saved a full training at least
     assert study.best_value < 0.2225  # the best reachable in 16 epochs is 0.2209 (a = 0.70)
-    for t in pruned:
-        assert "predicted final loss" in t.note and "P(beats best" in t.note
+    by_model = [t for t in pruned if "predicted final loss" in t.note]
+    assert by_model and all(t in by_model or "by rank" in t.note for t in pruned)
+    for t in by_model:
+        assert "P(beats best" in t.note
         assert loss(t.params["a"], EPOCHS) > study.best_value  # none would have become best
     # the sampler learns a stopped trial's forecast final value, not its early report
     forecasts = study.sampler.final_values(trials)
     assert set(forecasts) == {t.number for t in pruned}
     for t in pruned:
-        assert forecasts[t.number] < t.value  # below the (higher) last report ...
+        assert forecasts[t.number] <= t.value  # never above its best report (a plateau: at it)
         assert forecasts[t.number] == pytest.approx(loss(t.params["a"], EPOCHS), abs=0.15)
+    assert sum(forecasts[t.number] < t.value - 0.05 for t in pruned) >= len(pruned) / 2
     study.close()
     # TensorBoard: each decision's forecast in the trial's forecast run; the reason as text
-    t = pruned[0]
+    t = by_model[0]
     acc = read(tmp_path / "logs" / "mf" / f"trial_{t.number:04d}" / "pruner_forecast")
     final = acc.Scalars("forecast/final_loss")
     assert final and final[-1].step == max(t.intermediate)
     low, high = acc.Scalars("forecast/final_loss_low"), acc.Scalars("forecast/final_loss_high")
     assert low[-1].value < final[-1].value < high[-1].value
-    assert 0.0 <= acc.Scalars("forecast/p_beats_best")[-1].value < 0.05
+    p_note = float(t.note.split("P(beats best")[1].split("= ")[1].split(";")[0])
+    assert acc.Scalars("forecast/p_beats_best")[-1].value == pytest.approx(p_note, abs=0.006)
     text = acc.Tensors("forecast/decision")[-1].tensor_proto.string_val[0].decode()
     assert text == t.note
     views = read(tmp_path / "logs" / "mf" / "study")
@@ -245,4 +281,27 @@ def test_subprocess_workers_with_pruner_gp(tmp_path):
     for t in pruned:  # the script's curve: distance to (0.3, 0.7) plus 1/(epoch + 1)
         final = (t.params["x"] - 0.3) ** 2 + (t.params["y"] - 0.7) ** 2 + 1.0 / 8
         assert final > best and len(t.intermediate) < 8
-        assert "predicted final loss" in t.note
+        assert "predicted final loss" in t.note or "by rank" in t.note
+
+
+def test_trials_side_by_side_are_ranked_before_any_completes(tmp_path):
+    """The Python API with two trials at once (as workers run them): before either completes
+    the model cannot forecast, so the worse one at the rung is stopped by rank, and its note
+    and TensorBoard say so (the reason as text, no forecast scalars)."""
+    study = Study("side", SPACE, pruner="gp", logdir=tmp_path / "logs", metric="loss", seed=0)
+    fast, slow = study.ask(), study.ask()
+    study.report(fast, loss(0.3, 1), 1)
+    assert not study.should_prune(fast)  # the first at the rung goes on
+    study.report(slow, loss(0.9, 1), 1)
+    assert study.should_prune(slow)
+    study.tell(slow, state="pruned")
+    note = study.trial(slow.number).note
+    assert note == (
+        "stopped after 1 report by rank, before the model forecasts: 1 of the 2 trials that "
+        "reached 1 report were better"
+    )
+    study.tell(fast, loss(0.3, 1))
+    study.close()
+    acc = read(tmp_path / "logs" / "side" / f"trial_{slow.number:04d}" / "pruner_forecast")
+    assert not acc.Tags()["scalars"]
+    assert acc.Tensors("forecast/decision")[-1].tensor_proto.string_val[0].decode() == note

@@ -15,7 +15,8 @@ reports (what a checkpoint-on-best run would keep).
 
 * ``gp`` (:class:`torchtune_hp.gp.stopping.GPPruner`): a GP over (configuration, training
   progress) forecasts each running trial's final value from every curve the study has seen;
-  a trial stops when its chance of beating the best value so far is below ``threshold``.
+  a trial stops when it is unlikely to beat the best value so far or its remaining epochs buy
+  more as a new trial. Before the model has seen curves end, ASHA's rank decides with it.
 
 All stop a trial at once when its latest report is NaN or inf (a diverging run, recorded by
 the study as the worst value there is); ``none`` lets it run to its end.
@@ -67,6 +68,20 @@ def rung_resources(min_resource: int, eta: int, resource: int) -> list[int]:
         out.append(r)
         r *= eta
     return out
+
+
+def rank_at(
+    trial: FrozenTrial, others: Sequence[FrozenTrial], resource: int, mode: str
+) -> tuple[int, int]:
+    """ASHA's rank of ``trial`` at ``resource`` reports: how many other trials that reached it
+    have a strictly better value there, and how many trials reached it, this one included.
+    The trial stays in the top ``1/eta`` while the first is below ``max(n // eta, 1)``."""
+    mine = value_at(trial, resource, mode)
+    assert mine is not None, "rank_at needs the trial to have reached the resource"
+    peers = [
+        v for t in _competitors(others, trial) if (v := value_at(t, resource, mode)) is not None
+    ]
+    return sum(_worse(mine, v, mode) for v in peers), len(peers) + 1
 
 
 def _worse(a: float, b: float, mode: str) -> bool:
@@ -135,14 +150,8 @@ class ASHAPruner:
         rungs = self.rungs(resource)
         if not rungs or rungs[-1] != resource:
             return False  # only decide when the trial arrives at a rung
-        mine = value_at(trial, resource, mode)
-        assert mine is not None
-        peers = [
-            v for t in _competitors(others, trial) if (v := value_at(t, resource, mode)) is not None
-        ]
-        ranked = sorted([*peers, mine], reverse=(mode == "max"))
-        k = max(len(ranked) // self.eta, 1)
-        return _worse(mine, ranked[k - 1], mode)
+        better, n = rank_at(trial, others, resource, mode)
+        return better >= max(n // self.eta, 1)
 
 
 # name -> class, or "module:Class" imported on first use (the gp pruner loads GPyTorch).

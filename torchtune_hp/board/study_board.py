@@ -188,19 +188,23 @@ class StudyBoard:
     def trial_decided(self, study: Any, number: int, decision: Any) -> None:
         """``pruner: gp`` decided on a trial: its forecast (predicted final value, ±1 sd, the
         chance to beat the best) at the trial's latest step, in ``trial_NNNN/pruner_forecast``; the
-        reason in words as text when it stopped the trial."""
+        reason in words as text when it stopped the trial (a stop by rank, before the model
+        forecasts, has the text alone)."""
+        f = decision.forecast
+        if f is None and not decision.stop:
+            return
         writer = self._forecast.get(number)
         if writer is None:
             folder = files.renewed_dir(self._trial_dir(number) / FORECAST_RUN, OUR_SUFFIX)
             writer = self._forecast[number] = EventWriter(folder)
-        f = decision.forecast
-        steps = study.trial(number).intermediate
-        step = max(steps) if steps else f.resource
-        tag = f"forecast/final_{self.metric}"
-        writer.scalar(tag, f.mean, step)
-        writer.scalar(f"{tag}_low", f.mean - f.sd, step)
-        writer.scalar(f"{tag}_high", f.mean + f.sd, step)
-        writer.scalar("forecast/p_beats_best", f.p_improve, step)
+        if f is not None:
+            steps = study.trial(number).intermediate
+            step = max(steps) if steps else f.resource
+            tag = f"forecast/final_{self.metric}"
+            writer.scalar(tag, f.mean, step)
+            writer.scalar(f"{tag}_low", f.mean - f.sd, step)
+            writer.scalar(f"{tag}_high", f.mean + f.sd, step)
+            writer.scalar("forecast/p_beats_best", f.p_improve, step)
         if decision.stop:
             writer.summary(text_summary("forecast/decision", decision.describe(self.metric)))
 

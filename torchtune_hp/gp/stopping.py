@@ -6,8 +6,12 @@ stopped exactly when it is about to become good. This pruner asks a model instea
 decision rung (``min_resource * eta**k`` reports) the :class:`~torchtune_hp.gp.curves.CurveModel`
 forecasts the trial's final value from its own partial curve and every other trial's curve,
 and the trial stops when it is hopeless or when its remaining epochs are worth more spent on a
-new configuration (see :class:`GPPruner`). The first ``n_startup`` trials always run to the
-end: they show the model how long training is and how curves finish.
+new configuration (see :class:`GPPruner`). The model needs COMPLETE trials to know how long
+training is and how curves finish; until ``n_startup`` have completed, a trial also has to be
+outside ASHA's top ``1/eta`` at the rung to stop (before the first completes, the rank alone
+decides). Trying many configurations briefly at the start, as ASHA does, beat training the
+first few whole (``benchmarks/run_curves.py``); the model's vote keeps that from starving it
+of complete curves when the best configurations start slowly.
 
 With the ``gp`` sampler the same model feeds the search: a stopped trial enters the sampler's
 data at its *forecast* final value rather than at its last report (a trial stopped at epoch 2
@@ -21,36 +25,49 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torchtune_hp.gp.curves import CurveModel, FinalPrediction
 from torchtune_hp.gp.surrogate import SurrogateError
 from torchtune_hp.gp.threads import torch_threads
-from torchtune_hp.pruners import diverged, rung_resources
+from torchtune_hp.pruners import diverged, rank_at, rung_resources
 from torchtune_hp.space import Space
 from torchtune_hp.trial import FrozenTrial, TrialState
+
+
+def _reports(n: int) -> str:
+    return f"{n} report" + ("" if n == 1 else "s")
 
 
 @dataclass(frozen=True)
 class Decision:
     """Why a trial was stopped or let go on at one rung (what TensorBoard and ``trials`` show):
-    its forecast, and the expected gain per epoch of going on against that of a new trial."""
+    its forecast, and the expected gain per epoch of going on against that of a new trial;
+    or, before the model forecasts, its rank among the trials that reached the rung."""
 
-    forecast: FinalPrediction
+    forecast: FinalPrediction | None  # None: by rank alone, before any trial completed
     stop: bool
     rate: float = math.nan  # expected improvement per remaining epoch of this trial
     new_rate: float = math.nan  # ... and per epoch of the best new configuration
+    rank: tuple[int, int, int] | None = None  # (reports, trials better there, trials there)
 
     def describe(self, metric: str = "value") -> str:
-        f = self.forecast
         verb = "stopped" if self.stop else "continued"
+        f = self.forecast
+        rank = ""
+        if self.rank is not None:
+            r, better, n = self.rank
+            rank = f"{better} of the {n} trials that reached {_reports(r)} were better"
+            if f is None:
+                return f"{verb} after {_reports(r)} by rank, before the model forecasts: {rank}"
+        assert f is not None
         text = (
-            f"{verb} after {f.resource} reports: predicted final {metric} {f.mean:.4g} "
+            f"{verb} after {_reports(f.resource)}: predicted final {metric} {f.mean:.4g} "
             f"± {f.sd:.2g}, P(beats best {f.incumbent:.4g}) = {f.p_improve:.2f}"
         )
         if math.isfinite(self.rate) and math.isfinite(self.new_rate):
             text += f"; expected gain per epoch {self.rate:.2g} (a new trial: {self.new_rate:.2g})"
-        return text
+        return text + (f"; by rank, {rank}" if rank else "")
 
 
 @dataclass
@@ -64,8 +81,12 @@ class GPPruner:
       (its epochs buy more as a new trial: the freeze-thaw trade, Swersky et al. 2014),
       unless its forecast is among the best ``keep_top`` of all trials that reached this rung.
 
+    Until ``n_startup`` trials are COMPLETE, the trial must also rank outside the top
+    ``1/eta`` of the trials at the rung (ASHA's rule), which alone decides before the first
+    trial completes.
+
     Options: ``threshold`` (0.05), ``gain_ratio`` (0.5; 0 = the first rule alone),
-    ``keep_top`` (0.25), ``n_startup`` (COMPLETE trials before any stop, 3),
+    ``keep_top`` (0.25), ``n_startup`` (COMPLETE trials before the model decides alone, 3),
     ``min_resource`` and ``eta`` (decisions at ``min_resource * eta**k`` reports: 1, 2, 4,
     8, ...), ``max_resource`` (reports in a full training; by default the most a COMPLETE
     trial made), ``device`` (cpu | cuda | auto)."""
@@ -115,14 +136,23 @@ class GPPruner:
             raise RuntimeError("GPPruner.bind(space, mode) must be called before prune()")
         resource = len(trial.intermediate)
         complete = sum(t.state is TrialState.COMPLETE for t in others)
-        if complete < self.n_startup or not self.at_rung(resource):
+        if not self.at_rung(resource):
             return False
+        ranked = None
+        if complete < self.n_startup:  # the model has seen few curves end: ASHA's rank first
+            better, n = rank_at(trial, others, resource, mode)
+            ranked = Decision(None, better >= max(n // self.eta, 1), rank=(resource, better, n))
+            if complete == 0 or not ranked.stop:
+                self.last_decision = ranked
+                return ranked.stop
         try:
             with torch_threads(1):
                 decision = self._decide(trial, others, resource)
         except (SurrogateError, RuntimeError, ValueError) as e:  # the trial goes on
             self._failed(e)
             return False
+        if decision is not None and ranked is not None:  # both must say stop
+            decision = replace(decision, rank=ranked.rank)
         self.last_decision = decision
         return decision is not None and decision.stop
 
@@ -159,21 +189,31 @@ class GPPruner:
         forecasts of every trial that reached this many reports: those go on whatever a new
         trial promises, so full trainings keep coming (the model learns how curves end from
         them) even while the model is unsure of everything."""
-        assert self.model is not None
         if self.keep_top <= 0:
             return False
+        better, n = self._rank(mine, others, resource)
+        return better < max(1, math.ceil(self.keep_top * n))
+
+    def _rank(
+        self, mine: FinalPrediction, others: Sequence[FrozenTrial], resource: int
+    ) -> tuple[int, int]:
+        """How many of the trials that reached ``resource`` reports have a better forecast
+        final value than ``mine``, and how many trials that is counting this one."""
+        assert self.model is not None
         rivals = [
             t
             for t in others
-            if t.state is not TrialState.FAILED and len(t.intermediate) >= resource
+            if t.number != mine.number
+            and t.state is not TrialState.FAILED
+            and len(t.intermediate) >= resource
         ]
         if not rivals:
-            return True
+            return 0, 1
         better = sum(
             f.mean * self.model.sign < mine.mean * self.model.sign
             for f in self.model.forecast(rivals)
         )
-        return better < max(1, math.ceil(self.keep_top * (len(rivals) + 1)))
+        return better, len(rivals) + 1
 
     def _as_left(self, which: Sequence[FrozenTrial]) -> list[FinalPrediction]:
         """Forecasts from the model as the last decision left it (never refit here: what the
