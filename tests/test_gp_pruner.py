@@ -113,10 +113,10 @@ def test_keep_top_zero_lets_the_gain_rule_stop_even_the_leader():
     assert drop.prune(leader, HISTORY, "min")
 
 
-def test_before_startup_asha_ranks_and_the_model_must_agree():
+def test_before_startup_asha_ranks_and_the_model_keeps_only_its_leaders():
     """Before any trial completes the model cannot forecast: the rank at the rung decides,
-    as ASHA's would. Until ``n_startup`` have completed, a trial stops only when both the
-    rank and the model say so."""
+    as ASHA's would. Until ``n_startup`` have completed, a trial that ASHA would stop goes on
+    only when the model would keep it and forecasts it among the best at the rung."""
     gp = GPPruner(n_startup=3, min_resource=2, eta=2)
     gp.bind(SPACE, "min")
     asha = ASHAPruner(min_resource=2, eta=2)
@@ -133,18 +133,30 @@ def test_before_startup_asha_ranks_and_the_model_must_agree():
     )
     assert not gp.prune(slow, [], "min")  # the first trial at a rung goes on
 
-    two = HISTORY[:2]  # two complete trials: the model votes, but cannot stop alone yet
-    alone = GPPruner(n_startup=2, min_resource=2, eta=2)
-    alone.bind(SPACE, "min")
-    for a in (0.1, 0.45, 0.8, 1.0):
+    two = HISTORY[:2]  # two complete trials: the model has a say, but not alone yet
+    outcomes = []
+    for a in (0.1, 0.3, 0.45, 1.0):  # fresh models: each decision from the same start
+        gp = GPPruner(n_startup=3, min_resource=2, eta=2)
+        alone = GPPruner(n_startup=2, min_resource=2, eta=2)  # the model's own rule
+        leaders = GPPruner(n_startup=2, min_resource=2, eta=2, threshold=0.0, gain_ratio=1e6)
+        for pruner in (gp, alone, leaders):  # ``leaders`` stops all but the best forecasts
+            pruner.bind(SPACE, "min")
         running = trial(11, a, 2, TrialState.RUNNING)
         rank_stop = asha.prune(running, two, "min")
-        both = gp.prune(running, two, "min")
-        assert both == (rank_stop and alone.prune(running, two, "min"))
+        model_keeps = not alone.prune(running, two, "min")
+        leads = not leaders.prune(running, two, "min")
+        outcomes.append((rank_stop, model_keeps, leads, gp.prune(running, two, "min")))
+        assert outcomes[-1][-1] == (rank_stop and not (model_keeps and leads))
         d = gp.last_decision
         assert d is not None and d.rank is not None and (d.forecast is not None) == rank_stop
         if rank_stop:
             assert "predicted final loss" in d.describe("loss") and "by rank, " in d.describe()
+    assert outcomes == [  # ASHA keeps it; the model keeps a leader; and stops the others
+        (False, False, False, False),
+        (True, True, True, False),
+        (True, True, False, True),
+        (True, False, False, True),
+    ]
 
 
 def test_no_decision_off_rung_or_at_the_end():

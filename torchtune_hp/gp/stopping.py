@@ -7,11 +7,12 @@ decision rung (``min_resource * eta**k`` reports) the :class:`~torchtune_hp.gp.c
 forecasts the trial's final value from its own partial curve and every other trial's curve,
 and the trial stops when it is hopeless or when its remaining epochs are worth more spent on a
 new configuration (see :class:`GPPruner`). The model needs COMPLETE trials to know how long
-training is and how curves finish; until ``n_startup`` have completed, a trial also has to be
-outside ASHA's top ``1/eta`` at the rung to stop (before the first completes, the rank alone
-decides). Trying many configurations briefly at the start, as ASHA does, beat training the
-first few whole (``benchmarks/run_curves.py``); the model's vote keeps that from starving it
-of complete curves when the best configurations start slowly.
+training is and how curves finish, so the study starts as ASHA: before the first completes,
+a trial outside ASHA's top ``1/eta`` at the rung stops; until ``n_startup`` have completed, it
+stops unless the model would keep it and forecasts it among the best ``keep_top`` there.
+Trying many configurations briefly at the start, as ASHA does, beat training the first few
+whole (``benchmarks/run_curves.py``); the model's say over its leaders keeps ASHA from
+starving it of complete curves when the best configurations start slowly.
 
 With the ``gp`` sampler the same model feeds the search: a stopped trial enters the sampler's
 data at its *forecast* final value rather than at its last report (a trial stopped at epoch 2
@@ -81,9 +82,10 @@ class GPPruner:
       (its epochs buy more as a new trial: the freeze-thaw trade, Swersky et al. 2014),
       unless its forecast is among the best ``keep_top`` of all trials that reached this rung.
 
-    Until ``n_startup`` trials are COMPLETE, the trial must also rank outside the top
-    ``1/eta`` of the trials at the rung (ASHA's rule), which alone decides before the first
-    trial completes.
+    Until ``n_startup`` trials are COMPLETE, ASHA's rule comes first: a trial in the top
+    ``1/eta`` of the trials at the rung goes on; one outside it stops, unless the model
+    (once a trial has completed) would keep it and forecasts it among the best ``keep_top``
+    at the rung.
 
     Options: ``threshold`` (0.05), ``gain_ratio`` (0.5; 0 = the first rule alone),
     ``keep_top`` (0.25), ``n_startup`` (COMPLETE trials before the model decides alone, 3),
@@ -151,8 +153,9 @@ class GPPruner:
         except (SurrogateError, RuntimeError, ValueError) as e:  # the trial goes on
             self._failed(e)
             return False
-        if decision is not None and ranked is not None:  # both must say stop
-            decision = replace(decision, rank=ranked.rank)
+        if decision is not None and ranked is not None:  # the model keeps only its leaders
+            keep = not decision.stop and self._leads(decision.forecast, others, resource)
+            decision = replace(decision, stop=not keep, rank=ranked.rank)
         self.last_decision = decision
         return decision is not None and decision.stop
 
