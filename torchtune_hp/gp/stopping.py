@@ -150,12 +150,12 @@ class GPPruner:
         try:
             with torch_threads(1):
                 decision = self._decide(trial, others, resource)
+                if decision is not None and ranked is not None:  # it keeps only its leaders
+                    keep = not decision.stop and self._leads(decision.forecast, others, resource)
+                    decision = replace(decision, stop=not keep, rank=ranked.rank)
         except (SurrogateError, RuntimeError, ValueError) as e:  # the trial goes on
             self._failed(e)
             return False
-        if decision is not None and ranked is not None:  # the model keeps only its leaders
-            keep = not decision.stop and self._leads(decision.forecast, others, resource)
-            decision = replace(decision, stop=not keep, rank=ranked.rank)
         self.last_decision = decision
         return decision is not None and decision.stop
 
