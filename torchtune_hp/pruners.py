@@ -70,18 +70,26 @@ def rung_resources(min_resource: int, eta: int, resource: int) -> list[int]:
     return out
 
 
-def rank_at(
-    trial: FrozenTrial, others: Sequence[FrozenTrial], resource: int, mode: str
-) -> tuple[int, int]:
-    """ASHA's rank of ``trial`` at ``resource`` reports: how many other trials that reached it
-    have a strictly better value there, and how many trials reached it, this one included.
-    The trial stays in the top ``1/eta`` while the first is below ``max(n // eta, 1)``."""
+def at_rung(min_resource: int, eta: int, resource: int) -> bool:
+    """Whether ``resource`` reports is a rung ``min_resource * eta**k`` itself."""
+    rungs = rung_resources(min_resource, eta, resource)
+    return bool(rungs) and rungs[-1] == resource
+
+
+def asha_rank(
+    trial: FrozenTrial, others: Sequence[FrozenTrial], resource: int, mode: str, eta: int
+) -> tuple[bool, int, int]:
+    """ASHA's rule for ``trial`` at ``resource`` reports: whether it is outside the top
+    ``1/eta`` of the trials that reached it (the first ``max(n // eta, 1)`` go on), how many
+    other trials have a strictly better value there, and how many reached it, this one
+    included."""
     mine = value_at(trial, resource, mode)
-    assert mine is not None, "rank_at needs the trial to have reached the resource"
+    assert mine is not None, "asha_rank needs the trial to have reached the resource"
     peers = [
         v for t in _competitors(others, trial) if (v := value_at(t, resource, mode)) is not None
     ]
-    return sum(_worse(mine, v, mode) for v in peers), len(peers) + 1
+    better, n = sum(_worse(mine, v, mode) for v in peers), len(peers) + 1
+    return better >= max(n // eta, 1), better, n
 
 
 def _worse(a: float, b: float, mode: str) -> bool:
@@ -147,11 +155,9 @@ class ASHAPruner:
         if diverged(trial):
             return True
         resource = len(trial.intermediate)
-        rungs = self.rungs(resource)
-        if not rungs or rungs[-1] != resource:
+        if not at_rung(self.min_resource, self.eta, resource):
             return False  # only decide when the trial arrives at a rung
-        better, n = rank_at(trial, others, resource, mode)
-        return better >= max(n // self.eta, 1)
+        return asha_rank(trial, others, resource, mode, self.eta)[0]
 
 
 # name -> class, or "module:Class" imported on first use (the gp pruner loads GPyTorch).

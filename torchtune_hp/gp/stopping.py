@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from torchtune_hp.gp.curves import CurveModel, FinalPrediction
 from torchtune_hp.gp.surrogate import SurrogateError
 from torchtune_hp.gp.threads import torch_threads
-from torchtune_hp.pruners import diverged, rank_at, rung_resources
+from torchtune_hp.pruners import asha_rank, at_rung, diverged
 from torchtune_hp.space import Space
 from torchtune_hp.trial import FrozenTrial, TrialState
 
@@ -126,10 +126,6 @@ class GPPruner:
         """Called by the study: the model needs the space's encoding and the direction."""
         self.model = CurveModel(space, mode, self._device, self.max_resource, seed=seed)
 
-    def at_rung(self, resource: int) -> bool:
-        rungs = rung_resources(self.min_resource, self.eta, resource)
-        return bool(rungs) and rungs[-1] == resource
-
     def prune(self, trial: FrozenTrial, others: Sequence[FrozenTrial], mode: str) -> bool:
         self.last_decision = None
         if diverged(trial):
@@ -138,12 +134,12 @@ class GPPruner:
             raise RuntimeError("GPPruner.bind(space, mode) must be called before prune()")
         resource = len(trial.intermediate)
         complete = sum(t.state is TrialState.COMPLETE for t in others)
-        if not self.at_rung(resource):
+        if not at_rung(self.min_resource, self.eta, resource):
             return False
         ranked = None
         if complete < self.n_startup:  # the model has seen few curves end: ASHA's rank first
-            better, n = rank_at(trial, others, resource, mode)
-            ranked = Decision(None, better >= max(n // self.eta, 1), rank=(resource, better, n))
+            outside, better, n = asha_rank(trial, others, resource, mode, self.eta)
+            ranked = Decision(None, outside, rank=(resource, better, n))
             if complete == 0 or not ranked.stop:
                 self.last_decision = ranked
                 return ranked.stop
