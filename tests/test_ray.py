@@ -16,6 +16,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -84,7 +85,10 @@ class Cluster:
 
 def _ray_start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     proc = subprocess.Popen(
-        ["ray", "start", "--block", "--disable-usage-stats", "--object-store-memory=80000000"]
+        # This interpreter's Ray, not the first ``ray`` on PATH: the node's workers run under
+        # the python that started it, and they must import the package under test.
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--block"]
+        + ["--disable-usage-stats", "--object-store-memory=80000000"]
         + args,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
