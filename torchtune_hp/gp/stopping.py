@@ -145,10 +145,10 @@ class GPPruner:
                 return ranked.stop
         try:
             with torch_threads(1):
-                decision = self._decide(trial, others, resource)
-                if decision is not None and ranked is not None:  # it keeps only its leaders
-                    keep = not decision.stop and self._leads(decision.forecast, others, resource)
-                    decision = replace(decision, stop=not keep, rank=ranked.rank)
+                # Against ASHA's stop, the model keeps only its leaders.
+                decision = self._decide(trial, others, resource, must_lead=ranked is not None)
+                if decision is not None and ranked is not None:
+                    decision = replace(decision, rank=ranked.rank)
         except (SurrogateError, RuntimeError, ValueError) as e:  # the trial goes on
             self._failed(e)
             return False
@@ -156,8 +156,14 @@ class GPPruner:
         return decision is not None and decision.stop
 
     def _decide(
-        self, trial: FrozenTrial, others: Sequence[FrozenTrial], resource: int
+        self,
+        trial: FrozenTrial,
+        others: Sequence[FrozenTrial],
+        resource: int,
+        must_lead: bool = False,
     ) -> Decision | None:
+        """The model's decision; with ``must_lead``, a trial it would keep also stops unless
+        its forecast is among the leaders (:meth:`_leads`, computed at most once)."""
         assert self.model is not None
         if not self.model.update([*others, trial]):
             return None
@@ -167,10 +173,16 @@ class GPPruner:
         f = self.model.forecast([trial])[0]
         rate = f.gain / (horizon - resource)
         new_rate = self.model.new_trial_gain() / horizon if self.gain_ratio > 0 else math.nan
-        stop = f.p_improve < self.threshold or (
-            rate < self.gain_ratio * new_rate and not self._leads(f, others, resource)
-        )
-        return Decision(f, stop, rate, new_rate)
+        leads: bool | None = None
+
+        def lead() -> bool:
+            nonlocal leads
+            if leads is None:
+                leads = self._leads(f, others, resource)
+            return leads
+
+        stop = f.p_improve < self.threshold or (rate < self.gain_ratio * new_rate and not lead())
+        return Decision(f, stop or (must_lead and not lead()), rate, new_rate)
 
     def _failed(self, error: Exception) -> None:
         """A numerical failure leaves the trial running; said once per study, not silently."""
