@@ -11,6 +11,8 @@ scratch; the anytime curve is the lowest validation loss seen after each charged
 Methods, each with the settings its documentation shows a user:
 
 * ``ours_mf``: ``sampler: gp`` with ``pruner: gp`` (the learning-curve GP decides).
+* ``ours_ft``: the same with ``resume: true`` (freeze-thaw: a stopped trial is paused, and the
+  model may later resume it from its checkpoint rather than start a new configuration).
 * ``gp``: ``sampler: gp``, no pruning. ``gp_asha`` / ``random_asha``: with ``pruner: asha``
   (``min_resource: 1``, ``eta: 3``; random + ASHA is what a Ray Tune user gets by default).
 * ``optuna_tpe_hb``: Optuna's TPESampler with its HyperbandPruner (``min_resource=1``,
@@ -85,16 +87,19 @@ def run_study_loop(
     ask: Callable[[], tuple[Any, dict[str, Any]]],
     report: Callable[[Any, float, int], bool],
     finish: Callable[[Any, float | None, bool], None],
+    resumed: Callable[[Any], tuple[int, float]] = lambda handle: (0, math.inf),
 ) -> None:
     """One trial at a time: ``ask`` a configuration, train it epoch by epoch, ``report``
     each loss (True = stop it; not asked after the last epoch), ``finish`` it with its best
-    loss (pruned or complete)."""
+    loss (pruned or complete). A paused trial that ``ask`` hands out again goes on after the
+    epoch and with the best loss ``resumed`` says (from its checkpoint: those epochs are not
+    charged again)."""
     t_max = meter.task.epochs
     while True:
         handle, params = ask()
-        best = math.inf
+        done, best = resumed(handle)
         try:
-            for e in range(1, t_max + 1):
+            for e in range(done + 1, t_max + 1):
                 v = meter.epoch(params, e)
                 best = min(best, v)
                 if report(handle, v, e) and e < t_max:
@@ -133,7 +138,12 @@ def ours(sampler: str, pruner: str, **pruner_options: Any) -> Callable[[Meter, i
         def finish(t: Any, best: float | None, pruned: bool) -> None:
             study.tell(t, best, state="pruned" if pruned else None)
 
-        run_study_loop(meter, ask, report, finish)
+        def resumed(t: Any) -> tuple[int, float]:
+            if t.resume_from is None:
+                return 0, math.inf
+            return t.resume_from, min(study.trial(t.number).intermediate.values())
+
+        run_study_loop(meter, ask, report, finish, resumed)
 
     return run
 
@@ -281,6 +291,7 @@ def syne_tune(kind: str) -> Callable[[Meter, int], None]:
 
 METHODS: dict[str, Callable[[Meter, int], None]] = {
     "ours_mf": ours("gp", "gp"),
+    "ours_ft": ours("gp", "gp", resume=True),
     "gp": ours("gp", "none"),
     "gp_asha": ours("gp", "asha", min_resource=1, eta=3),
     "random_asha": ours("random", "asha", min_resource=1, eta=3),
@@ -384,11 +395,11 @@ def summarize(runs: list[dict[str, Any]], epochs: dict[str, int]) -> dict[str, A
             row["trials"] = float(np.median([r["trials"] for r in rs]))
             row["seconds"] = float(np.median([r["seconds"] for r in rs]))
             rows[m] = row
-        if "gp" in rows and "ours_mf" in rows:
+        for m in [m for m in rows if is_ours(m) and "gp" in rows]:
             target = rows["gp"]["@30"]["median"]
-            need = [epochs_to_reach(r["trace"], target) for r in t_runs if r["method"] == "ours_mf"]
-            rows["ours_mf"]["epochs_to_gp_at_30"] = float(np.median(need))
-            rows["ours_mf"]["fraction_of_gp_epochs"] = float(np.median(need)) / (30 * epochs[task])
+            need = [epochs_to_reach(r["trace"], target) for r in t_runs if r["method"] == m]
+            rows[m]["epochs_to_gp_at_30"] = float(np.median(need))
+            rows[m]["fraction_of_gp_epochs"] = float(np.median(need)) / (30 * epochs[task])
         out[task] = rows
     return out
 
@@ -400,12 +411,12 @@ def print_summary(summary: dict[str, Any]) -> None:
         for m, row in rows.items():
             cells = ["{median:.4f} [{q25:.3f},{q75:.3f}]".format(**row[f"@{k}"]) for k in MARKS]
             print(f"  {m:<16}" + "".join(f"{c:>24}" for c in cells) + f"  {row['trials']:6.0f}")
-        mf = rows.get("ours_mf", {})
-        if "epochs_to_gp_at_30" in mf:
-            print(
-                f"  ours_mf reaches gp's @30 median in {mf['epochs_to_gp_at_30']:.0f} epochs "
-                f"({mf['fraction_of_gp_epochs']:.0%} of gp's)"
-            )
+        for m, mf in rows.items():
+            if "epochs_to_gp_at_30" in mf:
+                print(
+                    f"  {m} reaches gp's @30 median in {mf['epochs_to_gp_at_30']:.0f} epochs "
+                    f"({mf['fraction_of_gp_epochs']:.0%} of gp's)"
+                )
 
 
 def main() -> None:

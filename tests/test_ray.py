@@ -497,3 +497,16 @@ def test_lightning_cli_and_tensorboard_reporting_on_the_cluster(cluster, tmp_pat
     for t in read_trials(tb_home / "logs" / "sub"):
         x, y = t.params["x"], t.params["y"]
         assert t.value == pytest.approx((x - 0.3) ** 2 + (y - 0.7) ** 2 + 1.0 / 4, abs=1e-5)
+
+
+def test_a_paused_trial_resumes_on_ray_with_its_checkpoint(cluster, tmp_path):
+    """``pruner: {name: gp, resume: true}`` on a cluster: each run of a trial starts in a
+    fresh folder on its node, so a resumed run finds its checkpoint only because the driver
+    carried it there from the run that paused (the script fails otherwise)."""
+    from test_resume import check_resumed, resume_project
+
+    home = tmp_path / "project"
+    resume_project(home, 10, {"name": "ray", "address": cluster.address, "workers": 2})
+    result = run_cli("run", "ft.yaml", cwd=home, env=cluster.env, timeout=280)
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_resumed(home / "logs" / "ft", 10)

@@ -33,6 +33,7 @@ _EXPORTS = {
     "StudyMismatch": "torchtune_hp.errors",
     "StudyStopped": "torchtune_hp.errors",
     "TuneCallback": "torchtune_hp.callback",
+    "current_trial": "torchtune_hp.executors.remote",
     "report": "torchtune_hp.executors.remote",
 }
 

@@ -87,9 +87,18 @@ class TuneCallback(L.Callback):
             prune = self.trial.should_prune()
         prune = bool(trainer.strategy.broadcast(prune, src=0))
         if prune:
+            self._keep_for_resume(trainer)
             self.pruned = True
             self.trial.pruned = True
             trainer.should_stop = True
+
+    def _keep_for_resume(self, trainer: L.Trainer) -> None:
+        """A study that pauses stopped trials (``pruner: {name: gp, resume: true}``) may run
+        this one again from here: save the whole training state (every rank takes part, rank
+        zero writes) where ``trial.ckpt_path`` will find it, ``<trial folder>/pause.ckpt``."""
+        path = getattr(self.trial, "checkpoint_path", None)
+        if getattr(self.trial, "pauses", False) and path is not None:
+            trainer.save_checkpoint(path)
 
     def state_dict(self) -> dict[str, Any]:
         return {"pruned": self.pruned, "reports": self.reports}

@@ -66,6 +66,9 @@ ALTER TABLE trials ADD COLUMN process TEXT;
 UPDATE trials SET interruption = 'died' WHERE interrupted = 1;
 """
 
+# SET clause that appends a line (twice as a parameter: empty note, else note + newline + it)
+_APPEND_NOTE = "note = CASE WHEN note IS NULL OR note = '' THEN ? ELSE note || char(10) || ? END"
+
 _COLUMNS = 'number, state, params, value, start, "end", error, origin, interruption, note, process'
 # The same row from a version-1 file, read where it cannot be upgraded (a reader, read-only media)
 _COLUMNS_1 = (
@@ -280,6 +283,31 @@ class Storage:
             )
             return cursor.rowcount == 1
 
+    def reopen_trial(self, number: int, note: str) -> bool:
+        """Run a PRUNED (paused) trial again from where it stopped: RUNNING, its reports kept,
+        ``note`` appended, and its number added to the ``resumed`` metadata, so a driver that
+        is stopped or dies while it runs pauses it again (:meth:`recover_running`) instead of
+        losing it. False when the trial is not PRUNED."""
+        with self._tx() as c:
+            cursor = c.execute(
+                f'UPDATE trials SET state=?, value=NULL, error=NULL, "end"=NULL, {_APPEND_NOTE} '
+                "WHERE number=? AND state=?",
+                (TrialState.RUNNING.value, note, note, number, TrialState.PRUNED.value),
+            )
+            if cursor.rowcount != 1:
+                return False
+            resumed = set(self._resumed(c)) | {number}
+            c.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('resumed', ?)",
+                (json.dumps(sorted(resumed)),),
+            )
+            return True
+
+    @staticmethod
+    def _resumed(c: sqlite3.Connection) -> list[int]:
+        row = c.execute("SELECT value FROM meta WHERE key='resumed'").fetchone()
+        return [int(n) for n in json.loads(row[0])] if row else []
+
     def report(self, number: int, step: int, value: float) -> None:
         with self._tx() as c:
             c.execute(
@@ -291,8 +319,7 @@ class Storage:
         """Append a line to a trial's note (what the driver noticed about its output)."""
         with self._tx() as c:
             c.execute(
-                "UPDATE trials SET note = CASE WHEN note IS NULL OR note = '' THEN ? "
-                "ELSE note || char(10) || ? END WHERE number=?",
+                f"UPDATE trials SET {_APPEND_NOTE} WHERE number=?",
                 (text, text, number),
             )
 
@@ -351,14 +378,35 @@ class Storage:
     def recover_running(self, reason: str, interruption: Interruption) -> list[int]:
         """Mark every RUNNING trial FAILED with ``interruption`` and queue its parameters to
         run again: always after a stop (``stopped``), once after a death (``died``: a trial
-        that was that retry is not queued again). Returns the trials' numbers."""
+        that was that retry is not queued again). A paused trial that was running again
+        (:meth:`reopen_trial`) becomes PRUNED (paused) again, with every report it made, and
+        may be resumed later. Returns the trials' numbers."""
         origin = Origin.RESUMED if interruption is Interruption.STOPPED else Origin.RETRY
         with self._tx() as c:
             rows = c.execute(
                 "SELECT number, params, origin FROM trials WHERE state=?",
                 (TrialState.RUNNING.value,),
             ).fetchall()
+            resumed = set(self._resumed(c))
             for n, params, was in rows:
+                if n in resumed:  # a paused trial run again: paused again, where it got to
+                    last = c.execute(
+                        "SELECT value FROM intermediate WHERE trial=? ORDER BY step DESC LIMIT 1",
+                        (n,),
+                    ).fetchone()
+                    c.execute(
+                        f'UPDATE trials SET state=?, value=?, "end"=?, {_APPEND_NOTE} '
+                        "WHERE number=?",
+                        (
+                            TrialState.PRUNED.value,
+                            None if last is None else last[0],
+                            _ts(utcnow()),
+                            f"paused again: {reason}",
+                            f"paused again: {reason}",
+                            n,
+                        ),
+                    )
+                    continue
                 c.execute(
                     'UPDATE trials SET state=?, error=?, interrupted=1, interruption=?, "end"=? '
                     "WHERE number=?",

@@ -313,6 +313,12 @@ class Study:
             else:
                 self._finished[at] = t
         else:
+            at = self._finished_at.pop(t.number, None)
+            if at is not None:  # a paused trial that runs again (resume): pending again
+                del self._finished[at]
+                for n, i in self._finished_at.items():
+                    if i > at:
+                        self._finished_at[n] = i - 1
             self._pending[t.number] = t
         if t.state is TrialState.COMPLETE and t.value is not None:
             if _better(t, self._best, self.mode):
@@ -393,12 +399,18 @@ class Study:
         return frozen
 
     def ask(self) -> Trial:
-        """Start a trial: queued parameters first, else the sampler's suggestion.
+        """Start a trial: queued parameters first, then a paused trial the pruner wants to go
+        on (``pruner: {name: gp, resume: true}``: the same trial, running again from its last
+        report, ``trial.resume_from`` set), else the sampler's suggestion.
 
         Raises :class:`SpaceExhausted` when the sampler has nothing left (a finished grid)."""
         if self.follower:
             return self._follow()
         popped = self.storage.pop_queue_into_trial()
+        if popped is None:
+            resumed = self._resume()
+            if resumed is not None:
+                return resumed
         sampled = popped is None
         if popped is not None:
             number, params, _ = popped
@@ -419,6 +431,24 @@ class Study:
                 explanation = explain()
                 if explanation is not None:
                     self._emit("sampler_explained", explanation, number)
+        return trial
+
+    def _resume(self) -> Trial | None:
+        """The paused trial the pruner chose to run again, reopened; None when it chose none.
+        Its folder is kept (its checkpoint, logs and curves are there)."""
+        choose = getattr(self.pruner, "resume_choice", None)
+        if choose is None:
+            return None
+        decision = choose(list(self._view.values()))
+        if decision is None:
+            return None
+        number = decision.forecast.number
+        if not self.storage.reopen_trial(number, decision.describe(self.metric)):
+            return None
+        frozen = self._refresh(number)
+        trial = Trial(self, number, frozen.params, resume_from=max(frozen.intermediate))
+        self._emit("trial_started", trial)
+        self._emit("trial_decided", number, decision)
         return trial
 
     def tell(

@@ -115,19 +115,63 @@ def _iso(t: datetime | None) -> str | None:
     return None if t is None else t.isoformat().replace("+00:00", "Z")
 
 
-class Trial:
+PAUSE_CHECKPOINT = "pause.ckpt"  # in the trial's folder: where a paused trial's state is kept
+
+
+class Pausable:
+    """What a paused trial's objective needs, the same in the driver and in a worker process
+    (``pruner: {name: gp, resume: true}``): ``pauses`` (the study may resume a stopped trial,
+    so keep its state when told to stop), ``resume_from`` (None on a first run; on a resumed
+    run, the step of the trial's last report: go on after it), ``checkpoint_path`` (where to
+    keep that state: ``<trial folder>/pause.ckpt``; :class:`~torchtune_hp.TuneCallback` saves
+    the Lightning checkpoint there) and ``ckpt_path`` (that file when resuming and it exists,
+    else None: ``trainer.fit(..., ckpt_path=trial.ckpt_path)``)."""
+
+    pauses: bool = False
+    resume_from: int | None = None
+
+    @property
+    def run_folder(self) -> Path | None:
+        raise NotImplementedError
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        folder = self.run_folder
+        return None if folder is None else folder / PAUSE_CHECKPOINT
+
+    @property
+    def ckpt_path(self) -> str | None:
+        path = self.checkpoint_path
+        if self.resume_from is None or path is None or not path.is_file():
+            return None
+        return str(path)
+
+
+class Trial(Pausable):
     """What an objective receives: ``number``, ``params`` (a plain dict), ``report``, and the
     devices the executor gave it (``devices``: CUDA device indices as this process sees them,
-    empty for CPU; ``accelerator``: ``"gpu"`` or ``"cpu"``, ready for ``L.Trainer``)."""
+    empty for CPU; ``accelerator``: ``"gpu"`` or ``"cpu"``, ready for ``L.Trainer``); for a
+    paused trial run again, see :class:`Pausable`."""
 
     def __init__(
-        self, study: Study, number: int, params: dict[str, Any], devices: list[int] | None = None
+        self,
+        study: Study,
+        number: int,
+        params: dict[str, Any],
+        devices: list[int] | None = None,
+        resume_from: int | None = None,
     ) -> None:
         self.study = study
         self.number = number
         self.params = dict(params)
         self.devices = list(devices or [])
         self.pruned = False
+        self.resume_from = resume_from
+        self.pauses = bool(getattr(study.pruner, "resume", False))
+
+    @property
+    def run_folder(self) -> Path | None:
+        return None if self.study.dir is None else self.study.trial_dir(self.number)
 
     @property
     def accelerator(self) -> str:
@@ -169,7 +213,8 @@ class Trial:
         return trial_logger(self.study.trial_dir(self.number), **options)
 
     def __repr__(self) -> str:
-        return f"Trial(number={self.number}, params={self.params})"
+        again = "" if self.resume_from is None else f", resume_from={self.resume_from}"
+        return f"Trial(number={self.number}, params={self.params}{again})"
 
 
 def trial_logger(run_dir: Path, **options: Any) -> Any:

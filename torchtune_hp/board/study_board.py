@@ -169,14 +169,19 @@ class StudyBoard:
     # -- what the study tells its subscribers (StudyListener) ---------------------------------
     @_never_stops_a_study
     def trial_started(self, study: Any, trial: Any) -> None:
-        writer = EventWriter(
-            files.renewed_dir(self._trial_dir(trial.number) / RUNNING_RUN, OUR_SUFFIX)
-        )
+        folder = self._trial_dir(trial.number)
+        resumed = getattr(trial, "resume_from", None) is not None
+        if resumed:  # a paused trial runs again: one session, RUNNING, until it ends again
+            files.discard_dir(folder / SESSION_RUN, OUR_SUFFIX)
+        writer = EventWriter(files.renewed_dir(folder / RUNNING_RUN, OUR_SUFFIX))
         writer.summary(
             session_start_summary(self.space, trial.params, self.name, TrialState.RUNNING)
         )
         writer.summary(session_end_summary(TrialState.RUNNING))  # the status filter's "Running"
         self._running[trial.number] = writer
+        if resumed:  # its curve so far, so the running session shows it whole
+            for step, value in sorted(study.trial(trial.number).intermediate.items()):
+                self.trial_reported(study, trial.number, step, value)
 
     @_never_stops_a_study
     def trial_reported(self, study: Any, number: int, step: int, value: float) -> None:
@@ -195,7 +200,9 @@ class StudyBoard:
             return
         writer = self._forecast.get(number)
         if writer is None:
-            folder = files.renewed_dir(self._trial_dir(number) / FORECAST_RUN, OUR_SUFFIX)
+            folder = self._trial_dir(number) / FORECAST_RUN
+            if not (decision.resumed and folder.is_dir() and not folder.is_symlink()):
+                folder = files.renewed_dir(folder, OUR_SUFFIX)  # a resumed trial's is kept
             writer = self._forecast[number] = EventWriter(folder)
         if f is not None:
             steps = study.trial(number).intermediate
@@ -205,7 +212,7 @@ class StudyBoard:
             writer.scalar(f"{tag}_low", f.mean - f.sd, step)
             writer.scalar(f"{tag}_high", f.mean + f.sd, step)
             writer.scalar("forecast/p_beats_best", f.p_improve, step)
-        if decision.stop:
+        if decision.stop or decision.resumed:
             writer.summary(text_summary("forecast/decision", decision.describe(self.metric)))
 
     @_never_stops_a_study

@@ -37,6 +37,8 @@ from torchtune_hp.executors.remote import (
     ENV_METRIC,
     ENV_MODE,
     ENV_PARAMS,
+    ENV_PAUSES,
+    ENV_RESUME_FROM,
     ENV_STUDY,
     ENV_TRIAL,
     ENV_TRIAL_DIR,
@@ -50,7 +52,7 @@ POLL_S = 0.05
 def trial_env(study: Any, trial: Trial, launch: str) -> dict[str, str]:
     """Who a launched trial is, for its environment (see :mod:`.remote`); its folder
     (``TORCHTUNE_HP_TRIAL_DIR``), devices and threads are the executor's to add."""
-    return {
+    env = {
         ENV_TRIAL: str(trial.number),
         ENV_STUDY: study.name,
         ENV_METRIC: study.metric,
@@ -59,6 +61,11 @@ def trial_env(study: Any, trial: Trial, launch: str) -> dict[str, str]:
         ENV_LAUNCH: launch,
         "PYTHONUNBUFFERED": "1",
     }
+    if trial.pauses:
+        env[ENV_PAUSES] = "1"
+    if trial.resume_from is not None:
+        env[ENV_RESUME_FROM] = str(trial.resume_from)
+    return env
 
 
 def last_reported(study: Any, number: int) -> Any:

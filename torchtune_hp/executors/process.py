@@ -114,6 +114,13 @@ def read_tail(path: Path, tail: int) -> str:
         return ""
 
 
+def keep_earlier_logs(run_dir: Path) -> None:
+    """A paused trial run again writes new logs: its earlier run's are renamed aside
+    (``stdout.log.stale-<time>``), never appended to or overwritten."""
+    for log in ("stdout.log", "stderr.log"):
+        files.set_aside(run_dir / log)
+
+
 class TrialProcess:
     """A launched trial: ``argv`` run in ``run_dir`` with ``env``, stdout and stderr in
     ``stdout.log`` and ``stderr.log``, its reports read from ``report.jsonl`` and (with
@@ -137,6 +144,7 @@ class TrialProcess:
         self.timeout_s = timeout_s
         self.grace_s = grace_s
         files.write_text(run_dir / "command.json", json.dumps(argv))
+        keep_earlier_logs(run_dir)
         self._files = [
             files.open_new(run_dir / "stdout.log"),
             files.open_new(run_dir / "stderr.log"),

@@ -84,12 +84,22 @@ class TrialHost:
             "gpus": [str(g) for g in ray.get_gpu_ids()],
         }
 
-    def start(self, number: int, params: dict[str, Any], launch: str, env: dict[str, str]):
-        """Start a trial (``env``: who it is, from the driver); returns its process record."""
+    def start(
+        self,
+        number: int,
+        params: dict[str, Any],
+        launch: str,
+        env: dict[str, str],
+        files: dict[str, bytes] | None = None,
+    ):
+        """Start a trial (``env``: who it is, from the driver; ``files``: what its folder
+        holds first, a resumed trial's pause checkpoint); returns its process record."""
         self._discard()
         clear_stale(self.base.parent)
         run_dir = self.base / self.study / trial_run_name(number)
         run_dir.mkdir(parents=True)
+        for name, data in (files or {}).items():
+            (run_dir / Path(name).name).write_bytes(data)
         where = self.where()
         gpus = where["gpus"]
         proc_env = {

@@ -37,9 +37,14 @@ from torchtune_hp.errors import ConfigError
 from torchtune_hp.executors import Finished
 from torchtune_hp.executors.folder_sync import apply_chunks
 from torchtune_hp.executors.pool import forward_notes, forward_reports, last_reported, trial_env
-from torchtune_hp.executors.process import LaunchSpec, Report, process_outcome
+from torchtune_hp.executors.process import (
+    LaunchSpec,
+    Report,
+    keep_earlier_logs,
+    process_outcome,
+)
 from torchtune_hp.outcome import Outcome, describe
-from torchtune_hp.trial import Trial
+from torchtune_hp.trial import PAUSE_CHECKPOINT, Trial
 
 RETRIES = 1  # a trial whose node is lost runs again this many times
 PROBE_S = 5.0  # how long an address may take to answer before it counts as unreachable
@@ -147,7 +152,11 @@ class RayExecutor:
         env = {**driver_env(), **trial_env(self.study, trial, launch)}
         host.trial, host.launch, host.poll_ref = trial, launch, None
         host.pruned, host.killed_for, host.started = False, None, time.time()
-        host.start_ref = host.actor.start.remote(trial.number, trial.params, launch, env)
+        if trial.resume_from is not None:  # the node's new logs replace the driver's copy
+            keep_earlier_logs(self.study.trial_dir(trial.number))
+        host.start_ref = host.actor.start.remote(
+            trial.number, trial.params, launch, env, carried_files(trial)
+        )
 
     # -- waiting -----------------------------------------------------------------------------
     def wait(self, timeout_s: float) -> list[Finished]:
@@ -302,6 +311,14 @@ class RayExecutor:
         self.stop_all()
         if self.ray.is_initialized():
             self.ray.shutdown()
+
+
+def carried_files(trial: Trial) -> dict[str, bytes]:
+    """What a trial's folder on its node must hold before it starts: a resumed trial's pause
+    checkpoint, which its earlier run's node sent to the driver's copy of the folder (the next
+    run may land on another node)."""
+    ckpt = trial.ckpt_path
+    return {} if ckpt is None else {PAUSE_CHECKPOINT: Path(ckpt).read_bytes()}
 
 
 def _reason(error: BaseException) -> str:

@@ -10,9 +10,11 @@ A launched trial (a script run by the subprocess executor, or a function run in 
 process) learns who it is from the environment the launcher sets: ``TORCHTUNE_HP_TRIAL``
 (number), ``TORCHTUNE_HP_TRIAL_DIR`` (its run folder, absolute), ``TORCHTUNE_HP_STUDY``,
 ``TORCHTUNE_HP_METRIC``, ``TORCHTUNE_HP_MODE``, ``TORCHTUNE_HP_PARAMS`` (JSON) and
-``TORCHTUNE_HP_LAUNCH`` (a token that marks what this process writes). Its reports travel to the
-driver through the run folder (:mod:`torchtune_hp.executors.channel`) and the pruner's answer
-comes back the same way.
+``TORCHTUNE_HP_LAUNCH`` (a token that marks what this process writes), and for a study that
+pauses trials ``TORCHTUNE_HP_PAUSES`` (1) and, on a resumed run, ``TORCHTUNE_HP_RESUME_FROM``
+(the step of the trial's last report; see :class:`~torchtune_hp.trial.Pausable`). Its reports
+travel to the driver through the run folder (:mod:`torchtune_hp.executors.channel`) and the
+pruner's answer comes back the same way.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 from torchtune_hp.executors import channel
 from torchtune_hp.outcome import as_number
+from torchtune_hp.trial import Pausable
 
 ENV_TRIAL = "TORCHTUNE_HP_TRIAL"
 ENV_TRIAL_DIR = "TORCHTUNE_HP_TRIAL_DIR"
@@ -36,6 +39,8 @@ ENV_METRIC = "TORCHTUNE_HP_METRIC"
 ENV_MODE = "TORCHTUNE_HP_MODE"
 ENV_PARAMS = "TORCHTUNE_HP_PARAMS"
 ENV_LAUNCH = "TORCHTUNE_HP_LAUNCH"
+ENV_PAUSES = "TORCHTUNE_HP_PAUSES"
+ENV_RESUME_FROM = "TORCHTUNE_HP_RESUME_FROM"
 
 # The trial an in-process objective is running, set by the executor around the objective call.
 CURRENT: contextvars.ContextVar[Any] = contextvars.ContextVar("torchtune_hp_trial", default=None)
@@ -43,10 +48,11 @@ CURRENT: contextvars.ContextVar[Any] = contextvars.ContextVar("torchtune_hp_tria
 _LAUNCHED: list[RemoteTrial | None] = []
 
 
-class RemoteTrial:
+class RemoteTrial(Pausable):
     """What ``Trial`` offers an objective (``number``, ``params``, ``report``,
-    ``should_prune``, ``pruned``, ``logger``, ``devices``, ``accelerator``), for a trial run
-    by another process than the driver."""
+    ``should_prune``, ``pruned``, ``logger``, ``devices``, ``accelerator``, and for a paused
+    trial what :class:`~torchtune_hp.trial.Pausable` says), for a trial run by another process
+    than the driver."""
 
     def __init__(
         self,
@@ -57,6 +63,8 @@ class RemoteTrial:
         mode: str,
         launch: str = "",
         devices: list[int] | None = None,
+        pauses: bool = False,
+        resume_from: int | None = None,
     ) -> None:
         self.number = number
         self.params = params
@@ -65,9 +73,15 @@ class RemoteTrial:
         self.mode = mode
         self.launch = launch
         self.devices = list(devices or [])
+        self.pauses = pauses
+        self.resume_from = resume_from
         self.pruned = False
         self._seq = 0
         self._verdict = False
+
+    @property
+    def run_folder(self) -> Path:
+        return self.run_dir
 
     @classmethod
     def from_env(cls) -> RemoteTrial | None:
@@ -83,6 +97,8 @@ class RemoteTrial:
             os.environ.get(ENV_MODE, "min"),
             os.environ.get(ENV_LAUNCH, ""),
             list(range(n_devices)),
+            os.environ.get(ENV_PAUSES) == "1",
+            int(os.environ[ENV_RESUME_FROM]) if os.environ.get(ENV_RESUME_FROM) else None,
         )
 
     @property

@@ -17,8 +17,14 @@ starving it of complete curves when the best configurations start slowly.
 With the ``gp`` sampler the same model feeds the search: a stopped trial enters the sampler's
 data at its *forecast* final value rather than at its last report (a trial stopped at epoch 2
 of 20 is not as bad as its epoch-2 loss), so the next configuration is chosen on what each
-configuration would have reached. Trials cannot be paused and resumed: a stopped trial ends,
-as with every pruner here, and its curve stays in the model.
+configuration would have reached.
+
+With ``resume: true`` a stopped trial is *paused*, not ended for good (freeze-thaw, Swersky et
+al. 2014): whenever the study is about to start a new trial, it asks :meth:`GPPruner.resume_choice`
+first, and the paused trial whose remaining epochs promise the most expected improvement per
+epoch goes on from its last report instead, when that beats a new configuration's full training
+(``resume_ratio``). The objective must then go on from where it stopped (see
+:class:`~torchtune_hp.trial.Pausable`; Lightning: ``ckpt_path=trial.ckpt_path``).
 """
 
 from __future__ import annotations
@@ -51,9 +57,10 @@ class Decision:
     rate: float = math.nan  # expected improvement per remaining epoch of this trial
     new_rate: float = math.nan  # ... and per epoch of the best new configuration
     rank: tuple[int, int, int] | None = None  # (reports, trials better there, trials there)
+    resumed: bool = False  # a paused trial chosen to go on, in place of a new one
 
     def describe(self, metric: str = "value") -> str:
-        verb = "stopped" if self.stop else "continued"
+        verb = "resumed" if self.resumed else "stopped" if self.stop else "continued"
         f = self.forecast
         rank = ""
         if self.rank is not None:
@@ -91,7 +98,10 @@ class GPPruner:
     ``keep_top`` (0.25), ``n_startup`` (COMPLETE trials before the model decides alone, 3),
     ``min_resource`` and ``eta`` (decisions at ``min_resource * eta**k`` reports: 1, 2, 4,
     8, ...), ``max_resource`` (reports in a full training; by default the most a COMPLETE
-    trial made), ``device`` (cpu | cuda | auto)."""
+    trial made), ``device`` (cpu | cuda | auto), ``resume`` (False; True: a stopped trial
+    is paused and may go on later, see :meth:`resume_choice`), ``resume_ratio`` (1.0: resume
+    when the paused trial's expected gain per remaining epoch is at least this times a new
+    trial's; above ``gain_ratio``, so a trial is not stopped and resumed back and forth)."""
 
     threshold: float = 0.05
     gain_ratio: float = 0.5
@@ -101,6 +111,8 @@ class GPPruner:
     eta: int = 2
     max_resource: int | None = None
     device: str = "cpu"
+    resume: bool = False
+    resume_ratio: float = 1.0
 
     name = "gp"
 
@@ -113,6 +125,8 @@ class GPPruner:
             raise ValueError(f"threshold must be in [0, 1), got {self.threshold!r}")
         if self.n_startup < 1 or self.min_resource < 1 or self.eta < 2:
             raise ValueError("n_startup and min_resource must be >= 1 and eta >= 2")
+        if not self.resume_ratio > 0.0:
+            raise ValueError(f"resume_ratio must be > 0, got {self.resume_ratio!r}")
         if self.max_resource is not None and self.max_resource < 1:
             raise ValueError(f"max_resource must be >= 1, got {self.max_resource!r}")
         from torchtune_hp.samplers.gp import resolve_device
@@ -183,6 +197,48 @@ class GPPruner:
 
         stop = f.p_improve < self.threshold or (rate < self.gain_ratio * new_rate and not lead())
         return Decision(f, stop or (must_lead and not lead()), rate, new_rate)
+
+    def resume_choice(self, trials: Sequence[FrozenTrial]) -> Decision | None:
+        """With ``resume``, the paused trial to run again in place of a new one, or None.
+
+        A paused trial is a PRUNED one whose reports are all finite and fewer than a full
+        training's. Once ``n_startup`` trials are COMPLETE (before, the model has seen too few
+        curves end to be trusted over a new configuration), the one with the highest expected
+        improvement per remaining epoch goes on when that rate is at least ``resume_ratio``
+        times a new configuration's full training and it is not hopeless (``threshold``)."""
+        if not self.resume or self.model is None:
+            return None
+        if sum(t.state is TrialState.COMPLETE for t in trials) < self.n_startup:
+            return None
+        paused = [
+            t
+            for t in trials
+            if t.state is TrialState.PRUNED
+            and t.intermediate
+            and all(math.isfinite(v) for v in t.intermediate.values())
+        ]
+        if not paused:
+            return None
+        try:
+            with torch_threads(1):
+                if not self.model.update(trials):
+                    return None
+                horizon = self.model.horizon
+                assert horizon is not None
+                paused = [t for t in paused if len(t.intermediate) < horizon]
+                forecasts = self.model.forecast(paused)
+                new_rate = self.model.new_trial_gain() / horizon
+        except (SurrogateError, RuntimeError, ValueError) as e:
+            self._failed(e)
+            return None
+        best: Decision | None = None
+        for f in forecasts:
+            rate = f.gain / (horizon - f.resource)
+            if f.p_improve >= self.threshold and (best is None or rate > best.rate):
+                best = Decision(f, stop=False, rate=rate, new_rate=new_rate, resumed=True)
+        if best is None or not best.rate > 0.0 or best.rate < self.resume_ratio * new_rate:
+            return None
+        return best
 
     def _failed(self, error: Exception) -> None:
         """A numerical failure leaves the trial running; said once per study, not silently."""

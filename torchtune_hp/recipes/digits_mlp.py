@@ -125,5 +125,6 @@ def train(
         enable_model_summary=False,
         callbacks=[TuneCallback(trial, monitor="val_loss")],
     )
-    trainer.fit(model, train_dl, val_dl)
+    # a paused trial resumed (pruner: {name: gp, resume: true}) goes on from its checkpoint
+    trainer.fit(model, train_dl, val_dl, ckpt_path=getattr(trial, "ckpt_path", None))
     return float(trainer.callback_metrics["val_loss"])

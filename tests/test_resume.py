@@ -1,0 +1,282 @@
+"""Freeze-thaw (``pruner: {name: gp, resume: true}``): a stopped trial is paused, and the
+model may later run it again from where it stopped instead of starting a new configuration.
+Nothing is trained twice, a Lightning trial resumes from its checkpoint, a worker process
+learns where to go on from its environment, and a stop while a resumed trial runs pauses it
+again rather than losing it."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import read_trials, run_cli, write_yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from torchtune_hp import Float, Study, TrialState
+from torchtune_hp.gp.stopping import GPPruner
+from torchtune_hp.storage import Storage
+from torchtune_hp.trial import Interruption, Origin
+
+EPOCHS = 12
+
+
+def loss(a: float, epoch: int) -> float:
+    """Configurations near a = 0.8 end best but start slowest; small a plateaus high."""
+    final = 0.2 + (a - 0.8) ** 2
+    tau = 0.5 + 4.0 * a
+    return final + (2.0 - final) * math.exp(-epoch / tau)
+
+
+def curve_objective(trained: Counter):
+    """An objective that goes on after ``trial.resume_from`` (its state would come from a
+    checkpoint) and counts every (trial, epoch) it trains."""
+
+    def objective(trial):
+        start = trial.resume_from or 0
+        for epoch in range(start + 1, EPOCHS + 1):
+            trained[trial.number, epoch] += 1
+            trial.report(loss(trial.params["a"], epoch), epoch)
+            if epoch < EPOCHS and trial.should_prune():
+                return None
+        return min(trial.study.trial(trial.number).intermediate.values())
+
+    return objective
+
+
+def resumed_numbers(study: Study) -> list[int]:
+    return [t.number for t in study.trials if "resumed after" in (t.note or "")]
+
+
+def test_paused_trials_resume_where_they_stopped_and_nothing_is_trained_twice(tmp_path):
+    trained: Counter = Counter()
+    study = Study(
+        "ft",
+        {"a": Float(0.0, 1.0)},
+        sampler="gp",
+        seed=0,
+        logdir=tmp_path,
+        pruner="gp",
+        pruner_options={"resume": True},
+    )
+    study.optimize(curve_objective(trained), n_trials=14)
+    trials = study.trials
+    assert len(trials) == 14 and study.n_finished == 14
+    resumed = resumed_numbers(study)
+    assert resumed, [t.note for t in trials]
+    assert max(trained.values()) == 1  # no epoch of any trial trained twice
+    for t in trials:  # each curve is whole: 1..k, every report from the one objective
+        assert sorted(t.intermediate) == list(range(1, len(t.intermediate) + 1))
+        assert {e for (n, e) in trained if n == t.number} == set(t.intermediate)
+        assert t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        if t.state is TrialState.COMPLETE:
+            assert len(t.intermediate) == EPOCHS
+    note = next(t.note for t in trials if t.number == resumed[0])
+    assert "resumed after" in note and "a new trial:" in note
+    assert study.best_value == pytest.approx(min(t.value for t in trials if t.value is not None))
+    # the finished view holds each finished trial once, and the running ones none
+    assert sorted(t.number for t in study.finished_trials) == list(range(14))
+    study.close()
+    # the board: one session per trial (the resumed ones too) with its whole curve
+    for number in resumed:
+        folder = tmp_path / "ft" / f"trial_{number:04d}"
+        assert not (folder / "running").exists()
+        acc = EventAccumulator(str(folder / "hparams"))
+        acc.Reload()
+        steps = [e.step for e in acc.Scalars("objective/value")]
+        assert steps == sorted(study.trial(number).intermediate)
+        decisions = EventAccumulator(str(folder / "pruner_forecast"))
+        decisions.Reload()
+        texts = [
+            e.tensor_proto.string_val[0].decode() for e in decisions.Tensors("forecast/decision")
+        ]
+        assert any(t.startswith("resumed after") for t in texts), texts
+        assert any(t.startswith("stopped after") for t in texts), texts
+
+
+def test_without_resume_a_stopped_trial_stays_stopped(tmp_path):
+    trained: Counter = Counter()
+    study = Study("once", {"a": Float(0.0, 1.0)}, sampler="gp", seed=0, logdir=None, pruner="gp")
+    study.optimize(curve_objective(trained), n_trials=14)
+    assert not resumed_numbers(study)
+    assert any(t.state is TrialState.PRUNED for t in study.trials)
+
+
+def test_resume_choice_prefers_the_paused_trial_with_most_gain_per_remaining_epoch():
+    from test_gp_pruner import HISTORY, SPACE
+    from test_gp_pruner import trial as frozen
+
+    pruner = GPPruner(resume=True)
+    pruner.bind(SPACE, "min")
+    # a slow starter near the optimum, paused after 2 epochs, and a plateau paused after 2
+    slow, flat = frozen(20, 0.8, 2, TrialState.PRUNED), frozen(21, 0.05, 2, TrialState.PRUNED)
+    choice = pruner.resume_choice([*HISTORY, slow, flat])
+    assert choice is not None and choice.resumed and choice.forecast.number == 20
+    assert choice.rate >= choice.new_rate
+    assert choice.describe("val_loss").startswith("resumed after 2 reports: predicted final")
+    # only the plateau paused: a new configuration is worth more
+    assert pruner.resume_choice([*HISTORY, flat]) is None
+    # a trial that diverged, or one the study never paused, is never resumed
+    diverged = frozen(22, 0.8, 2, TrialState.PRUNED)
+    diverged.intermediate[2] = math.inf
+    assert pruner.resume_choice([*HISTORY, diverged]) is None
+    assert GPPruner().resume_choice([*HISTORY, slow]) is None  # resume is off by default
+    with pytest.raises(ValueError, match="resume_ratio"):
+        GPPruner(resume_ratio=0.0)
+
+
+def test_a_stop_while_a_resumed_trial_runs_pauses_it_again(tmp_path):
+    storage = Storage(tmp_path / "study.db")
+    number = storage.create_trial({"a": 0.5}, Origin.SAMPLER)
+    for step in (1, 2):
+        storage.report(number, step, 1.0 / step)
+    assert storage.finish_trial(number, TrialState.PRUNED, 0.5)
+    assert storage.reopen_trial(number, "resumed after 2 reports")
+    assert not storage.reopen_trial(number, "twice")  # only a PRUNED trial reopens
+    storage.report(number, 3, 0.25)
+    fresh = storage.create_trial({"a": 0.1}, Origin.SAMPLER)  # a first run, also running
+    assert sorted(storage.recover_running("interrupted by the user", Interruption.STOPPED)) == [
+        number,
+        fresh,
+    ]
+    paused = storage.trial(number)
+    assert paused.state is TrialState.PRUNED and paused.value == 0.25
+    assert paused.intermediate == {1: 1.0, 2: 0.5, 3: 0.25} and paused.counts
+    assert "paused again: interrupted by the user" in (paused.note or "")
+    assert storage.trial(fresh).state is TrialState.FAILED
+    assert storage.queued() == [{"a": 0.1}]  # the first run is queued, the paused one not
+    storage.close()
+
+
+def lightning_objective(runs: list, max_epochs: int = 6):
+    """A real Trainer that resumes from ``trial.ckpt_path`` and records the epochs it trains."""
+    import lightning as L
+    from tiny_model import Tiny, loaders
+
+    import torchtune_hp as hp
+
+    class Seen(L.Callback):
+        def __init__(self) -> None:
+            self.epochs: list[int] = []
+
+        def on_train_epoch_start(self, trainer, module) -> None:
+            self.epochs.append(trainer.current_epoch)
+
+    def objective(trial):
+        seen = Seen()
+        trainer = L.Trainer(
+            max_epochs=max_epochs,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[hp.TuneCallback(trial, monitor="val_loss"), seen],
+        )
+        train, val = loaders()
+        trainer.fit(Tiny(trial.params["lr"]), train, val, ckpt_path=trial.ckpt_path)
+        runs.append((trial.number, trial.resume_from, trial.ckpt_path, seen.epochs))
+        return trainer.callback_metrics["val_loss"]
+
+    return objective
+
+
+def test_a_lightning_trial_resumes_from_its_pause_checkpoint(tmp_path):
+    """A real Trainer: the callback saves ``pause.ckpt`` when the trial stops, and the resumed
+    run (``ckpt_path=trial.ckpt_path``) trains only the epochs after it. Extreme options make
+    the real pruner stop at every rung and resume whenever it can."""
+    runs: list = []
+    pruner = GPPruner(resume=True, resume_ratio=1e-9, threshold=0.0, gain_ratio=1e9, n_startup=1)
+    study = Study(
+        "lit",
+        {"lr": Float(1e-3, 1e-1, log=True)},
+        sampler="random",
+        seed=1,
+        logdir=tmp_path,
+        pruner=pruner,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="pruner gp could not forecast")
+        study.optimize(lightning_objective(runs), n_trials=5)
+    again = [r for r in runs if r[1] is not None]
+    assert again, runs
+    for number, resume_from, ckpt, epochs in again:
+        assert ckpt == str(tmp_path / "lit" / f"trial_{number:04d}" / "pause.ckpt")
+        assert epochs and epochs[0] == resume_from + 1  # Lightning went on after the pause
+    by_trial: dict[int, list[int]] = {}
+    for number, _, _, epochs in runs:
+        by_trial.setdefault(number, []).extend(epochs)
+    for number, epochs in by_trial.items():  # no epoch trained twice, reports whole
+        assert len(epochs) == len(set(epochs))
+        assert sorted(study.trial(number).intermediate) == sorted(epochs)
+    # the model decided inside Lightning's validation loop (which runs under inference
+    # mode): a stop with a forecast, not a warning that it could not forecast
+    assert any("predicted final" in (t.note or "") for t in study.trials)
+    study.close()
+
+
+SCRIPT = """
+import json, os, sys
+import torchtune_hp
+trial = torchtune_hp.current_trial()
+a = float(sys.argv[1])
+start = trial.resume_from or 0
+if start:
+    state = json.loads(open(trial.checkpoint_path).read())
+    assert state["epoch"] == start, state
+print("start", start, "pauses", trial.pauses, flush=True)
+for epoch in range(start + 1, {epochs} + 1):
+    final = 0.2 + (a - 0.8) ** 2
+    value = final + (2.0 - final) * 2.718281828 ** (-epoch / (0.5 + 4.0 * a))
+    if torchtune_hp.report(val_loss=value, step=epoch) and epoch < {epochs}:
+        with open(trial.checkpoint_path, "w") as f:
+            f.write(json.dumps({{"epoch": epoch}}))
+        break
+"""
+
+
+def resume_project(home: Path, trials: int, executor: dict) -> None:
+    """A user's folder: ``train.py`` (the script above) beside ``ft.yaml``, whose pruner
+    resumes whenever a paused trial exists (the tests are about the plumbing, and with two
+    workers the model's choices depend on which trial reports first)."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "train.py").write_text(SCRIPT.format(epochs=EPOCHS))
+    write_yaml(
+        home / "ft.yaml",
+        {
+            "study": {"name": "ft", "metric": "val_loss", "trials": trials, "seed": 0},
+            "space": {"a": {"type": "float", "low": 0.0, "high": 1.0}},
+            "sampler": {"name": "gp"},
+            "pruner": {"name": "gp", "resume": True, "resume_ratio": 1e-9, "n_startup": 1},
+            "objective": {"command": ["python", "train.py", "{a}"]},
+            "executor": executor,
+            "logdir": "logs",
+        },
+    )
+
+
+def check_resumed(study_dir: Path, trials: int) -> None:
+    """Some trials ran again, each from the state its own earlier run saved (the script fails
+    otherwise), with its earlier output kept and its curve whole."""
+    rows = read_trials(study_dir)
+    assert len(rows) == trials
+    assert all(t.state is not TrialState.FAILED for t in rows), [t.error for t in rows]
+    resumed = [t for t in rows if "resumed after" in (t.note or "")]
+    assert resumed, [t.note for t in rows]
+    for t in resumed:
+        folder = study_dir / f"trial_{t.number:04d}"
+        outs = sorted(p.name for p in folder.iterdir() if p.name.startswith("stdout.log"))
+        assert len(outs) >= 2  # the earlier run's output kept beside the last one's
+        last = (folder / "stdout.log").read_text()
+        assert "pauses True" in last and "start 0 " not in last
+        assert sorted(t.intermediate) == list(range(1, len(t.intermediate) + 1))
+
+
+def test_scripts_in_two_workers_resume_from_their_own_checkpoint(tmp_path):
+    """The CLI, a recipe with a relative logdir, two worker processes: a resumed script
+    learns its last step from its environment and reads the state it saved."""
+    resume_project(tmp_path, 12, {"workers": 2})
+    proc = run_cli("run", "ft.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_resumed(tmp_path / "logs" / "ft", 12)
