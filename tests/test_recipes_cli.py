@@ -109,7 +109,7 @@ def test_switching_the_sampler_on_the_command_line_drops_the_old_options_visibly
         "options ['acquisition']" in result.stderr
     )
     assert (
-        "warning: pruner.name=median replaces 'asha': ignoring the recipe's pruner "
+        "warning: pruner.name=median replaces 'gp': ignoring the recipe's pruner "
         "options ['min_resource', 'eta']" in result.stderr
     )
     same = run_cli("validate", "digits_mlp", "pruner.min_resource=2")  # same name: no warning
