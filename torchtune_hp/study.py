@@ -439,8 +439,8 @@ class Study:
         choose = getattr(self.pruner, "resume_choice", None)
         if choose is None:
             return None
-        decision = choose(list(self._view.values()))
-        if decision is None:
+        decision = choose(self._view.values())  # no copy: without resume it returns at once
+        if decision is None or decision.forecast is None:
             return None
         number = decision.forecast.number
         if not self.storage.reopen_trial(number, decision.describe(self.metric)):

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
 from torchtune_hp.gp.curves import CurveModel, FinalPrediction
@@ -198,7 +198,7 @@ class GPPruner:
         stop = f.p_improve < self.threshold or (rate < self.gain_ratio * new_rate and not lead())
         return Decision(f, stop or (must_lead and not lead()), rate, new_rate)
 
-    def resume_choice(self, trials: Sequence[FrozenTrial]) -> Decision | None:
+    def resume_choice(self, trials: Collection[FrozenTrial]) -> Decision | None:
         """With ``resume``, the paused trial to run again in place of a new one, or None.
 
         A paused trial is a PRUNED one whose reports are all finite and fewer than a full
@@ -208,6 +208,7 @@ class GPPruner:
         times a new configuration's full training and it is not hopeless (``threshold``)."""
         if not self.resume or self.model is None:
             return None
+        trials = list(trials)
         if sum(t.state is TrialState.COMPLETE for t in trials) < self.n_startup:
             return None
         paused = [
