@@ -66,6 +66,7 @@ ALTER TABLE trials ADD COLUMN process TEXT;
 UPDATE trials SET interruption = 'died' WHERE interrupted = 1;
 """
 
+_PUT_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
 # SET clause that appends a line (twice as a parameter: empty note, else note + newline + it)
 _APPEND_NOTE = "note = CASE WHEN note IS NULL OR note = '' THEN ? ELSE note || char(10) || ? END"
 
@@ -212,10 +213,7 @@ class Storage:
 
     def set_meta(self, values: dict[str, Any]) -> None:
         with self._tx() as c:
-            c.executemany(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                [(k, json.dumps(v)) for k, v in values.items()],
-            )
+            c.executemany(_PUT_META, [(k, json.dumps(v)) for k, v in values.items()])
 
     # -- trials -----------------------------------------------------------------------------
     @staticmethod
@@ -297,10 +295,7 @@ class Storage:
             if cursor.rowcount != 1:
                 return False
             resumed = set(self._resumed(c)) | {number}
-            c.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('resumed', ?)",
-                (json.dumps(sorted(resumed)),),
-            )
+            c.execute(_PUT_META, ("resumed", json.dumps(sorted(resumed))))
             return True
 
     @staticmethod
