@@ -2,6 +2,7 @@
 
     python -m benchmarks.run_curves                      # every task and method, 5 seeds
     python -m benchmarks.run_curves --tasks synthetic --methods ours_mf gp_asha --seeds 3
+    python -m benchmarks.run_curves --seeds 3 --peers-from benchmarks/results/curves.json
 
 Each method tunes a task (see :mod:`benchmarks.curve_tasks`) one trial at a time, on a budget
 of ``--budget`` full trainings (``budget * epochs`` epochs). Every epoch any method trains is
@@ -329,6 +330,30 @@ def cache_path(task: str, method: str, seed: int, budget: int) -> Path | None:
     return RUN_CACHE / f"{method}-{version}" / task / f"seed{seed}_budget{budget}.json"
 
 
+def cache_from(results: Path, budget: int) -> int:
+    """``--peers-from``: file the baseline and peer runs of an earlier results JSON (such as
+    the committed ``benchmarks/results/curves.json``) in the run cache, so a fresh checkout
+    compares ours against them without running the peers again (MOBSTER alone takes about 20
+    minutes a seed here). Runs already cached and runs of another budget are left alone; the
+    file does not record package versions, so use it with the versions the README names.
+    Returns how many runs were filed."""
+    data = json.loads(results.read_text())
+    if data.get("budget") != budget:
+        return 0
+    filed = 0
+    for r in data["runs"]:
+        if r["method"] not in METHODS or not available(r["method"]):
+            continue
+        path = cache_path(r["task"], r["method"], r["seed"], budget)
+        if path is None or path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        keep = ("task", "method", "seed", "trace", "trials", "seconds")
+        write_text(path, json.dumps({k: r[k] for k in keep}))
+        filed += 1
+    return filed
+
+
 def variant(spec: str) -> str:
     """``--variant NAME=JSON``: ours_mf with other ``pruner: gp`` options, as ``ours_NAME``."""
     name, _, options = spec.partition("=")
@@ -429,7 +454,15 @@ def main() -> None:
     ap.add_argument("--no-cache", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS / "curves.json")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON")
+    ap.add_argument(
+        "--peers-from",
+        type=Path,
+        metavar="JSON",
+        help="take the peer and baseline runs of this results file instead of running them",
+    )
     args = ap.parse_args()
+    if args.peers_from is not None:
+        print(f"{cache_from(args.peers_from, args.budget)} runs taken from {args.peers_from}")
     methods = [m for m in args.methods if available(m)] + [variant(v) for v in args.variant]
     for m in sorted(set(args.methods) - set(methods)):
         print(f"skipped {m}: its package is not installed (see the README's Benchmarks)")

@@ -1,0 +1,40 @@
+"""``run_curves --peers-from``: a fresh checkout compares ours against the committed peer runs
+without running the peers again, and never lets an older file replace a run it has."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import run_curves
+
+
+def _results(path: Path, budget: int, trace: list[float]) -> Path:
+    runs = [
+        {"task": "synthetic", "method": m, "seed": 0, "trace": trace, "trials": 4, "seconds": 1.0}
+        for m in ("random_asha", "ours_mf", "no_such_method")
+    ]
+    path.write_text(json.dumps({"budget": budget, "runs": runs}))
+    return path
+
+
+def test_peer_runs_are_filed_in_the_cache_and_ours_are_not(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_curves, "RUN_CACHE", tmp_path / "cache")
+    first = _results(tmp_path / "a.json", 2, [0.9, 0.5, 0.5])
+    assert run_curves.cache_from(first, budget=3) == 0  # another budget: nothing taken
+    assert run_curves.cache_from(first, budget=2) == 1  # random_asha only
+    filed = run_curves.cache_path("synthetic", "random_asha", 0, 2)
+    assert filed is not None and filed.is_relative_to(tmp_path)
+    assert json.loads(filed.read_text())["trace"] == [0.9, 0.5, 0.5]
+    assert run_curves.cache_path("synthetic", "ours_mf", 0, 2) is None  # ours always runs
+    # a later file does not replace what the cache holds
+    second = _results(tmp_path / "b.json", 2, [0.1, 0.1, 0.1])
+    assert run_curves.cache_from(second, budget=2) == 0
+    assert json.loads(filed.read_text())["trace"] == [0.9, 0.5, 0.5]
+
+
+def test_a_missing_results_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        run_curves.cache_from(tmp_path / "nope.json", budget=30)
