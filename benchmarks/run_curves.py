@@ -336,12 +336,20 @@ def cache_from(results: Path, budget: int) -> int:
     compares ours against them without running the peers again (MOBSTER alone takes about 20
     minutes a seed here). Runs already cached and runs of another budget are left alone; the
     file does not record package versions, so use it with the versions the README names.
-    Returns how many runs were filed."""
-    data = json.loads(results.read_text())
+    Returns how many runs were filed; raises ValueError naming the file when it is not a
+    results file of this budget."""
+    try:
+        data = json.loads(results.read_text())
+        runs = data["runs"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{results}: not a run_curves results file ({e})") from e
     if data.get("budget") != budget:
-        return 0
+        raise ValueError(
+            f"{results}: its runs have a budget of {data.get('budget')} full trainings, this "
+            f"run {budget} (--budget)"
+        )
     filed = 0
-    for r in data["runs"]:
+    for r in runs:
         if r["method"] not in METHODS or not available(r["method"]):
             continue
         path = cache_path(r["task"], r["method"], r["seed"], budget)
@@ -462,7 +470,10 @@ def main() -> None:
     )
     args = ap.parse_args()
     if args.peers_from is not None:
-        print(f"{cache_from(args.peers_from, args.budget)} runs taken from {args.peers_from}")
+        try:
+            print(f"{cache_from(args.peers_from, args.budget)} runs taken from {args.peers_from}")
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--peers-from: {e}") from e
     methods = [m for m in args.methods if available(m)] + [variant(v) for v in args.variant]
     for m in sorted(set(args.methods) - set(methods)):
         print(f"skipped {m}: its package is not installed (see the README's Benchmarks)")

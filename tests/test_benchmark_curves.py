@@ -23,7 +23,8 @@ def _results(path: Path, budget: int, trace: list[float]) -> Path:
 def test_peer_runs_are_filed_in_the_cache_and_ours_are_not(tmp_path, monkeypatch):
     monkeypatch.setattr(run_curves, "RUN_CACHE", tmp_path / "cache")
     first = _results(tmp_path / "a.json", 2, [0.9, 0.5, 0.5])
-    assert run_curves.cache_from(first, budget=3) == 0  # another budget: nothing taken
+    with pytest.raises(ValueError, match=r"a.json: its runs have a budget of 2 .* this run 3"):
+        run_curves.cache_from(first, budget=3)
     assert run_curves.cache_from(first, budget=2) == 1  # random_asha only
     filed = run_curves.cache_path("synthetic", "random_asha", 0, 2)
     assert filed is not None and filed.is_relative_to(tmp_path)
@@ -35,6 +36,9 @@ def test_peer_runs_are_filed_in_the_cache_and_ours_are_not(tmp_path, monkeypatch
     assert json.loads(filed.read_text())["trace"] == [0.9, 0.5, 0.5]
 
 
-def test_a_missing_results_file_is_a_clear_error(tmp_path):
+def test_a_file_that_is_not_a_results_file_is_named_in_the_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.json"):
         run_curves.cache_from(tmp_path / "nope.json", budget=30)
+    (tmp_path / "regret.json").write_text('{"summary": {}}')
+    with pytest.raises(ValueError, match="regret.json: not a run_curves results file"):
+        run_curves.cache_from(tmp_path / "regret.json", budget=30)
