@@ -330,6 +330,15 @@ def cache_path(task: str, method: str, seed: int, budget: int) -> Path | None:
     return RUN_CACHE / f"{method}-{version}" / task / f"seed{seed}_budget{budget}.json"
 
 
+RUN_KEYS = ("task", "method", "seed", "trace", "trials", "seconds")  # what a cached run holds
+
+
+def store(path: Path, run: dict[str, Any]) -> None:
+    """Keep one run in the run cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(run))
+
+
 def cache_from(results: Path, budget: int) -> int:
     """``--peers-from``: file the baseline and peer runs of an earlier results JSON (such as
     the committed ``benchmarks/results/curves.json``) in the run cache, so a fresh checkout
@@ -355,9 +364,7 @@ def cache_from(results: Path, budget: int) -> int:
         path = cache_path(r["task"], r["method"], r["seed"], budget)
         if path is None or path.exists():
             continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        keep = ("task", "method", "seed", "trace", "trials", "seconds")
-        write_text(path, json.dumps({k: r[k] for k in keep}))
+        store(path, {k: r[k] for k in RUN_KEYS})
         filed += 1
     return filed
 
@@ -395,8 +402,7 @@ def one_run(job: tuple[str, str, int, int, bool, list[str]]) -> dict[str, Any]:
         "seconds": time.perf_counter() - t0,
     }
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text(path, json.dumps(out))
+        store(path, out)
     return out
 
 
