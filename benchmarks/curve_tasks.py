@@ -76,6 +76,10 @@ class CurveTask:
                         curve.append(row["value"])
         return self._cache
 
+    def cached_curves(self) -> dict[str, list[float]]:
+        """The curves trained so far, by :func:`param_key` (none for an uncached task)."""
+        return dict(self._cached())
+
     def value(self, params: dict[str, Any], epoch: int) -> float:
         """The validation loss after ``epoch`` (1-based) epochs of this configuration."""
         key = param_key(params)

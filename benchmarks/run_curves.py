@@ -369,9 +369,14 @@ def cache_from(results: Path, budget: int) -> int:
     return filed
 
 
+BUILT_IN = frozenset(METHODS)
+
+
 def variant(spec: str) -> str:
     """``--variant NAME=JSON``: ours_mf with other ``pruner: gp`` options, as ``ours_NAME``."""
     name, _, options = spec.partition("=")
+    if f"ours_{name}" in BUILT_IN:  # its runs would be summarized with the built-in method's
+        raise SystemExit(f"--variant {spec}: ours_{name} is a built-in method; name it otherwise")
     METHODS[f"ours_{name}"] = ours("gp", "gp", **json.loads(options))
     return f"ours_{name}"
 

@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
-from torchtune_hp.gp.curves import CurveModel, FinalPrediction
+from torchtune_hp.gp.curves import KERNELS, CurveModel, FinalPrediction
 from torchtune_hp.gp.surrogate import SurrogateError
 from torchtune_hp.gp.threads import torch_threads
 from torchtune_hp.pruners import asha_rank, at_rung, diverged
@@ -101,7 +101,9 @@ class GPPruner:
     trial made), ``device`` (cpu | cuda | auto), ``resume`` (False; True: a stopped trial
     is paused and may go on later, see :meth:`resume_choice`), ``resume_ratio`` (1.0: resume
     when the paused trial's expected gain per remaining epoch is at least this times a new
-    trial's; above ``gain_ratio``, so a trial is not stopped and resumed back and forth)."""
+    trial's; above ``gain_ratio``, so a trial is not stopped and resumed back and forth),
+    ``kernel`` (the curve model's covariance, see :data:`~torchtune_hp.gp.curves.KERNELS`:
+    ``matern_decay``, the default, ``matern`` or ``freeze_thaw``)."""
 
     threshold: float = 0.05
     gain_ratio: float = 0.5
@@ -113,6 +115,7 @@ class GPPruner:
     device: str = "cpu"
     resume: bool = False
     resume_ratio: float = 1.0
+    kernel: str = "matern_decay"
 
     name = "gp"
 
@@ -127,6 +130,8 @@ class GPPruner:
             raise ValueError("n_startup and min_resource must be >= 1 and eta >= 2")
         if not self.resume_ratio > 0.0:
             raise ValueError(f"resume_ratio must be > 0, got {self.resume_ratio!r}")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
         if self.max_resource is not None and self.max_resource < 1:
             raise ValueError(f"max_resource must be >= 1, got {self.max_resource!r}")
         from torchtune_hp.samplers.gp import resolve_device
@@ -138,7 +143,9 @@ class GPPruner:
 
     def bind(self, space: Space, mode: str, seed: int = 0) -> None:
         """Called by the study: the model needs the space's encoding and the direction."""
-        self.model = CurveModel(space, mode, self._device, self.max_resource, seed=seed)
+        self.model = CurveModel(
+            space, mode, self._device, self.max_resource, seed=seed, kernel=self.kernel
+        )
 
     def prune(self, trial: FrozenTrial, others: Sequence[FrozenTrial], mode: str) -> bool:
         self.last_decision = None

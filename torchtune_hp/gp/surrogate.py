@@ -16,7 +16,9 @@ batch of query points costs one kernel matrix and one matrix product (no solves)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import gpytorch
 import numpy as np
@@ -162,6 +164,11 @@ class MixedMatern52(gpytorch.kernels.Kernel):
 NOISE_PRIOR = (-5.0, 1.5)
 
 
+# Builds a base kernel other than MixedMatern52 from the encoding and the lengthscale prior
+# and constraint (keyword arguments); it must take the same lengthscale (one per parameter).
+KernelFactory = Callable[[GPEncoding, dict[str, Any]], gpytorch.kernels.Kernel]
+
+
 class _ExactGP(gpytorch.models.ExactGP):
     def __init__(
         self,
@@ -170,6 +177,7 @@ class _ExactGP(gpytorch.models.ExactGP):
         encoding: GPEncoding,
         deterministic: bool,
         warp_inputs: bool = False,
+        kernel: KernelFactory | None = None,
     ) -> None:
         noise_prior = None if deterministic else gpytorch.priors.LogNormalPrior(*NOISE_PRIOR)
         likelihood = gpytorch.likelihoods.GaussianLikelihood(
@@ -178,15 +186,19 @@ class _ExactGP(gpytorch.models.ExactGP):
         super().__init__(x, y, likelihood)
         d = encoding.d
         self.mean_module = gpytorch.means.ConstantMean()
-        self.covar_module = gpytorch.kernels.ScaleKernel(
-            MixedMatern52(
-                encoding,
-                warp_inputs,
-                lengthscale_prior=gpytorch.priors.LogNormalPrior(
-                    math.sqrt(2.0) + 0.5 * math.log(d), math.sqrt(3.0)
-                ),
-                lengthscale_constraint=gpytorch.constraints.GreaterThan(1e-3),
+        lengthscale = {
+            "lengthscale_prior": gpytorch.priors.LogNormalPrior(
+                math.sqrt(2.0) + 0.5 * math.log(d), math.sqrt(3.0)
             ),
+            "lengthscale_constraint": gpytorch.constraints.GreaterThan(1e-3),
+        }
+        base = (
+            MixedMatern52(encoding, warp_inputs, **lengthscale)
+            if kernel is None
+            else kernel(encoding, lengthscale)
+        )
+        self.covar_module = gpytorch.kernels.ScaleKernel(
+            base,
             outputscale_prior=gpytorch.priors.GammaPrior(2.0, 0.15),
         )
         if deterministic:
@@ -243,11 +255,13 @@ class Surrogate:
         device: torch.device,
         deterministic: bool = False,
         warp_inputs: bool = False,
+        kernel: KernelFactory | None = None,
     ) -> None:
         self.encoding = encoding
         self.device = device
         self.deterministic = deterministic
         self.warp_inputs = warp_inputs
+        self.kernel = kernel
         self.hyper: Hyper | None = None
         self.x: Tensor | None = None
 
@@ -261,7 +275,7 @@ class Surrogate:
         hyperparameters as they are. Raises SurrogateError when every start fails."""
         x = x.to(self.device, torch.float64)
         y = y.to(self.device, torch.float64)
-        model = _ExactGP(x, y, self.encoding, self.deterministic, self.warp_inputs).to(
+        model = _ExactGP(x, y, self.encoding, self.deterministic, self.warp_inputs, self.kernel).to(
             self.device, torch.float64
         )
         params = [p for p in model.parameters() if p.requires_grad]
@@ -363,8 +377,16 @@ class Surrogate:
         assert self.hyper is not None and self.x is not None
         kq = self._k(xq, self.x)  # (q, n)
         mean = self.hyper.mean + kq @ self.alpha
-        var = self.hyper.outputscale - ((kq @ self.k_inv) * kq).sum(-1)
+        var = self._prior_var(xq) - ((kq @ self.k_inv) * kq).sum(-1)
         return mean, var.clamp_min(1e-12)
+
+    def _prior_var(self, xq: Tensor) -> Tensor | float:
+        """``k(x, x)``: the output scale for a stationary kernel (the sampler's, on its hot
+        path), the kernel's own diagonal otherwise (the freeze-thaw kernel's grows early)."""
+        assert self.hyper is not None
+        if getattr(self._base, "stationary", True):
+            return self.hyper.outputscale
+        return self.hyper.outputscale * self._base.forward(xq, xq, diag=True)
 
     def joint_sample(self, xq: Tensor, generator: torch.Generator) -> Tensor:
         """One draw of the posterior over the points ``xq`` ``(q, w)`` jointly (Thompson)."""
