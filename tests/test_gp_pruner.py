@@ -265,6 +265,9 @@ def test_recipe_key_and_bad_options_name_the_key(tmp_path):
     assert ok.returncode == 0, ok.stderr
     bad = run_cli("validate", "digits_mlp", "pruner.name=gp", "pruner.threshold=1.5", cwd=tmp_path)
     assert bad.returncode == 2 and "pruner.threshold" in bad.stderr and "[0, 1)" in bad.stderr
+    kernel = run_cli("validate", "digits_mlp", "pruner.name=gp", "pruner.kernel=rbf", cwd=tmp_path)
+    assert kernel.returncode == 2 and "pruner.kernel" in kernel.stderr
+    assert "must be one of matern_decay, matern, freeze_thaw, got 'rbf'" in kernel.stderr
     with pytest.raises(ValueError, match="eta >= 2"):
         make_pruner("gp", {"eta": 1})
 

@@ -38,9 +38,10 @@ from torch import Tensor
 from torchtune_hp.gp.encoding import GPEncoding
 from torchtune_hp.gp.surrogate import MixedMatern52
 
-# (name, constraint bounds, LogNormal prior (loc, scale), initial value): the prior medians
-# are those of Swersky et al.'s decay at one unit of progress (alpha = 1) with a deviation as
-# large as the spread of asymptotes (rho = 1); beta sets how early a curve's deviation fades.
+# (name, constraint bounds, LogNormal prior (loc, scale), initial value). The prior medians:
+# a curve's deviation as large as the spread of the configuration term (rho = 1), fading to
+# (beta / (2 + beta)) ** alpha = 13% of its variance at the first report by the end of
+# training (alpha = 1, beta = 0.3); the data move them, within the bounds.
 DECAY_PARAMS = (
     ("rho", (1e-3, 1e3), (0.0, 1.5), 1.0),
     ("alpha", (0.05, 20.0), (0.0, 1.0), 1.0),

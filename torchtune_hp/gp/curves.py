@@ -55,6 +55,12 @@ PROGRESS = "__progress__"  # the GP input column for t; not a name a user space 
 KERNELS = ("matern_decay", "matern", "freeze_thaw")
 
 
+def check_kernel(kernel: str) -> None:
+    """Raises ValueError naming the choices when ``kernel`` is not one of :data:`KERNELS`."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+
+
 def thinned_resources(n: int) -> list[int]:
     """The resources ``1, 2, 3, 4, 6, 8, 12, 16, 24, ...`` up to ``n``, and ``n`` itself."""
     out = sorted({r for k in range(64) for r in (2**k, 3 * 2**k) if r <= n})
@@ -110,8 +116,7 @@ class CurveModel:
         seed: int = 0,
         kernel: str = "matern_decay",
     ) -> None:
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+        check_kernel(kernel)
         self.kernel = kernel
         self.space = space
         self.sign = 1.0 if mode == "min" else -1.0

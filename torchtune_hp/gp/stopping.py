@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
-from torchtune_hp.gp.curves import KERNELS, CurveModel, FinalPrediction
+from torchtune_hp.gp.curves import CurveModel, FinalPrediction, check_kernel
 from torchtune_hp.gp.surrogate import SurrogateError
 from torchtune_hp.gp.threads import torch_threads
 from torchtune_hp.pruners import asha_rank, at_rung, diverged
@@ -130,8 +130,7 @@ class GPPruner:
             raise ValueError("n_startup and min_resource must be >= 1 and eta >= 2")
         if not self.resume_ratio > 0.0:
             raise ValueError(f"resume_ratio must be > 0, got {self.resume_ratio!r}")
-        if self.kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
+        check_kernel(self.kernel)
         if self.max_resource is not None and self.max_resource < 1:
             raise ValueError(f"max_resource must be >= 1, got {self.max_resource!r}")
         from torchtune_hp.samplers.gp import resolve_device
