@@ -113,6 +113,7 @@ class MixedMatern52(gpytorch.kernels.Kernel):
     ``warp_inputs``, each numeric column first goes through a learned Kumaraswamy CDF."""
 
     has_lengthscale = True
+    stationary = True  # k(x, x) is 1 everywhere: the posterior needs no diagonal
 
     def __init__(self, encoding: GPEncoding, warp_inputs: bool = False, **kwargs: object) -> None:
         super().__init__(ard_num_dims=encoding.d, **kwargs)
@@ -164,9 +165,10 @@ class MixedMatern52(gpytorch.kernels.Kernel):
 NOISE_PRIOR = (-5.0, 1.5)
 
 
-# Builds a base kernel other than MixedMatern52 from the encoding and the lengthscale prior
-# and constraint (keyword arguments); it must take the same lengthscale (one per parameter).
-KernelFactory = Callable[[GPEncoding, dict[str, Any]], gpytorch.kernels.Kernel]
+# Builds a base kernel other than the plain MixedMatern52 from the encoding and the lengthscale
+# prior and constraint (keyword arguments): a subclass, so it keeps one lengthscale per
+# parameter and says whether it is stationary.
+KernelFactory = Callable[[GPEncoding, dict[str, Any]], MixedMatern52]
 
 
 class _ExactGP(gpytorch.models.ExactGP):
@@ -384,7 +386,7 @@ class Surrogate:
         """``k(x, x)``: the output scale for a stationary kernel (the sampler's, on its hot
         path), the kernel's own diagonal otherwise (the freeze-thaw kernel's grows early)."""
         assert self.hyper is not None
-        if getattr(self._base, "stationary", True):
+        if self._base.stationary:
             return self.hyper.outputscale
         return self.hyper.outputscale * self._base.forward(xq, xq, diag=True)
 
