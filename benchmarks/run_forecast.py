@@ -91,9 +91,9 @@ def score(
     stopped = [t for t in trials if t.state is TrialState.PRUNED]
     y = np.array([truth[t.number] for t in stopped])
     t0 = time.perf_counter()
+    within = math.nan  # ``last`` has no sd to score
     if kernel == "last":
         mean = np.array([min(t.intermediate.values()) for t in stopped])
-        sd = np.full_like(mean, np.nan)
     else:
         model = CurveModel(task.space, "min", torch.device("cpu"), kernel=kernel, seed=seed)
         with torch_threads(1):
@@ -101,7 +101,7 @@ def score(
                 raise RuntimeError(f"{task.name}: the model could not be fit (seed {seed})")
             forecasts = model.forecast(stopped)
         mean = np.array([f.mean for f in forecasts])
-        sd = np.array([f.sd for f in forecasts])
+        within = float(np.mean(np.abs(mean - y) <= np.array([f.sd for f in forecasts])))
     seconds = time.perf_counter() - t0
     q = max(1, len(stopped) // 4)
     top = len(set(np.argsort(mean)[:q]) & set(np.argsort(y)[:q])) / q
@@ -109,7 +109,7 @@ def score(
         "rmse_over_sd": float(np.sqrt(np.mean((mean - y) ** 2)) / np.std(y)),
         "spearman": float(spearmanr(y, mean).statistic),
         "top_quarter": top,
-        "within_1sd": float(np.mean(np.abs(mean - y) <= sd)) if kernel != "last" else math.nan,
+        "within_1sd": within,
         "fit_seconds": seconds,
     }
 
