@@ -47,13 +47,14 @@ from typing import Any
 import numpy as np
 
 from benchmarks.curve_tasks import CurveTask, tasks
-from benchmarks.report import write_results
+from benchmarks.report import paired, write_results
 from torchtune_hp.files import write_text
 from torchtune_hp.space import Float, Int
 
 RESULTS = Path(__file__).parent / "results"
 RUN_CACHE = Path(__file__).parent / ".cache" / "curves-runs"
 MARKS = (5, 10, 20, 30)
+PAIRED_MARKS = (10, 30)  # the budgets of issue 13's targets, compared seed by seed
 
 
 class BudgetSpent(Exception):
@@ -444,7 +445,26 @@ def summarize(runs: list[dict[str, Any]], epochs: dict[str, int]) -> dict[str, A
             need = [epochs_to_reach(r["trace"], target) for r in t_runs if r["method"] == m]
             rows[m]["epochs_to_gp_at_30"] = float(np.median(need))
             rows[m]["fraction_of_gp_epochs"] = float(np.median(need)) / (30 * epochs[task])
+            rows[m]["paired"] = pair_up(t_runs, m, epochs[task])
         out[task] = rows
+    return out
+
+
+def pair_up(runs: list[dict[str, Any]], mine: str, epochs: int) -> dict[str, Any]:
+    """``mine`` against every other method that is not ours, seed by seed over the seeds both
+    ran, at 10 and 30 full trainings (see :func:`benchmarks.report.paired`)."""
+    by_seed: dict[str, dict[int, list[float]]] = {}
+    for r in runs:
+        by_seed.setdefault(r["method"], {})[r["seed"]] = r["trace"]
+    out: dict[str, Any] = {}
+    for peer in sorted(m for m in by_seed if not is_ours(m)):
+        seeds = sorted(set(by_seed[mine]) & set(by_seed[peer]))
+        if not seeds:
+            continue
+        out[peer] = {"seeds": len(seeds)}
+        for k in PAIRED_MARKS:
+            a, b = ([best_at(by_seed[m][s], k * epochs) for s in seeds] for m in (mine, peer))
+            out[peer][f"@{k}"] = paired(np.array(a), np.array(b))
     return out
 
 
@@ -461,6 +481,18 @@ def print_summary(summary: dict[str, Any]) -> None:
                     f"  {m} reaches gp's @30 median in {mf['epochs_to_gp_at_30']:.0f} epochs "
                     f"({mf['fraction_of_gp_epochs']:.0%} of gp's)"
                 )
+                for peer, c in mf["paired"].items():
+                    cells = "".join(
+                        "  @{k}: {w}-{t}-{l} (p {p:.2f})".format(
+                            k=k,
+                            w=c[f"@{k}"]["wins"],
+                            t=c[f"@{k}"]["ties"],
+                            l=c[f"@{k}"]["losses"],
+                            p=c[f"@{k}"]["wilcoxon_p"],
+                        )
+                        for k in PAIRED_MARKS
+                    )
+                    print(f"    vs {peer:<15} over {c['seeds']} seeds, wins-ties-losses" + cells)
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ import numpy as np
 from benchmarks.curve_tasks import digits, epochs_of, mlp_sgd, param_key
 from benchmarks.optimizers import OPTIMIZERS, available
 from benchmarks.problems import Problem
-from benchmarks.report import write_results
+from benchmarks.report import paired, write_results
 from torchtune_hp.space import Categorical, Float, Int, Space
 
 RESULTS = Path(__file__).parent / "results"
@@ -114,22 +114,6 @@ def one_run(job: tuple[str, int, int]) -> dict[str, Any]:
         "best_curve": np.minimum.accumulate(values).tolist(),
         "best_params": params[int(np.argmin(values))],
         "seconds": time.perf_counter() - t0,
-    }
-
-
-def paired(mine: np.ndarray, theirs: np.ndarray) -> dict[str, Any]:
-    """Per-seed differences (ours - peer; negative = ours better) and a Wilcoxon test."""
-    from scipy.stats import wilcoxon
-
-    diff = mine - theirs
-    nonzero = diff[np.abs(diff) > 1e-12]
-    p = float(wilcoxon(nonzero).pvalue) if len(nonzero) >= 2 else 1.0
-    return {
-        "wins": int((diff < -1e-12).sum()),
-        "ties": int((np.abs(diff) <= 1e-12).sum()),
-        "losses": int((diff > 1e-12).sum()),
-        "median_diff": float(np.median(diff)),
-        "wilcoxon_p": p,
     }
 
 

@@ -42,3 +42,36 @@ def test_a_file_that_is_not_a_results_file_is_named_in_the_error(tmp_path):
     (tmp_path / "regret.json").write_text('{"summary": {}}')
     with pytest.raises(ValueError, match="regret.json: not a run_curves results file"):
         run_curves.cache_from(tmp_path / "regret.json", budget=30)
+
+
+def test_ours_is_paired_with_each_peer_seed_by_seed_at_10_and_30():
+    """Medians of few seeds hide which method wins more often: the summary compares the
+    same seeds. Here ours wins seeds 0 and 1 by 0.1 and loses seed 2 by 0.3, so its median
+    (0.4) is worse than the peer's (0.3) while it wins 2 of 3; ``gp`` ran seed 0 only."""
+    epochs = 1
+
+    def run(method: str, seed: int, final: float) -> dict:
+        trace = [1.0] * 29 + [final]  # the same best at 10 (1.0) for every run: all tied
+        return {
+            "task": "t",
+            "method": method,
+            "seed": seed,
+            "trace": trace,
+            "trials": 1,
+            "seconds": 0,
+        }
+
+    runs = [run("ours_mf", s, v) for s, v in enumerate([0.2, 0.4, 0.6])]
+    runs += [run("random_asha", s, v) for s, v in enumerate([0.3, 0.5, 0.3])]
+    runs += [run("gp", 0, 0.9)]
+    rows = run_curves.summarize(runs, {"t": epochs})["t"]
+    assert rows["ours_mf"]["@30"]["median"] == pytest.approx(0.4)
+    assert rows["random_asha"]["@30"]["median"] == pytest.approx(0.3)
+    vs = rows["ours_mf"]["paired"]["random_asha"]
+    assert vs["seeds"] == 3
+    assert (vs["@30"]["wins"], vs["@30"]["ties"], vs["@30"]["losses"]) == (2, 0, 1)
+    assert vs["@30"]["median_diff"] == pytest.approx(-0.1)
+    assert (vs["@10"]["wins"], vs["@10"]["ties"], vs["@10"]["losses"]) == (0, 3, 0)
+    assert vs["@10"]["wilcoxon_p"] == 1.0
+    assert rows["ours_mf"]["paired"]["gp"]["seeds"] == 1
+    assert "paired" not in rows["random_asha"]  # peers are not paired with each other
