@@ -54,7 +54,7 @@ from torchtune_hp.space import Float, Int
 RESULTS = Path(__file__).parent / "results"
 RUN_CACHE = Path(__file__).parent / ".cache" / "curves-runs"
 MARKS = (5, 10, 20, 30)
-PAIRED_MARKS = (10, 30)  # the budgets of issue 13's targets, compared seed by seed
+PAIRED_MARKS = (10, 30)  # the budgets the README's targets name, compared seed by seed
 
 
 class BudgetSpent(Exception):
@@ -445,6 +445,7 @@ def summarize(runs: list[dict[str, Any]], epochs: dict[str, int]) -> dict[str, A
             need = [epochs_to_reach(r["trace"], target) for r in t_runs if r["method"] == m]
             rows[m]["epochs_to_gp_at_30"] = float(np.median(need))
             rows[m]["fraction_of_gp_epochs"] = float(np.median(need)) / (30 * epochs[task])
+        for m in [m for m in rows if is_ours(m)]:
             rows[m]["paired"] = pair_up(t_runs, m, epochs[task])
         out[task] = rows
     return out
@@ -481,6 +482,8 @@ def print_summary(summary: dict[str, Any]) -> None:
                     f"  {m} reaches gp's @30 median in {mf['epochs_to_gp_at_30']:.0f} epochs "
                     f"({mf['fraction_of_gp_epochs']:.0%} of gp's)"
                 )
+            if mf.get("paired"):
+                print(f"  {m} against each peer over the same seeds, wins-ties-losses:")
                 for peer, c in mf["paired"].items():
                     cells = "".join(
                         "  @{k}: {w}-{t}-{l} (p {p:.2f})".format(
@@ -492,7 +495,7 @@ def print_summary(summary: dict[str, Any]) -> None:
                         )
                         for k in PAIRED_MARKS
                     )
-                    print(f"    vs {peer:<15} over {c['seeds']} seeds, wins-ties-losses" + cells)
+                    print(f"    vs {peer:<15} over {c['seeds']} seeds" + cells)
 
 
 def main() -> None:

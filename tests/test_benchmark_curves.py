@@ -75,3 +75,7 @@ def test_ours_is_paired_with_each_peer_seed_by_seed_at_10_and_30():
     assert vs["@10"]["wilcoxon_p"] == 1.0
     assert rows["ours_mf"]["paired"]["gp"]["seeds"] == 1
     assert "paired" not in rows["random_asha"]  # peers are not paired with each other
+    # without `gp` in the run there is no @30 target to reach, but the pairing stays
+    alone = run_curves.summarize(runs[:-1], {"t": epochs})["t"]["ours_mf"]
+    assert "epochs_to_gp_at_30" not in alone
+    assert alone["paired"]["random_asha"]["@30"]["wins"] == 2
