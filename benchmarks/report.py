@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +45,36 @@ def paired(mine: np.ndarray, theirs: np.ndarray) -> dict[str, Any]:
         "median_diff": float(np.median(diff)),
         "wilcoxon_p": p,
     }
+
+
+def file_runs(
+    results: Path,
+    kind: str,
+    path_of: Callable[[dict[str, Any]], Path | None],
+    keys: tuple[str, ...],
+    check: Callable[[dict[str, Any]], None] = lambda data: None,
+) -> int:
+    """``--peers-from``: file the runs of an earlier results JSON (such as a committed
+    ``benchmarks/results/*.json``) in a benchmark's run cache, so a fresh checkout compares
+    ours against the peers without running them again. ``path_of`` gives a run's cache file,
+    or None for a run to leave out (ours, another budget, a peer not installed); files that
+    exist are left alone. The results do not record package versions: use them with the
+    versions the README names. Returns how many runs were filed; raises ValueError naming the
+    file when it is not a ``kind`` results file, or (``check``) not one this run can use."""
+    from torchtune_hp.files import write_text
+
+    try:
+        data = json.loads(results.read_text())
+        runs = data["runs"]
+        check(data)
+        filed = 0
+        for r in runs:
+            path = path_of(r)
+            if path is None or path.exists():
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text(path, json.dumps({k: r[k] for k in keys}))
+            filed += 1
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{results}: not a {kind} results file ({e!r})") from e
+    return filed

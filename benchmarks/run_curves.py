@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.curve_tasks import CurveTask, tasks
-from benchmarks.report import paired, write_results
+from benchmarks.report import file_runs, paired, write_results
 from torchtune_hp.files import write_text
 from torchtune_hp.space import Float, Int
 
@@ -344,30 +344,22 @@ def cache_from(results: Path, budget: int) -> int:
     """``--peers-from``: file the baseline and peer runs of an earlier results JSON (such as
     the committed ``benchmarks/results/curves.json``) in the run cache, so a fresh checkout
     compares ours against them without running the peers again (MOBSTER alone takes about 20
-    minutes a seed here). Runs already cached and runs of another budget are left alone; the
-    file does not record package versions, so use it with the versions the README names.
-    Returns how many runs were filed; raises ValueError naming the file when it is not a
-    results file of this budget."""
-    try:
-        data = json.loads(results.read_text())
-        runs = data["runs"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{results}: not a run_curves results file ({e})") from e
-    if data.get("budget") != budget:
-        raise ValueError(
-            f"{results}: its runs have a budget of {data.get('budget')} full trainings, this "
-            f"run {budget} (--budget)"
-        )
-    filed = 0
-    for r in runs:
+    minutes a seed here); see :func:`benchmarks.report.file_runs`. Raises ValueError naming
+    the file when its runs have another budget."""
+
+    def check(data: dict[str, Any]) -> None:
+        if data.get("budget") != budget:
+            raise ValueError(
+                f"{results}: its runs have a budget of {data.get('budget')} full trainings, "
+                f"this run {budget} (--budget)"
+            )
+
+    def path_of(r: dict[str, Any]) -> Path | None:
         if r["method"] not in METHODS or not available(r["method"]):
-            continue
-        path = cache_path(r["task"], r["method"], r["seed"], budget)
-        if path is None or path.exists():
-            continue
-        store(path, {k: r[k] for k in RUN_KEYS})
-        filed += 1
-    return filed
+            return None
+        return cache_path(r["task"], r["method"], r["seed"], budget)
+
+    return file_runs(results, "run_curves", path_of, RUN_KEYS, check)
 
 
 BUILT_IN = frozenset(METHODS)

@@ -3,6 +3,8 @@
     python -m benchmarks.run_regret                       # all problems, default optimizers
     python -m benchmarks.run_regret --problems branin --optimizers ours_gp optuna_gp
     python -m benchmarks.run_regret --variant ucb='{"acquisition": "ucb"}' --optimizers ours_gp
+    python -m benchmarks.run_regret --first-seed 5 --optimizers ours_gp \
+        --variant off='{"endgame": 0}'        # held-out seeds 5-9, ours with and without
 
 Prints, per problem, the median simple regret at 25/50/100% of the budget and the worst seed's
 final regret, then a scorecard of ``ours_gp`` against the best peer on each problem, and writes
@@ -11,7 +13,8 @@ final regret, then a scorecard of ``ours_gp`` against the best peer on each prob
 A peer's run is a fixed function of (problem, seed, budget, its package version), so each one
 is cached under ``benchmarks/.cache/regret/`` as it finishes and reused by later runs
 (``--no-cache`` recomputes, ``--only-cached`` reports the cached peer runs and skips the
-rest); ours (``ours_*`` and ``--variant``) always runs afresh. An interrupted benchmark
+rest; ``--peers-from benchmarks/results/regret.json`` files the committed peer runs there
+first); ours (``ours_*`` and ``--variant``) always runs afresh. An interrupted benchmark
 therefore resumes where it stopped. Slow peers can run on fewer seeds
 (``--seeds-for hebo=3``); the table shows each row's seed count.
 """
@@ -31,7 +34,7 @@ import numpy as np
 
 from benchmarks.optimizers import OPTIMIZERS, PEER_PACKAGES, available, ours, regret_curve
 from benchmarks.problems import PROBLEMS
-from benchmarks.report import write_results
+from benchmarks.report import file_runs, write_results
 from torchtune_hp.files import write_text
 
 RESULTS = Path(__file__).parent / "results"
@@ -60,6 +63,27 @@ def cache_path(problem: str, optimizer: str, seed: int) -> Path | None:
 def _missing(problem: str, optimizer: str, seed: int) -> bool:
     path = cache_path(problem, optimizer, seed)
     return path is not None and not path.exists()
+
+
+RUN_KEYS = ("problem", "optimizer", "seed", "curve", "seconds")  # what a cached run holds
+
+
+def cache_from(results: Path) -> int:
+    """``--peers-from``: file the peer runs of an earlier results JSON (such as the committed
+    ``benchmarks/results/regret.json``) in the run cache, so a fresh checkout compares ours
+    against them without running the peers again (HEBO takes minutes a run here); see
+    :func:`benchmarks.report.file_runs`. A run of a problem this benchmark does not have, or
+    of another budget, is left out."""
+
+    def path_of(r: dict[str, Any]) -> Path | None:
+        problem, opt = PROBLEMS.get(r["problem"]), r["optimizer"]
+        if problem is None or len(r["curve"]) != problem.budget:
+            return None
+        if opt not in OPTIMIZERS or not available(opt):
+            return None
+        return cache_path(r["problem"], r["optimizer"], r["seed"])
+
+    return file_runs(results, "run_regret", path_of, RUN_KEYS)
 
 
 def one_run(job: tuple[str, str, int, dict[str, Any] | None, bool]) -> dict[str, Any]:
@@ -192,6 +216,12 @@ def main() -> None:
     ap.add_argument("--problems", nargs="*", default=list(PROBLEMS))
     ap.add_argument("--optimizers", nargs="*", default=DEFAULT)
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="seeds FIRST .. FIRST+N-1 (e.g. 5: held-out seeds for a change chosen on 0-4)",
+    )
     ap.add_argument("--seeds-for", nargs="*", default=[], metavar="OPT=N")
     ap.add_argument(
         "--variant",
@@ -207,8 +237,19 @@ def main() -> None:
         action="store_true",
         help="peers: use the cached runs and skip the rest (ours still runs)",
     )
+    ap.add_argument(
+        "--peers-from",
+        type=Path,
+        metavar="JSON",
+        help="take the peer runs of this results file instead of running them",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "regret.json")
     args = ap.parse_args()
+    if args.peers_from is not None:
+        try:
+            print(f"{cache_from(args.peers_from)} runs taken from {args.peers_from}")
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--peers-from: {e}") from e
     opts = [o for o in args.optimizers if available(o)]
     for o in set(args.optimizers) - set(opts):
         print(f"skipped {o}: its package is not installed (see the README's Benchmarks)")
@@ -225,10 +266,10 @@ def main() -> None:
     jobs = sorted(
         (
             (p, o, s, opt_options, not args.no_cache)
-            for s in range(max(seeds.values(), default=0))
+            for s in range(args.first_seed, args.first_seed + max(seeds.values(), default=0))
             for p in args.problems
             for o, opt_options in options.items()
-            if s < seeds[o] and not (args.only_cached and _missing(p, o, s))
+            if s - args.first_seed < seeds[o] and not (args.only_cached and _missing(p, o, s))
         ),
         key=lambda job: (seeds[job[1]] < args.seeds, job[2]),
     )

@@ -1,5 +1,6 @@
-"""``run_curves --peers-from``: a fresh checkout compares ours against the committed peer runs
-without running the peers again, and never lets an older file replace a run it has."""
+"""``--peers-from`` (run_curves, run_regret): a fresh checkout compares ours against the
+committed peer runs without running the peers again, and never lets an older file replace a
+run it has."""
 
 from __future__ import annotations
 
@@ -79,3 +80,23 @@ def test_ours_is_paired_with_each_peer_seed_by_seed_at_10_and_30():
     alone = run_curves.summarize(runs[:-1], {"t": epochs})["t"]["ours_mf"]
     assert "epochs_to_gp_at_30" not in alone
     assert alone["paired"]["random_asha"]["@30"]["wins"] == 2
+
+
+def test_regret_peer_runs_are_filed_and_ours_and_other_budgets_are_not(tmp_path, monkeypatch):
+    """``run_regret --peers-from``: the same helper serves the regret benchmark's cache."""
+    from benchmarks import run_regret
+
+    monkeypatch.setattr(run_regret, "CACHE", tmp_path / "cache")
+    budget = run_regret.PROBLEMS["branin"].budget
+    runs = [
+        {"problem": "branin", "optimizer": o, "seed": 1, "curve": [0.5] * n, "seconds": 1.0}
+        for o, n in (("random", budget), ("ours_gp", budget), ("sobol", budget - 1))
+    ]
+    (tmp_path / "r.json").write_text(json.dumps({"runs": runs}))
+    assert run_regret.cache_from(tmp_path / "r.json") == 1  # random; sobol's budget differs
+    filed = run_regret.cache_path("branin", "random", 1)
+    assert filed is not None and json.loads(filed.read_text())["curve"] == [0.5] * budget
+    assert run_regret.cache_from(tmp_path / "r.json") == 0  # what the cache holds stays
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="bad.json: not a run_regret results file"):
+        run_regret.cache_from(tmp_path / "bad.json")

@@ -225,6 +225,7 @@ def test_gp_options_are_checked():
         ({"device": "tpu"}, "device must be auto, cpu or cuda"),
         ({"n_restarts": 0}, "n_restarts must be an integer >= 1"),
         ({"warp_inputs": "maybe"}, "warp_inputs must be true, false or auto"),
+        ({"endgame": 1.0}, "endgame must be a number in"),
     ]:
         with pytest.raises(ValueError, match=message):
             GPSampler(**bad)
@@ -322,3 +323,39 @@ def test_mace_suggests_new_points_explains_itself_and_solves_branin():
     assert len(set(params)) == len(params)
     expl = study.sampler.explain(n_points=10)
     assert expl is not None and "MACE" in expl.suggested_by
+
+
+def _distance_to_the_best_five(study: Study, i: int) -> float:
+    """Unit-cube max-norm distance from trial ``i`` to the nearest of the 5 best before it."""
+    u = np.array(study.space.encode(study.trials[i].params))
+    best = sorted(study.trials[:i], key=lambda t: t.value)[:5]
+    return min(float(np.abs(u - np.array(study.space.encode(t.params))).max()) for t in best)
+
+
+def test_the_last_share_of_a_study_refines_near_its_best_trials():
+    """``endgame: 0.3`` of ``optimize(n_trials=30)``: trials 21-29 search around the best
+    ones (no Thompson step, no global candidates); without it some of them explore far."""
+    runs = {}
+    for endgame in (0.3, 0.0):
+        study = branin_study(0, sampler_options={"endgame": endgame})
+        study.optimize(lambda t: branin(t.params), n_trials=30)
+        runs[endgame] = [_distance_to_the_best_five(study, i) for i in range(21, 30)]
+        how = study.sampler.explain(n_points=5).suggested_by  # of the 30th trial
+        assert ("endgame" in how) is (endgame > 0)  # the loop told the sampler its total ...
+        assert study.sampler.horizon is None  # ... while it ran: ask/tell after it explores
+        assert study.best_value - BRANIN_MIN < 0.01
+    assert np.median(runs[0.3]) < 0.02 < 0.1 < np.median(runs[0.0])
+
+
+def test_the_endgame_counts_pending_trials_and_needs_a_known_total():
+    study = branin_study(0)
+    sampler = study.sampler
+    for _ in range(6):
+        t = study.ask()
+        study.tell(t, branin(t.params))
+    finished = list(study.finished_trials)
+    assert not sampler.in_endgame(finished, [])  # ask/tell alone: no total, no endgame
+    sampler.horizon = 10  # the last round(0.3 * 10) = 3 trials: the 8th to the 10th
+    assert not sampler.in_endgame(finished, [])
+    pending = study.ask()
+    assert sampler.in_endgame(finished, [study.trials[pending.number]])

@@ -19,7 +19,7 @@ budget on the same failure.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from torchtune_hp import signals
@@ -85,6 +85,20 @@ class FailFast:
         )
 
 
+@contextlib.contextmanager
+def _horizon(sampler: Any, n_trials: int) -> Iterator[None]:
+    """Tell a sampler that plans for a total (see ``Sampler``) the study's ``n_trials`` while
+    this loop runs; asks after it (plain ask/tell) have no known total again."""
+    plans = hasattr(sampler, "horizon")
+    if plans:
+        sampler.horizon = n_trials
+    try:
+        yield
+    finally:
+        if plans:
+            sampler.horizon = None
+
+
 def run_trials(
     study: Any,
     executor: Executor,
@@ -94,7 +108,7 @@ def run_trials(
 ) -> None:
     fail = FailFast(study, fail_fast)
     signals.reset()
-    with stop_signals():
+    with stop_signals(), _horizon(study.sampler, n_trials):
         study.loop_state("running")
         try:
             _drive(study, executor, n_trials, callbacks, fail)

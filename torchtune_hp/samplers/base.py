@@ -25,7 +25,10 @@ class Sampler(Protocol):
     """What every sampler implements; ``name`` selects it in a recipe (``sampler.name``).
 
     A sampler may also set ``last_note`` (a string or None) after each ``sample``: the study
-    stores it on the trial, so a fallback (e.g. the GP's) is recorded, never silent."""
+    stores it on the trial, so a fallback (e.g. the GP's) is recorded, never silent. One
+    that has a ``horizon`` attribute is told the study's total number of trials by the trial
+    loop (``optimize(n_trials)``, a recipe's ``study.trials``) before its first suggestion:
+    the GP sampler spends the last share of them refining instead of exploring."""
 
     name: ClassVar[str]
 

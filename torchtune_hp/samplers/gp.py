@@ -117,7 +117,9 @@ class GPSampler:
     uses all of them), ``refit_fraction`` (hyperparameters are refit, warm-started, once the
     observations have grown by this fraction since the last fit: every trial below 20
     observations at the default 0.05, every 5th at 100, every 50th at 1000; the posterior is
-    always recomputed with every observation)."""
+    always recomputed with every observation), ``endgame`` (0.3: the share of a study's
+    trials, at its end, that refine around the best observations instead of exploring; see
+    :meth:`in_endgame`; 0 = never)."""
 
     name = "gp"
 
@@ -136,6 +138,7 @@ class GPSampler:
         max_fit_points: int = 256,
         refit_fraction: float = 0.05,
         warp_inputs: bool | str = False,
+        endgame: float = 0.3,
         mode: str = "min",
     ) -> None:
         if acquisition not in ACQUISITIONS:
@@ -171,6 +174,12 @@ class GPSampler:
         if warp_inputs not in (True, False, "auto"):
             raise ValueError(f"warp_inputs must be true, false or auto, got {warp_inputs!r}")
         self.warp_inputs: bool | str = "auto" if warp_inputs == "auto" else bool(warp_inputs)
+        if isinstance(endgame, bool) or not 0.0 <= endgame < 1.0:
+            raise ValueError(f"endgame must be a number in [0, 1), got {endgame!r}")
+        self.endgame = float(endgame)
+        # The study's total number of trials when it is known (``optimize(n_trials)``, a
+        # recipe's ``study.trials``: the trial loop sets it); None in plain ask/tell use.
+        self.horizon: int | None = None
         self.mode = mode
         self.last_note: str | None = None
         self.surrogate: Surrogate | None = None
@@ -198,7 +207,7 @@ class GPSampler:
         threads = 1 if len(obs.values) + len(pending) <= 600 else torch.get_num_threads()
         try:
             with torch_threads(threads):
-                return self._suggest(space, obs, pending, k)
+                return self._suggest(space, obs, pending, k, self.in_endgame(trials, pending))
         except (SurrogateError, RuntimeError, ValueError) as e:
             self.last_note = f"gp fell back to Sobol for this trial: {type(e).__name__}: {e}"
             warnings.warn(self.last_note, RuntimeWarning, stacklevel=2)
@@ -206,6 +215,18 @@ class GPSampler:
 
     def _sobol(self, space: Space, k: int) -> dict[str, Any]:
         return space.decode(sobol_points(space.dim, self.seed, k, 1)[0])
+
+    def in_endgame(self, trials: Sequence[FrozenTrial], pending: Sequence[FrozenTrial]) -> bool:
+        """Whether the next trial is among the last ``endgame`` share of the study's
+        ``horizon`` (trials that count toward it, pending ones included). There the search
+        stops exploring: no Thompson step, and the acquisition is maximized only from
+        perturbations of the best observations. A study is judged by the best trial it ends
+        with; exploration late in it rarely pays back before the end, refining the best
+        basins does (see the README's Bayesian optimization section for the measurements)."""
+        if not self.endgame or self.horizon is None:
+            return False
+        done = sum(t.counts for t in trials) + len(pending)
+        return done >= self.horizon - max(1, round(self.endgame * self.horizon))
 
     # -- the GP path -------------------------------------------------------------------------
     def fit(self, space: Space, obs: Observations, k: int = 0) -> tuple[Surrogate, torch.Tensor]:
@@ -268,7 +289,12 @@ class GPSampler:
         return surrogate
 
     def _suggest(
-        self, space: Space, obs: Observations, pending: Sequence[FrozenTrial], k: int
+        self,
+        space: Space,
+        obs: Observations,
+        pending: Sequence[FrozenTrial],
+        k: int,
+        endgame: bool = False,
     ) -> dict[str, Any]:
         surrogate, y = self.fit(space, obs, k)
         self.surrogate = surrogate
@@ -284,10 +310,11 @@ class GPSampler:
             lie = yp.clamp_min(float(y.mean()))
             surrogate.condition(torch.cat([x, xp]), torch.cat([y.to(dev), lie]))
         best = float(y.min())
-        candidates = self._candidates(enc, x, y, k).to(dev)
+        candidates = self._candidates(enc, x, y, k, local_only=endgame).to(dev)
 
         every = self.thompson_every
-        thompson = self.acquisition == "thompson" or bool(every and k % every == every - 1)
+        step = bool(every and k % every == every - 1) and not endgame
+        thompson = self.acquisition == "thompson" or step
         if thompson:
             gen = torch.Generator().manual_seed((self.seed * 1_000_003 + k) % 2**63)
             values = -surrogate.joint_sample(candidates[:1024], gen)
@@ -314,6 +341,7 @@ class GPSampler:
                         "best": best,
                         "next": params,
                         "thompson": thompson,
+                        "endgame": endgame,
                     }
                     return params
         self.last_note = "every candidate was already evaluated or pending: a Sobol point instead"
@@ -382,6 +410,8 @@ class GPSampler:
         how = "Thompson draw" if v["thompson"] else f"{label[name]} maximizer"
         if self.acquisition == "mace" and not v["thompson"]:
             how = "MACE: a random point of the log EI / log PI / UCB Pareto set"
+        if v["endgame"]:
+            how += ", searched near the best trials (endgame)"
         with torch_threads(1):
             return explain_slices(
                 v["space"],
@@ -411,12 +441,11 @@ class GPSampler:
         return expl
 
     def _candidates(
-        self, enc: GPEncoding, x: torch.Tensor, y: torch.Tensor, k: int
+        self, enc: GPEncoding, x: torch.Tensor, y: torch.Tensor, k: int, local_only: bool = False
     ) -> torch.Tensor:
-        """Scrambled Sobol points over the whole space, plus Gaussian perturbations (sd 0.05 in
-        the unit cube) of the five best observations, for a sharp local search."""
-        u = torch.tensor(sobol_points(enc.d, (self.seed * 7919 + k) % 2**31, 0, self.n_candidates))
-        global_x = enc.from_unit(u)
+        """Scrambled Sobol points over the whole space (not when ``local_only``), plus Gaussian
+        perturbations (sd 0.05 in the unit cube) of the five best observations, for a sharp
+        local search."""
         gen = torch.Generator().manual_seed((self.seed * 1_000_003 + k) % 2**63)
         best = x.cpu()[y.cpu().argsort()[:5]]
         n_local = max(self.n_candidates // 8, 16)
@@ -425,7 +454,11 @@ class GPSampler:
         if len(cols):
             noise = 0.05 * torch.randn(len(local), len(cols), generator=gen, dtype=local.dtype)
             local[:, cols] = (local[:, cols] + noise).clamp(0, 1)
-        return torch.cat([global_x, enc.snap(local)])
+        local = enc.snap(local)
+        if local_only:
+            return local
+        u = torch.tensor(sobol_points(enc.d, (self.seed * 7919 + k) % 2**31, 0, self.n_candidates))
+        return torch.cat([enc.from_unit(u), local])
 
 
 def pareto_front(values: torch.Tensor) -> torch.Tensor:
