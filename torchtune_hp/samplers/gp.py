@@ -310,42 +310,55 @@ class GPSampler:
             lie = yp.clamp_min(float(y.mean()))
             surrogate.condition(torch.cat([x, xp]), torch.cat([y.to(dev), lie]))
         best = float(y.min())
-        candidates = self._candidates(enc, x, y, k, local_only=endgame).to(dev)
-
         every = self.thompson_every
         step = bool(every and k % every == every - 1) and not endgame
         thompson = self.acquisition == "thompson" or step
+        seen = {_key(p) for p in obs.params} | {_key(t.params) for t in pending}
+        # The endgame searches near the best first; where every point there was tried (a small
+        # discrete space), the whole space is searched rather than a point repeated.
+        for local_only in (True, False) if endgame else (False,):
+            candidates = self._candidates(enc, x, y, k, local_only).to(dev)
+            pool = self._rank(surrogate, enc, candidates, k, best, thompson)
+            # Decode lazily, 64 at a time: the first chunk nearly always holds a new point.
+            for start in range(0, len(pool), 64):
+                for params in enc.to_params(pool[start : start + 64]):
+                    if _key(params) not in seen:
+                        self._view = {
+                            "space": space,
+                            "obs": obs,
+                            "y": y,
+                            "best": best,
+                            "next": params,
+                            "thompson": thompson,
+                            "endgame": local_only,
+                        }
+                        return params
+        self.last_note = "every candidate was already evaluated or pending: a Sobol point instead"
+        return self._sobol(space, k)
+
+    def _rank(
+        self,
+        surrogate: Surrogate,
+        enc: GPEncoding,
+        candidates: torch.Tensor,
+        k: int,
+        best: float,
+        thompson: bool,
+    ) -> torch.Tensor:
+        """``candidates`` and the acquisition's refined maximizers, best first: by one
+        posterior draw (``thompson``), by MACE, or by the acquisition."""
         if thompson:
             gen = torch.Generator().manual_seed((self.seed * 1_000_003 + k) % 2**63)
             values = -surrogate.joint_sample(candidates[:1024], gen)
-            order = values.argsort(descending=True)
-            pool = candidates[:1024][order]
-        elif self.acquisition == "mace":
-            pool = self._mace(surrogate, enc, candidates, k)
-        else:
+            return candidates[:1024][values.argsort(descending=True)]
+        if self.acquisition == "mace":
+            return self._mace(surrogate, enc, candidates, k)
 
-            def acq(xq: torch.Tensor) -> torch.Tensor:
-                mean, var = surrogate.posterior(xq)
-                return acquisition_value(self.acquisition, mean, var, best, self.beta, self.xi)
+        def acq(xq: torch.Tensor) -> torch.Tensor:
+            mean, var = surrogate.posterior(xq)
+            return acquisition_value(self.acquisition, mean, var, best, self.beta, self.xi)
 
-            pool, _ = maximize(acq, enc, candidates, self.n_restarts)
-        seen = {_key(p) for p in obs.params} | {_key(t.params) for t in pending}
-        # Decode lazily, 64 at a time: the first chunk nearly always holds a new point.
-        for start in range(0, len(pool), 64):
-            for params in enc.to_params(pool[start : start + 64]):
-                if _key(params) not in seen:
-                    self._view = {
-                        "space": space,
-                        "obs": obs,
-                        "y": y,
-                        "best": best,
-                        "next": params,
-                        "thompson": thompson,
-                        "endgame": endgame,
-                    }
-                    return params
-        self.last_note = "every candidate was already evaluated or pending: a Sobol point instead"
-        return self._sobol(space, k)
+        return maximize(acq, enc, candidates, self.n_restarts)[0]
 
     def _mace(
         self, surrogate: Surrogate, enc: GPEncoding, candidates: torch.Tensor, k: int
