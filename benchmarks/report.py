@@ -1,5 +1,6 @@
-"""Reporting a benchmark: one JSON file with the machine it ran on and its wall time, and the
-paired comparison of two methods over the same seeds."""
+"""Reporting a benchmark: one JSON file with the machine it ran on and its wall time, the
+paired comparison of two methods over the same seeds, and the run caches that let a rerun (or
+``--peers-from`` a committed results file) skip the peers."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from torchtune_hp.files import write_text
 
 
 def write_results(
@@ -47,6 +50,13 @@ def paired(mine: np.ndarray, theirs: np.ndarray) -> dict[str, Any]:
     }
 
 
+def store(path: Path, run: dict[str, Any]) -> None:
+    """Keep one run in a benchmark's run cache, whole or not at all (two benchmark runs may
+    share the cache)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(run))
+
+
 def file_runs(
     results: Path,
     kind: str,
@@ -61,8 +71,6 @@ def file_runs(
     exist are left alone. The results do not record package versions: use them with the
     versions the README names. Returns how many runs were filed; raises ValueError naming the
     file when it is not a ``kind`` results file, or (``check``) not one this run can use."""
-    from torchtune_hp.files import write_text
-
     try:
         data = json.loads(results.read_text())
         runs = data["runs"]
@@ -72,8 +80,7 @@ def file_runs(
             path = path_of(r)
             if path is None or path.exists():
                 continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_text(path, json.dumps({k: r[k] for k in keys}))
+            store(path, {k: r[k] for k in keys})
             filed += 1
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{results}: not a {kind} results file ({e!r})") from e

@@ -47,8 +47,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.curve_tasks import CurveTask, tasks
-from benchmarks.report import file_runs, paired, write_results
-from torchtune_hp.files import write_text
+from benchmarks.report import file_runs, paired, store, write_results
 from torchtune_hp.space import Float, Int
 
 RESULTS = Path(__file__).parent / "results"
@@ -332,12 +331,6 @@ def cache_path(task: str, method: str, seed: int, budget: int) -> Path | None:
 
 
 RUN_KEYS = ("task", "method", "seed", "trace", "trials", "seconds")  # what a cached run holds
-
-
-def store(path: Path, run: dict[str, Any]) -> None:
-    """Keep one run in the run cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text(path, json.dumps(run))
 
 
 def cache_from(results: Path, budget: int) -> int:

@@ -34,8 +34,7 @@ import numpy as np
 
 from benchmarks.optimizers import OPTIMIZERS, PEER_PACKAGES, available, ours, regret_curve
 from benchmarks.problems import PROBLEMS
-from benchmarks.report import file_runs, write_results
-from torchtune_hp.files import write_text
+from benchmarks.report import file_runs, store, write_results
 
 RESULTS = Path(__file__).parent / "results"
 CACHE = Path(__file__).parent / ".cache" / "regret"
@@ -81,7 +80,7 @@ def cache_from(results: Path) -> int:
             return None
         if opt not in OPTIMIZERS or not available(opt):
             return None
-        return cache_path(r["problem"], r["optimizer"], r["seed"])
+        return cache_path(r["problem"], opt, r["seed"])
 
     return file_runs(results, "run_regret", path_of, RUN_KEYS)
 
@@ -105,9 +104,8 @@ def one_run(job: tuple[str, str, int, dict[str, Any] | None, bool]) -> dict[str,
         "curve": regret_curve(problem, params).tolist(),
         "seconds": time.perf_counter() - t0,
     }
-    if path is not None:  # whole or not at all: two benchmark runs may share the cache
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text(path, json.dumps(out))
+    if path is not None:
+        store(path, out)
     return out
 
 
