@@ -225,8 +225,10 @@ class GPSampler:
         basins does (see the README's Bayesian optimization section for the measurements)."""
         if not self.endgame or self.horizon is None:
             return False
-        done = sum(t.counts for t in trials) + len(pending)
-        return done >= self.horizon - max(1, round(self.endgame * self.horizon))
+        start = self.horizon - max(1, round(self.endgame * self.horizon))
+        if len(trials) + len(pending) < start:  # counted trials are fewer: skip the Python loop
+            return False
+        return sum(t.counts for t in trials) + len(pending) >= start
 
     # -- the GP path -------------------------------------------------------------------------
     def fit(self, space: Space, obs: Observations, k: int = 0) -> tuple[Surrogate, torch.Tensor]:
