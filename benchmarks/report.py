@@ -85,3 +85,31 @@ def file_runs(
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{results}: not a {kind} results file ({e!r})") from e
     return filed
+
+
+def lead_chance(
+    mine: list[float], peers: list[list[float]], draws: int = 2000, seed: int = 0
+) -> float:
+    """How sure a "best median" is: the share of bootstrap draws (each method's seeds drawn
+    again with replacement, as many as it ran) in which ``mine``'s median is below every
+    peer's median. At five seeds a median moves a lot from one seed set to the next; this
+    says whether a lead or a loss would likely hold on another."""
+    rng = np.random.default_rng(seed)
+
+    def medians(values: list[float]) -> np.ndarray:
+        v = np.asarray(values, dtype=float)
+        return np.median(v[rng.integers(0, len(v), size=(draws, len(v)))], axis=1)
+
+    best_peer = np.min([medians(p) for p in peers], axis=0)
+    return float(np.mean(medians(mine) < best_peer))
+
+
+def count_interval(chances: list[float], low: float = 0.05, high: float = 0.95) -> tuple[int, int]:
+    """The ``low`` and ``high`` quantiles of how many of independent events with these
+    ``chances`` happen (the Poisson-binomial distribution, exactly): how many problems a
+    method would lead on, on another draw of seeds."""
+    dist = np.array([1.0])
+    for p in chances:
+        dist = np.convolve(dist, [1.0 - p, p])
+    cdf = np.cumsum(dist)
+    return int(np.searchsorted(cdf, low - 1e-12)), int(np.searchsorted(cdf, high - 1e-12))

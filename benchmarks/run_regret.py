@@ -3,7 +3,9 @@
     python -m benchmarks.run_regret                       # all problems, default optimizers
     python -m benchmarks.run_regret --problems branin --optimizers ours_gp optuna_gp
     python -m benchmarks.run_regret --variant ucb='{"acquisition": "ucb"}' --optimizers ours_gp
-    python -m benchmarks.run_regret --first-seed 5 --optimizers ours_gp \
+    python -m benchmarks.run_regret --rescore benchmarks/results/regret.json x.json \\
+        --me variant:ucb                                  # score earlier runs, run nothing
+    python -m benchmarks.run_regret --first-seed 5 --optimizers ours_gp \\
         --variant off='{"endgame": 0}'        # held-out seeds 5-9, ours with and without
 
 Prints, per problem, the median simple regret at 25/50/100% of the budget and the worst seed's
@@ -34,7 +36,7 @@ import numpy as np
 
 from benchmarks.optimizers import OPTIMIZERS, PEER_PACKAGES, available, ours, regret_curve
 from benchmarks.problems import PROBLEMS
-from benchmarks.report import file_runs, store, write_results
+from benchmarks.report import count_interval, file_runs, lead_chance, store, write_results
 
 RESULTS = Path(__file__).parent / "results"
 CACHE = Path(__file__).parent / ".cache" / "regret"
@@ -163,15 +165,19 @@ def scorecard(table: dict[str, dict[str, Any]], me: str) -> dict[str, Any]:
             "best_peer_median": best,
             "ratio": mine / best if best > 0 else (1.0 if mine <= 0 else float("inf")),
             "best": bool(mine <= best),
+            "lead_chance": lead_chance(opts[me]["finals"], [r["finals"] for r in peers.values()]),
             "worst_seed": opts[me]["worst"],
             "random_median": rand,
             "worst_seed_beats_random": None if rand is None else bool(opts[me]["worst"] <= rand),
         }
     n = len(rows)
+    chances = [r["lead_chance"] for r in rows.values()]
     return {
         "problems": rows,
         "best_on": sum(r["best"] for r in rows.values()),
         "of": n,
+        "expected_best_on": float(sum(chances)),
+        "best_on_5_95": list(count_interval(chances)),
         "max_ratio": max((r["ratio"] for r in rows.values()), default=float("nan")),
     }
 
@@ -194,7 +200,7 @@ def print_table(table: dict[str, dict[str, Any]]) -> None:
 
 def print_scorecard(card: dict[str, Any], me: str) -> None:
     print(f"\nscorecard for {me}: final median regret vs the best peer")
-    head = f"{'ours':>9} {'best peer':>22} {'ratio':>6} {'worst':>9} {'random':>9}"
+    head = f"{'ours':>9} {'best peer':>22} {'ratio':>6} {'P(lead)':>7} {'worst':>9} {'random':>9}"
     print(f"  {'problem':<22} {'kind':<8} {head}")
     for prob, r in card["problems"].items():
         peer = f"{r['best_peer']} {r['best_peer_median']:.3g}"
@@ -202,11 +208,33 @@ def print_scorecard(card: dict[str, Any], me: str) -> None:
         flag = "" if r["worst_seed_beats_random"] in (True, None) else "  worst seed > random"
         print(
             f"  {prob:<22} {r['kind']:<8} {r['ours']:9.3g} {peer:>22} {r['ratio']:6.2f} "
-            f"{r['worst_seed']:9.3g} {rand:>9}{flag}"
+            f"{r['lead_chance']:7.2f} {r['worst_seed']:9.3g} {rand:>9}{flag}"
         )
+    low, high = card["best_on_5_95"]
     print(
         f"  best median on {card['best_on']} of {card['of']}; largest ratio {card['max_ratio']:.2f}"
     )
+    print(
+        f"  on seeds drawn again (bootstrap, P(lead) above): best on {card['expected_best_on']:.1f}"
+        f" of {card['of']} expected, {low} to {high} in 90% of draws"
+    )
+
+
+def rescore(paths: list[Path], me: str) -> None:
+    """``--rescore``: the runs of earlier results files (a variant's beside the committed
+    peers', say) summarized and scored as one run would have been."""
+    runs: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            runs += json.loads(path.read_text())["runs"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise SystemExit(f"--rescore: {path}: not a run_regret results file ({e!r})") from e
+    table = summarize(runs)
+    print_table(table)
+    card = scorecard(table, me)
+    if not card["problems"]:
+        raise SystemExit(f"--rescore: no runs of {me!r} beside a peer's in {paths}")
+    print_scorecard(card, me)
 
 
 def main() -> None:
@@ -242,7 +270,22 @@ def main() -> None:
         help="take the peer runs of this results file instead of running them",
     )
     ap.add_argument("--out", type=Path, default=RESULTS / "regret.json")
+    ap.add_argument(
+        "--rescore",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="run nothing: print the table and scorecard of these results files' runs together",
+    )
+    ap.add_argument(
+        "--me",
+        default="ours_gp",
+        help="the optimizer the scorecard is for (with --rescore), e.g. variant:eg",
+    )
     args = ap.parse_args()
+    if args.rescore:
+        rescore(args.rescore, args.me)
+        return
     if args.peers_from is not None:
         try:
             print(f"{cache_from(args.peers_from)} runs taken from {args.peers_from}")
