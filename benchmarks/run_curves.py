@@ -47,7 +47,14 @@ from typing import Any
 import numpy as np
 
 from benchmarks.curve_tasks import CurveTask, tasks
-from benchmarks.report import file_runs, paired, store, write_results
+from benchmarks.report import (
+    count_interval,
+    file_runs,
+    lead_chance,
+    paired,
+    store,
+    write_results,
+)
 from torchtune_hp.space import Float, Int
 
 RESULTS = Path(__file__).parent / "results"
@@ -410,6 +417,11 @@ def epochs_to_reach(trace: list[float], target: float) -> float:
     return float(hit[0] + 1) if len(hit) else math.inf
 
 
+def bests(runs: list[dict[str, Any]], method: str, epochs: int) -> list[float]:
+    """``method``'s best loss after ``epochs`` charged epochs, one per seed it ran."""
+    return [best_at(r["trace"], epochs) for r in runs if r["method"] == method]
+
+
 def summarize(runs: list[dict[str, Any]], epochs: dict[str, int]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for task in sorted({r["task"] for r in runs}):
@@ -430,8 +442,17 @@ def summarize(runs: list[dict[str, Any]], epochs: dict[str, int]) -> dict[str, A
             need = [epochs_to_reach(r["trace"], target) for r in t_runs if r["method"] == m]
             rows[m]["epochs_to_gp_at_30"] = float(np.median(need))
             rows[m]["fraction_of_gp_epochs"] = float(np.median(need)) / (30 * epochs[task])
+        others = [m for m in rows if not is_ours(m)]
         for m in [m for m in rows if is_ours(m)]:
             rows[m]["paired"] = pair_up(t_runs, m, epochs[task])
+            if others:
+                rows[m]["lead_chance"] = {
+                    f"@{k}": lead_chance(
+                        bests(t_runs, m, k * epochs[task]),
+                        [bests(t_runs, o, k * epochs[task]) for o in others],
+                    )
+                    for k in PAIRED_MARKS
+                }
         out[task] = rows
     return out
 
@@ -467,6 +488,9 @@ def print_summary(summary: dict[str, Any]) -> None:
                     f"  {m} reaches gp's @30 median in {mf['epochs_to_gp_at_30']:.0f} epochs "
                     f"({mf['fraction_of_gp_epochs']:.0%} of gp's)"
                 )
+            if mf.get("lead_chance"):
+                chances = "  ".join(f"{k}: {p:.2f}" for k, p in mf["lead_chance"].items())
+                print(f"  {m} P(lead) over every other method (bootstrap): {chances}")
             if mf.get("paired"):
                 print(f"  {m} against each peer over the same seeds, wins-ties-losses:")
                 for peer, c in mf["paired"].items():
@@ -481,6 +505,27 @@ def print_summary(summary: dict[str, Any]) -> None:
                         for k in PAIRED_MARKS
                     )
                     print(f"    vs {peer:<15} over {c['seeds']} seeds" + cells)
+
+
+def print_leads(summary: dict[str, Any]) -> None:
+    """For each of our methods: on how many task and budget pairs it has the best median,
+    and on how many it would over another draw of seeds (the bootstrap's expectation and
+    5-95% range)."""
+    ours = sorted({m for rows in summary.values() for m in rows if "lead_chance" in rows[m]})
+    for m in ours:
+        leads, chances = 0, []
+        for rows in summary.values():
+            if "lead_chance" not in rows.get(m, {}):
+                continue
+            for k in PAIRED_MARKS:
+                best_other = min(r[f"@{k}"]["median"] for o, r in rows.items() if not is_ours(o))
+                leads += rows[m][f"@{k}"]["median"] < best_other
+                chances.append(rows[m]["lead_chance"][f"@{k}"])
+        low, high = count_interval(chances)
+        print(
+            f"\n{m}: best median on {leads} of {len(chances)} task and budget pairs; on "
+            f"another draw of seeds {sum(chances):.1f} expected, {low} to {high} in 90% of draws"
+        )
 
 
 def main() -> None:
@@ -529,6 +574,7 @@ def main() -> None:
     all_tasks = tasks()
     summary = summarize(runs, {t: all_tasks[t].epochs for t in args.tasks})
     print_summary(summary)
+    print_leads(summary)
     payload = {"budget": args.budget, "marks": MARKS, "summary": summary, "runs": runs}
     write_results(args.out, payload, t0)
 

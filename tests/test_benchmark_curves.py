@@ -100,3 +100,31 @@ def test_regret_peer_runs_are_filed_and_ours_and_other_budgets_are_not(tmp_path,
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ValueError, match="bad.json: not a run_regret results file"):
         run_regret.cache_from(tmp_path / "bad.json")
+
+
+def test_how_sure_a_lead_is_comes_with_the_summary(capsys):
+    """Beside the medians, the bootstrap chance that ours leads every other method (see
+    ``benchmarks.report.lead_chance``) and the count of pairs it would lead on."""
+    runs = [
+        {
+            "task": "t",
+            "method": m,
+            "seed": s,
+            "trace": [1.0] * 9 + [v] * 21,
+            "trials": 1,
+            "seconds": 0,
+        }
+        for m, finals in (("ours_mf", [0.1, 0.1, 0.9]), ("random_asha", [0.5, 0.5, 0.5]))
+        for s, v in enumerate(finals)
+    ]
+    summary = run_curves.summarize(runs, {"t": 1})
+    chance = summary["t"]["ours_mf"]["lead_chance"]
+    # @10: ours is at 0.1 on two of three seeds, so its redrawn median is 0.1 (a lead)
+    # unless two or three of the three draws are the 0.9 seed: 1 - P(Binomial(3, 1/3) >= 2)
+    assert chance["@10"] == pytest.approx(1 - 7 / 27, abs=0.03)
+    assert chance["@30"] == chance["@10"]  # the same finals at 30
+    assert "random_asha" not in summary["t"] or "lead_chance" not in summary["t"]["random_asha"]
+    run_curves.print_leads(summary)
+    out = capsys.readouterr().out
+    assert "ours_mf: best median on 2 of 2 task and budget pairs" in out
+    assert f"on another draw of seeds {2 * chance['@10']:.1f} expected" in out
