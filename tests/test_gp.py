@@ -14,7 +14,7 @@ from torchtune_hp import Categorical, Fixed, Float, Int, Space, Study, TrialStat
 from torchtune_hp.gp.acquisition import acquisition_value, log_h
 from torchtune_hp.gp.encoding import GPEncoding
 from torchtune_hp.gp.surrogate import Surrogate, _ExactGP, neg_mll, warp
-from torchtune_hp.samplers.gp import GPSampler
+from torchtune_hp.samplers.gp import GPSampler, trust_radius
 
 BRANIN_MIN = 0.397887
 
@@ -345,6 +345,38 @@ def test_the_last_share_of_a_study_refines_near_its_best_trials():
         assert study.sampler.horizon is None  # ... while it ran: ask/tell after it explores
         assert study.best_value - BRANIN_MIN < 0.01
     assert np.median(runs[0.3]) < 0.02 < 0.1 < np.median(runs[0.0])
+
+
+def test_the_endgame_radius_follows_turbos_trust_region_rule():
+    """From 0.05: two endgame trials in a row that beat the best double it, three in a row
+    that do not halve it, within 0.005 to 0.2; trials before ``start`` only set the best."""
+    assert trust_radius([5.0, 4.0, 3.0], start=3) == 0.05  # no endgame trial yet
+    assert trust_radius([5.0, 4.0, 3.0], start=1) == 0.1
+    assert trust_radius([5.0, 4.0, 3.0, 2.0], start=1) == 0.1  # the count starts again
+    assert trust_radius([5.0, 5.0, 6.0, 7.0], start=1) == 0.025
+    assert trust_radius([5.0, math.inf, math.inf, math.inf], start=1) == 0.025  # failed: a miss
+    assert trust_radius([5.0, 4.999, 4.998, 4.997], start=1) == 0.025  # < 1e-3 of the best
+    assert trust_radius([5.0, 4.0, 9.0, 3.0, 2.0], start=1) == 0.1  # a miss breaks the run
+    assert trust_radius([5.0] + [6.0] * 30, start=1) == 0.005
+    assert trust_radius([50.0 - i for i in range(40)], start=1) == 0.2
+
+
+def test_the_sampler_reads_the_endgame_radius_from_its_trials():
+    """The radius is a function of the finished trials (so a resumed study keeps it), read
+    in trial order, and the explanation of an endgame suggestion names it."""
+    study = branin_study(0, sampler_options={"endgame": 0.3})
+    study.optimize(lambda t: branin(t.params), n_trials=30)
+    sampler = study.sampler
+    assert sampler.endgame_radius(study.trials) == 0.05  # no known total: no endgame
+    sampler.horizon = 30
+    values = [t.value for t in sorted(study.trials, key=lambda t: t.number)]
+    expected = trust_radius(values, start=21)
+    assert expected < 0.05  # near Branin's optimum most refinements miss: the radius shrank
+    assert sampler.endgame_radius(list(reversed(study.trials))) == expected
+    t = study.ask()  # the 31st: past the horizon, so in the endgame
+    how = sampler.explain(n_points=5).suggested_by
+    assert f"endgame, radius {expected:.3g}" in how
+    study.tell(t, branin(t.params))
 
 
 def test_the_endgame_counts_pending_trials_and_needs_a_known_total():

@@ -55,6 +55,34 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+# The endgame's search radius (sd of its Gaussian perturbations, unit cube) moves by the
+# trust-region rule of TuRBO (Eriksson et al. 2019): from ENDGAME_RADIUS, doubled after
+# SUCCESSES endgame trials in a row improve on the best, halved after FAILURES in a row do not,
+# kept within RADIUS_RANGE.
+ENDGAME_RADIUS = 0.05
+RADIUS_RANGE = (0.005, 0.2)
+SUCCESSES, FAILURES = 2, 3
+
+
+def trust_radius(values: Sequence[float], start: int) -> float:
+    """The endgame's radius after the trials ``values`` (signed, lower is better, in the order
+    they were numbered; inf for a trial without a COMPLETE value), of which those from index
+    ``start`` on are the endgame's. An improvement must beat the best by 1e-3 of its size."""
+    radius, best, run_ok, run_bad = ENDGAME_RADIUS, math.inf, 0, 0
+    for i, v in enumerate(values):
+        if i >= start:
+            if v < best - 1e-3 * abs(best):
+                run_ok, run_bad = run_ok + 1, 0
+            else:
+                run_ok, run_bad = 0, run_bad + 1
+            if run_ok == SUCCESSES:
+                radius, run_ok = min(2 * radius, RADIUS_RANGE[1]), 0
+            if run_bad == FAILURES:
+                radius, run_bad = max(radius / 2, RADIUS_RANGE[0]), 0
+        best = min(best, v)
+    return radius
+
+
 def default_n_init(dim: int) -> int:
     """Sobol trials before the GP: 2 per dimension, at least 5, at most 10 (Optuna uses 10)."""
     return min(10, max(5, 2 * dim))
@@ -205,9 +233,11 @@ class GPSampler:
             return self._sobol(space, k)
         # Small matrices run faster on one thread (see gp.threads); large ones use them all.
         threads = 1 if len(obs.values) + len(pending) <= 600 else torch.get_num_threads()
+        endgame = self.in_endgame(trials, pending)
+        radius = self.endgame_radius(trials) if endgame else ENDGAME_RADIUS
         try:
             with torch_threads(threads):
-                return self._suggest(space, obs, pending, k, self.in_endgame(trials, pending))
+                return self._suggest(space, obs, pending, k, endgame, radius)
         except (SurrogateError, RuntimeError, ValueError) as e:
             self.last_note = f"gp fell back to Sobol for this trial: {type(e).__name__}: {e}"
             warnings.warn(self.last_note, RuntimeWarning, stacklevel=2)
@@ -215,6 +245,27 @@ class GPSampler:
 
     def _sobol(self, space: Space, k: int) -> dict[str, Any]:
         return space.decode(sobol_points(space.dim, self.seed, k, 1)[0])
+
+    def _endgame_start(self) -> int:
+        assert self.horizon is not None
+        return self.horizon - max(1, round(self.endgame * self.horizon))
+
+    def endgame_radius(self, trials: Sequence[FrozenTrial]) -> float:
+        """The endgame's search radius now (see :func:`trust_radius`): it grows while
+        refining keeps paying (a long valley is followed faster) and shrinks while it does
+        not (a sharp optimum is resolved finer). A function of the trials alone, so a
+        resumed study goes on with the radius it had."""
+        if not self.endgame or self.horizon is None:
+            return ENDGAME_RADIUS
+        sign = 1.0 if self.mode == "min" else -1.0
+        done = sorted((t for t in trials if t.counts), key=lambda t: t.number)
+        values = [
+            sign * t.value
+            if t.state is TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
+            else math.inf
+            for t in done
+        ]
+        return trust_radius(values, self._endgame_start())
 
     def in_endgame(self, trials: Sequence[FrozenTrial], pending: Sequence[FrozenTrial]) -> bool:
         """Whether the next trial is among the last ``endgame`` share of the study's
@@ -225,7 +276,7 @@ class GPSampler:
         basins does (see the README's Bayesian optimization section for the measurements)."""
         if not self.endgame or self.horizon is None:
             return False
-        start = self.horizon - max(1, round(self.endgame * self.horizon))
+        start = self._endgame_start()
         if len(trials) + len(pending) < start:  # counted trials are fewer: skip the Python loop
             return False
         return sum(t.counts for t in trials) + len(pending) >= start
@@ -297,6 +348,7 @@ class GPSampler:
         pending: Sequence[FrozenTrial],
         k: int,
         endgame: bool = False,
+        radius: float = ENDGAME_RADIUS,
     ) -> dict[str, Any]:
         surrogate, y = self.fit(space, obs, k)
         self.surrogate = surrogate
@@ -319,7 +371,7 @@ class GPSampler:
         # The endgame searches near the best first; where every point there was tried (a small
         # discrete space), the whole space is searched rather than a point repeated.
         for local_only in (True, False) if endgame else (False,):
-            candidates = self._candidates(enc, x, y, k, local_only).to(dev)
+            candidates = self._candidates(enc, x, y, k, radius if local_only else None).to(dev)
             pool = self._rank(surrogate, enc, candidates, k, best, thompson)
             # Decode lazily, 64 at a time: the first chunk nearly always holds a new point.
             for start in range(0, len(pool), 64):
@@ -333,6 +385,7 @@ class GPSampler:
                             "next": params,
                             "thompson": thompson,
                             "endgame": local_only,
+                            "radius": radius,
                         }
                         return params
         self.last_note = "every candidate was already evaluated or pending: a Sobol point instead"
@@ -426,7 +479,7 @@ class GPSampler:
         if self.acquisition == "mace" and not v["thompson"]:
             how = "MACE: a random point of the log EI / log PI / UCB Pareto set"
         if v["endgame"]:
-            how += ", searched near the best trials (endgame)"
+            how += f", searched near the best trials (endgame, radius {v['radius']:.3g})"
         with torch_threads(1):
             return explain_slices(
                 v["space"],
@@ -456,18 +509,25 @@ class GPSampler:
         return expl
 
     def _candidates(
-        self, enc: GPEncoding, x: torch.Tensor, y: torch.Tensor, k: int, local_only: bool = False
+        self,
+        enc: GPEncoding,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        k: int,
+        endgame_radius: float | None = None,
     ) -> torch.Tensor:
-        """Scrambled Sobol points over the whole space (not when ``local_only``), plus Gaussian
-        perturbations (sd 0.05 in the unit cube) of the five best observations, for a sharp
-        local search."""
+        """Scrambled Sobol points over the whole space, plus Gaussian perturbations (sd 0.05
+        in the unit cube) of the five best observations, for a sharp local search; in the
+        endgame (``endgame_radius`` given) only the perturbations, with that sd."""
+        local_only = endgame_radius is not None
+        sd = ENDGAME_RADIUS if endgame_radius is None else endgame_radius
         gen = torch.Generator().manual_seed((self.seed * 1_000_003 + k) % 2**63)
         best = x.cpu()[y.cpu().argsort()[:5]]
         n_local = max(self.n_candidates // 8, 16)
         local = best.repeat((n_local + len(best) - 1) // len(best), 1)[:n_local].clone()
         cols = enc.cont_cols
         if len(cols):
-            noise = 0.05 * torch.randn(len(local), len(cols), generator=gen, dtype=local.dtype)
+            noise = sd * torch.randn(len(local), len(cols), generator=gen, dtype=local.dtype)
             local[:, cols] = (local[:, cols] + noise).clamp(0, 1)
         local = enc.snap(local)
         if local_only:
