@@ -359,6 +359,7 @@ def test_the_endgame_radius_follows_turbos_trust_region_rule():
     assert trust_radius([5.0, 4.0, 9.0, 3.0, 2.0], start=1) == 0.1  # a miss breaks the run
     assert trust_radius([5.0] + [6.0] * 30, start=1) == 0.005
     assert trust_radius([50.0 - i for i in range(40)], start=1) == 0.2
+    assert trust_radius([3.0, 2.0], start=0) == 0.1  # the first finite value is a success
 
 
 def test_the_sampler_reads_the_endgame_radius_from_its_trials():

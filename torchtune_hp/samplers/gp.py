@@ -71,7 +71,7 @@ def trust_radius(values: Sequence[float], start: int) -> float:
     radius, best, run_ok, run_bad = ENDGAME_RADIUS, math.inf, 0, 0
     for i, v in enumerate(values):
         if i >= start:
-            if v < best - 1e-3 * abs(best):
+            if v < (best - 1e-3 * abs(best) if math.isfinite(best) else best):
                 run_ok, run_bad = run_ok + 1, 0
             else:
                 run_ok, run_bad = 0, run_bad + 1
