@@ -55,11 +55,11 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-# The endgame's search radius (sd of its Gaussian perturbations, unit cube) moves by the
-# trust-region rule of TuRBO (Eriksson et al. 2019): from ENDGAME_RADIUS, doubled after
-# SUCCESSES endgame trials in a row improve on the best, halved after FAILURES in a row do not,
-# kept within RADIUS_RANGE.
-ENDGAME_RADIUS = 0.05
+# The sd (unit cube) of the Gaussian perturbations of the best observations among the
+# candidates. The endgame's radius starts there and moves by the trust-region rule of TuRBO
+# (Eriksson et al. 2019): doubled after SUCCESSES endgame trials in a row improve on the best,
+# halved after FAILURES in a row do not, kept within RADIUS_RANGE.
+LOCAL_RADIUS = 0.05
 RADIUS_RANGE = (0.005, 0.2)
 SUCCESSES, FAILURES = 2, 3
 
@@ -68,7 +68,7 @@ def trust_radius(values: Sequence[float], start: int) -> float:
     """The endgame's radius after the trials ``values`` (signed, lower is better, in the order
     they were numbered; inf for a trial without a COMPLETE value), of which those from index
     ``start`` on are the endgame's. An improvement must beat the best by 1e-3 of its size."""
-    radius, best, run_ok, run_bad = ENDGAME_RADIUS, math.inf, 0, 0
+    radius, best, run_ok, run_bad = LOCAL_RADIUS, math.inf, 0, 0
     for i, v in enumerate(values):
         if i >= start:
             if v < (best - 1e-3 * abs(best) if math.isfinite(best) else best):
@@ -233,11 +233,10 @@ class GPSampler:
             return self._sobol(space, k)
         # Small matrices run faster on one thread (see gp.threads); large ones use them all.
         threads = 1 if len(obs.values) + len(pending) <= 600 else torch.get_num_threads()
-        endgame = self.in_endgame(trials, pending)
-        radius = self.endgame_radius(trials) if endgame else ENDGAME_RADIUS
+        radius = self.endgame_radius(trials) if self.in_endgame(trials, pending) else None
         try:
             with torch_threads(threads):
-                return self._suggest(space, obs, pending, k, endgame, radius)
+                return self._suggest(space, obs, pending, k, radius)
         except (SurrogateError, RuntimeError, ValueError) as e:
             self.last_note = f"gp fell back to Sobol for this trial: {type(e).__name__}: {e}"
             warnings.warn(self.last_note, RuntimeWarning, stacklevel=2)
@@ -256,7 +255,7 @@ class GPSampler:
         not (a sharp optimum is resolved finer). A function of the trials alone, so a
         resumed study goes on with the radius it had."""
         if not self.endgame or self.horizon is None:
-            return ENDGAME_RADIUS
+            return LOCAL_RADIUS
         sign = 1.0 if self.mode == "min" else -1.0
         done = sorted((t for t in trials if t.counts), key=lambda t: t.number)
         values = [
@@ -347,9 +346,10 @@ class GPSampler:
         obs: Observations,
         pending: Sequence[FrozenTrial],
         k: int,
-        endgame: bool = False,
-        radius: float = ENDGAME_RADIUS,
+        endgame_radius: float | None = None,
     ) -> dict[str, Any]:
+        """``endgame_radius``: None outside the endgame, else its search radius."""
+        endgame = endgame_radius is not None
         surrogate, y = self.fit(space, obs, k)
         self.surrogate = surrogate
         enc = surrogate.encoding
@@ -371,7 +371,8 @@ class GPSampler:
         # The endgame searches near the best first; where every point there was tried (a small
         # discrete space), the whole space is searched rather than a point repeated.
         for local_only in (True, False) if endgame else (False,):
-            candidates = self._candidates(enc, x, y, k, radius if local_only else None).to(dev)
+            radius = endgame_radius if local_only else None
+            candidates = self._candidates(enc, x, y, k, radius).to(dev)
             pool = self._rank(surrogate, enc, candidates, k, best, thompson)
             # Decode lazily, 64 at a time: the first chunk nearly always holds a new point.
             for start in range(0, len(pool), 64):
@@ -385,7 +386,7 @@ class GPSampler:
                             "next": params,
                             "thompson": thompson,
                             "endgame": local_only,
-                            "radius": radius,
+                            "radius": endgame_radius,
                         }
                         return params
         self.last_note = "every candidate was already evaluated or pending: a Sobol point instead"
@@ -520,7 +521,7 @@ class GPSampler:
         in the unit cube) of the five best observations, for a sharp local search; in the
         endgame (``endgame_radius`` given) only the perturbations, with that sd."""
         local_only = endgame_radius is not None
-        sd = ENDGAME_RADIUS if endgame_radius is None else endgame_radius
+        sd = LOCAL_RADIUS if endgame_radius is None else endgame_radius
         gen = torch.Generator().manual_seed((self.seed * 1_000_003 + k) % 2**63)
         best = x.cpu()[y.cpu().argsort()[:5]]
         n_local = max(self.n_candidates // 8, 16)
