@@ -7,13 +7,16 @@ import math
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from conftest import run_cli, xy_recipe
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from torchtune_hp import Float, Study, TrialState
 from torchtune_hp.gp.curves import KERNELS, thinned_resources
 from torchtune_hp.gp.stopping import GPPruner
+from torchtune_hp.gp.surrogate import Surrogate, fit_warp
 from torchtune_hp.pruners import ASHAPruner, make_pruner
 from torchtune_hp.recipe import load_recipe
 from torchtune_hp.runner import run_recipe
@@ -321,3 +324,36 @@ def test_trials_side_by_side_are_ranked_before_any_completes(tmp_path):
     acc = read(tmp_path / "logs" / "side" / f"trial_{slow.number:04d}" / "pruner_forecast")
     assert not acc.Tags()["scalars"]
     assert acc.Tensors("forecast/decision")[-1].tensor_proto.string_val[0].decode() == note
+
+
+def test_a_trials_promise_without_its_own_reports_is_exact_and_prices_a_new_trial():
+    """``new_trial: as_started`` prices a new trial at what the running trial's configuration
+    promised before its reports: the posterior without its rows, from the cached inverse, is
+    the posterior of a GP conditioned on the other rows alone."""
+    gp = GPPruner(n_startup=3, new_trial="as_started")
+    gp.bind(SPACE, "min")
+    fast_bad = trial(11, 0.1, 4, TrialState.RUNNING)
+    assert gp.prune(fast_bad, HISTORY, "min")
+    model, decision = gp.model, gp.last_decision
+    surrogate = model.surrogate
+    x = surrogate.x
+    own = x[:, 0] == 0.1  # the trial's rows, found by its configuration column
+    assert int(own.sum()) == len(thinned_resources(4))
+    _, values, _ = model._rows([*HISTORY, fast_bad])  # the rows in the order conditioned on
+    y = torch.as_tensor(fit_warp(np.asarray(values), model._out.lmbda)[0])
+    others = Surrogate(surrogate.encoding, surrogate.device, kernel=model._kernel_factory())
+    others.hyper, others._base = surrogate.hyper, surrogate._base
+    others.condition(x[~own], y[~own])
+    query = model.encode([{"a": 0.1}, {"a": 0.5}], [1.0, 0.5])
+    mean, var = surrogate.posterior_without(query, own)
+    mean2, var2 = others.posterior(query)
+    assert torch.allclose(mean, mean2, atol=1e-8) and torch.allclose(var, var2, atol=1e-6)
+    # a new trial is priced at what this configuration promised: the hopeless one, nothing
+    assert decision.forecast.gain == 0.0 and model.prior_gain(fast_bad) < 1e-6
+    slow_good = trial(12, 0.8, 2, TrialState.RUNNING)  # beyond every finished configuration
+    assert not gp.prune(slow_good, HISTORY, "min")
+    promised = gp.model.prior_gain(slow_good)
+    assert promised > 0.0
+    assert gp.last_decision.new_rate == pytest.approx(promised / gp.model.horizon)
+    with pytest.raises(ValueError, match="new_trial must be one of best, as_started"):
+        GPPruner(new_trial="max")

@@ -311,6 +311,25 @@ class CurveModel:
         self._gain = (self._key, gain)
         return gain
 
+    def prior_gain(self, trial: FrozenTrial) -> float:
+        """The expected improvement of ``trial``'s final value (warped units) as the model
+        forecasts it without the trial's own reports: what its configuration promised when it
+        was started. Its rows are found by configuration (the sampler never repeats one);
+        a trial without rows in the data gets its plain forecast."""
+        assert self.surrogate is not None and self.surrogate.x is not None
+        xq = self.encode([trial.params], [1.0])
+        cols = torch.arange(self.encoding.w) != self.encoding.blocks[-1][0]  # all but PROGRESS
+        x = self.surrogate.x
+        own = (x[:, cols] == xq.to(x.device)[:, cols]).all(-1)
+        if not bool(own.any()) or bool(own.all()):
+            mean, sd = self.posterior(xq)
+        else:
+            m, var = self.surrogate.posterior_without(xq.to(self.device), own)
+            assert self.surrogate.hyper is not None
+            mean = m.cpu().numpy()
+            sd = (var + self.surrogate.hyper.noise).sqrt().cpu().numpy()
+        return float(expected_improvement(self.best_warped, mean, sd)[0])
+
     def continuation(
         self, trial: FrozenTrial, points: int = 12
     ) -> tuple[list[int], list[float], list[float]]:

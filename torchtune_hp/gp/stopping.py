@@ -41,6 +41,9 @@ from torchtune_hp.pruners import asha_rank, at_rung, diverged
 from torchtune_hp.space import Space
 from torchtune_hp.trial import FrozenTrial, TrialState
 
+# How a running trial's promise is priced against a new trial's (see GPPruner._new_gain).
+NEW_TRIAL = ("best", "as_started")
+
 
 def _reports(n: int) -> str:
     return f"{n} report" + ("" if n == 1 else "s")
@@ -103,7 +106,11 @@ class GPPruner:
     when the paused trial's expected gain per remaining epoch is at least this times a new
     trial's; above ``gain_ratio``, so a trial is not stopped and resumed back and forth),
     ``kernel`` (the curve model's covariance, see :data:`~torchtune_hp.gp.curves.KERNELS`:
-    ``matern_decay``, the default, ``matern`` or ``freeze_thaw``)."""
+    ``matern_decay``, the default, ``matern`` or ``freeze_thaw``), ``new_trial`` (what the
+    second rule prices a new trial at: ``best``, the default, the most promising of 512
+    quasi-random configurations; ``as_started``, what the running trial's own configuration
+    promised before its reports, which the sampler chose and so resembles its next choice,
+    where the best of 512 is biased upwards; resuming always uses ``best``)."""
 
     threshold: float = 0.05
     gain_ratio: float = 0.5
@@ -116,6 +123,7 @@ class GPPruner:
     resume: bool = False
     resume_ratio: float = 1.0
     kernel: str = "matern_decay"
+    new_trial: str = "best"
 
     name = "gp"
 
@@ -131,6 +139,9 @@ class GPPruner:
         if not self.resume_ratio > 0.0:
             raise ValueError(f"resume_ratio must be > 0, got {self.resume_ratio!r}")
         check_kernel(self.kernel)
+        if self.new_trial not in NEW_TRIAL:
+            choices = ", ".join(NEW_TRIAL)
+            raise ValueError(f"new_trial must be one of {choices}, got {self.new_trial!r}")
         if self.max_resource is not None and self.max_resource < 1:
             raise ValueError(f"max_resource must be >= 1, got {self.max_resource!r}")
         from torchtune_hp.samplers.gp import resolve_device
@@ -192,7 +203,7 @@ class GPPruner:
             return None  # at (or past) the end of training: nothing left to save
         f = self.model.forecast([trial])[0]
         rate = f.gain / (horizon - resource)
-        new_rate = self.model.new_trial_gain() / horizon if self.gain_ratio > 0 else math.nan
+        new_rate = self._new_gain(trial) / horizon if self.gain_ratio > 0 else math.nan
         leads: bool | None = None
 
         def lead() -> bool:
@@ -203,6 +214,15 @@ class GPPruner:
 
         stop = f.p_improve < self.threshold or (rate < self.gain_ratio * new_rate and not lead())
         return Decision(f, stop or (must_lead and not lead()), rate, new_rate)
+
+    def _new_gain(self, trial: FrozenTrial) -> float:
+        """What a new trial's full training is worth (expected improvement, warped units):
+        ``best``, the most promising of 512 quasi-random configurations; ``as_started``, the
+        running trial's own configuration as the model forecasts it without its reports."""
+        assert self.model is not None
+        if self.new_trial == "as_started":
+            return self.model.prior_gain(trial)
+        return self.model.new_trial_gain()
 
     def resume_choice(self, trials: Collection[FrozenTrial]) -> Decision | None:
         """With ``resume``, the paused trial to run again in place of a new one, or None.

@@ -382,6 +382,24 @@ class Surrogate:
         var = self._prior_var(xq) - ((kq @ self.k_inv) * kq).sum(-1)
         return mean, var.clamp_min(1e-12)
 
+    def posterior_without(self, xq: Tensor, drop: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and variance ``(q,)`` at ``xq`` as if the conditioned rows ``drop`` (a boolean
+        mask ``(n,)``) had not been observed, from the cached ``(K + sigma^2 I)^-1`` by the
+        block-inverse identities (no new factorization): with ``P`` that inverse, ``R`` the
+        rows kept and ``B`` those dropped, ``K_RR^-1 = P_RR - P_RB P_BB^-1 P_BR``."""
+        assert self.hyper is not None and self.x is not None
+        keep = ~drop
+        with torch.no_grad():
+            kq = self._k(xq, self.x[keep])  # (q, r)
+            p_rb = self.k_inv[keep][:, drop]
+            p_bb_inv = torch.linalg.inv(self.k_inv[drop][:, drop])
+            alpha = self.alpha[keep] - p_rb @ (p_bb_inv @ self.alpha[drop])
+            mean = self.hyper.mean + kq @ alpha
+            u = kq @ p_rb  # (q, b)
+            quad = ((kq @ self.k_inv[keep][:, keep]) * kq).sum(-1) - ((u @ p_bb_inv) * u).sum(-1)
+            var = self._prior_var(xq) - quad
+        return mean, var.clamp_min(1e-12)
+
     def _prior_var(self, xq: Tensor) -> Tensor | float:
         """``k(x, x)``: the output scale for a stationary kernel (the sampler's, on its hot
         path), the kernel's own diagonal otherwise (the freeze-thaw kernel's grows early)."""
