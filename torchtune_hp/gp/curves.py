@@ -263,11 +263,17 @@ class CurveModel:
         return np.clip(self._out.inverse(w), lo - (hi - lo), hi + (hi - lo))
 
     # -- forecasts ---------------------------------------------------------------------------
-    def posterior(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Warped posterior mean and total sd ``(q,)`` at GP inputs ``x`` ``(q, w)``."""
+    def posterior(
+        self, x: torch.Tensor, drop: torch.Tensor | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Warped posterior mean and total sd ``(q,)`` at GP inputs ``x`` ``(q, w)``; with
+        ``drop`` (a mask over the conditioned rows), as if those rows had not been observed."""
         assert self.surrogate is not None and self.surrogate.hyper is not None
         with torch.no_grad():
-            mean, var = self.surrogate.posterior(x.to(self.device))
+            if drop is None:
+                mean, var = self.surrogate.posterior(x.to(self.device))
+            else:
+                mean, var = self.surrogate.posterior_without(x.to(self.device), drop)
         sd = (var + self.surrogate.hyper.noise).sqrt()
         return mean.cpu().numpy(), sd.cpu().numpy()
 
@@ -321,13 +327,7 @@ class CurveModel:
         cols = torch.arange(self.encoding.w) != self.encoding.blocks[-1][0]  # all but PROGRESS
         x = self.surrogate.x
         own = (x[:, cols] == xq.to(x.device)[:, cols]).all(-1)
-        if not bool(own.any()) or bool(own.all()):
-            mean, sd = self.posterior(xq)
-        else:
-            m, var = self.surrogate.posterior_without(xq.to(self.device), own)
-            assert self.surrogate.hyper is not None
-            mean = m.cpu().numpy()
-            sd = (var + self.surrogate.hyper.noise).sqrt().cpu().numpy()
+        mean, sd = self.posterior(xq, own if bool(own.any()) and not bool(own.all()) else None)
         return float(expected_improvement(self.best_warped, mean, sd)[0])
 
     def continuation(
