@@ -388,15 +388,14 @@ class Surrogate:
         block-inverse identities (no new factorization): with ``P`` that inverse, ``R`` the
         rows kept and ``B`` those dropped, ``K_RR^-1 = P_RR - P_RB P_BB^-1 P_BR``."""
         assert self.hyper is not None and self.x is not None
-        keep = ~drop
         with torch.no_grad():
-            kq = self._k(xq, self.x[keep])  # (q, r)
-            p_rb = self.k_inv[keep][:, drop]
+            # the cross-covariances with the dropped rows set to 0, so the full P serves as
+            # P_RR without copying it out
+            kq = self._k(xq, self.x).masked_fill(drop, 0.0)  # (q, n)
             p_bb_inv = torch.linalg.inv(self.k_inv[drop][:, drop])
-            alpha = self.alpha[keep] - p_rb @ (p_bb_inv @ self.alpha[drop])
-            mean = self.hyper.mean + kq @ alpha
-            u = kq @ p_rb  # (q, b)
-            quad = ((kq @ self.k_inv[keep][:, keep]) * kq).sum(-1) - ((u @ p_bb_inv) * u).sum(-1)
+            u = kq @ self.k_inv[:, drop]  # (q, b): k_qR P_RB
+            mean = self.hyper.mean + kq @ self.alpha - u @ (p_bb_inv @ self.alpha[drop])
+            quad = ((kq @ self.k_inv) * kq).sum(-1) - ((u @ p_bb_inv) * u).sum(-1)
             var = self._prior_var(xq) - quad
         return mean, var.clamp_min(1e-12)
 
