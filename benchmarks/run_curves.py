@@ -3,6 +3,9 @@
     python -m benchmarks.run_curves                      # every task and method, 5 seeds
     python -m benchmarks.run_curves --tasks synthetic --methods ours_mf gp_asha --seeds 3
     python -m benchmarks.run_curves --seeds 3 --peers-from benchmarks/results/curves.json
+    python -m benchmarks.run_curves --tasks synthetic --first-seed 5 --out /tmp/held_out.json
+    python -m benchmarks.run_curves --tasks synthetic --seeds 10 --peers-from \
+        benchmarks/results/curves.json benchmarks/results/curves_seeds5-9.json
 
 Each method tunes a task (see :mod:`benchmarks.curve_tasks`) one trial at a time, on a budget
 of ``--budget`` full trainings (``budget * epochs`` epochs). Every epoch any method trains is
@@ -533,6 +536,12 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="*", default=list(tasks()))
     ap.add_argument("--methods", nargs="*", default=list(METHODS))
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="seeds first-seed .. first-seed + seeds - 1 (e.g. 5 for held-out seeds 5-9)",
+    )
     ap.add_argument("--budget", type=int, default=30, help="full trainings per run")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--no-cache", action="store_true")
@@ -541,13 +550,15 @@ def main() -> None:
     ap.add_argument(
         "--peers-from",
         type=Path,
+        nargs="+",
+        default=[],
         metavar="JSON",
-        help="take the peer and baseline runs of this results file instead of running them",
+        help="take the peer and baseline runs of these results files instead of running them",
     )
     args = ap.parse_args()
-    if args.peers_from is not None:
+    for results in args.peers_from:
         try:
-            print(f"{cache_from(args.peers_from, args.budget)} runs taken from {args.peers_from}")
+            print(f"{cache_from(results, args.budget)} runs taken from {results}")
         except (OSError, ValueError) as e:
             raise SystemExit(f"--peers-from: {e}") from e
     methods = [m for m in args.methods if available(m)] + [variant(v) for v in args.variant]
@@ -555,7 +566,7 @@ def main() -> None:
         print(f"skipped {m}: its package is not installed (see the README's Benchmarks)")
     jobs = [
         (t, m, s, args.budget, not args.no_cache, args.variant)
-        for s in range(args.seeds)
+        for s in range(args.first_seed, args.first_seed + args.seeds)
         for t in args.tasks
         for m in methods
     ]

@@ -128,3 +128,29 @@ def test_how_sure_a_lead_is_comes_with_the_summary(capsys):
     out = capsys.readouterr().out
     assert "ours_mf: best median on 2 of 2 task and budget pairs" in out
     assert f"on another draw of seeds {2 * chance['@10']:.1f} expected" in out
+
+
+def test_held_out_seeds_run_beside_peer_runs_taken_from_several_files(tmp_path, monkeypatch):
+    """``--first-seed 5``: a run on seeds no earlier file has (held out from every choice
+    made on seeds 0-4); ``--peers-from A B``: peer runs of seeds kept in separate files come
+    together in one summary. Here seed 5's peer run comes from one file, seed 6's from
+    another, and random search + ASHA really runs on seed 7."""
+    monkeypatch.setattr(run_curves, "RUN_CACHE", tmp_path / "cache")
+    files = []
+    for seed, final in ((5, 0.11), (6, 0.22)):
+        run = {"task": "synthetic", "method": "random_asha", "seed": seed, "trials": 1}
+        run |= {"trace": [0.9] * 12 + [final] * 12, "seconds": 0.0}
+        files.append(tmp_path / f"seed{seed}.json")
+        files[-1].write_text(json.dumps({"budget": 2, "runs": [run]}))
+    out = tmp_path / "out.json"
+    argv = ["run_curves", "--tasks", "synthetic", "--methods", "random_asha", "--budget", "2"]
+    argv += ["--first-seed", "5", "--seeds", "3", "--workers", "1", "--out", str(out)]
+    monkeypatch.setattr("sys.argv", [*argv, "--peers-from", *map(str, files)])
+    run_curves.main()
+    runs = {r["seed"]: r for r in json.loads(out.read_text())["runs"]}
+    assert sorted(runs) == [5, 6, 7]
+    assert runs[5]["trace"][-1] == 0.11 and runs[5]["cached"]
+    assert runs[6]["trace"][-1] == 0.22 and runs[6]["cached"]
+    assert "cached" not in runs[7] and len(runs[7]["trace"]) == 24  # 2 trainings of 12 epochs
+    filed = run_curves.cache_path("synthetic", "random_asha", 7, 2)
+    assert filed is not None and filed.is_relative_to(tmp_path) and filed.exists()
