@@ -1,6 +1,6 @@
-"""Reporting a benchmark: one JSON file with the machine it ran on and its wall time, the
-paired comparison of two methods over the same seeds, and the run caches that let a rerun (or
-``--peers-from`` a committed results file) skip the peers."""
+"""Running and reporting a benchmark: its runs side by side, one JSON file with the machine it
+ran on and its wall time, the paired comparison of two methods over the same seeds, and the run
+caches that let a rerun (or ``--peers-from`` a committed results file) skip the peers."""
 
 from __future__ import annotations
 
@@ -8,13 +8,28 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from torchtune_hp.files import write_text
+
+
+def run_jobs(
+    run: Callable[[Any], dict[str, Any]], jobs: Iterable[Any], workers: int
+) -> Iterator[dict[str, Any]]:
+    """Each job's result as it finishes: side by side in ``workers`` processes, or in this
+    process with one worker, so what the caller set up here (a test's cache folder) holds
+    whatever start method the platform's process pool uses."""
+    if workers <= 1:
+        yield from map(run, jobs)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        for fut in as_completed([pool.submit(run, job) for job in jobs]):
+            yield fut.result()
 
 
 def write_results(

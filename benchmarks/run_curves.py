@@ -43,7 +43,6 @@ import math
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +54,7 @@ from benchmarks.report import (
     file_runs,
     lead_chance,
     paired,
+    run_jobs,
     store,
     write_results,
 )
@@ -572,16 +572,13 @@ def main() -> None:
     ]
     t0 = time.perf_counter()
     runs: list[dict[str, Any]] = []
-    with ProcessPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(one_run, j) for j in jobs]
-        for fut in as_completed(futures):
-            r = fut.result()
-            runs.append(r)
-            print(
-                f"  {r['task']:<11} {r['method']:<15} seed {r['seed']}: "
-                f"{best_at(r['trace'], 10 * 10**9):.4f} in {r['seconds']:.0f} s",
-                flush=True,
-            )
+    for r in run_jobs(one_run, jobs, args.workers):
+        runs.append(r)
+        print(
+            f"  {r['task']:<11} {r['method']:<15} seed {r['seed']}: "
+            f"{best_at(r['trace'], 10 * 10**9):.4f} in {r['seconds']:.0f} s",
+            flush=True,
+        )
     all_tasks = tasks()
     summary = summarize(runs, {t: all_tasks[t].epochs for t in args.tasks})
     print_summary(summary)

@@ -26,7 +26,6 @@ import json
 import os
 import time
 import zlib
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ import numpy as np
 from benchmarks.curve_tasks import digits, epochs_of, mlp_sgd, param_key
 from benchmarks.optimizers import OPTIMIZERS, available
 from benchmarks.problems import Problem
-from benchmarks.report import paired, write_results
+from benchmarks.report import paired, run_jobs, write_results
 from torchtune_hp.space import Categorical, Float, Int, Space
 
 RESULTS = Path(__file__).parent / "results"
@@ -132,10 +131,7 @@ def main() -> None:
         print(f"skipped {o}: its package is not installed (see the README's Benchmarks)")
     jobs = [(o, s, args.budget) for s in range(args.seeds) for o in opts]
     t0 = time.perf_counter()
-    runs: list[dict[str, Any]] = []
-    with ProcessPoolExecutor(args.workers) as pool:
-        for fut in as_completed([pool.submit(one_run, j) for j in jobs]):
-            runs.append(fut.result())
+    runs: list[dict[str, Any]] = list(run_jobs(one_run, jobs, args.workers))
     marks = [m for m in (10, 20, 30) if m <= args.budget] or [args.budget]
     finals: dict[str, np.ndarray] = {}
     summary: dict[str, Any] = {}

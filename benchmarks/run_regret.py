@@ -28,7 +28,6 @@ import importlib.metadata
 import json
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,14 @@ import numpy as np
 
 from benchmarks.optimizers import OPTIMIZERS, PEER_PACKAGES, available, ours, regret_curve
 from benchmarks.problems import PROBLEMS
-from benchmarks.report import count_interval, file_runs, lead_chance, store, write_results
+from benchmarks.report import (
+    count_interval,
+    file_runs,
+    lead_chance,
+    run_jobs,
+    store,
+    write_results,
+)
 
 RESULTS = Path(__file__).parent / "results"
 CACHE = Path(__file__).parent / ".cache" / "regret"
@@ -315,11 +321,7 @@ def main() -> None:
         key=lambda job: (seeds[job[1]] < args.seeds, job[2]),
     )
     t0 = time.perf_counter()
-    runs = []
-    with ProcessPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(one_run, job) for job in jobs]
-        for fut in as_completed(futures):
-            runs.append(fut.result())
+    runs = list(run_jobs(one_run, jobs, args.workers))
     table = summarize(runs)
     print_table(table)
     card = scorecard(table, "ours_gp") if "ours_gp" in opts else None
