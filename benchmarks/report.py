@@ -78,14 +78,16 @@ def file_runs(
     path_of: Callable[[dict[str, Any]], Path | None],
     keys: tuple[str, ...],
     check: Callable[[dict[str, Any]], None] = lambda data: None,
+    optional: tuple[str, ...] = (),
 ) -> int:
     """``--peers-from``: file the runs of an earlier results JSON (such as a committed
     ``benchmarks/results/*.json``) in a benchmark's run cache, so a fresh checkout compares
     ours against the peers without running them again. ``path_of`` gives a run's cache file,
     or None for a run to leave out (ours, another budget, a peer not installed); files that
     exist are left alone. The results do not record package versions: use them with the
-    versions the README names. Returns how many runs were filed; raises ValueError naming the
-    file when it is not a ``kind`` results file, or (``check``) not one this run can use."""
+    versions the README names. A run keeps ``keys`` and those of ``optional`` it has.
+    Returns how many runs were filed; raises ValueError naming the file when it is not a
+    ``kind`` results file, or (``check``) not one this run can use."""
     try:
         data = json.loads(results.read_text())
         runs = data["runs"]
@@ -95,11 +97,23 @@ def file_runs(
             path = path_of(r)
             if path is None or path.exists():
                 continue
-            store(path, {k: r[k] for k in keys})
+            store(path, {k: r[k] for k in keys} | {k: r[k] for k in optional if k in r})
             filed += 1
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{results}: not a {kind} results file ({e!r})") from e
     return filed
+
+
+def read_runs(paths: Iterable[Path], kind: str) -> list[dict[str, Any]]:
+    """``--rescore``: the runs of earlier results files, together; exits naming the file that
+    is not a ``kind`` results file."""
+    runs: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            runs += json.loads(path.read_text())["runs"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise SystemExit(f"--rescore: {path}: not a {kind} results file ({e!r})") from e
+    return runs
 
 
 def lead_chance(

@@ -6,6 +6,8 @@
     python -m benchmarks.run_curves --tasks synthetic --first-seed 5 --out /tmp/held_out.json
     python -m benchmarks.run_curves --tasks synthetic --seeds 10 --peers-from \
         benchmarks/results/curves.json benchmarks/results/curves_seeds5-9.json
+    python -m benchmarks.run_curves --rescore benchmarks/results/curves.json \
+        benchmarks/results/curves_seeds5-9.json       # summarize committed runs, run nothing
 
 Each method tunes a task (see :mod:`benchmarks.curve_tasks`) one trial at a time, on a budget
 of ``--budget`` full trainings (``budget * epochs`` epochs). Every epoch any method trains is
@@ -54,6 +56,7 @@ from benchmarks.report import (
     file_runs,
     lead_chance,
     paired,
+    read_runs,
     run_jobs,
     store,
     write_results,
@@ -72,12 +75,16 @@ class BudgetSpent(Exception):
 
 class Meter:
     """Charges epochs and keeps the anytime curve: ``trace[k]`` is the best loss seen after
-    ``k + 1`` epochs."""
+    ``k + 1`` epochs. Where the task knows its noise-free losses (``task.exact``),
+    ``true_trace[k]`` is what the configuration and epoch behind ``trace[k]`` (the one a user
+    would pick) are really worth: a best loss seen can be a lucky noise draw, and a method
+    that trains more epochs near the optimum sees more of them."""
 
     def __init__(self, task: CurveTask, budget_epochs: int) -> None:
         self.task = task
         self.budget = budget_epochs
         self.trace: list[float] = []
+        self.true_trace: list[float] = []
         self.trials = 0
 
     def epoch(self, params: dict[str, Any], e: int) -> float:
@@ -85,7 +92,10 @@ class Meter:
         if len(self.trace) >= self.budget:
             raise BudgetSpent
         v = self.task.value(params, e)
-        self.trace.append(min(v, self.trace[-1]) if self.trace else v)
+        improved = not self.trace or v < self.trace[-1]
+        self.trace.append(v if improved else self.trace[-1])
+        if self.task.exact is not None:
+            self.true_trace.append(self.task.exact(params, e) if improved else self.true_trace[-1])
         return v
 
     def curve_to(self, params: dict[str, Any], fidelity: int) -> list[float]:
@@ -362,7 +372,7 @@ def cache_from(results: Path, budget: int) -> int:
             return None
         return cache_path(r["task"], r["method"], r["seed"], budget)
 
-    return file_runs(results, "run_curves", path_of, RUN_KEYS, check)
+    return file_runs(results, "run_curves", path_of, RUN_KEYS, check, optional=("true_trace",))
 
 
 BUILT_IN = frozenset(METHODS)
@@ -402,6 +412,8 @@ def one_run(job: tuple[str, str, int, int, bool, list[str]]) -> dict[str, Any]:
         "trials": meter.trials,
         "seconds": time.perf_counter() - t0,
     }
+    if meter.true_trace:
+        out["true_trace"] = meter.true_trace
     if path is not None:
         store(path, out)
     return out
@@ -440,11 +452,23 @@ def summarize(runs: list[dict[str, Any]], epochs: dict[str, int]) -> dict[str, A
             row["trials"] = float(np.median([r["trials"] for r in rs]))
             row["seconds"] = float(np.median([r["seconds"] for r in rs]))
             rows[m] = row
+        for m, row in rows.items():  # what the picked configurations are really worth
+            rs = [r for r in t_runs if r["method"] == m]
+            if all("true_trace" in r for r in rs):
+                for k in MARKS:
+                    vals = [best_at(r["true_trace"], k * epochs[task]) for r in rs]
+                    row[f"true@{k}"] = float(np.median(vals))
         for m in [m for m in rows if is_ours(m) and "gp" in rows]:
-            target = rows["gp"]["@30"]["median"]
-            need = [epochs_to_reach(r["trace"], target) for r in t_runs if r["method"] == m]
-            rows[m]["epochs_to_gp_at_30"] = float(np.median(need))
-            rows[m]["fraction_of_gp_epochs"] = float(np.median(need)) / (30 * epochs[task])
+            for key, mark, prefix in (("trace", "@30", ""), ("true_trace", "true@30", "true_")):
+                if mark not in rows["gp"] or mark not in rows[m]:
+                    continue
+                target = rows["gp"][mark]
+                target = target["median"] if isinstance(target, dict) else target
+                need = [epochs_to_reach(r[key], target) for r in t_runs if r["method"] == m]
+                rows[m][f"{prefix}epochs_to_gp_at_30"] = float(np.median(need))
+                rows[m][f"{prefix}fraction_of_gp_epochs"] = float(np.median(need)) / (
+                    30 * epochs[task]
+                )
         others = [m for m in rows if not is_ours(m)]
         for m in [m for m in rows if is_ours(m)]:
             rows[m]["paired"] = pair_up(t_runs, m, epochs[task])
@@ -485,12 +509,20 @@ def print_summary(summary: dict[str, Any]) -> None:
         for m, row in rows.items():
             cells = ["{median:.4f} [{q25:.3f},{q75:.3f}]".format(**row[f"@{k}"]) for k in MARKS]
             print(f"  {m:<16}" + "".join(f"{c:>24}" for c in cells) + f"  {row['trials']:6.0f}")
+        if any("true@30" in row for row in rows.values()):
+            print("  noise-free loss of the best configuration seen (what it is really worth):")
+            for m, row in rows.items():
+                if "true@30" in row:
+                    cells = "".join(f"{row[f'true@{k}']:>24.4f}" for k in MARKS)
+                    print(f"  {m:<16}" + cells)
         for m, mf in rows.items():
-            if "epochs_to_gp_at_30" in mf:
-                print(
-                    f"  {m} reaches gp's @30 median in {mf['epochs_to_gp_at_30']:.0f} epochs "
-                    f"({mf['fraction_of_gp_epochs']:.0%} of gp's)"
-                )
+            for prefix, what in (("", "median"), ("true_", "noise-free median")):
+                if f"{prefix}epochs_to_gp_at_30" in mf:
+                    print(
+                        f"  {m} reaches gp's @30 {what} in "
+                        f"{mf[f'{prefix}epochs_to_gp_at_30']:.0f} epochs "
+                        f"({mf[f'{prefix}fraction_of_gp_epochs']:.0%} of gp's)"
+                    )
             if mf.get("lead_chance"):
                 chances = "  ".join(f"{k}: {p:.2f}" for k, p in mf["lead_chance"].items())
                 print(f"  {m} P(lead) over every other method (bootstrap): {chances}")
@@ -555,7 +587,21 @@ def main() -> None:
         metavar="JSON",
         help="take the peer and baseline runs of these results files instead of running them",
     )
+    ap.add_argument(
+        "--rescore",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="run nothing: summarize these results files' runs together (ours included)",
+    )
     args = ap.parse_args()
+    if args.rescore:
+        runs = read_runs(args.rescore, "run_curves")
+        all_tasks = tasks()
+        summary = summarize(runs, {t: all_tasks[t].epochs for t in {r["task"] for r in runs}})
+        print_summary(summary)
+        print_leads(summary)
+        return
     for results in args.peers_from:
         try:
             print(f"{cache_from(results, args.budget)} runs taken from {results}")

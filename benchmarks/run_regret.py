@@ -39,6 +39,7 @@ from benchmarks.report import (
     count_interval,
     file_runs,
     lead_chance,
+    read_runs,
     run_jobs,
     store,
     write_results,
@@ -229,13 +230,7 @@ def print_scorecard(card: dict[str, Any], me: str) -> None:
 def rescore(paths: list[Path], me: str) -> None:
     """``--rescore``: the runs of earlier results files (a variant's beside the committed
     peers', say) summarized and scored as one run would have been."""
-    runs: list[dict[str, Any]] = []
-    for path in paths:
-        try:
-            runs += json.loads(path.read_text())["runs"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise SystemExit(f"--rescore: {path}: not a run_regret results file ({e!r})") from e
-    table = summarize(runs)
+    table = summarize(read_runs(paths, "run_regret"))
     print_table(table)
     card = scorecard(table, me)
     if not card["problems"]:
