@@ -462,7 +462,7 @@ def summarize(runs: list[dict[str, Any]], epochs: dict[str, int]) -> dict[str, A
             for key, mark, prefix in (("trace", "@30", ""), ("true_trace", "true@30", "true_")):
                 if mark not in rows["gp"] or mark not in rows[m]:
                     continue
-                target = rows["gp"][mark]
+                target = rows["gp"][mark]  # true@k holds the median, @k its quartiles too
                 target = target["median"] if isinstance(target, dict) else target
                 need = [epochs_to_reach(r[key], target) for r in t_runs if r["method"] == m]
                 rows[m][f"{prefix}epochs_to_gp_at_30"] = float(np.median(need))
@@ -563,6 +563,15 @@ def print_leads(summary: dict[str, Any]) -> None:
         )
 
 
+def report(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Summarize runs of any tasks, print the summary and the leads, and return it."""
+    all_tasks = tasks()
+    summary = summarize(runs, {t: all_tasks[t].epochs for t in {r["task"] for r in runs}})
+    print_summary(summary)
+    print_leads(summary)
+    return summary
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--tasks", nargs="*", default=list(tasks()))
@@ -596,11 +605,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     if args.rescore:
-        runs = read_runs(args.rescore, "run_curves")
-        all_tasks = tasks()
-        summary = summarize(runs, {t: all_tasks[t].epochs for t in {r["task"] for r in runs}})
-        print_summary(summary)
-        print_leads(summary)
+        report(read_runs(args.rescore, "run_curves"))
         return
     for results in args.peers_from:
         try:
@@ -625,10 +630,7 @@ def main() -> None:
             f"{best_at(r['trace'], 10 * 10**9):.4f} in {r['seconds']:.0f} s",
             flush=True,
         )
-    all_tasks = tasks()
-    summary = summarize(runs, {t: all_tasks[t].epochs for t in args.tasks})
-    print_summary(summary)
-    print_leads(summary)
+    summary = report(runs)
     payload = {"budget": args.budget, "marks": MARKS, "summary": summary, "runs": runs}
     write_results(args.out, payload, t0)
 
