@@ -449,15 +449,13 @@ def summarize(runs: list[dict[str, Any]], epochs: dict[str, int]) -> dict[str, A
                 vals = np.array([best_at(r["trace"], k * epochs[task]) for r in rs])
                 q25, med, q75 = np.percentile(vals, [25, 50, 75])
                 row[f"@{k}"] = {"median": float(med), "q25": float(q25), "q75": float(q75)}
-            row["trials"] = float(np.median([r["trials"] for r in rs]))
-            row["seconds"] = float(np.median([r["seconds"] for r in rs]))
-            rows[m] = row
-        for m, row in rows.items():  # what the picked configurations are really worth
-            rs = [r for r in t_runs if r["method"] == m]
-            if all("true_trace" in r for r in rs):
+            if all("true_trace" in r for r in rs):  # what the picked configurations are worth
                 for k in MARKS:
                     vals = [best_at(r["true_trace"], k * epochs[task]) for r in rs]
                     row[f"true@{k}"] = float(np.median(vals))
+            row["trials"] = float(np.median([r["trials"] for r in rs]))
+            row["seconds"] = float(np.median([r["seconds"] for r in rs]))
+            rows[m] = row
         for m in [m for m in rows if is_ours(m) and "gp" in rows]:
             for key, mark, prefix in (("trace", "@30", ""), ("true_trace", "true@30", "true_")):
                 if mark not in rows["gp"] or mark not in rows[m]:
@@ -517,12 +515,14 @@ def print_summary(summary: dict[str, Any]) -> None:
                     print(f"  {m:<16}" + cells)
         for m, mf in rows.items():
             for prefix, what in (("", "median"), ("true_", "noise-free median")):
-                if f"{prefix}epochs_to_gp_at_30" in mf:
+                need = mf.get(f"{prefix}epochs_to_gp_at_30")
+                if need is not None and math.isfinite(need):
                     print(
-                        f"  {m} reaches gp's @30 {what} in "
-                        f"{mf[f'{prefix}epochs_to_gp_at_30']:.0f} epochs "
+                        f"  {m} reaches gp's @30 {what} in {need:.0f} epochs "
                         f"({mf[f'{prefix}fraction_of_gp_epochs']:.0%} of gp's)"
                     )
+                elif need is not None:  # the median seed never got there
+                    print(f"  {m} does not reach gp's @30 {what} within the budget")
             if mf.get("lead_chance"):
                 chances = "  ".join(f"{k}: {p:.2f}" for k, p in mf["lead_chance"].items())
                 print(f"  {m} P(lead) over every other method (bootstrap): {chances}")

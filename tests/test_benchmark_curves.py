@@ -184,7 +184,9 @@ def test_the_noise_free_worth_of_the_best_configuration_seen_is_traced_beside_it
     assert mlp.task.exact is None and mlp.true_trace == []
 
 
-def test_ours_reaches_gps_noise_free_quality_in_a_share_of_its_epochs(tmp_path, monkeypatch):
+def test_ours_reaches_gps_noise_free_quality_in_a_share_of_its_epochs(
+    tmp_path, monkeypatch, capsys
+):
     """Where runs carry a ``true_trace``, the summary gives each method's median noise-free
     worth at the marks and the epochs ours needs to reach ``gp``'s at 30, beside the same on
     the losses seen; runs without one (peer runs from an older file) get neither, and
@@ -206,6 +208,15 @@ def test_ours_reaches_gps_noise_free_quality_in_a_share_of_its_epochs(tmp_path, 
     assert rows["ours_mf"]["true_epochs_to_gp_at_30"] == 12
     assert rows["ours_mf"]["true_fraction_of_gp_epochs"] == pytest.approx(12 / 30)
     assert "true@30" not in rows["random_asha"]
+    run_curves.print_summary({"t": rows})
+    assert "ours_mf reaches gp's @30 noise-free median in 12 epochs (40% of gp's)" in (
+        capsys.readouterr().out
+    )
+    for r in runs[1:6:2]:  # ours' configurations never get as good as gp's
+        r["true_trace"] = [0.6] * 30
+    run_curves.print_summary(run_curves.summarize(runs, {"t": 1}))
+    out = capsys.readouterr().out
+    assert "ours_mf does not reach gp's @30 noise-free median within the budget" in out
     # filed from a results file with the trace kept
     monkeypatch.setattr(run_curves, "RUN_CACHE", tmp_path / "cache")
     peer = dict(runs[0], method="random_asha", task="synthetic")
