@@ -309,17 +309,20 @@ def test_trials_side_by_side_are_ranked_before_any_completes(tmp_path):
     and TensorBoard say so (the reason as text, no forecast scalars)."""
     study = Study("side", SPACE, pruner="gp", logdir=tmp_path / "logs", metric="loss", seed=0)
     fast, slow = study.ask(), study.ask()
-    study.report(fast, loss(0.3, 1), 1)
-    assert not study.should_prune(fast)  # the first at the rung goes on
+    for step in (1, 2):  # the first decision is at 2 reports (min_resource)
+        study.report(fast, loss(0.3, step), step)
+        assert not study.should_prune(fast)  # the first at the rung goes on
     study.report(slow, loss(0.9, 1), 1)
+    assert not study.should_prune(slow)  # 1 report: not a rung
+    study.report(slow, loss(0.9, 2), 2)
     assert study.should_prune(slow)
     study.tell(slow, state="pruned")
     note = study.trial(slow.number).note
     assert note == (
-        "stopped after 1 report by rank, before the model forecasts: 1 of the 2 trials that "
-        "reached 1 report were better"
+        "stopped after 2 reports by rank, before the model forecasts: 1 of the 2 trials that "
+        "reached 2 reports were better"
     )
-    study.tell(fast, loss(0.3, 1))
+    study.tell(fast, loss(0.3, 2))
     study.close()
     acc = read(tmp_path / "logs" / "side" / f"trial_{slow.number:04d}" / "pruner_forecast")
     assert not acc.Tags()["scalars"]
