@@ -97,23 +97,23 @@ class GPPruner:
     (once a trial has completed) would keep it and forecasts it among the best ``keep_top``
     at the rung.
 
-    Options: ``threshold`` (0.05), ``gain_ratio`` (0.5; 0 = the first rule alone),
-    ``keep_top`` (0.25), ``n_startup`` (COMPLETE trials before the model decides alone, 3),
-    ``min_resource`` and ``eta`` (decisions at ``min_resource * eta**k`` reports: 2, 4, 8,
-    ...; the first after two reports, since one report, often still the loss of an untrained
-    network, is where slow starters and bad configurations look most alike: on the
-    learning-curve benchmark over twenty seeds 2 led every peer on 7 of 8 task and budget
-    pairs, 1 on 4), ``max_resource`` (reports in a full training; by default the most a COMPLETE
-    trial made), ``device`` (cpu | cuda | auto), ``resume`` (False; True: a stopped trial
-    is paused and may go on later, see :meth:`resume_choice`), ``resume_ratio`` (1.0: resume
-    when the paused trial's expected gain per remaining epoch is at least this times a new
-    trial's; above ``gain_ratio``, so a trial is not stopped and resumed back and forth),
-    ``kernel`` (the curve model's covariance, see :data:`~torchtune_hp.gp.curves.KERNELS`:
-    ``matern_decay``, the default, ``matern`` or ``freeze_thaw``), ``new_trial`` (what the
-    second rule prices a new trial at: ``best``, the default, the most promising of 512
-    quasi-random configurations; ``as_started``, what the running trial's own configuration
-    promised before its reports, which the sampler chose and so resembles its next choice,
-    where the best of 512 is biased upwards; resuming always uses ``best``)."""
+    Options: ``threshold`` (0.05), ``gain_ratio`` (0.5; 0 = the first rule alone), ``keep_top``
+    (0.25), ``n_startup`` (COMPLETE trials before the model decides alone, 3), ``min_resource``
+    and ``eta`` (decisions at ``min_resource * eta**k`` reports: 2, 4, 8, ...; the first after
+    two reports, since one report, often still the loss of an untrained network, is where slow
+    starters and bad configurations look most alike: on the learning-curve benchmark over twenty
+    seeds, with 2 the median beat every peer's on 7 of 8 task and budget pairs, with 1 on 4),
+    ``max_resource`` (reports in a full training; by default the most a COMPLETE trial made),
+    ``device`` (cpu | cuda | auto), ``resume`` (False; True: a stopped trial is paused and may
+    go on later, see :meth:`resume_choice`), ``resume_ratio`` (1.0: resume when the paused
+    trial's expected gain per remaining epoch is at least this times a new trial's; above
+    ``gain_ratio``, so a trial is not stopped and resumed back and forth), ``kernel`` (the curve
+    model's covariance, see :data:`~torchtune_hp.gp.curves.KERNELS`: ``matern_decay``, the
+    default, ``matern`` or ``freeze_thaw``), ``new_trial`` (what the second rule prices a new
+    trial at: ``best``, the default, the most promising of 512 quasi-random configurations;
+    ``as_started``, what the running trial's own configuration promised before its reports,
+    which the sampler chose and so resembles its next choice, where the best of 512 is biased
+    upwards; resuming always uses ``best``)."""
 
     threshold: float = 0.05
     gain_ratio: float = 0.5
