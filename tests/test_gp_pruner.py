@@ -174,6 +174,34 @@ def test_no_decision_off_rung_or_at_the_end():
     assert gp.prune(diverging, HISTORY[:1], "min")  # stopped at once, model or not
 
 
+def test_startup_ranks_from_the_first_report_and_the_model_from_min_resource():
+    """By default ASHA's startup rank decides at 1, 2, 4, ... reports (trying many
+    configurations briefly pays before any curve has ended) and the model at 2, 4, 8, ...
+    (one report is where a slow starter and a bad configuration look most alike). A
+    ``min_resource`` the user sets moves both; ``startup_min_resource`` moves the first."""
+    partial = [trial(i, a, 4, TrialState.RUNNING) for i, a in enumerate([0.0, 0.3, 0.6])]
+    bad = FrozenTrial(11, TrialState.RUNNING, {"a": 0.9}, intermediate={1: 5.0})
+    default = GPPruner()
+    assert (default.min_resource, default.startup_min_resource) == (2, 1)
+    default.bind(SPACE, "min")
+    assert default.prune(bad, partial, "min")  # startup: ranked at 1 report, stopped
+    assert default.last_decision is not None
+    assert default.last_decision.describe().startswith("stopped after 1 report by rank")
+    assert not default.prune(bad, HISTORY, "min")  # the model decides alone: not at 1 report
+    assert default.last_decision is None
+    for options, first in (
+        ({"min_resource": 2}, 2),
+        ({"min_resource": 4}, 4),
+        ({"min_resource": 4, "startup_min_resource": 1}, 1),
+    ):
+        gp = GPPruner(**options)
+        assert gp.startup_min_resource == first
+        gp.bind(SPACE, "min")
+        assert gp.prune(bad, partial, "min") == (first == 1)
+    with pytest.raises(ValueError, match="startup_min_resource must be >= 1"):
+        GPPruner(startup_min_resource=0)
+
+
 def test_maximizing_studies_are_forecast_in_their_direction():
     flipped = [
         FrozenTrial(
@@ -309,20 +337,17 @@ def test_trials_side_by_side_are_ranked_before_any_completes(tmp_path):
     and TensorBoard say so (the reason as text, no forecast scalars)."""
     study = Study("side", SPACE, pruner="gp", logdir=tmp_path / "logs", metric="loss", seed=0)
     fast, slow = study.ask(), study.ask()
-    for step in (1, 2):  # the first decision is at 2 reports (min_resource)
-        study.report(fast, loss(0.3, step), step)
-        assert not study.should_prune(fast)  # the first at the rung goes on
+    study.report(fast, loss(0.3, 1), 1)  # before any completes, ASHA's rank decides at 1 report
+    assert not study.should_prune(fast)  # the first at the rung goes on
     study.report(slow, loss(0.9, 1), 1)
-    assert not study.should_prune(slow)  # 1 report: not a rung
-    study.report(slow, loss(0.9, 2), 2)
     assert study.should_prune(slow)
     study.tell(slow, state="pruned")
     note = study.trial(slow.number).note
     assert note == (
-        "stopped after 2 reports by rank, before the model forecasts: 1 of the 2 trials that "
-        "reached 2 reports were better"
+        "stopped after 1 report by rank, before the model forecasts: 1 of the 2 trials that "
+        "reached 1 report were better"
     )
-    study.tell(fast, loss(0.3, 2))
+    study.tell(fast, loss(0.3, 1))
     study.close()
     acc = read(tmp_path / "logs" / "side" / f"trial_{slow.number:04d}" / "pruner_forecast")
     assert not acc.Tags()["scalars"]

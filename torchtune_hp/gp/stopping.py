@@ -92,10 +92,10 @@ class GPPruner:
       (its epochs buy more as a new trial: the freeze-thaw trade, Swersky et al. 2014),
       unless its forecast is among the best ``keep_top`` of all trials that reached this rung.
 
-    Until ``n_startup`` trials are COMPLETE, ASHA's rule comes first: a trial in the top
-    ``1/eta`` of the trials at the rung goes on; one outside it stops, unless the model
-    (once a trial has completed) would keep it and forecasts it among the best ``keep_top``
-    at the rung.
+    Until ``n_startup`` trials are COMPLETE, ASHA's rule comes first, at its own rungs
+    (``startup_min_resource * eta**k`` reports: 1, 2, 4, ...): a trial in the top ``1/eta``
+    of the trials at the rung goes on; one outside it stops, unless the model (once a trial
+    has completed) would keep it and forecasts it among the best ``keep_top`` at the rung.
 
     Options: ``threshold`` (0.05), ``gain_ratio`` (0.5; 0 = the first rule alone), ``keep_top``
     (0.25), ``n_startup`` (COMPLETE trials before the model decides alone, 3), ``min_resource``
@@ -103,6 +103,9 @@ class GPPruner:
     two reports, since one report, often still the loss of an untrained network, is where slow
     starters and bad configurations look most alike: on the learning-curve benchmark over twenty
     seeds, with 2 the median beat every peer's on 7 of 8 task and budget pairs, with 1 on 4),
+    ``startup_min_resource`` (where ASHA's startup rank first decides: 1, or ``min_resource``
+    when that is set; before any curve has ended a rank is all there is, and trying many
+    configurations for one epoch each finds a good one sooner: see the README's Benchmarks),
     ``max_resource`` (reports in a full training; by default the most a COMPLETE trial made),
     ``device`` (cpu | cuda | auto), ``resume`` (False; True: a stopped trial is paused and may
     go on later, see :meth:`resume_choice`), ``resume_ratio`` (1.0: resume when the paused
@@ -119,8 +122,9 @@ class GPPruner:
     gain_ratio: float = 0.5
     keep_top: float = 0.25
     n_startup: int = 3
-    min_resource: int = 2
+    min_resource: int | None = None  # 2; None so that startup_min_resource can follow a set one
     eta: int = 2
+    startup_min_resource: int | None = None
     max_resource: int | None = None
     device: str = "cpu"
     resume: bool = False
@@ -137,8 +141,19 @@ class GPPruner:
             raise ValueError(f"gain_ratio must be >= 0, got {self.gain_ratio!r}")
         if not 0.0 <= self.threshold < 1.0:
             raise ValueError(f"threshold must be in [0, 1), got {self.threshold!r}")
-        if self.n_startup < 1 or self.min_resource < 1 or self.eta < 2:
-            raise ValueError("n_startup and min_resource must be >= 1 and eta >= 2")
+        if self.startup_min_resource is None:  # 1, or the min_resource a user chose
+            self.startup_min_resource = 1 if self.min_resource is None else self.min_resource
+        if self.min_resource is None:
+            self.min_resource = 2
+        if (
+            self.n_startup < 1
+            or self.min_resource < 1
+            or self.startup_min_resource < 1
+            or self.eta < 2
+        ):
+            raise ValueError(
+                "n_startup, min_resource and startup_min_resource must be >= 1 and eta >= 2"
+            )
         if not self.resume_ratio > 0.0:
             raise ValueError(f"resume_ratio must be > 0, got {self.resume_ratio!r}")
         check_kernel(self.kernel)
@@ -168,10 +183,13 @@ class GPPruner:
             raise RuntimeError("GPPruner.bind(space, mode) must be called before prune()")
         resource = len(trial.intermediate)
         complete = sum(t.state is TrialState.COMPLETE for t in others)
-        if not at_rung(self.min_resource, self.eta, resource):
+        startup = complete < self.n_startup  # the model has seen few curves end
+        first = self.startup_min_resource if startup else self.min_resource
+        assert first is not None
+        if not at_rung(first, self.eta, resource):
             return False
         ranked = None
-        if complete < self.n_startup:  # the model has seen few curves end: ASHA's rank first
+        if startup:  # ASHA's rank first
             outside, better, n = asha_rank(trial, others, resource, mode, self.eta)
             ranked = Decision(None, outside, rank=(resource, better, n))
             if complete == 0 or not ranked.stop:
