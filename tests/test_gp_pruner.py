@@ -299,7 +299,7 @@ def test_recipe_key_and_bad_options_name_the_key(tmp_path):
     kernel = run_cli("validate", "digits_mlp", "pruner.name=gp", "pruner.kernel=rbf", cwd=tmp_path)
     assert kernel.returncode == 2 and "pruner.kernel" in kernel.stderr
     assert "must be one of matern_decay, matern, freeze_thaw, got 'rbf'" in kernel.stderr
-    with pytest.raises(ValueError, match="eta >= 2"):
+    with pytest.raises(ValueError, match="eta must be >= 2, got 1"):
         make_pruner("gp", {"eta": 1})
 
 

@@ -74,8 +74,12 @@ def test_study_prunes_a_bad_trial_through_should_prune():
 def test_bad_pruner_options():
     with pytest.raises(ValueError, match="unknown pruner"):
         make_pruner("hyperband")
-    with pytest.raises(ValueError, match="eta >= 2"):
-        make_pruner("asha", {"eta": 1})
+    with pytest.raises(OptionError, match="eta must be >= 2, got 1") as e:
+        make_pruner("asha", {"min_resource": 2, "eta": 1})
+    assert e.value.key == "eta"  # the key at fault, not the first one the message mentions
+    with pytest.raises(OptionError, match="startup_min_resource must be >= 1, got 0") as e:
+        make_pruner("gp", {"min_resource": 2, "startup_min_resource": 0})
+    assert e.value.key == "startup_min_resource"
     with pytest.raises(OptionError, match="pruner 'median' has no option 'rate'") as e:
         make_pruner("median", {"rate": 2})
     assert e.value.key == "rate"

@@ -136,6 +136,14 @@ class MedianPruner:
         return _worse(mine, statistics.median(peers), mode)
 
 
+def check_least(*checks: tuple[str, int, int]) -> None:
+    """``(option, value, least)``: a ValueError for the first value below its least. The
+    message starts with the option's name, so a recipe's error names that key."""
+    for key, value, least in checks:
+        if value < least:
+            raise ValueError(f"{key} must be >= {least}, got {value!r}")
+
+
 @dataclass
 class ASHAPruner:
     min_resource: int = 1
@@ -144,8 +152,7 @@ class ASHAPruner:
     name = "asha"
 
     def __post_init__(self) -> None:
-        if self.min_resource < 1 or self.eta < 2:
-            raise ValueError("min_resource must be >= 1 and eta >= 2")
+        check_least(("min_resource", self.min_resource, 1), ("eta", self.eta, 2))
 
     def rungs(self, resource: int) -> list[int]:
         """The rung resources ``min_resource * eta**k`` up to ``resource``."""

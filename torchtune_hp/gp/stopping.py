@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 from torchtune_hp.gp.curves import CurveModel, FinalPrediction, check_kernel
 from torchtune_hp.gp.surrogate import SurrogateError
 from torchtune_hp.gp.threads import torch_threads
-from torchtune_hp.pruners import asha_rank, at_rung, diverged
+from torchtune_hp.pruners import asha_rank, at_rung, check_least, diverged
 from torchtune_hp.space import Space
 from torchtune_hp.trial import FrozenTrial, TrialState
 
@@ -145,15 +145,12 @@ class GPPruner:
             self.startup_min_resource = 1 if self.min_resource is None else self.min_resource
         if self.min_resource is None:
             self.min_resource = 2
-        if (
-            self.n_startup < 1
-            or self.min_resource < 1
-            or self.startup_min_resource < 1
-            or self.eta < 2
-        ):
-            raise ValueError(
-                "n_startup, min_resource and startup_min_resource must be >= 1 and eta >= 2"
-            )
+        check_least(
+            ("n_startup", self.n_startup, 1),
+            ("min_resource", self.min_resource, 1),
+            ("startup_min_resource", self.startup_min_resource, 1),
+            ("eta", self.eta, 2),
+        )
         if not self.resume_ratio > 0.0:
             raise ValueError(f"resume_ratio must be > 0, got {self.resume_ratio!r}")
         check_kernel(self.kernel)
