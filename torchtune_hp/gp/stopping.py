@@ -124,13 +124,13 @@ class GPPruner:
     n_startup: int = 3
     min_resource: int | None = None  # 2; None so that startup_min_resource can follow a set one
     eta: int = 2
-    startup_min_resource: int | None = None
     max_resource: int | None = None
     device: str = "cpu"
     resume: bool = False
     resume_ratio: float = 1.0
     kernel: str = "matern_decay"
     new_trial: str = "best"
+    startup_min_resource: int | None = None  # last: the fields before keep their positions
 
     name = "gp"
 
