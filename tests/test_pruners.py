@@ -80,6 +80,9 @@ def test_bad_pruner_options():
     with pytest.raises(OptionError, match="startup_min_resource must be >= 1, got 0") as e:
         make_pruner("gp", {"min_resource": 2, "startup_min_resource": 0})
     assert e.value.key == "startup_min_resource"
+    with pytest.raises(OptionError, match="n_warmup must be >= 0, got -1") as e:
+        make_pruner("median", {"n_startup": 2, "n_warmup": -1})
+    assert e.value.key == "n_warmup"
     with pytest.raises(OptionError, match="pruner 'median' has no option 'rate'") as e:
         make_pruner("median", {"rate": 2})
     assert e.value.key == "rate"

@@ -112,6 +112,14 @@ class NopPruner:
         return False
 
 
+def check_least(*checks: tuple[str, int, int]) -> None:
+    """``(option, value, least)``: a ValueError for the first value below its least. The
+    message starts with the option's name, so a recipe's error names that key."""
+    for key, value, least in checks:
+        if value < least:
+            raise ValueError(f"{key} must be >= {least}, got {value!r}")
+
+
 @dataclass
 class MedianPruner:
     n_startup: int = 5
@@ -120,8 +128,7 @@ class MedianPruner:
     name = "median"
 
     def __post_init__(self) -> None:
-        if self.n_startup < 1 or self.n_warmup < 0:
-            raise ValueError("n_startup must be >= 1 and n_warmup >= 0")
+        check_least(("n_startup", self.n_startup, 1), ("n_warmup", self.n_warmup, 0))
 
     def prune(self, trial: FrozenTrial, others: Sequence[FrozenTrial], mode: str) -> bool:
         if diverged(trial):
@@ -134,14 +141,6 @@ class MedianPruner:
         if len(peers) < self.n_startup:
             return False
         return _worse(mine, statistics.median(peers), mode)
-
-
-def check_least(*checks: tuple[str, int, int]) -> None:
-    """``(option, value, least)``: a ValueError for the first value below its least. The
-    message starts with the option's name, so a recipe's error names that key."""
-    for key, value, least in checks:
-        if value < least:
-            raise ValueError(f"{key} must be >= {least}, got {value!r}")
 
 
 @dataclass

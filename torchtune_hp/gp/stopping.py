@@ -157,8 +157,8 @@ class GPPruner:
         if self.new_trial not in NEW_TRIAL:
             choices = ", ".join(NEW_TRIAL)
             raise ValueError(f"new_trial must be one of {choices}, got {self.new_trial!r}")
-        if self.max_resource is not None and self.max_resource < 1:
-            raise ValueError(f"max_resource must be >= 1, got {self.max_resource!r}")
+        if self.max_resource is not None:
+            check_least(("max_resource", self.max_resource, 1))
         from torchtune_hp.samplers.gp import resolve_device
 
         self._device = resolve_device(self.device)
