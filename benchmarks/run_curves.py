@@ -69,6 +69,9 @@ MARKS = (5, 10, 20, 30)
 PAIRED_MARKS = (10, 30)  # the budgets the README's targets name, compared seed by seed
 
 
+Watch = Callable[[Any, Any, int, bool], None]  # (study, trial, epoch, stopped): see ours()
+
+
 class BudgetSpent(Exception):
     """The method has used its epochs; the run ends here."""
 
@@ -134,7 +137,17 @@ def run_study_loop(
         meter.trials += 1
 
 
-def ours(sampler: str, pruner: str, **pruner_options: Any) -> Callable[[Meter, int], None]:
+def ours(
+    sampler: str,
+    pruner: str,
+    *,
+    watch: Watch | None = None,
+    sampler_options: dict[str, Any] | None = None,
+    **pruner_options: Any,
+) -> Callable[[Meter, int], None]:
+    """Our study one trial at a time; ``watch(study, trial, epoch, stop)`` sees each report's
+    pruning decision (:mod:`benchmarks.run_decisions` records the pruner's forecasts)."""
+
     def run(meter: Meter, seed: int) -> None:
         from torchtune_hp import Study
 
@@ -144,6 +157,7 @@ def ours(sampler: str, pruner: str, **pruner_options: Any) -> Callable[[Meter, i
             sampler=sampler,
             pruner=pruner,
             pruner_options=pruner_options,
+            sampler_options=sampler_options,
             seed=seed,
             logdir=None,
         )
@@ -154,7 +168,10 @@ def ours(sampler: str, pruner: str, **pruner_options: Any) -> Callable[[Meter, i
 
         def report(t: Any, v: float, e: int) -> bool:
             study.report(t, v, step=e)
-            return e < meter.task.epochs and study.should_prune(t)
+            stop = e < meter.task.epochs and study.should_prune(t)
+            if watch is not None:
+                watch(study, t, e, stop)
+            return stop
 
         def finish(t: Any, best: float | None, pruned: bool) -> None:
             study.tell(t, best, state="pruned" if pruned else None)
@@ -378,13 +395,22 @@ def cache_from(results: Path, budget: int) -> int:
 BUILT_IN = frozenset(METHODS)
 
 
-def variant(spec: str) -> str:
-    """``--variant NAME=JSON``: ours_mf with other ``pruner: gp`` options, as ``ours_NAME``."""
+def variant_options(spec: str) -> tuple[str, dict[str, Any] | None, dict[str, Any]]:
+    """``NAME=JSON`` as ``(ours_NAME, sampler options or None, pruner options)``."""
     name, _, options = spec.partition("=")
-    if f"ours_{name}" in BUILT_IN:  # its runs would be summarized with the built-in method's
-        raise SystemExit(f"--variant {spec}: ours_{name} is a built-in method; name it otherwise")
-    METHODS[f"ours_{name}"] = ours("gp", "gp", **json.loads(options))
-    return f"ours_{name}"
+    pruner_options = json.loads(options)
+    return f"ours_{name}", pruner_options.pop("sampler", None), pruner_options
+
+
+def variant(spec: str) -> str:
+    """``--variant NAME=JSON``: ours_mf with other ``pruner: gp`` options, as ``ours_NAME``;
+    a ``"sampler"`` key holds ``sampler: gp`` options (``'te8={"sampler": {"thompson_every":
+    8}}'``)."""
+    name, sampler_options, pruner_options = variant_options(spec)
+    if name in BUILT_IN:  # its runs would be summarized with the built-in method's
+        raise SystemExit(f"--variant {spec}: {name} is a built-in method; name it otherwise")
+    METHODS[name] = ours("gp", "gp", sampler_options=sampler_options, **pruner_options)
+    return name
 
 
 def one_run(job: tuple[str, str, int, int, bool, list[str]]) -> dict[str, Any]:

@@ -252,3 +252,32 @@ def test_rescore_summarizes_the_runs_of_several_files_and_runs_nothing(
     monkeypatch.setattr("sys.argv", ["run_curves", "--rescore", str(tmp_path / "no.json")])
     with pytest.raises(SystemExit, match="no.json: not a run_curves results file"):
         run_curves.main()
+
+
+def test_a_variant_sets_pruner_options_and_under_sampler_the_samplers():
+    name, sampler_options, pruner_options = run_curves.variant_options(
+        'te8={"sampler": {"thompson_every": 8}, "threshold": 0.1}'
+    )
+    assert (name, sampler_options, pruner_options) == (
+        "ours_te8",
+        {"thompson_every": 8},
+        {"threshold": 0.1},
+    )
+    assert run_curves.variant_options('t={"eta": 3}') == ("ours_t", None, {"eta": 3})
+    with pytest.raises(SystemExit, match="ours_mf is a built-in method"):
+        run_curves.variant('mf={"eta": 3}')
+
+    from benchmarks.curve_tasks import tasks
+
+    seen: list[tuple[int, float, int, bool]] = []
+
+    def watch(study, trial, epoch, stop):
+        seen.append((study.sampler.thompson_every, study.pruner.threshold, epoch, stop))
+
+    run = run_curves.ours("gp", "gp", watch=watch, sampler_options=sampler_options, threshold=0.1)
+    task = tasks()["synthetic"]
+    run(run_curves.Meter(task, budget_epochs=3 * task.epochs), 0)  # ends at the budget
+    assert {(te, th) for te, th, _, _ in seen} == {(8, 0.1)}
+    # every epoch charged is reported and watched; a trial's last epoch is never stopped
+    assert len(seen) == 3 * task.epochs and any(stop for *_, stop in seen)
+    assert all(not stop for _, _, epoch, stop in seen if epoch == task.epochs)
