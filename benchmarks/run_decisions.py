@@ -10,8 +10,9 @@ decision's forecast is kept: the predicted final running best (mean and sd) and 
 probability that it beats the best value reported so far. Afterwards each trial's true final
 running best is read from its whole curve, which costs the training of the epochs the run did
 not spend: on the cached real tasks only for decisions to go on and for stops at
-``--truth-from`` reports or later (8: a third of a run's curves at most), on the synthetic
-family for every decision.
+``--truth-from`` reports or later (8: a third of such a curve is left to train), on the
+synthetic family for every decision. The curves trained join the task's cache, as
+``run_curves``'s do (so ``run_forecast``, which draws from the cache, draws from more).
 
 Per task, number of reports and decision it prints: how many decisions, the mean predicted
 chance of beating the best, the share that did (a calibrated model has the two equal), and
