@@ -253,6 +253,7 @@ def main() -> None:
     ap.add_argument(
         "--variant",
         nargs="*",
+        action="extend",  # --variant a=.. b=.. and --variant a=.. --variant b=.. alike
         default=[],
         metavar="NAME=JSON",
         help='ours with these gp options, e.g. ucb=\'{"acquisition": "ucb"}\'',

@@ -61,3 +61,14 @@ def test_rescore_scores_a_variant_against_the_peers_of_another_file(tmp_path):
         [*cmd, "--me", "ours_gp"], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert bad.returncode != 0 and "no runs of 'ours_gp'" in bad.stderr
+
+
+def test_run_regret_runs_every_variant_given_whether_in_one_flag_or_several(tmp_path):
+    """``--variant`` once per variant (as ``run_curves`` takes it) used to keep the last one."""
+    out = tmp_path / "r.json"
+    cmd = [sys.executable, "-m", "benchmarks.run_regret", "--problems", "branin", "--seeds", "1"]
+    cmd += ["--workers", "1", "--out", str(out), "--optimizers"]
+    cmd += ["--variant", 'a={"xi": 0.0}', "--variant", 'b={"xi": 0.5}', 'c={"beta": 3.0}']
+    subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True, timeout=600)
+    runs = json.loads(out.read_text())["runs"]
+    assert sorted(r["optimizer"] for r in runs) == ["variant:a", "variant:b", "variant:c"]
