@@ -395,11 +395,17 @@ def cache_from(results: Path, budget: int) -> int:
 BUILT_IN = frozenset(METHODS)
 
 
+def split_options(options: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """A variant's options as ``(sampler options or None, pruner options)``: ``sampler: gp``
+    options under a ``"sampler"`` key, the rest ``pruner: gp``'s."""
+    pruner_options = dict(options)
+    return pruner_options.pop("sampler", None), pruner_options
+
+
 def variant_options(spec: str) -> tuple[str, dict[str, Any] | None, dict[str, Any]]:
     """``NAME=JSON`` as ``(ours_NAME, sampler options or None, pruner options)``."""
     name, _, options = spec.partition("=")
-    pruner_options = json.loads(options)
-    return f"ours_{name}", pruner_options.pop("sampler", None), pruner_options
+    return (f"ours_{name}", *split_options(json.loads(options)))
 
 
 def variant(spec: str) -> str:

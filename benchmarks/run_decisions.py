@@ -2,6 +2,7 @@
 
     python -m benchmarks.run_decisions                          # every task, 10 seeds
     python -m benchmarks.run_decisions --tasks synthetic --seeds 3 --variant '{"threshold": 0.01}'
+    python -m benchmarks.run_decisions --variant '{"sampler": {"thompson_every": 8}}'
 
 ``run_forecast`` scores the curve model on random draws of trials; this one scores it where it
 matters, inside the studies of ``run_curves`` (ours, the same runs: the same loop, budget and
@@ -34,13 +35,14 @@ import numpy as np
 
 from benchmarks.curve_tasks import tasks
 from benchmarks.report import run_jobs, write_results
-from benchmarks.run_curves import BudgetSpent, Meter, ours
+from benchmarks.run_curves import BudgetSpent, Meter, ours, split_options
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def one_run(job: tuple[str, int, int, int, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The scored decisions of one run of ours (``pruner: gp`` with ``options``)."""
+    """The scored decisions of one run of ours (with ``options``, as ``run_curves
+    --variant``'s: the pruner's, and the sampler's under ``"sampler"``)."""
     import torch
 
     torch.set_num_threads(1)  # one core per run, as run_curves
@@ -67,7 +69,9 @@ def one_run(job: tuple[str, int, int, int, dict[str, Any]]) -> list[dict[str, An
         )
 
     try:
-        ours("gp", "gp", watch=watch, **options)(Meter(task, budget * task.epochs), seed)
+        sampler_options, pruner_options = split_options(options)
+        run = ours("gp", "gp", watch=watch, sampler_options=sampler_options, **pruner_options)
+        run(Meter(task, budget * task.epochs), seed)
     except BudgetSpent:
         pass
     for row in rows:
@@ -107,7 +111,12 @@ def main() -> None:
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--budget", type=int, default=30, help="full trainings per run")
     ap.add_argument("--truth-from", type=int, default=8, metavar="REPORTS")
-    ap.add_argument("--variant", default="{}", metavar="JSON", help="pruner: gp options")
+    ap.add_argument(
+        "--variant",
+        default="{}",
+        metavar="JSON",
+        help='pruner: gp options; sampler: gp options under "sampler"',
+    )
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS / "decisions.json")
     args = ap.parse_args()

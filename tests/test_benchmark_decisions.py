@@ -15,6 +15,7 @@ def test_each_decision_is_scored_against_the_trials_true_end(tmp_path):
     out = tmp_path / "decisions.json"
     cmd = [sys.executable, "-m", "benchmarks.run_decisions", "--tasks", "synthetic"]
     cmd += ["--seeds", "2", "--budget", "8", "--workers", "1", "--out", str(out)]
+    cmd += ["--variant", '{"threshold": 0.05, "sampler": {"thompson_every": 4}}']  # the defaults
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     data = json.loads(out.read_text())
