@@ -35,7 +35,7 @@ import numpy as np
 
 from benchmarks.curve_tasks import tasks
 from benchmarks.report import run_jobs, write_results
-from benchmarks.run_curves import BudgetSpent, Meter, ours, split_options
+from benchmarks.run_curves import Meter, ours, split_options
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -68,18 +68,19 @@ def one_run(job: tuple[str, int, int, int, dict[str, Any]]) -> list[dict[str, An
             }
         )
 
-    try:
-        sampler_options, pruner_options = split_options(options)
-        run = ours("gp", "gp", watch=watch, sampler_options=sampler_options, **pruner_options)
-        run(Meter(task, budget * task.epochs), seed)
-    except BudgetSpent:
-        pass
+    sampler_options, pruner_options = split_options(options)
+    run = ours("gp", "gp", watch=watch, sampler_options=sampler_options, **pruner_options)
+    run(Meter(task, budget * task.epochs), seed)  # its loop ends when the budget is spent
+    truths: dict[int, float] = {}  # per trial: read once, whatever its decisions
     for row in rows:
         params = row.pop("params")
         if task.cached and row["stop"] and row["reports"] < truth_from:
             row["truth"] = None  # too dear to train on: left out of the table
         else:
-            row["truth"] = min(task.value(params, e) for e in range(1, task.epochs + 1))
+            if row["trial"] not in truths:
+                curve = [task.value(params, e) for e in range(1, task.epochs + 1)]
+                truths[row["trial"]] = min(curve)
+            row["truth"] = truths[row["trial"]]
         row |= {"task": task_name, "seed": seed}
     return rows
 
