@@ -35,6 +35,7 @@ import torch
 from torchtune_hp.gp.acquisition import ACQUISITIONS, acquisition_value
 from torchtune_hp.gp.encoding import GPEncoding
 from torchtune_hp.gp.optimize import maximize, refine, score, sweep_categoricals
+from torchtune_hp.gp.output_warps import EVIDENCE, OUTPUT_WARPS, neg_log_density
 from torchtune_hp.gp.slices import explain as explain_slices
 from torchtune_hp.gp.surrogate import Surrogate, SurrogateError, warp
 from torchtune_hp.gp.threads import torch_threads
@@ -147,7 +148,9 @@ class GPSampler:
     observations at the default 0.05, every 5th at 100, every 50th at 1000; the posterior is
     always recomputed with every observation), ``endgame`` (0.3: the share of a study's
     trials, at its end, that refine around the best observations instead of exploring; see
-    :meth:`in_endgame`; 0 = never)."""
+    :meth:`in_endgame`; 0 = never), ``output_warp`` (auto, the default: the Yeo-Johnson warp,
+    or the ``floor`` warp where the values are strongly likelier under it; ``yeo_johnson`` or
+    ``floor`` to fix one; see :mod:`torchtune_hp.gp.output_warps`)."""
 
     name = "gp"
 
@@ -167,6 +170,7 @@ class GPSampler:
         refit_fraction: float = 0.05,
         warp_inputs: bool | str = False,
         endgame: float = 0.3,
+        output_warp: str = "auto",
         mode: str = "min",
     ) -> None:
         if acquisition not in ACQUISITIONS:
@@ -205,6 +209,11 @@ class GPSampler:
         if isinstance(endgame, bool) or not 0.0 <= endgame < 1.0:
             raise ValueError(f"endgame must be a number in [0, 1), got {endgame!r}")
         self.endgame = float(endgame)
+        if output_warp not in ("auto", *OUTPUT_WARPS):
+            raise ValueError(
+                f"output_warp must be one of {['auto', *OUTPUT_WARPS]}, got {output_warp!r}"
+            )
+        self.output_warp = output_warp
         # The study's total number of trials when it is known (``optimize(n_trials)``, a
         # recipe's ``study.trials``: the trial loop sets it); None in plain ask/tell use.
         self.horizon: int | None = None
@@ -212,9 +221,11 @@ class GPSampler:
         self.last_note: str | None = None
         self.surrogate: Surrogate | None = None
         self._view: dict[str, Any] | None = None  # the last GP suggestion, for explain()
-        # (width, warped) -> (raw hyperparameters, n) of the last fit, for warm starts
-        self._last_fit: dict[tuple[int, bool], tuple[np.ndarray, int]] = {}
+        # (width, warped inputs, output warp) -> (raw hyperparameters, n) of the last fit
+        self._last_fit: dict[tuple[int, bool, str], tuple[np.ndarray, int]] = {}
         self._warped: dict[int, bool] = {}  # width -> the warp_inputs=auto choice in force
+        self._output: dict[int, str] = {}  # width -> the output_warp=auto choice in force
+        self.output_in_force = "yeo_johnson"  # the output warp of the last fit
         # Set by the study when its pruner models the curves (pruner gp): trials -> forecast
         # final values of the PRUNED ones.
         self.final_values: Callable[[Sequence[FrozenTrial]], dict[int, float]] | None = None
@@ -286,11 +297,9 @@ class GPSampler:
         warped targets ``(n,)``."""
         enc = GPEncoding(space)
         x = enc.from_params(obs.params)
-        y = torch.as_tensor(warp(obs.values))
-        if not bool(torch.isfinite(y).all()):
-            raise SurrogateError("the objective values overflow the output warping")
-        fit_x, fit_y = x, y
-        if len(y) > self.max_fit_points:
+        n = len(obs.values)
+        rows = np.arange(n)
+        if n > self.max_fit_points:
             rng = np.random.default_rng([self.seed, k, 1])
             order = np.argsort(obs.values, kind="stable")
             keep_best = order[: self.max_fit_points // 4]
@@ -299,15 +308,20 @@ class GPSampler:
                 self.max_fit_points - len(keep_best),
                 replace=False,
             )
-            idx = torch.as_tensor(np.concatenate([keep_best, rest]))
-            fit_x, fit_y = x[idx], y[idx]
+            rows = np.concatenate([keep_best, rest])
+        out, warped_y = self._output_warp(enc, x, obs.values, rows)
+        self.output_in_force = out
+        y = torch.as_tensor(warped_y)
+        if not bool(torch.isfinite(y).all()):
+            raise SurrogateError("the objective values overflow the output warping")
+        fit_x, fit_y = (x, y) if n <= self.max_fit_points else (x[rows], y[rows])
         if self.warp_inputs == "auto" and len(enc.cont_cols):
             chosen = self._warped.get(enc.w)
-            if chosen is not None and self._refit_iters(enc.w, chosen, len(y))[1] == 0:
-                surrogate = self._fit_one(enc, fit_x, fit_y, chosen, len(y))
+            if chosen is not None and self._refit_iters(enc.w, chosen, out, n)[1] == 0:
+                surrogate = self._fit_one(enc, fit_x, fit_y, chosen, out, n)
             else:
-                plain = self._fit_one(enc, fit_x, fit_y, False, len(y))
-                warped = self._fit_one(enc, fit_x, fit_y, True, len(y))
+                plain = self._fit_one(enc, fit_x, fit_y, False, out, n)
+                warped = self._fit_one(enc, fit_x, fit_y, True, out, n)
                 surrogate = plain
                 assert plain.hyper is not None and warped.hyper is not None
                 # The better fitted log posterior wins; the warp's priors (two concentrations
@@ -317,27 +331,60 @@ class GPSampler:
                     surrogate = warped
                 self._warped[enc.w] = surrogate.warp_inputs
         else:
-            surrogate = self._fit_one(enc, fit_x, fit_y, self.warp_inputs is True, len(y))
+            surrogate = self._fit_one(enc, fit_x, fit_y, self.warp_inputs is True, out, n)
         surrogate.condition(x, y)
         return surrogate, y
 
-    def _refit_iters(self, width: int, warped: bool, n: int) -> tuple[np.ndarray | None, int]:
+    def _output_warp(
+        self, enc: GPEncoding, x: torch.Tensor, values: np.ndarray, rows: np.ndarray
+    ) -> tuple[str, np.ndarray]:
+        """The output warp in force and the warped values. Under ``auto`` both warps are
+        fitted whenever the hyperparameters are (with the inputs plain unless ``warp_inputs``
+        is true), and ``floor`` is taken only where the values are more than
+        :data:`~torchtune_hp.gp.output_warps.EVIDENCE` nats likelier under it; between refits
+        the choice stays, as the hyperparameters do."""
+        if self.output_warp != "auto":
+            w = OUTPUT_WARPS[self.output_warp](values)
+            return (self.output_warp, w.values) if w else ("yeo_johnson", warp(values))
+        warps = {name: f(values) for name, f in OUTPUT_WARPS.items()}
+        inputs, n = self.warp_inputs is True, len(values)
+        chosen = self._output.get(enc.w)
+        if warps["floor"] is None:
+            chosen = "yeo_johnson"
+        elif chosen is None or self._refit_iters(enc.w, inputs, chosen, n)[1] > 0:
+            score = {}
+            for name, w in warps.items():
+                assert w is not None
+                y = torch.as_tensor(w.values[rows])
+                hyper = self._fit_one(enc, x[rows], y, inputs, name, n).hyper
+                assert hyper is not None
+                score[name] = neg_log_density(hyper.loss, w, rows)
+            margin = score["yeo_johnson"] - score["floor"]
+            chosen = "floor" if margin > EVIDENCE else "yeo_johnson"  # nan: the default
+            self._output[enc.w] = chosen
+        w = warps[chosen]
+        assert w is not None
+        return chosen, w.values
+
+    def _refit_iters(
+        self, width: int, warped: bool, out: str, n: int
+    ) -> tuple[np.ndarray | None, int]:
         """The last fit's raw hyperparameters (the warm start) and the L-BFGS iterations for
         this fit: 200 cold, 40 warm once the data grew by ``refit_fraction``, 0 (reuse the
         last hyperparameters) otherwise."""
-        warm, n_fit = self._last_fit.get((width, warped), (None, 0))
+        warm, n_fit = self._last_fit.get((width, warped, out), (None, 0))
         if warm is None:
             return None, 200
         return warm, 40 if n - n_fit >= max(1, int(self.refit_fraction * n)) else 0
 
     def _fit_one(
-        self, enc: GPEncoding, x: torch.Tensor, y: torch.Tensor, warped: bool, n: int
+        self, enc: GPEncoding, x: torch.Tensor, y: torch.Tensor, warped: bool, out: str, n: int
     ) -> Surrogate:
         surrogate = Surrogate(enc, self.device, self.deterministic, warped)
-        warm, max_iter = self._refit_iters(enc.w, warped, n)
+        warm, max_iter = self._refit_iters(enc.w, warped, out, n)
         hyper = surrogate.fit(x, y, warm=warm, max_iter=max_iter)
         if max_iter:
-            self._last_fit[(enc.w, warped)] = (hyper.raw, n)
+            self._last_fit[(enc.w, warped, out)] = (hyper.raw, n)
         return surrogate
 
     def _suggest(
@@ -387,6 +434,7 @@ class GPSampler:
                             "thompson": thompson,
                             "endgame": local_only,
                             "radius": endgame_radius,
+                            "output_warp": self.output_in_force,
                         }
                         return params
         self.last_note = "every candidate was already evaluated or pending: a Sobol point instead"
@@ -481,6 +529,8 @@ class GPSampler:
             how = "MACE: a random point of the log EI / log PI / UCB Pareto set"
         if v["endgame"]:
             how += f", searched near the best trials (endgame, radius {v['radius']:.3g})"
+        if v["output_warp"] == "floor":
+            how += "; values modelled on the floor output warp"
         with torch_threads(1):
             return explain_slices(
                 v["space"],
