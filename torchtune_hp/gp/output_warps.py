@@ -9,14 +9,16 @@
   the values are skewed, so the floor is spread over the model's scale. It depends only on
   differences of values, not on where zero lies. (An offset that follows the data, the
   distance from the best value to the tenth percentile, was measured and lost: see the
-  README's Benchmarks.)
+  README's Bayesian optimization section.)
 
 Which one fits is what the data can tell: the GP's log marginal likelihood of the warped
 values plus the log-Jacobian of the warp is the log density of the values themselves under
-that model (the warped GPs of Snelson et al. 2004), so both are compared on one scale. The
+that model (the warped GPs of Snelson et al. 2004), so both are compared on one scale (each
+warp's constants, the floor's shift to the best value among them, taken as fitted). The
 sampler's ``output_warp: auto`` uses ``floor`` only where it wins by :data:`EVIDENCE` nats;
 with a dozen observations either warp can win by chance, and a floor taken by chance early on
-a rugged surface sends the search after one lucky point (see the README's Benchmarks).
+a rugged surface sends the search after one lucky point (see the README's Bayesian
+optimization section).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class Warped:
 
 
 def yeo_johnson(y: np.ndarray) -> Warped:
-    """The default warp, :func:`~torchtune_hp.gp.surrogate.warp`, with its log-Jacobian."""
+    """The Yeo-Johnson warp, :func:`~torchtune_hp.gp.surrogate.warp`, with its log-Jacobian."""
     y = np.asarray(y, dtype=np.float64)
     values, w = fit_warp(y)
     with np.errstate(all="ignore"):  # values that overflow: the sampler reports them
