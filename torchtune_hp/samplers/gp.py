@@ -346,12 +346,16 @@ class GPSampler:
         if self.output_warp != "auto":
             w = OUTPUT_WARPS[self.output_warp](values)
             return (self.output_warp, w.values) if w else ("yeo_johnson", warp(values))
-        warps = {name: f(values) for name, f in OUTPUT_WARPS.items()}
         inputs, n = self.warp_inputs is True, len(values)
         chosen = self._output.get(enc.w)
+        if chosen is not None and self._refit_iters(enc.w, inputs, chosen, n)[1] == 0:
+            kept = OUTPUT_WARPS[chosen](values)  # between refits only the warp in force
+            if kept is not None:
+                return chosen, kept.values
+        warps = {name: f(values) for name, f in OUTPUT_WARPS.items()}
         if warps["floor"] is None:
             chosen = "yeo_johnson"
-        elif chosen is None or self._refit_iters(enc.w, inputs, chosen, n)[1] > 0:
+        else:
             score = {}
             for name, w in warps.items():
                 assert w is not None
