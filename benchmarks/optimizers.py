@@ -235,6 +235,8 @@ OPTIMIZERS: dict[str, Run] = {
     "ours_gp_ucb": ours("gp", acquisition="ucb"),
     # the default before output_warp auto (its committed runs carry this name)
     "ours_gp_yeo_johnson": ours("gp", output_warp="yeo_johnson"),
+    # the Thompson step's draw from the full and the additive GP in turn (not the default)
+    "ours_gp_alternate": ours("gp", thompson_model="alternate"),
     "random": ours("random"),
     "sobol": ours("sobol"),
     "grid": grid,

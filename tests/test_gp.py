@@ -226,6 +226,7 @@ def test_gp_options_are_checked():
         ({"n_restarts": 0}, "n_restarts must be an integer >= 1"),
         ({"warp_inputs": "maybe"}, "warp_inputs must be true, false or auto"),
         ({"endgame": 1.0}, "endgame must be a number in"),
+        ({"thompson_model": "sum"}, "thompson_model must be one of"),
     ]:
         with pytest.raises(ValueError, match=message):
             GPSampler(**bad)

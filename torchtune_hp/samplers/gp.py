@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from torchtune_hp.gp.acquisition import ACQUISITIONS, acquisition_value
+from torchtune_hp.gp.additive import additive_draw, additive_kernel
 from torchtune_hp.gp.encoding import GPEncoding
 from torchtune_hp.gp.optimize import maximize, refine, score, sweep_categoricals
 from torchtune_hp.gp.output_warps import EVIDENCE, OUTPUT_WARPS, neg_log_density
@@ -82,6 +83,10 @@ def trust_radius(values: Sequence[float], start: int) -> float:
                 radius, run_bad = max(radius / 2, RADIUS_RANGE[0]), 0
         best = min(best, v)
     return radius
+
+
+# What the Thompson step draws from (see GPSampler's ``thompson_model``).
+THOMPSON_MODELS = ("full", "alternate", "additive")
 
 
 def default_n_init(dim: int) -> int:
@@ -150,7 +155,13 @@ class GPSampler:
     trials, at its end, that refine around the best observations instead of exploring; see
     :meth:`in_endgame`; 0 = never), ``output_warp`` (auto, the default: the Yeo-Johnson warp,
     or the ``floor`` warp where the values are strongly likelier under it; ``yeo_johnson`` or
-    ``floor`` to fix one; see :mod:`torchtune_hp.gp.output_warps`)."""
+    ``floor`` to fix one; see :mod:`torchtune_hp.gp.output_warps`), ``thompson_model`` (which
+    model the Thompson step draws from: ``full``, the default, the GP itself, its draw
+    minimized among the acquisition's candidates; ``additive``, a GP of the sum of
+    one-parameter functions, its draw minimized exactly along the axis lines through the best
+    trial, which moves coordinates to other basins that the full GP cannot see;
+    ``alternate``, the two in turn; see :mod:`torchtune_hp.gp.additive` and the README for
+    where each wins)."""
 
     name = "gp"
 
@@ -171,6 +182,7 @@ class GPSampler:
         warp_inputs: bool | str = False,
         endgame: float = 0.3,
         output_warp: str = "auto",
+        thompson_model: str = "full",
         mode: str = "min",
     ) -> None:
         if acquisition not in ACQUISITIONS:
@@ -214,6 +226,12 @@ class GPSampler:
                 f"output_warp must be one of {['auto', *OUTPUT_WARPS]}, got {output_warp!r}"
             )
         self.output_warp = output_warp
+        if thompson_model not in THOMPSON_MODELS:
+            raise ValueError(
+                f"thompson_model must be one of {list(THOMPSON_MODELS)}, got {thompson_model!r}"
+            )
+        self.thompson_model = thompson_model
+        self._additive_fit: dict[tuple[int, str], np.ndarray] = {}  # warm starts
         # The study's total number of trials when it is known (``optimize(n_trials)``, a
         # recipe's ``study.trials``: the trial loop sets it); None in plain ask/tell use.
         self.horizon: int | None = None
@@ -247,7 +265,7 @@ class GPSampler:
         radius = self.endgame_radius(trials) if self.in_endgame(trials, pending) else None
         try:
             with torch_threads(threads):
-                return self._suggest(space, obs, pending, k, radius)
+                return self._suggest(space, obs, pending, k, radius, self._additive_turn(k, n_init))
         except (SurrogateError, RuntimeError, ValueError) as e:
             self.last_note = f"gp fell back to Sobol for this trial: {type(e).__name__}: {e}"
             warnings.warn(self.last_note, RuntimeWarning, stacklevel=2)
@@ -255,6 +273,16 @@ class GPSampler:
 
     def _sobol(self, space: Space, k: int) -> dict[str, Any]:
         return space.decode(sobol_points(space.dim, self.seed, k, 1)[0])
+
+    def _additive_turn(self, k: int, n_init: int) -> bool:
+        """Whether draw ``k``'s Thompson step, if it is one, draws from the additive GP: under
+        ``alternate`` every second Thompson step after the initial design (the first is the
+        full GP's), a function of ``k`` so that a resumed study goes on in turn."""
+        every = self.thompson_every
+        if not every or self.thompson_model == "full":
+            return False
+        steps = (k + 1) // every - n_init // every  # Thompson steps since the design, this one in
+        return self.thompson_model == "additive" or steps % 2 == 0
 
     def _endgame_start(self) -> int:
         assert self.horizon is not None
@@ -298,17 +326,7 @@ class GPSampler:
         enc = GPEncoding(space)
         x = enc.from_params(obs.params)
         n = len(obs.values)
-        rows = np.arange(n)
-        if n > self.max_fit_points:
-            rng = np.random.default_rng([self.seed, k, 1])
-            order = np.argsort(obs.values, kind="stable")
-            keep_best = order[: self.max_fit_points // 4]
-            rest = rng.choice(
-                order[self.max_fit_points // 4 :],
-                self.max_fit_points - len(keep_best),
-                replace=False,
-            )
-            rows = np.concatenate([keep_best, rest])
+        rows = self._fit_rows(obs.values, k)
         out, warped_y = self._output_warp(enc, x, obs.values, rows)
         self.output_in_force = out
         y = torch.as_tensor(warped_y)
@@ -334,6 +352,21 @@ class GPSampler:
             surrogate = self._fit_one(enc, fit_x, fit_y, self.warp_inputs is True, out, n)
         surrogate.condition(x, y)
         return surrogate, y
+
+    def _fit_rows(self, values: np.ndarray, k: int) -> np.ndarray:
+        """The observations that the hyperparameters are fitted on: all of them up to
+        ``max_fit_points``; beyond, the best quarter of that many and a random draw of the
+        rest (the same for draw ``k`` wherever it is asked)."""
+        n = len(values)
+        if n <= self.max_fit_points:
+            return np.arange(n)
+        rng = np.random.default_rng([self.seed, k, 1])
+        order = np.argsort(values, kind="stable")
+        keep_best = order[: self.max_fit_points // 4]
+        rest = rng.choice(
+            order[self.max_fit_points // 4 :], self.max_fit_points - len(keep_best), replace=False
+        )
+        return np.concatenate([keep_best, rest])
 
     def _output_warp(
         self, enc: GPEncoding, x: torch.Tensor, values: np.ndarray, rows: np.ndarray
@@ -398,8 +431,10 @@ class GPSampler:
         pending: Sequence[FrozenTrial],
         k: int,
         endgame_radius: float | None = None,
+        additive: bool = False,
     ) -> dict[str, Any]:
-        """``endgame_radius``: None outside the endgame, else its search radius."""
+        """``endgame_radius``: None outside the endgame, else its search radius; ``additive``:
+        a Thompson step here draws from the additive GP."""
         endgame = endgame_radius is not None
         surrogate, y = self.fit(space, obs, k)
         self.surrogate = surrogate
@@ -419,6 +454,13 @@ class GPSampler:
         step = bool(every and k % every == every - 1) and not endgame
         thompson = self.acquisition == "thompson" or step
         seen = {_key(p) for p in obs.params} | {_key(t.params) for t in pending}
+        view = {"space": space, "obs": obs, "y": y, "best": best, "thompson": thompson}
+        view |= {"radius": endgame_radius, "output_warp": self.output_in_force}
+        if step and additive:
+            params = self._additive_point(enc, x, y, self._fit_rows(obs.values, k), pending, k)
+            if params is not None and _key(params) not in seen:
+                self._view = {**view, "next": params, "endgame": False, "additive": True}
+                return params
         # The endgame searches near the best first; where every point there was tried (a small
         # discrete space), the whole space is searched rather than a point repeated.
         for local_only in (True, False) if endgame else (False,):
@@ -429,20 +471,39 @@ class GPSampler:
             for start in range(0, len(pool), 64):
                 for params in enc.to_params(pool[start : start + 64]):
                     if _key(params) not in seen:
-                        self._view = {
-                            "space": space,
-                            "obs": obs,
-                            "y": y,
-                            "best": best,
-                            "next": params,
-                            "thompson": thompson,
-                            "endgame": local_only,
-                            "radius": endgame_radius,
-                            "output_warp": self.output_in_force,
-                        }
+                        self._view = {**view, "next": params, "endgame": local_only}
                         return params
         self.last_note = "every candidate was already evaluated or pending: a Sobol point instead"
         return self._sobol(space, k)
+
+    def _additive_point(
+        self,
+        enc: GPEncoding,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        rows: np.ndarray,
+        pending: Sequence[FrozenTrial],
+        k: int,
+    ) -> dict[str, Any] | None:
+        """The additive GP's Thompson point (see :func:`~torchtune_hp.gp.additive.additive_draw`),
+        its hyperparameters fitted on ``rows`` of the observations (the full GP's), warm-started
+        from its last fit and refit on each additive step; None where its fit fails, and the
+        full GP's draw serves."""
+        surrogate = Surrogate(enc, self.device, self.deterministic, kernel=additive_kernel)
+        key = (enc.w, self.output_in_force)
+        warm = self._additive_fit.get(key)
+        try:
+            index = torch.as_tensor(rows)
+            hyper = surrogate.fit(
+                x[index], y[index], warm=warm, max_iter=200 if warm is None else 40
+            )
+            self._additive_fit[key] = hyper.raw
+            xp = enc.from_params([t.params for t in pending]).to(x.device) if pending else None
+            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + k) % 2**63)
+            point = additive_draw(surrogate, x, y.to(x.device), xp, gen)
+        except SurrogateError:
+            return None
+        return enc.to_params(point)[0]
 
     def _rank(
         self,
@@ -529,6 +590,8 @@ class GPSampler:
             return acquisition_value(name, mean, var, v["best"], self.beta, self.xi)
 
         how = "Thompson draw" if v["thompson"] else f"{label[name]} maximizer"
+        if v.get("additive"):
+            how = "Thompson draw of the additive GP, minimized along the axes through the best"
         if self.acquisition == "mace" and not v["thompson"]:
             how = "MACE: a random point of the log EI / log PI / UCB Pareto set"
         if v["endgame"]:
