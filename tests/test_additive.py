@@ -51,11 +51,9 @@ def test_the_draw_moves_a_coordinate_out_of_the_shallow_well():
     y = torch.as_tensor(warp(values))
     surrogate = Surrogate(enc, torch.device("cpu"), deterministic=True, kernel=additive_kernel)
     surrogate.fit(x, y)
-    for seed in range(5):
+    for seed in range(5):  # every coordinate in the deep well (0.2), none in the shallow (0.8)
         point = additive_draw(surrogate, x, y, None, torch.Generator().manual_seed(seed))
-        assert np.allclose(enc.to_unit(point)[0].numpy(), 0.2, atol=0.2), (
-            seed
-        )  # deep: 0.2, shallow: 0.8
+        assert np.allclose(enc.to_unit(point)[0].numpy(), 0.2, atol=0.2), seed
 
 
 def test_alternate_takes_the_additive_draw_on_every_second_thompson_step():

@@ -442,8 +442,8 @@ class GPSampler:
         dev = self.device
         x = surrogate.x
         assert x is not None
-        if pending:
-            xp = enc.from_params([t.params for t in pending]).to(dev)
+        xp = enc.from_params([t.params for t in pending]).to(dev) if pending else None
+        if xp is not None:
             with torch.no_grad():
                 yp, _ = surrogate.posterior(xp)
             # Constant liar, never more optimistic than the model: max(mean, average of y).
@@ -457,7 +457,7 @@ class GPSampler:
         view = {"space": space, "obs": obs, "y": y, "best": best, "thompson": thompson}
         view |= {"radius": endgame_radius, "output_warp": self.output_in_force}
         if step and additive:
-            params = self._additive_point(enc, x, y, self._fit_rows(obs.values, k), pending, k)
+            params = self._additive_point(enc, x, y, self._fit_rows(obs.values, k), xp, k)
             if params is not None and _key(params) not in seen:
                 self._view = {**view, "next": params, "endgame": False, "additive": True}
                 return params
@@ -482,13 +482,13 @@ class GPSampler:
         x: torch.Tensor,
         y: torch.Tensor,
         rows: np.ndarray,
-        pending: Sequence[FrozenTrial],
+        pending: torch.Tensor | None,
         k: int,
     ) -> dict[str, Any] | None:
         """The additive GP's Thompson point (see :func:`~torchtune_hp.gp.additive.additive_draw`),
-        its hyperparameters fitted on ``rows`` of the observations (the full GP's), warm-started
-        from its last fit and refit on each additive step; None where its fit fails, and the
-        full GP's draw serves."""
+        given the ``pending`` points (GP inputs), its hyperparameters fitted on ``rows`` of the
+        observations (the full GP's), warm-started from its last fit and refit on each additive
+        step; None where its fit fails, and the full GP's draw serves."""
         surrogate = Surrogate(enc, self.device, self.deterministic, kernel=additive_kernel)
         key = (enc.w, self.output_in_force)
         warm = self._additive_fit.get(key)
@@ -498,9 +498,8 @@ class GPSampler:
                 x[index], y[index], warm=warm, max_iter=200 if warm is None else 40
             )
             self._additive_fit[key] = hyper.raw
-            xp = enc.from_params([t.params for t in pending]).to(x.device) if pending else None
             gen = torch.Generator().manual_seed((self.seed * 1_000_003 + k) % 2**63)
-            point = additive_draw(surrogate, x, y.to(x.device), xp, gen)
+            point = additive_draw(surrogate, x, y.to(x.device), pending, gen)
         except SurrogateError:
             return None
         return enc.to_params(point)[0]
