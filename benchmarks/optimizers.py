@@ -237,6 +237,8 @@ OPTIMIZERS: dict[str, Run] = {
     "ours_gp_yeo_johnson": ours("gp", output_warp="yeo_johnson"),
     # the Thompson step's draw from the full and the additive GP in turn (not the default)
     "ours_gp_alternate": ours("gp", thompson_model="alternate"),
+    # hyperparameters chosen by leave-one-out density between the MAP and a smooth fit
+    "ours_gp_loo": ours("gp", hyper_select="loo"),
     "random": ours("random"),
     "sobol": ours("sobol"),
     "grid": grid,

@@ -164,6 +164,12 @@ class MixedMatern52(gpytorch.kernels.Kernel):
 # (-4, 1) capped how precisely a smooth deterministic objective (Branin) could be resolved.
 NOISE_PRIOR = (-5.0, 1.5)
 
+# The start of the smooth alternative fit (``fit(..., smooth=True)``): lengthscales of at least
+# this many sqrt(d) in the unit cube and this noise variance (standardized units), the data
+# explained as a slow trend plus noise.
+SMOOTH_LENGTHSCALE = 0.8
+SMOOTH_NOISE = 0.1
+
 
 # Builds a base kernel other than the plain MixedMatern52 from the encoding and the lengthscale
 # prior and constraint (keyword arguments): a subclass, so it keeps one lengthscale per
@@ -229,12 +235,7 @@ def neg_mll(model: _ExactGP, x: Tensor, y: Tensor, priors: list | None = None) -
     number (a test pins it to GPyTorch's) at a fraction of the per-call overhead, which
     dominates for the few hundred points a fit sees."""
     n = len(y)
-    kernel = model.covar_module
-    k = kernel.outputscale * kernel.base_kernel.forward(x, x)
-    k = k + model.likelihood.noise * torch.eye(n, dtype=k.dtype, device=k.device)
-    chol, info = torch.linalg.cholesky_ex(k)
-    if int(info) != 0:
-        raise SurrogateError(f"kernel matrix not positive definite during the fit (n={n})")
+    chol = _cholesky(model, x)
     r = (y - model.mean_module.constant).unsqueeze(-1)
     alpha = torch.cholesky_solve(r, chol)
     log_lik = (
@@ -246,6 +247,31 @@ def neg_mll(model: _ExactGP, x: Tensor, y: Tensor, priors: list | None = None) -
         prior.log_prob(closure(module)).sum() for _, module, prior, closure, _ in priors
     )
     return -(log_lik + log_prior) / n
+
+
+def loo_log_densities(model: _ExactGP, x: Tensor, y: Tensor) -> Tensor:
+    """The leave-one-out log predictive density of each value ``(n,)``: each one predicted
+    from all the others, in closed form (Rasmussen and Williams 2006, eq. 5.10-5.12). Unlike
+    the marginal likelihood it scores how well the fit predicts points it has not seen, which
+    is what a kernel that cannot represent the objective (ripples finer than any trial
+    spacing) gets wrong: it interpolates them with short lengthscales and predicts badly in
+    between."""
+    with torch.no_grad():
+        k_inv = torch.cholesky_inverse(_cholesky(model, x))
+        alpha = k_inv @ (y - model.mean_module.constant)
+        d = k_inv.diagonal()
+        return 0.5 * torch.log(d) - alpha**2 / (2 * d) - 0.5 * math.log(2 * math.pi)
+
+
+def _cholesky(model: _ExactGP, x: Tensor) -> Tensor:
+    """The Cholesky factor of ``K(x, x) + sigma^2 I`` under the model's current values."""
+    kernel = model.covar_module
+    k = kernel.outputscale * kernel.base_kernel.forward(x, x)
+    k = k + model.likelihood.noise * torch.eye(len(x), dtype=k.dtype, device=k.device)
+    chol, info = torch.linalg.cholesky_ex(k)
+    if int(info) != 0:
+        raise SurrogateError(f"kernel matrix not positive definite during the fit (n={len(x)})")
+    return chol
 
 
 class Surrogate:
@@ -269,12 +295,23 @@ class Surrogate:
 
     # -- hyperparameters ---------------------------------------------------------------------
     def fit(
-        self, x: Tensor, y: Tensor, warm: np.ndarray | None = None, max_iter: int = 200
+        self,
+        x: Tensor,
+        y: Tensor,
+        warm: np.ndarray | None = None,
+        max_iter: int = 200,
+        smooth: bool = False,
     ) -> Hyper:
         """Maximize the marginal likelihood from ``warm`` (the previous fit's raw vector) when
         given; when there is none, or that fit fails, restart from two defaults (short and long
         lengthscales) and keep the better. ``max_iter=0`` with ``warm`` reuses those
-        hyperparameters as they are. Raises SurrogateError when every start fails."""
+        hyperparameters as they are. With ``smooth`` (a noisy model only) a second fit runs
+        beside it, from the first one smoothed (lengthscales at least
+        :data:`SMOOTH_LENGTHSCALE` sqrt(d), noise :data:`SMOOTH_NOISE`), and the one with the
+        higher leave-one-out density (:func:`loo_log_densities`, summed) is used, and the next
+        refit starts from it: the marginal likelihood alone leaves the noise at its prior and,
+        on a rugged objective, takes the fit that interpolates the ripples.
+        Raises SurrogateError when every start fails."""
         x = x.to(self.device, torch.float64)
         y = y.to(self.device, torch.float64)
         model = _ExactGP(x, y, self.encoding, self.deterministic, self.warp_inputs, self.kernel).to(
@@ -332,6 +369,10 @@ class Surrogate:
             best = run(defaults, max(max_iter, 200))
         if best is None:
             raise SurrogateError("marginal-likelihood fit failed: " + "; ".join(errors))
+        if smooth and max_iter and not self.deterministic:
+            alt = self._smooth_fit(model, params, best[1], run, max(max_iter, 100))
+            if alt is not None:
+                best = self._by_loo(model, params, x, y, best, alt)
         _assign(params, best[1])
         model.requires_grad_(False)  # the posterior needs gradients in x only
         kernel = model.covar_module
@@ -345,6 +386,41 @@ class Surrogate:
         )
         self._base = kernel.base_kernel
         return self.hyper
+
+    def _smooth_fit(
+        self,
+        model: _ExactGP,
+        params: list[torch.nn.Parameter],
+        fitted: np.ndarray,
+        run: Callable[[list[np.ndarray], int], tuple[float, np.ndarray] | None],
+        iters: int,
+    ) -> tuple[float, np.ndarray] | None:
+        """The marginal-likelihood fit from ``fitted`` smoothed: the nearest explanation of
+        the data as a slow trend plus noise, where there is one."""
+        _assign(params, fitted)
+        base = model.covar_module.base_kernel
+        floor = SMOOTH_LENGTHSCALE * math.sqrt(self.encoding.d)
+        base.lengthscale = base.lengthscale.detach().clamp_min(floor)
+        model.likelihood.noise = SMOOTH_NOISE
+        return run([_flat(params)], iters)
+
+    @staticmethod
+    def _by_loo(
+        model: _ExactGP,
+        params: list[torch.nn.Parameter],
+        x: Tensor,
+        y: Tensor,
+        *fits: tuple[float, np.ndarray],
+    ) -> tuple[float, np.ndarray]:
+        """The fit with the highest leave-one-out density (the first on ties)."""
+        scores = []
+        for _, theta in fits:
+            _assign(params, theta)
+            try:
+                scores.append(float(loo_log_densities(model, x, y).sum()))
+            except SurrogateError:
+                scores.append(-math.inf)
+        return fits[int(np.argmax(scores))]
 
     # -- posterior ---------------------------------------------------------------------------
     def condition(self, x: Tensor, y: Tensor) -> None:

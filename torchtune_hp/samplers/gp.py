@@ -87,6 +87,8 @@ def trust_radius(values: Sequence[float], start: int) -> float:
 
 # What the Thompson step draws from (see GPSampler's ``thompson_model``).
 THOMPSON_MODELS = ("full", "alternate", "additive")
+# How a refit chooses the hyperparameters: ``hyper_select``, see GPSampler.
+HYPER_SELECT = ("map", "loo")
 
 
 def default_n_init(dim: int) -> int:
@@ -161,7 +163,11 @@ class GPSampler:
     one-parameter functions, its draw minimized exactly along the axis lines through the best
     trial, which moves coordinates to other basins that the full GP cannot see;
     ``alternate``, the two in turn; see :mod:`torchtune_hp.gp.additive` and the README for
-    where each wins)."""
+    where each wins), ``hyper_select`` (``map``, the default: the hyperparameters that
+    maximize the marginal likelihood and priors; ``loo``: each refit also fits from a smooth
+    start, long lengthscales and 10% noise, and keeps whichever fit predicts each observation
+    from the others better, leave-one-out; see
+    :meth:`~torchtune_hp.gp.surrogate.Surrogate.fit`)."""
 
     name = "gp"
 
@@ -183,6 +189,7 @@ class GPSampler:
         endgame: float = 0.3,
         output_warp: str = "auto",
         thompson_model: str = "full",
+        hyper_select: str = "map",
         mode: str = "min",
     ) -> None:
         if acquisition not in ACQUISITIONS:
@@ -231,6 +238,11 @@ class GPSampler:
                 f"thompson_model must be one of {list(THOMPSON_MODELS)}, got {thompson_model!r}"
             )
         self.thompson_model = thompson_model
+        if hyper_select not in HYPER_SELECT:
+            raise ValueError(
+                f"hyper_select must be one of {list(HYPER_SELECT)}, got {hyper_select!r}"
+            )
+        self.hyper_select = hyper_select
         self._additive_fit: dict[tuple[int, str], np.ndarray] = {}  # warm starts
         # The study's total number of trials when it is known (``optimize(n_trials)``, a
         # recipe's ``study.trials``: the trial loop sets it); None in plain ask/tell use.
@@ -419,7 +431,8 @@ class GPSampler:
     ) -> Surrogate:
         surrogate = Surrogate(enc, self.device, self.deterministic, warped)
         warm, max_iter = self._refit_iters(enc.w, warped, out, n)
-        hyper = surrogate.fit(x, y, warm=warm, max_iter=max_iter)
+        smooth = self.hyper_select == "loo"
+        hyper = surrogate.fit(x, y, warm=warm, max_iter=max_iter, smooth=smooth)
         if max_iter:
             self._last_fit[(enc.w, warped, out)] = (hyper.raw, n)
         return surrogate
