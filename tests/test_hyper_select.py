@@ -84,16 +84,19 @@ def test_on_a_smooth_objective_the_map_fit_stands():
 
 
 def test_a_study_with_hyper_select_loo_models_the_ripples_as_noise():
-    """Through the Study API: under ``loo`` the GP in force at the end takes the ripples as
-    noise; under the default ``map`` it interpolates them at its noise prior's mode."""
+    """Through the Study API: under ``loo`` the GP takes the ripples as noise throughout;
+    under ``loo_explore`` until the endgame (the last 30%: trials 17 to 24 of 25), where
+    the marginal-likelihood fit returns to refine; under the default ``map`` it interpolates
+    them at its noise prior's mode throughout."""
     space = Space({"x": Float(-3, 3), "y": Float(-3, 3)})
 
     def objective(t):  # a bowl under ripples of period 0.3
         x, y = t.params["x"], t.params["y"]
         return 0.3 * (x * x + y * y) + math.cos(20 * x) + math.cos(20 * y)
 
-    noise = {}
-    for select in ("map", "loo"):
+    noise: dict[str, dict[int, float]] = {}
+    notes: dict[str, str] = {}
+    for select in ("map", "loo", "loo_explore"):
         study = Study(
             "ripples",
             space,
@@ -102,8 +105,22 @@ def test_a_study_with_hyper_select_loo_models_the_ripples_as_noise():
             logdir=None,
             sampler_options={"hyper_select": select},
         )
-        study.optimize(objective, n_trials=25)
-        noise[select] = study.sampler.surrogate.hyper.noise
-    assert noise["loo"] > 0.05 > 0.01 > noise["map"]
+        noise[select] = {}
+
+        def record(study, trial, select=select):
+            surrogate = study.sampler.surrogate
+            if surrogate is not None:
+                noise[select][trial.number] = surrogate.hyper.noise
+            if trial.number == 12:
+                notes[select] = study.sampler.explain(n_points=8).suggested_by
+
+        study.optimize(objective, n_trials=25, callbacks=[record])
+    explore = [n for n in noise["map"] if n < 17]
+    assert max(noise["map"].values()) < 0.01
+    assert noise["loo"][24] > 0.05
+    assert max(noise["loo_explore"][n] for n in explore) > 0.05
+    assert max(noise["loo_explore"][n] for n in range(17, 25)) < 0.01
+    assert "leave-one-out" in notes["loo"] and "leave-one-out" in notes["loo_explore"]
+    assert "leave-one-out" not in notes["map"]
     with pytest.raises(ValueError, match="hyper_select must be one of"):
         Study("bad", space, sampler="gp", logdir=None, sampler_options={"hyper_select": "cv"})

@@ -88,7 +88,7 @@ def trust_radius(values: Sequence[float], start: int) -> float:
 # What the Thompson step draws from (see GPSampler's ``thompson_model``).
 THOMPSON_MODELS = ("full", "alternate", "additive")
 # How a refit chooses the hyperparameters: ``hyper_select``, see GPSampler.
-HYPER_SELECT = ("map", "loo")
+HYPER_SELECT = ("map", "loo", "loo_explore")
 
 
 def default_n_init(dim: int) -> int:
@@ -163,11 +163,13 @@ class GPSampler:
     one-parameter functions, its draw minimized exactly along the axis lines through the best
     trial, which moves coordinates to other basins that the full GP cannot see;
     ``alternate``, the two in turn; see :mod:`torchtune_hp.gp.additive` and the README for
-    where each wins), ``hyper_select`` (``map``, the default: the hyperparameters that
-    maximize the marginal likelihood and priors; ``loo``: each refit also fits from a smooth
-    start, long lengthscales and 10% noise, and keeps whichever fit predicts each observation
-    from the others better, leave-one-out; see
-    :meth:`~torchtune_hp.gp.surrogate.Surrogate.fit`)."""
+    where each wins), ``hyper_select`` (``map``: the hyperparameters that maximize the
+    marginal likelihood and priors; ``loo``: each refit also fits from a smooth start, long
+    lengthscales and 10% noise, and keeps whichever fit predicts each observation from the
+    others better, leave-one-out, see :meth:`~torchtune_hp.gp.surrogate.Surrogate.fit`;
+    ``loo_explore``, the default: ``loo`` until the endgame, ``map`` in it, where a sharp
+    fit refines the best basin. Without a known total (plain ask/tell) there is no endgame
+    and ``loo_explore`` is ``loo``)."""
 
     name = "gp"
 
@@ -189,7 +191,7 @@ class GPSampler:
         endgame: float = 0.3,
         output_warp: str = "auto",
         thompson_model: str = "full",
-        hyper_select: str = "map",
+        hyper_select: str = "loo_explore",
         mode: str = "min",
     ) -> None:
         if acquisition not in ACQUISITIONS:
@@ -251,8 +253,8 @@ class GPSampler:
         self.last_note: str | None = None
         self.surrogate: Surrogate | None = None
         self._view: dict[str, Any] | None = None  # the last GP suggestion, for explain()
-        # (width, warped inputs, output warp) -> (raw hyperparameters, n) of the last fit
-        self._last_fit: dict[tuple[int, bool, str], tuple[np.ndarray, int]] = {}
+        # (width, warped inputs, output warp, smooth start) -> (raw hyperparameters, n)
+        self._last_fit: dict[tuple[int, bool, str, bool], tuple[np.ndarray, int]] = {}
         self._warped: dict[int, bool] = {}  # width -> the warp_inputs=auto choice in force
         self._output: dict[int, str] = {}  # width -> the output_warp=auto choice in force
         self.output_in_force = "yeo_johnson"  # the output warp of the last fit
@@ -332,14 +334,19 @@ class GPSampler:
         return sum(t.counts for t in trials) + len(pending) >= start
 
     # -- the GP path -------------------------------------------------------------------------
-    def fit(self, space: Space, obs: Observations, k: int = 0) -> tuple[Surrogate, torch.Tensor]:
+    def fit(
+        self, space: Space, obs: Observations, k: int = 0, smooth: bool | None = None
+    ) -> tuple[Surrogate, torch.Tensor]:
         """Fit the surrogate on ``obs`` and condition it on all of them; returns it with the
-        warped targets ``(n,)``."""
+        warped targets ``(n,)``. ``smooth``: whether the fit also tries the smooth start
+        (None: as ``hyper_select`` says outside the endgame)."""
+        if smooth is None:
+            smooth = self._smooth(endgame=False)
         enc = GPEncoding(space)
         x = enc.from_params(obs.params)
         n = len(obs.values)
         rows = self._fit_rows(obs.values, k)
-        out, warped_y = self._output_warp(enc, x, obs.values, rows)
+        out, warped_y = self._output_warp(enc, x, obs.values, rows, smooth)
         self.output_in_force = out
         y = torch.as_tensor(warped_y)
         if not bool(torch.isfinite(y).all()):
@@ -347,11 +354,11 @@ class GPSampler:
         fit_x, fit_y = (x, y) if n <= self.max_fit_points else (x[rows], y[rows])
         if self.warp_inputs == "auto" and len(enc.cont_cols):
             chosen = self._warped.get(enc.w)
-            if chosen is not None and self._refit_iters(enc.w, chosen, out, n)[1] == 0:
-                surrogate = self._fit_one(enc, fit_x, fit_y, chosen, out, n)
+            if chosen is not None and self._refit_iters(enc.w, chosen, out, n, smooth)[1] == 0:
+                surrogate = self._fit_one(enc, fit_x, fit_y, chosen, out, n, smooth)
             else:
-                plain = self._fit_one(enc, fit_x, fit_y, False, out, n)
-                warped = self._fit_one(enc, fit_x, fit_y, True, out, n)
+                plain = self._fit_one(enc, fit_x, fit_y, False, out, n, smooth)
+                warped = self._fit_one(enc, fit_x, fit_y, True, out, n, smooth)
                 surrogate = plain
                 assert plain.hyper is not None and warped.hyper is not None
                 # The better fitted log posterior wins; the warp's priors (two concentrations
@@ -361,7 +368,7 @@ class GPSampler:
                     surrogate = warped
                 self._warped[enc.w] = surrogate.warp_inputs
         else:
-            surrogate = self._fit_one(enc, fit_x, fit_y, self.warp_inputs is True, out, n)
+            surrogate = self._fit_one(enc, fit_x, fit_y, self.warp_inputs is True, out, n, smooth)
         surrogate.condition(x, y)
         return surrogate, y
 
@@ -381,7 +388,12 @@ class GPSampler:
         return np.concatenate([keep_best, rest])
 
     def _output_warp(
-        self, enc: GPEncoding, x: torch.Tensor, values: np.ndarray, rows: np.ndarray
+        self,
+        enc: GPEncoding,
+        x: torch.Tensor,
+        values: np.ndarray,
+        rows: np.ndarray,
+        smooth: bool,
     ) -> tuple[str, np.ndarray]:
         """The output warp in force and the warped values. Under ``auto`` both warps are
         fitted whenever the hyperparameters are (with the inputs plain unless ``warp_inputs``
@@ -393,7 +405,7 @@ class GPSampler:
             return (self.output_warp, w.values) if w else ("yeo_johnson", warp(values))
         inputs, n = self.warp_inputs is True, len(values)
         chosen = self._output.get(enc.w)
-        if chosen is not None and self._refit_iters(enc.w, inputs, chosen, n)[1] == 0:
+        if chosen is not None and self._refit_iters(enc.w, inputs, chosen, n, smooth)[1] == 0:
             kept = OUTPUT_WARPS[chosen](values)  # between refits only the warp in force
             if kept is not None:
                 return chosen, kept.values
@@ -405,7 +417,7 @@ class GPSampler:
             for name, w in warps.items():
                 assert w is not None
                 y = torch.as_tensor(w.values[rows])
-                hyper = self._fit_one(enc, x[rows], y, inputs, name, n).hyper
+                hyper = self._fit_one(enc, x[rows], y, inputs, name, n, smooth).hyper
                 assert hyper is not None
                 score[name] = neg_log_density(hyper.loss, w, rows)
             margin = score["yeo_johnson"] - score["floor"]
@@ -415,26 +427,37 @@ class GPSampler:
         assert w is not None
         return chosen, w.values
 
+    def _smooth(self, endgame: bool) -> bool:
+        """Whether a fit also tries the smooth start (see ``hyper_select``)."""
+        return self.hyper_select == "loo" or (self.hyper_select == "loo_explore" and not endgame)
+
     def _refit_iters(
-        self, width: int, warped: bool, out: str, n: int
+        self, width: int, warped: bool, out: str, n: int, smooth: bool
     ) -> tuple[np.ndarray | None, int]:
         """The last fit's raw hyperparameters (the warm start) and the L-BFGS iterations for
         this fit: 200 cold, 40 warm once the data grew by ``refit_fraction``, 0 (reuse the
-        last hyperparameters) otherwise."""
-        warm, n_fit = self._last_fit.get((width, warped, out), (None, 0))
+        last hyperparameters) otherwise. Fits with and without the smooth start keep their
+        own."""
+        warm, n_fit = self._last_fit.get((width, warped, out, smooth), (None, 0))
         if warm is None:
             return None, 200
         return warm, 40 if n - n_fit >= max(1, int(self.refit_fraction * n)) else 0
 
     def _fit_one(
-        self, enc: GPEncoding, x: torch.Tensor, y: torch.Tensor, warped: bool, out: str, n: int
+        self,
+        enc: GPEncoding,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        warped: bool,
+        out: str,
+        n: int,
+        smooth: bool,
     ) -> Surrogate:
         surrogate = Surrogate(enc, self.device, self.deterministic, warped)
-        warm, max_iter = self._refit_iters(enc.w, warped, out, n)
-        smooth = self.hyper_select == "loo"
+        warm, max_iter = self._refit_iters(enc.w, warped, out, n, smooth)
         hyper = surrogate.fit(x, y, warm=warm, max_iter=max_iter, smooth=smooth)
         if max_iter:
-            self._last_fit[(enc.w, warped, out)] = (hyper.raw, n)
+            self._last_fit[(enc.w, warped, out, smooth)] = (hyper.raw, n)
         return surrogate
 
     def _suggest(
@@ -449,7 +472,8 @@ class GPSampler:
         """``endgame_radius``: None outside the endgame, else its search radius; ``additive``:
         a Thompson step here draws from the additive GP."""
         endgame = endgame_radius is not None
-        surrogate, y = self.fit(space, obs, k)
+        smooth = self._smooth(endgame)
+        surrogate, y = self.fit(space, obs, k, smooth)
         self.surrogate = surrogate
         enc = surrogate.encoding
         dev = self.device
@@ -468,7 +492,7 @@ class GPSampler:
         thompson = self.acquisition == "thompson" or step
         seen = {_key(p) for p in obs.params} | {_key(t.params) for t in pending}
         view = {"space": space, "obs": obs, "y": y, "best": best, "thompson": thompson}
-        view |= {"radius": endgame_radius, "output_warp": self.output_in_force}
+        view |= {"radius": endgame_radius, "output_warp": self.output_in_force, "smooth": smooth}
         if step and additive:
             params = self._additive_point(enc, x, y, self._fit_rows(obs.values, k), xp, k)
             if params is not None and _key(params) not in seen:
@@ -610,6 +634,12 @@ class GPSampler:
             how += f", searched near the best trials (endgame, radius {v['radius']:.3g})"
         if v["output_warp"] == "floor":
             how += "; values modelled on the floor output warp"
+        if v["smooth"]:
+            assert surrogate.hyper is not None
+            how += (
+                "; hyperparameters chosen by leave-one-out density "
+                f"(noise {surrogate.hyper.noise:.2g})"
+            )
         with torch_threads(1):
             return explain_slices(
                 v["space"],
