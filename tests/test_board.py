@@ -542,7 +542,8 @@ def test_gp_slices_pass_through_the_suggestion_say_how_it_was_chosen_and_star_th
             assert "pruned" in view.observed_kind
         assert max(at) - min(at) < 1e-6  # the same point: the same posterior
         study.tell(trial, f(trial))
-    assert hows == {"log EI maximizer", "Thompson draw"}
+    # (each may add how its hyperparameters were chosen, after a semicolon)
+    assert {how.split(";")[0] for how in hows} == {"log EI maximizer", "Thompson draw"}
 
 
 def test_the_same_parameters_train_to_the_same_loss(tmp_path):

@@ -636,10 +636,8 @@ class GPSampler:
             how += "; values modelled on the floor output warp"
         if v["smooth"]:
             assert surrogate.hyper is not None
-            how += (
-                "; hyperparameters chosen by leave-one-out density "
-                f"(noise {surrogate.hyper.noise:.2g})"
-            )
+            noise = surrogate.hyper.noise
+            how += f"; hyperparameters: sharp or smooth fit by leave-one-out (noise {noise:.2g})"
         with torch_threads(1):
             return explain_slices(
                 v["space"],
