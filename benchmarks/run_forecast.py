@@ -2,6 +2,7 @@
 
     python -m benchmarks.run_forecast                                  # every task and kernel
     python -m benchmarks.run_forecast --tasks synthetic --kernels matern freeze_thaw --reps 4
+    python -m benchmarks.run_forecast --kernels matern_decay --scale boxcox --reps 48
 
 The decisions of ``pruner: gp`` are only as good as its forecasts, and the anytime benchmark
 (``run_curves``) mixes their quality with the search and with seed-to-seed luck. This one
@@ -36,7 +37,7 @@ from scipy.stats import spearmanr
 
 from benchmarks.curve_tasks import CurveTask, tasks
 from benchmarks.report import write_results
-from torchtune_hp.gp.curves import KERNELS, CurveModel
+from torchtune_hp.gp.curves import KERNELS, SCALES, CurveModel
 from torchtune_hp.gp.threads import torch_threads
 from torchtune_hp.trial import FrozenTrial, TrialState
 
@@ -85,9 +86,15 @@ def draw(
 
 
 def score(
-    task: CurveTask, trials: list[FrozenTrial], truth: dict[int, float], kernel: str, seed: int
+    task: CurveTask,
+    trials: list[FrozenTrial],
+    truth: dict[int, float],
+    kernel: str,
+    seed: int,
+    scale: str = "linear",
 ) -> dict[str, float]:
-    """The metrics of one kernel's forecasts of the stopped trials (see the module doc)."""
+    """The metrics of one kernel's forecasts of the stopped trials (see the module doc), the
+    model on the value ``scale`` given (``pruner: gp``'s option)."""
     stopped = [t for t in trials if t.state is TrialState.PRUNED]
     y = np.array([truth[t.number] for t in stopped])
     t0 = time.perf_counter()
@@ -95,7 +102,9 @@ def score(
     if kernel == "last":
         mean = np.array([min(t.intermediate.values()) for t in stopped])
     else:
-        model = CurveModel(task.space, "min", torch.device("cpu"), kernel=kernel, seed=seed)
+        model = CurveModel(
+            task.space, "min", torch.device("cpu"), kernel=kernel, seed=seed, scale=scale
+        )
         with torch_threads(1):
             if not model.update(trials):
                 raise RuntimeError(f"{task.name}: the model could not be fit (seed {seed})")
@@ -118,6 +127,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--tasks", nargs="*", default=list(tasks()))
     ap.add_argument("--kernels", nargs="*", default=["last", *KERNELS])
+    ap.add_argument("--scale", choices=SCALES, default="linear", help="the model's value scale")
     ap.add_argument("--reps", type=int, default=16)
     ap.add_argument("--pool", type=int, default=100, help="configurations trained per task")
     ap.add_argument("--complete", type=int, default=10)
@@ -140,7 +150,9 @@ def main() -> None:
         print(f"  {'kernel':<14}" + "".join(f"{m:>14}" for m in METRICS))
         summary[name] = {}
         for kernel in args.kernels:
-            scores = [score(task, tr, truth, kernel, s) for s, (tr, truth) in enumerate(reps)]
+            scores = [
+                score(task, tr, truth, kernel, s, args.scale) for s, (tr, truth) in enumerate(reps)
+            ]
             row = {m: float(np.mean([s[m] for s in scores])) for m in METRICS}
             print(f"  {kernel:<14}" + "".join(f"{row[m]:>14.3f}" for m in METRICS), flush=True)
             # no sd to score for ``last``: null in the JSON

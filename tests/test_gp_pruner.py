@@ -226,6 +226,38 @@ def test_maximizing_studies_are_forecast_in_their_direction():
     assert gp.last_decision.forecast.mean == pytest.approx(-loss(0.1, EPOCHS), abs=0.1)
 
 
+def test_scale_boxcox_forecasts_a_loss_that_stays_above_zero():
+    """``scale: boxcox`` fits a Box-Cox transform to a positive loss before the GP: whatever
+    the GP says, a forecast maps back above zero, where on the linear scale (the default) the
+    range below the best value is open (a validation loss of 0.05 could be forecast at -0.1)."""
+
+    def scaled(t: FrozenTrial) -> FrozenTrial:  # losses a tenth as large: 0.02 to 0.2
+        value = None if t.value is None else t.value / 10
+        curve = {e: v / 10 for e, v in t.intermediate.items()}
+        return FrozenTrial(t.number, t.state, t.params, value=value, intermediate=curve)
+
+    history = [scaled(t) for t in HISTORY]
+    running = scaled(trial(10, 0.8, 2, TrialState.RUNNING))
+    models = {}
+    for scale in ("boxcox", "linear"):
+        gp = GPPruner(n_startup=3, scale=scale)
+        gp.bind(SPACE, "min")
+        assert not gp.prune(running, history, "min")  # the slow starter goes on either way
+        models[scale] = gp.model
+    boxcox, linear = models["boxcox"], models["linear"]
+    assert boxcox.boxcox is not None and linear.boxcox is None
+    far_below = np.array([-50.0, -5.0, 0.0])  # warped units: far below the best, and its level
+    assert (boxcox.unwarp(far_below) > 0).all() and linear.unwarp(far_below)[0] < 0
+    (f,) = boxcox.forecast([running])
+    assert f.mean == pytest.approx(loss(0.8, EPOCHS) / 10, abs=0.01)
+    _, mean, _ = boxcox.continuation(running)
+    assert min(mean) > 0
+    # a value that is not positive (a metric at zero, or one to maximize) keeps the values
+    zero = FrozenTrial(20, TrialState.PRUNED, {"a": 0.5}, value=0.0, intermediate={1: 0.0})
+    assert boxcox.update([*history, zero]) and boxcox.boxcox is None
+    assert boxcox.unwarp(far_below)[0] < 0
+
+
 def train_curve(trial) -> float:
     for epoch in range(1, EPOCHS + 1):
         trial.report(loss(trial.params["a"], epoch), step=epoch)
@@ -299,6 +331,9 @@ def test_recipe_key_and_bad_options_name_the_key(tmp_path):
     kernel = run_cli("validate", "digits_mlp", "pruner.name=gp", "pruner.kernel=rbf", cwd=tmp_path)
     assert kernel.returncode == 2 and "pruner.kernel" in kernel.stderr
     assert "must be one of matern_decay, matern, freeze_thaw, got 'rbf'" in kernel.stderr
+    scale = run_cli("validate", "digits_mlp", "pruner.name=gp", "pruner.scale=log", cwd=tmp_path)
+    assert scale.returncode == 2 and "pruner.scale" in scale.stderr
+    assert "must be one of linear, boxcox, got 'log'" in scale.stderr
     with pytest.raises(ValueError, match="eta must be >= 2, got 1"):
         make_pruner("gp", {"eta": 1})
 

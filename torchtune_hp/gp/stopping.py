@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
-from torchtune_hp.gp.curves import CurveModel, FinalPrediction, check_kernel
+from torchtune_hp.gp.curves import SCALES, CurveModel, FinalPrediction, check_choice, check_kernel
 from torchtune_hp.gp.surrogate import SurrogateError
 from torchtune_hp.gp.threads import torch_threads
 from torchtune_hp.pruners import asha_rank, at_rung, check_least, diverged
@@ -116,7 +116,10 @@ class GPPruner:
     trial at: ``best``, the default, the most promising of 512 quasi-random configurations;
     ``as_started``, what the running trial's own configuration promised before its reports,
     which the sampler chose and so resembles its next choice, where the best of 512 is biased
-    upwards; resuming always uses ``best``)."""
+    upwards; resuming always uses ``best``), ``scale`` (``linear``, the default: the model
+    works on the values as they are; ``boxcox``: on a Box-Cox transform of them, its exponent
+    fitted, where every reported value is positive and lower is better, a loss: better
+    forecasts that stay above zero, no better runs; see :mod:`~torchtune_hp.gp.curves`)."""
 
     threshold: float = 0.05
     gain_ratio: float = 0.5
@@ -130,7 +133,8 @@ class GPPruner:
     resume_ratio: float = 1.0
     kernel: str = "matern_decay"
     new_trial: str = "best"
-    startup_min_resource: int | None = None  # last: the fields before keep their positions
+    startup_min_resource: int | None = None  # the fields before keep their positions
+    scale: str = "linear"
 
     name = "gp"
 
@@ -154,9 +158,8 @@ class GPPruner:
         if not self.resume_ratio > 0.0:
             raise ValueError(f"resume_ratio must be > 0, got {self.resume_ratio!r}")
         check_kernel(self.kernel)
-        if self.new_trial not in NEW_TRIAL:
-            choices = ", ".join(NEW_TRIAL)
-            raise ValueError(f"new_trial must be one of {choices}, got {self.new_trial!r}")
+        check_choice("scale", self.scale, SCALES)
+        check_choice("new_trial", self.new_trial, NEW_TRIAL)
         if self.max_resource is not None:
             check_least(("max_resource", self.max_resource, 1))
         from torchtune_hp.samplers.gp import resolve_device
@@ -169,7 +172,13 @@ class GPPruner:
     def bind(self, space: Space, mode: str, seed: int = 0) -> None:
         """Called by the study: the model needs the space's encoding and the direction."""
         self.model = CurveModel(
-            space, mode, self._device, self.max_resource, seed=seed, kernel=self.kernel
+            space,
+            mode,
+            self._device,
+            self.max_resource,
+            seed=seed,
+            kernel=self.kernel,
+            scale=self.scale,
         )
 
     def prune(self, trial: FrozenTrial, others: Sequence[FrozenTrial], mode: str) -> bool:
