@@ -158,6 +158,7 @@ class CurveModel:
         self._warm: tuple[np.ndarray, int] | None = None  # raw hyperparameters, n at that fit
         self._out: OutputWarp | None = None  # the output warping of the data conditioned on
         self._range = (0.0, 0.0)  # and the range of its (Box-Cox transformed) signed targets
+        self._raw_range = (0.0, 0.0)  # the range of the signed targets themselves
         self._key: tuple | None = None  # what the current conditioning was built from
         self.best_warped = math.inf
         self.best = math.inf
