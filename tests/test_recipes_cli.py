@@ -60,6 +60,12 @@ BAD = [
         "sampler.acquisition",
         "acquisition must be one of",
     ),
+    (
+        mutate("sampler", {"name": "gp", "n_init": 4, "output_warp": "yeojohnson"}),
+        [],
+        "sampler.output_warp",
+        "got 'yeojohnson' (did you mean 'yeo_johnson'?)",
+    ),
     (mutate("sampler", {"name": "gp", "beta": -1.0}), [], "sampler.beta", "beta must be >= 0"),
     (mutate("objective", None), [], "objective", "Field required"),
     (mutate("objective.function", "missing.py:train"), [], "objective.function", "does not exist"),

@@ -32,6 +32,17 @@ def closest(name: str, valid: Sequence[str]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
+def check_choice(key: str, value: object, choices: Sequence[str]) -> None:
+    """Raises ValueError naming ``key``, the ``choices`` and the closest one when ``value`` is
+    not one of them (``acquisition: loge`` -> did you mean 'logei'?). The message starts with
+    ``key``, which is how :func:`build` names the option it is about."""
+    if value not in choices:
+        raise ValueError(
+            f"{key} must be one of {', '.join(choices)}, got {value!r}"
+            + closest(str(value), choices)
+        )
+
+
 def check_name(kind: str, name: object, known: Sequence[str]) -> None:
     """``name`` must be one of ``known`` (``kind``: sampler, pruner)."""
     if name not in known:

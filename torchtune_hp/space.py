@@ -20,6 +20,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from torchtune_hp.options import check_choice
+
 Value = Any
 
 
@@ -340,8 +342,7 @@ def param_from_dict(spec: Mapping[str, Any]) -> Param:
     """Build a parameter from its recipe/JSON form; raises ``ValueError``/``TypeError``
     with the offending field named."""
     kind = spec.get("type")
-    if kind not in _TYPES:
-        raise ValueError(f"type must be one of {sorted(_TYPES)}, got {kind!r}")
+    check_choice("type", kind, sorted(_TYPES))
     kwargs = {k: v for k, v in spec.items() if k != "type"}
     return _TYPES[kind](**kwargs)
 

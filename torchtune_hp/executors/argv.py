@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from torchtune_hp.options import check_choice
+
 STYLES = ("argparse", "equals", "hydra", "lightning_cli")
 
 
@@ -68,8 +70,7 @@ def build_argv(
     style: str = "argparse",
     rename: Mapping[str, str] | None = None,
 ) -> list[str]:
-    if style not in STYLES:
-        raise ValueError(f"args must be one of {list(STYLES)}, got {style!r}")
+    check_choice("args", style, STYLES)
     rename = dict(rename or {})
     used: set[str] = set()
     argv = []

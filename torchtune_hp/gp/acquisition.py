@@ -23,7 +23,10 @@ import math
 import torch
 from torch import Tensor
 
+from torchtune_hp.options import check_choice
+
 ACQUISITIONS = ("logei", "ei", "pi", "ucb", "thompson", "mace")
+CLOSED_FORM = ("logei", "ei", "pi", "ucb")
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 _SQRT_PI_DIV_2 = math.sqrt(math.pi / 2)
@@ -61,7 +64,9 @@ def log_h(z: Tensor) -> Tensor:
 def acquisition_value(
     name: str, mean: Tensor, var: Tensor, best: float, beta: float, xi: float
 ) -> Tensor:
-    """The acquisition ``(q,)`` from posterior ``mean`` and ``var`` ``(q,)``."""
+    """The acquisition ``(q,)`` from posterior ``mean`` and ``var`` ``(q,)``: one of the four
+    closed forms (``thompson`` draws from the posterior and ``mace`` combines these)."""
+    check_choice("acquisition", name, CLOSED_FORM)
     sigma = var.sqrt()
     if name == "ucb":
         return -(mean - math.sqrt(beta) * sigma)
@@ -70,6 +75,4 @@ def acquisition_value(
         return log_h(z) + sigma.log()
     if name == "ei":
         return sigma * _h(z)
-    if name == "pi":
-        return torch.special.log_ndtr(z)
-    raise ValueError(f"acquisition must be one of {ACQUISITIONS}, got {name!r}")
+    return torch.special.log_ndtr(z)  # pi

@@ -59,6 +59,7 @@ import torch
 from torchtune_hp.gp.curve_kernel import FreezeThawKernel
 from torchtune_hp.gp.encoding import GPEncoding
 from torchtune_hp.gp.surrogate import KernelFactory, OutputWarp, Surrogate, fit_warp
+from torchtune_hp.options import check_choice
 from torchtune_hp.space import Float, Space
 from torchtune_hp.trial import FrozenTrial, TrialState
 
@@ -70,12 +71,6 @@ KERNELS = ("matern_decay", "matern", "freeze_thaw")
 # linear: the signed targets as they are; boxcox: a fitted Box-Cox transform of them where
 # all are positive (see the module docstring)
 SCALES = ("linear", "boxcox")
-
-
-def check_choice(key: str, value: str, choices: Sequence[str]) -> None:
-    """Raises ValueError naming ``key`` and the ``choices`` when ``value`` is not one."""
-    if value not in choices:
-        raise ValueError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def check_kernel(kernel: str) -> None:

@@ -34,9 +34,10 @@ import warnings
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
-from torchtune_hp.gp.curves import SCALES, CurveModel, FinalPrediction, check_choice, check_kernel
+from torchtune_hp.gp.curves import SCALES, CurveModel, FinalPrediction, check_kernel
 from torchtune_hp.gp.surrogate import SurrogateError
 from torchtune_hp.gp.threads import torch_threads
+from torchtune_hp.options import check_choice
 from torchtune_hp.pruners import asha_rank, at_rung, check_least, diverged
 from torchtune_hp.space import Space
 from torchtune_hp.trial import FrozenTrial, TrialState

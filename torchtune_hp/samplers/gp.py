@@ -40,6 +40,7 @@ from torchtune_hp.gp.output_warps import EVIDENCE, OUTPUT_WARPS, neg_log_density
 from torchtune_hp.gp.slices import explain as explain_slices
 from torchtune_hp.gp.surrogate import Surrogate, SurrogateError, warp
 from torchtune_hp.gp.threads import torch_threads
+from torchtune_hp.options import check_choice
 from torchtune_hp.samplers.base import own_draws
 from torchtune_hp.samplers.explain import Explanation
 from torchtune_hp.samplers.sobol import sobol_points
@@ -194,10 +195,7 @@ class GPSampler:
         hyper_select: str = "loo_explore",
         mode: str = "min",
     ) -> None:
-        if acquisition not in ACQUISITIONS:
-            raise ValueError(
-                f"acquisition must be one of {list(ACQUISITIONS)}, got {acquisition!r}"
-            )
+        check_choice("acquisition", acquisition, ACQUISITIONS)
         if not beta >= 0:
             raise ValueError(f"beta must be >= 0, got {beta!r}")
         if n_init is not None and n_init < 1:
@@ -230,20 +228,11 @@ class GPSampler:
         if isinstance(endgame, bool) or not 0.0 <= endgame < 1.0:
             raise ValueError(f"endgame must be a number in [0, 1), got {endgame!r}")
         self.endgame = float(endgame)
-        if output_warp not in ("auto", *OUTPUT_WARPS):
-            raise ValueError(
-                f"output_warp must be one of {['auto', *OUTPUT_WARPS]}, got {output_warp!r}"
-            )
+        check_choice("output_warp", output_warp, ("auto", *OUTPUT_WARPS))
         self.output_warp = output_warp
-        if thompson_model not in THOMPSON_MODELS:
-            raise ValueError(
-                f"thompson_model must be one of {list(THOMPSON_MODELS)}, got {thompson_model!r}"
-            )
+        check_choice("thompson_model", thompson_model, THOMPSON_MODELS)
         self.thompson_model = thompson_model
-        if hyper_select not in HYPER_SELECT:
-            raise ValueError(
-                f"hyper_select must be one of {list(HYPER_SELECT)}, got {hyper_select!r}"
-            )
+        check_choice("hyper_select", hyper_select, HYPER_SELECT)
         self.hyper_select = hyper_select
         self._additive_fit: dict[tuple[int, str], np.ndarray] = {}  # warm starts
         # The study's total number of trials when it is known (``optimize(n_trials)``, a
