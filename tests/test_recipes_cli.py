@@ -126,10 +126,17 @@ def test_switching_the_sampler_on_the_command_line_drops_the_old_options_visibly
     )
 
 
-def test_unknown_recipe_name_lists_builtins():
+def test_unknown_recipe_name_lists_builtins(tmp_path):
     result = run_cli("run", "no_such_recipe")
     assert result.returncode == 2
     assert "no built-in recipe of that name" in result.stderr and "digits_mlp" in result.stderr
+    # the repository's path typed in a folder of one's own points at the built-in recipe
+    typed = run_cli("run", "recipes/digits_mlp.yaml", cwd=tmp_path)
+    assert typed.returncode == 2 and "torchtune-hp run digits_mlp" in typed.stderr
+    assert "torchtune-hp cp digits_mlp <folder>" in typed.stderr
+    bad_name = run_cli("run", "digits_mlp", "study.name=../x", cwd=tmp_path)
+    assert bad_name.returncode == 2 and bad_name.stderr.count("../x") == 1
+    assert not (tmp_path / "logs").exists()
 
 
 def test_ls_cp_validate(tmp_path):
@@ -246,6 +253,7 @@ def test_second_run_with_another_space_is_refused_without_losing_trials(tmp_path
     changed = run_cli("run", str(recipe), "space.x.high=2.0", "study.trials=5", cwd=tmp_path)
     assert changed.returncode == 2
     assert "'x' changed" in changed.stderr and "Traceback" not in changed.stderr
+    assert "--fresh sets the old study aside" in changed.stderr
     assert _count(tmp_path / "logs" / "fast" / "study.db", "COMPLETE") == 3
 
 

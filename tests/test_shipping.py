@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -317,3 +318,26 @@ def test_a_study_that_fails_to_open_leaves_no_lock_behind(tmp_path):
     for _ in range(2):  # the same error both times, not "being run by another process"
         with pytest.raises(StorageError, match="schema version 99 is newer"):
             Study("s", {"x": Float(0, 1)}, logdir=tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["sampler", "pruner"])
+def test_readme_tables_list_every_option_the_code_accepts(kind):
+    """The README's sampler and pruner tables are where a user looks an option up: each row
+    names exactly the options its class takes (a new option must be added there too)."""
+    from torchtune_hp.options import accepted_options
+    from torchtune_hp.pruners import PRUNERS, pruner_class
+    from torchtune_hp.samplers import SAMPLERS, sampler_options
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index(f"| `{kind}.name` |") :].split("\n\n")[0]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        name, _, options = [cell.strip() for cell in line.strip("|").split(" | ")]
+        # the option names: backticked words starting each item, defaults in brackets aside
+        listed = re.findall(r"(?:^|, )`(\w+)`", re.sub(r"\([^()]*\)", "", options))
+        rows[name.split("`")[1]] = set(listed)
+    if kind == "sampler":
+        expected = {name: set(sampler_options(name)) for name in SAMPLERS}
+    else:
+        expected = {n: set(accepted_options(pruner_class(n).__init__, ("mode",))) for n in PRUNERS}
+    assert rows == expected

@@ -85,6 +85,32 @@ def test_enqueue_comes_first_and_add_records_outside_results():
     assert study.best_params == {"x": 0.9, "opt": "sgd"}
 
 
+def test_a_rerun_script_does_not_enqueue_or_add_its_warm_starts_twice(tmp_path):
+    def script(n_trials):  # what a user's tuning script does, run twice: the second resumes
+        study = Study("s", SPACE, sampler="sobol", seed=0, logdir=tmp_path)
+        study.enqueue({"x": 0.123, "opt": "adam"})
+        added = study.add({"x": 0.9, "opt": "sgd"}, 0.25)
+        study.optimize(lambda t: t.params["x"], n_trials=n_trials)
+        trials = study.trials
+        study.close()
+        return added, trials
+
+    first, trials = script(4)
+    again, rerun = script(6)
+    assert again.number == first.number == 0  # the same trial, not a copy
+    assert len(rerun) == 6 and rerun[:4] == trials
+    assert [t.params for t in rerun].count({"x": 0.123, "opt": "adam"}) == 1
+    assert [t.params for t in rerun].count({"x": 0.9, "opt": "sgd"}) == 1
+    # asked for on purpose, repeats are recorded: a noisy objective measured twice
+    study = Study("s", SPACE, sampler="sobol", seed=0, logdir=tmp_path)
+    repeat = study.add({"x": 0.9, "opt": "sgd"}, 0.25, skip_if_exists=False)
+    study.enqueue({"x": 0.123, "opt": "adam"}, skip_if_exists=False)
+    assert repeat.number == 6 and study.ask().params == {"x": 0.123, "opt": "adam"}
+    # another value for the same parameters is a new measurement, kept
+    assert study.add({"x": 0.9, "opt": "sgd"}, 0.26).number == 8
+    study.close()
+
+
 def test_in_memory_study_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     study = Study("mem", SPACE, logdir=None)

@@ -314,7 +314,9 @@ def main() -> int:
             code = cli.invoke(ctx)
     except click.exceptions.Exit as e:
         return e.exit_code
-    except (ConfigError, StudyMismatch, StorageError) as e:
+    except StudyMismatch as e:
+        return _error(f"{e} On the command line, --fresh sets the old study aside.", BAD_INPUT)
+    except (ConfigError, StorageError) as e:
         return _error(str(e), BAD_INPUT)
     except StudyStopped as e:
         return _error(

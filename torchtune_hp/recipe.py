@@ -249,10 +249,17 @@ def find_recipe(name_or_path: str) -> Path:
     builtin = builtin_recipes()
     if name_or_path in builtin:
         return builtin[name_or_path]
+    hint = ""
+    if path.stem in builtin:  # recipes/digits_mlp.yaml typed outside the repository
+        hint = (
+            f"; the built-in one is `{path.stem}` (torchtune-hp run {path.stem}), and "
+            f"`torchtune-hp cp {path.stem} <folder>` copies it to edit"
+        )
     raise ConfigError(
         name_or_path,
         "",
-        f"no such recipe file, and no built-in recipe of that name (built-in: {sorted(builtin)})",
+        f"no such recipe file, and no built-in recipe of that name (built-in: {sorted(builtin)})"
+        + hint,
     )
 
 
@@ -359,7 +366,8 @@ def _config_error(path: Path, err: ValidationError) -> ConfigError:
             name = str(e["loc"][-1])
             lines.append(f"{key}: unknown key{closest(name, valid)}; expected one of {valid}")
             continue
-        got = "" if e["type"] == "missing" else f" (got {e['input']!r})"
+        shown = e["type"] == "missing" or repr(e["input"]) in e["msg"]  # said once is enough
+        got = "" if shown else f" (got {e['input']!r})"
         lines.append(f"{key}: {e['msg']}{got}")
     first_key = ".".join(str(p) for p in err.errors()[0]["loc"])
     error = ConfigError(path, "", "\n  ".join(lines))

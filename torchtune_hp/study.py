@@ -23,6 +23,7 @@ follower ends within a second of rank 0 ending, whatever the reason.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -84,6 +85,12 @@ def check_seed(seed: object) -> int | None:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed must be an integer from 0 to 2**64 - 1, got {seed!r}")
     return seed
+
+
+def _params_key(params: Mapping[str, Any]) -> str:
+    """Parameters as stored (JSON, keys sorted): equal for the same values whether they come
+    from the caller or back from the database."""
+    return json.dumps(params, sort_keys=True)
 
 
 def _better(a: FrozenTrial, b: FrozenTrial | None, mode: str) -> bool:
@@ -385,16 +392,40 @@ class Study:
         return self.dir / trial_run_name(number)
 
     # -- ask / tell / report -----------------------------------------------------------------
-    def enqueue(self, params: Mapping[str, Any]) -> None:
-        """Make a following ``ask()`` return ``params`` (e.g. a known-good default first)."""
-        self.storage.push_queue(self.space.validate(params), Origin.ENQUEUED)
+    def enqueue(self, params: Mapping[str, Any], skip_if_exists: bool = True) -> None:
+        """Make a following ``ask()`` return ``params`` (e.g. a known-good default first).
 
-    def add(self, params: Mapping[str, Any], value: float) -> FrozenTrial:
-        """Record a trial evaluated elsewhere (a warm start from earlier results)."""
+        A study is resumed by running its script again, so by default parameters that a trial
+        of the study already has (in any state) or that are already queued are not queued
+        again (Optuna's ``skip_if_exists``, on by default here); ``skip_if_exists=False``
+        queues them anyway (repeats of a noisy objective)."""
+        checked = self.space.validate(params)
+        if skip_if_exists:
+            key = _params_key(checked)
+            known = [t.params for t in self.storage.trials()] + self.storage.queued()
+            if any(_params_key(p) == key for p in known):
+                return
+        self.storage.push_queue(checked, Origin.ENQUEUED)
+
+    def add(
+        self, params: Mapping[str, Any], value: float, skip_if_exists: bool = True
+    ) -> FrozenTrial:
+        """Record a trial evaluated elsewhere (a warm start from earlier results).
+
+        By default a COMPLETE trial with the same parameters and value is returned instead of
+        a second copy, so running the script that adds it again does not count it twice;
+        ``skip_if_exists=False`` records it again (a repeated measurement)."""
         number, why = as_number(value)
         if number is None or not math.isfinite(number):
             raise ValueError(f"add() needs a finite number, got {why or number}")
-        frozen = self._refresh(self.storage.add_trial(self.space.validate(params), number))
+        checked = self.space.validate(params)
+        if skip_if_exists:
+            key = _params_key(checked)
+            for t in self.storage.trials():
+                if t.state is TrialState.COMPLETE and t.value == number:
+                    if _params_key(t.params) == key:
+                        return t
+        frozen = self._refresh(self.storage.add_trial(checked, number))
         self._emit("trial_finished", frozen)
         return frozen
 
