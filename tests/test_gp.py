@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from torchtune_hp import Categorical, Fixed, Float, Int, Space, Study, TrialState
+from torchtune_hp import Categorical, Fixed, Float, Int, Space, Study, TrialPruned, TrialState
 from torchtune_hp.gp.acquisition import acquisition_value, log_h
 from torchtune_hp.gp.encoding import GPEncoding
 from torchtune_hp.gp.surrogate import Surrogate, _ExactGP, neg_mll, warp
@@ -254,14 +254,36 @@ def test_the_gp_learns_from_pruned_and_failed_trials_as_documented():
             t(0, TrialState.COMPLETE, 1.0),
             t(1, TrialState.COMPLETE, 3.0),
             t(2, TrialState.PRUNED, 2.5),  # its last reported value
-            t(3, TrialState.PRUNED),  # pruned before any report: ignored
+            t(3, TrialState.PRUNED),  # pruned before any report (an invalid setting): worst
             t(4, TrialState.FAILED),  # the worst observed value
             t(5, TrialState.FAILED, interruption=Interruption.DIED),  # not its fault: ignored
+            t(6, TrialState.PRUNED, math.inf),  # diverged (a NaN report is stored as inf): worst
         ],
         mode="min",
     )
-    assert [p["x"] for p in obs.params] == [0.0, 0.1, 0.2, 0.4]
-    assert obs.values.tolist() == [1.0, 3.0, 2.5, 3.0]
+    assert [p["x"] for p in obs.params] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.6]
+    assert obs.values.tolist() == [1.0, 3.0, 2.5, 3.0, 3.0, 3.0]
+
+
+def test_a_study_whose_runs_diverge_on_half_the_space_learns_to_avoid_it():
+    """A run that diverges reports NaN, the pruner stops it, and the trial holds inf: the model
+    must count it as bad (it used to leave it out, and kept sampling where runs diverge)."""
+
+    def objective(trial):
+        x, y = trial.params["x"], trial.params["y"]
+        for epoch in range(3):
+            loss = math.nan if x > 0.5 else (x - 0.45) ** 2 + (y - 0.5) ** 2 + 1 / (epoch + 1)
+            trial.report(loss, epoch)
+            if trial.should_prune():
+                raise TrialPruned()
+        return loss
+
+    space = {"x": Float(0.0, 1.0), "y": Float(0.0, 1.0)}
+    study = Study("d", space, sampler="gp", pruner="median", seed=0, logdir=None)
+    study.optimize(objective, n_trials=30)
+    later = study.trials[10:]
+    assert sum(t.params["x"] > 0.5 for t in later) <= 5  # before: 18 of these 20
+    assert study.best_value < 0.34
 
 
 def test_pareto_front_keeps_exactly_the_non_dominated_rows():
@@ -397,3 +419,31 @@ def test_the_endgame_counts_pending_trials_and_needs_a_known_total():
     assert not sampler.in_endgame(finished, [])
     pending = study.ask()
     assert sampler.in_endgame(finished, [study.trials[pending.number]])
+
+
+@pytest.mark.parametrize("constant", [1.0, 0.1, 1 / 3, 123456.789])
+def test_a_constant_objective_is_modelled_without_falling_back(constant, recwarn):
+    """Equal values have a standard deviation of rounding noise (0.1: 1e-17, 123456.789:
+    1e-11); the output warps used to take it for spread and fail on every trial."""
+    space = {"x": Float(0.0, 1.0), "y": Float(0.0, 1.0)}
+    study = Study("c", space, sampler="gp", seed=0, logdir=None)
+    study.optimize(lambda t: constant, n_trials=14)
+    assert [t.note for t in study.trials if t.note] == []
+    assert not [
+        w
+        for w in recwarn
+        if issubclass(w.category, (RuntimeWarning, UserWarning)) and "jit" not in str(w.message)
+    ]
+    assert len({json.dumps(t.params) for t in study.trials}) == 14
+
+
+def test_importance_gives_nothing_to_a_parameter_the_trials_never_varied():
+    space = {"c": Categorical(["only"]), "x": Float(0.0, 1.0), "y": Float(0.0, 1.0)}
+    study = Study("i", space, seed=0, logdir=None)
+    study.optimize(lambda t: (t.params["x"] - 0.3) ** 2, n_trials=30)
+    shares = study.importance()
+    assert shares["c"] == 0.0 and shares["x"] > 0.9 and sum(shares.values()) == pytest.approx(1)
+    flat = Study("f", space, seed=0, logdir=None)
+    flat.optimize(lambda t: 2.0, n_trials=5)
+    with pytest.raises(ValueError, match="every finished trial has 2.0"):
+        flat.importance()

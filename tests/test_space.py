@@ -25,6 +25,9 @@ from torchtune_hp.space import space_diff
         (lambda: Categorical(["a", "b", "a"]), "repeated: 'a'"),
         (lambda: Categorical("abc"), "must be a list"),
         (lambda: Float("a", 1.0), "low must be a number"),
+        (lambda: Float(-1.7e308, 1.7e308), "high - low must be finite"),
+        (lambda: Int(0, 2**64), "high must be within \\+-2\\*\\*53"),
+        (lambda: Int(-(2**60), 0), "low must be within"),
     ],
 )
 def test_bad_parameters_say_what_is_wrong(make, message):
@@ -123,6 +126,24 @@ def test_validate_checks_user_points():
         space.validate({"lr": 0.5, "n": 2, "oops": 1})
     with pytest.raises(ValueError, match="'n' is missing"):
         space.validate({"lr": 0.5})
+    with pytest.raises(ValueError, match="'lr'=True is outside float"):  # not a number here
+        space.validate({"lr": True, "n": 2})
+    stepped = Space({"d": Float(0.0, 1.0, step=0.1)})
+    assert stepped.validate({"d": 0.3}) == {"d": 0.3}  # 0.3 / 0.1 = 2.9999999999999996
+    with pytest.raises(ValueError, match="'d'=0.123 is outside float.*step=0.1"):
+        stepped.validate({"d": 0.123})  # off the grid every suggestion is on
+
+
+def test_a_grid_too_large_or_a_misspelled_resolution_is_refused_before_any_point_is_built():
+    from torchtune_hp.samplers.grid import GridSampler
+
+    big = Space({f"x{i}": Float(0.0, 1.0) for i in range(30)})  # 5**30 points
+    with pytest.raises(ValueError, match="makes a grid of 931322574615478515625 points"):
+        GridSampler(resolution=5).check_space(big)
+    small = Space({"n": Int(1, 9), "x": Float(0.0, 1.0)})
+    with pytest.raises(ValueError, match="resolution names 'nn', not a parameter.*mean 'n'"):
+        GridSampler(resolution={"nn": 9}).check_space(small)
+    assert len(GridSampler(resolution={"n": 9}).points(small)) == 45
 
 
 def test_space_diff_names_each_difference():

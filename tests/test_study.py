@@ -1,3 +1,4 @@
+import gc
 import math
 import sqlite3
 import subprocess
@@ -208,10 +209,52 @@ def test_reopening_with_another_space_or_metric_says_what_differs(tmp_path):
         Study("s", SPACE, logdir=tmp_path, mode="max")
 
 
+OPEN_IN_ANOTHER_PROCESS = """
+import sys
+from torchtune_hp import Categorical, Float, Study
+study = Study("s", {"x": Float(0.0, 1.0), "opt": Categorical(["sgd", "adam"])}, logdir=sys.argv[1])
+print(len(study.trials))
+"""
+
+
+def open_elsewhere(tmp_path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", OPEN_IN_ANOTHER_PROCESS, str(tmp_path)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
 def test_a_second_driver_is_kept_out(tmp_path):
     with Study("s", SPACE, logdir=tmp_path):
-        with pytest.raises(StorageError, match="being run by another process"):
+        other = open_elsewhere(tmp_path)
+        assert other.returncode == 1 and "being run by another process" in other.stderr
+
+
+def test_the_same_process_opening_a_study_again_takes_it_over_unless_its_loop_runs(tmp_path):
+    """A notebook cell run again builds ``Study(...)`` while the previous object still holds the
+    folder: the idle one is closed and the new one drives (it used to be refused until the
+    kernel restarted); a study whose trial loop runs is never taken over."""
+    first = Study("s", SPACE, seed=0, logdir=tmp_path)
+    first.optimize(lambda t: t.params["x"], n_trials=2)
+    second = Study("s", SPACE, logdir=tmp_path)  # the cell, run again
+    assert len(second.trials) == 2
+    with pytest.raises(StorageError, match="this study is closed"):
+        first.ask()
+    refused = []
+
+    def objective(trial):
+        try:
             Study("s", SPACE, logdir=tmp_path)
+        except StorageError as e:
+            refused.append(str(e))
+        return trial.params["x"]
+
+    second.optimize(objective, n_trials=3)
+    assert len(refused) == 1 and "this process is running the study already" in refused[0]
+    assert [t.state for t in second.trials] == [TrialState.COMPLETE] * 3
+    third = Study("s", SPACE, logdir=tmp_path)
+    del first, second, third  # freed without close(): the folder is free for another process
+    gc.collect()
+    other = open_elsewhere(tmp_path)
+    assert other.returncode == 0 and other.stdout.split() == ["3"]
 
 
 def test_unseeded_study_stores_its_seed_and_continues(tmp_path):
@@ -247,3 +290,24 @@ def test_a_study_written_by_the_previous_version_is_read_and_upgraded(tmp_path):
         assert study.n_finished == 4
     check = sqlite3.connect(tmp_path / "old" / "study.db")
     assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_api_misuse_gets_a_message_not_a_raw_error():
+    study = Study("s", SPACE, seed=0, logdir=None)
+    with pytest.raises(ValueError, match="has no trial 999"):
+        study.tell(999, 0.1)
+    for bad in (None, 2.5, -1, True):
+        with pytest.raises(TypeError, match=f"n_trials must be an integer >= 0.*got {bad!r}"):
+            study.optimize(lambda t: 0.0, n_trials=bad)
+    assert study.trials == []
+
+
+def test_trial_report_takes_the_next_step_by_default_and_notes_a_repeated_step():
+    study = Study("s", SPACE, seed=0, logdir=None)
+    trial = study.ask()
+    trial.report(0.9)
+    trial.report(0.8)
+    trial.report(0.7, step=1)  # a stuck step counter: the value replaces, and the note says so
+    frozen = study.trial(trial.number)
+    assert frozen.intermediate == {0: 0.9, 1: 0.7}
+    assert "a step was reported more than once" in frozen.note

@@ -199,7 +199,7 @@ def validate(path: str, overrides: tuple[str, ...]) -> None:
 
     \b
     Example:
-      torchtune-hp validate recipes/digits_mlp.yaml study.trials=5
+      torchtune-hp validate digits_mlp study.trials=5
     """
     from torchtune_hp.launch import check_objective
     from torchtune_hp.recipe import load_recipe

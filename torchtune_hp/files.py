@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -157,6 +158,10 @@ def set_aside_leftovers(path: Path) -> Path | None:
     return aside
 
 
+# folder (real path) -> the lock this process holds on it (see StudyLock.acquire)
+_HELD: dict[str, StudyLock] = {}
+
+
 class StudyLock:
     """One driver per study: an exclusive ``flock`` on the study folder itself.
 
@@ -167,12 +172,29 @@ class StudyLock:
     The descriptor is not inherited by trial processes, so a trial that outlives the driver
     cannot hold the study either."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, on_handover: Callable[[], None] | None = None) -> None:
         self.folder = folder
         self._fd: int | None = None
+        # what this process does when it opens the folder again while this lock is held: the
+        # owner's close (a notebook cell run again: ``study = Study(...)`` builds the new study
+        # while the old one still holds the folder); None: the second open is refused
+        self.on_handover = on_handover
+        self.busy = False  # the owner's trial loop is running: never handed over
 
     def acquire(self, wait_s: float = 1.0) -> StudyLock:
-        """Take the lock; a DDP follower probing it at the same moment is waited for briefly."""
+        """Take the lock; a DDP follower probing it at the same moment is waited for briefly.
+        Where this process already holds the folder through an idle owner that can hand it
+        over, that owner is closed first (the one driver is still this process)."""
+        key = os.path.realpath(self.folder)
+        held = _HELD.get(key)
+        if held is not None and held is not self and held._fd is not None:
+            if held.busy or held.on_handover is None:
+                raise StudyLocked(
+                    f"{self.folder}: this process is running the study already (another Study "
+                    "object's trial loop, or a command); use that object, or close() it first"
+                )
+            held.on_handover()
+            held.release()  # the owner may be gone already (freed without close())
         fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
         deadline = time.monotonic() + wait_s
         while True:
@@ -188,12 +210,16 @@ class StudyLock:
                     ) from None
                 time.sleep(0.05)
         self._fd = fd
+        _HELD[key] = self
         return self
 
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the only descriptor releases the flock
             self._fd = None
+            key = os.path.realpath(self.folder)
+            if _HELD.get(key) is self:
+                del _HELD[key]
 
     @staticmethod
     def is_held(folder: Path) -> bool:

@@ -302,9 +302,16 @@ def load_recipe(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Reci
         raise _config_error(path, e) from None
     space = parse_space(model.space, path)
     try:
-        make_sampler(model.sampler.name, 0, model.sampler.options)
+        sampler = make_sampler(model.sampler.name, 0, model.sampler.options)
     except OptionError as e:
         raise ConfigError(path, f"sampler.{e.key}", str(e)) from None
+    check_space = getattr(sampler, "check_space", None)  # what the sampler needs of the space
+    if check_space is not None:
+        try:
+            check_space(space)
+        except ValueError as e:
+            key = next((k for k in model.sampler.options if str(e).startswith(k)), "name")
+            raise ConfigError(path, f"sampler.{key}", str(e)) from None
     try:
         make_pruner(model.pruner.name, model.pruner.options)
     except OptionError as e:

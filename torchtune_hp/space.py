@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchtune_hp.options import check_choice
+from torchtune_hp.options import check_choice, closest
 
 Value = Any
 
@@ -40,6 +40,8 @@ def _check_bounds(low: float, high: float, log: bool, step: float | None) -> Non
         raise ValueError(f"low must be < high, got low={low!r} high={high!r}")
     if log and low <= 0:
         raise ValueError(f"log=True needs low > 0, got low={low!r}")
+    if not math.isfinite(high - low):  # the samplers scale by the width
+        raise ValueError(f"high - low must be finite, got low={low!r} high={high!r}")
     if step is not None:
         if step <= 0:
             raise ValueError(f"step must be > 0, got step={step!r}")
@@ -47,6 +49,9 @@ def _check_bounds(low: float, high: float, log: bool, step: float | None) -> Non
             raise ValueError("step and log=True cannot be combined")
         if step > high - low:
             raise ValueError(f"step={step!r} is larger than high - low = {high - low!r}")
+
+
+EXACT_INT = 2**53  # the largest magnitude up to which every integer is a float
 
 
 def _clip01(u: float) -> float:
@@ -87,7 +92,14 @@ class Float:
         return min(max(x, self.low), self.high)
 
     def contains(self, value: Value) -> bool:
-        return isinstance(value, (int, float)) and self.low <= value <= self.high
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if not self.low <= value <= self.high:
+            return False
+        if self.step is None:
+            return True
+        k = (value - self.low) / self.step  # on the step grid, as every suggestion is
+        return abs(k - round(k)) <= 1e-6
 
     def grid(self, resolution: int) -> list[float]:
         points = [self.decode(i / (resolution - 1)) for i in range(resolution)]
@@ -111,6 +123,12 @@ class Int:
                     object.__setattr__(self, name, int(v))
                 else:
                     raise TypeError(f"{name} must be an integer, got {v!r}")
+        for name in ("low", "high"):
+            if abs(getattr(self, name)) > EXACT_INT:
+                raise ValueError(
+                    f"{name} must be within +-2**53 (every integer exact as a float, as the "
+                    f"samplers compute), got {getattr(self, name)!r}"
+                )
         _check_bounds(self.low, self.high, self.log, self.step)
 
     def _span(self) -> tuple[float, float]:
@@ -301,17 +319,30 @@ class Space:
             out[name] = v
         return out
 
-    def grid(self, resolution: int | Mapping[str, int] = 5) -> list[dict[str, Value]]:
-        """Every point of the grid: ``resolution`` values per continuous or integer dimension
-        (an int for all, or a mapping per name), every choice of a categorical."""
+    def grid_axes(self, resolution: int | Mapping[str, int] = 5) -> list[list[Value]]:
+        """Each parameter's grid values, in order: ``resolution`` values per continuous or
+        integer dimension (an int for all, or a mapping per name), every choice of a
+        categorical. A mapping naming no parameter is refused, with the closest name."""
+        if isinstance(resolution, Mapping):
+            for name in resolution:
+                if name not in self.params:
+                    raise ValueError(
+                        f"resolution names {name!r}, not a parameter"
+                        f"{closest(str(name), list(self.params))}; parameters: {list(self.params)}"
+                    )
         axes = []
         for name, p in self.params.items():
             r = resolution.get(name, 5) if isinstance(resolution, Mapping) else resolution
             if isinstance(p, (Float, Int)) and (not isinstance(r, int) or r < 2):
                 raise ValueError(f"grid resolution for {name!r} must be an integer >= 2, got {r!r}")
             axes.append(p.grid(r))
+        return axes
+
+    def grid(self, resolution: int | Mapping[str, int] = 5) -> list[dict[str, Value]]:
+        """Every point of the grid (see :meth:`grid_axes`)."""
         names = list(self.params)
-        return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*axes)]
+        product = itertools.product(*self.grid_axes(resolution))
+        return [dict(zip(names, combo, strict=True)) for combo in product]
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """A JSON-able description, stored with a study so a resume can compare spaces."""

@@ -178,6 +178,11 @@ class Storage:
 
     def _error(self, e: sqlite3.Error) -> StorageError:
         text = str(e)
+        if isinstance(e, sqlite3.ProgrammingError) and "closed database" in text:
+            return StorageError(
+                f"{self.path or ':memory:'}: this study is closed (its close(), or another Study "
+                "object of this process opened the same folder since: use that one)"
+            )
         if isinstance(e, sqlite3.DatabaseError) and (
             "not a database" in text or "malformed" in text
         ):

@@ -30,6 +30,7 @@ import random
 import socket
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -85,6 +86,18 @@ def check_seed(seed: object) -> int | None:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed must be an integer from 0 to 2**64 - 1, got {seed!r}")
     return seed
+
+
+def _closer(study: Study) -> Callable[[], None]:
+    """``study.close`` without keeping ``study`` alive (the lock registry holds it)."""
+    ref = weakref.ref(study)
+
+    def close() -> None:
+        owner = ref()
+        if owner is not None:
+            owner.close()
+
+    return close
 
 
 def _params_key(params: Mapping[str, Any]) -> str:
@@ -205,7 +218,8 @@ class Study:
         if self.follower:
             return _wait_for_database(db)
         files.make_study_dir(self.dir)
-        self._lock = files.StudyLock(self.dir).acquire()
+        self._lock = files.StudyLock(self.dir, on_handover=_closer(self)).acquire()
+        weakref.finalize(self, self._lock.release)  # freed without close(): the folder is free
         try:
             if db.is_symlink():
                 raise files.unsafe(db)
@@ -498,6 +512,11 @@ class Study:
         number = trial if isinstance(trial, int) else trial.number
         if self.follower:
             return self.trial(number)
+        if number not in self._view:
+            raise ValueError(
+                f"study {self.name!r} has no trial {number!r} (its trials are numbered 0 to "
+                f"{len(self._view) - 1}; tell() takes a Trial from ask() or its number)"
+            )
         outcome = value if isinstance(value, Outcome) else self._outcome(value, state, error)
         if outcome.state is TrialState.PRUNED:
             val, _ = as_number(outcome.value)
@@ -546,6 +565,13 @@ class Study:
             if step is not None:
                 self.note(number, f"a report's step {describe(step)} is not a step number")
             s = max(done) + 1 if done else 0
+        if int(s) in done:  # a stuck step counter would keep the pruners from ever deciding
+            self.note(
+                number,
+                "a step was reported more than once: the later value replaced the earlier "
+                "(pruners count distinct steps)",
+                warn=False,
+            )
         self.storage.report(number, int(s), val)
         self._refresh(number)
         self._emit("trial_reported", number, int(s), val)
@@ -631,6 +657,8 @@ class Study:
         """``running`` or ``ended``: followers stop following once rank 0's loop has ended."""
         if not self.follower and self.dir is not None:
             self.storage.set_meta({"loop": {"state": state, "at": utcnow().isoformat()}})
+        if self._lock is not None:
+            self._lock.busy = state == "running"  # a loop's study is never handed over
 
     # -- the loop ----------------------------------------------------------------------------
     def optimize(

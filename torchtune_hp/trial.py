@@ -177,8 +177,9 @@ class Trial(Pausable):
     def accelerator(self) -> str:
         return "gpu" if self.devices else "cpu"
 
-    def report(self, value: float, step: int) -> None:
-        """Record an intermediate value (e.g. the validation loss after epoch ``step``)."""
+    def report(self, value: float, step: int | None = None) -> None:
+        """Record an intermediate value (e.g. the validation loss after epoch ``step``; by
+        default the step after the last reported one)."""
         self.study.report(self, value, step)
 
     @property

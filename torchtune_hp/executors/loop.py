@@ -106,6 +106,11 @@ def run_trials(
     callbacks: Sequence[Callable[[Any, FrozenTrial], None]] = (),
     fail_fast: int = 3,
 ) -> None:
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 0:
+        raise TypeError(
+            f"n_trials must be an integer >= 0 (the study's total, earlier runs' trials "
+            f"included), got {n_trials!r}"
+        )
     fail = FailFast(study, fail_fast)
     signals.reset()
     with stop_signals(), _horizon(study.sampler, n_trials):

@@ -105,10 +105,10 @@ class RemoteTrial(Pausable):
     def accelerator(self) -> str:
         return "gpu" if self.devices else "cpu"
 
-    def report(self, value: float, step: int) -> None:
+    def report(self, value: float, step: int | None = None) -> None:
         self.report_values({self.metric: value}, step)
 
-    def report_values(self, values: dict[str, Any], step: int) -> bool:
+    def report_values(self, values: dict[str, Any], step: int | None) -> bool:
         """Send the values; when the study's metric is among them, wait for the pruner."""
         self._seq += 1
         channel.append_report(self.run_dir, self.launch, self._seq, step, _jsonable(values))

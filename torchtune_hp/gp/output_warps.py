@@ -90,12 +90,16 @@ def fit_floor(y: np.ndarray) -> FloorWarp | None:
     y = np.asarray(y, dtype=np.float64)
     with np.errstate(all="ignore"):
         sd = float(np.std(y)) if len(y) else 0.0
-    if len(y) < 3 or not 0 < sd < math.inf:
+    # equal values can have a standard deviation of rounding noise (0.1 * 20: 1e-17)
+    if len(y) < 3 or not 0 < sd < math.inf or not y.max() > y.min():
         return None
     low = float(y.min())
     offset = FLOOR_OFFSET
     with np.errstate(all="ignore"):
-        t, lmbda = boxcox((y - low) / sd + offset)
+        try:
+            t, lmbda = boxcox((y - low) / sd + offset)
+        except ValueError:  # scipy refuses data that are constant after all
+            return None
     if not (np.all(np.isfinite(t)) and np.std(t) > 0):
         return None
     return FloorWarp(low, sd, offset, float(lmbda), float(t.mean()), float(np.std(t)))

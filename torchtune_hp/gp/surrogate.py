@@ -83,6 +83,8 @@ def fit_warp(y: np.ndarray, lmbda: float | None = None) -> tuple[np.ndarray, Out
     can fit the exponent only now and then, and map forecasts back."""
     y = np.asarray(y, dtype=np.float64)
     mean, std = float(np.mean(y)) if len(y) else 0.0, float(np.std(y)) if len(y) else 0.0
+    if len(y) and not y.max() > y.min():  # equal values: their sd is rounding noise, if any
+        std = 0.0
     if not std > 0 or len(y) < 3:
         scale = std if std > 0 else 1.0
         return (y - mean) / scale if std > 0 else np.zeros_like(y), OutputWarp(

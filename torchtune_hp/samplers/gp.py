@@ -124,7 +124,9 @@ def observations(
                 continue
         if t.state is TrialState.FAILED and not t.interrupted:
             failed.append(t.params)
-        elif t.state is TrialState.COMPLETE:
+        elif t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            # a value that is not finite (a diverged run: a NaN report is recorded as inf), or a
+            # trial pruned before its first report: what was tried there is bad, as a failure
             failed.append(t.params)
     if values and failed:
         worst = max(values)
@@ -707,10 +709,23 @@ def importance(space: Space, trials: Sequence[FrozenTrial], mode: str = "min") -
     obs = observations(trials, mode)
     if len(obs.values) < 3:
         raise ValueError("importance needs at least 3 finished trials")
+    if not obs.values.max() > obs.values.min():
+        raise ValueError(
+            "importance needs trials with different values; every finished trial has "
+            f"{float(obs.values[0]) * (1.0 if mode == 'min' else -1.0)!r}, so no parameter "
+            "can be told to matter"
+        )
     sampler = GPSampler(device="cpu")
-    with torch_threads(1):
-        surrogate, _ = sampler.fit(space, obs)
-    return lengthscale_shares(space, surrogate)
+    try:
+        with torch_threads(1):
+            surrogate, _ = sampler.fit(space, obs)
+    except SurrogateError as e:
+        raise ValueError(f"importance: the GP could not be fitted to these trials ({e})") from e
+    shares = lengthscale_shares(space, surrogate)
+    # a parameter the trials never varied (a single choice, say) cannot be told to matter
+    varied = {n: len({_key({n: p[n]}) for p in obs.params}) > 1 for n in shares}
+    total = sum(v for n, v in shares.items() if varied[n])
+    return {n: (v / total if varied[n] and total > 0 else 0.0) for n, v in shares.items()}
 
 
 __all__ = ["GPSampler", "importance", "observations"]

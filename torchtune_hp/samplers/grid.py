@@ -4,6 +4,7 @@ stopped early has still covered the grid evenly (as Optuna's GridSampler does)."
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -50,14 +51,20 @@ class GridSampler:
         self.shuffle = shuffle
         self._cache: tuple[Space, list[dict[str, Any]]] | None = None
 
+    def check_space(self, space: Space) -> None:
+        """Raises ValueError when ``resolution`` names no parameter of ``space`` or the grid
+        is too large to list, before any point is built (a recipe is checked at load)."""
+        size = math.prod(len(axis) for axis in space.grid_axes(self.resolution))
+        if size > MAX_GRID_POINTS:
+            raise ValueError(
+                f"resolution {self.resolution!r} makes a grid of {size} points (more than "
+                f"{MAX_GRID_POINTS}); lower it or use random/sobol search"
+            )
+
     def points(self, space: Space) -> list[dict[str, Any]]:
         if self._cache is None or self._cache[0] != space:
+            self.check_space(space)
             grid = space.grid(self.resolution)
-            if len(grid) > MAX_GRID_POINTS:
-                raise ValueError(
-                    f"the grid has {len(grid)} points (more than {MAX_GRID_POINTS}); "
-                    "lower the resolution or use random/sobol search"
-                )
             if self.shuffle:
                 order = np.random.default_rng(self.seed).permutation(len(grid))
                 grid = [grid[i] for i in order]
