@@ -311,3 +311,16 @@ def test_trial_report_takes_the_next_step_by_default_and_notes_a_repeated_step()
     frozen = study.trial(trial.number)
     assert frozen.intermediate == {0: 0.9, 1: 0.7}
     assert "a step was reported more than once" in frozen.note
+
+
+def test_closing_with_an_unanswered_ask_says_so_and_runs_it_again(tmp_path, recwarn):
+    study = Study("s", SPACE, seed=0, logdir=tmp_path)
+    asked = study.ask()
+    study.close()  # a clean close: not "the process running this trial died"
+    again = Study("s", SPACE, seed=0, logdir=tmp_path)
+    assert not [w for w in recwarn if "died" in str(w.message)]
+    first = again.trials[0]
+    assert first.interruption is Interruption.STOPPED and "closed before" in first.error
+    again.optimize(lambda t: t.params["x"], n_trials=1)
+    assert again.trials[1].params == asked.params and again.trials[1].state is TrialState.COMPLETE
+    again.close()

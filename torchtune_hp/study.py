@@ -684,6 +684,13 @@ class Study:
             return
         self._closed = True
         try:
+            asked = [t for t in getattr(self, "_view", {}).values() if t.state is TrialState.RUNNING]
+            if asked and not self.follower and hasattr(self, "storage"):  # asked, never told
+                self._recover(
+                    f"{INTERRUPTED}: the study was closed before this trial was told; its "
+                    "parameters run again next time",
+                    Interruption.STOPPED,
+                )
             self._emit("study_closed")
         finally:
             self._listeners.clear()
