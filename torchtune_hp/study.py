@@ -23,7 +23,6 @@ follower ends within a second of rank 0 ending, whatever the reason.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -46,7 +45,15 @@ from torchtune_hp.pruners import Pruner, make_pruner
 from torchtune_hp.samplers import Sampler, SpaceExhausted, make_sampler
 from torchtune_hp.space import Param, Space, space_diff
 from torchtune_hp.storage import Storage, utcnow
-from torchtune_hp.trial import FrozenTrial, Interruption, Origin, Trial, TrialState, best_of
+from torchtune_hp.trial import (
+    FrozenTrial,
+    Interruption,
+    Origin,
+    Trial,
+    TrialState,
+    best_of,
+    params_key,
+)
 
 if TYPE_CHECKING:
     from torchtune_hp.samplers.explain import Explanation
@@ -98,12 +105,6 @@ def _closer(study: Study) -> Callable[[], None]:
             owner.close()
 
     return close
-
-
-def _params_key(params: Mapping[str, Any]) -> str:
-    """Parameters as stored (JSON, keys sorted): equal for the same values whether they come
-    from the caller or back from the database."""
-    return json.dumps(params, sort_keys=True)
 
 
 def _better(a: FrozenTrial, b: FrozenTrial | None, mode: str) -> bool:
@@ -415,9 +416,9 @@ class Study:
         queues them anyway (repeats of a noisy objective)."""
         checked = self.space.validate(params)
         if skip_if_exists:
-            key = _params_key(checked)
+            key = params_key(checked)
             known = [t.params for t in self.storage.trials()] + self.storage.queued()
-            if any(_params_key(p) == key for p in known):
+            if any(params_key(p) == key for p in known):
                 return
         self.storage.push_queue(checked, Origin.ENQUEUED)
 
@@ -434,10 +435,10 @@ class Study:
             raise ValueError(f"add() needs a finite number, got {why or number}")
         checked = self.space.validate(params)
         if skip_if_exists:
-            key = _params_key(checked)
+            key = params_key(checked)
             for t in self.storage.trials():
                 if t.state is TrialState.COMPLETE and t.value == number:
-                    if _params_key(t.params) == key:
+                    if params_key(t.params) == key:
                         return t
         frozen = self._refresh(self.storage.add_trial(checked, number))
         self._emit("trial_finished", frozen)
@@ -684,7 +685,9 @@ class Study:
             return
         self._closed = True
         try:
-            asked = [t for t in getattr(self, "_view", {}).values() if t.state is TrialState.RUNNING]
+            asked = [
+                t for t in getattr(self, "_view", {}).values() if t.state is TrialState.RUNNING
+            ]
             if asked and not self.follower and hasattr(self, "storage"):  # asked, never told
                 self._recover(
                     f"{INTERRUPTED}: the study was closed before this trial was told; its "

@@ -4,8 +4,9 @@ receives (:class:`Trial`)."""
 from __future__ import annotations
 
 import enum
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,12 @@ class TrialState(str, enum.Enum):
 
 class TrialPruned(Exception):
     """Raised inside an objective to end its trial as PRUNED (the pruner said stop)."""
+
+
+def params_key(params: Mapping[str, Any]) -> str:
+    """Parameters as stored (JSON, keys sorted): equal for the same values whether they come
+    from a sampler, the caller or back from the database, so sets and lookups can use it."""
+    return json.dumps(params, sort_keys=True)
 
 
 class Interruption(str, enum.Enum):

@@ -22,7 +22,6 @@ kept in ``last_note`` (stored on the trial).
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -45,7 +44,7 @@ from torchtune_hp.samplers.base import own_draws
 from torchtune_hp.samplers.explain import Explanation
 from torchtune_hp.samplers.sobol import sobol_points
 from torchtune_hp.space import Space
-from torchtune_hp.trial import FrozenTrial, TrialState
+from torchtune_hp.trial import FrozenTrial, TrialState, params_key
 
 
 def resolve_device(device: str) -> torch.device:
@@ -134,10 +133,6 @@ def observations(
         values += [worst] * len(failed)
         kinds += ["failed"] * len(failed)
     return Observations(params, np.asarray(values, dtype=np.float64), kinds)
-
-
-def _key(params: dict[str, Any]) -> str:
-    return json.dumps(params, sort_keys=True)
 
 
 class GPSampler:
@@ -481,12 +476,12 @@ class GPSampler:
         every = self.thompson_every
         step = bool(every and k % every == every - 1) and not endgame
         thompson = self.acquisition == "thompson" or step
-        seen = {_key(p) for p in obs.params} | {_key(t.params) for t in pending}
+        seen = {params_key(p) for p in obs.params} | {params_key(t.params) for t in pending}
         view = {"space": space, "obs": obs, "y": y, "best": best, "thompson": thompson}
         view |= {"radius": endgame_radius, "output_warp": self.output_in_force, "smooth": smooth}
         if step and additive:
             params = self._additive_point(enc, x, y, self._fit_rows(obs.values, k), xp, k)
-            if params is not None and _key(params) not in seen:
+            if params is not None and params_key(params) not in seen:
                 self._view = {**view, "next": params, "endgame": False, "additive": True}
                 return params
         # The endgame searches near the best first; where every point there was tried (a small
@@ -498,7 +493,7 @@ class GPSampler:
             # Decode lazily, 64 at a time: the first chunk nearly always holds a new point.
             for start in range(0, len(pool), 64):
                 for params in enc.to_params(pool[start : start + 64]):
-                    if _key(params) not in seen:
+                    if params_key(params) not in seen:
                         self._view = {**view, "next": params, "endgame": local_only}
                         return params
         self.last_note = "every candidate was already evaluated or pending: a Sobol point instead"
@@ -723,7 +718,7 @@ def importance(space: Space, trials: Sequence[FrozenTrial], mode: str = "min") -
         raise ValueError(f"importance: the GP could not be fitted to these trials ({e})") from e
     shares = lengthscale_shares(space, surrogate)
     # a parameter the trials never varied (a single choice, say) cannot be told to matter
-    varied = {n: len({_key({n: p[n]}) for p in obs.params}) > 1 for n in shares}
+    varied = {n: len({params_key({n: p[n]}) for p in obs.params}) > 1 for n in shares}
     total = sum(v for n, v in shares.items() if varied[n])
     return {n: (v / total if varied[n] and total > 0 else 0.0) for n, v in shares.items()}
 

@@ -3,7 +3,6 @@ stopped early has still covered the grid evenly (as Optuna's GridSampler does)."
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -12,13 +11,9 @@ import numpy as np
 
 from torchtune_hp.samplers.base import SpaceExhausted
 from torchtune_hp.space import Space
-from torchtune_hp.trial import FrozenTrial, Interruption, Origin
+from torchtune_hp.trial import FrozenTrial, Interruption, Origin, params_key
 
 MAX_GRID_POINTS = 1_000_000
-
-
-def params_key(params: Mapping[str, Any]) -> str:
-    return json.dumps(params, sort_keys=True)
 
 
 def _settled(trial: FrozenTrial) -> bool:
