@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_cli, wait_seen, xy_recipe
+from conftest import function_recipe, read_trials, run_cli, wait_seen, xy_recipe
 
 from torchtune_hp import Float, Study, TrialState, report
 from torchtune_hp.executors.argv import build_argv
@@ -353,3 +353,28 @@ def test_sigint_stops_every_trial_process_and_a_rerun_completes(tmp_path):
     done = [t for t in storage.trials() if t.state is TrialState.COMPLETE]
     storage.close()
     assert len(done) == 3
+
+
+def test_a_timeout_is_kept_for_a_function_objective_with_one_worker(tmp_path):
+    """One local worker runs a function in the driver's process, where nothing can stop a call
+    that hangs: with objective.timeout it runs in a worker process instead (the timeout was
+    accepted and ignored, and the study hung)."""
+    source = (
+        "import time\n"
+        "def train(trial):\n"
+        "    if trial.number == 1:\n"
+        "        time.sleep(600)\n"
+        "    return trial.params['x']\n"
+    )
+    function_recipe(tmp_path, source, "hang", trials=3)
+    started = time.monotonic()
+    result = run_cli("run", "r.yaml", "objective.timeout=2", cwd=tmp_path)
+    assert time.monotonic() - started < 120, "the timeout was not enforced"
+    trials = read_trials(tmp_path / "logs" / "hang")
+    assert result.returncode == 0, result.stderr
+    assert "timed out after 2 s" in trials[1].error
+    assert [t.state for t in trials] == [
+        TrialState.COMPLETE,
+        TrialState.FAILED,
+        TrialState.COMPLETE,
+    ]

@@ -77,6 +77,30 @@ def test_the_wheel_holds_every_module_and_recipe(tmp_path):
     )
 
 
+def test_scripts_are_found_beside_the_recipe_not_in_the_current_folder(tmp_path):
+    """Each trial runs in its own folder: ``python -m train`` beside the recipe is put on the
+    trials' PYTHONPATH, and a script found only in the folder the command is typed in is
+    refused before any trial (it passed the check and then failed every trial)."""
+    script = (
+        "import sys, json\n"
+        "print(json.dumps({'loss': float(sys.argv[sys.argv.index('--x') + 1])}))\n"
+    )
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "work").mkdir()
+    (tmp_path / "recipes" / "train.py").write_text(script)
+    recipe(tmp_path / "recipes", {"command": ["python", "-m", "train"]}, trials=2)
+    result = run_cli("run", "../recipes/recipe.yaml", cwd=tmp_path / "work")
+    assert result.returncode == 0, result.stderr
+    trials = trials_of(tmp_path / "work")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    (tmp_path / "recipes" / "train.py").rename(tmp_path / "work" / "train.py")
+    recipe(tmp_path / "recipes", {"command": ["python", "train.py"]}, trials=3)
+    for verb in ("validate", "run"):
+        refused = run_cli(verb, "../recipes/recipe.yaml", cwd=tmp_path / "work")
+        assert refused.returncode == 2, refused.stderr
+        assert "'train.py' does not exist beside the recipe" in refused.stderr
+
+
 def test_a_folder_beside_the_recipe_is_made_absolute_like_a_file(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "offset.txt").write_text("0.25")

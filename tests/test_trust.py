@@ -29,6 +29,7 @@ from conftest import (
     read_trials,
     run_cli,
     seen_pids,
+    wait_seen,
     xy_recipe,
 )
 from conftest import write_yaml as write
@@ -417,6 +418,34 @@ def test_every_stop_signal_is_a_clean_stop(tmp_path, sig):
     assert all(
         t.state is TrialState.FAILED and t.interruption is Interruption.STOPPED for t in trials
     )
+
+
+def test_a_stop_sent_to_every_process_at_once_interrupts_the_trials_and_they_run_again(tmp_path):
+    """Slurm's scancel, a preemption or ``systemctl stop`` signal the trial processes as well as
+    the driver, in no set order: a trial that ends on the SIGTERM is the study's stop, not a
+    failure of its own (it used to be recorded FAILED, counted, and never run again)."""
+    study_dir = two_long_trials_recipe(tmp_path)
+    driver = subprocess.Popen(
+        cli_cmd("run", "recipe.yaml"), cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    pids = wait_seen(study_dir, 2, driver)
+    for pid in pids:  # the trials first: the driver sees them end before its own signal
+        os.kill(pid, signal.SIGTERM)
+    time.sleep(0.3)
+    driver.send_signal(signal.SIGTERM)
+    _, err = driver.communicate(timeout=60)
+    assert driver.returncode == 128 + signal.SIGTERM, err
+    trials = read_trials(study_dir)
+    assert [(t.state, t.interruption) for t in trials] == [
+        (TrialState.FAILED, Interruption.STOPPED)
+    ] * 2
+    stopped = sorted(json.dumps(t.params) for t in trials)
+    raw = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
+    raw["objective"]["command"] = ["python", FAKE, "--how", "json", "--sleep", "0"]
+    write(tmp_path / "recipe.yaml", raw)
+    assert run_cli("run", "recipe.yaml", cwd=tmp_path).returncode == 0
+    again = [t for t in read_trials(study_dir)[2:] if t.state is TrialState.COMPLETE]
+    assert len(again) == 3 and sorted(json.dumps(t.params) for t in again[:2]) == stopped
 
 
 def _catches(pid: int, sig: int) -> bool:

@@ -94,7 +94,10 @@ def check_command(recipe: Recipe) -> list[str]:
             recipe.path, KEY, f"{program!r} is neither a file beside the recipe nor on PATH"
         )
     for given, resolved in zip(obj.command[1:], command[1:], strict=True):
-        if given.endswith(".py") and not _looks_like_option(given) and not os.path.exists(resolved):
+        # a relative path that is not beside the recipe stays relative, and each trial runs in
+        # its own folder: a script found only in the current folder would fail every trial
+        found = os.path.isabs(resolved) and os.path.exists(resolved)
+        if given.endswith(".py") and not _looks_like_option(given) and not found:
             nearby = sorted(p.name for p in folder.glob("*.py"))
             raise ConfigError(
                 recipe.path,
@@ -162,11 +165,26 @@ def launch_spec(recipe: Recipe) -> LaunchSpec:
         worker = [sys.executable, "-m", "torchtune_hp.executors.worker"]
         return LaunchSpec(worker, folder, env=env, timeout_s=obj.timeout)
     regex = None if obj.metric_regex is None else compile_metric_regex(obj.metric_regex)
+    command = check_command(recipe)
     return LaunchSpec(
-        check_command(recipe),
+        command,
         folder,
         style=obj.args,
         rename=dict(obj.rename),
+        env=module_path_env(command, folder),
         regex=regex,
         timeout_s=obj.timeout,
     )
+
+
+def module_path_env(command: list[str], folder: Path) -> dict[str, str]:
+    """``PYTHONPATH`` with the recipe's folder first where the command runs a module that lies
+    beside the recipe (``python -m train``): each trial runs in its own folder, where Python
+    would not find it (``python train.py`` needs nothing: the path is made absolute)."""
+    if "-m" not in command[1:-1]:
+        return {}
+    module = command[command.index("-m", 1) + 1].split(".")[0]
+    if not (folder / f"{module}.py").exists() and not (folder / module).is_dir():
+        return {}
+    rest = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": str(folder) + (os.pathsep + rest if rest else "")}

@@ -39,6 +39,9 @@ class Outcome:
     value: float | None = None
     error: str | None = None
     interruption: Interruption | None = None
+    # the trial's process ended on this stop signal (SIGTERM, SIGINT, SIGHUP) from outside: if
+    # the driver got one too, the trial is the study's stop, not a failure (executors/loop.py)
+    stop_signal: int | None = None
 
     @classmethod
     def complete(cls, value: float) -> Outcome:

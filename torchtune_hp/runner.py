@@ -43,9 +43,12 @@ def open_study(recipe: Recipe) -> Study:
 
 def in_process(recipe: Recipe) -> bool:
     """A function objective with one local worker runs in the driver's process (fast,
-    debuggable); commands, several workers and Ray run trials as processes."""
-    ex = recipe.model.executor
-    return recipe.model.objective.function is not None and ex.workers == 1 and ex.name == "local"
+    debuggable); commands, several workers, Ray and a ``timeout`` (only a process can be
+    killed when it runs too long) run trials as processes."""
+    ex, obj = recipe.model.executor, recipe.model.objective
+    return (
+        obj.function is not None and obj.timeout is None and ex.workers == 1 and ex.name == "local"
+    )
 
 
 def check_executor(recipe: Recipe) -> None:

@@ -19,17 +19,20 @@ budget on the same failure.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from torchtune_hp import signals
 from torchtune_hp.errors import StudyStopped
-from torchtune_hp.executors import Executor
+from torchtune_hp.executors import Executor, Finished
 from torchtune_hp.samplers import SpaceExhausted
 from torchtune_hp.signals import Interrupted, shielded, stop_signals
 from torchtune_hp.trial import FrozenTrial, Interruption, TrialState
 
 POLL_S = 0.05
+# how long a trial that ended on a stop signal waits for the driver's own (see _with_the_stop)
+STOP_GRACE_S = 1.0
 
 
 def error_signature(trial: FrozenTrial) -> str:
@@ -155,7 +158,8 @@ def _drive(
         if executor.active == 0:
             return
         with signals.defer():  # what finished is recorded whole before a stop is acted on
-            finished = [study.tell(d.trial, d.outcome) for d in executor.wait(POLL_S)]
+            done = _not_stopped(executor.wait(POLL_S))
+            finished = [study.tell(d.trial, d.outcome) for d in done]
         for frozen in finished:
             for cb in callbacks:
                 cb(study, frozen)
@@ -165,11 +169,28 @@ def _drive(
             raise Interrupted(stop)
 
 
+def _not_stopped(done: list[Finished]) -> list[Finished]:
+    """``done`` less the trials whose process ended on a stop signal while the driver got one
+    too (within :data:`STOP_GRACE_S`: Slurm's scancel, a preemption or ``systemctl stop``
+    signal every process at once, in no set order). Those stay RUNNING for :func:`_stop`,
+    which records them interrupted and queues them to run again, as it does the trials it
+    stops itself; they did not fail. A signal for the trial alone (a user's ``kill``) is that
+    trial's failure."""
+    if not any(d.outcome.stop_signal is not None for d in done):
+        return done
+    deadline = time.monotonic() + STOP_GRACE_S
+    while signals.received() is None and time.monotonic() < deadline:
+        time.sleep(0.02)  # the handler runs between these: defer() only holds the raise
+    if signals.received() is None:
+        return done
+    return [d for d in done if d.outcome.stop_signal is None]
+
+
 def _stop(study: Any, executor: Executor, error: BaseException) -> None:
     """Stop every trial, then record them: ``stopped`` after a signal or a fail-fast stop,
     ``died`` after an error of the driver's own."""
     try:
-        for done in executor.wait(0.0):  # what ended before the stop is kept as it ended
+        for done in _not_stopped(executor.wait(0.0)):  # what ended before it, as it ended
             study.tell(done.trial, done.outcome)
     except Exception:
         pass

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from torchtune_hp import files
+from torchtune_hp import files, signals
 from torchtune_hp.board.tags import objective_tag
 from torchtune_hp.executors import channel, guard
 from torchtune_hp.executors.argv import build_argv, lightning_cli_extras
@@ -300,7 +300,8 @@ def process_outcome(
     if result is not None:
         return result
     if rc != 0:
-        return Outcome.failed(f"exit code {rc}; stderr:\n{stderr}")
+        stop = -rc if -rc in signals.ALL_STOPS else None  # see Outcome.stopped
+        return replace(Outcome.failed(f"exit code {rc}; stderr:\n{stderr}"), stop_signal=stop)
     stdout = read_tail(run_dir / "stdout.log", STDOUT_TAIL)
     value = last_json_value(stdout, metric)
     if value is not MISSING:
