@@ -262,12 +262,15 @@ def test_crash_timeout_and_silence_fail_with_the_right_message_and_the_study_goe
 
 
 # -- parallel workers and devices --------------------------------------------------------------
-def test_two_workers_overlap_get_distinct_params_and_their_own_devices(tmp_path):
+@pytest.mark.parametrize("per_device", [1, 2])
+def test_two_workers_overlap_get_distinct_params_and_their_own_devices(tmp_path, per_device):
+    """With trials_per_device: 2 as well: the devices are filled in turn, so two trials at once
+    still run on two GPUs (both used to go to the first)."""
     path = write_recipe(
         tmp_path,
         {"command": ["python", FAKE, "--how", "json", "--sleep", "1.0"]},
         trials=4,
-        executor={"workers": 2, "devices": [7, 9]},
+        executor={"workers": 2, "devices": [7, 9], "trials_per_device": per_device},
     )
     trials = run(path)
     assert all(t.state is TrialState.COMPLETE for t in trials)
@@ -295,7 +298,8 @@ def test_device_slots(monkeypatch):
     visible = lambda slots: [s.visible for s in slots]  # noqa: E731
     assert visible(device_slots("cpu", 2)) == ["", ""]
     assert visible(device_slots([0, 1, 2, 3], 4, devices_per_trial=2)) == ["0,1", "2,3"]
-    assert visible(device_slots([0, 1], 4, trials_per_device=2)) == ["0", "0", "1", "1"]
+    # shared devices are filled in turn: two trials at once run on two GPUs, not both on GPU 0
+    assert visible(device_slots([0, 1], 4, trials_per_device=2)) == ["0", "1", "0", "1"]
     with pytest.raises(ValueError, match="only 1 devices"):
         device_slots([0], 1, devices_per_trial=2)
 
@@ -378,3 +382,15 @@ def test_a_timeout_is_kept_for_a_function_objective_with_one_worker(tmp_path):
         TrialState.FAILED,
         TrialState.COMPLETE,
     ]
+
+
+def test_a_script_whose_last_report_diverged_says_so(tmp_path):
+    (tmp_path / "nan.py").write_text(
+        "import torchtune_hp\n"
+        "torchtune_hp.report(loss=0.5, step=0)\n"
+        "torchtune_hp.report(loss=float('nan'), step=1)\n"
+    )
+    path = write_recipe(tmp_path, {"command": ["python", "nan.py"]}, trials=1)
+    (trial,) = run(path)
+    assert trial.state is TrialState.FAILED
+    assert "last report of 'loss' was NaN or inf (the run diverged)" in trial.error

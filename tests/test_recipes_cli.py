@@ -152,7 +152,7 @@ def test_ls_cp_validate(tmp_path):
     copied = tmp_path / "mine" / "digits_mlp.yaml"
     assert copied.read_text().startswith("# torchtune-hp run ")
     assert (tmp_path / "mine" / "digits_mlp.py").exists()
-    cli_copy = run_cli("cp", "digits_cli", str(tmp_path / "cli") + "/", cwd=tmp_path)
+    cli_copy = run_cli("cp", "digits_cli", "cli", cwd=tmp_path)  # a new folder, no slash
     assert cli_copy.returncode == 0, cli_copy.stderr
     # the command's script and the module it imports
     assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == [
@@ -250,6 +250,8 @@ def test_ctrl_c_marks_the_trial_failed_and_a_rerun_resumes(tmp_path, fast_recipe
 def test_second_run_with_another_space_is_refused_without_losing_trials(tmp_path, fast_recipe):
     recipe = fast_recipe(trials=3)
     assert run_cli("run", str(recipe), cwd=tmp_path).returncode == 0
+    above = run_cli("trials", "logs", cwd=tmp_path)  # the logdir, not the study: names them
+    assert above.returncode == 2 and "the studies in this folder: ['fast']" in above.stderr
     changed = run_cli("run", str(recipe), "space.x.high=2.0", "study.trials=5", cwd=tmp_path)
     assert changed.returncode == 2
     assert "'x' changed" in changed.stderr and "Traceback" not in changed.stderr

@@ -242,6 +242,7 @@ def test_a_driver_bug_on_one_trial_does_not_crash_every_resume(tmp_path):
     trials = read_trials(tmp_path / "bug")
     crashed = [t for t in trials if t.params["x"] == 0.5]
     assert len(crashed) == 2 and all(t.interruption is Interruption.DIED for t in crashed)
+    assert "it was the retry, so no more" in crashed[1].error  # not a promise of another
     assert sum(t.state is TrialState.COMPLETE for t in trials) == 3
 
 

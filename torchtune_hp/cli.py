@@ -9,6 +9,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import shutil
 import sys
 import warnings
@@ -75,17 +76,17 @@ def run(recipe: str, overrides: tuple[str, ...], fresh: bool) -> None:
             click.echo(f"moved the old study to {moved}", err=True)
     with run_recipe(loaded) as study:
         best = study.incumbent
+        where = shlex.quote(str(study.dir))  # pasted back into a shell: spaces, quotes
         if best is None:
             raise NoResult(
                 f"{study.dir}: no trial completed; see why with: torchtune-hp trials "
-                f"{study.dir}. After a fix, run the same command to go on, or add --fresh to "
+                f"{where}. After a fix, run the same command to go on, or add --fresh to "
                 "start the study over"
             )
         say(
             f"best {study.metric} = {best.value:.6g} (trial {best.number}) with {best.params}\n"
-            f"trials: torchtune-hp trials {study.dir}    best config: torchtune-hp best "
-            f"{study.dir}\n"
-            f"dashboard: tensorboard --logdir {study.dir}"
+            f"trials: torchtune-hp trials {where}    best config: torchtune-hp best {where}\n"
+            f"dashboard: tensorboard --logdir {where}"
         )
 
 
@@ -141,7 +142,9 @@ def cp(name: str, dest: str) -> None:
     from torchtune_hp.recipe import find_recipe, parse_yaml
 
     src = find_recipe(name)
-    target = Path(dest) / src.name if Path(dest).is_dir() or dest.endswith("/") else Path(dest)
+    # a folder unless DEST names a YAML file (``my_recipes`` need not exist, nor end in /)
+    as_file = Path(dest).suffix in (".yaml", ".yml") and not Path(dest).is_dir()
+    target = Path(dest) if as_file else Path(dest) / src.name
     target.parent.mkdir(parents=True, exist_ok=True)
     raw = parse_yaml(src.read_text()) or {}
     objective = raw.get("objective") or {}

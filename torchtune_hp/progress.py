@@ -4,6 +4,7 @@ logs, pipes), so both stay readable."""
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from collections.abc import Callable
 
@@ -105,7 +106,10 @@ class ProgressView:
             text = trial.error.strip()
             detail = text.splitlines()[-1][:120]
             if detail != text and study.dir is not None:
-                detail += f" (all of it: torchtune-hp trials {study.dir} --trial {trial.number})"
+                detail += (
+                    f" (all of it: torchtune-hp trials {shlex.quote(str(study.dir))} "
+                    f"--trial {trial.number})"
+                )
         line = (
             f"[{study.n_finished}/{self.n_trials}] trial {trial.number} {state} {detail} "
             f"({trial.duration_s or 0:.1f} s) best {fmt_value(best.value if best else None)} "

@@ -7,13 +7,14 @@ mistake costs no trial and no file.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 from torchtune_hp import files
 from torchtune_hp.errors import ConfigError
 from torchtune_hp.executors import Executor
-from torchtune_hp.executors.devices import Slot, device_slots
+from torchtune_hp.executors.devices import Slot, device_slots, driver_gpus
 from torchtune_hp.executors.inline import InlineExecutor
 from torchtune_hp.executors.loop import run_trials
 from torchtune_hp.launch import check_objective, launch_spec
@@ -68,9 +69,24 @@ def slots_of(recipe: Recipe) -> list[Slot]:
     if ex.name != "local":
         return []
     try:
-        return device_slots(ex.devices, ex.workers, ex.trials_per_device, ex.devices_per_trial)
+        slots = device_slots(ex.devices, ex.workers, ex.trials_per_device, ex.devices_per_trial)
     except ValueError as e:
         raise ConfigError(recipe.path, "executor.devices", str(e)) from None
+    if isinstance(ex.devices, list) and not driver_gpus():
+        warnings.warn(
+            f"executor.devices: {ex.devices} names GPUs, but none is visible here; each trial is "
+            "told it has one (trial.accelerator == 'gpu'); use devices: auto to fall back to "
+            "the CPU",
+            stacklevel=2,
+        )
+    if len(slots) < ex.workers:
+        warnings.warn(
+            f"executor.workers: {ex.workers}, but the devices make {len(slots)} slots "
+            f"({ex.devices}, trials_per_device {ex.trials_per_device}, devices_per_trial "
+            f"{ex.devices_per_trial}): {len(slots)} trials run at once",
+            stacklevel=2,
+        )
+    return slots
 
 
 def connect_cluster(recipe: Recipe) -> None:

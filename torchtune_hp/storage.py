@@ -407,12 +407,17 @@ class Storage:
                         ),
                     )
                     continue
+                again = interruption is Interruption.STOPPED or was != Origin.RETRY.value
+                # the reason promises a retry; a retry that dies too is not run again
+                why = (
+                    reason if again else f"{reason.partition(';')[0]}; it was the retry, so no more"
+                )
                 c.execute(
                     'UPDATE trials SET state=?, error=?, interrupted=1, interruption=?, "end"=? '
                     "WHERE number=?",
-                    (TrialState.FAILED.value, reason, interruption.value, _ts(utcnow()), n),
+                    (TrialState.FAILED.value, why, interruption.value, _ts(utcnow()), n),
                 )
-                if interruption is Interruption.STOPPED or was != Origin.RETRY.value:
+                if again:
                     c.execute(
                         "INSERT INTO queue (params, origin) VALUES (?, ?)", (params, origin.value)
                     )
@@ -471,7 +476,9 @@ def _check_header(path: Path, must_exist: bool) -> None:
             head = f.read(len(SQLITE_HEADER))
     except FileNotFoundError:
         if must_exist:
-            raise FileNotFoundError(f"{path}: no study database here") from None
+            inside = sorted(p.parent.name for p in path.parent.glob(f"*/{path.name}"))
+            hint = f"; the studies in this folder: {inside}" if inside else ""
+            raise FileNotFoundError(f"{path}: no study database here{hint}") from None
         return
     except IsADirectoryError:
         raise damaged(path, "it is a folder") from None

@@ -94,7 +94,9 @@ def device_slots(
     for i in range(0, len(ids) - devices_per_trial + 1, devices_per_trial):
         group = slice(i, i + devices_per_trial)
         slots.append(Slot(tuple(positions[group]), ",".join(ids[group])))
-    return [s for s in slots for _ in range(trials_per_device)]
+    # round robin: the executor takes the first free slot, so trials spread over the devices
+    # before any device gets a second one
+    return [s for _ in range(trials_per_device) for s in slots]
 
 
 def _driver_id(position: int) -> str:

@@ -21,6 +21,7 @@ else FAILED, naming the metric and what was seen. Every value goes through
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -44,7 +45,7 @@ from torchtune_hp.executors.metric import (
     regex_value,
     tensorboard_last,
 )
-from torchtune_hp.outcome import Outcome, describe, outcome_of_return
+from torchtune_hp.outcome import Outcome, as_number, describe, outcome_of_return
 from torchtune_hp.trial import Interruption
 
 PRUNE_GRACE_S = 10.0  # a pruned trial that reports through files may stop by itself first
@@ -307,6 +308,12 @@ def process_outcome(
     if value is not MISSING:
         return outcome_of_return(value, metric)
     if last_reported is not MISSING:
+        reported, _ = as_number(last_reported)
+        if reported is not None and not math.isfinite(reported):  # kept as the worst value
+            return Outcome.failed(
+                f"its last report of {metric!r} was NaN or inf (the run diverged), and it printed "
+                "no final value"
+            )
         return outcome_of_return(last_reported, metric)
     value, tags = tensorboard_last(run_dir, metric, since=started)
     if value is not None:
