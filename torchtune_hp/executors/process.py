@@ -301,8 +301,9 @@ def process_outcome(
     if result is not None:
         return result
     if rc != 0:
-        stop = -rc if -rc in signals.ALL_STOPS else None  # see Outcome.stopped
-        return replace(Outcome.failed(f"exit code {rc}; stderr:\n{stderr}"), stop_signal=stop)
+        stop = -rc if -rc in signals.ALL_STOPS else None  # the loop's _not_stopped
+        code = f"{rc} ({signal.Signals(-rc).name})" if -rc in signal.valid_signals() else rc
+        return replace(Outcome.failed(f"exit code {code}; stderr:\n{stderr}"), stop_signal=stop)
     stdout = read_tail(run_dir / "stdout.log", STDOUT_TAIL)
     value = last_json_value(stdout, metric)
     if value is not MISSING:
@@ -323,6 +324,8 @@ def process_outcome(
         f"TensorBoard tags {[t for t in tags if t not in ours]}",
         f"stdout JSON keys {json_keys(stdout)}",
     ]
+    if last_json_value(stderr, metric) is not MISSING:
+        seen.append(f"a JSON line with {metric!r} on stderr, where the metric is not read")
     if regex is not None:
         near = closest_lines(stdout, regex.pattern, metric)
         seen.append(
