@@ -407,3 +407,17 @@ def test_a_metric_printed_to_stderr_only_is_pointed_out_and_a_signal_is_named(tm
     assert "a JSON line with 'loss' on stderr, where the metric is not read" in trial.error
     (crashed,) = run(path, "space.x.low=-2.0", "space.x.high=-1.0", "study.name=seg")
     assert crashed.error.startswith("exit code -11 (SIGSEGV)"), crashed.error
+
+
+def test_launch_details_a_review_found():
+    from torchtune_hp.executors.process import LaunchSpec, _signal_name
+
+    assert _signal_name(11) == "SIGSEGV" and _signal_name(40)  # a real-time signal: described
+    assert _signal_name(999) is None
+    spec = LaunchSpec(["python", "-m", "train"], Path("/r"), python_path=("/r",))
+    assert spec.environment({"PYTHONPATH": "/x"})["PYTHONPATH"] == os.pathsep.join(["/r", "/x"])
+    assert spec.environment({})["PYTHONPATH"] == "/r"
+    on_node = spec.moved(Path("/node/r"), "/node/python")  # a Ray node's copy of the folder
+    assert on_node.environment({"PYTHONPATH": "/y"})["PYTHONPATH"] == os.pathsep.join(
+        ["/node/r", "/y"]
+    )

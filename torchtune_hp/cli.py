@@ -143,7 +143,7 @@ def cp(name: str, dest: str) -> None:
 
     src = find_recipe(name)
     # a folder unless DEST names a YAML file (``my_recipes`` need not exist, nor end in /)
-    as_file = Path(dest).suffix in (".yaml", ".yml") and not Path(dest).is_dir()
+    as_file = Path(dest).suffix.lower() in (".yaml", ".yml") and not Path(dest).is_dir()
     target = Path(dest) if as_file else Path(dest) / src.name
     target.parent.mkdir(parents=True, exist_ok=True)
     raw = parse_yaml(src.read_text()) or {}

@@ -158,8 +158,10 @@ def set_aside_leftovers(path: Path) -> Path | None:
     return aside
 
 
-# folder (real path) -> the lock this process holds on it (see StudyLock.acquire)
+# folder (real path) -> the lock this process holds on it (see StudyLock.acquire); a forked
+# child holds none of them (the kernel's flock stays the parent's, its owner too)
 _HELD: dict[str, StudyLock] = {}
+os.register_at_fork(after_in_child=_HELD.clear)
 
 
 class StudyLock:
@@ -180,6 +182,7 @@ class StudyLock:
         # while the old one still holds the folder); None: the second open is refused
         self.on_handover = on_handover
         self.busy = False  # the owner's trial loop is running: never handed over
+        self._key = ""  # the real path it was taken under
 
     def acquire(self, wait_s: float = 1.0) -> StudyLock:
         """Take the lock; a DDP follower probing it at the same moment is waited for briefly.
@@ -193,8 +196,12 @@ class StudyLock:
                     f"{self.folder}: this process is running the study already (another Study "
                     "object's trial loop, or a command); use that object, or close() it first"
                 )
-            held.on_handover()
-            held.release()  # the owner may be gone already (freed without close())
+            try:
+                held.on_handover()
+            except Exception:  # e.g. its database belongs to another thread: free it anyway
+                pass
+            finally:
+                held.release()  # the owner may be gone already (freed without close())
         fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
         deadline = time.monotonic() + wait_s
         while True:
@@ -210,6 +217,7 @@ class StudyLock:
                     ) from None
                 time.sleep(0.05)
         self._fd = fd
+        self._key = key
         _HELD[key] = self
         return self
 
@@ -217,9 +225,8 @@ class StudyLock:
         if self._fd is not None:
             os.close(self._fd)  # closing the only descriptor releases the flock
             self._fd = None
-            key = os.path.realpath(self.folder)
-            if _HELD.get(key) is self:
-                del _HELD[key]
+            if _HELD.get(self._key) is self:
+                del _HELD[self._key]
 
     @staticmethod
     def is_held(folder: Path) -> bool:

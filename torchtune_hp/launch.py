@@ -171,20 +171,20 @@ def launch_spec(recipe: Recipe) -> LaunchSpec:
         folder,
         style=obj.args,
         rename=dict(obj.rename),
-        env=module_path_env(command, folder),
+        python_path=module_path(command, folder),
         regex=regex,
         timeout_s=obj.timeout,
     )
 
 
-def module_path_env(command: list[str], folder: Path) -> dict[str, str]:
-    """``PYTHONPATH`` with the recipe's folder first where the command runs a module that lies
-    beside the recipe (``python -m train``): each trial runs in its own folder, where Python
-    would not find it (``python train.py`` needs nothing: the path is made absolute)."""
+def module_path(command: list[str], folder: Path) -> tuple[str, ...]:
+    """The recipe's folder, to put first on the trials' ``PYTHONPATH``, where the command runs
+    a module that lies beside the recipe (``python -m train``): each trial runs in its own
+    folder, where Python would not find it (``python train.py`` needs nothing: the path is made
+    absolute). On a Ray node the folder moves with the recipe (LaunchSpec.moved)."""
     if "-m" not in command[1:-1]:
-        return {}
+        return ()
     module = command[command.index("-m", 1) + 1].split(".")[0]
     if not (folder / f"{module}.py").exists() and not (folder / module).is_dir():
-        return {}
-    rest = os.environ.get("PYTHONPATH")
-    return {"PYTHONPATH": str(folder) + (os.pathsep + rest if rest else "")}
+        return ()
+    return (str(folder),)

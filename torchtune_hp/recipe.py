@@ -139,7 +139,7 @@ class PrunerSection(_ChoiceSection):
 
 class ObjectiveSection(_Section):
     """Either ``function`` (called in-process, or in worker processes when
-    ``executor.workers > 1``) or ``command`` (a script run per trial; see
+    ``executor.workers > 1`` or a ``timeout`` is set) or ``command`` (a script run per trial; see
     :mod:`torchtune_hp.executors.argv` for ``args`` and ``rename``)."""
 
     function: StrictStr | None = Field(None, pattern=r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$")

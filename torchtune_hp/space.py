@@ -84,7 +84,12 @@ class Float:
     def decode(self, u: float) -> float:
         lo, hi = self._t(self.low), self._t(self.high)
         t = lo + _clip01(u) * (hi - lo)
-        x = math.exp(t) if self.log else t
+        return self.snap(math.exp(t) if self.log else t)
+
+    def snap(self, x: float) -> float:
+        """``x`` within the bounds and, with a ``step``, on its grid: the very float every
+        suggestion of that point is, so a point given by hand (0.3) and one suggested
+        (0.30000000000000004) are the same point."""
         if self.step is not None:
             k = round((x - self.low) / self.step)
             kmax = math.floor((self.high - self.low) / self.step + 1e-9)
@@ -315,8 +320,9 @@ class Space:
             if isinstance(p, Float) and isinstance(v, int) and not isinstance(v, bool):
                 v = float(v)
             if not p.contains(v):
-                raise ValueError(f"parameter {name!r}={v!r} is outside {describe(p)}")
-            out[name] = v
+                why = "not a number for" if isinstance(v, bool) else "outside"
+                raise ValueError(f"parameter {name!r}={v!r} is {why} {describe(p)}")
+            out[name] = p.snap(v) if isinstance(p, Float) else v
         return out
 
     def grid_axes(self, resolution: int | Mapping[str, int] = 5) -> list[list[Value]]:

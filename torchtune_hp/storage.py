@@ -408,10 +408,10 @@ class Storage:
                     )
                     continue
                 again = interruption is Interruption.STOPPED or was != Origin.RETRY.value
-                # the reason promises a retry; a retry that dies too is not run again
-                why = (
-                    reason if again else f"{reason.partition(';')[0]}; it was the retry, so no more"
-                )
+                # a retry that dies too is not run again: its note must not promise one
+                retry = "; its parameters are retried once"
+                no_more = reason.replace(retry, "") + "; it was the retry, so no more"
+                why = reason if again else no_more
                 c.execute(
                     'UPDATE trials SET state=?, error=?, interrupted=1, interruption=?, "end"=? '
                     "WHERE number=?",

@@ -170,6 +170,7 @@ class Study:
         self.stopped = False  # set by interrupted(): closing then skips the final pictures
         self._listeners: list[Any] = []
         self._lock: files.StudyLock | None = None
+        self._driving = False
         self._view: dict[int, FrozenTrial] = {}
         self._finished: list[FrozenTrial] = []  # in the order they finished: what samplers see
         self._finished_at: dict[int, int] = {}  # number -> index in _finished
@@ -268,6 +269,7 @@ class Study:
                 "died; marked FAILED and queued to run again once",
                 stacklevel=3,
             )
+        self._driving = True  # from now on every RUNNING trial is one this object asked
 
     def _load_or_init_meta(self, seed: int | None) -> None:
         meta = self.storage.get_meta()
@@ -656,10 +658,10 @@ class Study:
 
     def loop_state(self, state: str) -> None:
         """``running`` or ``ended``: followers stop following once rank 0's loop has ended."""
+        if self._lock is not None:  # first: a failing write below must not leave it set
+            self._lock.busy = state == "running"  # a loop's study is never handed over
         if not self.follower and self.dir is not None:
             self.storage.set_meta({"loop": {"state": state, "at": utcnow().isoformat()}})
-        if self._lock is not None:
-            self._lock.busy = state == "running"  # a loop's study is never handed over
 
     # -- the loop ----------------------------------------------------------------------------
     def optimize(
@@ -685,22 +687,32 @@ class Study:
             return
         self._closed = True
         try:
-            asked = [
-                t for t in getattr(self, "_view", {}).values() if t.state is TrialState.RUNNING
-            ]
-            if asked and not self.follower and hasattr(self, "storage"):  # asked, never told
+            self._record_unanswered()
+            self._emit("study_closed")
+        finally:
+            self._listeners.clear()
+            try:
+                if hasattr(self, "storage"):
+                    self.storage.close()
+            finally:  # the folder is freed whatever closing the database did
+                if self._lock is not None:
+                    self._lock.release()
+
+    def _record_unanswered(self) -> None:
+        """Trials this object asked and nobody told: interrupted (stopped), to run again next
+        time. Only once driving (trials a dead driver left are recorded as died when the study
+        opens), and never in place of the error that is ending the program."""
+        if not self._driving or self.follower:
+            return
+        if any(t.state is TrialState.RUNNING for t in self._view.values()):
+            try:
                 self._recover(
                     f"{INTERRUPTED}: the study was closed before this trial was told; its "
                     "parameters run again next time",
                     Interruption.STOPPED,
                 )
-            self._emit("study_closed")
-        finally:
-            self._listeners.clear()
-            if hasattr(self, "storage"):
-                self.storage.close()
-            if self._lock is not None:
-                self._lock.release()
+            except Exception as e:  # e.g. a full disk: the next open records them as died
+                warnings.warn(f"study {self.name!r}: closing: {e}", RuntimeWarning, stacklevel=3)
 
     def __enter__(self) -> Study:
         return self

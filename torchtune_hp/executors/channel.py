@@ -31,7 +31,9 @@ RESULT = "result.json"
 
 
 # -- the trial's side ----------------------------------------------------------------------------
-def append_report(run_dir: Path, launch: str, seq: int, step: int, values: dict[str, Any]) -> None:
+def append_report(
+    run_dir: Path, launch: str, seq: int, step: int | None, values: dict[str, Any]
+) -> None:
     line = json.dumps({"launch": launch, "seq": seq, "step": step, "values": values}) + "\n"
     with open(run_dir / REPORTS, "a") as f:
         f.write(line)

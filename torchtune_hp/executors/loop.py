@@ -19,6 +19,7 @@ budget on the same failure.
 from __future__ import annotations
 
 import contextlib
+import operator
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -109,11 +110,15 @@ def run_trials(
     callbacks: Sequence[Callable[[Any, FrozenTrial], None]] = (),
     fail_fast: int = 3,
 ) -> None:
-    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 0:
-        raise TypeError(
-            f"n_trials must be an integer >= 0 (the study's total, earlier runs' trials "
-            f"included), got {n_trials!r}"
-        )
+    what = "n_trials must be an integer >= 0 (the study's total, earlier runs' trials included)"
+    try:
+        if isinstance(n_trials, bool):
+            raise TypeError
+        n_trials = operator.index(n_trials)  # numpy's integers too
+    except TypeError:
+        raise TypeError(f"{what}, got {n_trials!r}") from None
+    if n_trials < 0:
+        raise ValueError(f"{what}, got {n_trials!r}")
     fail = FailFast(study, fail_fast)
     signals.reset()
     with stop_signals(), _horizon(study.sampler, n_trials):
@@ -169,7 +174,7 @@ def _drive(
             raise Interrupted(stop)
 
 
-def _not_stopped(done: list[Finished]) -> list[Finished]:
+def _not_stopped(done: list[Finished], grace_s: float = STOP_GRACE_S) -> list[Finished]:
     """``done`` less the trials whose process ended on a stop signal while the driver got one
     too (within :data:`STOP_GRACE_S`: Slurm's scancel, a preemption or ``systemctl stop``
     signal every process at once, in no set order). Those stay RUNNING for :func:`_stop`,
@@ -178,7 +183,7 @@ def _not_stopped(done: list[Finished]) -> list[Finished]:
     trial's failure."""
     if not any(d.outcome.stop_signal is not None for d in done):
         return done
-    deadline = time.monotonic() + STOP_GRACE_S
+    deadline = time.monotonic() + grace_s
     while signals.received() is None and time.monotonic() < deadline:
         time.sleep(0.02)  # the handler runs between these: defer() only holds the raise
     if signals.received() is None:
@@ -190,7 +195,8 @@ def _stop(study: Any, executor: Executor, error: BaseException) -> None:
     """Stop every trial, then record them: ``stopped`` after a signal or a fail-fast stop,
     ``died`` after an error of the driver's own."""
     try:
-        for done in _not_stopped(executor.wait(0.0)):  # what ended before it, as it ended
+        # what ended before the stop, as it ended (no wait: a signal stop is known already)
+        for done in _not_stopped(executor.wait(0.0), grace_s=0.0):
             study.tell(done.trial, done.outcome)
     except Exception:
         pass

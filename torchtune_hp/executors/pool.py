@@ -132,14 +132,16 @@ class ProcessPool:
         slot = next(i for i in range(len(self.slots)) if i not in busy)
         run_dir = self.study.trial_dir(trial.number)
         launch = secrets.token_hex(8)
-        env = {
-            **os.environ,
-            **self.spec.env,
-            **trial_env(self.study, trial, launch),
-            ENV_TRIAL_DIR: str(run_dir),
-            **thread_env(self.capacity),
-            "CUDA_VISIBLE_DEVICES": self.slots[slot].visible,
-        }
+        env = self.spec.environment(
+            {
+                **os.environ,
+                **self.spec.env,
+                **trial_env(self.study, trial, launch),
+                ENV_TRIAL_DIR: str(run_dir),
+                **thread_env(self.capacity),
+                "CUDA_VISIBLE_DEVICES": self.slots[slot].visible,
+            }
+        )
         try:
             proc = TrialProcess(
                 self.spec.argv(trial.params, run_dir),

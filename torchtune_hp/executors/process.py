@@ -68,6 +68,16 @@ class LaunchSpec:
     regex: Any = None  # a compiled pattern
     timeout_s: float | None = None
     python: str = sys.executable  # the interpreter a leading ``python`` was made into
+    # folders put first on the trial's PYTHONPATH, before whatever it has where it runs
+    python_path: tuple[str, ...] = ()
+
+    def environment(self, env: Mapping[str, str]) -> dict[str, str]:
+        """A trial process's environment: ``env`` with :attr:`python_path` put first."""
+        out = dict(env)
+        if self.python_path:
+            rest = [out["PYTHONPATH"]] if out.get("PYTHONPATH") else []
+            out["PYTHONPATH"] = os.pathsep.join([*self.python_path, *rest])
+        return out
 
     def argv(self, params: Mapping[str, Any], run_dir: Path) -> list[str]:
         if self.style is None:
@@ -90,7 +100,10 @@ class LaunchSpec:
         if command and command[0] == self.python:
             command[0] = python
         env = {k: move(v) for k, v in self.env.items()}
-        return replace(self, command=command, recipe_dir=recipe_dir, env=env, python=python)
+        path = tuple(move(p) for p in self.python_path)
+        return replace(
+            self, command=command, recipe_dir=recipe_dir, env=env, python=python, python_path=path
+        )
 
 
 @dataclass(frozen=True)
@@ -275,6 +288,17 @@ def stop_together(trials: list[TrialProcess], grace_s: float) -> None:
         t.end(max(0.0, deadline - time.monotonic()))
 
 
+def _signal_name(number: int) -> str | None:
+    """``SIGSEGV`` for 11; a real-time signal by its description; None for no signal."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        try:
+            return signal.strsignal(number)
+        except ValueError:
+            return None
+
+
 def process_outcome(
     run_dir: Path,
     launch: str,
@@ -301,8 +325,11 @@ def process_outcome(
     if result is not None:
         return result
     if rc != 0:
-        stop = -rc if -rc in signals.ALL_STOPS else None  # the loop's _not_stopped
-        code = f"{rc} ({signal.Signals(-rc).name})" if -rc in signal.valid_signals() else rc
+        # ended by a stop signal, or by a shell or launcher that passed one on as 128 + its
+        # number: the loop's _not_stopped decides whether it was the study's stop
+        stop = next((s for s in signals.ALL_STOPS if rc in (-s, 128 + s)), None)
+        name = _signal_name(-rc) if rc < 0 else None
+        code = f"{rc} ({name})" if name else rc
         return replace(Outcome.failed(f"exit code {code}; stderr:\n{stderr}"), stop_signal=stop)
     stdout = read_tail(run_dir / "stdout.log", STDOUT_TAIL)
     value = last_json_value(stdout, metric)

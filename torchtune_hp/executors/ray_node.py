@@ -102,14 +102,16 @@ class TrialHost:
             (run_dir / Path(name).name).write_bytes(data)
         where = self.where()
         gpus = where["gpus"]
-        proc_env = {
-            **os.environ,
-            **thread_env(1, self.cpus),
-            **self.spec.env,
-            **env,  # the driver's (see ray_pool.driver_env): a thread count set there wins
-            ENV_TRIAL_DIR: str(run_dir),
-            "CUDA_VISIBLE_DEVICES": ",".join(gpus),
-        }
+        proc_env = self.spec.environment(
+            {
+                **os.environ,
+                **thread_env(1, self.cpus),
+                **self.spec.env,
+                **env,  # the driver's (see ray_pool.driver_env): a thread count set there wins
+                ENV_TRIAL_DIR: str(run_dir),
+                "CUDA_VISIBLE_DEVICES": ",".join(gpus),
+            }
+        )
         self.proc = TrialProcess(
             self.spec.argv(params, run_dir),
             proc_env,

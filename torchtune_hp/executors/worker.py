@@ -1,6 +1,7 @@
 """Runs one function objective in its own process: ``python -m torchtune_hp.executors.worker``.
 
-The pool launches it for recipes with ``objective.function`` and ``executor.workers > 1``. Its
+The pool launches it for recipes with ``objective.function`` and ``executor.workers > 1`` or an
+``objective.timeout`` (only a process can be stopped when it runs too long). Its
 trial is the one this process was launched for (:func:`~torchtune_hp.executors.remote.
 current_trial`, the same object ``report()`` and ``TuneCallback()`` use); it calls
 ``function(trial, **train)`` and leaves the outcome in ``result.json``, made by the same
