@@ -384,25 +384,31 @@ def test_a_timeout_is_kept_for_a_function_objective_with_one_worker(tmp_path):
     ]
 
 
+def script_recipe(tmp_path: Path, source: str) -> Path:
+    """``source`` as ``script.py`` beside a one-trial recipe that runs it."""
+    (tmp_path / "script.py").write_text(source)
+    return write_recipe(tmp_path, {"command": ["python", "script.py"]}, trials=1)
+
+
 def test_a_script_whose_last_report_diverged_says_so(tmp_path):
-    (tmp_path / "nan.py").write_text(
+    path = script_recipe(
+        tmp_path,
         "import torchtune_hp\n"
         "torchtune_hp.report(loss=0.5, step=0)\n"
-        "torchtune_hp.report(loss=float('nan'), step=1)\n"
+        "torchtune_hp.report(loss=float('nan'), step=1)\n",
     )
-    path = write_recipe(tmp_path, {"command": ["python", "nan.py"]}, trials=1)
     (trial,) = run(path)
     assert trial.state is TrialState.FAILED
     assert "last report of 'loss' was NaN or inf (the run diverged)" in trial.error
 
 
 def test_a_metric_printed_to_stderr_only_is_pointed_out_and_a_signal_is_named(tmp_path):
-    (tmp_path / "err.py").write_text(
+    path = script_recipe(
+        tmp_path,
         "import json, os, signal, sys\n"
         "print(json.dumps({'loss': 0.5}), file=sys.stderr)\n"
-        "if float(sys.argv[sys.argv.index('--x') + 1]) < 0: os.kill(os.getpid(), signal.SIGSEGV)\n"
+        "if float(sys.argv[sys.argv.index('--x') + 1]) < 0: os.kill(os.getpid(), signal.SIGSEGV)\n",
     )
-    path = write_recipe(tmp_path, {"command": ["python", "err.py"]}, trials=1)
     (trial,) = run(path)
     assert "a JSON line with 'loss' on stderr, where the metric is not read" in trial.error
     (crashed,) = run(path, "space.x.low=-2.0", "space.x.high=-1.0", "study.name=seg")

@@ -419,7 +419,7 @@ class Study:
         checked = self.space.validate(params)
         if skip_if_exists:
             key = params_key(checked)
-            known = [t.params for t in self.storage.trials()] + self.storage.queued()
+            known = [t.params for t in self._view.values()] + self.storage.queued()
             if any(params_key(p) == key for p in known):
                 return
         self.storage.push_queue(checked, Origin.ENQUEUED)
@@ -438,7 +438,7 @@ class Study:
         checked = self.space.validate(params)
         if skip_if_exists:
             key = params_key(checked)
-            for t in self.storage.trials():
+            for t in self._view.values():
                 if t.state is TrialState.COMPLETE and t.value == number:
                     if params_key(t.params) == key:
                         return t

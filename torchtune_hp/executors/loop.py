@@ -32,7 +32,7 @@ from torchtune_hp.signals import Interrupted, shielded, stop_signals
 from torchtune_hp.trial import FrozenTrial, Interruption, TrialState
 
 POLL_S = 0.05
-# how long a trial that ended on a stop signal waits for the driver's own (see _with_the_stop)
+# how long a trial that ended on a stop signal waits for the driver's own (see _not_stopped)
 STOP_GRACE_S = 1.0
 
 
