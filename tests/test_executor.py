@@ -427,3 +427,38 @@ def test_launch_details_a_review_found():
     assert on_node.environment({"PYTHONPATH": "/y"})["PYTHONPATH"] == os.pathsep.join(
         ["/node/r", "/y"]
     )
+
+
+def test_an_endless_stdout_line_is_skipped_not_read_again_and_again(tmp_path):
+    """A progress bar redrawn with \\r is one line that never ends: the driver reads a bounded
+    chunk per poll, skips a line longer than MAX_LINE to its end, and still hears the metric
+    lines after it (it used to reread the whole line at every poll: 300 MB took 1.1 GB)."""
+    from torchtune_hp.executors import channel
+
+    log = tmp_path / "stdout.log"
+    log.write_bytes(b"epoch 0\n")
+    tail = channel.LineTail(log)
+    assert tail.new_lines() == ["epoch 0"]
+    with open(log, "ab") as f:
+        f.write(b"\r[=====>    ]" * (channel.READ_LIMIT // 6))  # 2 chunks' worth, no newline
+    while tail.new_lines() == [] and tail.offset < log.stat().st_size:
+        pass  # each call reads at most READ_LIMIT
+    assert tail.skipping and tail.offset == log.stat().st_size
+    with open(log, "ab") as f:
+        f.write(b"\r[==========]\nvalid loss 0.25\n")
+    assert tail.new_lines() == ["valid loss 0.25"] and not tail.skipping
+    # end to end: a script prints such a line, then the lines its metric_regex reads
+    (tmp_path / "bar.py").write_text(
+        "import sys\n"
+        "sys.stdout.write('\\r[=>  ]' * 2_000_000)\n"
+        "print('\\nvalid loss 0.5')\n"
+        "print('valid loss 0.25')\n"
+    )
+    path = write_recipe(
+        tmp_path,
+        {"command": ["python", "bar.py"], "metric_regex": r"valid loss (?P<value>[0-9.]+)"},
+        trials=1,
+    )
+    (trial,) = run(path)
+    assert trial.state is TrialState.COMPLETE and trial.value == 0.25
+    assert trial.intermediate == {0: 0.5, 1: 0.25}

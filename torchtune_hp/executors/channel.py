@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,24 +88,55 @@ def read_result(run_dir: Path, launch: str) -> Outcome | None:
     return Outcome.from_json(data)
 
 
+# What the driver reads of a trial's file per call, and the longest line it keeps: a longer one
+# (a progress bar redrawn with \r, binary output) is skipped, so one endless line cannot make
+# the driver read it again and again, or hold it whole (300 MB took 1.1 GB).
+READ_LIMIT = 8 << 20
+MAX_LINE = 1 << 20
+
+
 class LineTail:
     """New complete lines of a growing file (a trial's reports, its stdout) since the last
-    call; a line still being written waits for the next call."""
+    call; a line still being written waits for the next call, unless it grows past
+    :data:`MAX_LINE`: then it is skipped up to its end."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.offset = 0
+        self.skipping = False  # inside a line longer than MAX_LINE
 
     def new_lines(self) -> list[str]:
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
-                data = f.read()
+                data = f.read(READ_LIMIT)
         except OSError:  # not there (yet), or the trial put something else in its place
             return []
         end = data.rfind(b"\n") + 1
+        if end == 0:  # no line ends here yet
+            if self.skipping or len(data) >= MAX_LINE:
+                self.offset += len(data)
+                self.skipping = True
+            return []
         self.offset += end
-        return data[:end].decode(errors="replace").splitlines()
+        if self.skipping:  # the rest of the overlong line
+            data = data[data.index(b"\n") + 1 : end]
+            self.skipping = False
+        else:
+            data = data[:end]
+        return [
+            line for line in data.decode(errors="replace").splitlines() if len(line) <= MAX_LINE
+        ]
+
+    def all_new_lines(self) -> Iterator[str]:
+        """:meth:`new_lines` chunk after chunk, until the file holds no further complete line:
+        everything so far (the last call after a trial ended must miss nothing), read in
+        bounded pieces."""
+        while True:
+            before = self.offset
+            yield from self.new_lines()
+            if self.offset == before:
+                return
 
 
 @dataclass(frozen=True)
@@ -126,7 +158,7 @@ class ReportReader(LineTail):
 
     def new(self) -> list[Report]:
         out = []
-        for line in self.new_lines():
+        for line in self.all_new_lines():
             if not line.strip():
                 continue
             try:

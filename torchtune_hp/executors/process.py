@@ -203,7 +203,7 @@ class TrialProcess:
         self._reports.problems.clear()
         if self.regex is None:
             return out
-        for text in self._stdout.new_lines():
+        for text in self._stdout.all_new_lines():
             for match in self.regex.finditer(text):
                 value = regex_value(match)
                 if value is None:
