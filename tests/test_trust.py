@@ -389,11 +389,12 @@ def test_kill_9_of_the_driver_takes_its_trials_with_it_and_the_resume_waits_for_
     assert {t.interruption for t in trials[:2]} == {Interruption.DIED}
 
 
-def two_long_trials_recipe(tmp_path: Path) -> Path:
-    """``recipe.yaml``: 3 trials of a minute each, two at a time; returns the study folder."""
+def two_long_trials_recipe(tmp_path: Path, *extra: str) -> Path:
+    """``recipe.yaml``: 3 trials of a minute each, two at a time (``extra``: more arguments of
+    fake_train.py); returns the study folder."""
     command_recipe(
         tmp_path,
-        ["python", FAKE, "--how", "json", "--sleep", "60"],
+        ["python", FAKE, "--how", "json", "--sleep", "60", *extra],
         trials=3,
         executor={"workers": 2, "devices": "cpu"},
     )
@@ -421,17 +422,26 @@ def test_every_stop_signal_is_a_clean_stop(tmp_path, sig):
     )
 
 
-def test_a_stop_sent_to_every_process_at_once_interrupts_the_trials_and_they_run_again(tmp_path):
+@pytest.mark.parametrize("script", ["dies", "exits 0"])
+def test_a_stop_sent_to_every_process_at_once_interrupts_the_trials_and_they_run_again(
+    tmp_path, script
+):
     """Slurm's scancel, a preemption or ``systemctl stop`` signal the trial processes as well as
     the driver, in no set order: a trial that ends on the SIGTERM is the study's stop, not a
-    failure of its own (it used to be recorded FAILED, counted, and never run again)."""
-    study_dir = two_long_trials_recipe(tmp_path)
+    failure of its own (it used to be recorded FAILED, counted, and never run again). Also when
+    the script catches the signal and exits 0 after printing a value, as a Lightning script
+    does: that run was cut short, and it used to be recorded COMPLETE at that value."""
+    catches = script == "exits 0"
+    study_dir = two_long_trials_recipe(tmp_path, *(["--exit_on_term", "1"] if catches else []))
     driver = subprocess.Popen(
         cli_cmd("run", "recipe.yaml"), cwd=tmp_path, stderr=subprocess.PIPE, text=True
     )
     pids = wait_seen(study_dir, 2, driver)
     for pid in pids:  # the trials first: the driver sees them end before its own signal
-        os.kill(pid, signal.SIGTERM)
+        if catches:  # every process of the trial, as scancel signals them
+            os.killpg(os.getpgid(pid), signal.SIGTERM)
+        else:
+            os.kill(pid, signal.SIGTERM)
     time.sleep(0.3)
     driver.send_signal(signal.SIGTERM)
     _, err = driver.communicate(timeout=60)
@@ -887,6 +897,53 @@ def test_a_stop_signal_inside_lightning_training_is_a_stop(tmp_path, sig):
     assert proc.returncode == 128 + sig, err
     (trial,) = read_trials(tmp_path / "logs" / "l")
     assert trial.interruption is Interruption.STOPPED, trial.error
+
+
+LIGHTNING_SCRIPT = """
+import json, os, sys, time
+sys.path.insert(0, {tests!r})
+import lightning as L
+from tiny_model import Tiny, loaders
+from torchtune_hp import TuneCallback
+
+
+class Slow(L.Callback):
+    def on_train_batch_end(self, *args):
+        time.sleep(0.05)
+
+
+open("pid", "w").write(str(os.getpid()))
+first = os.environ["TORCHTUNE_HP_TRIAL"] == "0"
+trainer = L.Trainer(max_epochs=1000 if first else 2, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                    callbacks=[TuneCallback(monitor="val_loss"), Slow()])
+trainer.fit(Tiny(0.05), *loaders())
+print(json.dumps({{"loss": float(trainer.callback_metrics["val_loss"])}}))
+"""
+
+
+def test_a_lightning_script_stopped_half_way_is_not_a_finished_trial(tmp_path):
+    """Lightning's trainer catches SIGTERM and exits 0, the trial's last report looking like a
+    final value: TuneCallback tells the driver, and the trial is a failure by that signal (the
+    driver was not stopped: somebody stopped this trial), not COMPLETE at a half-trained value."""
+    (tmp_path / "train.py").write_text(LIGHTNING_SCRIPT.format(tests=str(Path(__file__).parent)))
+    command_recipe(tmp_path, ["python", "train.py"], trials=2)
+    study_dir = tmp_path / "logs" / "sub"
+    driver = subprocess.Popen(
+        cli_cmd("run", "recipe.yaml"), cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    reports = study_dir / "trial_0000" / channel.REPORTS
+    wait_for(
+        lambda: reports.exists() and len(reports.read_text().splitlines()) >= 2,
+        what="two reports of the first trial",
+    )
+    os.kill(int((study_dir / "trial_0000" / "pid").read_text()), signal.SIGTERM)
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 0, err
+    first, second = read_trials(study_dir)
+    assert first.state is TrialState.FAILED and first.value is None
+    assert "exit code 0 after SIGTERM, caught by the script" in first.error, first.error
+    assert second.state is TrialState.COMPLETE and sorted(second.intermediate) == [0, 1]
 
 
 def test_a_damaged_database_with_a_write_ahead_log_is_left_untouched(tmp_path):

@@ -10,10 +10,12 @@ the trial PRUNED.
 
 from __future__ import annotations
 
+import signal
 import warnings
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from torchtune_hp.executors.remote import current_trial
 
@@ -92,6 +94,17 @@ class TuneCallback(L.Callback):
             self.trial.pruned = True
             trainer.should_stop = True
 
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        """Training ends on a stop signal that Lightning caught: it exits 0 after SIGTERM (1
+        after Ctrl-C), with the trial's reports so far looking like a finished run. A launched
+        trial tells the driver (an in-process one needs not: the driver got the signal)."""
+        signum = _stop_signal(exception)
+        note = getattr(self.trial, "note_stopped", None)
+        if signum is not None and note is not None:
+            note(signum)
+
     def _keep_for_resume(self, trainer: L.Trainer) -> None:
         """A study that pauses stopped trials (``pruner: {name: gp, resume: true}``) may run
         this one again from here: save the whole training state (every rank takes part, rank
@@ -106,3 +119,13 @@ class TuneCallback(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.pruned = bool(state_dict["pruned"])
         self.reports = int(state_dict["reports"])
+
+
+def _stop_signal(exception: BaseException) -> int | None:
+    """The stop signal behind a Lightning exception: SIGTERM for its ``SIGTERMException``, the
+    signal of a ``KeyboardInterrupt`` (SIGINT unless it says otherwise), else None."""
+    if isinstance(exception, SIGTERMException):
+        return signal.SIGTERM
+    if isinstance(exception, KeyboardInterrupt):
+        return getattr(exception, "signum", signal.SIGINT)
+    return None

@@ -3,7 +3,8 @@
 Arguments in any style: ``--x 0.3``, ``--x=0.3`` or ``x=0.3``. ``--how`` picks how it reports
 (report | json | regex | tensorboard | silent), ``--fail`` crashes it, ``--hang`` sleeps for
 ever; ``--mode crash|hang|silent|ok`` is one switch for those. ``--ignore_term 1`` makes it
-ignore SIGTERM (a script that does not stop when asked); ``--nan_at E`` reports NaN at epoch
+ignore SIGTERM (a script that does not stop when asked), ``--exit_on_term 1`` print a value and
+exit 0 on it (as Lightning's trainer ends a run cut short); ``--nan_at E`` reports NaN at epoch
 E. It writes what it saw (argv values, pid, CUDA_VISIBLE_DEVICES, trial env, working folder,
 sys.prefix) to seen.json in its working directory.
 """
@@ -35,6 +36,14 @@ if args.get("ignore_term"):
     import signal
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if args.get("exit_on_term"):
+    import signal
+
+    def _exit_zero(signum, frame):
+        print(json.dumps({"loss": 9.9}), flush=True)
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, _exit_zero)
 mode = args.get("mode")  # one switch for the failure tests
 if mode == "crash":
     args["fail"] = "1"

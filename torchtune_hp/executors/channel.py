@@ -3,9 +3,10 @@
 The trial appends one JSON line per report to ``report.jsonl`` (``{"launch", "seq", "step",
 "values"}``) and, when it wants the pruner's answer, waits for ``verdict`` (``"<launch> <seq>
 prune|continue"``, replaced atomically by the driver). A worker leaves its outcome in
-``result.json``. The driver alone writes SQLite. Files, not sockets: they survive either side
-dying, they work inside containers and under DDP re-launches, and the report log doubles as a
-record of what the script said.
+``result.json``; a script that was stopped by a signal it caught (Lightning's trainer catches
+SIGTERM and exits 0) leaves ``stopped`` (``"<launch> <signal number>"``). The driver alone
+writes SQLite. Files, not sockets: they survive either side dying, they work inside containers
+and under DDP re-launches, and the report log doubles as a record of what the script said.
 
 ``launch`` is a token the driver makes up for each process it starts: anything in these files
 that does not carry it (a file left in the folder by something else) is ignored, so a trial's
@@ -29,6 +30,7 @@ from torchtune_hp.outcome import Outcome, describe
 REPORTS = "report.jsonl"
 VERDICT = "verdict"
 RESULT = "result.json"
+STOPPED = "stopped"
 
 
 # -- the trial's side ----------------------------------------------------------------------------
@@ -56,6 +58,12 @@ def wait_verdict(run_dir: Path, launch: str, seq: int, timeout_s: float = 30.0) 
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
     return None
+
+
+def note_stopped(run_dir: Path, launch: str, signum: int) -> None:
+    """The trial is ending early on a stop signal it caught: whatever its exit code says, it
+    did not finish (see :func:`read_stopped`)."""
+    _replace(run_dir / STOPPED, f"{launch} {int(signum)}")
 
 
 def write_result(run_dir: Path, launch: str, outcome: Outcome) -> None:
@@ -86,6 +94,15 @@ def read_result(run_dir: Path, launch: str) -> Outcome | None:
     if not isinstance(data, dict) or data.get("launch") != launch:
         return None
     return Outcome.from_json(data)
+
+
+def read_stopped(run_dir: Path, launch: str) -> int | None:
+    """The stop signal this launch said it caught (:func:`note_stopped`), if any."""
+    try:
+        token, number = (run_dir / STOPPED).read_text().split()
+        return int(number) if token == launch else None
+    except (OSError, ValueError):
+        return None
 
 
 # What the driver reads of a trial's file per call, and the longest line it keeps: a longer one

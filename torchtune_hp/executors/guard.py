@@ -11,7 +11,12 @@ still training on its GPU.
 
 The guard itself ignores the SIGTERM the driver sends the group to stop a trial (a timeout, a
 prune, Ctrl-C): the command gets it and ends, and the guard exits as the command did (its exit
-code, or the same signal), so the driver sees the command's own end.
+code, or the same signal), so the driver sees the command's own end. One exception: a command
+that catches a stop signal and exits with a code of its own (Lightning turns SIGTERM into exit
+0, after training stopped half-way) is not taken at its word when the signal reached the guard
+too (a stop sent to every process: Slurm's scancel, ``systemctl stop``). The guard then exits
+128 + the signal's number, as a shell reports a command killed by it, and says why on stderr, so
+a run cut short is never recorded as one that finished.
 """
 
 import _thread
@@ -35,8 +40,9 @@ def _watch(fd: int, grace: float, gone: list) -> None:
 def main() -> int:
     fd, grace, argv = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
     os.set_inheritable(fd, False)  # the command need not hold the pipe
+    stops: list = []  # the stop signals that reached the group, first first
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda signum, frame: None)  # a Python handler: reset on exec
+        signal.signal(sig, lambda signum, frame: stops.append(signum))  # reset on exec
     try:
         # Python ignores SIGPIPE and SIGXFSZ; the command gets their defaults back, as
         # subprocess gives them
@@ -55,6 +61,15 @@ def main() -> int:
         if -rc not in (signal.SIGKILL, signal.SIGSTOP):  # those two have no handler to reset
             signal.signal(-rc, signal.SIG_DFL)
         os.kill(os.getpid(), -rc)
+    if stops:  # the command caught the stop and exited by itself: it did not finish its run
+        name = signal.Signals(stops[0]).name
+        print(
+            f"torchtune_hp: the command exited with code {rc} after {name} reached the trial's "
+            "processes: recorded as ended by the signal",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 128 + stops[0]
     return rc
 
 

@@ -10,12 +10,12 @@ The trial runs as its own process group led by a guard (:mod:`~torchtune_hp.exec
 that ends the group when the process holding ``watch_fd``'s write end dies, so a timeout, a
 prune, a stop or the death of whoever launched it (the driver, a Ray actor) ends the whole tree.
 
-How a finished process becomes an outcome (:func:`process_outcome`), first match wins: a
-timeout or a prune; a command that could not start; the worker's ``result.json``; a non-zero
-exit (FAILED, stderr tail stored); the last JSON line on stdout holding the metric; the last
-reported value; the last value of the metric's tag in the TensorBoard files the trial wrote;
-else FAILED, naming the metric and what was seen. Every value goes through
-:mod:`torchtune_hp.outcome`.
+How a finished process becomes an outcome (:func:`process_outcome`), first match wins: a timeout
+or a prune; a command that could not start; the worker's ``result.json``; a non-zero exit, or
+any exit after the script caught a stop signal (FAILED, stderr tail stored); the last JSON line
+on stdout holding the metric; the last reported value; the last value of the metric's tag in the
+TensorBoard files the trial wrote; else FAILED, naming the metric and what was seen. Every value
+goes through :mod:`torchtune_hp.outcome`.
 """
 
 from __future__ import annotations
@@ -324,12 +324,16 @@ def process_outcome(
     result = channel.read_result(run_dir, launch)
     if result is not None:
         return result
-    if rc != 0:
-        # ended by a stop signal, or by a shell or launcher that passed one on as 128 + its
-        # number: the loop's _not_stopped decides whether it was the study's stop
-        stop = next((s for s in signals.ALL_STOPS if rc in (-s, 128 + s)), None)
+    caught = channel.read_stopped(run_dir, launch)
+    if rc != 0 or caught is not None:
+        # ended by a stop signal, by a shell or launcher that passed one on as 128 + its
+        # number, or by its own exit after catching one (the guard or the trial said so): the
+        # loop's _not_stopped decides whether it was the study's stop
+        stop = caught or next((s for s in signals.ALL_STOPS if rc in (-s, 128 + s)), None)
         name = _signal_name(-rc) if rc < 0 else None
         code = f"{rc} ({name})" if name else rc
+        if caught is not None and rc >= 0:
+            code = f"{code} after {_signal_name(caught)}, caught by the script (a run cut short)"
         return replace(Outcome.failed(f"exit code {code}; stderr:\n{stderr}"), stop_signal=stop)
     stdout = read_tail(run_dir / "stdout.log", STDOUT_TAIL)
     value = last_json_value(stdout, metric)

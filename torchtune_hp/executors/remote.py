@@ -123,6 +123,11 @@ class RemoteTrial(Pausable):
     def should_prune(self) -> bool:
         return self._verdict
 
+    def note_stopped(self, signum: int) -> None:
+        """This process is ending early on a stop signal it caught (Lightning exits 0 after
+        SIGTERM): tell the driver, so the trial is not recorded as finished."""
+        channel.note_stopped(self.run_dir, self.launch, signum)
+
     def logger(self, **options: Any) -> Any:
         from torchtune_hp.trial import trial_logger
 
