@@ -9,6 +9,7 @@ import json
 import math
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -328,6 +329,63 @@ def test_deleting_or_touching_files_never_lets_a_second_driver_in(tmp_path):
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 12
     assert len({t.params["x"] for t in trials}) == 12
     assert not [p for p in study_dir.iterdir() if "lock" in p.name]  # nothing left behind
+
+
+@pytest.mark.parametrize("what", ["study.db", "the study folder"])
+def test_deleting_the_database_while_the_study_runs_loses_nothing(tmp_path, what):
+    """A cleanup script or a stray ``rm -r logs/...`` while a study runs: SQLite wrote on into
+    the deleted file, and every trial was gone when the driver closed it. The driver writes the
+    database again from the open one, says so, and the study goes on."""
+    fast_study(tmp_path, trials=12, sleep=0.3)
+    study_dir = tmp_path / "logs" / "fast"
+    driver = subprocess.Popen(
+        cli_cmd("run", "fast.yaml"), cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    wait_for(lambda: count(study_dir, "COMPLETE") >= 3, what="three trials")
+    if what == "study.db":
+        (study_dir / "study.db").unlink()
+    else:  # moved away first: rm -r races the driver's next file in the folder
+        os.rename(study_dir, tmp_path / "gone")
+        shutil.rmtree(tmp_path / "gone")
+    wait_for(lambda: (study_dir / "study.db").exists(), what="the database written again")
+    second = run_cli("run", "fast.yaml", cwd=tmp_path)  # the new folder is held too
+    assert second.returncode == 2 and "being run by another process" in second.stderr
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 0, err
+    assert "was deleted while the study ran: written again from the open database" in err
+    trials = read_trials(study_dir)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 12
+    assert len({t.params["x"] for t in trials}) == 12
+    shown = run_cli("best", str(study_dir))
+    assert shown.returncode == 0, shown.stderr
+
+
+def test_a_database_replaced_while_the_study_runs_is_left_alone_and_nothing_lost(tmp_path):
+    fast_study(tmp_path, trials=12, sleep=0.3)
+    study_dir = tmp_path / "logs" / "fast"
+    driver = subprocess.Popen(
+        cli_cmd("run", "fast.yaml"), cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    wait_for(lambda: count(study_dir, "COMPLETE") >= 3, what="three trials")
+    (tmp_path / "theirs").write_bytes(b"somebody else's file")
+    os.replace(tmp_path / "theirs", study_dir / "study.db")
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode != 0 and "was replaced by another file" in err, err
+    assert (study_dir / "study.db").read_bytes() == b"somebody else's file"
+    saved = study_dir / "study.db.open-copy"
+    assert str(saved) in err
+    assert count_in(saved) >= 3
+
+
+def count_in(db: Path) -> int:
+    """COMPLETE trials in a database file of any name."""
+    from torchtune_hp.storage import Storage
+
+    storage = Storage(db, read_only=True)
+    try:
+        return sum(t.state is TrialState.COMPLETE for t in storage.trials())
+    finally:
+        storage.close()
 
 
 def test_kill_9_releases_the_study_at_once(tmp_path):

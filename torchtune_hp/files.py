@@ -221,6 +221,28 @@ class StudyLock:
         _HELD[key] = self
         return self
 
+    def follow_folder(self) -> None:
+        """The study folder was deleted and made again while the lock was held (its database
+        written again, see :mod:`~torchtune_hp.storage`): take the lock on the new folder, so
+        a second driver cannot get into it, and let go of the deleted one."""
+        if self._fd is None:
+            return
+        now = os.stat(self.folder)
+        held = os.fstat(self._fd)
+        if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            return
+        fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StudyLocked(
+                f"{self.folder}: the study folder was deleted while the study ran and another "
+                "process has taken the new one"
+            ) from None
+        os.close(self._fd)
+        self._fd = fd
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the only descriptor releases the flock

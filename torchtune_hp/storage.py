@@ -8,16 +8,24 @@ followers) open the file read-only and take no lock; a study on read-only media 
 
 A file that is not a study database, or a damaged one, is refused before anything is written to
 it: every byte stays as it was.
+
+A writer checks before each transaction (and when it closes) that its file is still where it
+opened it. SQLite writes on through its open descriptors after the file is deleted (a cleanup
+script, ``rm -r logs/...`` while a study runs), and closing then loses every trial. So a missing
+file is written again from the open database, whole, with a warning, and the study goes on;
+a different file put in its place is left alone, and the open database is saved beside it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import tempfile
 import urllib.parse
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -98,9 +106,18 @@ def damaged(path: Path | str, why: str = "") -> StorageError:
 class Storage:
     """Trials, intermediate values, the queue of parameters to try next, and study metadata."""
 
-    def __init__(self, path: Path | None, *, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        read_only: bool = False,
+        before_restore: Callable[[], None] | None = None,
+    ) -> None:
+        """``before_restore``: called before a deleted file is written again, its folder made
+        again if it was deleted too (the study's lock follows the folder)."""
         self.path = path
         self.read_only = read_only
+        self.before_restore = before_restore
         self._columns = _COLUMNS
         self._copy: tempfile.TemporaryDirectory[str] | None = None
         if path is not None:
@@ -109,6 +126,7 @@ class Storage:
             self.conn = self._connect(path, read_only)
         except sqlite3.DatabaseError as e:
             raise self._error(e) from None
+        self._identity = _identity(path) if path is not None and not read_only else None
         try:
             with self._errors():
                 self._check_and_migrate()
@@ -168,9 +186,52 @@ class Storage:
                     c.execute(statement)
             c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
+    def _keep_file(self) -> None:
+        """Write the database again where it was opened if it was deleted since (see the
+        module docstring); save it beside a different file put in its place, and stop."""
+        if self._identity is None or self.path is None:
+            return
+        now = _identity(self.path)
+        if now == self._identity:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        target = self.path if now is None else self.path.with_name(f"{self.path.name}.open-copy")
+        tmp = target.with_name(f".{target.name}.tmp")
+        with self._errors():
+            copy = sqlite3.connect(str(tmp))
+            try:
+                self.conn.backup(copy)
+            finally:
+                copy.close()
+        if now is not None:
+            os.replace(tmp, target)
+            self._identity = None  # written nowhere from now on: the study stops here
+            raise StorageError(
+                f"{self.path} was replaced by another file while the study ran; left it alone "
+                f"and saved this study's database as {target} (every trial so far)"
+            )
+        if self.before_restore is not None:
+            self.before_restore()
+        trials = self.conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+        self.conn.close()  # takes the deleted file's write-ahead log with it, before the new one
+        os.replace(tmp, self.path)
+        self.conn = self._connect(self.path, read_only=False)
+        self._identity = _identity(self.path)
+        warnings.warn(
+            f"{self.path} was deleted while the study ran: written again from the open "
+            f"database ({trials} trials); nothing was lost",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
     def close(self) -> None:
         conn = getattr(self, "conn", None)
         if conn is not None:
+            try:
+                self._keep_file()
+            except (OSError, StorageError, sqlite3.Error) as e:
+                warnings.warn(str(e), RuntimeWarning, stacklevel=2)
+            conn = self.conn
             conn.close()
         if self._copy is not None:
             self._copy.cleanup()
@@ -199,6 +260,7 @@ class Storage:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._keep_file()
         with self._errors():
             self.conn.execute("BEGIN IMMEDIATE")
             try:
@@ -439,6 +501,15 @@ def _frozen(row: tuple[Any, ...], intermediate: dict[int, float]) -> FrozenTrial
         note=note,
         intermediate=intermediate,
     )
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which file ``path`` names now (device, inode); None when there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _uri(path: Path, query: str) -> str:

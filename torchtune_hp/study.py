@@ -233,7 +233,7 @@ class Study:
                         f"to {aside}, so none of them is read as this study's",
                         stacklevel=3,
                     )
-            return Storage(db)
+            return Storage(db, before_restore=self._lock.follow_folder)
         except BaseException:
             self._lock.release()
             raise
