@@ -755,7 +755,13 @@ def test_recipes_are_strict_about_types_and_repeated_keys(tmp_path):
     text = (tmp_path / "fast.yaml").read_text()
     (tmp_path / "twice.yaml").write_text(text.replace("study:\n", "study:\n  trials: 3\n", 1))
     result = run_cli("validate", "twice.yaml", cwd=tmp_path)
-    assert result.returncode == 2 and "'trials' is given twice, on lines 2 and" in result.stderr
+    assert result.returncode == 2
+    assert "twice.yaml: study.trials: key 'trials' is given twice, on lines 2 and" in result.stderr
+    nested = text.replace("    low: 0.0\n", "    low: 0.0\n    low: 0.5\n", 1)
+    assert nested != text
+    (tmp_path / "twice.yaml").write_text(nested)
+    result = run_cli("validate", "twice.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "twice.yaml: space.x.low: key 'low' is given" in result.stderr
 
 
 def test_a_command_keeps_the_python_of_another_venv(tmp_path):

@@ -56,27 +56,39 @@ from torchtune_hp.study import MAX_SEED
 
 
 class DuplicateKey(yaml.YAMLError):
-    def __init__(self, key: Any, first: int, second: int) -> None:
+    def __init__(self, path: str, key: Any, first: int, second: int) -> None:
         super().__init__(f"key {key!r} is given twice, on lines {first} and {second}")
-        self.key = key
+        self.path = path  # dotted, e.g. ``space.lr.low``
 
 
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 reads ``1e-4`` as a string; recipes mean a number. A key given twice in one
-    mapping is refused (YAML would keep the last silently)."""
+    mapping is refused (YAML would keep the last silently), by its dotted path."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._refuse_repeated_keys(node, "", set())
+        return super().construct_document(node)
+
+    def _refuse_repeated_keys(self, node: yaml.Node, path: str, visited: set[int]) -> None:
+        if id(node) in visited:  # an alias met again
+            return
+        visited.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._refuse_repeated_keys(item, f"{path}[{i}]", visited)
+        if not isinstance(node, yaml.MappingNode):
+            return
         seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue  # a mapping or list as a key (SafeLoader reports it), or ``<<``
+            key = self.construct_object(key_node)
             line = key_node.start_mark.line + 1
-            try:
-                if key in seen:
-                    raise DuplicateKey(key, seen[key], line)
-            except TypeError:  # an unhashable key: SafeLoader reports it below
-                continue
+            here = f"{path}.{key}" if path else str(key)
+            if key in seen:
+                raise DuplicateKey(here, key, seen[key], line)
             seen[key] = line
-        return super().construct_mapping(node, deep=deep)
+            self._refuse_repeated_keys(value_node, here, visited)
 
 
 _Loader.add_implicit_resolver(
@@ -288,7 +300,7 @@ def load_recipe(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Reci
     except UnicodeDecodeError as e:
         raise ConfigError(path, "", f"not UTF-8 text (byte {e.start}): {e.reason}") from None
     except DuplicateKey as e:
-        raise ConfigError(path, str(e.key), str(e)) from None
+        raise ConfigError(path, e.path, str(e)) from None
     except yaml.YAMLError as e:
         raise ConfigError(path, "", f"not valid YAML: {e}") from e
     if not isinstance(raw, dict):
