@@ -36,8 +36,13 @@ def _finite(name: str, value: float) -> float:
 def _check_bounds(low: float, high: float, log: bool, step: float | None) -> None:
     if not isinstance(log, bool):  # "false" would read as true
         raise TypeError(f"log must be true or false, got {log!r}")
-    if low >= high:
+    if low > high:
         raise ValueError(f"low must be < high, got low={low!r} high={high!r}")
+    if low == high:  # a range of one value tunes nothing: say how to hold a value instead
+        raise ValueError(
+            f"low must be < high, got low = high = {low!r}; to hold the parameter at one "
+            f"value, make it fixed: {{type: fixed, value: {low!r}}} (Python: Fixed({low!r}))"
+        )
     if log and low <= 0:
         raise ValueError(f"log=True needs low > 0, got low={low!r}")
     if not math.isfinite(high - low):  # the samplers scale by the width
