@@ -1,6 +1,7 @@
 """The GP sampler's output warps: their log-Jacobians, and the choice between them."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -87,6 +88,20 @@ def test_auto_keeps_yeo_johnson_on_ripples_and_then_is_the_yeo_johnson_search_ex
     plain = _study(_ackley, 2, -32.768, 32.768, 20, output_warp="yeo_johnson")
     assert auto.sampler._output == {2: "yeo_johnson"}
     assert [t.params for t in auto.trials] == [t.params for t in plain.trials]
+
+
+@pytest.mark.parametrize("scale", [2.0**600, 2.0**-600])
+def test_the_search_is_the_same_whatever_the_objectives_units(scale):
+    """Values near 1e180 used to overflow the warps' standard deviation (every suggestion
+    fell back to Sobol, with a warning) and values near 1e-180 to underflow it (taken for a
+    constant objective); scaled by a power of two, every suggestion is now the one the
+    unscaled values give (both warps, with ``auto`` choosing between them)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning
+        scaled = _study(lambda v: scale * _rosenbrock(v), 2, -5.0, 10.0, 16)
+    plain = _study(_rosenbrock, 2, -5.0, 10.0, 16)
+    assert [t.params for t in scaled.trials] == [t.params for t in plain.trials]
+    assert scaled.sampler._output == plain.sampler._output
 
 
 def test_output_warp_is_checked():

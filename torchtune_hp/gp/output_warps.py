@@ -50,6 +50,19 @@ class Warped:
     log_jacobian: np.ndarray
 
 
+def unit_scale(y: np.ndarray) -> np.ndarray:
+    """``y`` divided by the power of two just above its largest magnitude. Both warps are
+    unchanged by scaling (but for one shared constant in the log-Jacobians), and scaling by a
+    power of two rounds nothing; values of 1e200 or 1e-200, though, overflow or underflow
+    where a standard deviation squares them (1e200 fell back to Sobol at every trial, 1e-200
+    was taken for constant), and come out as values near 1 do."""
+    y = np.asarray(y, dtype=np.float64)
+    finite = np.abs(y[np.isfinite(y)])
+    if not len(finite) or not finite.max() > 0:
+        return y
+    return np.ldexp(y, -int(np.frexp(finite.max())[1]))
+
+
 def yeo_johnson(y: np.ndarray) -> Warped:
     """The Yeo-Johnson warp, :func:`~torchtune_hp.gp.surrogate.warp`, with its log-Jacobian."""
     y = np.asarray(y, dtype=np.float64)
