@@ -226,6 +226,36 @@ def test_maximizing_studies_are_forecast_in_their_direction():
     assert gp.last_decision.forecast.mean == pytest.approx(-loss(0.1, EPOCHS), abs=0.1)
 
 
+@pytest.mark.parametrize("scale", [2.0**600, 2.0**-600])
+def test_decisions_are_the_same_whatever_the_metrics_units(scale):
+    """Reports near 1e180 overflowed the model's standard deviation and near 1e-180
+    underflowed it: the pruner then stopped nothing (0 of 30 trials, against 13 at the
+    metric's own scale). Scaled by a power of two, every decision is now the unscaled one."""
+
+    def study(factor: float) -> list[TrialState]:
+        space = {"lr": Float(1e-3, 1.0, log=True), "w": Float(0.0, 1.0)}
+
+        def objective(trial):
+            lr, w = trial.params["lr"], trial.params["w"]
+            final = (math.log10(lr) + 1.5) ** 2 + (w - 0.3) ** 2 + 0.1
+            for epoch in range(16):
+                value = final + 3.0 * math.exp(-lr * 10 * (epoch + 1))
+                trial.report(value * factor, epoch)
+                if trial.should_prune():
+                    break
+            return value * factor
+
+        s = Study("units", space, sampler="gp", pruner="gp", logdir=None, seed=0)
+        s.optimize(objective, n_trials=24)
+        return [t.state for t in s.trials]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scaled = study(scale)
+    plain = study(1.0)
+    assert scaled == plain and plain.count(TrialState.PRUNED) >= 5
+
+
 def test_scale_boxcox_forecasts_a_loss_that_stays_above_zero():
     """``scale: boxcox`` fits a Box-Cox transform to a positive loss before the GP: whatever
     the GP says, a forecast maps back above zero, where on the linear scale (the default) the

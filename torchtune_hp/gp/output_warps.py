@@ -31,7 +31,7 @@ import numpy as np
 from scipy import special
 from scipy.stats import boxcox
 
-from torchtune_hp.gp.surrogate import fit_warp
+from torchtune_hp.gp.surrogate import fit_warp, mean_std
 
 # The margin, in nats of log density, by which ``floor`` must beat ``yeo_johnson``: "strong"
 # evidence on Kass and Raftery's (1995) scale (a Bayes factor above e^3 = 20).
@@ -48,19 +48,6 @@ class Warped:
 
     values: np.ndarray
     log_jacobian: np.ndarray
-
-
-def unit_scale(y: np.ndarray) -> np.ndarray:
-    """``y`` divided by the power of two just above its largest magnitude. Both warps are
-    unchanged by scaling (but for one shared constant in the log-Jacobians), and scaling by a
-    power of two rounds nothing; values of 1e200 or 1e-200, though, overflow or underflow
-    where a standard deviation squares them (1e200 fell back to Sobol at every trial, 1e-200
-    was taken for constant), and come out as values near 1 do."""
-    y = np.asarray(y, dtype=np.float64)
-    finite = np.abs(y[np.isfinite(y)])
-    if not len(finite) or not finite.max() > 0:
-        return y
-    return np.ldexp(y, -int(np.frexp(finite.max())[1]))
 
 
 def yeo_johnson(y: np.ndarray) -> Warped:
@@ -101,8 +88,7 @@ def fit_floor(y: np.ndarray) -> FloorWarp | None:
     """The ``floor`` warp fitted to ``y``; None where it cannot be (fewer than 3 values, all
     equal, or a transform that overflows)."""
     y = np.asarray(y, dtype=np.float64)
-    with np.errstate(all="ignore"):
-        sd = float(np.std(y)) if len(y) else 0.0
+    sd = mean_std(y)[1]
     # equal values can have a standard deviation of rounding noise (0.1 * 20: 1e-17)
     if len(y) < 3 or not 0 < sd < math.inf or not y.max() > y.min():
         return None

@@ -77,12 +77,27 @@ class OutputWarp:
         return np.nan_to_num(z * self.std_y + self.mean_y, nan=self.mean_y)
 
 
+def mean_std(y: np.ndarray) -> tuple[float, float]:
+    """The mean and standard deviation of ``y`` (0, 0 for none) whatever its units: computed
+    on ``y`` divided by the power of two above its largest magnitude, then scaled back (a
+    power of two rounds nothing). Directly, values near 1e200 overflow when squared (every
+    model-driven trial fell back to Sobol, and the gp pruner stopped nothing) and values
+    near 1e-200 underflow (taken for a constant)."""
+    y = np.asarray(y, dtype=np.float64)
+    if not len(y):
+        return 0.0, 0.0
+    top = float(np.max(np.abs(y)))
+    e = int(np.frexp(top)[1]) if 0 < top < math.inf else 0
+    unit = np.ldexp(y, -e)
+    return float(np.ldexp(np.mean(unit), e)), float(np.ldexp(np.std(unit), e))
+
+
 def fit_warp(y: np.ndarray, lmbda: float | None = None) -> tuple[np.ndarray, OutputWarp]:
     """:func:`warp` with the Yeo-Johnson exponent given (``lmbda``) or fit (None); returns the
     warped values and the fitted warp, so a caller that warps a slowly growing set many times
     can fit the exponent only now and then, and map forecasts back."""
     y = np.asarray(y, dtype=np.float64)
-    mean, std = float(np.mean(y)) if len(y) else 0.0, float(np.std(y)) if len(y) else 0.0
+    mean, std = mean_std(y)
     if len(y) and not y.max() > y.min():  # equal values: their sd is rounding noise, if any
         std = 0.0
     if not std > 0 or len(y) < 3:

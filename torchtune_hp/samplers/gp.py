@@ -35,7 +35,7 @@ from torchtune_hp.gp.acquisition import ACQUISITIONS, acquisition_value
 from torchtune_hp.gp.additive import additive_draw, additive_kernel
 from torchtune_hp.gp.encoding import GPEncoding
 from torchtune_hp.gp.optimize import maximize, refine, score, sweep_categoricals
-from torchtune_hp.gp.output_warps import EVIDENCE, OUTPUT_WARPS, neg_log_density, unit_scale
+from torchtune_hp.gp.output_warps import EVIDENCE, OUTPUT_WARPS, neg_log_density
 from torchtune_hp.gp.slices import explain as explain_slices
 from torchtune_hp.gp.surrogate import Surrogate, SurrogateError, warp
 from torchtune_hp.gp.threads import torch_threads
@@ -386,7 +386,6 @@ class GPSampler:
         is true), and ``floor`` is taken only where the values are more than
         :data:`~torchtune_hp.gp.output_warps.EVIDENCE` nats likelier under it; between refits
         the choice stays, as the hyperparameters do."""
-        values = unit_scale(values)
         if self.output_warp != "auto":
             w = OUTPUT_WARPS[self.output_warp](values)
             return (self.output_warp, w.values) if w else ("yeo_johnson", warp(values))
