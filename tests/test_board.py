@@ -406,6 +406,32 @@ def test_an_interrupted_trial_ends_failed_and_a_dead_drivers_sessions_are_rebuil
     assert not (tmp_path / "ctrl_c" / "trial_0001" / "running").exists()
 
 
+def test_a_diverged_trial_shows_inf_not_its_last_good_report(tmp_path):
+    """A run that reported 0.77 and then inf (diverged) and was pruned: its value is inf, and
+    the HParams table, which shows the last point of the objective, showed 0.77, ranking it
+    among the good runs."""
+
+    class PruneAtTwo:
+        name = "at_two"
+
+        def prune(self, trial, others, mode):
+            return len(trial.intermediate) >= 2
+
+    study = Study("div", {"x": Float(0.0, 1.0)}, logdir=tmp_path, pruner=PruneAtTwo(), seed=0)
+
+    def objective(trial):
+        trial.report(0.77, 0)
+        trial.report(math.inf, 1)
+        return 9.0 if trial.should_prune() else 0.3
+
+    study.optimize(objective, n_trials=1)
+    study.close()
+    (trial,) = stored_trials(tmp_path / "div")
+    assert trial.state is TrialState.PRUNED and trial.value == math.inf
+    series = read(tmp_path / "div" / "trial_0000" / "hparams").Scalars("objective/value")
+    assert [(e.step, e.value) for e in series] == [(0, pytest.approx(0.77)), (1, math.inf)]
+
+
 def old_experiment(folder: Path) -> Path:
     """An event file as torchtune_hp 0.1 (or Lightning's hp_metric) wrote: an HParams
     experiment and session beside a scalar."""

@@ -142,9 +142,10 @@ class StudyBoard:
         for step in steps:
             writer.scalar(tag, trial.intermediate[step], step)
         last = trial.intermediate[steps[-1]] if steps else None
-        if trial.value is not None and math.isfinite(trial.value) and trial.value != last:
-            # the value differs from the last report (or nothing was reported): it goes last,
-            # so it is what the HParams table shows
+        if trial.value is not None and trial.value != last:
+            # the value differs from the last finite report (or nothing was reported): it goes
+            # last, so it is what the HParams table shows; inf too (a run that diverged, whose
+            # earlier finite report would rank it among the good ones)
             writer.scalar(tag, trial.value, steps[-1] + 1 if steps else 0)
 
     def sync(self, trials: Sequence[FrozenTrial]) -> None:
