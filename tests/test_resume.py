@@ -141,13 +141,38 @@ def test_a_stop_while_a_resumed_trial_runs_pauses_it_again(tmp_path):
         number,
         fresh,
     ]
+    # paused again where it had paused: its script saved its state there (when told to pause),
+    # not at step 3, so resuming after step 3 would go on from step 2's state
     paused = storage.trial(number)
-    assert paused.state is TrialState.PRUNED and paused.value == 0.25
-    assert paused.intermediate == {1: 1.0, 2: 0.5, 3: 0.25} and paused.counts
-    assert "paused again: interrupted by the user" in (paused.note or "")
+    assert paused.state is TrialState.PRUNED and paused.value == 0.5
+    assert paused.intermediate == {1: 1.0, 2: 0.5} and paused.counts
+    assert (
+        "paused again: interrupted by the user; its 1 report(s) after step 2, where its state "
+        "was saved, were dropped" in (paused.note or "")
+    )
     assert storage.trial(fresh).state is TrialState.FAILED
     assert storage.queued() == [{"a": 0.1}]  # the first run is queued, the paused one not
     storage.close()
+
+
+def test_a_dead_driver_pauses_a_resumed_trial_again_without_promising_a_retry(tmp_path):
+    """A driver that died while a paused trial ran again: the next one pauses it again, and
+    neither its warning nor the trial's note says it was marked FAILED or will be retried."""
+    space = {"a": Float(0.0, 1.0)}
+    study = Study("ft", space, logdir=tmp_path, tensorboard=False)
+    trial = study.ask()
+    study.report(trial, 1.0, 0)
+    study.tell(trial, state="pruned")
+    study.close()
+    storage = Storage(tmp_path / "ft" / "study.db")
+    assert storage.reopen_trial(0, "resumed after 1 report")  # as a driver that then died
+    storage.close()
+    with pytest.warns(UserWarning, match=r"\[0\] paused again \(they ran after a pause\)"):
+        study = Study("ft", space, logdir=tmp_path, tensorboard=False)
+    (again,) = study.trials
+    assert again.state is TrialState.PRUNED and again.intermediate == {0: 1.0}
+    assert "paused again" in (again.note or "") and "retried" not in (again.note or "")
+    study.close()
 
 
 def lightning_objective(runs: list, max_epochs: int = 6):
@@ -236,14 +261,39 @@ for epoch in range(start + 1, {epochs} + 1):
 """
 
 
-def resume_project(home: Path, trials: int, executor: dict) -> None:
+STEPLESS_SCRIPT = """
+import json, sys, time
+import torchtune_hp
+trial = torchtune_hp.current_trial()
+a, how = float(sys.argv[1]), sys.argv[2]
+start = 0 if trial.resume_from is None else trial.resume_from + 1
+if start:
+    state = json.loads(open(trial.checkpoint_path).read())
+    assert state["epoch"] >= trial.resume_from, (state, trial.resume_from)
+print("start", start, "pauses", trial.pauses, flush=True)
+for epoch in range(start, {epochs}):
+    final = 0.2 + (a - 0.8) ** 2
+    value = final + (2.0 - final) * 2.718281828 ** (-(epoch + 1) / (0.5 + 4.0 * a))
+    with open(trial.checkpoint_path, "w") as f:  # saved every epoch: a regex script hears no
+        f.write(json.dumps({{"epoch": epoch}}))  # verdict, it is stopped at once
+    if how == "regex":
+        print(f"valid loss {{value:.6f}}", flush=True)
+        time.sleep(0.1)
+    elif torchtune_hp.report(val_loss=value):  # no step: the next one
+        break
+"""
+
+
+def resume_project(
+    home: Path, trials: int, executor: dict, script: str = SCRIPT, args: tuple = (), **objective
+) -> None:
     """A user's folder: ``train.py`` (the script above) beside ``ft.yaml``, whose pruner
     resumes whenever a paused trial exists (the tests are about the plumbing, and with two
     workers the model's choices depend on which trial reports first): ``resume_ratio`` near
     0, and ``threshold: 0`` so no paused trial is too hopeless to resume (with the default
     0.05 a two-worker run once paused only trials at P(beats best) = 0.02 and resumed none)."""
     home.mkdir(parents=True, exist_ok=True)
-    (home / "train.py").write_text(SCRIPT.format(epochs=EPOCHS))
+    (home / "train.py").write_text(script.format(epochs=EPOCHS))
     write_yaml(
         home / "ft.yaml",
         {
@@ -257,14 +307,14 @@ def resume_project(home: Path, trials: int, executor: dict) -> None:
                 "threshold": 0.0,
                 "n_startup": 1,
             },
-            "objective": {"command": ["python", "train.py", "{a}"]},
+            "objective": {"command": ["python", "train.py", "{a}", *args], **objective},
             "executor": executor,
             "logdir": "logs",
         },
     )
 
 
-def check_resumed(study_dir: Path, trials: int) -> None:
+def check_resumed(study_dir: Path, trials: int, first: int = 1) -> None:
     """Some trials ran again, each from the state its own earlier run saved (the script fails
     otherwise), with its earlier output kept and its curve whole."""
     rows = read_trials(study_dir)
@@ -278,7 +328,7 @@ def check_resumed(study_dir: Path, trials: int) -> None:
         assert len(outs) >= 2  # the earlier run's output kept beside the last one's
         last = (folder / "stdout.log").read_text()
         assert "pauses True" in last and "start 0 " not in last
-        assert sorted(t.intermediate) == list(range(1, len(t.intermediate) + 1))
+        assert sorted(t.intermediate) == list(range(first, len(t.intermediate) + first))
 
 
 def test_scripts_in_two_workers_resume_from_their_own_checkpoint(tmp_path):
@@ -288,3 +338,16 @@ def test_scripts_in_two_workers_resume_from_their_own_checkpoint(tmp_path):
     proc = run_cli("run", "ft.yaml", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     check_resumed(tmp_path / "logs" / "ft", 12)
+
+
+@pytest.mark.parametrize("how", ["report", "regex"])
+def test_a_resumed_script_that_gives_no_steps_goes_on_from_its_last_report(tmp_path, how):
+    """``report()`` without a step, or a ``metric_regex`` match, counted from 0 again in the
+    resumed process: its reports replaced the trial's first ones, the trial never got past
+    its rung, and the study paused and resumed it for ever. They go on from the trial's
+    last report."""
+    regex = {"metric_regex": r"valid loss (?P<value>[0-9.]+)"} if how == "regex" else {}
+    resume_project(tmp_path, 8, {"workers": 1}, STEPLESS_SCRIPT, (how,), **regex)
+    proc = run_cli("run", "ft.yaml", cwd=tmp_path, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_resumed(tmp_path / "logs" / "ft", 8, first=0)

@@ -350,9 +350,10 @@ class Storage:
 
     def reopen_trial(self, number: int, note: str) -> bool:
         """Run a PRUNED (paused) trial again from where it stopped: RUNNING, its reports kept,
-        ``note`` appended, and its number added to the ``resumed`` metadata, so a driver that
-        is stopped or dies while it runs pauses it again (:meth:`recover_running`) instead of
-        losing it. False when the trial is not PRUNED."""
+        ``note`` appended, and its number with the step it paused at added to the ``resumed``
+        metadata, so a driver that is stopped or dies while it runs pauses it again at that
+        step (:meth:`recover_running`) instead of losing it. False when the trial is not
+        PRUNED."""
         with self._tx() as c:
             cursor = c.execute(
                 f'UPDATE trials SET state=?, value=NULL, error=NULL, "end"=NULL, {_APPEND_NOTE} '
@@ -361,14 +362,22 @@ class Storage:
             )
             if cursor.rowcount != 1:
                 return False
-            resumed = set(self._resumed(c)) | {number}
-            c.execute(_PUT_META, ("resumed", json.dumps(sorted(resumed))))
+            (paused_at,) = c.execute(
+                "SELECT MAX(step) FROM intermediate WHERE trial=?", (number,)
+            ).fetchone()
+            resumed = {**self._resumed(c), number: paused_at}
+            c.execute(_PUT_META, ("resumed", json.dumps({str(n): s for n, s in resumed.items()})))
             return True
 
     @staticmethod
-    def _resumed(c: sqlite3.Connection) -> list[int]:
+    def _resumed(c: sqlite3.Connection) -> dict[int, int | None]:
+        """The trials run again after a pause, each with the step it had paused at (None in a
+        study written before that was kept: a list of numbers)."""
         row = c.execute("SELECT value FROM meta WHERE key='resumed'").fetchone()
-        return [int(n) for n in json.loads(row[0])] if row else []
+        data = json.loads(row[0]) if row else {}
+        if isinstance(data, list):
+            return {int(n): None for n in data}
+        return {int(n): None if s is None else int(s) for n, s in data.items()}
 
     def report(self, number: int, step: int, value: float) -> None:
         with self._tx() as c:
@@ -441,17 +450,33 @@ class Storage:
         """Mark every RUNNING trial FAILED with ``interruption`` and queue its parameters to
         run again: always after a stop (``stopped``), once after a death (``died``: a trial
         that was that retry is not queued again). A paused trial that was running again
-        (:meth:`reopen_trial`) becomes PRUNED (paused) again, with every report it made, and
-        may be resumed later. Returns the trials' numbers."""
+        (:meth:`reopen_trial`) becomes PRUNED (paused) again at the step it had paused at:
+        the reports it made since are dropped, as its script saved its state (the checkpoint
+        it resumes from) when told to pause, not when stopped, so resuming after its later
+        reports would train on from an older state under later step numbers. It may be
+        resumed later. Returns the trials' numbers."""
         origin = Origin.RESUMED if interruption is Interruption.STOPPED else Origin.RETRY
+        retry = "; its parameters are retried once"
         with self._tx() as c:
             rows = c.execute(
                 "SELECT number, params, origin FROM trials WHERE state=?",
                 (TrialState.RUNNING.value,),
             ).fetchall()
-            resumed = set(self._resumed(c))
+            resumed = self._resumed(c)
             for n, params, was in rows:
-                if n in resumed:  # a paused trial run again: paused again, where it got to
+                if n in resumed:  # a paused trial run again: paused again, where it had paused
+                    paused_at = resumed[n]
+                    dropped = 0
+                    if paused_at is not None:
+                        dropped = c.execute(
+                            "DELETE FROM intermediate WHERE trial=? AND step>?", (n, paused_at)
+                        ).rowcount
+                    why = reason.replace(retry, "")
+                    if dropped:
+                        why += (
+                            f"; its {dropped} report(s) after step {paused_at}, where its "
+                            "state was saved, were dropped"
+                        )
                     last = c.execute(
                         "SELECT value FROM intermediate WHERE trial=? ORDER BY step DESC LIMIT 1",
                         (n,),
@@ -463,15 +488,14 @@ class Storage:
                             TrialState.PRUNED.value,
                             None if last is None else last[0],
                             _ts(utcnow()),
-                            f"paused again: {reason}",
-                            f"paused again: {reason}",
+                            f"paused again: {why}",
+                            f"paused again: {why}",
                             n,
                         ),
                     )
                     continue
                 again = interruption is Interruption.STOPPED or was != Origin.RETRY.value
                 # a retry that dies too is not run again: its note must not promise one
-                retry = "; its parameters are retried once"
                 no_more = reason.replace(retry, "") + "; it was the retry, so no more"
                 why = reason if again else no_more
                 c.execute(

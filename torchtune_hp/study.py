@@ -264,9 +264,16 @@ class Study:
                 "once",
                 Interruption.DIED,
             )
+            paused = [n for n in left if self._view[n].state is TrialState.PRUNED]
+            failed = [n for n in left if n not in paused]
+            what = []
+            if failed:
+                what.append(f"{failed} marked FAILED and queued to run again once")
+            if paused:
+                what.append(f"{paused} paused again (they ran after a pause), to resume later")
             warnings.warn(
                 f"study {self.name!r}: trial(s) {left} were left RUNNING by a process that "
-                "died; marked FAILED and queued to run again once",
+                f"died: {'; '.join(what)}",
                 stacklevel=3,
             )
         self._driving = True  # from now on every RUNNING trial is one this object asked

@@ -125,6 +125,13 @@ def _iso(t: datetime | None) -> str | None:
 PAUSE_CHECKPOINT = "pause.ckpt"  # in the trial's folder: where a paused trial's state is kept
 
 
+def first_step(resume_from: int | None) -> int:
+    """The step a run counts its reports from where it gives none (``report()`` without
+    ``step``, each ``metric_regex`` match): 0, or on a resumed run the one after the trial's
+    last report, so that run's reports go on from there and never replace earlier ones."""
+    return 0 if resume_from is None else resume_from + 1
+
+
 class Pausable:
     """What a paused trial's objective needs, the same in the driver and in a worker process
     (``pruner: {name: gp, resume: true}``): ``pauses`` (the study may resume a stopped trial,

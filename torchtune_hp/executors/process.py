@@ -45,8 +45,9 @@ from torchtune_hp.executors.metric import (
     regex_value,
     tensorboard_last,
 )
+from torchtune_hp.executors.remote import ENV_RESUME_FROM
 from torchtune_hp.outcome import Outcome, as_number, describe, outcome_of_return
-from torchtune_hp.trial import Interruption
+from torchtune_hp.trial import Interruption, first_step
 
 PRUNE_GRACE_S = 10.0  # a pruned trial that reports through files may stop by itself first
 STDERR_TAIL = 3000
@@ -183,7 +184,8 @@ class TrialProcess:
         self._reports = channel.ReportReader(run_dir, launch, metric)
         self._stdout = channel.LineTail(run_dir / "stdout.log")
         self.problems: list[str] = []  # notes for the trial (lines that were not reports)
-        self.n_regex = 0
+        resume_from = env.get(ENV_RESUME_FROM)
+        self.n_regex = first_step(int(resume_from) if resume_from else None)  # the next step
         self.regex_skipped = False
         self.pruned = False
         self.stop_at: float | None = None  # when to SIGTERM (a pruned trial's grace)

@@ -30,7 +30,7 @@ from typing import Any
 
 from torchtune_hp.executors import channel
 from torchtune_hp.outcome import as_number
-from torchtune_hp.trial import Pausable
+from torchtune_hp.trial import Pausable, first_step
 
 ENV_TRIAL = "TORCHTUNE_HP_TRIAL"
 ENV_TRIAL_DIR = "TORCHTUNE_HP_TRIAL_DIR"
@@ -170,12 +170,15 @@ def current_trial() -> Any:
 def report(step: int | None = None, **values: Any) -> bool:
     """Report metrics of the running trial, e.g. ``report(val_loss=0.31, step=epoch)``; returns
     True when the pruner says to stop (stop then; the trial ends PRUNED). ``step`` defaults to
-    the number of earlier reports. Outside a study it warns and does nothing."""
+    the number of earlier reports (on a resumed run, counted on from the trial's last
+    report). Outside a study it warns and does nothing."""
     trial = current_trial()
     if trial is None:
         warnings.warn("torchtune_hp.report() outside a study: nothing recorded", stacklevel=2)
         return False
-    counter = getattr(trial, "_auto_step", 0)
+    counter = getattr(trial, "_auto_step", None)
+    if counter is None:  # this run's first report: on a resumed run, after the trial's last
+        counter = first_step(getattr(trial, "resume_from", None))
     step = counter if step is None else int(step)
     trial._auto_step = step + 1
     prune = trial.report_values(values, step)
