@@ -89,11 +89,16 @@ def test_paused_trials_resume_where_they_stopped_and_nothing_is_trained_twice(tm
         assert steps == sorted(study.trial(number).intermediate)
         decisions = EventAccumulator(str(folder / "pruner_forecast"))
         decisions.Reload()
-        texts = [
-            e.tensor_proto.string_val[0].decode() for e in decisions.Tensors("forecast/decision")
-        ]
-        assert any(t.startswith("resumed after") for t in texts), texts
-        assert any(t.startswith("stopped after") for t in texts), texts
+        texts = {  # as TensorBoard's server shows them: the last event of each step
+            tag: {e.step: e.tensor_proto.string_val[0].decode() for e in decisions.Tensors(tag)}
+            for tag in ("forecast/decision", "forecast/resumed")
+        }
+        stops, resumes = texts["forecast/decision"], texts["forecast/resumed"]
+        assert all(t.startswith("stopped after") for t in stops.values()), stops
+        assert all(t.startswith("resumed after") for t in resumes.values()), resumes
+        assert resumes and set(resumes) <= set(stops)  # resumed at the step it was stopped
+        forecast_steps = [e.step for e in decisions.Scalars("forecast/p_beats_best")]
+        assert len(forecast_steps) == len(set(forecast_steps))  # one forecast per step
 
 
 def test_without_resume_a_stopped_trial_stays_stopped(tmp_path):

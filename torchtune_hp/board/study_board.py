@@ -195,7 +195,10 @@ class StudyBoard:
         """``pruner: gp`` decided on a trial: its forecast (predicted final value, ±1 sd, the
         chance to beat the best) at the trial's latest step, in ``trial_NNNN/pruner_forecast``; the
         reason in words as text when it stopped the trial (a stop by rank, before the model
-        forecasts, has the text alone)."""
+        forecasts, has the text alone) or resumed it. Each at the step of the trial's latest
+        report, as TensorBoard shows one point per tag and step: a resume, which comes at the
+        step its stop did, has its own text tag (``forecast/resumed``) and no forecast points
+        (its forecast is in its text), so the stop's stay in view."""
         f = decision.forecast
         if f is None and not decision.stop:
             return
@@ -205,16 +208,19 @@ class StudyBoard:
             if not (decision.resumed and folder.is_dir() and not folder.is_symlink()):
                 folder = files.renewed_dir(folder, OUR_SUFFIX)  # a resumed trial's is kept
             writer = self._forecast[number] = EventWriter(folder)
+        steps = study.trial(number).intermediate
+        step = max(steps) if steps else (f.resource if f is not None else 0)
+        if decision.resumed:
+            writer.summary(text_summary("forecast/resumed", decision.describe(self.metric)), step)
+            return
         if f is not None:
-            steps = study.trial(number).intermediate
-            step = max(steps) if steps else f.resource
             tag = f"forecast/final_{self.metric}"
             writer.scalar(tag, f.mean, step)
             writer.scalar(f"{tag}_low", f.mean - f.sd, step)
             writer.scalar(f"{tag}_high", f.mean + f.sd, step)
             writer.scalar("forecast/p_beats_best", f.p_improve, step)
-        if decision.stop or decision.resumed:
-            writer.summary(text_summary("forecast/decision", decision.describe(self.metric)))
+        if decision.stop:
+            writer.summary(text_summary("forecast/decision", decision.describe(self.metric)), step)
 
     @_never_stops_a_study
     def trial_finished(self, study: Any, trial: FrozenTrial) -> None:
