@@ -28,6 +28,7 @@ import yaml
 from conftest import cli_cmd, pid_alive, read_trials, run_cli, seen_pids, wait_seen, xy_recipe
 
 from torchtune_hp import TrialState
+from torchtune_hp.trial import Interruption
 
 pytest.importorskip("ray")
 
@@ -356,6 +357,28 @@ def test_sigterm_stops_every_ray_trial_at_once(cluster, tmp_path):
     assert len(trials) == 2 and all(t.interrupted for t in trials)
     for t in trials:  # their last output was copied back as they stopped
         assert (study_dir / f"trial_{t.number:04d}" / "stderr.log").is_file()
+
+
+def test_a_cluster_that_goes_away_stops_the_study_with_one_clear_error(cluster, tmp_path):
+    """The head node dies (or ``ray stop``) while trials run: the study used to promise each
+    lost trial a run on another node, go silent for a minute, and be ended by Ray's own
+    'Failed to connect to GCS within 60 seconds' (exit 1, trials left RUNNING)."""
+    _, study_dir, driver, pids = _two_long_trials(cluster, tmp_path, trials=3)
+    started = time.monotonic()
+    cluster.kill(cluster.nodes[0])  # the head: its control store, its raylet, the hosts
+    _, err = driver.communicate(timeout=90)
+    assert driver.returncode == 2, err[-3000:]
+    assert time.monotonic() - started < 45  # not Ray's minute
+    assert "error: the Ray cluster at" in err and "is gone" in err and "Traceback" not in err
+    trials = read_trials(study_dir)
+    assert [(t.state, t.interruption) for t in trials] == [
+        (TrialState.FAILED, Interruption.STOPPED)
+    ] * 2
+    assert all(t.error == "interrupted: the Ray cluster is gone" for t in trials)
+    deadline = time.monotonic() + 30  # their guards end them once their hosts are gone
+    while [pid for pid in pids if pid_alive(pid)]:
+        assert time.monotonic() < deadline, "a trial outlived its cluster"
+        time.sleep(0.5)
 
 
 def test_pruning_and_function_objectives_on_a_private_cluster(tmp_path):

@@ -18,7 +18,13 @@ from pathlib import Path
 import click
 
 from torchtune_hp import files
-from torchtune_hp.errors import ConfigError, StorageError, StudyMismatch, StudyStopped
+from torchtune_hp.errors import (
+    ClusterGone,
+    ConfigError,
+    StorageError,
+    StudyMismatch,
+    StudyStopped,
+)
 from torchtune_hp.storage import Storage
 from torchtune_hp.trial import FrozenTrial, best_of
 
@@ -319,7 +325,7 @@ def main() -> int:
         return e.exit_code
     except StudyMismatch as e:
         return _error(f"{e} On the command line, --fresh sets the old study aside.", BAD_INPUT)
-    except (ConfigError, StorageError) as e:
+    except (ConfigError, StorageError, ClusterGone) as e:
         return _error(str(e), BAD_INPUT)
     except StudyStopped as e:
         return _error(

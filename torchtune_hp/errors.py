@@ -30,5 +30,10 @@ class StudyStopped(RuntimeError):
     """The study stopped itself: its first trials all failed with the same error."""
 
 
+class ClusterGone(RuntimeError):
+    """The Ray cluster a study runs on stopped answering (``ray stop``, its head node died):
+    the study stops, its running trials interrupted, to run again once the cluster is back."""
+
+
 class StudyMismatch(ValueError):
     """An existing study was opened with another space, metric or mode."""

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from torchtune_hp import signals
-from torchtune_hp.errors import StudyStopped
+from torchtune_hp.errors import ClusterGone, StudyStopped
 from torchtune_hp.executors import Executor, Finished
 from torchtune_hp.samplers import SpaceExhausted
 from torchtune_hp.signals import Interrupted, shielded, stop_signals
@@ -208,6 +208,8 @@ def _stop(study: Any, executor: Executor, error: BaseException) -> None:
             kind, reason = Interruption.STOPPED, f"interrupted by the user ({how})"
         elif isinstance(error, StudyStopped):
             kind, reason = Interruption.STOPPED, "interrupted: the study stopped on failures"
+        elif isinstance(error, ClusterGone):  # not the trial's doing: it runs again
+            kind, reason = Interruption.STOPPED, "interrupted: the Ray cluster is gone"
         elif isinstance(error, SystemExit):  # the program chose to end (sys.exit)
             kind, reason = Interruption.STOPPED, f"interrupted: sys.exit({error.code!r})"
         else:

@@ -9,6 +9,10 @@ pool's files); what changed in their folders is written into ``logs/<study>/tria
 
 Faults. A host whose node is lost (``RayActorError``) has its trial run again once on a new
 host, which Ray places on a live node; a second loss makes the trial FAILED with the reason.
+When the cluster itself is gone (``ray stop``, the head node died: its control store refuses
+connections) nothing can run again: the study stops with :class:`~torchtune_hp.errors.
+ClusterGone`, its running trials interrupted (run again by the next run), instead of promising
+retries and then being ended by Ray a minute later.
 Stopping the study (Ctrl-C, SIGTERM) stops every trial through its host and then kills the
 hosts; if the driver dies (kill -9), Ray ends the job's actors, and their trials' guards end
 the trials.
@@ -33,7 +37,7 @@ from typing import Any
 
 from torchtune_hp import procs
 from torchtune_hp.board.tags import OUR_RUNS
-from torchtune_hp.errors import ConfigError
+from torchtune_hp.errors import ClusterGone, ConfigError
 from torchtune_hp.executors import Finished
 from torchtune_hp.executors.folder_sync import apply_chunks
 from torchtune_hp.executors.pool import forward_notes, forward_reports, last_reported, trial_env
@@ -48,6 +52,8 @@ from torchtune_hp.trial import PAUSE_CHECKPOINT, Trial
 
 RETRIES = 1  # a trial whose node is lost runs again this many times
 PROBE_S = 5.0  # how long an address may take to answer before it counts as unreachable
+PROBE_EVERY_S = 2.0  # how often a running study checks that its cluster still answers
+LOST_SETTLE_S = 2.0  # how long a lost host's cluster must go on answering to be alive
 INSTALL = "pip install 'torchtune_hp[ray]'"
 KEY = "executor.address"
 STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -103,6 +109,9 @@ class RayExecutor:
         from torchtune_hp.executors.ray_node import TrialHost
 
         self.ray = ray
+        self.gcs_address = ray.get_runtime_context().gcs_address  # the cluster's control store
+        self.gone = False  # the cluster stopped answering: no more calls to it
+        self._next_probe = 0.0  # when wait() next checks that the cluster answers
         self.study = study
         self.spec = spec
         self.capacity = workers
@@ -162,6 +171,9 @@ class RayExecutor:
     def wait(self, timeout_s: float) -> list[Finished]:
         ray = self.ray
         begun = time.monotonic()
+        if begun >= self._next_probe:
+            self._next_probe = begun + PROBE_EVERY_S
+            self._check_cluster()
         busy = [h for h in self.hosts if h.trial is not None]
         for h in busy:
             if h.trial is None:  # given to another host meanwhile
@@ -265,6 +277,7 @@ class RayExecutor:
         """``h``'s actor is gone (its node lost): run its trial again on a new host, once."""
         trial = h.trial
         assert trial is not None
+        self._check_cluster(settle_s=LOST_SETTLE_S)
         n = self.attempts[trial.number] = self.attempts.get(trial.number, 0) + 1
         lost = isinstance(error, self.ray.exceptions.RayActorError)
         what = "its node was lost" if lost else "Ray could not run it"
@@ -274,16 +287,45 @@ class RayExecutor:
             return
         self.hosts.remove(h)
         self._kill(h)
-        self.study.note(trial.number, f"{why}; it ran again on another node")
+        self.study.note(trial.number, f"{why}; it runs again on a new host")
         _keep_lost_attempt(self.study.trial_dir(trial.number), n)
         self.submit(trial)
+
+    def _check_cluster(self, settle_s: float = 0.0) -> None:
+        """Raise :class:`ClusterGone` when the cluster's control store no longer takes
+        connections (a lost node leaves it up; ``ray stop`` or a dead head node does not),
+        asking again for ``settle_s`` (``ray stop`` ends the workers first, the store last).
+        Asked every :data:`PROBE_EVERY_S` and at each lost host: Ray itself ends a driver
+        whose control store has been gone for a minute."""
+        host, _, port = self.gcs_address.rpartition(":")
+        until = time.monotonic() + settle_s
+        while True:
+            try:
+                with socket.create_connection((host, int(port)), timeout=PROBE_S):
+                    pass
+            except (OSError, ValueError):
+                break
+            if time.monotonic() >= until:
+                return
+            time.sleep(0.1)
+        self.gone = True
+        raise ClusterGone(
+            f"the Ray cluster at {self.gcs_address} is gone (stopped, or its head node died): "
+            "the running trials are recorded as interrupted and run again when you run the "
+            "same command with the cluster back up"
+        )
 
     # -- stopping ----------------------------------------------------------------------------
     def stop_all(self) -> None:
         """Every placed host stops its trial (SIGTERM, SIGKILL after the grace) and clears its
         node-local folder; hosts that do not answer in time are killed, and their trials'
-        guards end the trials."""
+        guards end the trials. With the cluster gone there is nothing left to ask."""
         ray = self.ray
+        if self.gone:
+            for h in self.hosts:
+                h.trial = None
+            self.hosts.clear()
+            return
         refs = {h.actor.stop.remote(): h for h in self.hosts if h.placed}
         if refs:
             ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=self.grace_s + 10)
