@@ -432,6 +432,22 @@ def test_a_diverged_trial_shows_inf_not_its_last_good_report(tmp_path):
     assert [(e.step, e.value) for e in series] == [(0, pytest.approx(0.77)), (1, math.inf)]
 
 
+def test_drawing_odd_names_and_values_says_nothing_to_the_user(tmp_path):
+    """An emoji or a tab in a categorical value and a very long parameter name: matplotlib's
+    remarks (a glyph the font lacks, a layout that does not fit) reached the terminal as
+    warnings after every drawing; the pictures are drawn all the same."""
+    long = "a_" + "very_" * 40 + "long_name"
+    space = {long: Float(0.0, 1.0), "act": Categorical(["relu 🙂", "tab\tx", "plain"])}
+    study = Study("odd", space, sampler="gp", logdir=tmp_path, seed=0, images_every=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        study.optimize(lambda t: t.params[long] + len(t.params["act"]) * 0.01, n_trials=7)
+        study.close()
+    assert [str(w.message) for w in caught] == []
+    acc = read(tmp_path / "odd" / "study")
+    assert "views/history" in acc.Tags()["images"] and "gp/slices" in acc.Tags()["images"]
+
+
 def old_experiment(folder: Path) -> Path:
     """An event file as torchtune_hp 0.1 (or Lightning's hp_metric) wrote: an HParams
     experiment and session beside a scalar."""

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,18 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+@contextmanager
+def drawing() -> Iterator[None]:
+    """Matplotlib's remarks on our pictures are not the user's business (they reached the
+    terminal as ``warning: Glyph 128578 missing from font(s) DejaVu Sans`` for an emoji in a
+    categorical value, and ``Tight layout not applied`` for a long parameter name): the
+    picture is drawn anyway, with a box for the glyph."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"Glyph \d+ .*missing from", UserWarning)
+        warnings.filterwarnings("ignore", "Tight layout not applied", UserWarning)
+        yield
 
 
 def png_bytes(fig: Any) -> bytes:

@@ -278,23 +278,30 @@ class StudyBoard:
         the pictures cost a tenth of the time at most; the last is always drawn at the end."""
         if not finished or len(finished) == self._drawn_at:
             return
+        from torchtune_hp.board.figures import drawing
         from torchtune_hp.board.views import study_views  # matplotlib on use
 
         began = time.monotonic()
         self._drawn_at = len(finished)
         curves = forecasts() if forecasts is not None else None  # timed with the drawing
-        views = study_views(finished, self.space, self.metric, self.mode, curves)
+        with drawing():
+            views = study_views(finished, self.space, self.metric, self.mode, curves)
         for tag, png in views.items():
             self.study_writer.image(f"views/{tag}", png, len(finished))
         now = time.monotonic()
         self._next_views = now + DRAW_BUDGET * (now - began)
 
     def _draw_gp(self, expl: Explanation, step: int) -> None:
-        from torchtune_hp.board.figures import importance_png, slices_png  # matplotlib on use
+        from torchtune_hp.board.figures import drawing, importance_png, slices_png
 
         began = time.monotonic()
-        self.study_writer.image("gp/slices", slices_png(expl, self.metric, step), step)
-        self.study_writer.image("gp/importance", importance_png(expl.importance, step), step)
+        with drawing():  # matplotlib on use
+            slices, importance = (
+                slices_png(expl, self.metric, step),
+                importance_png(expl.importance, step),
+            )
+        self.study_writer.image("gp/slices", slices, step)
+        self.study_writer.image("gp/importance", importance, step)
         now = time.monotonic()
         self._next_gp = now + DRAW_BUDGET * (now - began)
 
