@@ -213,6 +213,7 @@ def test_a_nan_report_is_a_diverged_trial_and_ends_no_other_trial(tmp_path):
     assert healthy.state is TrialState.COMPLETE and len(healthy.intermediate) == 4
     assert diverged.intermediate[1] == math.inf  # NaN is kept as the worst value
     assert diverged.state is TrialState.PRUNED
+    assert diverged.note == "stopped: its report at step 1 was NaN or inf", diverged.note
 
 
 class BuggyListener:

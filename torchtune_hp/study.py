@@ -41,7 +41,7 @@ from torchtune_hp.board.tags import trial_run_name
 from torchtune_hp.distributed import is_follower_rank
 from torchtune_hp.errors import StorageError, StudyMismatch
 from torchtune_hp.outcome import Outcome, as_number, describe, outcome_of_return
-from torchtune_hp.pruners import Pruner, make_pruner
+from torchtune_hp.pruners import Pruner, diverged, make_pruner
 from torchtune_hp.samplers import Sampler, SpaceExhausted, make_sampler
 from torchtune_hp.space import Param, Space, space_diff
 from torchtune_hp.storage import Storage, utcnow
@@ -610,6 +610,9 @@ class Study:
             if stop:
                 self.note(number, decision.describe(self.metric), warn=False)
             self._emit("trial_decided", number, decision)
+        elif stop and diverged(me):  # every rule stops it at once, without a decision to show
+            step = max(me.intermediate)
+            self.note(number, f"stopped: its report at step {step} was NaN or inf", warn=False)
         return stop
 
     def record_process(self, trial: Trial | int, process: dict[str, Any]) -> None:
