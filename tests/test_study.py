@@ -342,3 +342,18 @@ def test_a_study_held_by_another_thread_is_taken_over_all_the_same(tmp_path):
     again.optimize(lambda t: t.params["x"], n_trials=1)
     again.close()
     assert open_elsewhere(tmp_path).stdout.split() == ["1"]
+
+
+def test_the_trials_table_has_one_line_per_trial_whatever_the_notes():
+    """A resumed trial's note has a line per decision, a failed one's error a traceback: the
+    table shows the last line of each (the whole text is in ``trials --trial N``)."""
+    from torchtune_hp.display import plain_table, trial_rows
+    from torchtune_hp.trial import FrozenTrial
+
+    paused = FrozenTrial(
+        0, TrialState.PRUNED, {"x": 0.5}, 1.0, note="stopped after 2 reports\nresumed after 2"
+    )
+    failed = FrozenTrial(1, TrialState.FAILED, {"x": 0.1}, error="Traceback...\nValueError: x")
+    table = plain_table(*trial_rows([paused, failed], ["x"], "loss")).splitlines()
+    assert len(table) == 3
+    assert table[1].endswith("resumed after 2") and table[2].endswith("ValueError: x")

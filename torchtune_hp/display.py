@@ -23,13 +23,14 @@ def trial_rows(
     trials: Sequence[FrozenTrial], names: Sequence[str], metric: str
 ) -> tuple[list[str], list[list[str]]]:
     """The ``trials`` table: a header and one row of cells per trial. A FAILED trial's note is
-    the last line of its error (``trials --format json`` has the whole text)."""
+    the last line of its error, any other's the last line of its note (one row per trial; a
+    paused and resumed trial's note has a line per decision): ``trials --trial N`` and
+    ``--format json`` have the whole text."""
     header = ["#", "state", metric, "seconds", *names, "note"]
     rows = []
     for t in trials:
-        note = t.note or ""
-        if t.state is TrialState.FAILED and t.error:
-            note = t.error.strip().splitlines()[-1]
+        lines = (t.error if t.state is TrialState.FAILED and t.error else t.note or "").strip()
+        note = lines.splitlines()[-1] if lines else ""
         dur = "-" if t.duration_s is None else f"{t.duration_s:.1f}"
         cells = [fmt_value(v) if isinstance(v, float) else str(v) for v in map(t.params.get, names)]
         rows.append([str(t.number), t.state.value, fmt_value(t.value), dur, *cells, note])
