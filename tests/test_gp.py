@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 
 import gpytorch
 import numpy as np
@@ -198,8 +199,10 @@ def test_a_study_failing_on_half_the_space_converges_to_the_good_half():
 
 
 def test_numerical_failure_falls_back_to_sobol_visibly():
-    """Values of 1e300 make the standardization overflow: the suggestion falls back to Sobol
-    with a warning and a recorded reason, and the study goes on."""
+    """Values at the edge of the float range (±1.7e308: their differences overflow; values of
+    1e300 no longer do, as the standardization works in units of the largest) make the
+    output warp fail: the suggestion falls back to Sobol with a warning and a recorded
+    reason, and the study goes on."""
     study = Study(
         "n",
         {"x": Float(0.0, 1.0)},
@@ -208,11 +211,13 @@ def test_numerical_failure_falls_back_to_sobol_visibly():
         logdir=None,
         sampler_options={"n_init": 2},
     )
-    study.add({"x": 0.1}, 1e300)
-    study.add({"x": 0.9}, -1e300)
-    study.add({"x": 0.5}, 0.0)
-    with pytest.warns(RuntimeWarning, match="gp fell back to Sobol"):
+    study.add({"x": 0.1}, 1.7e308)
+    study.add({"x": 0.9}, -1.7e308)
+    study.add({"x": 0.5}, 1.7e308)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         trial = study.ask()
+    assert [str(w.message)[:29] for w in caught] == ["gp fell back to Sobol for thi"]
     frozen = study.tell(trial, 0.5)
     assert frozen.state is TrialState.COMPLETE and "fell back to Sobol" in frozen.note
 

@@ -89,7 +89,8 @@ def mean_std(y: np.ndarray) -> tuple[float, float]:
     top = float(np.max(np.abs(y)))
     e = int(np.frexp(top)[1]) if 0 < top < math.inf else 0
     unit = np.ldexp(y, -e)
-    return float(np.ldexp(np.mean(unit), e)), float(np.ldexp(np.std(unit), e))
+    with np.errstate(all="ignore"):  # inf or NaN among them: the callers check the result
+        return float(np.ldexp(np.mean(unit), e)), float(np.ldexp(np.std(unit), e))
 
 
 def fit_warp(y: np.ndarray, lmbda: float | None = None) -> tuple[np.ndarray, OutputWarp]:
@@ -105,8 +106,8 @@ def fit_warp(y: np.ndarray, lmbda: float | None = None) -> tuple[np.ndarray, Out
         return (y - mean) / scale if std > 0 else np.zeros_like(y), OutputWarp(
             mean, scale, None, 0.0, 1.0
         )
-    z = (y - mean) / std
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"):  # values beyond the float range: the caller says so
+        z = (y - mean) / std
         if lmbda is None:
             t, lmbda = yeojohnson(z)
         else:
