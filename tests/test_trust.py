@@ -964,6 +964,46 @@ def test_a_stop_signal_inside_lightning_training_is_a_stop(tmp_path, sig):
     assert trial.interruption is Interruption.STOPPED, trial.error
 
 
+def test_every_ddp_rank_may_write_the_stop_marker_at_once(tmp_path):
+    """Lightning stops every rank on SIGTERM; writers of one channel file in several processes
+    at once collided on one temporary name (14 FileExistsError in 168 writes), an error that
+    replaced Lightning's own ending of the rank."""
+    code = (
+        "import sys; from pathlib import Path; from torchtune_hp.executors import channel\n"
+        "for _ in range(60): channel.note_stopped(Path(sys.argv[1]), 'abc', 15)\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()
+    assert channel.read_stopped(tmp_path, "abc") == 15
+    assert sorted(p.name for p in tmp_path.iterdir()) == [channel.STOPPED]
+
+
+SELF_CLEANING = """
+import json, os, signal, subprocess, sys
+helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+os.killpg(0, signal.SIGTERM)  # ends its own helpers, as many launchers do
+helper.wait()
+print(json.dumps({"loss": 0.123}))
+"""
+
+
+def test_a_script_that_signals_its_own_group_and_finishes_is_complete(tmp_path):
+    """The guard counts a stop signal only from outside the trial's process group: a script
+    that ends its helpers with killpg(0, SIGTERM) and then finishes is not a stopped run."""
+    (tmp_path / "clean.py").write_text(SELF_CLEANING)
+    command_recipe(tmp_path, ["python", "clean.py"], trials=1)
+    result = run_cli("run", "recipe.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (trial,) = read_trials(tmp_path / "logs" / "sub")
+    assert trial.state is TrialState.COMPLETE and trial.value == 0.123, trial.error
+
+
 LIGHTNING_SCRIPT = """
 import json, os, sys, time
 sys.path.insert(0, {tests!r})

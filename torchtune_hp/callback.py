@@ -10,6 +10,7 @@ the trial PRUNED.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import warnings
 from typing import Any
@@ -102,8 +103,9 @@ class TuneCallback(L.Callback):
         trial tells the driver (an in-process one needs not: the driver got the signal)."""
         signum = _stop_signal(exception)
         note = getattr(self.trial, "note_stopped", None)
-        if signum is not None and note is not None:
-            note(signum)
+        if signum is not None and note is not None and trainer.is_global_zero:  # one rank says
+            with contextlib.suppress(OSError):  # never in place of Lightning's own ending
+                note(signum)
 
     def _keep_for_resume(self, trainer: L.Trainer) -> None:
         """A study that pauses stopped trials (``pruner: {name: gp, resume: true}``) may run

@@ -76,8 +76,11 @@ def write_verdict(run_dir: Path, launch: str, seq: int, prune: bool) -> None:
 
 
 def _replace(path: Path, text: str) -> None:
-    """Write ``path`` whole, atomically: a reader sees the old text or the new, never half."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write ``path`` whole, atomically: a reader sees the old text or the new, never half;
+    writers in several processes at once each write their own temporary file. Unlike
+    :func:`~torchtune_hp.files.write_text` a link the trial planted at ``path`` is replaced,
+    not refused: the driver's answer must get through whatever the trial did to its folder."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)  # a leftover of a crash (never followed: unlink removes the entry)
     with open_new(tmp) as f:

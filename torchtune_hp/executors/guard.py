@@ -16,7 +16,10 @@ that catches a stop signal and exits with a code of its own (Lightning turns SIG
 0, after training stopped half-way) is not taken at its word when the signal reached the guard
 too (a stop sent to every process: Slurm's scancel, ``systemctl stop``). The guard then exits
 128 + the signal's number, as a shell reports a command killed by it, and says why on stderr, so
-a run cut short is never recorded as one that finished.
+a run cut short is never recorded as one that finished. Only a signal from outside the group
+counts: the guard holds the stop signals and reads each one's sender (``sigwaitinfo``), so a
+script that ends its own helpers with ``killpg(0, SIGTERM)`` and then finishes is not taken
+for a stopped one.
 """
 
 import _thread
@@ -26,6 +29,7 @@ import sys
 import time
 
 CANNOT_START = "torchtune_hp: cannot start"
+STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def _watch(fd: int, grace: float, gone: list) -> None:
@@ -37,30 +41,51 @@ def _watch(fd: int, grace: float, gone: list) -> None:
     os.killpg(0, signal.SIGKILL)  # the guard too: the driver is gone
 
 
+def _listen(stops: list) -> None:
+    """Note each stop signal sent to the group from outside it (the driver, scancel's
+    slurmstepd, systemd, a user's ``kill -TERM -<group>``); one that a process of the group
+    sent (the trial ending its own helpers) is the trial's business."""
+    group = os.getpgrp()
+    while True:
+        info = signal.sigwaitinfo(set(STOPS))
+        try:
+            inside = info.si_pid > 0 and os.getpgid(info.si_pid) == group
+        except OSError:  # the sender is gone already
+            inside = False
+        if not inside:
+            stops.append(info.si_signo)
+
+
 def main() -> int:
     fd, grace, argv = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
     os.set_inheritable(fd, False)  # the command need not hold the pipe
-    stops: list = []  # the stop signals that reached the group, first first
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda signum, frame: stops.append(signum))  # reset on exec
+    # the stop signals wait for _listen in every thread of the guard (threads inherit this)
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
     try:
-        # Python ignores SIGPIPE and SIGXFSZ; the command gets their defaults back, as
-        # subprocess gives them
+        # the command gets every signal's default and none held; Python ignores SIGPIPE and
+        # SIGXFSZ, and subprocess gives them back too
         restore = [getattr(signal, n) for n in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, n)]
-        pid = os.posix_spawnp(argv[0], argv, os.environ, setsigdef=restore)
+        pid = os.posix_spawnp(
+            argv[0], argv, os.environ, setsigmask=(), setsigdef=[*restore, *STOPS]
+        )
     except OSError as e:
         print(f"{CANNOT_START} {argv[0]!r}: {e}", file=sys.stderr, flush=True)
         return 127
+    stops: list = []  # the stop signals from outside the group, first first
     gone: list = []
+    _thread.start_new_thread(_listen, (stops,))
     _thread.start_new_thread(_watch, (fd, grace, gone))
     _, status = os.waitpid(pid, 0)
     rc = os.waitstatus_to_exitcode(status)
     if gone:  # the driver died and the command has ended: nothing of it may stay
         os.killpg(0, signal.SIGKILL)
     if rc < 0:  # ended by a signal: end the same way, so the driver sees what the command saw
-        if -rc not in (signal.SIGKILL, signal.SIGSTOP):  # those two have no handler to reset
-            signal.signal(-rc, signal.SIG_DFL)
-        os.kill(os.getpid(), -rc)
+        sig = -rc
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):  # those two have no handler to reset
+            signal.signal(sig, signal.SIG_DFL)
+        # to this thread alone, so _listen cannot take a stop signal, then let through
+        signal.pthread_kill(_thread.get_ident(), sig)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
     if stops:  # the command caught the stop and exited by itself: it did not finish its run
         name = signal.Signals(stops[0]).name
         print(
