@@ -110,7 +110,7 @@ def make_executor(recipe: Recipe, study: Study, slots: list[Slot]) -> Executor:
         from torchtune_hp.executors.ray_pool import RayExecutor
 
         resources = ex.resources_per_trial.model_dump()
-        return RayExecutor(study, launch_spec(recipe), ex.workers, resources)
+        return RayExecutor(study, launch_spec(recipe), ex.workers, resources, address=ex.address)
     if in_process(recipe):
         objective, train = recipe.objective(), recipe.model.train
 

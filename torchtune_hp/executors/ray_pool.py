@@ -103,15 +103,25 @@ class RayExecutor:
         workers: int,
         resources: dict[str, float],
         grace_s: float = procs.KILL_GRACE_S,
+        address: str = "",
     ) -> None:
+        """``address``: the recipe's ``executor.address``; for a Ray Client address
+        (``ray://host:port``) liveness is asked of the client server, which is what this
+        machine reaches (a tunnel to port 10001), not of the head's internal address."""
         import ray
 
         from torchtune_hp.executors.ray_node import TrialHost
 
         self.ray = ray
-        self.gcs_address = ray.get_runtime_context().gcs_address  # the cluster's control store
+        # what answers while the cluster lives: its control store, or the Ray Client server
+        self.probe_address = (
+            address.removeprefix("ray://")
+            if address.startswith("ray://")
+            else ray.get_runtime_context().gcs_address
+        )
         self.gone = False  # the cluster stopped answering: no more calls to it
         self._next_probe = 0.0  # when wait() next checks that the cluster answers
+        self._settled = False  # a lost host's longer check was made in this wait()
         self.study = study
         self.spec = spec
         self.capacity = workers
@@ -171,6 +181,7 @@ class RayExecutor:
     def wait(self, timeout_s: float) -> list[Finished]:
         ray = self.ray
         begun = time.monotonic()
+        self._settled = False
         if begun >= self._next_probe:
             self._next_probe = begun + PROBE_EVERY_S
             self._check_cluster()
@@ -277,7 +288,9 @@ class RayExecutor:
         """``h``'s actor is gone (its node lost): run its trial again on a new host, once."""
         trial = h.trial
         assert trial is not None
-        self._check_cluster(settle_s=LOST_SETTLE_S)
+        # once per wait(): a node's hosts are all lost in one, and the loop waits meanwhile
+        self._check_cluster(settle_s=0.0 if self._settled else LOST_SETTLE_S)
+        self._settled = True
         n = self.attempts[trial.number] = self.attempts.get(trial.number, 0) + 1
         lost = isinstance(error, self.ray.exceptions.RayActorError)
         what = "its node was lost" if lost else "Ray could not run it"
@@ -292,27 +305,28 @@ class RayExecutor:
         self.submit(trial)
 
     def _check_cluster(self, settle_s: float = 0.0) -> None:
-        """Raise :class:`ClusterGone` when the cluster's control store no longer takes
-        connections (a lost node leaves it up; ``ray stop`` or a dead head node does not),
-        asking again for ``settle_s`` (``ray stop`` ends the workers first, the store last).
-        Asked every :data:`PROBE_EVERY_S` and at each lost host: Ray itself ends a driver
-        whose control store has been gone for a minute."""
-        host, _, port = self.gcs_address.rpartition(":")
-        until = time.monotonic() + settle_s
-        while True:
+        """Raise :class:`ClusterGone` when what answers while the cluster lives (its control
+        store; a lost node leaves it up, ``ray stop`` or a dead head node does not) refuses
+        two connections in a row, asking on for ``settle_s`` (``ray stop`` ends the workers
+        first, the store last). Asked every :data:`PROBE_EVERY_S` and at each lost host: Ray
+        itself ends a driver whose control store has been gone for a minute."""
+        host, _, port = self.probe_address.rpartition(":")
+        host = host.strip("[]")  # an IPv6 address, [::1]:6379
+        until, refused = time.monotonic() + settle_s, 0
+        while refused < 2:
             try:
                 with socket.create_connection((host, int(port)), timeout=PROBE_S):
-                    pass
+                    refused = 0
             except (OSError, ValueError):
-                break
-            if time.monotonic() >= until:
+                refused += 1
+            if refused == 0 and time.monotonic() >= until:
                 return
-            time.sleep(0.1)
+            time.sleep(0.25)
         self.gone = True
         raise ClusterGone(
-            f"the Ray cluster at {self.gcs_address} is gone (stopped, or its head node died): "
-            "the running trials are recorded as interrupted and run again when you run the "
-            "same command with the cluster back up"
+            f"the Ray cluster at {self.probe_address} is gone (stopped, or its head node "
+            "died): the running trials are recorded as interrupted and run again when you run "
+            "the same command with the cluster back up"
         )
 
     # -- stopping ----------------------------------------------------------------------------
