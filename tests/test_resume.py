@@ -160,6 +160,26 @@ def test_a_stop_while_a_resumed_trial_runs_pauses_it_again(tmp_path):
     storage.close()
 
 
+def test_a_stop_after_a_resumed_trial_was_told_to_pause_keeps_its_reports(tmp_path):
+    """Told to pause again at step 4, the trial saved its state there; a stop before its
+    process ended must pause it at 4, not roll it back to its earlier pause at 2 (the next
+    resume would then read a step-4 checkpoint with resume_from=2)."""
+    storage = Storage(tmp_path / "study.db")
+    number = storage.create_trial({"a": 0.5}, Origin.SAMPLER)
+    for step in (1, 2):
+        storage.report(number, step, 1.0 / step)
+    assert storage.finish_trial(number, TrialState.PRUNED, 0.5)
+    assert storage.reopen_trial(number, "resumed after 2 reports")
+    for step in (3, 4):
+        storage.report(number, step, 1.0 / step)
+    storage.told_to_pause(number, 4)
+    storage.recover_running("interrupted by the user", Interruption.STOPPED)
+    paused = storage.trial(number)
+    assert paused.state is TrialState.PRUNED and sorted(paused.intermediate) == [1, 2, 3, 4]
+    assert "dropped" not in (paused.note or "")
+    storage.close()
+
+
 def test_a_dead_driver_pauses_a_resumed_trial_again_without_promising_a_retry(tmp_path):
     """A driver that died while a paused trial ran again: the next one pauses it again, and
     neither its warning nor the trial's note says it was marked FAILED or will be retried."""

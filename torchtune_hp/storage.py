@@ -18,6 +18,7 @@ a different file put in its place is left alone, and the open database is saved 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -187,42 +188,69 @@ class Storage:
             c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _keep_file(self) -> None:
-        """Write the database again where it was opened if it was deleted since (see the
-        module docstring); save it beside a different file put in its place, and stop."""
+        """Write the database again where it was opened if it was deleted (or moved) since
+        (see the module docstring); save it beside a different file put in its place, and
+        stop. Where the file cannot be written again, the study stops with the reason and
+        the open database is saved wherever it can be, named in the message."""
         if self._identity is None or self.path is None:
             return
-        now = _identity(self.path)
+        try:
+            now = _identity(self.path)
+        except OSError:  # cannot tell now (a network file system's hiccup): SQLite writes on
+            return
         if now == self._identity:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        target = self.path if now is None else self.path.with_name(f"{self.path.name}.open-copy")
-        tmp = target.with_name(f".{target.name}.tmp")
-        with self._errors():
-            copy = sqlite3.connect(str(tmp))
-            try:
-                self.conn.backup(copy)
-            finally:
-                copy.close()
+        self._identity = None  # one attempt: whatever happens next, not again on each write
+        gone = f"{self.path} was deleted (or moved) while the study ran"
         if now is not None:
-            os.replace(tmp, target)
-            self._identity = None  # written nowhere from now on: the study stops here
+            saved = self._save_copy(self.path.with_name(f"{self.path.name}.open-copy"))
             raise StorageError(
                 f"{self.path} was replaced by another file while the study ran; left it alone "
-                f"and saved this study's database as {target} (every trial so far)"
+                f"and saved this study's database as {saved} (every trial so far)"
             )
-        if self.before_restore is not None:
-            self.before_restore()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.before_restore is not None:
+                self.before_restore()  # the folder's lock first: no second driver gets in
+            self._save_copy(self.path, replace=False)
+        except (OSError, StorageError) as e:
+            raise StorageError(f"{gone}, and it cannot be written again: {e}") from None
         trials = self.conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+        tmp = _tmp_of(self.path)
         self.conn.close()  # takes the deleted file's write-ahead log with it, before the new one
-        os.replace(tmp, self.path)
-        self.conn = self._connect(self.path, read_only=False)
+        try:
+            os.replace(tmp, self.path)
+            self.conn = self._connect(self.path, read_only=False)
+        except (OSError, sqlite3.Error) as e:
+            raise StorageError(
+                f"{gone}; its trials were copied to {tmp if tmp.exists() else self.path} but "
+                f"it cannot be opened again: {e}"
+            ) from None
         self._identity = _identity(self.path)
         warnings.warn(
-            f"{self.path} was deleted while the study ran: written again from the open "
-            f"database ({trials} trials); nothing was lost",
+            f"{gone}: written again from the open database ({trials} trials); nothing was lost",
             RuntimeWarning,
             stacklevel=4,
         )
+
+    def _save_copy(self, target: Path, replace: bool = True) -> Path:
+        """The open database, whole, into a temporary file beside ``target``, renamed to it
+        when ``replace`` (else left for the caller); a failed copy leaves nothing behind."""
+        tmp = _tmp_of(target)
+        try:
+            with self._errors():
+                copy = sqlite3.connect(str(tmp))
+                try:
+                    self.conn.backup(copy)
+                finally:
+                    copy.close()
+            if replace:
+                os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return target
 
     def close(self) -> None:
         conn = getattr(self, "conn", None)
@@ -365,9 +393,20 @@ class Storage:
             (paused_at,) = c.execute(
                 "SELECT MAX(step) FROM intermediate WHERE trial=?", (number,)
             ).fetchone()
-            resumed = {**self._resumed(c), number: paused_at}
-            c.execute(_PUT_META, ("resumed", json.dumps({str(n): s for n, s in resumed.items()})))
+            self._put_resumed(c, {**self._resumed(c), number: paused_at})
             return True
+
+    def told_to_pause(self, number: int, step: int) -> None:
+        """A trial run again after a pause was told to pause again at ``step``, so its state is
+        saved there: a stop before it ends pauses it at ``step``, not at its earlier pause."""
+        with self._tx() as c:
+            resumed = self._resumed(c)
+            if number in resumed:
+                self._put_resumed(c, {**resumed, number: step})
+
+    @staticmethod
+    def _put_resumed(c: sqlite3.Connection, resumed: dict[int, int | None]) -> None:
+        c.execute(_PUT_META, ("resumed", json.dumps({str(n): s for n, s in resumed.items()})))
 
     @staticmethod
     def _resumed(c: sqlite3.Connection) -> dict[int, int | None]:
@@ -525,6 +564,10 @@ def _frozen(row: tuple[Any, ...], intermediate: dict[int, float]) -> FrozenTrial
         note=note,
         intermediate=intermediate,
     )
+
+
+def _tmp_of(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

@@ -613,6 +613,8 @@ class Study:
         elif stop and diverged(me):  # every rule stops it at once, without a decision to show
             step = max(me.intermediate)
             self.note(number, f"stopped: its report at step {step} was NaN or inf", warn=False)
+        if stop and me.intermediate and getattr(self.pruner, "resume", False):
+            self.storage.told_to_pause(number, max(me.intermediate))  # its state is saved there
         return stop
 
     def record_process(self, trial: Trial | int, process: dict[str, Any]) -> None:
