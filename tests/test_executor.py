@@ -462,3 +462,65 @@ def test_an_endless_stdout_line_is_skipped_not_read_again_and_again(tmp_path):
     (trial,) = run(path)
     assert trial.state is TrialState.COMPLETE and trial.value == 0.25
     assert trial.intermediate == {0: 0.5, 1: 0.25}
+
+
+def test_a_timeout_does_not_count_the_time_a_trial_waits_for_the_drivers_answer(tmp_path):
+    """Each report of a study with a pruner waits for the driver's answer, and a busy driver
+    (a GP refit, the pictures) answers late: trials that had done their work in 0.5 s were
+    recorded FAILED 'timed out after 1.5 s'. Here the driver answers 2 s late, past the
+    1.5 s timeout: the trial still completes, as its own run took far less."""
+    from torchtune_hp.executors.process import TrialProcess, process_outcome
+    from torchtune_hp.executors.remote import ENV_LAUNCH, ENV_METRIC, ENV_TRIAL, ENV_TRIAL_DIR
+
+    (tmp_path / "script.py").write_text(
+        "import json, torchtune_hp\n"
+        "torchtune_hp.report(loss=0.5, step=0)\n"
+        "print(json.dumps({'loss': 0.25}))\n"
+    )
+    env = {**os.environ, ENV_TRIAL: "0", ENV_TRIAL_DIR: str(tmp_path), ENV_METRIC: "loss"}
+    env[ENV_LAUNCH] = "l1"
+    read, write = os.pipe()
+    proc = TrialProcess(
+        [sys.executable, "script.py"], env, tmp_path, "l1", "loss", read, 1.0, timeout_s=1.5
+    )
+    reports: list = []
+    while not reports:
+        assert proc.poll() is None, "the trial ended before it reported"
+        reports = proc.reports()
+        time.sleep(0.02)
+    time.sleep(2.0)  # the driver is busy (or, on Ray, the answer is on its way)
+    assert proc.poll() is None and proc.killed_for is None, "timed out waiting for the driver"
+    proc.answer(reports[0], False)
+    while (rc := proc.poll()) is None:
+        time.sleep(0.02)
+    os.close(write)
+    os.close(read)
+    outcome = process_outcome(
+        tmp_path,
+        "l1",
+        rc,
+        "loss",
+        killed_for=proc.killed_for,
+        pruned=False,
+        timeout_s=1.5,
+        started=proc.started,
+    )
+    assert outcome.state is TrialState.COMPLETE and outcome.value == 0.25, outcome
+
+
+def test_without_a_pruner_a_report_waits_for_no_answer(tmp_path, monkeypatch):
+    """Nothing can come back but 'go on': a launched trial of a study without a pruner does
+    not wait for the driver at each report (it waited for the round trip, and a busy driver's
+    slowness counted against the trial)."""
+    from torchtune_hp.executors import remote
+
+    monkeypatch.setenv(remote.ENV_TRIAL, "0")
+    monkeypatch.setenv(remote.ENV_TRIAL_DIR, str(tmp_path))
+    monkeypatch.setenv(remote.ENV_METRIC, "loss")
+    monkeypatch.setenv(remote.ENV_PRUNER, "none")
+    trial = remote.RemoteTrial.from_env()
+    assert trial is not None and not trial.prunes
+    started = time.monotonic()
+    assert trial.report_values({"loss": 0.5}, 0) is False
+    assert time.monotonic() - started < 1.0  # the driver never answers here: no 30 s wait
+    assert (tmp_path / "report.jsonl").read_text().count('"loss": 0.5') == 1

@@ -37,7 +37,9 @@ STOPPED = "stopped"
 def append_report(
     run_dir: Path, launch: str, seq: int, step: int | None, values: dict[str, Any]
 ) -> None:
-    line = json.dumps({"launch": launch, "seq": seq, "step": step, "values": values}) + "\n"
+    sent = time.time()  # the driver gives back the time the trial then waits for it
+    line = json.dumps({"launch": launch, "seq": seq, "step": step, "values": values, "t": sent})
+    line += "\n"
     with open(run_dir / REPORTS, "a") as f:
         f.write(line)
         f.flush()
@@ -164,6 +166,7 @@ class Report:
     seq: int
     step: Any  # as sent: the study decides what a step and a value mean
     value: Any
+    sent: float | None = None  # when the trial wrote it (time.time()), if it said
 
 
 class ReportReader(LineTail):
@@ -193,5 +196,7 @@ class ReportReader(LineTail):
                 self.problems.append(f"a line of {REPORTS} is not a report: {describe(line)}")
                 continue
             if self.metric in values:
-                out.append(Report(seq, data.get("step"), values[self.metric]))
+                sent = data.get("t")
+                sent = float(sent) if isinstance(sent, (int, float)) else None
+                out.append(Report(seq, data.get("step"), values[self.metric], sent))
         return out

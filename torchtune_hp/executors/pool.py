@@ -38,6 +38,7 @@ from torchtune_hp.executors.remote import (
     ENV_MODE,
     ENV_PARAMS,
     ENV_PAUSES,
+    ENV_PRUNER,
     ENV_RESUME_FROM,
     ENV_STUDY,
     ENV_TRIAL,
@@ -59,6 +60,7 @@ def trial_env(study: Any, trial: Trial, launch: str) -> dict[str, str]:
         ENV_MODE: study.mode,
         ENV_PARAMS: json.dumps(trial.params),
         ENV_LAUNCH: launch,
+        ENV_PRUNER: getattr(study.pruner, "name", ""),  # "none": reports wait for no answer
         "PYTHONUNBUFFERED": "1",
     }
     if trial.pauses:

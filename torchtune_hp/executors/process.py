@@ -10,8 +10,8 @@ The trial runs as its own process group led by a guard (:mod:`~torchtune_hp.exec
 that ends the group when the process holding ``watch_fd``'s write end dies, so a timeout, a
 prune, a stop or the death of whoever launched it (the driver, a Ray actor) ends the whole tree.
 
-How a finished process becomes an outcome (:func:`process_outcome`), first match wins: a timeout
-or a prune; a command that could not start; the worker's ``result.json``; a non-zero exit, or
+How a finished process becomes an outcome (:func:`process_outcome`), first match wins: the
+worker's ``result.json``; a timeout or a prune; a command that could not start; a non-zero exit, or
 any exit after the script caught a stop signal (FAILED, stderr tail stored); the last JSON line
 on stdout holding the metric; the last reported value; the last value of the metric's tag in the
 TensorBoard files the trial wrote; else FAILED, naming the metric and what was seen. Every value
@@ -186,6 +186,7 @@ class TrialProcess:
         self.problems: list[str] = []  # notes for the trial (lines that were not reports)
         resume_from = env.get(ENV_RESUME_FROM)
         self.n_regex = first_step(int(resume_from) if resume_from else None)  # the next step
+        self._sent: dict[int, float] = {}  # when each report awaiting an answer was written
         self.regex_skipped = False
         self.pruned = False
         self.stop_at: float | None = None  # when to SIGTERM (a pruned trial's grace)
@@ -200,7 +201,11 @@ class TrialProcess:
     # -- hearing it ----------------------------------------------------------------------------
     def reports(self) -> list[Report]:
         """The reports of the metric since the last call, in the order they were made."""
-        out = [Report(r.seq, r.step, r.value) for r in self._reports.new()]
+        out = []
+        for r in self._reports.new():
+            out.append(Report(r.seq, r.step, r.value))
+            if r.sent is not None:
+                self._sent[r.seq] = r.sent
         self.problems += self._reports.problems
         self._reports.problems.clear()
         if self.regex is None:
@@ -225,6 +230,9 @@ class TrialProcess:
         trial gets ``PRUNE_GRACE_S`` to stop by itself, a regex-reporting one none."""
         if report.seq is not None:
             channel.write_verdict(self.run_dir, self.launch, report.seq, prune)
+            sent = self._sent.pop(report.seq, None)
+            if sent is not None and self.deadline is not None:  # the wait is over: add it
+                self.deadline += max(0.0, time.time() - sent)
         if prune and not self.pruned:
             self.pruned = True
             self.stop_at = time.monotonic() + PRUNE_GRACE_S
@@ -240,7 +248,10 @@ class TrialProcess:
         now = time.monotonic()
         rc = self.proc.poll()
         if rc is None:
-            if self.deadline is not None and now > self.deadline:
+            # the timeout's clock stops while a report waits for the driver's answer (a busy
+            # driver, a Ray node's round trip): that time is the driver's, not the trial's
+            waited = time.time() - min(self._sent.values()) if self._sent else 0.0
+            if self.deadline is not None and now > self.deadline + max(0.0, waited):
                 self.terminate("timeout")
             elif self.pruned and self.stop_at is not None and now >= self.stop_at:
                 self.terminate("pruned")
@@ -317,15 +328,15 @@ def process_outcome(
     """How the trial that ran in ``run_dir`` ended (the rules of the module docstring).
     ``last_reported``: the study's value at the trial's last reported step, if any."""
     stderr = read_tail(run_dir / "stderr.log", STDERR_TAIL)
+    result = channel.read_result(run_dir, launch)
+    if result is not None:  # the worker finished (a timeout's kill may have met its exit)
+        return result
     if killed_for == "timeout":
         return Outcome.failed(f"timed out after {timeout_s:g} s (killed)\n{stderr}")
     if pruned:
         return Outcome.pruned()
     if rc == 127 and stderr.startswith(guard.CANNOT_START):
         return Outcome.failed(stderr.strip(), Interruption.NOT_STARTED)
-    result = channel.read_result(run_dir, launch)
-    if result is not None:
-        return result
     caught = channel.read_stopped(run_dir, launch)
     if rc != 0 or caught is not None:
         # ended by a stop signal, by a shell or launcher that passed one on as 128 + its

@@ -41,6 +41,7 @@ ENV_PARAMS = "TORCHTUNE_HP_PARAMS"
 ENV_LAUNCH = "TORCHTUNE_HP_LAUNCH"
 ENV_PAUSES = "TORCHTUNE_HP_PAUSES"
 ENV_RESUME_FROM = "TORCHTUNE_HP_RESUME_FROM"
+ENV_PRUNER = "TORCHTUNE_HP_PRUNER"
 
 # The trial an in-process objective is running, set by the executor around the objective call.
 CURRENT: contextvars.ContextVar[Any] = contextvars.ContextVar("torchtune_hp_trial", default=None)
@@ -65,6 +66,7 @@ class RemoteTrial(Pausable):
         devices: list[int] | None = None,
         pauses: bool = False,
         resume_from: int | None = None,
+        prunes: bool = True,
     ) -> None:
         self.number = number
         self.params = params
@@ -75,6 +77,7 @@ class RemoteTrial(Pausable):
         self.devices = list(devices or [])
         self.pauses = pauses
         self.resume_from = resume_from
+        self.prunes = prunes  # the study has a pruner: a report waits for its answer
         self.pruned = False
         self._seq = 0
         self._verdict = False
@@ -99,6 +102,7 @@ class RemoteTrial(Pausable):
             list(range(n_devices)),
             os.environ.get(ENV_PAUSES) == "1",
             int(os.environ[ENV_RESUME_FROM]) if os.environ.get(ENV_RESUME_FROM) else None,
+            os.environ.get(ENV_PRUNER, "") != "none",
         )
 
     @property
@@ -112,7 +116,7 @@ class RemoteTrial(Pausable):
         """Send the values; when the study's metric is among them, wait for the pruner."""
         self._seq += 1
         channel.append_report(self.run_dir, self.launch, self._seq, step, _jsonable(values))
-        if self.metric in values:
+        if self.metric in values and self.prunes:
             verdict = channel.wait_verdict(self.run_dir, self.launch, self._seq)
             if verdict is None:
                 warnings.warn("torchtune_hp: the driver did not answer; going on", stacklevel=3)
