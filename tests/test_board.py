@@ -520,6 +520,13 @@ def test_fast_trials_get_pictures_at_the_end_and_reading_a_study_draws_nothing(t
     assert (tmp_path / "fast" / "trial_0000" / "hparams").is_dir()
     Study("fast", space, logdir=tmp_path).close()  # opened to read: no new pictures
     assert [e.step for e in read(run).Images("views/history")] == [13]
+    # a driver killed while it drew its last pictures (its run's trials all done) left the
+    # mark of an earlier full drawing: the rerun, which runs no trial, draws them (it drew
+    # nothing, and the pictures stayed at an earlier step for good)
+    (run / study_board.DRAWN_MARK).write_text("10")
+    Study("fast", space, sampler="gp", logdir=tmp_path, images_every=1).close()
+    assert [e.step for e in read(run).Images("views/history")] == [13, 13]
+    assert (run / study_board.DRAWN_MARK).read_text() == "13"
 
 
 def test_unwarp_is_monotone_and_exact_at_observations():

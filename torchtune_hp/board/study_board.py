@@ -43,6 +43,8 @@ from torchtune_hp.trial import FrozenTrial, TrialState
 
 DRAW_BUDGET = 10  # a redraw waits this many times as long as the last drawing took
 FIRST_DRAW_GUESS_S = 1.0  # what the first drawing is guessed to take (matplotlib's import too)
+# in the study run's folder: how many finished trials the last full drawing (a run's end) showed
+DRAWN_MARK = ".drawn"
 
 
 def _error_markdown(trial: FrozenTrial) -> str:
@@ -254,19 +256,31 @@ class StudyBoard:
     @_never_stops_a_study
     def study_closed(self, study: Any) -> None:
         try:
-            # once more at the end, if trials ended in this run (not on a plain open/close,
-            # nor after a stop, when the user waits for the prompt)
+            # once more at the end, if trials ended in this run or the last full drawing is
+            # behind the study (a driver killed while it drew, after its last trial: a rerun
+            # runs nothing); not on a plain open/close of a drawn study, nor after a stop,
+            # when the user waits for the prompt
             quiet = study.stopped or signals.received() is not None
-            if self.images_every and self._ended_here and not quiet:
-                finished = study.finished_trials
+            finished = study.finished_trials
+            behind = self._drawn_for() != len(finished)
+            if self.images_every and finished and (self._ended_here or behind) and not quiet:
                 self.draw_views(finished, lambda: _forecasts(study))
                 explain_now = getattr(study.sampler, "explain_trials", None)
-                if explain_now is not None and finished:
+                if explain_now is not None:
                     expl = explain_now(self.space, finished)
                     if expl is not None:
                         self._draw_gp(expl, len(finished))
+                self.close()  # the pictures on disk before the mark that says they are
+                files.write_text(self.dir / STUDY_RUN / DRAWN_MARK, str(len(finished)))
         finally:
             self.close()
+
+    def _drawn_for(self) -> int | None:
+        """How many finished trials the last full drawing (the end of a run) showed."""
+        try:
+            return int((self.dir / STUDY_RUN / DRAWN_MARK).read_text())
+        except (OSError, ValueError):
+            return None
 
     # -- pictures ----------------------------------------------------------------------------
     def draw_views(
