@@ -45,7 +45,7 @@ from torchtune_hp.executors.metric import (
     regex_value,
     tensorboard_last,
 )
-from torchtune_hp.executors.remote import ENV_RESUME_FROM
+from torchtune_hp.executors.remote import ENV_PRUNER, ENV_RESUME_FROM
 from torchtune_hp.outcome import Outcome, as_number, describe, outcome_of_return
 from torchtune_hp.trial import Interruption, first_step
 
@@ -187,6 +187,7 @@ class TrialProcess:
         resume_from = env.get(ENV_RESUME_FROM)
         self.n_regex = first_step(int(resume_from) if resume_from else None)  # the next step
         self._sent: dict[int, float] = {}  # when each report awaiting an answer was written
+        self._waits = env.get(ENV_PRUNER) != "none"  # without a pruner a report waits for none
         self.regex_skipped = False
         self.pruned = False
         self.stop_at: float | None = None  # when to SIGTERM (a pruned trial's grace)
@@ -204,7 +205,7 @@ class TrialProcess:
         out = []
         for r in self._reports.new():
             out.append(Report(r.seq, r.step, r.value))
-            if r.sent is not None:
+            if r.sent is not None and self._waits:
                 self._sent[r.seq] = r.sent
         self.problems += self._reports.problems
         self._reports.problems.clear()
