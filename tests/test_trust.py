@@ -337,7 +337,7 @@ def test_deleting_the_database_while_the_study_runs_loses_nothing(tmp_path, what
     """A cleanup script or a stray ``rm -r logs/...`` while a study runs: SQLite wrote on into
     the deleted file, and every trial was gone when the driver closed it. The driver writes the
     database again from the open one, says so, and the study goes on."""
-    fast_study(tmp_path, trials=12, sleep=0.3)
+    fast_study(tmp_path, trials=24, sleep=0.5)  # 10 s after the deletion: time to refuse a
     study_dir = tmp_path / "logs" / "fast"
     driver = subprocess.Popen(
         cli_cmd("run", "fast.yaml"), cwd=tmp_path, stderr=subprocess.PIPE, text=True
@@ -349,14 +349,14 @@ def test_deleting_the_database_while_the_study_runs_loses_nothing(tmp_path, what
         os.rename(study_dir, tmp_path / "gone")
         shutil.rmtree(tmp_path / "gone")
     wait_for(lambda: (study_dir / "study.db").exists(), what="the database written again")
-    second = run_cli("run", "fast.yaml", cwd=tmp_path)  # the new folder is held too
+    second = run_cli("run", "fast.yaml", cwd=tmp_path)  # second driver (the new folder is held)
     assert second.returncode == 2 and "being run by another process" in second.stderr
     _, err = driver.communicate(timeout=120)
     assert driver.returncode == 0, err
     assert "was deleted (or moved) while the study ran: written again from the open" in err
     trials = read_trials(study_dir)
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 12
-    assert len({t.params["x"] for t in trials}) == 12
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 24
+    assert len({t.params["x"] for t in trials}) == 24
     shown = run_cli("best", str(study_dir))
     assert shown.returncode == 0, shown.stderr
 

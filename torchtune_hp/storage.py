@@ -203,7 +203,7 @@ class Storage:
         self._identity = None  # one attempt: whatever happens next, not again on each write
         gone = f"{self.path} was deleted (or moved) while the study ran"
         if now is not None:
-            saved = self._save_copy(self.path.with_name(f"{self.path.name}.open-copy"))
+            saved = self._save_copy(_open_copy(self.path))
             raise StorageError(
                 f"{self.path} was replaced by another file while the study ran; left it alone "
                 f"and saved this study's database as {saved} (every trial so far)"
@@ -214,7 +214,11 @@ class Storage:
                 self.before_restore()  # the folder's lock first: no second driver gets in
             self._save_copy(self.path, replace=False)
         except (OSError, StorageError) as e:
-            raise StorageError(f"{gone}, and it cannot be written again: {e}") from None
+            try:  # another driver took the remade folder, say: keep the trials beside anyway
+                where = f"; saved as {self._save_copy(_open_copy(self.path))}"
+            except (OSError, StorageError):
+                where = ""
+            raise StorageError(f"{gone}, and it cannot be written again: {e}{where}") from None
         trials = self.conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
         tmp = _tmp_of(self.path)
         self.conn.close()  # takes the deleted file's write-ahead log with it, before the new one
@@ -568,6 +572,11 @@ def _frozen(row: tuple[Any, ...], intermediate: dict[int, float]) -> FrozenTrial
 
 def _tmp_of(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
+
+
+def _open_copy(path: Path) -> Path:
+    """Where a driver saves its open database when it cannot be written at ``path``."""
+    return path.with_name(f"{path.name}.open-copy")
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

@@ -180,6 +180,8 @@ class RayExecutor:
     # -- waiting -----------------------------------------------------------------------------
     def wait(self, timeout_s: float) -> list[Finished]:
         ray = self.ray
+        if self.gone:  # nothing left to ask (the loop's stop asks once more)
+            return []
         begun = time.monotonic()
         self._settled = False
         if begun >= self._next_probe:
