@@ -132,13 +132,19 @@ def test_resume_choice_prefers_the_paused_trial_with_most_gain_per_remaining_epo
         GPPruner(resume_ratio=0.0)
 
 
-def test_a_stop_while_a_resumed_trial_runs_pauses_it_again(tmp_path):
-    storage = Storage(tmp_path / "study.db")
+def resumed_after_two_reports(storage: Storage) -> int:
+    """A trial that reported at steps 1 and 2, was paused there and now runs again."""
     number = storage.create_trial({"a": 0.5}, Origin.SAMPLER)
     for step in (1, 2):
         storage.report(number, step, 1.0 / step)
     assert storage.finish_trial(number, TrialState.PRUNED, 0.5)
     assert storage.reopen_trial(number, "resumed after 2 reports")
+    return number
+
+
+def test_a_stop_while_a_resumed_trial_runs_pauses_it_again(tmp_path):
+    storage = Storage(tmp_path / "study.db")
+    number = resumed_after_two_reports(storage)
     assert not storage.reopen_trial(number, "twice")  # only a PRUNED trial reopens
     storage.report(number, 3, 0.25)
     fresh = storage.create_trial({"a": 0.1}, Origin.SAMPLER)  # a first run, also running
@@ -165,11 +171,7 @@ def test_a_stop_after_a_resumed_trial_was_told_to_pause_keeps_its_reports(tmp_pa
     process ended must pause it at 4, not roll it back to its earlier pause at 2 (the next
     resume would then read a step-4 checkpoint with resume_from=2)."""
     storage = Storage(tmp_path / "study.db")
-    number = storage.create_trial({"a": 0.5}, Origin.SAMPLER)
-    for step in (1, 2):
-        storage.report(number, step, 1.0 / step)
-    assert storage.finish_trial(number, TrialState.PRUNED, 0.5)
-    assert storage.reopen_trial(number, "resumed after 2 reports")
+    number = resumed_after_two_reports(storage)
     for step in (3, 4):
         storage.report(number, step, 1.0 / step)
     storage.told_to_pause(number, 4)
