@@ -41,19 +41,22 @@ def _watch(fd: int, grace: float, gone: list) -> None:
     os.killpg(0, signal.SIGKILL)  # the guard too: the driver is gone
 
 
-def _listen(stops: list) -> None:
+def _listen(stops: list, busy: list) -> None:
     """Note each stop signal sent to the group from outside it (the driver, scancel's
     slurmstepd, systemd, a user's ``kill -TERM -<group>``); one that a process of the group
-    sent (the trial ending its own helpers) is the trial's business."""
+    sent (the trial ending its own helpers) is the trial's business. ``busy`` is non-empty
+    while a signal taken is being noted."""
     group = os.getpgrp()
     while True:
         info = signal.sigwaitinfo(set(STOPS))
+        busy.append(info.si_signo)
         try:
             inside = info.si_pid > 0 and os.getpgid(info.si_pid) == group
         except OSError:  # the sender is gone already
             inside = False
         if not inside:
             stops.append(info.si_signo)
+        busy.pop()
 
 
 def main() -> int:
@@ -72,11 +75,16 @@ def main() -> int:
         print(f"{CANNOT_START} {argv[0]!r}: {e}", file=sys.stderr, flush=True)
         return 127
     stops: list = []  # the stop signals from outside the group, first first
+    busy: list = []
     gone: list = []
-    _thread.start_new_thread(_listen, (stops,))
+    _thread.start_new_thread(_listen, (stops, busy))
     _thread.start_new_thread(_watch, (fd, grace, gone))
     _, status = os.waitpid(pid, 0)
     rc = os.waitstatus_to_exitcode(status)
+    # a stop that reached the group as the command ended is noted before the end is judged
+    until = time.monotonic() + 1.0
+    while (busy or set(STOPS) & signal.sigpending()) and time.monotonic() < until:
+        time.sleep(0.001)
     if gone:  # the driver died and the command has ended: nothing of it may stay
         os.killpg(0, signal.SIGKILL)
     if rc < 0:  # ended by a signal: end the same way, so the driver sees what the command saw
