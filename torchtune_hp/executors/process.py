@@ -45,7 +45,7 @@ from torchtune_hp.executors.metric import (
     regex_value,
     tensorboard_last,
 )
-from torchtune_hp.executors.remote import ENV_PRUNER, ENV_RESUME_FROM
+from torchtune_hp.executors.remote import resume_from_env, waits_for_answers
 from torchtune_hp.outcome import Outcome, as_number, describe, outcome_of_return
 from torchtune_hp.trial import Interruption, first_step
 
@@ -184,10 +184,9 @@ class TrialProcess:
         self._reports = channel.ReportReader(run_dir, launch, metric)
         self._stdout = channel.LineTail(run_dir / "stdout.log")
         self.problems: list[str] = []  # notes for the trial (lines that were not reports)
-        resume_from = env.get(ENV_RESUME_FROM)
-        self.n_regex = first_step(int(resume_from) if resume_from else None)  # the next step
+        self.n_regex = first_step(resume_from_env(env))  # the step its next match is
         self._sent: dict[int, float] = {}  # when each report awaiting an answer was written
-        self._waits = env.get(ENV_PRUNER) != "none"  # without a pruner a report waits for none
+        self._waits = waits_for_answers(env)
         self.regex_skipped = False
         self.pruned = False
         self.stop_at: float | None = None  # when to SIGTERM (a pruned trial's grace)

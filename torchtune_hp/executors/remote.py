@@ -23,7 +23,7 @@ import contextvars
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,19 @@ ENV_LAUNCH = "TORCHTUNE_HP_LAUNCH"
 ENV_PAUSES = "TORCHTUNE_HP_PAUSES"
 ENV_RESUME_FROM = "TORCHTUNE_HP_RESUME_FROM"
 ENV_PRUNER = "TORCHTUNE_HP_PRUNER"
+
+
+def resume_from_env(env: Mapping[str, str]) -> int | None:
+    """A launched trial's ``resume_from``, as its environment says (None on a first run)."""
+    value = env.get(ENV_RESUME_FROM)
+    return int(value) if value else None
+
+
+def waits_for_answers(env: Mapping[str, str]) -> bool:
+    """Whether a launched trial's reports wait for the pruner's answer: not in a study
+    without a pruner, where the answer can only be 'go on'."""
+    return env.get(ENV_PRUNER, "") != "none"
+
 
 # The trial an in-process objective is running, set by the executor around the objective call.
 CURRENT: contextvars.ContextVar[Any] = contextvars.ContextVar("torchtune_hp_trial", default=None)
@@ -101,8 +114,8 @@ class RemoteTrial(Pausable):
             os.environ.get(ENV_LAUNCH, ""),
             list(range(n_devices)),
             os.environ.get(ENV_PAUSES) == "1",
-            int(os.environ[ENV_RESUME_FROM]) if os.environ.get(ENV_RESUME_FROM) else None,
-            os.environ.get(ENV_PRUNER, "") != "none",
+            resume_from_env(os.environ),
+            waits_for_answers(os.environ),
         )
 
     @property
