@@ -45,12 +45,12 @@ def run_study(logdir: Path) -> Path:
 
 
 def last_images(study_dir: Path) -> list[Path]:
-    acc = EventAccumulator(str(study_dir / "study"), size_guidance={"images": 0})
-    acc.Reload()
     wanted = {"gp/slices": "gp_slices.png", "gp/importance": "gp_importance.png"}
     wanted.update({f"views/{v}": f"view_{v}.png" for v in VIEWS})
     written = []
     for tag, name in wanted.items():
+        acc = EventAccumulator(str(study_dir / "study" / tag.split("/")[0]), {"images": 0})
+        acc.Reload()
         (DOCS / name).write_bytes(acc.Images(tag)[-1].encoded_image_string)
         written.append(DOCS / name)
     return written

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import socket
 import subprocess
@@ -23,7 +24,7 @@ from tensorboard.plugins.hparams import api_pb2, metadata
 from tiny_model import Tiny, loaders
 
 from torchtune_hp import Categorical, Float, Int, Study, TrialState, TuneCallback
-from torchtune_hp.board import study_board
+from torchtune_hp.board import events, study_board
 from torchtune_hp.board.events import png_size
 from torchtune_hp.board.figures import importance_png, slices_png
 from torchtune_hp.gp.slices import unwarp
@@ -159,14 +160,16 @@ def test_study_run_has_best_so_far_views_and_gp_pictures_to_the_end(study_dir):
     assert [(e.step, e.value) for e in objective] == [
         (t.number, pytest.approx(t.value, rel=1e-6)) for t in complete
     ]
-    steps = [e.step for e in acc.Images("gp/slices")]
+    assert acc.Tags()["images"] == []  # the pictures have runs of their own
+    gp, views = read(study_dir / "study" / "gp"), read(study_dir / "study" / "views")
+    steps = [e.step for e in gp.Images("gp/slices")]
     # before trials 4 and 6 (2 and 8 are enqueued or in the initial design), and at the end
     assert steps[-1] == 9 and all(s % 2 == 0 and s >= 4 for s in steps[:-1])
-    first = acc.Images("gp/slices")[0]
+    first = gp.Images("gp/slices")[0]
     assert first.encoded_image_string[:4] == b"\x89PNG" and first.width > 300
-    assert acc.Images("gp/importance")[-1].step == 9
+    assert gp.Images("gp/importance")[-1].step == 9
     for view in ("history", "curves", "slices", "pairs", "parallel"):
-        images = acc.Images(f"views/{view}")
+        images = views.Images(f"views/{view}")
         assert [e.step for e in images][-1] == 9, view  # once more when the study ended
         assert images[-1].encoded_image_string[:4] == b"\x89PNG" and images[-1].width >= 300
 
@@ -245,6 +248,11 @@ class Board:
         query = urllib.parse.urlencode({"run": run, "tag": tag})
         with urllib.request.urlopen(f"{self.base}/text/text?{query}", timeout=10) as response:
             return " ".join(e["text"] for e in json.loads(response.read()))
+
+    def image_steps(self, run: str, tag: str) -> list[int]:
+        query = urllib.parse.urlencode({"run": run, "tag": tag, "sample": 0})
+        with urllib.request.urlopen(f"{self.base}/images/images?{query}", timeout=10) as answer:
+            return [e["step"] for e in json.loads(answer.read())]
 
     def close(self) -> None:
         self.server.kill()
@@ -444,8 +452,8 @@ def test_drawing_odd_names_and_values_says_nothing_to_the_user(tmp_path):
         study.optimize(lambda t: t.params[long] + len(t.params["act"]) * 0.01, n_trials=7)
         study.close()
     assert [str(w.message) for w in caught] == []
-    acc = read(tmp_path / "odd" / "study")
-    assert "views/history" in acc.Tags()["images"] and "gp/slices" in acc.Tags()["images"]
+    assert "views/history" in read(tmp_path / "odd" / "study" / "views").Tags()["images"]
+    assert "gp/slices" in read(tmp_path / "odd" / "study" / "gp").Tags()["images"]
 
 
 def old_experiment(folder: Path) -> Path:
@@ -500,10 +508,9 @@ def test_mixed_space_sessions_and_pictures(tmp_path, monkeypatch):
     assert start.hparams["width"].number_value == t.params["width"]
     assert start.hparams["state (parameter)"].string_value == t.params["state"]
     assert start.hparams["state"].string_value == "COMPLETE"
-    acc = read(tmp_path / "mixed" / "study")
-    assert len(acc.Images("gp/slices")) >= 1
+    assert len(read(tmp_path / "mixed" / "study" / "gp").Images("gp/slices")) >= 1
     # redrawn as trials end (fast trials: at most a tenth of the time), and at the end
-    steps = [e.step for e in acc.Images("views/history")]
+    steps = [e.step for e in read(tmp_path / "mixed" / "study" / "views").Images("views/history")]
     assert steps[0] == 1 and steps[-1] == 12 and steps == sorted(set(steps))
     assert len(steps) < 12  # paced: not after every one of these fast trials
 
@@ -515,18 +522,94 @@ def test_fast_trials_get_pictures_at_the_end_and_reading_a_study_draws_nothing(t
     study.optimize(lambda t: t.params["x"] + t.params["y"], n_trials=13)
     study.close()
     run = tmp_path / "fast" / "study"
-    assert [e.step for e in read(run).Images("views/history")] == [13]
-    assert [e.step for e in read(run).Images("gp/slices")] == [13]
+    assert [e.step for e in read(run / "views").Images("views/history")] == [13]
+    assert [e.step for e in read(run / "gp").Images("gp/slices")] == [13]
     assert (tmp_path / "fast" / "trial_0000" / "hparams").is_dir()
     Study("fast", space, logdir=tmp_path).close()  # opened to read: no new pictures
-    assert [e.step for e in read(run).Images("views/history")] == [13]
+    assert [e.step for e in read(run / "views").Images("views/history")] == [13]
     # a driver killed while it drew its last pictures (its run's trials all done) left the
     # mark of an earlier full drawing: the rerun, which runs no trial, draws them (it drew
     # nothing, and the pictures stayed at an earlier step for good)
     (run / study_board.DRAWN_MARK).write_text("10")
     Study("fast", space, sampler="gp", logdir=tmp_path, images_every=1).close()
-    assert [e.step for e in read(run).Images("views/history")] == [13, 13]
+    assert [e.step for e in read(run / "views").Images("views/history")] == [13, 13]
     assert (run / study_board.DRAWN_MARK).read_text() == "13"
+
+
+def our_event_files(run: Path) -> list[Path]:
+    return sorted(run.glob("events.out.tfevents.*.torchtune_hp"))
+
+
+@pytest.mark.slow
+def test_each_redraw_replaces_the_pictures_file_and_tensorboard_shows_the_latest(
+    tmp_path, monkeypatch
+):
+    """A study that redraws all night kept every redraw in one event file (about 570 KB each at
+    800 trials): each redraw now goes to a new file that replaces the one before, once that was
+    replaced a minute ago (here at once), and an open TensorBoard follows to the latest."""
+    monkeypatch.setattr(study_board, "FIRST_DRAW_GUESS_S", 0.0)
+    monkeypatch.setattr(study_board, "DRAW_BUDGET", 0.0)  # a drawing after every trial
+    monkeypatch.setattr(events, "REPLACED_GRACE_S", 0.0)
+    space = {"x": Float(0.0, 1.0), "y": Float(0.0, 1.0)}
+    board = Board(tmp_path)
+    try:
+        study = Study("rot", space, sampler="gp", seed=0, logdir=tmp_path, images_every=1)
+        study.optimize(lambda t: (t.params["x"] - 0.3) ** 2 + t.params["y"], n_trials=4)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:  # the open board has read the first drawings
+            try:
+                if board.image_steps("rot/study/views", "views/history"):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        study.optimize(lambda t: (t.params["x"] - 0.3) ** 2 + t.params["y"], n_trials=12)
+        study.close()
+        run = tmp_path / "rot" / "study"
+        for sub, tag in (("views", "views/history"), ("gp", "gp/slices")):
+            assert len(our_event_files(run / sub)) == 1, sub  # one set of pictures on disk
+            assert [e.step for e in read(run / sub).Images(tag)] == [12]
+        assert read(run).Tags()["images"] == []
+        deadline = time.monotonic() + 90
+        while board.image_steps("rot/study/views", "views/history")[-1:] != [12]:
+            assert time.monotonic() < deadline, "the open board never showed the last drawing"
+            time.sleep(0.5)
+        seen = board.image_steps("rot/study/views", "views/history")
+        assert seen[0] < 12 and seen == sorted(seen)  # it keeps the steps it read before
+    finally:
+        board.close()
+    board = Board(tmp_path)  # started afresh: the latest pictures alone
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if board.image_steps("rot/study/gp", "gp/importance") == [12]:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "a new board never showed the pictures"
+            time.sleep(0.5)
+    finally:
+        board.close()
+
+
+def test_replaced_pictures_stay_a_minute_for_tensorboards_classic_loader(tmp_path):
+    """The classic loader reads a run's files in turn and would stop at a file deleted under
+    it: a replaced file goes only once its successor is a minute old."""
+    png = (Path(__file__).parent.parent / "docs" / "gp_importance.png").read_bytes()
+    folder = tmp_path / "pictures"
+    for step in range(3):
+        events.write_replacing(folder, {"p": png}, step)
+    assert len(our_event_files(folder)) == 3  # all within the minute
+    first, second, third = our_event_files(folder)
+    old = time.time() - 2 * events.REPLACED_GRACE_S
+    os.utime(second, (old, old))  # the second was written long ago: the first goes
+    os.utime(first, (old - 1, old - 1))
+    (folder / "notes.txt").write_text("a file of the user's")
+    events.write_replacing(folder, {"p": png}, 3)
+    assert our_event_files(folder)[0] == second and len(our_event_files(folder)) == 3
+    assert (folder / "notes.txt").exists()
+    assert [e.step for e in read(folder).Images("p")] == [1, 2, 3]
 
 
 def test_unwarp_is_monotone_and_exact_at_observations():

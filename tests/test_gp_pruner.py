@@ -349,7 +349,7 @@ def test_a_study_with_pruner_gp_stops_bad_trials_feeds_the_sampler_and_shows_why
     assert acc.Scalars("forecast/p_beats_best")[-1].value == pytest.approx(p_note, abs=0.006)
     text = acc.Tensors("forecast/decision")[-1].tensor_proto.string_val[0].decode()
     assert text == t.note
-    views = read(tmp_path / "logs" / "mf" / "study")
+    views = read(tmp_path / "logs" / "mf" / "study" / "views")
     assert "views/curves" in views.Tags()["images"]
 
 

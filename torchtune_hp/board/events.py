@@ -10,6 +10,10 @@ synchronous and flushed: a dashboard that is open shows a trial's values as they
 write that fails (a full disk) raises here, in the driver's thread, where the study stops
 cleanly, instead of in a background thread that prints a traceback and loses the event. The
 file is created new, never through a link.
+
+Pictures are the exception to appending: each redraw is written to a new file in its own run
+and the files it replaced are deleted (:func:`write_replacing`), so a study that redraws every
+few seconds all night keeps one set of pictures on disk, not one per redraw.
 """
 
 from __future__ import annotations
@@ -36,7 +40,10 @@ class EventWriter:
     def __init__(self, logdir: Path) -> None:
         logdir.mkdir(parents=True, exist_ok=True)
         self.logdir = logdir
-        stamp = f"{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_COUNTER)}"
+        # the counter padded, so names sort in the order they were made (TensorBoard reads a
+        # run's files in name order)
+        count = next(_COUNTER)
+        stamp = f"{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{count:06d}"
         name = f"events.out.tfevents.{stamp}{OUR_SUFFIX}"  # TensorBoard's naming, marked ours
         self._writer = RecordWriter(open_new(logdir / name))
         self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
@@ -66,6 +73,36 @@ class EventWriter:
     def close(self) -> None:
         if not self._writer.closed:
             self._writer.close()
+
+
+# a replaced pictures file stays this long after the file that replaced it was written: the
+# classic TensorBoard loader reads a run's files one after the other and, were the file it is
+# reading deleted before it saw the next one, would read nothing more from that run (it
+# rereads the logdir every 5 s by default); the fast data server minds neither way
+REPLACED_GRACE_S = 60.0
+
+
+def write_replacing(folder: Path, images: dict[str, bytes], step: int) -> None:
+    """``images`` (tag -> PNG) at ``step``, in a new event file in ``folder`` that replaces the
+    ones there: those whose successor was written over :data:`REPLACED_GRACE_S` ago are
+    deleted. A TensorBoard that is open keeps the steps it has read (up to 10 per tag); one
+    started later shows the latest. Only our own regular files are touched."""
+    writer = EventWriter(folder)
+    try:
+        for tag, png in images.items():
+            writer.image(tag, png, step)
+    finally:
+        writer.close()
+    ours = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.endswith(OUR_SUFFIX) and entry.is_file(follow_symlinks=False):
+                ours.append((entry.stat(follow_symlinks=False).st_mtime_ns, entry.name))
+    ours.sort()
+    now_ns = time.time_ns()
+    for (_, name), (successor_ns, _) in zip(ours, ours[1:], strict=False):
+        if now_ns - successor_ns > REPLACED_GRACE_S * 1e9:
+            (folder / name).unlink(missing_ok=True)
 
 
 def png_size(png: bytes) -> tuple[int, int]:

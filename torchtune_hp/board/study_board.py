@@ -5,7 +5,8 @@ RUNNING, its reports as they arrive), and when it ends, into ``trial_NNNN/hparam
 whole from the trial's row (parameters, study and state columns, its reports and value under
 ``objective/<metric>``, none for a FAILED trial, whose error goes in as text), after which the
 running session is removed and TensorBoard drops it. The study-level run ``study/`` holds each
-trial's objective, the best so far, the study views and the GP pictures.
+trial's objective and the best so far; its sub-runs ``study/views/`` and ``study/gp/`` the latest
+study views and GP pictures, each redraw replacing the file before it.
 
 Everything but the GP pictures is drawn from the study's rows, so :meth:`StudyBoard.sync`
 rebuilds what is missing (a driver killed mid-trial, a study written by 0.1) when a study
@@ -24,16 +25,18 @@ from pathlib import Path
 from typing import Any
 
 from torchtune_hp import files, signals
-from torchtune_hp.board.events import EventWriter
+from torchtune_hp.board.events import EventWriter, write_replacing
 from torchtune_hp.board.foreign import strip_foreign_hparams
 from torchtune_hp.board.hparams import session_end_summary, session_start_summary, text_summary
 from torchtune_hp.board.tags import (
     ERROR_TAG,
     FORECAST_RUN,
+    GP_RUN,
     OUR_SUFFIX,
     RUNNING_RUN,
     SESSION_RUN,
     STUDY_RUN,
+    VIEWS_RUN,
     objective_tag,
     trial_run_name,
 )
@@ -270,7 +273,7 @@ class StudyBoard:
                     expl = explain_now(self.space, finished)
                     if expl is not None:
                         self._draw_gp(expl, len(finished))
-                self.close()  # the pictures on disk before the mark that says they are
+                self.close()  # everything on disk before the mark that says it is
                 files.write_text(self.dir / STUDY_RUN / DRAWN_MARK, str(len(finished)))
         finally:
             self.close()
@@ -300,8 +303,8 @@ class StudyBoard:
         curves = forecasts() if forecasts is not None else None  # timed with the drawing
         with drawing():
             views = study_views(finished, self.space, self.metric, self.mode, curves)
-        for tag, png in views.items():
-            self.study_writer.image(f"views/{tag}", png, len(finished))
+        images = {f"views/{tag}": png for tag, png in views.items()}
+        write_replacing(self.dir / VIEWS_RUN, images, len(finished))
         now = time.monotonic()
         self._next_views = now + DRAW_BUDGET * (now - began)
 
@@ -314,8 +317,7 @@ class StudyBoard:
                 slices_png(expl, self.metric, step),
                 importance_png(expl.importance, step),
             )
-        self.study_writer.image("gp/slices", slices, step)
-        self.study_writer.image("gp/importance", importance, step)
+        write_replacing(self.dir / GP_RUN, {"gp/slices": slices, "gp/importance": importance}, step)
         now = time.monotonic()
         self._next_gp = now + DRAW_BUDGET * (now - began)
 

@@ -1,15 +1,19 @@
 """Where a study's TensorBoard output goes, by name (no TensorBoard import: the pool reads these
 to tell the launcher's own output from what a script logged).
 
-``logs/<study>/study/`` is the study-level run; ``logs/<study>/trial_0007/`` holds the trial's
-own curves (its Lightning logger, its script); ``trial_0007/pruner_forecast/`` the
-learning-curve model's forecasts of its final value (``pruner: gp``); ``trial_0007/running/``
-its HParams session while it runs and ``trial_0007/hparams/`` once it has ended (a session's
-state cannot change in place: TensorBoard keeps a tag's metadata from its first event, so the
+``logs/<study>/study/`` is the study-level run (its scalars); ``study/views/`` and
+``study/gp/`` hold the latest pictures (each redraw replaces their event file);
+``logs/<study>/trial_0007/`` holds the trial's own curves (its Lightning logger, its script);
+``trial_0007/pruner_forecast/`` the learning-curve model's forecasts of its final value
+(``pruner: gp``); ``trial_0007/running/`` its HParams session while it runs and
+``trial_0007/hparams/`` once it has ended (a session's state cannot change in place:
+TensorBoard keeps a tag's metadata from its first event, so the
 running session is removed).
 """
 
 STUDY_RUN = "study"
+VIEWS_RUN = "study/views"  # the study views (history, curves, slices, pairs, parallel)
+GP_RUN = "study/gp"  # the GP sampler's pictures (slices, importance)
 RUNNING_RUN = "running"
 SESSION_RUN = "hparams"
 FORECAST_RUN = "pruner_forecast"  # pruner gp: its forecast at each decision
