@@ -165,8 +165,22 @@ def test_ls_cp_validate(tmp_path):
     ok = run_cli("validate", str(copied), "study.trials=3", cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     assert "OK" in ok.stdout and "3 trials" in ok.stdout
+    # a second recipe sharing the script (digits_cnn imports digits_mlp.py): the same bytes
+    # are kept as they are; a copy the user edited is never overwritten
+    cnn = run_cli("cp", "digits_cnn", str(tmp_path / "mine") + "/", cwd=tmp_path)
+    assert cnn.returncode == 0, cnn.stderr
+    assert "digits_mlp.py: already there, the same as digits_mlp.py" in cnn.stdout + cnn.stderr
+    assert (tmp_path / "mine" / "digits_cnn.yaml").is_file()
+    copied.write_text(copied.read_text() + "# my edit\n")
     again = run_cli("cp", "digits_mlp", str(tmp_path / "mine") + "/", cwd=tmp_path)
-    assert again.returncode == 2 and "already exists" in again.stderr
+    assert again.returncode == 2 and "digits_mlp.yaml: already exists" in again.stderr
+    assert copied.read_text().endswith("# my edit\n")
+
+
+def test_a_misspelled_recipe_name_gets_the_closest_one():
+    result = run_cli("run", "digits_mpl")
+    assert result.returncode == 2
+    assert "(did you mean 'digits_mlp'?)" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("cmd", ["run", "ls", "cp", "validate", "trials", "best"])
@@ -257,6 +271,55 @@ def test_second_run_with_another_space_is_refused_without_losing_trials(tmp_path
     assert "'x' changed" in changed.stderr and "Traceback" not in changed.stderr
     assert "--fresh sets the old study aside" in changed.stderr
     assert _count(tmp_path / "logs" / "fast" / "study.db", "COMPLETE") == 3
+
+
+def test_rerunning_a_finished_study_with_other_settings_says_they_are_not_used(
+    tmp_path, fast_recipe
+):
+    """The README's variants (``sampler.name=random``) rerun under the recipe's study name
+    reopened the finished study: "3/3 trials done", exit 0, nothing trained, and recipe.yaml
+    rewritten to the settings no trial used."""
+    recipe = fast_recipe(trials=3)
+    assert run_cli("run", str(recipe), cwd=tmp_path).returncode == 0
+    record = tmp_path / "logs" / "fast" / "recipe.yaml"
+    first = record.read_text()
+    again = run_cli("run", str(recipe), "sampler.name=random", cwd=tmp_path)
+    assert again.returncode == 0
+    assert "already has 3 of 3 trials: this run trains nothing" in again.stderr
+    assert "study.name=<another name>" in again.stderr and "--fresh" in again.stderr
+    assert record.read_text() == first  # the record of the run that trained
+    assert _count(tmp_path / "logs" / "fast" / "study.db", "COMPLETE") == 3
+
+
+def test_the_live_panel_counts_to_the_total_not_past_it(tmp_path, fast_recipe):
+    """In a terminal the panel shows the trial under way as n/N; when the last had ended it
+    read 4/3."""
+    import pty
+    import re
+    import select
+
+    recipe = fast_recipe(trials=3)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        cli_cmd("run", str(recipe)), cwd=tmp_path, stdout=follower, stderr=follower
+    )
+    os.close(follower)
+    out, deadline = b"", time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if select.select([leader], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's last process has gone
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif proc.poll() is not None:
+            break
+    assert proc.wait(timeout=10) == 0
+    os.close(leader)
+    shown = [int(n) for n in re.findall(r"trial\s+(\d+)/3", out.decode(errors="replace"))]
+    assert shown and max(shown) == 3, shown  # the panel's row; log lines read "[3/3] trial 2"
 
 
 @pytest.mark.slow

@@ -165,12 +165,20 @@ def cp(name: str, dest: str) -> None:
             )
             continue
         copies.append((src.parent / py, target.parent / py))
-    for _, b in copies:
-        if os.path.lexists(b):
+    for a, b in copies:
+        if os.path.lexists(b) and not _same_file_content(a, b):
             raise ConfigError(b, "", "already exists; not overwritten")
     for a, b in copies:
+        if os.path.lexists(b):  # the same bytes (two recipes sharing a script): kept as it is
+            say(f"{b}: already there, the same as {a.name}")
+            continue
         shutil.copyfile(a, b)
         say(f"copied {a.name} -> {b}")
+
+
+def _same_file_content(a: Path, b: Path) -> bool:
+    """Whether ``b`` is a regular file (not a link) holding exactly ``a``'s bytes."""
+    return b.is_file() and not b.is_symlink() and b.read_bytes() == a.read_bytes()
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -78,7 +78,8 @@ class ProgressView:
         best = self._best()
         table = Table.grid(padding=(0, 2))
         elapsed = time.monotonic() - self.t0
-        table.add_row("trial", f"{self.study.n_finished + 1}/{self.n_trials}")
+        done = self.study.n_finished  # the trial under way is the next; at the end, the last
+        table.add_row("trial", f"{min(done + 1, self.n_trials)}/{self.n_trials}")
         table.add_row(
             "best", "-" if best is None else f"{fmt_value(best.value)} (trial {best.number})"
         )

@@ -261,7 +261,7 @@ def find_recipe(name_or_path: str) -> Path:
     builtin = builtin_recipes()
     if name_or_path in builtin:
         return builtin[name_or_path]
-    hint = ""
+    hint = closest(path.stem, list(builtin)) if path.stem not in builtin else ""
     if path.stem in builtin:  # recipes/digits_mlp.yaml typed outside the repository
         hint = (
             f"; the built-in one is `{path.stem}` (torchtune-hp run {path.stem}), and "
@@ -270,8 +270,10 @@ def find_recipe(name_or_path: str) -> Path:
     raise ConfigError(
         name_or_path,
         "",
-        f"no such recipe file, and no built-in recipe of that name (built-in: {sorted(builtin)})"
-        + hint,
+        "no such recipe file, and no built-in recipe of that name"
+        + (hint if hint.startswith(" (") else "")
+        + f" (built-in: {sorted(builtin)})"
+        + (hint if not hint.startswith(" (") else ""),
     )
 
 

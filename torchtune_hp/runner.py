@@ -140,9 +140,12 @@ def run_recipe(recipe: Recipe) -> Study:
         raise
     try:
         assert study.dir is not None
-        files.write_text(
-            study.dir / "recipe.yaml", f"# resolved from {recipe.path}\n{recipe.resolved_yaml}"
-        )
+        if study.n_finished >= m.study.trials:  # the record stays the run's that ran trials
+            warnings.warn(nothing_to_run(study, m.study.trials), stacklevel=2)
+        else:
+            files.write_text(
+                study.dir / "recipe.yaml", f"# resolved from {recipe.path}\n{recipe.resolved_yaml}"
+            )
         executor = make_executor(recipe, study, slots)
         with ProgressView(study, m.study.trials):
             run_trials(study, executor, m.study.trials, fail_fast=m.study.fail_fast)
@@ -155,6 +158,18 @@ def run_recipe(recipe: Recipe) -> Study:
         else:
             disconnect(recipe)
     return study
+
+
+def nothing_to_run(study: Study, trials: int) -> str:
+    """Why a run of a finished study trains nothing: a user who reruns a recipe with other
+    options (``sampler.acquisition=ucb``) under the same study name would otherwise see
+    "30/30 trials done" and take the old results for the new settings."""
+    return (
+        f"study {study.name!r} ({study.dir}) already has {study.n_finished} of {trials} "
+        "trials: this run trains nothing, and its sampler, pruner and objective settings are "
+        "not used; to run them, start a new study (study.name=<another name>), move this one "
+        f"aside (--fresh), or ask for more trials (study.trials={trials + 10})"
+    )
 
 
 def disconnect(recipe: Recipe) -> None:
