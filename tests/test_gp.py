@@ -222,6 +222,43 @@ def test_numerical_failure_falls_back_to_sobol_visibly():
     assert frozen.state is TrialState.COMPLETE and "fell back to Sobol" in frozen.note
 
 
+def test_the_trend_keeps_the_bowl_under_ripples_in_view():
+    """A bowl falling toward x = 1 under ripples of period 0.04, observed on [0, 0.45]: the
+    fitted lengthscale falls to the ripples' scale, and the single kernel (trend_share 0, the
+    default) then predicts the average a little beyond the trials, as if nothing lay that way;
+    with the trend (trend_share 0.3) it predicts the bowl's fall there."""
+    enc = GPEncoding(Space({"x": Float(0.0, 1.0)}))
+    x = np.sort(np.random.default_rng(0).uniform(0.0, 0.45, 30))
+    f = 4 * (x - 1) ** 2 + 0.5 * np.sin(2 * math.pi * x / 0.04)
+    X, y = torch.as_tensor(x[:, None]), torch.as_tensor(warp(f))
+    beyond = torch.tensor([[0.5], [0.6]], dtype=torch.float64)
+    means = {}
+    assert GPSampler().trend_share == 0.0
+    for share in (0.0, 0.3):
+        surrogate = Surrogate(enc, torch.device("cpu"), trend_share=share)
+        hyper = surrogate.fit(X, y)
+        surrogate.condition(X, y)
+        assert float(hyper.lengthscale[0]) < 0.04  # the ripples
+        means[share] = surrogate.posterior(beyond)[0]
+        k = surrogate._k(X, X) / hyper.outputscale
+        assert torch.allclose(k.diagonal(), torch.ones(len(x), dtype=torch.float64))
+    plain, trend = means[0.0], means[0.3]
+    assert plain.abs().max() < 0.05  # the mean of the standardized values: nothing seen
+    assert trend.max() < -0.3 and trend[0] < trend[1]  # lower, and lowest nearest the trials
+    # the option reaches the model a study fits (the recipe key sampler.trend_share alike)
+    for share in (0.0, 0.3):
+        study = Study(
+            "t",
+            {"x": Float(0.0, 1.0)},
+            sampler="gp",
+            seed=0,
+            logdir=None,
+            sampler_options={"trend_share": share},
+        )
+        study.optimize(lambda t: (t.params["x"] - 0.7) ** 2, n_trials=7)
+        assert study.sampler.surrogate._base.trend_share == share
+
+
 def test_gp_options_are_checked():
     for bad, message in [
         ({"acquisition": "bogus"}, "acquisition must be one of"),
@@ -232,6 +269,7 @@ def test_gp_options_are_checked():
         ({"warp_inputs": "maybe"}, "warp_inputs must be true, false or auto"),
         ({"endgame": 1.0}, "endgame must be a number in"),
         ({"thompson_model": "sum"}, "thompson_model must be one of"),
+        ({"trend_share": 1.0}, "trend_share must be a number in"),
     ]:
         with pytest.raises(ValueError, match=message):
             GPSampler(**bad)

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from torchtune_hp.gp.encoding import GPEncoding
-from torchtune_hp.gp.surrogate import MixedMatern52, Surrogate
+from torchtune_hp.gp.surrogate import MixedMatern52, Surrogate, matern52
 from torchtune_hp.space import Categorical
 
 # Grid points per numeric parameter along its axis line (categoricals: one per choice).
@@ -45,8 +45,7 @@ class AdditiveMatern52(MixedMatern52):
         sq = (x1.unsqueeze(-2) / scale - x2.unsqueeze(-3) / scale).pow(2)  # (n1, n2, w)
         d2 = sq.new_zeros(*sq.shape[:-1], self.encoding.d)
         d2 = d2.index_add(-1, self.encoding.param_of_col.to(sq.device), sq)  # per parameter
-        s5r = math.sqrt(5.0) * d2.clamp_min(1e-30).sqrt()
-        return ((1.0 + s5r + (5.0 / 3.0) * d2) * torch.exp(-s5r)).mean(-1)
+        return matern52(d2).mean(-1)
 
 
 def additive_kernel(enc: GPEncoding, lengthscale: dict[str, Any]) -> MixedMatern52:

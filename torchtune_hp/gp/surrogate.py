@@ -2,10 +2,13 @@
 
 Notation: ``X`` is ``(n, w)`` (see :mod:`torchtune_hp.gp.encoding`), ``y`` is ``(n,)`` already
 warped (see :func:`warp`), lower is better. The kernel is a Matérn-5/2 with one ARD lengthscale
-``l_j`` per parameter, on ``r^2 = sum_c ((x_c - x'_c) / l_{j(c)})^2``, times an output scale
-``s``, plus Gaussian noise ``sigma^2``. Priors suit the unit cube: the dimension-scaled
-lengthscale prior ``LogNormal(sqrt(2) + log(d)/2, sqrt(3))`` of Hvarfner et al. (2024, the
-BoTorch default), ``Gamma(2, 0.15)`` on ``s`` and ``LogNormal(-4, 1)`` on ``sigma^2``.
+``l_j`` per parameter, on ``r^2 = sum_c ((x_c - x'_c) / l_{j(c)})^2`` (with ``trend_share`` > 0,
+mixed with the same kernel at lengthscales of at least ``TREND_LENGTHSCALE * sqrt(d)``: the
+trend, see :class:`MixedMatern52`), times an output scale ``s``, plus Gaussian noise
+``sigma^2``.
+Priors suit the unit cube: the dimension-scaled lengthscale prior
+``LogNormal(sqrt(2) + log(d)/2, sqrt(3))`` of Hvarfner et al. (2024, the BoTorch default),
+``Gamma(2, 0.15)`` on ``s`` and ``LogNormal(-4, 1)`` on ``sigma^2``.
 
 Hyperparameters are fit with L-BFGS-B on GPyTorch's exact marginal log likelihood (Cholesky,
 float64), warm-started from the previous fit. For the posterior the fitted kernel is factorized
@@ -126,16 +129,44 @@ WARP_PRIOR_SD = math.sqrt(0.75)
 WARP_EPS = 1e-6
 
 
+# The trend's lengthscales are sqrt(l^2 + (TREND_LENGTHSCALE sqrt(d))^2): at least this many
+# sqrt(d) in the unit cube, a scale over which the trend cannot follow ripples.
+TREND_LENGTHSCALE = 0.3
+
+
+def matern52(d2: Tensor) -> Tensor:
+    """Matérn-5/2 of the squared scaled distance ``d2`` (1 at 0)."""
+    s5r = math.sqrt(5.0) * d2.clamp_min(1e-30).sqrt()
+    return (1.0 + s5r + (5.0 / 3.0) * d2) * torch.exp(-s5r)
+
+
 class MixedMatern52(gpytorch.kernels.Kernel):
     """Matérn-5/2 with per-parameter ARD lengthscales expanded over one-hot columns; with
-    ``warp_inputs``, each numeric column first goes through a learned Kumaraswamy CDF."""
+    ``warp_inputs``, each numeric column first goes through a learned Kumaraswamy CDF.
+
+    With ``trend_share`` > 0 the kernel is ``(1 - share) k_l + share k_L``: ``k_L`` is the same
+    Matérn at lengthscales ``L = sqrt(l^2 + (TREND_LENGTHSCALE sqrt(d))^2)``. On a rugged
+    objective (Levy's ripple on a bowl) the fitted lengthscale of a parameter falls to the
+    ripple's scale, and a single stationary kernel then sees nothing of the bowl beyond the
+    nearest trials: the search refines whichever ripple it sits in. The trend keeps a share of
+    the covariance at a scale where the bowl shows, so the model can predict that moving that
+    parameter a long way pays. The share is fixed, not fitted: the marginal likelihood, given
+    the choice, puts it at 0 (Levy4 seed 4: 0.00 at every refit, the search stuck as without
+    it). k(x, x) stays 1."""
 
     has_lengthscale = True
     stationary = True  # k(x, x) is 1 everywhere: the posterior needs no diagonal
 
-    def __init__(self, encoding: GPEncoding, warp_inputs: bool = False, **kwargs: object) -> None:
+    def __init__(
+        self,
+        encoding: GPEncoding,
+        warp_inputs: bool = False,
+        trend_share: float = 0.0,
+        **kwargs: object,
+    ) -> None:
         super().__init__(ard_num_dims=encoding.d, **kwargs)
         self.encoding = encoding
+        self.trend_share = float(trend_share)
         self.warp_cols = encoding.cont_cols if warp_inputs else encoding.cont_cols[:0]
         if len(self.warp_cols):
             n = len(self.warp_cols)
@@ -171,10 +202,12 @@ class MixedMatern52(gpytorch.kernels.Kernel):
     def forward(self, x1: Tensor, x2: Tensor, diag: bool = False, **params: object) -> Tensor:
         x1, x2 = self.warp(x1), self.warp(x2)
         scale = self.encoding.column_scale(self.lengthscale)
-        d2 = self.covar_dist(x1 / scale, x2 / scale, diag=diag, square_dist=True)
-        r = d2.clamp_min(1e-30).sqrt()
-        s5r = math.sqrt(5.0) * r
-        return (1.0 + s5r + (5.0 / 3.0) * d2) * torch.exp(-s5r)
+        k = matern52(self.covar_dist(x1 / scale, x2 / scale, diag=diag, square_dist=True))
+        if not self.trend_share:
+            return k
+        long = (scale.square() + TREND_LENGTHSCALE**2 * self.encoding.d).sqrt()
+        trend = matern52(self.covar_dist(x1 / long, x2 / long, diag=diag, square_dist=True))
+        return (1.0 - self.trend_share) * k + self.trend_share * trend
 
 
 # LogNormal(loc, scale) prior on the noise variance, in units of the warped (standardized) y:
@@ -204,6 +237,7 @@ class _ExactGP(gpytorch.models.ExactGP):
         deterministic: bool,
         warp_inputs: bool = False,
         kernel: KernelFactory | None = None,
+        trend_share: float = 0.0,
     ) -> None:
         noise_prior = None if deterministic else gpytorch.priors.LogNormalPrior(*NOISE_PRIOR)
         likelihood = gpytorch.likelihoods.GaussianLikelihood(
@@ -219,7 +253,7 @@ class _ExactGP(gpytorch.models.ExactGP):
             "lengthscale_constraint": gpytorch.constraints.GreaterThan(1e-3),
         }
         base = (
-            MixedMatern52(encoding, warp_inputs, **lengthscale)
+            MixedMatern52(encoding, warp_inputs, trend_share, **lengthscale)
             if kernel is None
             else kernel(encoding, lengthscale)
         )
@@ -302,12 +336,16 @@ class Surrogate:
         deterministic: bool = False,
         warp_inputs: bool = False,
         kernel: KernelFactory | None = None,
+        trend_share: float = 0.0,
     ) -> None:
+        """``trend_share``: see :class:`MixedMatern52` (the plain kernel only; a ``kernel``
+        factory builds its own)."""
         self.encoding = encoding
         self.device = device
         self.deterministic = deterministic
         self.warp_inputs = warp_inputs
         self.kernel = kernel
+        self.trend_share = trend_share
         self.hyper: Hyper | None = None
         self.x: Tensor | None = None
 
@@ -332,9 +370,9 @@ class Surrogate:
         Raises SurrogateError when every start fails."""
         x = x.to(self.device, torch.float64)
         y = y.to(self.device, torch.float64)
-        model = _ExactGP(x, y, self.encoding, self.deterministic, self.warp_inputs, self.kernel).to(
-            self.device, torch.float64
-        )
+        model = _ExactGP(
+            x, y, self.encoding, self.deterministic, self.warp_inputs, self.kernel, self.trend_share
+        ).to(self.device, torch.float64)
         params = [p for p in model.parameters() if p.requires_grad]
         defaults = []
         for ls in (0.2, 0.8):  # short and long lengthscales, relative to sqrt(d)
