@@ -23,7 +23,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import api_pb2, metadata
 from tiny_model import Tiny, loaders
 
-from torchtune_hp import Categorical, Float, Int, Study, TrialState, TuneCallback
+from torchtune_hp import Categorical, Float, Int, Study, TrialState, TuneCallback, files
 from torchtune_hp.board import events, study_board
 from torchtune_hp.board.events import png_size
 from torchtune_hp.board.figures import importance_png, slices_png
@@ -593,23 +593,76 @@ def test_each_redraw_replaces_the_pictures_file_and_tensorboard_shows_the_latest
         board.close()
 
 
-def test_replaced_pictures_stay_a_minute_for_tensorboards_classic_loader(tmp_path):
-    """The classic loader reads a run's files in turn and would stop at a file deleted under
-    it: a replaced file goes only once its successor is a minute old."""
-    png = (Path(__file__).parent.parent / "docs" / "gp_importance.png").read_bytes()
+PNG = (Path(__file__).parent.parent / "docs" / "gp_importance.png").read_bytes()  # a picture
+
+
+def test_replaced_pictures_stay_a_while_for_tensorboards_classic_loader(tmp_path, monkeypatch):
+    """The classic loader (--load_fast=false) reads a run's files in turn and stops for good
+    at a file deleted under it; a replaced file goes only once its successor is older than
+    the grace, aged on the file system's clock (the new file's time), never this host's."""
     folder = tmp_path / "pictures"
     for step in range(3):
-        events.write_replacing(folder, {"p": png}, step)
-    assert len(our_event_files(folder)) == 3  # all within the minute
-    first, second, third = our_event_files(folder)
+        events.write_replacing(folder, {"p": PNG}, step)
+    assert len(our_event_files(folder)) == 3  # all within the grace
+    first, second, _ = our_event_files(folder)
     old = time.time() - 2 * events.REPLACED_GRACE_S
     os.utime(second, (old, old))  # the second was written long ago: the first goes
     os.utime(first, (old - 1, old - 1))
     (folder / "notes.txt").write_text("a file of the user's")
-    events.write_replacing(folder, {"p": png}, 3)
+    real_time_ns = time.time_ns
+    monkeypatch.setattr(events.time, "time_ns", lambda: real_time_ns() + 10**13)  # skewed host
+    events.write_replacing(folder, {"p": PNG}, 3)
     assert our_event_files(folder)[0] == second and len(our_event_files(folder)) == 3
     assert (folder / "notes.txt").exists()
     assert [e.step for e in read(folder).Images("p")] == [1, 2, 3]
+
+    # the loader itself, reloaded between redraws: with no grace it never gets past the
+    # first file; with the grace it follows every redraw
+    for grace, seen in ((0.0, [0]), (events.REPLACED_GRACE_S, [0, 1, 2, 3])):
+        monkeypatch.setattr(events, "REPLACED_GRACE_S", grace)
+        run = tmp_path / f"grace_{grace:g}"
+        acc = EventAccumulator(str(run), size_guidance={"images": 0})
+        for step in range(4):
+            events.write_replacing(run, {"p": PNG}, step)
+            time.sleep(0.01)  # distinct times
+            acc.Reload()
+        assert [e.step for e in acc.Images("p")] == seen, grace
+
+
+def test_a_pictures_write_that_fails_leaves_no_partial_file_and_no_link_is_followed(tmp_path):
+    """A full disk (here a file size limit: the same EFBIG-like OSError) fails the redraw, which
+    the board turns into a warning: no partial file stays, and the files due still go."""
+    folder = tmp_path / "pictures"
+    events.write_replacing(folder, {"p": PNG}, 0)
+    old = time.time() - 2 * events.REPLACED_GRACE_S
+    events.write_replacing(folder, {"p": PNG}, 1)
+    first, second = our_event_files(folder)
+    os.utime(first, (old - 1, old - 1))
+    os.utime(second, (old, old))
+    script = """
+import resource, signal, sys
+from pathlib import Path
+from torchtune_hp.board import events
+folder, png = Path(sys.argv[1]), Path(sys.argv[2]).read_bytes()
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (len(png) // 2, resource.RLIM_INFINITY))
+try:
+    events.write_replacing(folder, {"p": png}, 2)
+except OSError as e:
+    print("refused", e.errno)
+"""
+    png_file = Path(__file__).parent.parent / "docs" / "gp_importance.png"
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(folder), str(png_file)], capture_output=True, text=True
+    )
+    assert result.stdout.startswith("refused"), result.stderr
+    assert our_event_files(folder) == [second]  # no partial file; the first was due
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "linked").symlink_to(elsewhere)
+    with pytest.raises(files.UnsafePath):
+        events.write_replacing(tmp_path / "linked", {"p": PNG}, 0)
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_unwarp_is_monotone_and_exact_at_observations():

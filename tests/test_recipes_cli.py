@@ -177,10 +177,15 @@ def test_ls_cp_validate(tmp_path):
     assert copied.read_text().endswith("# my edit\n")
 
 
-def test_a_misspelled_recipe_name_gets_the_closest_one():
-    result = run_cli("run", "digits_mpl")
+def test_a_misspelled_recipe_name_gets_the_closest_one(tmp_path):
+    """A built-in name gets the closest built-in one; a path the closest file beside it (the
+    built-in name would run the built-in recipe, not the user's copy)."""
+    result = run_cli("run", "digits_mpl", cwd=tmp_path)
     assert result.returncode == 2
     assert "(did you mean 'digits_mlp'?)" in result.stderr and "Traceback" not in result.stderr
+    assert run_cli("cp", "digits_mlp", "my", cwd=tmp_path).returncode == 0
+    copy = run_cli("run", "my/digits_mpl.yaml", cwd=tmp_path)
+    assert copy.returncode == 2 and "(did you mean 'my/digits_mlp.yaml'?)" in copy.stderr
 
 
 @pytest.mark.parametrize("cmd", ["run", "ls", "cp", "validate", "trials", "best"])

@@ -261,19 +261,23 @@ def find_recipe(name_or_path: str) -> Path:
     builtin = builtin_recipes()
     if name_or_path in builtin:
         return builtin[name_or_path]
-    hint = closest(path.stem, list(builtin)) if path.stem not in builtin else ""
+    # a bare name gets the closest built-in one; a path, the closest file beside it
+    if path.parent == Path(".") and not path.suffix:
+        spelling = closest(name_or_path, list(builtin))
+    else:
+        near = [str(p) for p in path.parent.glob("*.y*ml")] if path.parent.is_dir() else []
+        spelling = closest(name_or_path, near)
+    builtin_copy = ""
     if path.stem in builtin:  # recipes/digits_mlp.yaml typed outside the repository
-        hint = (
+        builtin_copy = (
             f"; the built-in one is `{path.stem}` (torchtune-hp run {path.stem}), and "
             f"`torchtune-hp cp {path.stem} <folder>` copies it to edit"
         )
     raise ConfigError(
         name_or_path,
         "",
-        "no such recipe file, and no built-in recipe of that name"
-        + (hint if hint.startswith(" (") else "")
-        + f" (built-in: {sorted(builtin)})"
-        + (hint if not hint.startswith(" (") else ""),
+        f"no such recipe file, and no built-in recipe of that name{spelling} "
+        f"(built-in: {sorted(builtin)}){builtin_copy}",
     )
 
 

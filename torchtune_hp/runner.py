@@ -164,11 +164,12 @@ def nothing_to_run(study: Study, trials: int) -> str:
     """Why a run of a finished study trains nothing: a user who reruns a recipe with other
     options (``sampler.acquisition=ucb``) under the same study name would otherwise see
     "30/30 trials done" and take the old results for the new settings."""
+    more = max(trials, study.n_finished) + 10
     return (
         f"study {study.name!r} ({study.dir}) already has {study.n_finished} of {trials} "
         "trials: this run trains nothing, and its sampler, pruner and objective settings are "
         "not used; to run them, start a new study (study.name=<another name>), move this one "
-        f"aside (--fresh), or ask for more trials (study.trials={trials + 10})"
+        f"aside (--fresh), or ask for more trials (study.trials={more})"
     )
 
 

@@ -18,6 +18,7 @@ few seconds all night keeps one set of pictures on disk, not one per redraw.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import socket
@@ -28,6 +29,7 @@ from pathlib import Path
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
+from torchtune_hp import files
 from torchtune_hp.board.tags import OUR_SUFFIX
 from torchtune_hp.files import open_new
 
@@ -45,8 +47,16 @@ class EventWriter:
         count = next(_COUNTER)
         stamp = f"{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{count:06d}"
         name = f"events.out.tfevents.{stamp}{OUR_SUFFIX}"  # TensorBoard's naming, marked ours
-        self._writer = RecordWriter(open_new(logdir / name))
-        self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+        self.path = logdir / name
+        file = open_new(self.path)
+        try:
+            self._writer = RecordWriter(file)
+            self._write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+        except BaseException:  # a full disk: no empty file left behind
+            with contextlib.suppress(OSError):
+                file.close()
+            self.path.unlink(missing_ok=True)
+            raise
 
     def _write(self, event: event_pb2.Event) -> None:
         self._writer.write(event.SerializeToString())
@@ -76,32 +86,58 @@ class EventWriter:
 
 
 # a replaced pictures file stays this long after the file that replaced it was written: the
-# classic TensorBoard loader reads a run's files one after the other and, were the file it is
-# reading deleted before it saw the next one, would read nothing more from that run (it
-# rereads the logdir every 5 s by default); the fast data server minds neither way
-REPLACED_GRACE_S = 60.0
+# classic TensorBoard loader (--load_fast=false) reads a run's files one after the other and,
+# were the file it is reading deleted before it saw the next one, would read nothing more from
+# that run; it rereads the logdir every 5 s by default, so five minutes leave room for a slow
+# reload of a big logdir. The fast data server (the default) minds neither way.
+REPLACED_GRACE_S = 300.0
 
 
 def write_replacing(folder: Path, images: dict[str, bytes], step: int) -> None:
     """``images`` (tag -> PNG) at ``step``, in a new event file in ``folder`` that replaces the
-    ones there: those whose successor was written over :data:`REPLACED_GRACE_S` ago are
-    deleted. A TensorBoard that is open keeps the steps it has read (up to 10 per tag); one
-    started later shows the latest. Only our own regular files are touched."""
-    writer = EventWriter(folder)
+    ones there: those whose successor was written :data:`REPLACED_GRACE_S` before the new
+    file are deleted (ages on the file system's clock alone: a network logdir's server may
+    keep another time than this host). A TensorBoard that is open keeps the steps it has read
+    (up to 10 per tag); one started later shows the latest. A write that fails (a full disk)
+    leaves no partial file and still deletes what is due. Only our own regular files are
+    touched; a link at ``folder`` is refused."""
+    if folder.is_symlink():
+        raise files.unsafe(folder)
+    try:
+        writer = EventWriter(folder)
+    except OSError:
+        with contextlib.suppress(OSError):
+            _delete_replaced(folder, None)
+        raise
+    written = False
     try:
         for tag, png in images.items():
             writer.image(tag, png, step)
-    finally:
         writer.close()
+        written = True
+    finally:
+        if not written:
+            with contextlib.suppress(OSError):
+                writer.close()
+            writer.path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # the write's own error is the one to tell
+                _delete_replaced(folder, None)
+    _delete_replaced(folder, writer.path)
+
+
+def _delete_replaced(folder: Path, newest: Path | None) -> None:
+    """Delete our files in ``folder`` whose successor is older than the grace, ``newest``
+    (the file just written, the clock's reference) never; without it, by this host's clock."""
     ours = []
     with os.scandir(folder) as entries:
         for entry in entries:
             if entry.name.endswith(OUR_SUFFIX) and entry.is_file(follow_symlinks=False):
                 ours.append((entry.stat(follow_symlinks=False).st_mtime_ns, entry.name))
     ours.sort()
-    now_ns = time.time_ns()
+    now_ns = newest.stat().st_mtime_ns if newest is not None else time.time_ns()
+    keep = newest.name if newest is not None else None
     for (_, name), (successor_ns, _) in zip(ours, ours[1:], strict=False):
-        if now_ns - successor_ns > REPLACED_GRACE_S * 1e9:
+        if now_ns - successor_ns >= REPLACED_GRACE_S * 1e9 and name != keep:
             (folder / name).unlink(missing_ok=True)
 
 
