@@ -104,24 +104,20 @@ def write_replacing(folder: Path, images: dict[str, bytes], step: int) -> None:
     if folder.is_symlink():
         raise files.unsafe(folder)
     try:
-        writer = EventWriter(folder)
-    except OSError:
-        with contextlib.suppress(OSError):
-            _delete_replaced(folder, None)
-        raise
-    written = False
-    try:
-        for tag, png in images.items():
-            writer.image(tag, png, step)
-        writer.close()
-        written = True
-    finally:
-        if not written:
+        writer = EventWriter(folder)  # removes its own file if even the header fails
+        try:
+            for tag, png in images.items():
+                writer.image(tag, png, step)
+            writer.close()
+        except BaseException:
             with contextlib.suppress(OSError):
                 writer.close()
             writer.path.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):  # the write's own error is the one to tell
-                _delete_replaced(folder, None)
+            raise
+    except BaseException:
+        with contextlib.suppress(OSError):  # the write's own error is the one to tell
+            _delete_replaced(folder, None)
+        raise
     _delete_replaced(folder, writer.path)
 
 

@@ -135,6 +135,13 @@ def observations(
     return Observations(params, np.asarray(values, dtype=np.float64), kinds)
 
 
+def _share(name: str, value: float) -> float:
+    """An option that is a share of something: a number in [0, 1)."""
+    if isinstance(value, bool) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
 class GPSampler:
     """``sampler.name: gp``. Options: ``acquisition`` (logei | ei | pi | ucb | thompson),
     ``beta`` (ucb's exploration weight), ``xi`` (EI/PI improvement margin), ``n_init`` (Sobol
@@ -229,18 +236,14 @@ class GPSampler:
         if warp_inputs not in (True, False, "auto"):
             raise ValueError(f"warp_inputs must be true, false or auto, got {warp_inputs!r}")
         self.warp_inputs: bool | str = "auto" if warp_inputs == "auto" else bool(warp_inputs)
-        if isinstance(endgame, bool) or not 0.0 <= endgame < 1.0:
-            raise ValueError(f"endgame must be a number in [0, 1), got {endgame!r}")
-        self.endgame = float(endgame)
+        self.endgame = _share("endgame", endgame)
         check_choice("output_warp", output_warp, ("auto", *OUTPUT_WARPS))
         self.output_warp = output_warp
         check_choice("thompson_model", thompson_model, THOMPSON_MODELS)
         self.thompson_model = thompson_model
         check_choice("hyper_select", hyper_select, HYPER_SELECT)
         self.hyper_select = hyper_select
-        if isinstance(trend_share, bool) or not 0.0 <= trend_share < 1.0:
-            raise ValueError(f"trend_share must be a number in [0, 1), got {trend_share!r}")
-        self.trend_share = float(trend_share)
+        self.trend_share = _share("trend_share", trend_share)
         self._additive_fit: dict[tuple[int, str], np.ndarray] = {}  # warm starts
         # The study's total number of trials when it is known (``optimize(n_trials)``, a
         # recipe's ``study.trials``: the trial loop sets it); None in plain ask/tell use.
