@@ -177,6 +177,34 @@ def test_ls_cp_validate(tmp_path):
     assert copied.read_text().endswith("# my edit\n")
 
 
+def test_a_study_past_the_open_file_limit_gets_the_classic_tensorboard_command(
+    tmp_path, fast_recipe
+):
+    """TensorBoard's fast loader keeps every event file open, one or more per trial: past the
+    shell's open-file limit it answers runs with nothing. The printed command says so."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    recipe = fast_recipe(trials=150)
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    result = subprocess.run(
+        cli_cmd("run", str(recipe)),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=low_limit,
+    )
+    assert result.returncode == 0, result.stderr
+    dashboard = next(line for line in result.stdout.splitlines() if line.startswith("dashboard"))
+    assert "--load_fast=false" in dashboard and "open-file limit of 256" in dashboard
+    small = run_cli("run", str(recipe), "study.name=small", "study.trials=3", cwd=tmp_path)
+    assert "--load_fast" not in small.stdout and "dashboard: tensorboard --logdir" in small.stdout
+
+
 def test_a_misspelled_recipe_name_gets_the_closest_one(tmp_path):
     """A built-in name gets the closest built-in one; a path the closest file beside it (the
     built-in name would run the built-in recipe, not the user's copy)."""
