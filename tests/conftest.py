@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -49,9 +50,14 @@ logdir: {logdir}
 
 
 def run_cli(
-    *args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None
+    *args: str,
+    cwd: Path | None = None,
+    timeout: float = 300,
+    env: dict | None = None,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> subprocess.CompletedProcess:
-    """``torchtune-hp ARGS`` as a user runs it (``python -m torchtune_hp`` is the same entry)."""
+    """``torchtune-hp ARGS`` as a user runs it (``python -m torchtune_hp`` is the same entry);
+    ``preexec_fn`` sets up the process as a shell would (a resource limit)."""
     return subprocess.run(
         cli_cmd(*args),
         capture_output=True,
@@ -59,6 +65,7 @@ def run_cli(
         cwd=cwd,
         timeout=timeout,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        preexec_fn=preexec_fn,
     )
 
 

@@ -190,14 +190,7 @@ def test_a_study_past_the_open_file_limit_gets_the_classic_tensorboard_command(
     def low_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
 
-    result = subprocess.run(
-        cli_cmd("run", str(recipe)),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=low_limit,
-    )
+    result = run_cli("run", str(recipe), cwd=tmp_path, preexec_fn=low_limit)
     assert result.returncode == 0, result.stderr
     dashboard = next(line for line in result.stdout.splitlines() if line.startswith("dashboard"))
     assert "--load_fast=false" in dashboard and "open-file limit of 256" in dashboard

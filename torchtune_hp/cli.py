@@ -101,15 +101,16 @@ def dashboard_command(where: str, n_trials: int) -> str:
     and TensorBoard's fast loader (its default) keeps every one open: past the open-file limit
     (often 1,024) it answers runs with nothing, so a study that large gets the classic loader
     and the reason (this shell's limit is the likeliest one TensorBoard will be started in)."""
+    plain = f"tensorboard --logdir {where}"
     try:
         import resource
     except ImportError:  # not on this platform: nothing to compare with
-        return f"tensorboard --logdir {where}"
+        return plain
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or n_trials <= soft // 2:
-        return f"tensorboard --logdir {where}"
+        return plain
     return (
-        f"tensorboard --logdir {where} --load_fast=false   ({n_trials} trials, an event file "
+        f"{plain} --load_fast=false   ({n_trials} trials, an event file "
         f"or more each, near or past this shell's open-file limit of {soft}, where "
         "TensorBoard's default fast loader answers runs with nothing; or run `ulimit -n "
         "65536` first and leave the flag out)"
