@@ -7,6 +7,7 @@ again rather than losing it."""
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -200,6 +201,84 @@ def test_a_dead_driver_pauses_a_resumed_trial_again_without_promising_a_retry(tm
     assert again.state is TrialState.PRUNED and again.intermediate == {0: 1.0}
     assert "paused again" in (again.note or "") and "retried" not in (again.note or "")
     study.close()
+
+
+def test_a_resumed_trial_s_seconds_leave_out_its_pause(tmp_path):
+    """Paused 1.5 s, run again 0.3 s, then its driver dies and the next finds it a second
+    later: its duration is its two runs, the pause and the downtime kept out of it."""
+    space = {"a": Float(0.0, 1.0)}
+    study = Study("ft", space, logdir=tmp_path, tensorboard=False)
+    trial = study.ask()
+    study.report(trial, 1.0, 0)
+    first_run = study.tell(trial, state="pruned").duration_s
+    study.close()
+    time.sleep(1.5)
+    storage = Storage(tmp_path / "ft" / "study.db")
+    assert storage.reopen_trial(0, "resumed after 1 report")
+    time.sleep(0.3)
+    storage.report(0, 1, 0.5)
+    storage.close()
+    time.sleep(1.0)
+    with pytest.warns(UserWarning, match="paused again"):
+        study = Study("ft", space, logdir=tmp_path, tensorboard=False)
+    (again,) = study.trials
+    assert again.state is TrialState.PRUNED and again.resumes == ["resumed after 1 report"]
+    assert again.paused_s >= 1.5
+    assert (again.end - again.start).total_seconds() >= 1.8  # the wall clock holds the pause
+    assert 0.3 <= again.duration_s <= first_run + 0.3 + 0.4
+    study.close()
+
+
+class ResumeTheFirstPaused:
+    """A pruner that stops every trial at its first report and always runs the first paused
+    trial again: two resumes of one trial at one step, as a stop between them makes."""
+
+    name = "resume_first"
+
+    def prune(self, trial, others, mode):
+        return True
+
+    def resume_choice(self, trials):
+        from torchtune_hp.gp.curves import FinalPrediction
+        from torchtune_hp.gp.stopping import Decision
+
+        paused = [t for t in trials if t.state is TrialState.PRUNED]
+        if not paused:
+            return None
+        t = paused[0]
+        forecast = FinalPrediction(t.number, len(t.intermediate), 0.5, 0.1, 0.4, 0.6, 0.1)
+        return Decision(forecast, stop=False, resumed=True)
+
+
+def test_a_second_resume_at_one_step_keeps_the_first_in_view(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from torchtune_hp.progress import ProgressView
+
+    space = {"a": Float(0.0, 1.0)}
+    with Study("twice", space, logdir=tmp_path, pruner=ResumeTheFirstPaused()) as study:
+        trial = study.ask()
+        study.report(trial, 1.0, 0)
+        study.tell(trial, state="pruned")
+        assert study.ask().number == 0  # resumed; then stopped before it reports
+    with Study("twice", space, logdir=tmp_path, pruner=ResumeTheFirstPaused()) as study:
+        out = io.StringIO()
+        with ProgressView(study, 1, Console(file=out, width=300)):
+            trial = study.ask()
+            assert trial.number == 0 and trial.resume_from == 0  # the same step again
+            study.tell(trial, 0.4)
+    assert len(study.trial(0).resumes) == 2
+    # the progress line says why the count did not move
+    assert "[1/1] trial 0 COMPLETE (resumed; counted when it paused) 0.4" in out.getvalue()
+    decisions = EventAccumulator(str(tmp_path / "twice" / "trial_0000" / "pruner_forecast"))
+    decisions.Reload()
+    shown = {
+        e.step: e.tensor_proto.string_val[0].decode() for e in decisions.Tensors("forecast/resumed")
+    }  # as TensorBoard shows it: the last event of each step
+    assert list(shown) == [0]
+    assert shown[0].startswith("resume 1: resumed after") and "\n\nresume 2: resumed" in shown[0]
 
 
 def lightning_objective(runs: list, max_epochs: int = 6):

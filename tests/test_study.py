@@ -3,6 +3,7 @@ import math
 import sqlite3
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 from torchtune_hp import Categorical, Float, Int, Study, StudyMismatch, TrialPruned, TrialState
 from torchtune_hp.storage import SCHEMA_VERSION, Storage, StorageError
-from torchtune_hp.trial import Interruption
+from torchtune_hp.trial import Interruption, Origin
 
 SPACE = {"x": Float(0.0, 1.0), "opt": Categorical(["sgd", "adam"])}
 
@@ -125,7 +126,7 @@ def test_storage_is_a_real_sqlite_file_with_schema_version(tmp_path):
     study.optimize(lambda t: t.params["x"], n_trials=3)
     study.close()
     db = sqlite3.connect(tmp_path / "s" / "study.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("SELECT COUNT(*) FROM trials WHERE state='COMPLETE'").fetchone()[0] == 3
     assert (tmp_path / "s" / "trial_0002" / "params.yaml").read_text().startswith("x: ")
@@ -275,8 +276,8 @@ def test_a_study_written_by_the_previous_version_is_read_and_upgraded(tmp_path):
         study.optimize(lambda t: t.params["x"], n_trials=3)
     db = sqlite3.connect(tmp_path / "old" / "study.db")  # back to schema 1, as 0.1 wrote it
     db.execute("UPDATE trials SET interrupted = 1, state = 'FAILED', value = NULL WHERE number = 2")
-    db.execute("ALTER TABLE trials DROP COLUMN interruption")
-    db.execute("ALTER TABLE trials DROP COLUMN process")
+    for column in ("interruption", "process", "paused_s", "seen"):
+        db.execute(f"ALTER TABLE trials DROP COLUMN {column}")
     db.execute("PRAGMA user_version = 1")
     db.commit()
     db.close()
@@ -291,6 +292,49 @@ def test_a_study_written_by_the_previous_version_is_read_and_upgraded(tmp_path):
         assert study.n_finished == 4
     check = sqlite3.connect(tmp_path / "old" / "study.db")
     assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_a_study_written_by_version_2_is_read_and_upgraded(tmp_path):
+    with Study("v2", SPACE, seed=0, logdir=tmp_path) as study:
+        study.optimize(lambda t: t.params["x"], n_trials=2)
+        before = study.trials
+    db = sqlite3.connect(tmp_path / "v2" / "study.db")  # as 0.2 wrote it: no paused_s, seen
+    db.execute("ALTER TABLE trials DROP COLUMN paused_s")
+    db.execute("ALTER TABLE trials DROP COLUMN seen")
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+    reader = Storage(tmp_path / "v2" / "study.db", read_only=True)
+    assert reader.trials() == before  # paused_s reads as 0: the durations are as they were
+    reader.close()
+    with Study("v2", SPACE, seed=0, logdir=tmp_path) as study:
+        study.optimize(lambda t: t.params["x"], n_trials=3)
+        assert study.trials[:2] == before and study.n_finished == 3
+    check = sqlite3.connect(tmp_path / "v2" / "study.db")
+    assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    columns = [row[1] for row in check.execute("PRAGMA table_info(trials)")]
+    assert columns[-2:] == ["paused_s", "seen"]
+
+
+def test_a_trial_left_by_a_dead_driver_ends_at_its_last_sign_of_life(tmp_path):
+    """Found by the next driver a while later, it ends at its last report (or its start when it
+    reported nothing), not when it was found: its seconds are the ones it ran."""
+    with Study("dead", SPACE, seed=0, logdir=tmp_path, tensorboard=False):
+        pass
+    storage = Storage(tmp_path / "dead" / "study.db")  # as a driver that then dies
+    reported = storage.create_trial({"x": 0.5}, Origin.SAMPLER)
+    time.sleep(0.3)
+    storage.report(reported, 0, 1.0)
+    storage.create_trial({"x": 0.25}, Origin.SAMPLER)  # dies before its first report
+    storage.close()
+    time.sleep(1.5)  # nobody notices for a while
+    with pytest.warns(UserWarning, match="died"):
+        study = Study("dead", SPACE, seed=0, logdir=tmp_path, tensorboard=False)
+    first, second = study.trials
+    assert first.interruption is Interruption.DIED and second.interruption is Interruption.DIED
+    assert 0.3 <= first.duration_s < 1.0
+    assert second.duration_s < 0.5
+    study.close()
 
 
 def test_api_misuse_gets_a_message_not_a_raw_error():

@@ -111,6 +111,8 @@ class ProgressView:
                     f" (all of it: torchtune-hp trials {shlex.quote(str(study.dir))} "
                     f"--trial {trial.number})"
                 )
+        if trial.resumes and trial.state.finished:  # the count did not move: say why
+            state += " (resumed; counted when it paused)"
         line = (
             f"[{study.n_finished}/{self.n_trials}] trial {trial.number} {state} {detail} "
             f"({trial.duration_s or 0:.1f} s) best {fmt_value(best.value if best else None)} "

@@ -35,7 +35,7 @@ from typing import Any
 from torchtune_hp.errors import StorageError
 from torchtune_hp.trial import FrozenTrial, Interruption, Origin, TrialState
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 _SCHEMA = """
@@ -52,7 +52,9 @@ CREATE TABLE IF NOT EXISTS trials (
     interrupted INTEGER NOT NULL DEFAULT 0,
     note TEXT,
     interruption TEXT,
-    process TEXT
+    process TEXT,
+    paused_s REAL,
+    seen TEXT
 );
 CREATE TABLE IF NOT EXISTS intermediate (
     trial INTEGER NOT NULL REFERENCES trials(number),
@@ -67,24 +69,39 @@ CREATE TABLE IF NOT EXISTS queue (
 );
 """
 
-# Version 1 had no interruption kind (every interrupted trial counted as "died") and no
-# process record.
-_MIGRATE_FROM_1 = """
+# Each older version's steps to the next. Version 1 had no interruption kind (every
+# interrupted trial counted as "died") and no process record; version 2 no paused seconds (a
+# resumed trial's duration counted its pause) and no last report time (a trial whose driver
+# died ended when the next driver found it, however long after).
+_MIGRATE = {
+    1: """
 ALTER TABLE trials ADD COLUMN interruption TEXT;
 ALTER TABLE trials ADD COLUMN process TEXT;
 UPDATE trials SET interruption = 'died' WHERE interrupted = 1;
-"""
+""",
+    2: """
+ALTER TABLE trials ADD COLUMN paused_s REAL;
+ALTER TABLE trials ADD COLUMN seen TEXT;
+""",
+}
 
 _PUT_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
 # SET clause that appends a line (twice as a parameter: empty note, else note + newline + it)
 _APPEND_NOTE = "note = CASE WHEN note IS NULL OR note = '' THEN ? ELSE note || char(10) || ? END"
 
-_COLUMNS = 'number, state, params, value, start, "end", error, origin, interruption, note, process'
-# The same row from a version-1 file, read where it cannot be upgraded (a reader, read-only media)
-_COLUMNS_1 = (
-    'number, state, params, value, start, "end", error, origin, '
-    "CASE WHEN interrupted = 1 THEN 'died' END, note, NULL"
+_COLUMNS = (
+    'number, state, params, value, start, "end", error, origin, interruption, note, process, '
+    "paused_s"
 )
+# The same row from an older file, read where it cannot be upgraded (a reader, read-only media)
+_COLUMNS_OF = {
+    1: (
+        'number, state, params, value, start, "end", error, origin, '
+        "CASE WHEN interrupted = 1 THEN 'died' END, note, NULL, NULL"
+    ),
+    2: 'number, state, params, value, start, "end", error, origin, interruption, note, process, '
+    "NULL",
+}
 
 
 def utcnow() -> datetime:
@@ -179,10 +196,11 @@ class Storage:
         if self.read_only:
             if version == 0:  # created this instant by a driver that has not written it yet
                 raise FileNotFoundError(f"{self.path}: holds no study yet")
-            self._columns = _COLUMNS_1 if version == 1 else _COLUMNS
+            self._columns = _COLUMNS_OF.get(version, _COLUMNS)
             return
+        steps = [_SCHEMA] if version == 0 else [_MIGRATE[v] for v in range(version, SCHEMA_VERSION)]
         with self._tx() as c:
-            for statement in (_MIGRATE_FROM_1 if version == 1 else _SCHEMA).split(";"):
+            for statement in ";".join(steps).split(";"):
                 if statement.strip():
                     c.execute(statement)
             c.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -382,18 +400,26 @@ class Storage:
 
     def reopen_trial(self, number: int, note: str) -> bool:
         """Run a PRUNED (paused) trial again from where it stopped: RUNNING, its reports kept,
-        ``note`` appended, and its number with the step it paused at added to the ``resumed``
+        ``note`` appended, the time since it paused added to its paused seconds (not part of
+        its duration), and its number with the step it paused at added to the ``resumed``
         metadata, so a driver that is stopped or dies while it runs pauses it again at that
         step (:meth:`recover_running`) instead of losing it. False when the trial is not
         PRUNED."""
+        now = utcnow()
         with self._tx() as c:
-            cursor = c.execute(
-                f'UPDATE trials SET state=?, value=NULL, error=NULL, "end"=NULL, {_APPEND_NOTE} '
-                "WHERE number=? AND state=?",
-                (TrialState.RUNNING.value, note, note, number, TrialState.PRUNED.value),
-            )
-            if cursor.rowcount != 1:
+            row = c.execute(
+                'SELECT "end" FROM trials WHERE number=? AND state=?',
+                (number, TrialState.PRUNED.value),
+            ).fetchone()
+            if row is None:
                 return False
+            end = _dt(row[0])
+            pause = 0.0 if end is None else max(0.0, (now - end).total_seconds())
+            c.execute(
+                f'UPDATE trials SET state=?, value=NULL, error=NULL, "end"=NULL, {_APPEND_NOTE}, '
+                "paused_s=COALESCE(paused_s, 0) + ?, seen=? WHERE number=?",
+                (TrialState.RUNNING.value, note, note, pause, _ts(now), number),
+            )
             (paused_at,) = c.execute(
                 "SELECT MAX(step) FROM intermediate WHERE trial=?", (number,)
             ).fetchone()
@@ -423,11 +449,14 @@ class Storage:
         return {int(n): None if s is None else int(s) for n, s in data.items()}
 
     def report(self, number: int, step: int, value: float) -> None:
+        """Keep a report, and its time as the trial's last sign of life (see
+        :meth:`recover_running`)."""
         with self._tx() as c:
             c.execute(
                 "INSERT OR REPLACE INTO intermediate (trial, step, value) VALUES (?, ?, ?)",
                 (number, step, value),
             )
+            c.execute("UPDATE trials SET seen=? WHERE number=?", (_ts(utcnow()), number))
 
     def add_note(self, number: int, text: str) -> None:
         """Append a line to a trial's note (what the driver noticed about its output)."""
@@ -489,7 +518,9 @@ class Storage:
         )
         return [json.loads(p) for (p,) in rows]
 
-    def recover_running(self, reason: str, interruption: Interruption) -> list[int]:
+    def recover_running(
+        self, reason: str, interruption: Interruption, found_later: bool = False
+    ) -> list[int]:
         """Mark every RUNNING trial FAILED with ``interruption`` and queue its parameters to
         run again: always after a stop (``stopped``), once after a death (``died``: a trial
         that was that retry is not queued again). A paused trial that was running again
@@ -497,8 +528,12 @@ class Storage:
         the reports it made since are dropped, as its script saved its state (the checkpoint
         it resumes from) when told to pause, not when stopped, so resuming after its later
         reports would train on from an older state under later step numbers. It may be
-        resumed later. Returns the trials' numbers."""
+        resumed later. Each ends now, or with ``found_later`` (a driver opening the study finds
+        the trials a dead one left) at its last sign of life: its last report, its start or
+        resume, not whenever the study was opened again. Returns the trials' numbers."""
         origin = Origin.RESUMED if interruption is Interruption.STOPPED else Origin.RETRY
+        end_sql = '"end"=COALESCE(seen, start, ?)' if found_later else '"end"=?'
+        now = _ts(utcnow())
         retry = "; its parameters are retried once"
         with self._tx() as c:
             rows = c.execute(
@@ -525,12 +560,12 @@ class Storage:
                         (n,),
                     ).fetchone()
                     c.execute(
-                        f'UPDATE trials SET state=?, value=?, "end"=?, {_APPEND_NOTE} '
+                        f"UPDATE trials SET state=?, value=?, {end_sql}, {_APPEND_NOTE} "
                         "WHERE number=?",
                         (
                             TrialState.PRUNED.value,
                             None if last is None else last[0],
-                            _ts(utcnow()),
+                            now,
                             f"paused again: {why}",
                             f"paused again: {why}",
                             n,
@@ -542,9 +577,9 @@ class Storage:
                 no_more = reason.replace(retry, "") + "; it was the retry, so no more"
                 why = reason if again else no_more
                 c.execute(
-                    'UPDATE trials SET state=?, error=?, interrupted=1, interruption=?, "end"=? '
+                    f"UPDATE trials SET state=?, error=?, interrupted=1, interruption=?, {end_sql} "
                     "WHERE number=?",
-                    (TrialState.FAILED.value, why, interruption.value, _ts(utcnow()), n),
+                    (TrialState.FAILED.value, why, interruption.value, now, n),
                 )
                 if again:
                     c.execute(
@@ -554,7 +589,7 @@ class Storage:
 
 
 def _frozen(row: tuple[Any, ...], intermediate: dict[int, float]) -> FrozenTrial:
-    n, state, params, value, start, end, error, origin, interruption, note, _ = row
+    n, state, params, value, start, end, error, origin, interruption, note, _, paused_s = row
     return FrozenTrial(
         number=n,
         state=TrialState(state),
@@ -567,6 +602,7 @@ def _frozen(row: tuple[Any, ...], intermediate: dict[int, float]) -> FrozenTrial
         interruption=None if interruption is None else Interruption(interruption),
         note=note,
         intermediate=intermediate,
+        paused_s=paused_s or 0.0,
     )
 
 

@@ -263,6 +263,7 @@ class Study:
                 f"{INTERRUPTED}: the process running this trial died; its parameters are retried "
                 "once",
                 Interruption.DIED,
+                found_later=True,
             )
             paused = [n for n in left if self._view[n].state is TrialState.PRUNED]
             failed = [n for n in left if n not in paused]
@@ -631,12 +632,13 @@ class Study:
         reason = reason or f"{INTERRUPTED} by the user (KeyboardInterrupt)"
         self._recover(reason, kind)
 
-    def _recover(self, reason: str, kind: Interruption) -> None:
+    def _recover(self, reason: str, kind: Interruption, found_later: bool = False) -> None:
         """Mark RUNNING trials FAILED (``kind``), first making sure no process of theirs still
-        runs: the resumed study must never run a trial whose old process still trains."""
+        runs: the resumed study must never run a trial whose old process still trains.
+        ``found_later``: they were left by a driver that died (see ``recover_running``)."""
         for process in self.storage.running_processes():  # first: a driver killed while
             procs.end_group(process)  # it waits here still finds the records next time
-        for number in self.storage.recover_running(reason, kind):
+        for number in self.storage.recover_running(reason, kind, found_later):
             frozen = self._refresh(number)
             self.recovered.append(number)
             self._emit("trial_finished", frozen)

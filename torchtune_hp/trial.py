@@ -50,6 +50,10 @@ class Interruption(str, enum.Enum):
     NOT_STARTED = "not_started"
 
 
+# How the note line of a paused trial run again begins (the gp pruner's decision in words).
+RESUMED = "resumed after"
+
+
 class Origin(str, enum.Enum):
     """Where a trial's parameters came from; samplers count only their own draws."""
 
@@ -79,12 +83,20 @@ class FrozenTrial:
     interruption: Interruption | None = None
     note: str | None = None
     intermediate: dict[int, float] = field(default_factory=dict)
+    paused_s: float = 0.0  # time spent paused between runs (freeze-thaw), not in duration_s
 
     @property
     def duration_s(self) -> float | None:
+        """Seconds it ran: from its start to its end, less the time it spent paused."""
         if self.start is None or self.end is None:
             return None
-        return (self.end - self.start).total_seconds()
+        return max(0.0, (self.end - self.start).total_seconds() - self.paused_s)
+
+    @property
+    def resumes(self) -> list[str]:
+        """What the pruner said each time it ran this paused trial again (freeze-thaw), oldest
+        first: the lines of its note that say so."""
+        return [line for line in (self.note or "").splitlines() if line.startswith(RESUMED)]
 
     @property
     def interrupted(self) -> bool:

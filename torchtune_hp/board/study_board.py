@@ -200,10 +200,11 @@ class StudyBoard:
         """``pruner: gp`` decided on a trial: its forecast (predicted final value, ±1 sd, the
         chance to beat the best) at the trial's latest step, in ``trial_NNNN/pruner_forecast``; the
         reason in words as text when it stopped the trial (a stop by rank, before the model
-        forecasts, has the text alone) or resumed it. Each at the step of the trial's latest
-        report, as TensorBoard shows one point per tag and step: a resume, which comes at the
-        step its stop did, has its own text tag (``forecast/resumed``) and no forecast points
-        (its forecast is in its text), so the stop's stay in view."""
+        forecasts, has the text alone) or resumed it (with its earlier resumes, numbered).
+        Each at the step of the trial's latest report, as TensorBoard shows one point per tag
+        and step: a resume, which comes at the step its stop did, has its own text tag
+        (``forecast/resumed``) and no forecast points (its forecast is in its text), so the
+        stop's stay in view."""
         f = decision.forecast
         if f is None and not decision.stop:
             return
@@ -213,10 +214,17 @@ class StudyBoard:
             if not (decision.resumed and folder.is_dir() and not folder.is_symlink()):
                 folder = files.renewed_dir(folder, OUR_SUFFIX)  # a resumed trial's is kept
             writer = self._forecast[number] = EventWriter(folder)
-        steps = study.trial(number).intermediate
+        me = study.trial(number)
+        steps = me.intermediate
         step = max(steps) if steps else (f.resource if f is not None else 0)
-        if decision.resumed:
-            writer.summary(text_summary("forecast/resumed", decision.describe(self.metric)), step)
+        if decision.resumed:  # every resume so far: a later one at this step would hide it
+            said = me.resumes or [decision.describe(self.metric)]
+            text = (
+                said[0]
+                if len(said) == 1
+                else "\n\n".join(f"resume {i}: {line}" for i, line in enumerate(said, 1))
+            )
+            writer.summary(text_summary("forecast/resumed", text), step)
             return
         if f is not None:
             tag = f"forecast/final_{self.metric}"
