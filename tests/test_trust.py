@@ -361,6 +361,48 @@ def test_deleting_the_database_while_the_study_runs_loses_nothing(tmp_path, what
     assert shown.returncode == 0, shown.stderr
 
 
+SLOW_REPORTER = """
+import argparse, json, time
+import torchtune_hp
+p = argparse.ArgumentParser()
+p.add_argument("--x", type=float)
+p.add_argument("--y", type=float)
+a = p.parse_args()
+for epoch in range(3):
+    time.sleep(0.5)
+    torchtune_hp.report(loss=a.x + a.y + 1.0 / (epoch + 1), step=epoch)
+print(json.dumps({"loss": a.x + a.y}))
+"""
+
+
+def test_trials_whose_folders_are_deleted_while_they_run_end_with_their_results(tmp_path):
+    """``rm -r logs/<study>`` while two script trials run: each lost its logs and the folder
+    its reports go to, and ended FAILED ('exit code 1; stderr:' and nothing after, or 'never
+    reported the metric'), using up the budget. The trial's next report makes its folder
+    again, the driver reads its logs through the files it holds and writes them back, and
+    every trial ends COMPLETE with all its reports."""
+    (tmp_path / "slow.py").write_text(SLOW_REPORTER)
+    command_recipe(tmp_path, ["python", "slow.py"], trials=6, executor={"workers": 2})
+    study_dir = tmp_path / "logs" / "sub"
+    driver = subprocess.Popen(
+        cli_cmd("run", "recipe.yaml"), cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    wait_for(lambda: count(study_dir, "COMPLETE") >= 2, what="two trials")
+    wait_for(lambda: (study_dir / "trial_0003").is_dir(), what="trials 2 and 3 running")
+    os.rename(study_dir, tmp_path / "gone")
+    shutil.rmtree(tmp_path / "gone")
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 0, err
+    trials = read_trials(study_dir)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6, [t.error for t in trials]
+    for t in trials:
+        assert sorted(t.intermediate) == [0, 1, 2]
+        assert t.value == pytest.approx(t.params["x"] + t.params["y"])
+    for t in trials[3:]:  # trial 3 ran through the deletion: its log is back, whole
+        stdout = study_dir / f"trial_{t.number:04d}" / "stdout.log"
+        assert json.loads(stdout.read_text())["loss"] == pytest.approx(t.value)
+
+
 def test_a_database_replaced_while_the_study_runs_is_left_alone_and_nothing_lost(tmp_path):
     fast_study(tmp_path, trials=12, sleep=0.3)
     study_dir = tmp_path / "logs" / "fast"

@@ -71,16 +71,18 @@ def write_text(path: Path, text: str) -> None:
         raise
 
 
-def open_new(path: Path):  # type: ignore[no-untyped-def]
-    """A new binary file of ours, opened for writing: it must not exist yet, so nothing that
-    stands at ``path`` (a link of either kind, somebody else's file) is ever written into."""
+def open_new(path: Path, readable: bool = False):  # type: ignore[no-untyped-def]
+    """A new binary file of ours, opened for writing (and reading, with ``readable``): it must
+    not exist yet, so nothing that stands at ``path`` (a link of either kind, somebody else's
+    file) is ever written into."""
+    mode = os.O_RDWR if readable else os.O_WRONLY
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        fd = os.open(path, mode | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     except OSError as e:
         if e.errno in (errno.ELOOP, errno.EEXIST) and os.path.islink(path):
             raise unsafe(path) from None
         raise
-    return os.fdopen(fd, "wb")
+    return os.fdopen(fd, "w+b" if readable else "wb")
 
 
 def unsafe(path: Path) -> UnsafePath:

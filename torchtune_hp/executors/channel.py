@@ -19,7 +19,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,9 +40,27 @@ def append_report(
     sent = time.time()  # the driver gives back the time the trial then waits for it
     line = json.dumps({"launch": launch, "seq": seq, "step": step, "values": values, "t": sent})
     line += "\n"
-    with open(run_dir / REPORTS, "a") as f:
-        f.write(line)
-        f.flush()
+
+    def append() -> None:
+        with open(run_dir / REPORTS, "a") as f:
+            f.write(line)
+            f.flush()
+
+    made_again_if_deleted(run_dir, append)
+
+
+def made_again_if_deleted(run_dir: Path, write: Callable[[], None]) -> None:
+    """``write()``, and once more after making ``run_dir`` again where it was deleted while
+    the trial ran (a cleanup script, ``rm -r`` of the study): either side's next write makes
+    it again and the trial goes on (the driver reads its logs through the files it holds)."""
+    try:
+        write()
+        return
+    except FileNotFoundError:
+        if run_dir.is_dir():
+            raise
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write()
 
 
 def wait_verdict(run_dir: Path, launch: str, seq: int, timeout_s: float = 30.0) -> bool | None:
@@ -83,11 +101,15 @@ def _replace(path: Path, text: str) -> None:
     :func:`~torchtune_hp.files.write_text` a link the trial planted at ``path`` is replaced,
     not refused: the driver's answer must get through whatever the trial did to its folder."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)  # a leftover of a crash (never followed: unlink removes the entry)
-    with open_new(tmp) as f:
-        f.write(text.encode())
-    os.replace(tmp, path)
+
+    def write() -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # a leftover of a crash (never followed: unlink removes the entry)
+        with open_new(tmp) as f:
+            f.write(text.encode())
+        os.replace(tmp, path)
+
+    made_again_if_deleted(path.parent, write)
 
 
 def read_result(run_dir: Path, launch: str) -> Outcome | None:
@@ -120,20 +142,33 @@ MAX_LINE = 1 << 20
 class LineTail:
     """New complete lines of a growing file (a trial's reports, its stdout) since the last
     call; a line still being written waits for the next call, unless it grows past
-    :data:`MAX_LINE`: then it is skipped up to its end."""
+    :data:`MAX_LINE`: then it is skipped up to its end. Read through ``fd`` when given (a log
+    the driver opened: it reads on after the file is deleted), else at ``path``, from the
+    start again when a new file stands there (its folder was deleted and made again)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, fd: int | None = None) -> None:
         self.path = path
+        self.fd = fd
         self.offset = 0
         self.skipping = False  # inside a line longer than MAX_LINE
+        self._identity: tuple[int, int] | None = None  # the file at path that was read
 
-    def new_lines(self) -> list[str]:
+    def _read(self) -> bytes:
+        if self.fd is not None:
+            return os.pread(self.fd, READ_LIMIT, self.offset)
         try:
             with open(self.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                if self._identity not in (None, (st.st_dev, st.st_ino)):
+                    self.offset, self.skipping = 0, False
+                self._identity = (st.st_dev, st.st_ino)
                 f.seek(self.offset)
-                data = f.read(READ_LIMIT)
+                return f.read(READ_LIMIT)
         except OSError:  # not there (yet), or the trial put something else in its place
-            return []
+            return b""
+
+    def new_lines(self) -> list[str]:
+        data = self._read()
         end = data.rfind(b"\n") + 1
         if end == 0:  # no line ends here yet
             if self.skipping or len(data) >= MAX_LINE:

@@ -203,6 +203,7 @@ class ProcessPool:
             started=p.started,
             last_reported=last_reported(self.study, r.trial.number),
             regex=p.regex,
+            logs=p.logs,
         )
 
     def stop_all(self) -> None:

@@ -123,10 +123,37 @@ def read_tail(path: Path, tail: int) -> str:
     nothing when the trial removed or replaced it."""
     try:
         with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - tail))
-            return f.read().decode(errors="replace")
+            return _tail_of(f.fileno(), tail)
     except OSError:
         return ""
+
+
+def _tail_of(fd: int, tail: int) -> str:
+    size = os.fstat(fd).st_size
+    return os.pread(fd, tail, max(0, size - tail)).decode(errors="replace")
+
+
+def _write_back(fd: int, path: Path) -> None:
+    """A log deleted while its trial ran (its folder removed: a cleanup script, ``rm -r`` of
+    the study) written again at ``path`` from the file the driver holds, so it is there to
+    read; nothing is written where something else stands now."""
+    if os.path.lexists(path):
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    offset = 0
+    with files.open_new(path) as out:
+        while chunk := os.pread(fd, 1 << 20, offset):
+            out.write(chunk)
+            offset += len(chunk)
+
+
+@dataclass(frozen=True)
+class Logs:
+    """The ends of a finished trial's stdout and stderr, read from the files the driver held
+    (whatever happened to them at their paths)."""
+
+    stdout: str
+    stderr: str
 
 
 def keep_earlier_logs(run_dir: Path) -> None:
@@ -160,10 +187,11 @@ class TrialProcess:
         self.grace_s = grace_s
         files.write_text(run_dir / "command.json", json.dumps(argv))
         keep_earlier_logs(run_dir)
-        self._files = [
-            files.open_new(run_dir / "stdout.log"),
-            files.open_new(run_dir / "stderr.log"),
+        self._files = [  # readable: the driver reads them through these, deleted or not
+            files.open_new(run_dir / "stdout.log", readable=True),
+            files.open_new(run_dir / "stderr.log", readable=True),
         ]
+        self.logs: Logs | None = None  # once it ended
         guarded = [sys.executable, "-S", guard.__file__, str(watch_fd), str(grace_s)]
         self.started = time.time()
         try:
@@ -182,7 +210,7 @@ class TrialProcess:
             raise
         self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
         self._reports = channel.ReportReader(run_dir, launch, metric)
-        self._stdout = channel.LineTail(run_dir / "stdout.log")
+        self._stdout = channel.LineTail(run_dir / "stdout.log", self._files[0].fileno())
         self.problems: list[str] = []  # notes for the trial (lines that were not reports)
         self.n_regex = first_step(resume_from_env(env))  # the step its next match is
         self._sent: dict[int, float] = {}  # when each report awaiting an answer was written
@@ -279,7 +307,15 @@ class TrialProcess:
             self.proc.wait()
         self._kill(signal.SIGKILL)  # anything the trial left behind in its group
         self.returncode = self.proc.returncode
-        self._close_files()
+        try:
+            out, err = (f.fileno() for f in self._files)
+            self.logs = Logs(_tail_of(out, STDOUT_TAIL), _tail_of(err, STDERR_TAIL))
+            for f, name in zip(self._files, ("stdout.log", "stderr.log"), strict=True):
+                _write_back(f.fileno(), self.run_dir / name)
+        except OSError:
+            pass  # a full disk, say: its outcome is read from what is there
+        finally:
+            self._close_files()
 
     def _kill(self, sig: int) -> None:
         try:
@@ -290,6 +326,9 @@ class TrialProcess:
     def _close_files(self) -> None:
         for f in self._files:
             f.close()
+        tail = getattr(self, "_stdout", None)  # none when the process could not start
+        if tail is not None:  # the rest is read at its path, where end() wrote it back
+            tail.fd = None
 
 
 def stop_together(trials: list[TrialProcess], grace_s: float) -> None:
@@ -324,10 +363,12 @@ def process_outcome(
     started: float,
     last_reported: Any = MISSING,
     regex: Any = None,
+    logs: Logs | None = None,
 ) -> Outcome:
     """How the trial that ran in ``run_dir`` ended (the rules of the module docstring).
-    ``last_reported``: the study's value at the trial's last reported step, if any."""
-    stderr = read_tail(run_dir / "stderr.log", STDERR_TAIL)
+    ``last_reported``: the study's value at the trial's last reported step, if any;
+    ``logs``: its logs' ends as the driver read them (else they are read in ``run_dir``)."""
+    stderr = logs.stderr if logs else read_tail(run_dir / "stderr.log", STDERR_TAIL)
     result = channel.read_result(run_dir, launch)
     if result is not None:  # the worker finished (a timeout's kill may have met its exit)
         return result
@@ -348,7 +389,7 @@ def process_outcome(
         if caught is not None and rc >= 0:
             code = f"{code} after {_signal_name(caught)}, caught by the script (a run cut short)"
         return replace(Outcome.failed(f"exit code {code}; stderr:\n{stderr}"), stop_signal=stop)
-    stdout = read_tail(run_dir / "stdout.log", STDOUT_TAIL)
+    stdout = logs.stdout if logs else read_tail(run_dir / "stdout.log", STDOUT_TAIL)
     value = last_json_value(stdout, metric)
     if value is not MISSING:
         return outcome_of_return(value, metric)
