@@ -786,9 +786,15 @@ def test_the_same_failure_at_the_start_stops_the_study(tmp_path):
     assert result.returncode == 1
     assert "all failed with the same error" in result.stderr
     assert "ImportError: No module named lightning_extra" in result.stderr
+    assert "After a fix, run the same command to go on" in result.stderr  # 17 trials left
     assert count(tmp_path / "logs" / "fast", "FAILED") == 3
     off = run_cli("run", "fast.yaml", "study.fail_fast=0", "study.trials=5", cwd=tmp_path)
     assert off.returncode == 1 and count(tmp_path / "logs" / "fast", "FAILED") == 5
+    # stopped on its last trial: the same command would train nothing, so it says what would
+    used = run_cli("run", "fast.yaml", "study.name=used", "study.trials=3", cwd=tmp_path)
+    assert "all failed with the same error" in used.stderr
+    assert "Its 3 trials are all used (failed ones count), so after a fix add " in used.stderr
+    assert "study.trials=6 to go on" in used.stderr and "run the same command" not in used.stderr
 
 
 def test_recipes_are_strict_about_types_and_repeated_keys(tmp_path):

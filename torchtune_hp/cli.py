@@ -73,7 +73,7 @@ def run(recipe: str, overrides: tuple[str, ...], fresh: bool) -> None:
       torchtune-hp run my.yaml --fresh     # start over after fixing a mistake
     """
     from torchtune_hp.recipe import load_recipe
-    from torchtune_hp.runner import run_recipe
+    from torchtune_hp.runner import after_a_fix, run_recipe
 
     loaded = load_recipe(recipe, overrides)
     if fresh:
@@ -86,8 +86,7 @@ def run(recipe: str, overrides: tuple[str, ...], fresh: bool) -> None:
         if best is None:
             raise NoResult(
                 f"{study.dir}: no trial completed; see why with: torchtune-hp trials "
-                f"{where}. After a fix, run the same command to go on, or add --fresh to "
-                "start the study over"
+                f"{where}. {after_a_fix(study, loaded.model.study.trials)}"
             )
         say(
             f"best {study.metric} = {best.value:.6g} (trial {best.number}) with {best.params}\n"
@@ -358,9 +357,7 @@ def main() -> int:
         return _error(str(e), BAD_INPUT)
     except StudyStopped as e:
         return _error(
-            f"{e}. Fix it and run the same command again (add --fresh to start over); "
-            "see every trial's error with: torchtune-hp trials <study folder>",
-            NO_RESULT,
+            f"{e}; see every trial's error with: torchtune-hp trials <study folder>", NO_RESULT
         )
     except OSError as e:
         where = e.filename if e.filename is not None else ""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from torchtune_hp import files
-from torchtune_hp.errors import ConfigError
+from torchtune_hp.errors import ConfigError, StudyStopped
 from torchtune_hp.executors import Executor
 from torchtune_hp.executors.devices import Slot, device_slots, driver_gpus
 from torchtune_hp.executors.inline import InlineExecutor
@@ -149,6 +149,9 @@ def run_recipe(recipe: Recipe) -> Study:
         executor = make_executor(recipe, study, slots)
         with ProgressView(study, m.study.trials):
             run_trials(study, executor, m.study.trials, fail_fast=m.study.fail_fast)
+    except StudyStopped as e:
+        study.close()
+        raise StudyStopped(f"{e}. {after_a_fix(study, m.study.trials)}") from None
     except BaseException:
         study.close()
         raise
@@ -158,6 +161,17 @@ def run_recipe(recipe: Recipe) -> Study:
         else:
             disconnect(recipe)
     return study
+
+
+def after_a_fix(study: Study, trials: int) -> str:
+    """How to go on once whatever failed the trials is fixed. Failed trials count toward
+    ``study.trials`` (as in Optuna), so a study that used them all needs more, not a rerun."""
+    if study.n_finished < trials:
+        return "After a fix, run the same command to go on, or add --fresh to start it over"
+    return (
+        f"Its {study.n_finished} trials are all used (failed ones count), so after a fix add "
+        f"study.trials={study.n_finished + trials} to go on, or --fresh to start it over"
+    )
 
 
 def nothing_to_run(study: Study, trials: int) -> str:
