@@ -181,6 +181,29 @@ def test_an_objective_is_told_its_devices(tmp_path):
         assert json.loads((tmp_path / f"dev_{n}.json").read_text()) == [[0], "gpu"]
 
 
+def test_the_built_in_mlp_falls_back_to_the_cpu_where_its_gpu_is_not_visible(tmp_path):
+    """README: the built-in recipes train on the trial's GPU when it has one and on the CPU
+    otherwise. Told of GPU 0 under a mask that hides every GPU, digits_mlp failed each trial
+    ('No supported gpu backend found!')."""
+    if driver_gpus():
+        pytest.skip("about a machine where the mask hides every GPU")
+    result = run_cli(
+        "run",
+        "digits_mlp",
+        "study.trials=1",
+        "train.max_epochs=1",
+        "pruner.name=none",
+        "executor.devices=[0]",
+        f"logdir={tmp_path / 'logs'}",
+        cwd=tmp_path,
+        env={"CUDA_VISIBLE_DEVICES": "7"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "names GPUs, but none is visible here" in result.stderr
+    (trial,) = read_trials(tmp_path / "logs" / "digits_mlp")
+    assert trial.state is TrialState.COMPLETE and 0 < trial.value < 3
+
+
 # -- 3. parallel trials report through one trial object ------------------------------------------
 ONE_OBJECT = """
 import torchtune_hp

@@ -9,6 +9,11 @@ from typing import Any
 from torchtune_hp.trial import FrozenTrial, TrialState
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 report``, ``3 reports``."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def fmt_value(v: float | None) -> str:
     return "-" if v is None else f"{v:.6g}"
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from torchtune_hp import files
+from torchtune_hp.display import counted
 from torchtune_hp.errors import ConfigError, StudyStopped
 from torchtune_hp.executors import Executor
 from torchtune_hp.executors.devices import Slot, device_slots, driver_gpus
@@ -75,15 +76,15 @@ def slots_of(recipe: Recipe) -> list[Slot]:
     if isinstance(ex.devices, list) and not driver_gpus():
         warnings.warn(
             f"executor.devices: {ex.devices} names GPUs, but none is visible here; each trial is "
-            "told it has one (trial.accelerator == 'gpu'); use devices: auto to fall back to "
-            "the CPU",
+            "told it has one (trial.accelerator == 'gpu'; the built-in recipes see none and use "
+            "the CPU); use devices: auto to fall back to the CPU",
             stacklevel=2,
         )
     if len(slots) < ex.workers:
         warnings.warn(
-            f"executor.workers: {ex.workers}, but the devices make {len(slots)} slots "
+            f"executor.workers: {ex.workers}, but the devices make {counted(len(slots), 'slot')} "
             f"({ex.devices}, trials_per_device {ex.trials_per_device}, devices_per_trial "
-            f"{ex.devices_per_trial}): {len(slots)} trials run at once",
+            f"{ex.devices_per_trial}): {counted(len(slots), 'trial')} at once",
             stacklevel=2,
         )
     return slots

@@ -34,6 +34,7 @@ import warnings
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
+from torchtune_hp.display import counted
 from torchtune_hp.gp.curves import SCALES, CurveModel, FinalPrediction, check_kernel
 from torchtune_hp.gp.surrogate import SurrogateError
 from torchtune_hp.gp.threads import torch_threads
@@ -47,7 +48,7 @@ NEW_TRIAL = ("best", "as_started")
 
 
 def _reports(n: int) -> str:
-    return f"{n} report" + ("" if n == 1 else "s")
+    return counted(n, "report")
 
 
 @dataclass(frozen=True)

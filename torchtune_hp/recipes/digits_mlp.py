@@ -114,10 +114,13 @@ def train(
     L.seed_everything(data_seed, verbose=False)
     train_dl, val_dl = digits_loaders(batch_size, val_fraction, data_seed)
     model = DigitsMLP(**trial.params)
+    # the GPU the executor gave this trial, else the CPU: also where it names one that torch
+    # here cannot see (executor.devices: [0] under a CUDA_VISIBLE_DEVICES mask, a CPU build)
+    gpu = bool(trial.devices) and torch.cuda.is_available()
     trainer = L.Trainer(
         max_epochs=max_epochs,
-        accelerator=trial.accelerator,  # the GPU the executor gave this trial, else the CPU
-        devices=trial.devices or 1,
+        accelerator="gpu" if gpu else "cpu",
+        devices=trial.devices if gpu else 1,
         logger=trial.logger(),  # curves into logs/<study>/trial_NNNN/, beside its HParams row
         log_every_n_steps=10,
         enable_checkpointing=False,
