@@ -359,6 +359,57 @@ def test_sigterm_stops_every_ray_trial_at_once(cluster, tmp_path):
         assert (study_dir / f"trial_{t.number:04d}" / "stderr.log").is_file()
 
 
+ENDS_AT_ONCE = """
+import argparse, json, os, sys
+import torchtune_hp
+p = argparse.ArgumentParser()
+p.add_argument("--marker")
+a, _ = p.parse_known_args()
+for step in range(3):
+    torchtune_hp.report(loss=1.0 / (step + 1), step=step)
+print(json.dumps({"loss": 0.125}), flush=True)
+with open(a.marker + ".part", "w") as f:
+    f.write(str(os.getpid()))
+os.replace(a.marker + ".part", a.marker)
+os._exit(0)
+"""
+
+
+def test_a_stop_just_after_a_ray_trial_ended_keeps_its_result(cluster, tmp_path):
+    """SIGTERM to the driver between a trial's end and the driver hearing of it (a poll, up to a
+    second or so; here the driver is held with SIGSTOP meanwhile): the trial, whose result was
+    on its way, was recorded interrupted and run again. The stop now reads the poll in flight
+    and the host's own word that the trial had ended by itself, and it stays COMPLETE."""
+    marker = tmp_path / "ended"
+    home = _project(
+        tmp_path,
+        trials=3,
+        workers=1,
+        objective={"command": ["python", "ends.py", "--marker", str(marker)]},
+        executor={"address": cluster.address},
+    )
+    (home / "ends.py").write_text(ENDS_AT_ONCE)
+    study_dir = home / "logs" / "sub"
+    driver = subprocess.Popen(
+        cli_cmd("run", "recipe.yaml"), cwd=home, env=cluster.env, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert time.monotonic() < deadline and driver.poll() is None, "the first trial did not end"
+        time.sleep(0.005)
+    driver.send_signal(signal.SIGSTOP)  # the driver hears nothing more until it is stopped
+    while pid_alive(int(marker.read_text())):
+        time.sleep(0.01)
+    time.sleep(1.0)  # its guard and host see it end
+    driver.send_signal(signal.SIGTERM)
+    driver.send_signal(signal.SIGCONT)
+    _, err = driver.communicate(timeout=90)
+    assert driver.returncode == 128 + signal.SIGTERM, err[-3000:]
+    first = read_trials(study_dir)[0]
+    assert first.state is TrialState.COMPLETE and first.value == 0.125, first.error
+    assert sorted(first.intermediate) == [0, 1, 2]
+
+
 def test_a_cluster_that_goes_away_stops_the_study_with_one_clear_error(cluster, tmp_path):
     """The head node dies (or ``ray stop``) while trials run: the study used to promise each
     lost trial a run on another node, go silent for a minute, and be ended by Ray's own

@@ -47,7 +47,9 @@ class Executor(Protocol):
 
     def stop_all(self) -> None:
         """Stop every running trial now (a stop signal, an error): nothing of theirs may keep
-        running after this returns. Their outcomes are not returned; the loop records them."""
+        running after this returns. Their outcomes are not returned; the loop records them,
+        except for a trial found to have ended by itself before it could be stopped: its
+        outcome stands, and the next ``wait`` returns it."""
         ...
 
     def close(self) -> None:

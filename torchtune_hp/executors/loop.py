@@ -202,6 +202,11 @@ def _stop(study: Any, executor: Executor, error: BaseException) -> None:
         pass
     try:
         executor.stop_all()
+        try:  # what was found ended by itself while it was being stopped (a Ray host's trial)
+            for done in executor.wait(0.0):
+                study.tell(done.trial, done.outcome)
+        except Exception:
+            pass
     finally:
         if isinstance(error, KeyboardInterrupt):
             how = error.args[0] if error.args else "KeyboardInterrupt"

@@ -157,17 +157,35 @@ class TrialHost:
         if self.proc is not None:
             self.proc.answer(Report(seq, None, None), prune)
 
-    def stop(self) -> list[Chunk]:
+    def stop(self) -> dict[str, Any]:
         """The host's last call: end the running trial (SIGTERM, SIGKILL after the grace),
-        return what its folder still had to send (as far as one message holds it), and leave
-        nothing of the host on the node."""
-        chunks: list[Chunk] = []
-        if self.proc is not None and self.sender is not None:
-            stop_together([self.proc], self.grace_s)
-            chunks, _ = self.sender.changes(BUDGET)
+        and leave nothing of the host on the node. Returns what :meth:`poll` does, its folder's
+        changes as far as one message holds them, with ``rc`` set only where the trial had
+        ended by itself before the stop (its result stands; the driver had not heard yet)."""
+        news: dict[str, Any] = {
+            "reports": [],
+            "problems": [],
+            "chunks": [],
+            "rc": None,
+            "killed_for": None,
+        }
+        proc, sender = self.proc, self.sender
+        if proc is not None and sender is not None:
+            rc = proc.poll()
+            if rc is None:
+                stop_together([proc], self.grace_s)
+            reports = proc.reports()
+            chunks, _ = sender.changes(BUDGET)
+            news = {
+                "reports": [(r.seq, r.step, r.value) for r in reports],
+                "problems": proc.problems,
+                "chunks": chunks,
+                "rc": rc if proc.killed_for is None else None,
+                "killed_for": proc.killed_for,
+            }
         self._discard()
         shutil.rmtree(self.base, ignore_errors=True)
-        return chunks
+        return news
 
     def _discard(self) -> None:
         """The finished trial's node-local folder: everything in it has reached the driver."""

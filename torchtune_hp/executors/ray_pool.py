@@ -184,7 +184,7 @@ class RayExecutor:
             return []
         begun = time.monotonic()
         self._settled = False
-        if begun >= self._next_probe:
+        if begun >= self._next_probe and self.hosts:
             self._next_probe = begun + PROBE_EVERY_S
             self._check_cluster()
         busy = [h for h in self.hosts if h.trial is not None]
@@ -342,15 +342,22 @@ class RayExecutor:
                 h.trial = None
             self.hosts.clear()
             return
-        refs = {h.actor.stop.remote(): h for h in self.hosts if h.placed}
-        if refs:
-            ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=self.grace_s + 10)
+        placed = [h for h in self.hosts if h.placed]
+        # A poll sent before the stop may hold a trial's end: a host answers in order, and
+        # what it says of a trial that ended by itself (also in its answer to the stop) stands.
+        polls = {h.poll_ref: h for h in placed if h.trial is not None and h.poll_ref is not None}
+        refs = {h.actor.stop.remote(): h for h in placed}
+        for calls in (polls, refs):
+            if not calls:
+                continue
+            ready, _ = ray.wait(list(calls), num_returns=len(calls), timeout=self.grace_s + 10)
             for ref in ready:
-                trial = refs[ref].trial
+                h = calls[ref]
+                h.poll_ref = None
                 try:
-                    chunks = ray.get(ref)
-                    if trial is not None:
-                        apply_chunks(self.study.trial_dir(trial.number), chunks)
+                    news = ray.get(ref)
+                    if h.trial is not None:
+                        self._heard(h, news)  # an end goes to the next wait()
                 except Exception:
                     pass  # the trial's record matters more than its last log lines
         for h in self.hosts:
