@@ -347,6 +347,43 @@ def test_api_misuse_gets_a_message_not_a_raw_error():
     assert study.trials == []
     study.optimize(lambda t: 0.0, n_trials=np.int64(2))  # numpy's integers are integers
     assert len(study.trials) == 2
+    trial = study.ask()  # a trial's number as numpy gives it back (a pandas frame of trials)
+    study.report(np.int64(trial.number), 0.5, step=0)
+    assert study.should_prune(np.int64(trial.number)) is False
+    for call in (study.report, study.should_prune, study.tell):  # were KeyError, AttributeError
+        for bad in (9999, "2", 2.0, None):
+            args = (bad,) if call.__name__ == "should_prune" else (bad, 0.1)
+            with pytest.raises(ValueError, match=rf"{call.__name__}\(\) takes a Trial from ask"):
+                call(*args)
+    with pytest.raises(ValueError, match="the state is one of complete, pruned, failed"):
+        study.tell(trial, state="bogus")
+    assert study.tell(np.int64(trial.number), 0.25).value == 0.25
+    assert study.trial(trial.number).intermediate == {0: 0.5}
+
+
+def test_a_study_made_in_one_thread_runs_in_another(tmp_path):
+    """A notebook's background thread, a web app's worker: SQLite refused the connection made
+    in the main thread, and the folder then stayed 'running the study already' for good."""
+    import threading
+
+    study = Study("t", SPACE, seed=0, logdir=tmp_path)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            study.optimize(lambda t: t.params["x"], n_trials=3)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(60)
+    assert not errors and study.n_finished == 3
+    study.optimize(lambda t: t.params["x"], n_trials=4)  # and back in this one
+    assert study.n_finished == 4
+    study.close()
+    with Study("t", SPACE, seed=0, logdir=tmp_path) as again:
+        assert again.n_finished == 4
 
 
 def test_trial_report_takes_the_next_step_by_default_and_notes_a_repeated_step():

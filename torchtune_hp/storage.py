@@ -154,18 +154,18 @@ class Storage:
 
     def _connect(self, path: Path | None, read_only: bool) -> sqlite3.Connection:
         if path is None:
-            return sqlite3.connect(":memory:", isolation_level=None)
+            return _sqlite(":memory:")
         if not read_only:
             if path.exists() and path.stat().st_size > 0:
                 # checked through a read-only connection: closing a read-write one on a damaged
                 # file would fold its write-ahead log into it, which "left untouched" forbids
                 _validate(sqlite3.connect(_uri(path, "mode=ro"), uri=True), path, close=True)
-            conn = sqlite3.connect(str(path), isolation_level=None, timeout=30)
+            conn = _sqlite(str(path), timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             return conn
         try:
-            conn = sqlite3.connect(_uri(path, "mode=ro"), uri=True, isolation_level=None)
+            conn = _sqlite(_uri(path, "mode=ro"), uri=True)
             _validate(conn, path)
             return conn
         except sqlite3.OperationalError:
@@ -175,13 +175,13 @@ class Storage:
         # a private copy of both, so the latest trials are not missed.
         wal = path.with_name(path.name + "-wal")
         if not (wal.exists() and wal.stat().st_size > 0):
-            conn = sqlite3.connect(_uri(path, "immutable=1"), uri=True, isolation_level=None)
+            conn = _sqlite(_uri(path, "immutable=1"), uri=True)
         else:
             self._copy = tempfile.TemporaryDirectory(prefix="torchtune_hp_ro_")
             copy = Path(self._copy.name) / path.name
             shutil.copyfile(path, copy)
             shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
-            conn = sqlite3.connect(_uri(copy, "mode=ro"), uri=True, isolation_level=None)
+            conn = _sqlite(_uri(copy, "mode=ro"), uri=True)
         _validate(conn, path)
         return conn
 
@@ -604,6 +604,13 @@ def _frozen(row: tuple[Any, ...], intermediate: dict[int, float]) -> FrozenTrial
         intermediate=intermediate,
         paused_s=paused_s or 0.0,
     )
+
+
+def _sqlite(target: str, **options: Any) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit, see ``_tx``) that any one
+    thread may use: a Study made in one thread may run in another (a notebook's background
+    thread, a web app's worker), one thread at a time."""
+    return sqlite3.connect(target, isolation_level=None, check_same_thread=False, **options)
 
 
 def _tmp_of(path: Path) -> Path:

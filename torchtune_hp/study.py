@@ -24,6 +24,7 @@ follower ends within a second of rank 0 ending, whatever the reason.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import random
 import socket
@@ -520,14 +521,9 @@ class Study:
         Whatever ``value`` is, the trial ends: a value that is not a finite number leaves it
         FAILED with the reason stored; a PRUNED trial keeps its last reported value. Telling a
         trial that already ended changes nothing."""
-        number = trial if isinstance(trial, int) else trial.number
+        number = self._number_of(trial, "tell")
         if self.follower:
             return self.trial(number)
-        if number not in self._view:
-            raise ValueError(
-                f"study {self.name!r} has no trial {number!r} (its trials are numbered 0 to "
-                f"{len(self._view) - 1}; tell() takes a Trial from ask() or its number)"
-            )
         outcome = value if isinstance(value, Outcome) else self._outcome(value, state, error)
         if outcome.state is TrialState.PRUNED:
             val, _ = as_number(outcome.value)
@@ -543,7 +539,24 @@ class Study:
             return frozen
         return self._view[number]
 
+    def _number_of(self, trial: Any, call: str) -> int:
+        """The number of ``trial`` (a Trial from ask(), or its number as any integer: a numpy
+        one too), which must be one of this study's; a ValueError that says what was given
+        otherwise, before anything changes."""
+        number = getattr(trial, "number", trial)
+        if isinstance(number, numbers.Integral) and not isinstance(number, bool):
+            number = int(number)
+            if number in self._view:
+                return number
+        raise ValueError(
+            f"study {self.name!r} has no trial {describe(trial)} (its trials are numbered 0 to "
+            f"{len(self._view) - 1}; {call}() takes a Trial from ask() or its number)"
+        )
+
     def _outcome(self, value: Any, state: TrialState | str | None, error: str | None) -> Outcome:
+        finished = ("complete", "pruned", "failed")
+        if isinstance(state, str) and state.lower() not in finished:
+            raise ValueError(f"tell(state={state!r}): the state is one of {', '.join(finished)}")
         st = TrialState(state.upper()) if isinstance(state, str) else state
         if st is TrialState.RUNNING:
             raise ValueError("tell() needs a finished state: COMPLETE, PRUNED or FAILED")
@@ -558,7 +571,7 @@ class Study:
         the next after the last). A value that is not a number is skipped, and the trial's note
         says so once; NaN or inf (a diverging run) is recorded as the worst value there is
         (+inf when minimizing, -inf when maximizing), so the pruner stops it."""
-        number = trial if isinstance(trial, int) else trial.number
+        number = self._number_of(trial, "report")
         if self.follower:
             return
         current = self._view[number]
@@ -600,7 +613,7 @@ class Study:
 
     def should_prune(self, trial: Trial | int) -> bool:
         """Whether the pruner says to stop the trial now, from the values reported so far."""
-        number = trial if isinstance(trial, int) else trial.number
+        number = self._number_of(trial, "should_prune")
         if self.follower:
             return False
         me = self._view[number]
@@ -620,7 +633,7 @@ class Study:
 
     def record_process(self, trial: Trial | int, process: dict[str, Any]) -> None:
         """Where a trial's process group runs, so a resumed driver can make sure it is gone."""
-        number = trial if isinstance(trial, int) else trial.number
+        number = self._number_of(trial, "record_process")
         self.storage.set_process(number, process)
 
     def interrupted(self, reason: str = "", kind: Interruption = Interruption.STOPPED) -> None:

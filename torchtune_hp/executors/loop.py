@@ -122,8 +122,8 @@ def run_trials(
     fail = FailFast(study, fail_fast)
     signals.reset()
     with stop_signals(), _horizon(study.sampler, n_trials):
-        study.loop_state("running")
         try:
+            study.loop_state("running")  # in here: a failing write must not leave it running
             _drive(study, executor, n_trials, callbacks, fail)
         except BaseException as e:
             stop = signals.received()
