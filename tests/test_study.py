@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 
 from torchtune_hp import Categorical, Float, Int, Study, StudyMismatch, TrialPruned, TrialState
 from torchtune_hp.storage import SCHEMA_VERSION, Storage, StorageError
@@ -327,6 +328,8 @@ def test_a_trial_left_by_a_dead_driver_ends_at_its_last_sign_of_life(tmp_path):
     storage.report(reported, 0, 1.0)
     storage.create_trial({"x": 0.25}, Origin.SAMPLER)  # dies before its first report
     storage.close()
+    shown = run_cli("trials", str(tmp_path / "dead"))  # a reader is told what they are
+    assert "no driver runs this study now" in shown.stderr and "[0, 1]" in shown.stderr
     time.sleep(1.5)  # nobody notices for a while
     with pytest.warns(UserWarning, match="died"):
         study = Study("dead", SPACE, seed=0, logdir=tmp_path, tensorboard=False)

@@ -26,7 +26,7 @@ from torchtune_hp.errors import (
     StudyStopped,
 )
 from torchtune_hp.storage import Storage
-from torchtune_hp.trial import FrozenTrial, best_of
+from torchtune_hp.trial import FrozenTrial, TrialState, best_of
 
 # The recipe layer (pydantic, the samplers, numpy) is imported by the commands that need it, so
 # `trials` and `best` start in a fraction of a second.
@@ -275,7 +275,15 @@ def trials(study_dir: Path, fmt: str, number: int | None) -> None:
     """
     from torchtune_hp.display import plain_table, trial_detail, trial_rows
 
+    driven = files.StudyLock.is_held(study_dir)  # before reading: a driver alive now
     meta, rows = _read_trials(study_dir)
+    left = [t.number for t in rows if t.state is TrialState.RUNNING]
+    if left and not driven:
+        click.echo(
+            f"note: no driver runs this study now (it was killed, or died): its RUNNING trials "
+            f"{left} are recorded as died when it next runs",
+            err=True,
+        )
     if number is not None:
         chosen = [t for t in rows if t.number == number]
         if not chosen:
