@@ -536,6 +536,37 @@ def test_fast_trials_get_pictures_at_the_end_and_reading_a_study_draws_nothing(t
     assert (run / study_board.DRAWN_MARK).read_text() == "13"
 
 
+def test_deleted_event_files_are_written_again(tmp_path):
+    """A helper deleted every event file of a running study (find -name 'events.out*'
+    -delete): the study run's points were gone for good, even of trials that finished later
+    and after a rerun, and a trial whose emptied session folder remained never got its row
+    back. The study run is started again from every finished trial the moment its file is
+    found gone, and a rerun writes what is missing."""
+    space = {"x": Float(0.0, 1.0)}
+    run = tmp_path / "del" / "study"
+
+    def delete_every_event_file(study, trial) -> None:
+        if trial.number == 2:
+            for f in (tmp_path / "del").rglob("events.out.tfevents.*"):
+                f.unlink()
+
+    with Study("del", space, sampler="sobol", seed=0, logdir=tmp_path, images_every=0) as study:
+        study.optimize(lambda t: t.params["x"], n_trials=5, callbacks=[delete_every_event_file])
+        values = {t.number: t.value for t in study.trials}
+    points = {e.step: e.value for e in read(run).Scalars("study/value")}
+    assert points == pytest.approx(values)  # trials 0-2 written again, 3-4 as they ended
+    best = [e.value for e in read(run).Scalars("study/best_value")]
+    assert best[-len(values) :] == pytest.approx(np.minimum.accumulate(list(values.values())))
+    for f in (tmp_path / "del").rglob("events.out.tfevents.*"):  # and once more, study ended
+        f.unlink()
+    with Study("del", space, sampler="sobol", seed=0, logdir=tmp_path, images_every=0):
+        pass  # opened by a driver: what is missing is written
+    assert {e.step: e.value for e in read(run).Scalars("study/value")} == pytest.approx(values)
+    for number, value in values.items():
+        session = read(tmp_path / "del" / f"trial_{number:04d}" / "hparams")
+        assert [e.value for e in session.Scalars("objective/value")] == pytest.approx([value])
+
+
 def our_event_files(run: Path) -> list[Path]:
     return sorted(run.glob("events.out.tfevents.*.torchtune_hp"))
 

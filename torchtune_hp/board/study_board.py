@@ -50,6 +50,12 @@ FIRST_DRAW_GUESS_S = 1.0  # what the first drawing is guessed to take (matplotli
 DRAWN_MARK = ".drawn"
 
 
+def _written(run: Path) -> bool:
+    """Whether the run folder holds an event file the board wrote (an empty folder, its files
+    deleted by hand, does not)."""
+    return any(run.glob(f"events.out.tfevents.*{OUR_SUFFIX}"))
+
+
 def _error_markdown(trial: FrozenTrial) -> str:
     """The error as a Markdown code block (indented four spaces: no fence to escape)."""
     text = (trial.error or "no error recorded").rstrip()
@@ -154,15 +160,45 @@ class StudyBoard:
             writer.scalar(tag, trial.value, steps[-1] + 1 if steps else 0)
 
     def sync(self, trials: Sequence[FrozenTrial]) -> None:
-        """Write the sessions of finished trials that lack one or still have a running one
-        (the driver died before or while it wrote them, or 0.1 wrote the study; 0.1's own
-        experiment summary, in the study folder itself, is removed)."""
+        """Write what is missing: the sessions of finished trials that lack one (the driver
+        died before it wrote them, 0.1 wrote the study, or their event files were deleted) or
+        still have a running one, and the study run's points when its event files are gone.
+        0.1's own experiment summary, in the study folder itself, is removed."""
         self.strip_study_folder()
         for trial in trials:
             if trial.state.finished:
                 folder = self._trial_dir(trial.number)
-                if not (folder / SESSION_RUN).is_dir() or os.path.lexists(folder / RUNNING_RUN):
+                if not _written(folder / SESSION_RUN) or os.path.lexists(folder / RUNNING_RUN):
                     self.repair_session(trial)
+        if not _written(self.dir / STUDY_RUN):
+            self.repair_study_run(trials)
+
+    @_never_stops_a_study
+    def repair_study_run(self, trials: Sequence[FrozenTrial]) -> None:
+        self._write_study_points(trials)
+
+    def _write_study_points(self, trials: Sequence[FrozenTrial]) -> None:
+        """Each finished trial's points in the study run, in trial order: its value when it
+        COMPLETEd, and the best value so far (as :meth:`trial_finished` writes them)."""
+        sign = 1.0 if self.mode == "min" else -1.0
+        best: float | None = None
+        for t in sorted((t for t in trials if t.state.finished), key=lambda t: t.number):
+            if t.state is TrialState.COMPLETE and t.value is not None:
+                self.study_writer.scalar(f"study/{self.metric}", t.value, t.number)
+                if best is None or sign * t.value < sign * best:
+                    best = t.value
+            if best is not None:
+                self.study_writer.scalar(f"study/best_{self.metric}", best, t.number)
+
+    def _study_file_lost(self) -> bool:
+        """Whether the study run's event file was deleted while the study ran (a cleanup, a
+        hand): a new one is started, and everything written to the lost one is written again."""
+        writer = self._study_writer
+        if writer is None or os.path.exists(writer.path):
+            return False
+        writer.close()
+        self._study_writer = None
+        return True
 
     @_never_stops_a_study
     def strip_study_folder(self) -> None:
@@ -245,12 +281,15 @@ class StudyBoard:
             writer.close()
             self._ended_here += 1
         self.write_session(trial)
-        if trial.value is not None and trial.state is TrialState.COMPLETE:
-            self.study_writer.scalar(f"study/{self.metric}", trial.value, trial.number)
-        best = study.incumbent
-        if best is not None and best.value is not None:
-            self.study_writer.scalar(f"study/best_{self.metric}", best.value, trial.number)
         finished = study.finished_trials
+        if self._study_file_lost():
+            self._write_study_points(finished)
+        else:
+            if trial.value is not None and trial.state is TrialState.COMPLETE:
+                self.study_writer.scalar(f"study/{self.metric}", trial.value, trial.number)
+            best = study.incumbent
+            if best is not None and best.value is not None:
+                self.study_writer.scalar(f"study/best_{self.metric}", best.value, trial.number)
         if self.images_every and len(finished) % self.images_every == 0:
             if time.monotonic() >= self._next_views:
                 self.draw_views(finished, lambda: _forecasts(study))
