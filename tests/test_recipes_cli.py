@@ -403,3 +403,21 @@ def test_script_recipes_end_to_end(tmp_path, name):
         assert 0.0 < t["value"] < 5.0
         assert (logdir / name / f"trial_{t['number']:04d}" / "stdout.log").exists()
     assert trials[0]["start"] < trials[1]["end"] and trials[1]["start"] < trials[0]["end"]
+
+
+def test_a_bad_value_set_on_the_command_line_is_blamed_on_it(tmp_path):
+    """It was blamed on the recipe file alone ('ok.yaml: study.trail: unknown key'); a bound
+    of 0 hid what was given ('greater than 0' holds the 0), and an empty logdir= ran the study
+    in the current folder."""
+    cases = {
+        "study.trail=5": "study.trail: unknown key (did you mean 'trials'?)",
+        "objective.timeout=0": "objective.timeout: Input should be greater than 0 (got 0)",
+        "logdir=": "logdir: String should have at least 1 character (got '')",
+        "space.lr.low=2": "space.lr: low must be < high",
+    }
+    for override, said in cases.items():
+        result = run_cli("validate", "digits_mlp", override, cwd=tmp_path)
+        assert result.returncode == 2 and said in result.stderr, result.stderr
+        assert "(set on the command line)" in result.stderr
+    plain = run_cli("validate", "digits_mlp", "study.trials=3", cwd=tmp_path)
+    assert plain.returncode == 0 and "command line" not in plain.stderr

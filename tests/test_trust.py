@@ -403,6 +403,14 @@ def test_trials_whose_folders_are_deleted_while_they_run_end_with_their_results(
         assert json.loads(stdout.read_text())["loss"] == pytest.approx(t.value)
 
 
+def test_a_script_that_exits_silently_says_so(tmp_path):
+    """Its error read 'exit code 3; stderr:' and nothing after, as if cut off."""
+    command_recipe(tmp_path, ["python", "-c", "import sys; sys.exit(3)"], trials=1)
+    run_cli("run", "recipe.yaml", cwd=tmp_path)
+    (trial,) = read_trials(tmp_path / "logs" / "sub")
+    assert trial.state is TrialState.FAILED and trial.error == "exit code 3; nothing on stderr"
+
+
 def test_a_database_replaced_while_the_study_runs_is_left_alone_and_nothing_lost(tmp_path):
     fast_study(tmp_path, trials=12, sleep=0.3)
     study_dir = tmp_path / "logs" / "fast"

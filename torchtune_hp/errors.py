@@ -11,7 +11,7 @@ class ConfigError(ValueError):
 
     def __init__(self, file: str | Path, key: str, message: str) -> None:
         super().__init__(f"{file}: {key}: {message}" if key else f"{file}: {message}")
-        self.file, self.key = str(file), key
+        self.file, self.key, self.message = str(file), key, message
 
 
 class StorageError(RuntimeError):

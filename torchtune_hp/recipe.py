@@ -220,7 +220,7 @@ class RecipeModel(_Section):
     train: dict[StrictStr, Any] = {}
     tensorboard: TensorBoardSection = TensorBoardSection()
     executor: ExecutorSection = ExecutorSection()
-    logdir: StrictStr = "logs"
+    logdir: StrictStr = Field("logs", min_length=1)  # empty would be the current folder
 
 
 @dataclasses.dataclass
@@ -311,6 +311,23 @@ def load_recipe(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Reci
         raise ConfigError(path, "", f"not valid YAML: {e}") from e
     if not isinstance(raw, dict):
         raise ConfigError(path, "", f"expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return _checked(path, raw, overrides)
+    except ConfigError as e:  # a key the command line set: say so, not only the file
+        if not any(_same_key(o.partition("=")[0], e.key) for o in overrides):
+            raise
+        detail = e.message.removeprefix(f"{e.key}: ")  # a pydantic error's lines name it
+        raise ConfigError(e.file, e.key, f"{detail} (set on the command line)") from None
+
+
+def _same_key(override: str, key: str) -> bool:
+    """Whether the dotted ``key`` of an error is the override's, or inside or above it."""
+    a, b = override.split("."), key.split(".")
+    n = min(len(a), len(b))
+    return bool(key) and a[:n] == b[:n]
+
+
+def _checked(path: Path, raw: dict[str, Any], overrides: Sequence[str]) -> Recipe:
     before = {k: (raw.get(k) or {}).get("name") for k in ("sampler", "pruner")}
     apply_overrides(raw, overrides, path)
     _drop_options_of_a_replaced_choice(raw, before, overrides)
@@ -391,7 +408,11 @@ def _config_error(path: Path, err: ValidationError) -> ConfigError:
             name = str(e["loc"][-1])
             lines.append(f"{key}: unknown key{closest(name, valid)}; expected one of {valid}")
             continue
-        shown = e["type"] == "missing" or repr(e["input"]) in e["msg"]  # said once is enough
+        # said once is enough: our own checks' messages name what they got ("got 'x'"),
+        # pydantic's name the bound ("greater than 0"), which is no sign that it was shown
+        shown = e["type"] == "missing" or (
+            e["type"] == "value_error" and repr(e["input"]) in e["msg"]
+        )
         got = "" if shown else f" (got {e['input']!r})"
         lines.append(f"{key}: {e['msg']}{got}")
     first_key = ".".join(str(p) for p in err.errors()[0]["loc"])

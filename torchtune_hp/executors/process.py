@@ -388,7 +388,8 @@ def process_outcome(
         code = f"{rc} ({name})" if name else rc
         if caught is not None and rc >= 0:
             code = f"{code} after {_signal_name(caught)}, caught by the script (a run cut short)"
-        return replace(Outcome.failed(f"exit code {code}; stderr:\n{stderr}"), stop_signal=stop)
+        said = f"stderr:\n{stderr}" if stderr.strip() else "nothing on stderr"
+        return replace(Outcome.failed(f"exit code {code}; {said}"), stop_signal=stop)
     stdout = logs.stdout if logs else read_tail(run_dir / "stdout.log", STDOUT_TAIL)
     value = last_json_value(stdout, metric)
     if value is not MISSING:
