@@ -566,6 +566,17 @@ def test_deleted_event_files_are_written_again(tmp_path):
         session = read(tmp_path / "del" / f"trial_{number:04d}" / "hparams")
         assert [e.value for e in session.Scalars("objective/value")] == pytest.approx([value])
 
+    def deletes_first(trial) -> float:  # the earlier runs' files, before this run wrote any
+        if trial.number == 5:
+            for f in run.glob("events.out.tfevents.*"):
+                f.unlink()
+        return trial.params["x"]
+
+    with Study("del", space, sampler="sobol", seed=0, logdir=tmp_path, images_every=0) as study:
+        study.optimize(deletes_first, n_trials=7)
+        values = {t.number: t.value for t in study.trials}
+    assert {e.step: e.value for e in read(run).Scalars("study/value")} == pytest.approx(values)
+
 
 def our_event_files(run: Path) -> list[Path]:
     return sorted(run.glob("events.out.tfevents.*.torchtune_hp"))

@@ -368,7 +368,7 @@ for epoch in range(start + 1, {epochs} + 1):
 
 
 STEPLESS_SCRIPT = """
-import json, sys, time
+import json, os, sys, time
 import torchtune_hp
 trial = torchtune_hp.current_trial()
 a, how = float(sys.argv[1]), sys.argv[2]
@@ -380,8 +380,10 @@ print("start", start, "pauses", trial.pauses, flush=True)
 for epoch in range(start, {epochs}):
     final = 0.2 + (a - 0.8) ** 2
     value = final + (2.0 - final) * 2.718281828 ** (-(epoch + 1) / (0.5 + 4.0 * a))
-    with open(trial.checkpoint_path, "w") as f:  # saved every epoch: a regex script hears no
-        f.write(json.dumps({{"epoch": epoch}}))  # verdict, it is stopped at once
+    part = str(trial.checkpoint_path) + ".part"  # saved every epoch, whole: a regex script
+    with open(part, "w") as f:  # hears no verdict, it is stopped at once, at any point
+        f.write(json.dumps({{"epoch": epoch}}))
+    os.replace(part, trial.checkpoint_path)
     if how == "regex":
         print(f"valid loss {{value:.6f}}", flush=True)
         time.sleep(0.1)

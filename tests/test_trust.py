@@ -393,7 +393,9 @@ def test_trials_whose_folders_are_deleted_while_they_run_end_with_their_results(
     shutil.rmtree(tmp_path / "gone")
     _, err = driver.communicate(timeout=120)
     assert driver.returncode == 0, err
-    trials = read_trials(study_dir)
+    # a trial whose folder went between its making and its start could not start: not
+    # counted, and the study went on
+    trials = [t for t in read_trials(study_dir) if t.interruption is not Interruption.NOT_STARTED]
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 6, [t.error for t in trials]
     for t in trials:
         assert sorted(t.intermediate) == [0, 1, 2]
@@ -401,6 +403,24 @@ def test_trials_whose_folders_are_deleted_while_they_run_end_with_their_results(
     for t in trials[3:]:  # trial 3 ran through the deletion: its log is back, whole
         stdout = study_dir / f"trial_{t.number:04d}" / "stdout.log"
         assert json.loads(stdout.read_text())["loss"] == pytest.approx(t.value)
+
+
+def test_a_report_file_deleted_and_made_again_loses_no_line(tmp_path):
+    """The driver's reader of report.jsonl once followed only the path: a line written just
+    before the folder was deleted was lost, and a new file that got the deleted one's inode
+    number (ext4 reuses them at once) was read from the old offset, mid-line."""
+    path = tmp_path / "report.jsonl"
+    path.write_text("one\ntwo\n")
+    tail = channel.LineTail(path)
+    assert tail.new_lines() == ["one", "two"]
+    with open(path, "a") as f:
+        f.write("three\n")  # not read yet when the file goes
+    path.unlink()
+    path.write_text("new\n")  # made again, shorter than where the reader was
+    assert list(tail.all_new_lines()) == ["three", "new"]
+    with open(path, "a") as f:
+        f.write("more\n")
+    assert tail.new_lines() == ["more"]
 
 
 def test_a_script_that_exits_silently_says_so(tmp_path):

@@ -281,7 +281,8 @@ def trials(study_dir: Path, fmt: str, number: int | None) -> None:
     if left and not driven:
         click.echo(
             f"note: no driver runs this study now (it was killed, or died): its RUNNING trials "
-            f"{left} are recorded as died when it next runs",
+            f"{left} are recorded as died (or, run again after a pause, paused again) when it "
+            "next runs",
             err=True,
         )
     if number is not None:

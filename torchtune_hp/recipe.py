@@ -314,10 +314,12 @@ def load_recipe(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Reci
     try:
         return _checked(path, raw, overrides)
     except ConfigError as e:  # a key the command line set: say so, not only the file
-        if not any(_same_key(o.partition("=")[0], e.key) for o in overrides):
+        given = [o.partition("=")[0] for o in overrides if _same_key(o.partition("=")[0], e.key)]
+        if not given or "\n" in e.message:  # several errors: each line names its own key
             raise
-        detail = e.message.removeprefix(f"{e.key}: ")  # a pydantic error's lines name it
-        raise ConfigError(e.file, e.key, f"{detail} (set on the command line)") from None
+        detail = e.message.removeprefix(f"{e.key}: ")  # a pydantic error's line names it
+        where = "" if given == [e.key] else f": {', '.join(given)}"
+        raise ConfigError(e.file, e.key, f"{detail} (set on the command line{where})") from None
 
 
 def _same_key(override: str, key: str) -> bool:

@@ -72,7 +72,8 @@ CREATE TABLE IF NOT EXISTS queue (
 # Each older version's steps to the next. Version 1 had no interruption kind (every
 # interrupted trial counted as "died") and no process record; version 2 no paused seconds (a
 # resumed trial's duration counted its pause) and no last report time (a trial whose driver
-# died ended when the next driver found it, however long after).
+# died ended when the next driver found it, however long after: a RUNNING one still does, as
+# when it was written, its last sign of life unknown).
 _MIGRATE = {
     1: """
 ALTER TABLE trials ADD COLUMN interruption TEXT;
@@ -82,6 +83,7 @@ UPDATE trials SET interruption = 'died' WHERE interrupted = 1;
     2: """
 ALTER TABLE trials ADD COLUMN paused_s REAL;
 ALTER TABLE trials ADD COLUMN seen TEXT;
+UPDATE trials SET seen = strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now') WHERE state = 'RUNNING';
 """,
 }
 

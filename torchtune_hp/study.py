@@ -546,7 +546,8 @@ class Study:
         number = getattr(trial, "number", trial)
         if isinstance(number, numbers.Integral) and not isinstance(number, bool):
             number = int(number)
-            if number in self._view:
+            # a follower (a DDP rank > 0) knows only the trials of when it opened the study
+            if number in self._view or (self.follower and number >= 0):
                 return number
         raise ValueError(
             f"study {self.name!r} has no trial {describe(trial)} (its trials are numbered 0 to "

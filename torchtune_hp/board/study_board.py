@@ -50,10 +50,15 @@ FIRST_DRAW_GUESS_S = 1.0  # what the first drawing is guessed to take (matplotli
 DRAWN_MARK = ".drawn"
 
 
+def _ours(run: Path) -> list[Path]:
+    """The event files the board wrote in the run folder."""
+    return sorted(run.glob(f"events.out.tfevents.*{OUR_SUFFIX}"))
+
+
 def _written(run: Path) -> bool:
     """Whether the run folder holds an event file the board wrote (an empty folder, its files
     deleted by hand, does not)."""
-    return any(run.glob(f"events.out.tfevents.*{OUR_SUFFIX}"))
+    return bool(_ours(run))
 
 
 def _error_markdown(trial: FrozenTrial) -> str:
@@ -113,6 +118,7 @@ class StudyBoard:
         began = time.monotonic()
         self._next_views = self._next_gp = began + DRAW_BUDGET * FIRST_DRAW_GUESS_S
         self._ended_here = 0  # trials that ran and ended while this board listened
+        self._kept: list[Path] = []  # the study run's files when the study opened
         self._warned: set[tuple[str, str]] = set()
 
     @property
@@ -172,6 +178,7 @@ class StudyBoard:
                     self.repair_session(trial)
         if not _written(self.dir / STUDY_RUN):
             self.repair_study_run(trials)
+        self._kept = _ours(self.dir / STUDY_RUN)  # watched: deleted, they are written again
 
     @_never_stops_a_study
     def repair_study_run(self, trials: Sequence[FrozenTrial]) -> None:
@@ -179,25 +186,32 @@ class StudyBoard:
 
     def _write_study_points(self, trials: Sequence[FrozenTrial]) -> None:
         """Each finished trial's points in the study run, in trial order: its value when it
-        COMPLETEd, and the best value so far (as :meth:`trial_finished` writes them)."""
+        COMPLETEd, and the best value of the trials numbered up to it (written live, the best
+        is that of the trials finished by then: with parallel trials, not always the same)."""
         sign = 1.0 if self.mode == "min" else -1.0
         best: float | None = None
         for t in sorted((t for t in trials if t.state.finished), key=lambda t: t.number):
             if t.state is TrialState.COMPLETE and t.value is not None:
-                self.study_writer.scalar(f"study/{self.metric}", t.value, t.number)
                 if best is None or sign * t.value < sign * best:
                     best = t.value
-            if best is not None:
-                self.study_writer.scalar(f"study/best_{self.metric}", best, t.number)
+            self._study_points(t, best)
+
+    def _study_points(self, trial: FrozenTrial, best: float | None) -> None:
+        if trial.value is not None and trial.state is TrialState.COMPLETE:
+            self.study_writer.scalar(f"study/{self.metric}", trial.value, trial.number)
+        if best is not None:
+            self.study_writer.scalar(f"study/best_{self.metric}", best, trial.number)
 
     def _study_file_lost(self) -> bool:
-        """Whether the study run's event file was deleted while the study ran (a cleanup, a
-        hand): a new one is started, and everything written to the lost one is written again."""
+        """Whether an event file of the study run was deleted while the study ran (a cleanup,
+        a hand): then a new one is started, and every point is written to it again."""
         writer = self._study_writer
-        if writer is None or os.path.exists(writer.path):
+        watched = [*self._kept, *([writer.path] if writer is not None else [])]
+        if all(os.path.exists(p) for p in watched):
             return False
-        writer.close()
-        self._study_writer = None
+        if writer is not None:
+            writer.close()
+        self._study_writer, self._kept = None, []
         return True
 
     @_never_stops_a_study
@@ -285,11 +299,8 @@ class StudyBoard:
         if self._study_file_lost():
             self._write_study_points(finished)
         else:
-            if trial.value is not None and trial.state is TrialState.COMPLETE:
-                self.study_writer.scalar(f"study/{self.metric}", trial.value, trial.number)
             best = study.incumbent
-            if best is not None and best.value is not None:
-                self.study_writer.scalar(f"study/best_{self.metric}", best.value, trial.number)
+            self._study_points(trial, None if best is None else best.value)
         if self.images_every and len(finished) % self.images_every == 0:
             if time.monotonic() >= self._next_views:
                 self.draw_views(finished, lambda: _forecasts(study))

@@ -143,29 +143,53 @@ class LineTail:
     """New complete lines of a growing file (a trial's reports, its stdout) since the last
     call; a line still being written waits for the next call, unless it grows past
     :data:`MAX_LINE`: then it is skipped up to its end. Read through ``fd`` when given (a log
-    the driver opened: it reads on after the file is deleted), else at ``path``, from the
-    start again when a new file stands there (its folder was deleted and made again)."""
+    the driver opened: it reads on after the file is deleted), else through the file at
+    ``path``, held open once it is there: when it is deleted or another file takes its place
+    (its folder was deleted and made again), what is left of it is read first, then the new
+    one from its start. The held file, not its inode number, tells them apart: a file system
+    may give the new file the number the deleted one had."""
 
     def __init__(self, path: Path, fd: int | None = None) -> None:
         self.path = path
         self.fd = fd
         self.offset = 0
         self.skipping = False  # inside a line longer than MAX_LINE
-        self._identity: tuple[int, int] | None = None  # the file at path that was read
+        self._held: int | None = None  # the file at path, opened by this reader
+
+    def __del__(self) -> None:
+        self._let_go()
+
+    def _let_go(self) -> None:
+        if self._held is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._held)
+            self._held = None
 
     def _read(self) -> bytes:
         if self.fd is not None:
             return os.pread(self.fd, READ_LIMIT, self.offset)
         try:
-            with open(self.path, "rb") as f:
-                st = os.fstat(f.fileno())
-                if self._identity not in (None, (st.st_dev, st.st_ino)):
-                    self.offset, self.skipping = 0, False
-                self._identity = (st.st_dev, st.st_ino)
-                f.seek(self.offset)
-                return f.read(READ_LIMIT)
+            if self._held is None:
+                self._held = os.open(self.path, os.O_RDONLY)
+            data = os.pread(self._held, READ_LIMIT, self.offset)
+            if b"\n" in data or not self._gone():
+                return data
+            self._let_go()  # every line of the old file was read: the new one, from its start
+            self.offset, self.skipping = 0, False
+            self._held = os.open(self.path, os.O_RDONLY)
+            return os.pread(self._held, READ_LIMIT, 0)
         except OSError:  # not there (yet), or the trial put something else in its place
             return b""
+
+    def _gone(self) -> bool:
+        """Whether the held file is no longer the one at ``path`` (and there is one there)."""
+        assert self._held is not None
+        held = os.fstat(self._held)
+        try:
+            now = os.stat(self.path)
+        except OSError:
+            return False  # nothing there yet: the old file may still be written through
+        return held.st_nlink == 0 or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino)
 
     def new_lines(self) -> list[str]:
         data = self._read()

@@ -202,8 +202,9 @@ def _stop(study: Any, executor: Executor, error: BaseException) -> None:
         pass
     try:
         executor.stop_all()
-        try:  # what was found ended by itself while it was being stopped (a Ray host's trial)
-            for done in executor.wait(0.0):
+        try:  # what was found ended by itself while it was being stopped (a Ray host's trial;
+            # one ended by the stop signal itself stays to be recorded interrupted below)
+            for done in _not_stopped(executor.wait(0.0), grace_s=0.0):
                 study.tell(done.trial, done.outcome)
         except Exception:
             pass

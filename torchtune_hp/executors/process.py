@@ -34,6 +34,7 @@ from typing import Any
 
 from torchtune_hp import files, signals
 from torchtune_hp.board.tags import objective_tag
+from torchtune_hp.errors import UnsafePath
 from torchtune_hp.executors import channel, guard
 from torchtune_hp.executors.argv import build_argv, lightning_cli_extras
 from torchtune_hp.executors.metric import (
@@ -312,8 +313,8 @@ class TrialProcess:
             self.logs = Logs(_tail_of(out, STDOUT_TAIL), _tail_of(err, STDERR_TAIL))
             for f, name in zip(self._files, ("stdout.log", "stderr.log"), strict=True):
                 _write_back(f.fileno(), self.run_dir / name)
-        except OSError:
-            pass  # a full disk, say: its outcome is read from what is there
+        except (OSError, UnsafePath):
+            pass  # a full disk, a link planted there: its outcome is read from what is there
         finally:
             self._close_files()
 

@@ -175,12 +175,14 @@ class TrialHost:
             if rc is None:
                 stop_together([proc], self.grace_s)
             reports = proc.reports()
-            chunks, _ = sender.changes(BUDGET)
+            chunks, complete = sender.changes(BUDGET)
             news = {
                 "reports": [(r.seq, r.step, r.value) for r in reports],
                 "problems": proc.problems,
                 "chunks": chunks,
-                "rc": rc if proc.killed_for is None else None,
+                # an end whose files did not all fit stays unsaid: the trial runs again rather
+                # than keep half a checkpoint
+                "rc": rc if proc.killed_for is None and complete else None,
                 "killed_for": proc.killed_for,
             }
         self._discard()

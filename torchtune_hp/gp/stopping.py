@@ -41,7 +41,7 @@ from torchtune_hp.gp.threads import torch_threads
 from torchtune_hp.options import check_choice
 from torchtune_hp.pruners import asha_rank, at_rung, check_least, diverged
 from torchtune_hp.space import Space
-from torchtune_hp.trial import FrozenTrial, TrialState
+from torchtune_hp.trial import RESUMED, FrozenTrial, TrialState
 
 # How a running trial's promise is priced against a new trial's (see GPPruner._new_gain).
 NEW_TRIAL = ("best", "as_started")
@@ -74,8 +74,9 @@ class Decision:
             if f is None:
                 return f"{verb} after {_reports(r)} by rank, before the model forecasts: {rank}"
         assert f is not None
+        lead = RESUMED if self.resumed else f"{verb} after"  # trials' notes are found by it
         text = (
-            f"{verb} after {_reports(f.resource)}: predicted final {metric} {f.mean:.4g} "
+            f"{lead} {_reports(f.resource)}: predicted final {metric} {f.mean:.4g} "
             f"± {f.sd:.2g}, P(beats best {f.incumbent:.4g}) = {f.p_improve:.2f}"
         )
         if math.isfinite(self.rate) and math.isfinite(self.new_rate):
