@@ -420,5 +420,9 @@ def test_a_bad_value_set_on_the_command_line_is_blamed_on_it(tmp_path):
         result = run_cli("validate", "digits_mlp", override, cwd=tmp_path)
         assert result.returncode == 2 and said in result.stderr, result.stderr
         assert "(set on the command line" in result.stderr
+    flow = run_cli(  # YAML's flow mapping needs a space after the colon
+        "validate", "digits_mlp", "executor.name=ray", "executor.resources_per_trial={cpu:4}"
+    )
+    assert "(YAML reads 'cpu:4' as one key: write 'cpu: 4')" in flow.stderr, flow.stderr
     plain = run_cli("validate", "digits_mlp", "study.trials=3", cwd=tmp_path)
     assert plain.returncode == 0 and "command line" not in plain.stderr

@@ -772,6 +772,7 @@ def test_a_missing_or_non_executable_command_is_caught_before_any_trial(tmp_path
     for command, phrase in [
         (["no-such-program-xyz", "train.py"], "neither a file beside the recipe nor on PATH"),
         (["./train.sh"], "not executable"),
+        (["python", "/nowhere/main.py"], "'/nowhere/main.py' does not exist\n"),
         (["python", "mian.py"], "'mian.py' does not exist beside the recipe"),
     ]:
         (tmp_path / "train.sh").write_text("#!/bin/sh\necho '{\"loss\": 1}'\n")

@@ -98,6 +98,8 @@ def check_command(recipe: Recipe) -> list[str]:
         # its own folder: a script found only in the current folder would fail every trial
         found = os.path.isabs(resolved) and os.path.exists(resolved)
         if given.endswith(".py") and not _looks_like_option(given) and not found:
+            if os.path.isabs(given):
+                raise ConfigError(recipe.path, KEY, f"{given!r} does not exist")
             nearby = sorted(p.name for p in folder.glob("*.py"))
             raise ConfigError(
                 recipe.path,

@@ -408,7 +408,11 @@ def _config_error(path: Path, err: ValidationError) -> ConfigError:
         if e["type"] == "extra_forbidden":
             valid = _fields_at(e["loc"][:-1])
             name = str(e["loc"][-1])
-            lines.append(f"{key}: unknown key{closest(name, valid)}; expected one of {valid}")
+            hint = closest(name, valid)
+            head, colon, rest = name.partition(":")
+            if colon and head in valid:  # {cpu:64}: YAML needs a space after the colon
+                hint = f" (YAML reads {name!r} as one key: write '{head}: {rest}')"
+            lines.append(f"{key}: unknown key{hint}; expected one of {valid}")
             continue
         # said once is enough: our own checks' messages name what they got ("got 'x'"),
         # pydantic's name the bound ("greater than 0"), which is no sign that it was shown

@@ -302,7 +302,7 @@ class RayExecutor:
             return
         self.hosts.remove(h)
         self._kill(h)
-        self.study.note(trial.number, f"{why}; it runs again on a new host")
+        self.study.note(trial.number, f"{why}; it runs again, on a host Ray places anew")
         _keep_lost_attempt(self.study.trial_dir(trial.number), n)
         self.submit(trial)
 
