@@ -420,6 +420,8 @@ def test_a_bad_value_set_on_the_command_line_is_blamed_on_it(tmp_path):
         result = run_cli("validate", "digits_mlp", override, cwd=tmp_path)
         assert result.returncode == 2 and said in result.stderr, result.stderr
         assert "(set on the command line" in result.stderr
+    literal = run_cli("validate", "digits_cnn", "objective.args=argprase")
+    assert "(got 'argprase') (did you mean 'argparse'?)" in literal.stderr, literal.stderr
     flow = run_cli(  # YAML's flow mapping needs a space after the colon
         "validate", "digits_mlp", "executor.name=ray", "executor.resources_per_trial={cpu:4}"
     )

@@ -420,6 +420,9 @@ def _config_error(path: Path, err: ValidationError) -> ConfigError:
             e["type"] == "value_error" and repr(e["input"]) in e["msg"]
         )
         got = "" if shown else f" (got {e['input']!r})"
+        if e["type"] == "literal_error":  # args: argprase -> did you mean 'argparse'?
+            choices = re.findall(r"'([^']*)'", str(e.get("ctx", {}).get("expected", "")))
+            got += closest(str(e["input"]), choices)
         lines.append(f"{key}: {e['msg']}{got}")
     first_key = ".".join(str(p) for p in err.errors()[0]["loc"])
     error = ConfigError(path, "", "\n  ".join(lines))
