@@ -56,7 +56,7 @@ def test_the_full_error_is_one_command_away(tmp_path):
     result = run_cli("run", "r.yaml", cwd=tmp_path)
     assert result.returncode == 1
     assert "torchtune-hp trials" in result.stderr and "--trial 0" in result.stderr
-    assert "add study.trials=2 to go on" in result.stderr  # its one trial is used: not a rerun
+    assert "add study.trials=11 to go on" in result.stderr  # its one trial is used: not a rerun
     detail = run_cli("trials", "logs/first", "--trial", "0", cwd=tmp_path)
     assert detail.returncode == 0
     assert "Traceback (most recent call last)" in detail.stdout and "obj.py" in detail.stdout

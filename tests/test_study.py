@@ -367,8 +367,9 @@ def test_api_misuse_gets_a_message_not_a_raw_error():
             args = (bad,) if call.__name__ == "should_prune" else (bad, 0.1)
             with pytest.raises(ValueError, match=rf"{call.__name__}\(\) takes a Trial from ask"):
                 call(*args)
-    with pytest.raises(ValueError, match="the state is one of complete, pruned, failed"):
-        study.tell(trial, state="bogus")
+    for bad in ("bogus", 3, True, b"complete"):  # numbers and bytes were taken as COMPLETE
+        with pytest.raises(ValueError, match="the state is one of complete, pruned, failed"):
+            study.tell(trial, 0.5, state=bad)
     assert study.tell(np.int64(trial.number), 0.25).value == 0.25
     assert study.trial(trial.number).intermediate == {0: 0.5}
 

@@ -421,6 +421,13 @@ def test_a_report_file_deleted_and_made_again_loses_no_line(tmp_path):
     with open(path, "a") as f:
         f.write("more\n")
     assert tail.new_lines() == ["more"]
+    # held from the trial's start: a first report whose folder goes before any read is read
+    early = channel.LineTail(tmp_path / "early.jsonl")
+    early.hold()
+    with open(tmp_path / "early.jsonl", "a") as f:
+        f.write("first\n")
+    (tmp_path / "early.jsonl").unlink()
+    assert early.new_lines() == ["first"]
 
 
 def test_a_script_that_exits_silently_says_so(tmp_path):
@@ -823,7 +830,7 @@ def test_the_same_failure_at_the_start_stops_the_study(tmp_path):
     used = run_cli("run", "fast.yaml", "study.name=used", "study.trials=3", cwd=tmp_path)
     assert "all failed with the same error" in used.stderr
     assert "Its 3 trials are all used (failed ones count), so after a fix add " in used.stderr
-    assert "study.trials=6 to go on" in used.stderr and "run the same command" not in used.stderr
+    assert "study.trials=13 to go on" in used.stderr and "run the same command" not in used.stderr
 
 
 def test_recipes_are_strict_about_types_and_repeated_keys(tmp_path):

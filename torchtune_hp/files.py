@@ -283,3 +283,18 @@ def driver_description(folder: Path) -> str:
     if not driver:
         return ""
     return f" (pid {driver.get('pid')} on host {driver.get('host')}, since {driver.get('since')})"
+
+
+def made_again_if_deleted(run_dir: Path, write: Callable[[], None]) -> None:
+    """``write()``, and once more after making ``run_dir`` again where it was deleted (a
+    cleanup script, ``rm -r`` of the study while it runs): a trial's or the driver's next
+    write makes its folder again and the study goes on (the driver reads a trial's logs
+    through the files it holds)."""
+    try:
+        write()
+        return
+    except FileNotFoundError:
+        if run_dir.is_dir():
+            raise
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write()

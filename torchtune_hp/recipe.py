@@ -118,7 +118,7 @@ class _Section(BaseModel):
 
 class StudySection(_Section):
     name: StrictStr
-    metric: StrictStr = "val_loss"
+    metric: StrictStr = Field("val_loss", min_length=1)
     mode: Literal["min", "max"] = "min"
     trials: StrictInt = Field(20, ge=1)
     seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED)

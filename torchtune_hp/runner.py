@@ -144,8 +144,10 @@ def run_recipe(recipe: Recipe) -> Study:
         if study.n_finished >= m.study.trials:  # the record stays the run's that ran trials
             warnings.warn(nothing_to_run(study, m.study.trials), stacklevel=2)
         else:
-            files.write_text(
-                study.dir / "recipe.yaml", f"# resolved from {recipe.path}\n{recipe.resolved_yaml}"
+            record = f"# resolved from {recipe.path}\n{recipe.resolved_yaml}"
+            folder = study.dir  # deleted as the study opens: made again, as a running one is
+            files.made_again_if_deleted(
+                folder, lambda: files.write_text(folder / "recipe.yaml", record)
             )
         executor = make_executor(recipe, study, slots)
         with ProgressView(study, m.study.trials):
@@ -164,6 +166,12 @@ def run_recipe(recipe: Recipe) -> Study:
     return study
 
 
+def more_trials(study: Study, trials: int) -> int:
+    """What to ask for to run more of a study that holds its ``trials``: one number, whichever
+    message suggests it."""
+    return max(trials, study.n_finished) + 10
+
+
 def after_a_fix(study: Study, trials: int) -> str:
     """How to go on once whatever failed the trials is fixed. Failed trials count toward
     ``study.trials`` (as in Optuna), so a study that used them all needs more, not a rerun."""
@@ -171,7 +179,7 @@ def after_a_fix(study: Study, trials: int) -> str:
         return "After a fix, run the same command to go on, or add --fresh to start it over"
     return (
         f"Its {study.n_finished} trials are all used (failed ones count), so after a fix add "
-        f"study.trials={study.n_finished + trials} to go on, or --fresh to start it over"
+        f"study.trials={more_trials(study, trials)} to go on, or --fresh to start it over"
     )
 
 
@@ -179,7 +187,7 @@ def nothing_to_run(study: Study, trials: int) -> str:
     """Why a run of a finished study trains nothing: a user who reruns a recipe with other
     options (``sampler.acquisition=ucb``) under the same study name would otherwise see
     "30/30 trials done" and take the old results for the new settings."""
-    more = max(trials, study.n_finished) + 10
+    more = more_trials(study, trials)
     return (
         f"study {study.name!r} ({study.dir}) already has {study.n_finished} of {trials} "
         "trials: this run trains nothing, and its sampler, pruner and objective settings are "

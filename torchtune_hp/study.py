@@ -556,7 +556,8 @@ class Study:
 
     def _outcome(self, value: Any, state: TrialState | str | None, error: str | None) -> Outcome:
         finished = ("complete", "pruned", "failed")
-        if isinstance(state, str) and state.lower() not in finished:
+        known = state is None or isinstance(state, TrialState)
+        if not known and not (isinstance(state, str) and state.lower() in finished):
             raise ValueError(f"tell(state={state!r}): the state is one of {', '.join(finished)}")
         st = TrialState(state.upper()) if isinstance(state, str) else state
         if st is TrialState.RUNNING:

@@ -19,11 +19,12 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torchtune_hp import files
 from torchtune_hp.files import open_new
 from torchtune_hp.outcome import Outcome, describe
 
@@ -46,21 +47,7 @@ def append_report(
             f.write(line)
             f.flush()
 
-    made_again_if_deleted(run_dir, append)
-
-
-def made_again_if_deleted(run_dir: Path, write: Callable[[], None]) -> None:
-    """``write()``, and once more after making ``run_dir`` again where it was deleted while
-    the trial ran (a cleanup script, ``rm -r`` of the study): either side's next write makes
-    it again and the trial goes on (the driver reads its logs through the files it holds)."""
-    try:
-        write()
-        return
-    except FileNotFoundError:
-        if run_dir.is_dir():
-            raise
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write()
+    files.made_again_if_deleted(run_dir, append)
 
 
 def wait_verdict(run_dir: Path, launch: str, seq: int, timeout_s: float = 30.0) -> bool | None:
@@ -109,7 +96,7 @@ def _replace(path: Path, text: str) -> None:
             f.write(text.encode())
         os.replace(tmp, path)
 
-    made_again_if_deleted(path.parent, write)
+    files.made_again_if_deleted(path.parent, write)
 
 
 def read_result(run_dir: Path, launch: str) -> Outcome | None:
@@ -158,6 +145,14 @@ class LineTail:
 
     def __del__(self) -> None:
         self._let_go()
+
+    def hold(self) -> None:
+        """Open the file at ``path`` now, making it empty where there is none: a file deleted
+        before the first read (its folder removed just after the trial's first report) is
+        then still read. A link there is not followed (it is read, lazily, as before)."""
+        if self.fd is None and self._held is None:
+            with contextlib.suppress(OSError):
+                self._held = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
 
     def _let_go(self) -> None:
         if self._held is not None:

@@ -193,6 +193,8 @@ class TrialProcess:
             files.open_new(run_dir / "stderr.log", readable=True),
         ]
         self.logs: Logs | None = None  # once it ended
+        self._reports = channel.ReportReader(run_dir, launch, metric)
+        self._reports.hold()  # before the trial starts: nothing it reports can be missed
         guarded = [sys.executable, "-S", guard.__file__, str(watch_fd), str(grace_s)]
         self.started = time.time()
         try:
@@ -210,7 +212,7 @@ class TrialProcess:
             self._close_files()
             raise
         self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        self._reports = channel.ReportReader(run_dir, launch, metric)
+
         self._stdout = channel.LineTail(run_dir / "stdout.log", self._files[0].fileno())
         self.problems: list[str] = []  # notes for the trial (lines that were not reports)
         self.n_regex = first_step(resume_from_env(env))  # the step its next match is
