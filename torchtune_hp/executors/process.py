@@ -212,7 +212,6 @@ class TrialProcess:
             self._close_files()
             raise
         self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
-
         self._stdout = channel.LineTail(run_dir / "stdout.log", self._files[0].fileno())
         self.problems: list[str] = []  # notes for the trial (lines that were not reports)
         self.n_regex = first_step(resume_from_env(env))  # the step its next match is

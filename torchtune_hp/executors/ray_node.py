@@ -56,6 +56,23 @@ def clear_stale(tmp: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def _news(
+    proc: TrialProcess | None, reports: list[Report], chunks: list[Chunk], rc: int | None
+) -> dict[str, Any]:
+    """What a host tells the driver (``poll``, ``stop``): reports, notes (taken from ``proc``),
+    folder changes, and the exit code once the trial's end is to be heard."""
+    problems: list[str] = []
+    if proc is not None:
+        problems, proc.problems = proc.problems, []
+    return {
+        "reports": [(r.seq, r.step, r.value) for r in reports],
+        "problems": problems,
+        "chunks": chunks,
+        "rc": rc,
+        "killed_for": None if proc is None else proc.killed_for,
+    }
+
+
 class TrialHost:
     """Runs one trial at a time on this node for the driver (see the module docstring)."""
 
@@ -140,15 +157,8 @@ class TrialHost:
         if rc is not None or time.monotonic() - self.synced >= SYNC_EVERY_S:
             chunks, complete = sender.changes(BUDGET)
             self.synced = time.monotonic()
-        problems, proc.problems = proc.problems, []
         ended = rc is not None and complete
-        out = {
-            "reports": [(r.seq, r.step, r.value) for r in reports],
-            "problems": problems,
-            "chunks": chunks,
-            "rc": rc if ended else None,
-            "killed_for": proc.killed_for,
-        }
+        out = _news(proc, reports, chunks, rc if ended else None)
         if ended:
             self._discard()
         return out
@@ -162,13 +172,7 @@ class TrialHost:
         and leave nothing of the host on the node. Returns what :meth:`poll` does, its folder's
         changes as far as one message holds them, with ``rc`` set only where the trial had
         ended by itself before the stop (its result stands; the driver had not heard yet)."""
-        news: dict[str, Any] = {
-            "reports": [],
-            "problems": [],
-            "chunks": [],
-            "rc": None,
-            "killed_for": None,
-        }
+        news = _news(None, [], [], None)
         proc, sender = self.proc, self.sender
         if proc is not None and sender is not None:
             rc = proc.poll()
@@ -176,15 +180,11 @@ class TrialHost:
                 stop_together([proc], self.grace_s)
             reports = proc.reports()
             chunks, complete = sender.changes(BUDGET)
-            news = {
-                "reports": [(r.seq, r.step, r.value) for r in reports],
-                "problems": proc.problems,
-                "chunks": chunks,
-                # an end whose files did not all fit stays unsaid: the trial runs again rather
-                # than keep half a checkpoint
-                "rc": rc if proc.killed_for is None and complete else None,
-                "killed_for": proc.killed_for,
-            }
+            # an end whose files did not all fit stays unsaid: the trial runs again rather
+            # than keep half a checkpoint
+            news = _news(
+                proc, reports, chunks, rc if proc.killed_for is None and complete else None
+            )
         self._discard()
         shutil.rmtree(self.base, ignore_errors=True)
         return news
