@@ -39,6 +39,7 @@ from hypothesis import strategies as st
 
 from torchtune_hp import Float, Study, TrialState
 from torchtune_hp.executors import channel
+from torchtune_hp.executors.loop import HEARTBEAT_S
 from torchtune_hp.executors.metric import MISSING, compile_metric_regex, last_json_value
 from torchtune_hp.outcome import Outcome, as_number, outcome_of_return
 from torchtune_hp.trial import Interruption
@@ -500,7 +501,9 @@ def test_a_study_on_read_only_media_is_read(tmp_path):
 # -- 3. processes never outlive the driver; every stop signal is a clean stop --------------------
 def test_kill_9_of_the_driver_takes_its_trials_with_it_and_the_resume_waits_for_them(tmp_path):
     """Trials that ignore SIGTERM, two at a time; the driver is killed with -9 and restarted
-    at once: the new run starts nothing while an old trial process still lives."""
+    at once: the new run starts nothing while an old trial process still lives. The killed
+    trials never reported, and end at the driver's last heartbeat: their seconds are about
+    the ones they ran, not 0."""
     command_recipe(
         tmp_path,
         ["python", FAKE, "--how", "json", "--sleep", "60", "--ignore_term", "1"],
@@ -510,8 +513,11 @@ def test_kill_9_of_the_driver_takes_its_trials_with_it_and_the_resume_waits_for_
     study_dir = tmp_path / "logs" / "sub"
     driver = subprocess.Popen(cli_cmd("run", "recipe.yaml"), cwd=tmp_path, stderr=subprocess.PIPE)
     wait_for(lambda: len(seen_pids(study_dir)) == 2, what="two trials")
+    started = time.monotonic()
+    time.sleep(HEARTBEAT_S + 1.5)
     old = seen_pids(study_dir)
     driver.kill()
+    ran = time.monotonic() - started
     driver.wait()
     raw = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
     raw["objective"]["command"] = ["python", FAKE, "--how", "json", "--sleep", "0.5"]
@@ -523,6 +529,8 @@ def test_kill_9_of_the_driver_takes_its_trials_with_it_and_the_resume_waits_for_
     trials = read_trials(study_dir)
     assert sum(t.state is TrialState.COMPLETE for t in trials) == 2
     assert {t.interruption for t in trials[:2]} == {Interruption.DIED}
+    for t in trials[:2]:
+        assert HEARTBEAT_S - 0.5 <= t.duration_s <= ran + 1.0, (t.duration_s, ran)
 
 
 def two_long_trials_recipe(tmp_path: Path, *extra: str) -> Path:

@@ -460,6 +460,15 @@ class Storage:
             )
             c.execute("UPDATE trials SET seen=? WHERE number=?", (_ts(utcnow()), number))
 
+    def still_running(self) -> None:
+        """The driver's heartbeat: every RUNNING trial is alive now, its last sign of life (see
+        :meth:`recover_running`) for a trial that reports nothing until it ends."""
+        with self._tx() as c:
+            c.execute(
+                "UPDATE trials SET seen=? WHERE state=?",
+                (_ts(utcnow()), TrialState.RUNNING.value),
+            )
+
     def add_note(self, number: int, text: str) -> None:
         """Append a line to a trial's note (what the driver noticed about its output)."""
         with self._tx() as c:
@@ -531,8 +540,9 @@ class Storage:
         it resumes from) when told to pause, not when stopped, so resuming after its later
         reports would train on from an older state under later step numbers. It may be
         resumed later. Each ends now, or with ``found_later`` (a driver opening the study finds
-        the trials a dead one left) at its last sign of life: its last report, its start or
-        resume, not whenever the study was opened again. Returns the trials' numbers."""
+        the trials a dead one left) at its last sign of life: its last report or its driver's
+        last heartbeat (:meth:`still_running`), else its start or resume, not whenever the
+        study was opened again. Returns the trials' numbers."""
         origin = Origin.RESUMED if interruption is Interruption.STOPPED else Origin.RETRY
         end_sql = '"end"=COALESCE(seen, start, ?)' if found_later else '"end"=?'
         now = _ts(utcnow())

@@ -692,6 +692,13 @@ class Study:
         if not self.follower and self.dir is not None:
             self.storage.set_meta({"loop": {"state": state, "at": utcnow().isoformat()}})
 
+    def heartbeat(self) -> None:
+        """The trial loop is alive, and with it the trials it runs (see
+        :meth:`~torchtune_hp.storage.Storage.still_running`): a dead driver's trial then ends
+        where it was last known to run, within a heartbeat, also when it never reported."""
+        if not self.follower and self.dir is not None:
+            self.storage.still_running()
+
     # -- the loop ----------------------------------------------------------------------------
     def optimize(
         self,

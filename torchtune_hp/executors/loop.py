@@ -32,6 +32,9 @@ from torchtune_hp.signals import Interrupted, shielded, stop_signals
 from torchtune_hp.trial import FrozenTrial, Interruption, TrialState
 
 POLL_S = 0.05
+# how often the loop marks its running trials alive (Study.heartbeat): a dead driver's trial
+# that never reported ends within this of when it was last known to run, not at its start
+HEARTBEAT_S = 5.0
 # how long a trial that ended on a stop signal waits for the driver's own (see _not_stopped)
 STOP_GRACE_S = 1.0
 
@@ -148,6 +151,7 @@ def _drive(
     fail: FailFast,
 ) -> None:
     exhausted = False
+    beat = time.monotonic()
     while True:
         while (
             not exhausted
@@ -169,6 +173,9 @@ def _drive(
             for cb in callbacks:
                 cb(study, frozen)
         fail.check_all(finished)
+        if time.monotonic() - beat >= HEARTBEAT_S:
+            study.heartbeat()
+            beat = time.monotonic()
         stop = signals.received()
         if stop is not None:  # the objective (or a library) caught the stop and returned
             raise Interrupted(stop)
