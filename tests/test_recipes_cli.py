@@ -408,11 +408,13 @@ def test_script_recipes_end_to_end(tmp_path, name):
 def test_a_bad_value_set_on_the_command_line_is_blamed_on_it(tmp_path):
     """It was blamed on the recipe file alone ('ok.yaml: study.trail: unknown key'); a bound
     of 0 hid what was given ('greater than 0' holds the 0), and an empty logdir= ran the study
-    in the current folder."""
+    in the current folder (a blank one in a folder named by spaces)."""
     cases = {
         "study.trail=5": "study.trail: unknown key (did you mean 'trials'?)",
         "objective.timeout=0": "objective.timeout: Input should be greater than 0 (got 0)",
         "logdir=": "logdir: String should have at least 1 character (got '')",
+        'logdir=" "': "logdir: expected a folder, got only blanks: ' ' (set on the command",
+        'study.metric=" "': "study.metric: expected a metric's name, got only blanks: ' '",
         "space.lr.low=2": "space.lr: low must be < high, got low=2 high=0.3 (set on the "
         "command line: space.lr.low)",  # the error's key is above the one set: it is named
     }

@@ -129,6 +129,19 @@ class StudySection(_Section):
     def _safe_name(cls, name: str) -> str:
         return check_study_name(name)
 
+    @field_validator("metric")
+    @classmethod
+    def _a_metric(cls, metric: str) -> str:
+        return not_blank(metric, "a metric's name")
+
+
+def not_blank(value: str, what: str) -> str:
+    """Refuse a string of spaces alone: YAML's ``logdir: " "`` would make a folder named by
+    blanks, a metric never found."""
+    if value and not value.strip():
+        raise ValueError(f"expected {what}, got only blanks: {value!r}")
+    return value
+
 
 class _ChoiceSection(BaseModel):
     """``name`` plus that choice's own options, which the chosen class itself checks."""
@@ -221,6 +234,11 @@ class RecipeModel(_Section):
     tensorboard: TensorBoardSection = TensorBoardSection()
     executor: ExecutorSection = ExecutorSection()
     logdir: StrictStr = Field("logs", min_length=1)  # empty would be the current folder
+
+    @field_validator("logdir")
+    @classmethod
+    def _a_folder(cls, logdir: str) -> str:
+        return not_blank(logdir, "a folder")
 
 
 @dataclasses.dataclass
@@ -423,7 +441,8 @@ def _config_error(path: Path, err: ValidationError) -> ConfigError:
         if e["type"] == "literal_error":  # args: argprase -> did you mean 'argparse'?
             choices = re.findall(r"'([^']*)'", str(e.get("ctx", {}).get("expected", "")))
             got += closest(str(e["input"]), choices)
-        lines.append(f"{key}: {e['msg']}{got}")
+        msg = e["msg"].removeprefix("Value error, ")  # our own checks' message, as written
+        lines.append(f"{key}: {msg}{got}")
     first_key = ".".join(str(p) for p in err.errors()[0]["loc"])
     error = ConfigError(path, "", "\n  ".join(lines))
     error.key = first_key
