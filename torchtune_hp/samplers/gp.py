@@ -273,8 +273,11 @@ class GPSampler:
         n_init = self.n_init or default_n_init(space.dim)
         if space.dim == 0 or len(obs.values) < max(n_init, 2):
             return self._sobol(space, k)
-        # Small matrices run faster on one thread (see gp.threads); large ones use them all.
-        threads = 1 if len(obs.values) + len(pending) <= 600 else torch.get_num_threads()
+        # Small matrices run faster on one thread (see gp.threads); large ones use them all,
+        # but only while no trial runs: the cores are then the trials' (workers as many as
+        # cores is the usual set-up), and a second thread contending with them made an ask at
+        # 620 observations 3-8x slower than one thread did (an overnight soak, 2 workers).
+        threads = torch.get_num_threads() if len(obs.values) > 600 and not pending else 1
         radius = self.endgame_radius(trials) if self.in_endgame(trials, pending) else None
         try:
             with torch_threads(threads):
