@@ -217,6 +217,19 @@ def test_a_nan_report_is_a_diverged_trial_and_ends_no_other_trial(tmp_path):
     assert diverged.note == "stopped: its report at step 1 was NaN or inf", diverged.note
 
 
+def test_a_script_that_prints_nan_fails_saying_where_it_was_read(tmp_path):
+    """A final value of NaN printed as JSON or left in TensorBoard was 'the objective
+    returned nan', as if a function had returned it."""
+    (tmp_path / "diverge.py").write_text(
+        "import json, sys\nprint(json.dumps({'loss': float(sys.argv[1])}))\n"
+    )
+    command_recipe(tmp_path, ["python", "diverge.py", "nan"], trials=2)
+    assert run_cli("run", "recipe.yaml", cwd=tmp_path).returncode == 1  # nothing COMPLETE
+    for t in read_trials(tmp_path / "logs" / "sub"):
+        assert t.state is TrialState.FAILED
+        assert t.error == "the 'loss' it printed last was nan (the run diverged)", t.error
+
+
 class BuggyListener:
     """A subscriber with a bug that crashes the driver whenever one configuration starts."""
 

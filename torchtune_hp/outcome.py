@@ -137,9 +137,13 @@ def _size(value: Any) -> int | None:
     return size if isinstance(size, int) else None
 
 
-def outcome_of_return(value: Any, metric: str | None, pruned: bool = False) -> Outcome:
+def outcome_of_return(
+    value: Any, metric: str | None, pruned: bool = False, source: str | None = None
+) -> Outcome:
     """What an objective's return value means. ``metric`` picks the value out of a mapping.
-    Never raises: a value that cannot even be looked at is a FAILED trial, saying why."""
+    Never raises: a value that cannot even be looked at is a FAILED trial, saying why.
+    ``source``: where a script's value was read (its printed metric, ...), for the messages;
+    None for a function's return value."""
     if pruned:
         return Outcome.pruned()
     try:
@@ -157,8 +161,12 @@ def outcome_of_return(value: Any, metric: str | None, pruned: bool = False) -> O
             f"{type(e).__name__}: {e}"
         )
     if number is None:
+        if source is not None:
+            return Outcome.failed(f"{source} is not a number: {why}")
         return Outcome.failed(f"the objective must return a number, got {why}")
     if not math.isfinite(number):
+        if source is not None:
+            return Outcome.failed(f"{source} was {number} (the run diverged)")
         return Outcome.failed(f"the objective returned {number}")
     return Outcome.complete(number)
 

@@ -395,7 +395,7 @@ def process_outcome(
     stdout = logs.stdout if logs else read_tail(run_dir / "stdout.log", STDOUT_TAIL)
     value = last_json_value(stdout, metric)
     if value is not MISSING:
-        return outcome_of_return(value, metric)
+        return outcome_of_return(value, metric, source=f"the {metric!r} it printed last")
     if last_reported is not MISSING:
         reported, _ = as_number(last_reported)
         if reported is not None and not math.isfinite(reported):  # kept as the worst value
@@ -403,10 +403,11 @@ def process_outcome(
                 f"its last report of {metric!r} was NaN or inf (the run diverged), and it printed "
                 "no final value"
             )
-        return outcome_of_return(last_reported, metric)
+        return outcome_of_return(last_reported, metric, source=f"its last report of {metric!r}")
     value, tags = tensorboard_last(run_dir, metric, since=started)
     if value is not None:
-        return outcome_of_return(value, metric)
+        source = f"the last {metric!r} in its TensorBoard files"
+        return outcome_of_return(value, metric, source=source)
     ours = {objective_tag(metric)}
     seen = [
         f"TensorBoard tags {[t for t in tags if t not in ours]}",
