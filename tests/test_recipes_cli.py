@@ -428,5 +428,13 @@ def test_a_bad_value_set_on_the_command_line_is_blamed_on_it(tmp_path):
         "validate", "digits_mlp", "executor.name=ray", "executor.resources_per_trial={cpu:4}"
     )
     assert "(YAML reads 'cpu:4' as one key: write 'cpu: 4')" in flow.stderr, flow.stderr
+    limits = run_cli("validate", "digits_mlp", "pruner.max_resource=1", cwd=tmp_path)
+    assert "pruner.max_resource: pruner 'gp': max_resource must be > min_resource (5)" in (
+        limits.stderr
+    ), limits.stderr  # it was taken, and no trial was ever stopped by the model
+    two = run_cli(  # the error is about resume_ratio, not resume, which it starts like
+        "validate", "digits_mlp", "pruner.resume=true", "pruner.resume_ratio=0", cwd=tmp_path
+    )
+    assert "pruner.resume_ratio: pruner 'gp': resume_ratio must be > 0" in two.stderr, two.stderr
     plain = run_cli("validate", "digits_mlp", "study.trials=3", cwd=tmp_path)
     assert plain.returncode == 0 and "command line" not in plain.stderr

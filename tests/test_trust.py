@@ -834,6 +834,27 @@ def test_a_trial_that_cannot_start_does_not_use_up_the_budget(tmp_path):
     assert len(done) == 3  # the trials that never started did not count
 
 
+def test_the_same_failure_with_each_trials_own_values_stops_the_study(tmp_path):
+    """A parameter the script does not take failed every trial with its own sampled value in
+    the message ('unrecognized arguments: --model.momentum=0.968...'): each looked different,
+    and the whole budget was spent."""
+    fast_study(tmp_path, trials=8)
+    (tmp_path / "fast.py").write_text(
+        "def train(trial, sleep=0):\n"
+        "    raise ValueError(f'unrecognized arguments: --momentum={trial.params[\"x\"]}')\n"
+    )
+    result = run_cli("run", "fast.yaml", cwd=tmp_path)
+    assert result.returncode == 1 and "all failed with the same error" in result.stderr
+    assert count(tmp_path / "logs" / "fast", "FAILED") == 3
+    # errors that differ in more than their numbers are different errors: the budget is used
+    (tmp_path / "fast.py").write_text(
+        "def train(trial, sleep=0):\n    raise ValueError('odd' if trial.number % 2 else 'even')\n"
+    )
+    other = run_cli("run", "fast.yaml", "study.name=other", "study.trials=4", cwd=tmp_path)
+    assert other.returncode == 1 and "same error" not in other.stderr
+    assert count(tmp_path / "logs" / "other", "FAILED") == 4
+
+
 def test_the_same_failure_at_the_start_stops_the_study(tmp_path):
     fast_study(tmp_path, trials=20)
     (tmp_path / "fast.py").write_text(

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 _NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
@@ -58,9 +59,18 @@ def build(cls: type, what: str, options: Mapping[str, Any], **fixed: Any) -> Any
     try:
         return cls(**fixed, **options)
     except (TypeError, ValueError) as e:
-        text = str(e)
-        named = [k for k in options if text.startswith(k)] or [k for k in options if k in text]
-        raise OptionError(named[0] if named else "name", f"{what}: {e}") from e
+        raise OptionError(option_named(str(e), options) or "name", f"{what}: {e}") from e
+
+
+def option_named(text: str, options: Iterable[str]) -> str | None:
+    """The option a message is about: the one it starts with, else one it names, each as a
+    whole word (a message about ``resume_ratio`` is not about ``resume``)."""
+    keys = list(options)
+    for pattern in (r"^{}\b", r"\b{}\b"):
+        named = [k for k in keys if re.search(pattern.format(re.escape(k)), text)]
+        if named:
+            return max(named, key=len)
+    return None
 
 
 def accepted_options(func: Callable[..., Any], skip: Sequence[str]) -> list[str]:

@@ -48,7 +48,7 @@ from pydantic import (
 from torchtune_hp.errors import ConfigError
 from torchtune_hp.files import check_study_name
 from torchtune_hp.objective import load_objective
-from torchtune_hp.options import OptionError, closest
+from torchtune_hp.options import OptionError, closest, option_named
 from torchtune_hp.pruners import make_pruner, pruner_class
 from torchtune_hp.samplers import make_sampler, sampler_options
 from torchtune_hp.space import _TYPES, Param, Space
@@ -365,7 +365,7 @@ def _checked(path: Path, raw: dict[str, Any], overrides: Sequence[str]) -> Recip
         try:
             check_space(space)
         except ValueError as e:
-            key = next((k for k in model.sampler.options if str(e).startswith(k)), "name")
+            key = option_named(str(e), model.sampler.options) or "name"
             raise ConfigError(path, f"sampler.{key}", str(e)) from None
     try:
         make_pruner(model.pruner.name, model.pruner.options)

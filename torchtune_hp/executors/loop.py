@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -43,6 +44,17 @@ def error_signature(trial: FrozenTrial) -> str:
     """The last line of a failure (``ModuleNotFoundError: No module named 'x'``)."""
     lines = [line.strip() for line in (trial.error or "").strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+# a number in an error's last line: the trial's own parameter values, sizes, line numbers
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def error_kind(trial: FrozenTrial) -> str:
+    """:func:`error_signature` with its numbers blanked: the same mistake fails every trial
+    with that trial's own values in its message (``unrecognized arguments:
+    --model.momentum=0.968``), and it is still the same mistake."""
+    return _NUMBER.sub("#", error_signature(trial))
 
 
 class FailFast:
@@ -78,7 +90,7 @@ class FailFast:
         if trial.state is not TrialState.FAILED:
             self.armed = False
             return
-        if self.same and error_signature(self.same[0]) != error_signature(trial):
+        if self.same and error_kind(self.same[0]) != error_kind(trial):
             self.same = []
         self.same.append(trial)
         if len(self.same) >= self.n:

@@ -165,6 +165,11 @@ class GPPruner:
         check_choice("new_trial", self.new_trial, NEW_TRIAL)
         if self.max_resource is not None:
             check_least(("max_resource", self.max_resource, 1))
+            if self.max_resource <= self.min_resource:  # no decision before the end: none
+                raise ValueError(
+                    f"max_resource must be > min_resource ({self.min_resource}), where the "
+                    f"first decision is; got {self.max_resource!r}"
+                )
         from torchtune_hp.samplers.gp import resolve_device
 
         self._device = resolve_device(self.device)
