@@ -439,6 +439,51 @@ def check_resumed(study_dir: Path, trials: int, first: int = 1) -> None:
         assert sorted(t.intermediate) == list(range(first, len(t.intermediate) + first))
 
 
+def test_a_lightning_cli_script_resumes_from_its_pause_checkpoint(tmp_path):
+    """``args: lightning_cli``: the script cannot pass ``ckpt_path=trial.ckpt_path``, and a
+    resumed trial trained from epoch 0 again under its name. Its ``fit`` gets
+    ``--ckpt_path`` to the checkpoint the callback saved, and Lightning goes on after it."""
+    script = Path(__file__).parent / "scripts" / "cli_tiny.py"
+    command = [
+        "python",
+        str(script),
+        "fit",
+        "--trainer.max_epochs=8",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_checkpointing=false",
+    ]
+    write_yaml(
+        tmp_path / "cli.yaml",
+        {
+            "study": {"name": "cli", "metric": "val_loss", "trials": 5, "seed": 1},
+            "space": {"lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}},
+            "sampler": {"name": "random"},
+            "pruner": {
+                "name": "gp",
+                "resume": True,
+                "resume_ratio": 1e-9,
+                "threshold": 0.0,
+                "gain_ratio": 1e9,
+                "n_startup": 1,
+            },
+            "objective": {"command": command, "args": "lightning_cli"},
+            "logdir": "logs",
+        },
+    )
+    proc = run_cli("run", "cli.yaml", cwd=tmp_path, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study_dir = tmp_path / "logs" / "cli"
+    resumed = [t for t in read_trials(study_dir) if t.resumes]
+    assert resumed, [t.note for t in read_trials(study_dir)]
+    for t in resumed:
+        folder = study_dir / f"trial_{t.number:04d}"
+        said = (folder / "stderr.log").read_text()
+        assert f"Restoring states from the checkpoint path at {folder / 'pause.ckpt'}" in said
+        # each epoch reported once, in order: the resumed run went on after its pause
+        assert sorted(t.intermediate) == list(range(len(t.intermediate)))
+
+
 def test_scripts_in_two_workers_resume_from_their_own_checkpoint(tmp_path):
     """The CLI, a recipe with a relative logdir, two worker processes: a resumed script
     learns its last step from its environment and reads the state it saved."""

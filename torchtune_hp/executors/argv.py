@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from torchtune_hp.options import check_choice
+from torchtune_hp.trial import PAUSE_CHECKPOINT
 
 STYLES = ("argparse", "equals", "hydra", "lightning_cli")
 
@@ -101,10 +102,13 @@ def check_rename(rename: Mapping[str, str], names: Sequence[str]) -> None:
             raise ValueError(f"rename target {arg!r} is not an argument name")
 
 
-def lightning_cli_extras(run_dir: Path) -> list[str]:
+def lightning_cli_extras(run_dir: Path, resuming: bool = False) -> list[str]:
     """The callback from the environment, and a TensorBoardLogger writing into the trial's
-    run folder (no version sub-run, no hp_metric)."""
-    return [
+    run folder (no version sub-run, no hp_metric). A paused trial run again (``resuming``)
+    resumes from the checkpoint the callback saved when it paused, through ``fit``'s own
+    ``--ckpt_path``, as a script of its own does with ``ckpt_path=trial.ckpt_path``: without
+    it the run would train from epoch 0 again under the resumed trial's name."""
+    extras = [
         "--trainer.callbacks+=torchtune_hp.TuneCallback",
         "--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger",
         f"--trainer.logger.init_args.save_dir={run_dir.parent}",
@@ -112,3 +116,7 @@ def lightning_cli_extras(run_dir: Path) -> list[str]:
         "--trainer.logger.init_args.version=",
         "--trainer.logger.init_args.default_hp_metric=false",
     ]
+    checkpoint = run_dir / PAUSE_CHECKPOINT
+    if resuming and checkpoint.is_file():
+        extras.append(f"--ckpt_path={checkpoint}")
+    return extras

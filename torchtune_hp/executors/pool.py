@@ -146,7 +146,7 @@ class ProcessPool:
         )
         try:
             proc = TrialProcess(
-                self.spec.argv(trial.params, run_dir),
+                self.spec.argv(trial.params, run_dir, env),
                 env,
                 run_dir,
                 launch,
@@ -155,6 +155,7 @@ class ProcessPool:
                 self.grace_s,
                 self.spec.regex,
                 self.spec.timeout_s,
+                self.spec.run_outputs,
             )
         except OSError as e:
             error = f"cannot start: {e}"

@@ -27,7 +27,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -81,11 +81,21 @@ class LaunchSpec:
             out["PYTHONPATH"] = os.pathsep.join([*self.python_path, *rest])
         return out
 
-    def argv(self, params: Mapping[str, Any], run_dir: Path) -> list[str]:
+    @property
+    def run_outputs(self) -> tuple[str, ...]:
+        """What a run writes into the trial's folder that a later run of the same (paused)
+        trial must not find: LightningCLI's ``config.yaml``, whose SaveConfigCallback refuses
+        to start where one exists, which failed every resumed ``lightning_cli`` trial."""
+        return ("config.yaml",) if self.style == "lightning_cli" else ()
+
+    def argv(self, params: Mapping[str, Any], run_dir: Path, env: Mapping[str, str]) -> list[str]:
+        """The trial's command line; ``env``: its environment (a resumed trial's says so)."""
         if self.style is None:
             return list(self.command)
         args = build_argv(self.command, params, self.style, self.rename)
-        return args + lightning_cli_extras(run_dir) if self.style == "lightning_cli" else args
+        if self.style != "lightning_cli":
+            return args
+        return args + lightning_cli_extras(run_dir, resume_from_env(env) is not None)
 
     def moved(self, recipe_dir: Path, python: str) -> LaunchSpec:
         """The same launch on a machine where the recipe's folder arrived as ``recipe_dir`` and
@@ -157,11 +167,12 @@ class Logs:
     stderr: str
 
 
-def keep_earlier_logs(run_dir: Path) -> None:
+def keep_earlier_logs(run_dir: Path, outputs: Sequence[str] = ()) -> None:
     """A paused trial run again writes new logs: its earlier run's are renamed aside
-    (``stdout.log.stale-<time>``), never appended to or overwritten."""
-    for log in ("stdout.log", "stderr.log"):
-        files.set_aside(run_dir / log)
+    (``stdout.log.stale-<time>``), never appended to or overwritten; so are the ``outputs``
+    that the launch writes once per run (see :attr:`LaunchSpec.run_outputs`)."""
+    for name in ("stdout.log", "stderr.log", *outputs):
+        files.set_aside(run_dir / name)
 
 
 class TrialProcess:
@@ -180,6 +191,7 @@ class TrialProcess:
         grace_s: float,
         regex: Any = None,
         timeout_s: float | None = None,
+        run_outputs: Sequence[str] = (),
     ) -> None:
         self.run_dir = run_dir
         self.launch = launch
@@ -187,7 +199,7 @@ class TrialProcess:
         self.timeout_s = timeout_s
         self.grace_s = grace_s
         files.write_text(run_dir / "command.json", json.dumps(argv))
-        keep_earlier_logs(run_dir)
+        keep_earlier_logs(run_dir, run_outputs)
         self._files = [  # readable: the driver reads them through these, deleted or not
             files.open_new(run_dir / "stdout.log", readable=True),
             files.open_new(run_dir / "stderr.log", readable=True),

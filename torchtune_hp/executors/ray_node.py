@@ -130,7 +130,7 @@ class TrialHost:
             }
         )
         self.proc = TrialProcess(
-            self.spec.argv(params, run_dir),
+            self.spec.argv(params, run_dir, proc_env),
             proc_env,
             run_dir,
             launch,
@@ -139,6 +139,7 @@ class TrialHost:
             self.grace_s,
             self.spec.regex,
             self.spec.timeout_s,
+            self.spec.run_outputs,
         )
         self.sender = FolderSender(run_dir)
         self.synced = time.monotonic()
