@@ -272,6 +272,20 @@ def test_a_second_resume_at_one_step_keeps_the_first_in_view(tmp_path):
     assert len(study.trial(0).resumes) == 2
     # the progress line says why the count did not move
     assert "[1/1] trial 0 COMPLETE (resumed; counted when it paused) 0.4" in out.getvalue()
+    # while a paused trial runs again, the count of trials done does not move back
+    with Study("busy", space, logdir=tmp_path, pruner=ResumeTheFirstPaused()) as busy:
+        out = io.StringIO()
+        with ProgressView(busy, 3, Console(file=out, width=300)):
+            first = busy.ask()
+            busy.report(first, 1.0, 0)
+            busy.tell(first, state="pruned")
+            again = busy.ask()
+            assert again.number == 0 and again.resume_from == 0
+            busy.tell(busy.ask(), 0.3)  # a new trial ends while trial 0 runs again
+            busy.tell(again, 0.2)
+    lines = [line.split(" (")[0] for line in out.getvalue().splitlines() if "] trial" in line]
+    expected = ["[1/3] trial 0 PRUNED 1", "[2/3] trial 1 COMPLETE 0.3", "[2/3] trial 0 COMPLETE"]
+    assert lines == expected
     decisions = EventAccumulator(str(tmp_path / "twice" / "trial_0000" / "pruner_forecast"))
     decisions.Reload()
     shown = {

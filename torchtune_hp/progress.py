@@ -43,6 +43,7 @@ class ProgressView:
         self.current: Trial | None = None
         self.live: Live | None = None
         self.quiet = False
+        self._resumed: set[int] = set()  # paused trials running again (see _done)
 
     def _show(self, action: Callable[[], object]) -> None:
         if self.quiet:
@@ -78,7 +79,7 @@ class ProgressView:
         best = self._best()
         table = Table.grid(padding=(0, 2))
         elapsed = time.monotonic() - self.t0
-        done = self.study.n_finished  # the trial under way is the next; at the end, the last
+        done = self._done()  # the trial under way is the next; at the end, the last
         table.add_row("trial", f"{min(done + 1, self.n_trials)}/{self.n_trials}")
         table.add_row(
             "best", "-" if best is None else f"{fmt_value(best.value)} (trial {best.number})"
@@ -96,10 +97,19 @@ class ProgressView:
 
     def trial_started(self, study: Study, trial: Trial) -> None:
         self.current = trial
+        if trial.resume_from is not None:
+            self._resumed.add(trial.number)
         self._refresh()
+
+    def _done(self) -> int:
+        """Trials done: the study's count, and the paused trials running again, which it
+        counted when they paused (RUNNING again, they are not in its count until they end):
+        the count does not move back while one runs."""
+        return self.study.n_finished + len(self._resumed)
 
     def trial_finished(self, study: Study, trial: FrozenTrial) -> None:
         self.current = None
+        self._resumed.discard(trial.number)
         best = self._best()
         state = trial.state.value
         detail = fmt_value(trial.value)
@@ -114,7 +124,7 @@ class ProgressView:
         if trial.resumes and trial.state.finished:  # the count did not move: say why
             state += " (resumed; counted when it paused)"
         line = (
-            f"[{study.n_finished}/{self.n_trials}] trial {trial.number} {state} {detail} "
+            f"[{self._done()}/{self.n_trials}] trial {trial.number} {state} {detail} "
             f"({trial.duration_s or 0:.1f} s) best {fmt_value(best.value if best else None)} "
             f"| {fmt_params(trial.params)}"
         )
