@@ -286,6 +286,12 @@ def test_a_second_resume_at_one_step_keeps_the_first_in_view(tmp_path):
     lines = [line.split(" (")[0] for line in out.getvalue().splitlines() if "] trial" in line]
     expected = ["[1/3] trial 0 PRUNED 1", "[2/3] trial 1 COMPLETE 0.3", "[2/3] trial 0 COMPLETE"]
     assert lines == expected
+    # and TensorBoard's best so far is not drawn back: trial 0's end after its resume wrote a
+    # point at step 0 after step 1's (none at its pause: nothing had completed)
+    best = EventAccumulator(str(tmp_path / "busy" / "study"))
+    best.Reload()
+    points = [(e.step, round(e.value, 4)) for e in best.Scalars("study/best_value")]
+    assert points == [(1, 0.3)], points
     decisions = EventAccumulator(str(tmp_path / "twice" / "trial_0000" / "pruner_forecast"))
     decisions.Reload()
     shown = {

@@ -299,7 +299,10 @@ class StudyBoard:
         if self._study_file_lost():
             self._write_study_points(finished)
         else:
-            best = study.incumbent
+            # a paused trial that ran again wrote the best at its step when it paused: a second
+            # point there, after later steps, would draw the curve back; the next trial's
+            # point shows the best it found
+            best = None if trial.resumes else study.incumbent
             self._study_points(trial, None if best is None else best.value)
         if self.images_every and len(finished) % self.images_every == 0:
             if time.monotonic() >= self._next_views:
