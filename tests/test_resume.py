@@ -6,6 +6,7 @@ again rather than losing it."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
@@ -286,12 +287,13 @@ def test_a_second_resume_at_one_step_keeps_the_first_in_view(tmp_path):
     lines = [line.split(" (")[0] for line in out.getvalue().splitlines() if "] trial" in line]
     expected = ["[1/3] trial 0 PRUNED 1", "[2/3] trial 1 COMPLETE 0.3", "[2/3] trial 0 COMPLETE"]
     assert lines == expected
-    # and TensorBoard's best so far is not drawn back: trial 0's end after its resume wrote a
-    # point at step 0 after step 1's (none at its pause: nothing had completed)
+    # and TensorBoard's best so far is not drawn back: trial 0's end after its resume wrote
+    # its best at step 0, after step 1's (none at its pause: nothing had completed); it goes
+    # at the latest trial's step
     best = EventAccumulator(str(tmp_path / "busy" / "study"))
     best.Reload()
     points = [(e.step, round(e.value, 4)) for e in best.Scalars("study/best_value")]
-    assert points == [(1, 0.3)], points
+    assert points == [(1, 0.3), (1, 0.2)], points
     decisions = EventAccumulator(str(tmp_path / "twice" / "trial_0000" / "pruner_forecast"))
     decisions.Reload()
     shown = {
@@ -500,8 +502,12 @@ def test_a_lightning_cli_script_resumes_from_its_pause_checkpoint(tmp_path):
         folder = study_dir / f"trial_{t.number:04d}"
         said = (folder / "stderr.log").read_text()
         assert f"Restoring states from the checkpoint path at {folder / 'pause.ckpt'}" in said
-        # each epoch reported once, in order: the resumed run went on after its pause
-        assert sorted(t.intermediate) == list(range(len(t.intermediate)))
+        # each epoch reported once over the trial's runs: the resumed run went on after its
+        # pause (run from epoch 0 again, it reported the first epochs a second time)
+        lines = (folder / "report.jsonl").read_text().splitlines()
+        steps = [json.loads(line)["step"] for line in lines]
+        assert len(steps) == len(set(steps)) and min(steps) == 0, steps
+        assert sorted(t.intermediate) == sorted(steps)
 
 
 def test_scripts_in_two_workers_resume_from_their_own_checkpoint(tmp_path):

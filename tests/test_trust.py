@@ -855,6 +855,23 @@ def test_the_same_failure_with_each_trials_own_values_stops_the_study(tmp_path):
     assert count(tmp_path / "logs" / "other", "FAILED") == 4
 
 
+def test_an_errors_kind_leaves_out_the_trials_own_values_and_numbers():
+    from torchtune_hp.executors.loop import error_kind
+    from torchtune_hp.trial import FrozenTrial
+
+    def failed(params, last_line):
+        return FrozenTrial(0, TrialState.FAILED, params, error=f"Traceback ...\n{last_line}")
+
+    said = "error: unrecognized arguments: --model.opt={} --model.lr={}"
+    adam = failed({"opt": "adam", "lr": 0.1}, said.format("adam", 0.1))
+    sgd = failed({"opt": "sgd", "lr": 0.02}, said.format("sgd", 0.02))
+    assert error_kind(adam) == error_kind(sgd) == said.format("#", "#")
+    at = failed({}, "ValueError: <Model object at 0x7f3a1b2c>")
+    assert error_kind(at) == "ValueError: <Model object at #>"
+    other = failed({"opt": "adam"}, "ImportError: No module named adamw")  # not its value
+    assert error_kind(other) == "ImportError: No module named adamw"
+
+
 def test_the_same_failure_at_the_start_stops_the_study(tmp_path):
     fast_study(tmp_path, trials=20)
     (tmp_path / "fast.py").write_text(

@@ -462,12 +462,22 @@ class Storage:
 
     def still_running(self) -> None:
         """The driver's heartbeat: every RUNNING trial is alive now, its last sign of life (see
-        :meth:`recover_running`) for a trial that reports nothing until it ends."""
-        with self._tx() as c:
-            c.execute(
-                "UPDATE trials SET seen=? WHERE state=?",
-                (_ts(utcnow()), TrialState.RUNNING.value),
-            )
+        :meth:`recover_running`) for a trial that reports nothing until it ends. Best effort:
+        a write that fails (a full disk, a lock held too long) is warned of, not raised, as a
+        hint must not end a study; a database replaced or deleted is handled first, as for
+        every write."""
+        self._keep_file()
+        try:
+            with self._tx() as c:
+                c.execute(
+                    "UPDATE trials SET seen=? WHERE state=?",
+                    (_ts(utcnow()), TrialState.RUNNING.value),
+                )
+        except StorageError as e:
+            with contextlib.suppress(sqlite3.Error):
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+            warnings.warn(f"the trials' heartbeat was not written: {e}", RuntimeWarning, 2)
 
     def add_note(self, number: int, text: str) -> None:
         """Append a line to a trial's note (what the driver noticed about its output)."""

@@ -196,11 +196,15 @@ class StudyBoard:
                     best = t.value
             self._study_points(t, best)
 
-    def _study_points(self, trial: FrozenTrial, best: float | None) -> None:
+    def _study_points(
+        self, trial: FrozenTrial, best: float | None, best_step: int | None = None
+    ) -> None:
+        """``best_step``: where the best goes (the trial's number unless given)."""
         if trial.value is not None and trial.state is TrialState.COMPLETE:
             self.study_writer.scalar(f"study/{self.metric}", trial.value, trial.number)
         if best is not None:
-            self.study_writer.scalar(f"study/best_{self.metric}", best, trial.number)
+            step = trial.number if best_step is None else best_step
+            self.study_writer.scalar(f"study/best_{self.metric}", best, step)
 
     def _study_file_lost(self) -> bool:
         """Whether an event file of the study run was deleted while the study ran (a cleanup,
@@ -299,11 +303,12 @@ class StudyBoard:
         if self._study_file_lost():
             self._write_study_points(finished)
         else:
-            # a paused trial that ran again wrote the best at its step when it paused: a second
-            # point there, after later steps, would draw the curve back; the next trial's
-            # point shows the best it found
-            best = None if trial.resumes else study.incumbent
-            self._study_points(trial, None if best is None else best.value)
+            # a paused trial that ran again wrote the best at its number when it paused: the
+            # best it found now goes at the latest trial's number, not back there, which would
+            # draw the curve back over the later trials' points
+            best = study.incumbent
+            latest = max(t.number for t in finished) if trial.resumes else None
+            self._study_points(trial, None if best is None else best.value, latest)
         if self.images_every and len(finished) % self.images_every == 0:
             if time.monotonic() >= self._next_views:
                 self.draw_views(finished, lambda: _forecasts(study))

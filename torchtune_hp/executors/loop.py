@@ -46,15 +46,21 @@ def error_signature(trial: FrozenTrial) -> str:
     return lines[-1] if lines else ""
 
 
-# a number in an error's last line: the trial's own parameter values, sizes, line numbers
-_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+# a number in an error's last line: the trial's own parameter values, sizes, line numbers,
+# object addresses
+_NUMBER = re.compile(r"0x[0-9a-fA-F]+|[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
 def error_kind(trial: FrozenTrial) -> str:
-    """:func:`error_signature` with its numbers blanked: the same mistake fails every trial
-    with that trial's own values in its message (``unrecognized arguments:
-    --model.momentum=0.968``), and it is still the same mistake."""
-    return _NUMBER.sub("#", error_signature(trial))
+    """:func:`error_signature` with the trial's own parameter values and every number
+    blanked: the same mistake fails every trial with its own values in its message
+    (``unrecognized arguments: --model.momentum=0.968``, ``--model.opt=adam``), and it is
+    still the same mistake."""
+    line = error_signature(trial)
+    for value in sorted({str(v) for v in trial.params.values()}, key=len, reverse=True):
+        if value:
+            line = re.sub(rf"(?<!\w){re.escape(value)}(?!\w)", "#", line)
+    return _NUMBER.sub("#", line)
 
 
 class FailFast:
@@ -186,7 +192,8 @@ def _drive(
                 cb(study, frozen)
         fail.check_all(finished)
         if time.monotonic() - beat >= HEARTBEAT_S:
-            study.heartbeat()
+            if executor.active:  # an in-process trial has ended by now: nothing runs
+                study.heartbeat()
             beat = time.monotonic()
         stop = signals.received()
         if stop is not None:  # the objective (or a library) caught the stop and returned

@@ -145,17 +145,8 @@ class ProcessPool:
             }
         )
         try:
-            proc = TrialProcess(
-                self.spec.argv(trial.params, run_dir, env),
-                env,
-                run_dir,
-                launch,
-                self.study.metric,
-                self._watch_r,
-                self.grace_s,
-                self.spec.regex,
-                self.spec.timeout_s,
-                self.spec.run_outputs,
+            proc = self.spec.start(
+                trial.params, run_dir, env, launch, self.study.metric, self._watch_r, self.grace_s
             )
         except OSError as e:
             error = f"cannot start: {e}"

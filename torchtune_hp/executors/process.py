@@ -88,14 +88,39 @@ class LaunchSpec:
         to start where one exists, which failed every resumed ``lightning_cli`` trial."""
         return ("config.yaml",) if self.style == "lightning_cli" else ()
 
-    def argv(self, params: Mapping[str, Any], run_dir: Path, env: Mapping[str, str]) -> list[str]:
-        """The trial's command line; ``env``: its environment (a resumed trial's says so)."""
+    def argv(self, params: Mapping[str, Any], run_dir: Path, resuming: bool) -> list[str]:
+        """The trial's command line (``resuming``: a paused trial run again)."""
         if self.style is None:
             return list(self.command)
         args = build_argv(self.command, params, self.style, self.rename)
         if self.style != "lightning_cli":
             return args
-        return args + lightning_cli_extras(run_dir, resume_from_env(env) is not None)
+        fits = "fit" in self.command  # LightningCLI's subcommand that trains
+        return args + lightning_cli_extras(run_dir, resuming and fits)
+
+    def start(
+        self,
+        params: Mapping[str, Any],
+        run_dir: Path,
+        env: Mapping[str, str],
+        launch: str,
+        metric: str,
+        watch_fd: int,
+        grace_s: float,
+    ) -> TrialProcess:
+        """Launch a trial of this spec in ``run_dir`` (the driver's pool and a Ray host)."""
+        return TrialProcess(
+            self.argv(params, run_dir, resume_from_env(env) is not None),
+            env,
+            run_dir,
+            launch,
+            metric,
+            watch_fd,
+            grace_s,
+            self.regex,
+            self.timeout_s,
+            self.run_outputs,
+        )
 
     def moved(self, recipe_dir: Path, python: str) -> LaunchSpec:
         """The same launch on a machine where the recipe's folder arrived as ``recipe_dir`` and

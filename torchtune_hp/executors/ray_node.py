@@ -129,17 +129,8 @@ class TrialHost:
                 "CUDA_VISIBLE_DEVICES": ",".join(gpus),
             }
         )
-        self.proc = TrialProcess(
-            self.spec.argv(params, run_dir, proc_env),
-            proc_env,
-            run_dir,
-            launch,
-            self.metric,
-            self._watch_r,
-            self.grace_s,
-            self.spec.regex,
-            self.spec.timeout_s,
-            self.spec.run_outputs,
+        self.proc = self.spec.start(
+            params, run_dir, proc_env, launch, self.metric, self._watch_r, self.grace_s
         )
         self.sender = FolderSender(run_dir)
         self.synced = time.monotonic()

@@ -172,7 +172,7 @@ class RayExecutor:
         host.trial, host.launch, host.poll_ref = trial, launch, None
         host.pruned, host.killed_for, host.started = False, None, time.time()
         if trial.resume_from is not None:  # the node's new logs replace the driver's copy
-            keep_earlier_logs(self.study.trial_dir(trial.number))
+            keep_earlier_logs(self.study.trial_dir(trial.number), self.spec.run_outputs)
         host.start_ref = host.actor.start.remote(
             trial.number, trial.params, launch, env, carried_files(trial)
         )

@@ -165,10 +165,12 @@ class GPPruner:
         check_choice("new_trial", self.new_trial, NEW_TRIAL)
         if self.max_resource is not None:
             check_least(("max_resource", self.max_resource, 1))
-            if self.max_resource <= self.min_resource:  # no decision before the end: none
+            first = min(self.min_resource, self.startup_min_resource)
+            if self.max_resource <= first:  # no decision before the end: no stop at all
                 raise ValueError(
-                    f"max_resource must be > min_resource ({self.min_resource}), where the "
-                    f"first decision is; got {self.max_resource!r}"
+                    f"max_resource must be > {first}, the reports at the first decision "
+                    f"(min_resource {self.min_resource}, startup_min_resource "
+                    f"{self.startup_min_resource}); got {self.max_resource!r}"
                 )
         from torchtune_hp.samplers.gp import resolve_device
 
