@@ -69,14 +69,17 @@ def _study(f, dims: int, low: float, high: float, n: int, **options) -> Study:
     return study
 
 
-def test_auto_takes_the_floor_warp_in_a_valley_and_finds_a_lower_point_there():
+def test_auto_takes_the_floor_warp_in_a_valley_and_searches_on_it():
     """On Rosenbrock in 4-D (the benchmark's problem, seed 0) the values span five orders of
-    magnitude and the floor warp is strongly likelier from the first fit on; with it the study
-    ends at about a quarter of the Yeo-Johnson warp's best value (10.6 against 44.6)."""
+    magnitude and the floor warp is strongly likelier from the first fit on, and the search
+    follows it. How much lower it ends is the benchmark's to say (Rosenbrock4's median over ten
+    seeds 38 -> 7.5, ``benchmarks/results/regret_output_warp.json``): one seed's 40 trials end
+    apart on different CPUs (10.6 against the Yeo-Johnson warp's 44.6 on an Intel machine,
+    47.0 against 40.2 on an AMD EPYC one), so this test no longer compares them."""
     auto = _study(_rosenbrock, 4, -5.0, 10.0, 40)
     plain = _study(_rosenbrock, 4, -5.0, 10.0, 40, output_warp="yeo_johnson")
     assert auto.sampler._output == {4: "floor"}
-    assert auto.best_value < 0.5 * plain.best_value
+    assert [t.params for t in auto.trials] != [t.params for t in plain.trials]
     expl = auto.sampler.explain(n_points=5)
     assert expl is not None and "floor output warp" in expl.suggested_by
 
