@@ -77,6 +77,7 @@ def test_paused_trials_resume_where_they_stopped_and_nothing_is_trained_twice(tm
             assert len(t.intermediate) == EPOCHS
     note = next(t.note for t in trials if t.number == resumed[0])
     assert "resumed after" in note and "a new trial:" in note
+    assert not any("trained from the start" in (t.note or "") for t in trials)
     assert study.best_value == pytest.approx(min(t.value for t in trials if t.value is not None))
     # the finished view holds each finished trial once, and the running ones none
     assert sorted(t.number for t in study.finished_trials) == list(range(14))
@@ -101,6 +102,73 @@ def test_paused_trials_resume_where_they_stopped_and_nothing_is_trained_twice(tm
         assert resumes and set(resumes) <= set(stops)  # resumed at the step it was stopped
         forecast_steps = [e.step for e in decisions.Scalars("forecast/p_beats_best")]
         assert len(forecast_steps) == len(set(forecast_steps))  # one forecast per step
+
+
+def restarting_objective(revalidate: bool = False):
+    """An objective that saves its state when told to stop (odd trials only) but on a resumed
+    run trains from epoch 1 again, as a script that never loads its checkpoint does; with
+    ``revalidate`` it does go on, after reporting the paused step once more."""
+
+    def objective(trial):
+        start = trial.resume_from if revalidate and trial.resume_from is not None else 1
+        for epoch in range(start, EPOCHS + 1):
+            trial.report(loss(trial.params["a"], epoch), epoch)
+            if epoch < EPOCHS and trial.should_prune():
+                if trial.number % 2 or revalidate:
+                    trial.checkpoint_path.write_text(str(epoch))
+                return None
+        return min(trial.study.trial(trial.number).intermediate.values())
+
+    return objective
+
+
+def resuming_study(logdir: Path, name: str) -> Study:
+    """A study whose pruner (extreme options) stops trials at every rung from the second
+    report on and resumes them whenever it can."""
+    pruner = GPPruner(
+        resume=True, resume_ratio=1e-9, threshold=0.0, gain_ratio=1e9, n_startup=1, min_resource=2
+    )
+    return Study(
+        name, {"a": Float(0.0, 1.0)}, sampler="random", seed=1, logdir=logdir, pruner=pruner
+    )
+
+
+def test_a_resumed_trial_that_trains_from_the_start_says_so(tmp_path):
+    study = resuming_study(tmp_path, "over")
+    with pytest.warns(RuntimeWarning, match="trained from the start") as caught:
+        study.optimize(restarting_objective(), n_trials=6)
+    resumed = resumed_numbers(study)
+    assert {n % 2 for n in resumed} == {0, 1}, resumed  # with a checkpoint and without
+    for number in resumed:
+        note = study.trial(number).note
+        assert "it reported its earlier steps again: it trained from the start" in note, note
+        checkpoint = tmp_path / "over" / f"trial_{number:04d}" / "pause.ckpt"
+        why = (
+            f"its {checkpoint} is there: does the objective pass trial.ckpt_path"
+            if number % 2
+            else f"no {checkpoint} was found"
+        )
+        assert why in note, note
+    told = {str(w.message) for w in caught if "trained from the start" in str(w.message)}
+    assert len(told) == len(set(resumed))  # once per resumed trial, not once per step
+    # stopped again at the rung it was resumed at, each would be resumed and stopped forever
+    # (the old code ran this study until the test's timeout): it stays paused instead
+    again = [t for t in study.trials if "it is not resumed again" in (t.note or "")]
+    assert again and all(t.state is TrialState.PRUNED for t in again)
+    assert len(study.trials) == 6 and study.n_finished == 6
+    study.close()
+
+
+def test_a_resumed_trial_that_validates_its_paused_step_again_is_not_said_to_start_over(
+    tmp_path,
+):
+    study = resuming_study(tmp_path, "again")
+    study.optimize(restarting_objective(revalidate=True), n_trials=6)
+    assert resumed_numbers(study)
+    notes = " ".join(t.note or "" for t in study.trials)
+    assert "trained from the start" not in notes
+    assert "a step was reported more than once" in notes
+    study.close()
 
 
 def test_without_resume_a_stopped_trial_stays_stopped(tmp_path):

@@ -31,7 +31,7 @@ import socket
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -47,6 +47,7 @@ from torchtune_hp.samplers import Sampler, SpaceExhausted, make_sampler
 from torchtune_hp.space import Param, Space, space_diff
 from torchtune_hp.storage import Storage, utcnow
 from torchtune_hp.trial import (
+    PAUSE_CHECKPOINT,
     FrozenTrial,
     Interruption,
     Origin,
@@ -179,6 +180,7 @@ class Study:
         self._n_counted = 0
         self._best: FrozenTrial | None = None
         self._noted: set[tuple[int, str]] = set()
+        self._resumed_at: dict[int, int] = {}  # a paused trial run again -> its last step then
         self._followed: int | None = None  # the last trial a follower returned from ask()
         self._saw_driver = False
         self.storage = self._open_storage()
@@ -496,7 +498,10 @@ class Study:
         choose = getattr(self.pruner, "resume_choice", None)
         if choose is None:
             return None
-        decision = choose(self._view.values())  # no copy: without resume it returns at once
+        trials: Collection[FrozenTrial] = self._view.values()  # no copy: without resume it
+        if self._resumed_at:  # returns at once
+            trials = [t for t in trials if not self._resumed_in_vain(t)]
+        decision = choose(trials)
         if decision is None or decision.forecast is None:
             return None
         number = decision.forecast.number
@@ -504,6 +509,7 @@ class Study:
             return None
         frozen = self._refresh(number)
         trial = Trial(self, number, frozen.params, resume_from=max(frozen.intermediate))
+        self._resumed_at[number] = max(frozen.intermediate)
         self._emit("trial_started", trial)
         self._emit("trial_decided", number, decision)
         return trial
@@ -591,7 +597,9 @@ class Study:
             if step is not None:
                 self.note(number, f"a report's step {describe(step)} is not a step number")
             s = max(done) + 1 if done else 0
-        if int(s) in done:  # a stuck step counter would keep the pruners from ever deciding
+        if int(s) in done and self._starts_over(number, int(s)):
+            self.note(number, self._started_over(number))
+        elif int(s) in done:  # a stuck step counter would keep the pruners from ever deciding
             self.note(
                 number,
                 "a step was reported more than once: the later value replaced the earlier "
@@ -601,6 +609,48 @@ class Study:
         self.storage.report(number, int(s), val)
         self._refresh(number)
         self._emit("trial_reported", number, int(s), val)
+
+    def _resumed_in_vain(self, trial: FrozenTrial) -> bool:
+        """Whether a paused trial paused again at the step it was resumed at, with no report
+        after it: resumed again it would only repeat that (a run that trains from the start,
+        or is stopped at once on each resume), and the study would never end. Such a trial
+        stays paused, and its note says why."""
+        at = self._resumed_at.get(trial.number)
+        if at is None or trial.state is not TrialState.PRUNED or max(trial.intermediate) > at:
+            return False
+        self.note(
+            trial.number,
+            f"paused again at step {at}, where it had been resumed, with no report after it: "
+            "it is not resumed again (it would only repeat that)",
+            warn=False,
+        )
+        return True
+
+    def _starts_over(self, number: int, step: int) -> bool:
+        """Whether a report at ``step``, reported before, shows a resumed trial training from
+        the start: a step before the one it paused at (a run that loads its state and
+        validates again reports the paused step itself, which is not that)."""
+        return step < self._resumed_at.get(number, -1)
+
+    def _started_over(self, number: int) -> str:
+        """Why a resumed trial reports a step it had reported before its pause: its run
+        trained from the start again (the compute of its first run spent twice), which the
+        trial's note and a warning say instead of a quiet overwrite of its curve."""
+        why = "the objective does not resume from its saved state"
+        if self.dir is not None:
+            checkpoint = self.trial_dir(number) / PAUSE_CHECKPOINT
+            why = (
+                f"its {checkpoint} is there: does the objective pass trial.ckpt_path to "
+                "Trainer.fit (or load trial.checkpoint_path itself)?"
+                if checkpoint.is_file()
+                else f"no {checkpoint} was found (deleted, or never saved: a script saves its "
+                "state there when told to stop)"
+            )
+        return (
+            f"resumed after step {self._resumed_at[number]}, it reported its earlier steps "
+            "again: it trained from the start instead of going on (the later values replace "
+            f"the earlier); {why}"
+        )
 
     def note(self, number: int, text: str, warn: bool = True) -> None:
         """Add ``text`` to a trial's note, once (``trials`` shows it); ``warn``: also as a
