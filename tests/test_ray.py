@@ -226,16 +226,19 @@ def test_a_study_runs_eight_trials_at_once_across_two_nodes(cluster, tmp_path):
 
 
 def test_a_lost_node_costs_a_retry_and_the_study_ends_with_every_trial(cluster, tmp_path):
-    """The second node is killed while two trials run on it: those run again once on the head,
-    the study ends with exactly its 6 trials, none twice, and no trial process is left."""
+    """The second node is killed while two trials run on it, after they reported: those run
+    again once on the head with a curve of their own (the lost attempt's reports dropped), the
+    study ends with exactly its 6 trials, none twice, and no trial process is left. Trials that
+    wait for the head to be free do not count the wait as their duration."""
     node = cluster.add_node(cpus=4)
     home = _project(
         tmp_path,
         trials=6,
         workers=4,
-        objective={"command": ["python", "fake_train.py", "--sleep", "20", "--how", "json"]},
+        objective={"command": ["python", "fake_train.py", "--epoch_sleep", "5", "--how", "report"]},
         executor={"address": cluster.address, "resources_per_trial": {"cpu": 2}},
         study={"name": "lost"},
+        pruner={"name": "none"},
     )
     driver = subprocess.Popen(
         cli_cmd("run", "recipe.yaml"),
@@ -249,6 +252,10 @@ def test_a_lost_node_costs_a_retry_and_the_study_ends_with_every_trial(cluster, 
     running = {t.number for t in read_trials(study_dir) if t.state is TrialState.RUNNING}
     head = _head_node(cluster)
     on_node = {n for n, p in _processes(study_dir).items() if p["node"] != head} & running
+    deadline = time.monotonic() + 60  # kill the node once its trials' first reports are in
+    while not all(t.intermediate for t in read_trials(study_dir) if t.number in on_node):
+        assert time.monotonic() < deadline, "the node's trials never reported"
+        time.sleep(0.2)
     first_pids = seen_pids(study_dir)
     cluster.kill(node)
     _, err = driver.communicate(timeout=240)
@@ -256,10 +263,20 @@ def test_a_lost_node_costs_a_retry_and_the_study_ends_with_every_trial(cluster, 
     trials = read_trials(study_dir)
     assert [t.number for t in trials] == list(range(6))
     assert all(t.state is TrialState.COMPLETE for t in trials), [t.error for t in trials]
-    retried = {t.number for t in trials if "node was lost" in (t.note or "")}
+    retried = {t.number for t in trials if "its Ray host died" in (t.note or "")}
     assert retried == on_node and len(retried) == 2, (retried, on_node)
+    seen = _seen(study_dir)
+    for t in trials:
+        assert sorted(t.intermediate) == [0, 1, 2, 3]
+        assert "reported more than once" not in (t.note or ""), t.note
+        if t.number not in retried:  # (a retried one ran twice: both runs count)
+            # its duration is from its start on a node, not from when it was asked for
+            assert t.duration_s <= t.end.timestamp() - seen[t.number]["time"] + 3.0, t
     for number in retried:
         assert (study_dir / f"trial_{number:04d}" / "lost_attempt_1" / "seen.json").is_file()
+        note = next(t.note for t in trials if t.number == number)
+        assert re.search(r"the lost attempt's [1-4] report\(s\) were dropped", note), note
+    assert max(t.paused_s for t in trials) > 5.0  # the last two waited for the head
     assert not [pid for pid in first_pids if pid_alive(pid)]
     deadline = time.monotonic() + 30  # and no host of the study is left on the cluster
     while _hosts(cluster):
@@ -501,6 +518,10 @@ def test_cluster_problems_are_one_clear_error_before_any_trial(cluster, tmp_path
     assert result.returncode == 2, result.stderr
     assert time.monotonic() - began < 60
     assert "executor.address" in result.stderr and "cannot be reached" in result.stderr
+    result = run_cli("run", "recipe.yaml", "executor.address=127.0.0.1", cwd=home)
+    assert result.returncode == 2, result.stderr
+    assert "executor.address: expected 'auto', 'local', host:port" in result.stderr
+    assert "got '127.0.0.1'" in result.stderr
     result = run_cli(
         "run",
         "recipe.yaml",

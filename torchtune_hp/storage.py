@@ -479,6 +479,24 @@ class Storage:
                     self.conn.execute("ROLLBACK")
             warnings.warn(f"the trials' heartbeat was not written: {e}", RuntimeWarning, 2)
 
+    def add_waiting(self, number: int, seconds: float) -> None:
+        """Time a RUNNING trial spent waiting to be placed (on a busy Ray cluster), kept with
+        its paused time: not part of its duration, as it did not run."""
+        with self._tx() as c:
+            c.execute(
+                "UPDATE trials SET paused_s=COALESCE(paused_s, 0) + ? WHERE number=? AND state=?",
+                (max(0.0, seconds), number, TrialState.RUNNING.value),
+            )
+
+    def drop_reports(self, number: int, after: int | None) -> int:
+        """Remove a trial's reports after step ``after`` (all of them with None); returns how
+        many there were."""
+        with self._tx() as c:
+            return c.execute(
+                "DELETE FROM intermediate WHERE trial=? AND step>?",
+                (number, -1 if after is None else after),
+            ).rowcount
+
     def add_note(self, number: int, text: str) -> None:
         """Append a line to a trial's note (what the driver noticed about its output)."""
         with self._tx() as c:

@@ -683,6 +683,27 @@ class Study:
             self.storage.told_to_pause(number, max(me.intermediate))  # its state is saved there
         return stop
 
+    def waited(self, trial: Trial | int, seconds: float) -> None:
+        """A trial waited ``seconds`` after it was asked for before it started (a Ray cluster
+        that could not place it yet): left out of its duration, as its paused time is."""
+        number = self._number_of(trial, "waited")
+        if not self.follower:
+            self.storage.add_waiting(number, seconds)
+            self._refresh(number)
+
+    def run_again(self, trial: Trial, why: str) -> None:
+        """``trial`` runs again from where it started (its process was lost): the reports of
+        the lost attempt, after ``trial.resume_from`` (all on a first run), are dropped, so
+        the new attempt's curve is its own and the pruners' rungs count its reports; ``why``
+        goes to its note with how many were dropped."""
+        if self.follower:
+            return
+        dropped = self.storage.drop_reports(trial.number, trial.resume_from)
+        if dropped:
+            why += f"; the lost attempt's {dropped} report(s) were dropped"
+        self._refresh(trial.number)
+        self.note(trial.number, why)
+
     def record_process(self, trial: Trial | int, process: dict[str, Any]) -> None:
         """Where a trial's process group runs, so a resumed driver can make sure it is gone."""
         number = self._number_of(trial, "record_process")

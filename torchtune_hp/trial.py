@@ -83,11 +83,14 @@ class FrozenTrial:
     interruption: Interruption | None = None
     note: str | None = None
     intermediate: dict[int, float] = field(default_factory=dict)
-    paused_s: float = 0.0  # time spent paused between runs (freeze-thaw), not in duration_s
+    # time spent paused between runs (freeze-thaw) or waiting to be placed (Ray): not run,
+    # so not in duration_s
+    paused_s: float = 0.0
 
     @property
     def duration_s(self) -> float | None:
-        """Seconds it ran: from its start to its end, less the time it spent paused."""
+        """Seconds it ran: from its start to its end, less the time it spent paused or
+        waiting to be placed."""
         if self.start is None or self.end is None:
             return None
         return max(0.0, (self.end - self.start).total_seconds() - self.paused_s)

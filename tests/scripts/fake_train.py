@@ -94,10 +94,10 @@ for epoch in range(epochs):
             break
     elif how == "regex":
         print(f"| epoch {epoch} | valid loss {loss:.6f} |", flush=True)
-        time.sleep(float(args.get("epoch_sleep", 0)))
     elif how == "tensorboard":
         value = summary_pb2.Summary.Value(tag="valid/loss", simple_value=loss)
         writer.add_event(event_pb2.Event(step=epoch, summary=summary_pb2.Summary(value=[value])))
+    time.sleep(float(args.get("epoch_sleep", 0)))
 if how == "tensorboard":
     writer.close()
 with open("epochs.txt", "w") as f:

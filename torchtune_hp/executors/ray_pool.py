@@ -54,6 +54,7 @@ RETRIES = 1  # a trial whose node is lost runs again this many times
 PROBE_S = 5.0  # how long an address may take to answer before it counts as unreachable
 PROBE_EVERY_S = 2.0  # how often a running study checks that its cluster still answers
 LOST_SETTLE_S = 2.0  # how long a lost host's cluster must go on answering to be alive
+WAIT_NOTED_S = 0.5  # a wait for placement this long is left out of the trial's duration
 INSTALL = "pip install 'torchtune_hp[ray]'"
 KEY = "executor.address"
 STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -139,6 +140,7 @@ class RayExecutor:
         )
         self.hosts: list[_Host] = []
         self.attempts: dict[int, int] = {}
+        self._asked: dict[int, float] = {}  # trial -> when it was first handed to Ray
         self._done: list[Finished] = []
 
     @property
@@ -162,6 +164,7 @@ class RayExecutor:
         return next((h for h in self.hosts if h.trial is None), None)
 
     def submit(self, trial: Trial) -> None:
+        self._asked.setdefault(trial.number, time.time())
         for waiting in [h for h in self.hosts if h.trial is not None and not h.placed]:
             self._move_to_idle(waiting)  # trials that wait for Ray go first, in order
         self._hand(self._idle() or self._new_host(), trial)
@@ -204,6 +207,7 @@ class RayExecutor:
                 h.start_ref, h.placed = None, True
                 assert h.trial is not None
                 self.study.record_process(h.trial, record)
+                self._placed(h)
             if h.poll_ref is None:
                 h.poll_ref = h.actor.poll.remote()
         polls = [h.poll_ref for h in busy if h.trial is not None and h.poll_ref is not None]
@@ -229,6 +233,16 @@ class RayExecutor:
             time.sleep(left)
         done, self._done = self._done, []
         return done
+
+    def _placed(self, h: _Host) -> None:
+        """``h``'s trial has started on its node: the time it waited for Ray to place it (a
+        busy cluster) is not part of its duration, nor of what ``started`` measures."""
+        assert h.trial is not None
+        now = time.time()
+        waited = now - self._asked.pop(h.trial.number, now)
+        h.started = now
+        if waited >= WAIT_NOTED_S:
+            self.study.waited(h.trial, waited)
 
     def _move_to_idle(self, h: _Host) -> None:
         """Give the trial that waits for ``h`` to be placed to a host that sits idle (after a
@@ -295,15 +309,17 @@ class RayExecutor:
         self._settled = True
         n = self.attempts[trial.number] = self.attempts.get(trial.number, 0) + 1
         lost = isinstance(error, self.ray.exceptions.RayActorError)
-        what = "its node was lost" if lost else "Ray could not run it"
+        # Ray's first line says whether the node died or only the host's process
+        what = "its Ray host died" if lost else "Ray could not run it"
         why = f"{what}: {type(error).__name__}: {describe(_first_line(error))}"
         if n > RETRIES:
             self._failed(h, f"{why} (after {n} tries)")
             return
         self.hosts.remove(h)
         self._kill(h)
-        self.study.note(trial.number, f"{why}; it runs again, on a host Ray places anew")
         _keep_lost_attempt(self.study.trial_dir(trial.number), n)
+        where = "the beginning" if trial.resume_from is None else "its pause checkpoint"
+        self.study.run_again(trial, f"{why}; it was started again from {where}, on a new host")
         self.submit(trial)
 
     def _check_cluster(self, settle_s: float = 0.0) -> None:
@@ -397,6 +413,20 @@ def _reason(error: BaseException) -> str:
     return text if len(text) <= 500 else text[:497] + "..."
 
 
+def _token_hint(address: str, error: BaseException) -> str:
+    """What to try when joining by an explicit address fails: Ray turns token
+    authentication on for such a driver only with ``RAY_AUTH_MODE=token`` (its refusal,
+    ``InvalidAuthToken``, goes to Ray's log, and the error says only 'Failed to connect')."""
+    if address in ("auto", "local") or os.environ.get("RAY_AUTH_MODE"):
+        return ""
+    if "auth" not in str(error).lower() and "failed to connect" not in str(error).lower():
+        return ""
+    return (
+        "; if the cluster uses token authentication (Ray's default), run the driver with "
+        "RAY_AUTH_MODE=token and the cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN)"
+    )
+
+
 def _first_line(error: BaseException) -> str:
     lines = [line for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else ""
@@ -452,7 +482,9 @@ def connect(
                 ".gitignore there, as Ray reads them)",
             ) from None
         raise ConfigError(
-            recipe_path, KEY, f"cannot join the Ray cluster at {address!r}: {_reason(e)}"
+            recipe_path,
+            KEY,
+            f"cannot join the Ray cluster at {address!r}: {_reason(e)}{_token_hint(address, e)}",
         ) from None
     finally:  # Ray's driver turns SIGTERM into sys.exit: a stop is ours to record and report
         for sig, handler in ours.items():
@@ -465,11 +497,20 @@ def connect(
         raise
 
 
+ADDRESS_FORMS = "'auto', 'local', host:port (e.g. 10.0.0.5:6379) or ray://host:port"
+
+
 def _probe(address: str, recipe_path: Path) -> None:
     """Fail in seconds, not minutes (Ray retries an unreachable address for a long time)."""
-    target = address.removeprefix("ray://")  # Ray Client: its server's port
+    target, source = address.removeprefix("ray://"), ""  # Ray Client: its server's port
     if address == "auto":
-        target = os.environ.get("RAY_ADDRESS", "") or _current_cluster()
+        target, source = os.environ.get("RAY_ADDRESS", ""), " (from RAY_ADDRESS)"
+        if not target:
+            target = _current_cluster()
+            source = (
+                f" (from {_address_file()}, left by the last `ray start` on this machine: it "
+                "may be stale or another session's cluster; give host:port to be sure)"
+            )
         if not target:
             raise ConfigError(
                 recipe_path,
@@ -477,27 +518,37 @@ def _probe(address: str, recipe_path: Path) -> None:
                 "'auto' found no running Ray cluster on this machine: start one with "
                 "`ray start --head`, or give its address (host:port), or use 'local'",
             )
-    host, _, port = target.rpartition(":")
+    host, _, port = target.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in host:
+        raise ConfigError(recipe_path, KEY, f"expected {ADDRESS_FORMS}, got {target!r}{source}")
     try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=PROBE_S):
+        with socket.create_connection((host, int(port)), timeout=PROBE_S):
             pass
-    except (OSError, ValueError) as e:
+    except OSError as e:
         raise ConfigError(
             recipe_path,
             KEY,
-            f"the Ray cluster at {target!r} cannot be reached ({e}); is `ray start --head` "
-            "running there, and is its port open to this machine?",
+            f"the Ray cluster at {target!r}{source} cannot be reached ({e}); is `ray start "
+            "--head` running there, and is its port open to this machine?",
         ) from None
 
 
-def _current_cluster() -> str:
-    """The address ``ray start`` leaves for ``auto`` on this machine (Ray's own convention)."""
+def _address_file() -> str:
+    """Where ``ray start`` records the address that ``auto`` reads (Ray's own convention)."""
     try:
         from ray._private.utils import get_ray_address_file
 
-        with open(get_ray_address_file(None)) as f:
-            return f.read().strip()
+        return str(get_ray_address_file(None))
     except Exception:
+        return "Ray's address file"
+
+
+def _current_cluster() -> str:
+    """The address ``ray start`` leaves for ``auto`` on this machine."""
+    try:
+        with open(_address_file()) as f:
+            return f.read().strip()
+    except OSError:
         return ""
 
 
