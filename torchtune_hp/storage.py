@@ -492,10 +492,13 @@ class Storage:
         """Remove a trial's reports after step ``after`` (all of them with None); returns how
         many there were."""
         with self._tx() as c:
-            return c.execute(
-                "DELETE FROM intermediate WHERE trial=? AND step>?",
-                (number, -1 if after is None else after),
-            ).rowcount
+            return self._drop_after(c, number, -1 if after is None else after)
+
+    @staticmethod
+    def _drop_after(c: sqlite3.Connection, number: int, step: int) -> int:
+        return c.execute(
+            "DELETE FROM intermediate WHERE trial=? AND step>?", (number, step)
+        ).rowcount
 
     def add_note(self, number: int, text: str) -> None:
         """Append a line to a trial's note (what the driver noticed about its output)."""
@@ -586,9 +589,7 @@ class Storage:
                     paused_at = resumed[n]
                     dropped = 0
                     if paused_at is not None:
-                        dropped = c.execute(
-                            "DELETE FROM intermediate WHERE trial=? AND step>?", (n, paused_at)
-                        ).rowcount
+                        dropped = self._drop_after(c, n, paused_at)
                     why = reason.replace(retry, "")
                     if dropped:
                         why += (

@@ -31,7 +31,7 @@ import socket
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -181,6 +181,7 @@ class Study:
         self._best: FrozenTrial | None = None
         self._noted: set[tuple[int, str]] = set()
         self._resumed_at: dict[int, int] = {}  # a paused trial run again -> its last step then
+        self._over: set[int] = set()  # resumed trials said to have trained from the start
         self._followed: int | None = None  # the last trial a follower returned from ask()
         self._saw_driver = False
         self.storage = self._open_storage()
@@ -498,10 +499,8 @@ class Study:
         choose = getattr(self.pruner, "resume_choice", None)
         if choose is None:
             return None
-        trials: Collection[FrozenTrial] = self._view.values()  # no copy: without resume it
-        if self._resumed_at:  # returns at once
-            trials = [t for t in trials if not self._resumed_in_vain(t)]
-        decision = choose(trials)
+        vain = self._resumed_in_vain()
+        decision = choose(self._view.values(), skip=vain)  # no copy: it returns at once
         if decision is None or decision.forecast is None:
             return None
         number = decision.forecast.number
@@ -510,6 +509,7 @@ class Study:
         frozen = self._refresh(number)
         trial = Trial(self, number, frozen.params, resume_from=max(frozen.intermediate))
         self._resumed_at[number] = max(frozen.intermediate)
+        self._over.discard(number)
         self._emit("trial_started", trial)
         self._emit("trial_decided", number, decision)
         return trial
@@ -598,6 +598,7 @@ class Study:
                 self.note(number, f"a report's step {describe(step)} is not a step number")
             s = max(done) + 1 if done else 0
         if int(s) in done and self._starts_over(number, int(s)):
+            self._over.add(number)  # said once per resume, whatever its checkpoint does next
             self.note(number, self._started_over(number))
         elif int(s) in done:  # a stuck step counter would keep the pruners from ever deciding
             self.note(
@@ -610,27 +611,32 @@ class Study:
         self._refresh(number)
         self._emit("trial_reported", number, int(s), val)
 
-    def _resumed_in_vain(self, trial: FrozenTrial) -> bool:
-        """Whether a paused trial paused again at the step it was resumed at, with no report
-        after it: resumed again it would only repeat that (a run that trains from the start,
-        or is stopped at once on each resume), and the study would never end. Such a trial
-        stays paused, and its note says why."""
-        at = self._resumed_at.get(trial.number)
-        if at is None or trial.state is not TrialState.PRUNED or max(trial.intermediate) > at:
-            return False
-        self.note(
-            trial.number,
-            f"paused again at step {at}, where it had been resumed, with no report after it: "
-            "it is not resumed again (it would only repeat that)",
-            warn=False,
-        )
-        return True
+    def _resumed_in_vain(self) -> set[int]:
+        """The paused trials paused again at the step they were resumed at, with no report
+        after it: resumed again they would only repeat that (a run that trains from the
+        start, or is stopped at once on each resume), and the study would never end. They
+        stay paused (in this run: the driver keeps what it resumed in memory), and each one's
+        note says why."""
+        vain = set()
+        for number, at in self._resumed_at.items():
+            trial = self._view.get(number)
+            if trial is None or trial.state is not TrialState.PRUNED:
+                continue
+            if trial.intermediate and max(trial.intermediate) <= at:
+                vain.add(number)
+                self.note(
+                    number,
+                    f"paused again at step {at}, where it had been resumed, with no report "
+                    "after it: it is not resumed again in this run (it would only repeat that)",
+                    warn=False,
+                )
+        return vain
 
     def _starts_over(self, number: int, step: int) -> bool:
         """Whether a report at ``step``, reported before, shows a resumed trial training from
         the start: a step before the one it paused at (a run that loads its state and
         validates again reports the paused step itself, which is not that)."""
-        return step < self._resumed_at.get(number, -1)
+        return number not in self._over and step < self._resumed_at.get(number, -1)
 
     def _started_over(self, number: int) -> str:
         """Why a resumed trial reports a step it had reported before its pause: its run
@@ -725,6 +731,7 @@ class Study:
         for process in self.storage.running_processes():  # first: a driver killed while
             procs.end_group(process)  # it waits here still finds the records next time
         for number in self.storage.recover_running(reason, kind, found_later):
+            self._resumed_at.pop(number, None)  # paused again where it was: not in vain
             frozen = self._refresh(number)
             self.recovered.append(number)
             self._emit("trial_finished", frozen)

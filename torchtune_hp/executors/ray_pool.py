@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import threading
@@ -293,12 +294,17 @@ class RayExecutor:
         h.trial = None
         self._done.append(Finished(trial, outcome))
 
-    def _failed(self, h: _Host, why: str) -> None:
+    def _failed(self, h: _Host, why: str, outcome: Outcome | None = None) -> None:
+        """``h`` is gone with its trial, which ends FAILED with ``why`` (or as ``outcome``
+        says, ``why`` then in its note)."""
         trial = h.trial
         assert trial is not None
         self.hosts.remove(h)
         self._kill(h)
-        self._done.append(Finished(trial, Outcome.failed(why)))
+        self._asked.pop(trial.number, None)
+        if outcome is not None:
+            self.study.note(trial.number, why, warn=False)
+        self._done.append(Finished(trial, outcome or Outcome.failed(why)))
 
     def _lost(self, h: _Host, error: BaseException) -> None:
         """``h``'s actor is gone (its node lost): run its trial again on a new host, once."""
@@ -315,6 +321,9 @@ class RayExecutor:
         if n > RETRIES:
             self._failed(h, f"{why} (after {n} tries)")
             return
+        if h.pruned:  # the pruner had stopped it: it ends as it would have, not run again
+            self._failed(h, why, Outcome.pruned())
+            return
         self.hosts.remove(h)
         self._kill(h)
         _keep_lost_attempt(self.study.trial_dir(trial.number), n)
@@ -328,14 +337,15 @@ class RayExecutor:
         two connections in a row, asking on for ``settle_s`` (``ray stop`` ends the workers
         first, the store last). Asked every :data:`PROBE_EVERY_S` and at each lost host: Ray
         itself ends a driver whose control store has been gone for a minute."""
-        host, _, port = self.probe_address.rpartition(":")
-        host = host.strip("[]")  # an IPv6 address, [::1]:6379
+        where = host_port(self.probe_address)
         until, refused = time.monotonic() + settle_s, 0
         while refused < 2:
             try:
-                with socket.create_connection((host, int(port)), timeout=PROBE_S):
+                if where is None:
+                    raise OSError(f"not host:port: {self.probe_address!r}")
+                with socket.create_connection(where, timeout=PROBE_S):
                     refused = 0
-            except (OSError, ValueError):
+            except OSError:
                 refused += 1
             if refused == 0 and time.monotonic() >= until:
                 return
@@ -380,6 +390,7 @@ class RayExecutor:
             h.trial = None
             self._kill(h)
         self.hosts.clear()
+        self._asked.clear()
 
     def _kill(self, h: _Host) -> None:
         try:
@@ -417,7 +428,9 @@ def _token_hint(address: str, error: BaseException) -> str:
     """What to try when joining by an explicit address fails: Ray turns token
     authentication on for such a driver only with ``RAY_AUTH_MODE=token`` (its refusal,
     ``InvalidAuthToken``, goes to Ray's log, and the error says only 'Failed to connect')."""
-    if address in ("auto", "local") or os.environ.get("RAY_AUTH_MODE"):
+    if address in ("auto", "local") or address.startswith("ray://"):
+        return ""
+    if os.environ.get("RAY_AUTH_MODE"):
         return ""
     if "auth" not in str(error).lower() and "failed to connect" not in str(error).lower():
         return ""
@@ -434,11 +447,15 @@ def _first_line(error: BaseException) -> str:
 
 def _keep_lost_attempt(run_dir: Path, n: int) -> None:
     """What the lost attempt had copied back moves to ``lost_attempt_<n>/`` in the trial's
-    folder (the board's own runs stay), so the next attempt starts with a clean folder."""
+    folder (the board's own runs stay), so the next attempt starts with a clean folder; a
+    pause checkpoint is copied, as a resumed trial's next attempt goes on from it."""
     keep = run_dir / f"lost_attempt_{n}"
     keep.mkdir(exist_ok=True)
     for entry in os.listdir(run_dir):
         if entry in OUR_RUNS or entry.startswith("lost_attempt_") or entry == "params.yaml":
+            continue
+        if entry == PAUSE_CHECKPOINT:  # a resumed trial's retry goes on from it again
+            shutil.copy2(run_dir / entry, keep / entry)
             continue
         os.replace(run_dir / entry, keep / entry)
 
@@ -500,16 +517,26 @@ def connect(
 ADDRESS_FORMS = "'auto', 'local', host:port (e.g. 10.0.0.5:6379) or ray://host:port"
 
 
+def host_port(address: str) -> tuple[str, int] | None:
+    """``host:port`` (``ray://`` stripped; ``[::1]:6379`` for IPv6; no host: this machine) as
+    a socket address, or None when it is not of that form."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not _ or not port.isdigit() or not 0 < int(port) < 65536 or "/" in host:
+        return None
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
 def _probe(address: str, recipe_path: Path) -> None:
     """Fail in seconds, not minutes (Ray retries an unreachable address for a long time)."""
-    target, source = address.removeprefix("ray://"), ""  # Ray Client: its server's port
+    target, source = address, ""
     if address == "auto":
         target, source = os.environ.get("RAY_ADDRESS", ""), " (from RAY_ADDRESS)"
         if not target:
-            target = _current_cluster()
+            where = _address_file()
+            target = _current_cluster(where)
             source = (
-                f" (from {_address_file()}, left by the last `ray start` on this machine: it "
-                "may be stale or another session's cluster; give host:port to be sure)"
+                f" (from {where}, left by the last `ray start` on this machine: it may be "
+                "stale or another session's cluster; give host:port to be sure)"
             )
         if not target:
             raise ConfigError(
@@ -518,11 +545,11 @@ def _probe(address: str, recipe_path: Path) -> None:
                 "'auto' found no running Ray cluster on this machine: start one with "
                 "`ray start --head`, or give its address (host:port), or use 'local'",
             )
-    host, _, port = target.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in host:
+    where = host_port(target)
+    if where is None:
         raise ConfigError(recipe_path, KEY, f"expected {ADDRESS_FORMS}, got {target!r}{source}")
     try:
-        with socket.create_connection((host, int(port)), timeout=PROBE_S):
+        with socket.create_connection(where, timeout=PROBE_S):
             pass
     except OSError as e:
         raise ConfigError(
@@ -533,22 +560,21 @@ def _probe(address: str, recipe_path: Path) -> None:
         ) from None
 
 
-def _address_file() -> str:
+def _address_file() -> Path | None:
     """Where ``ray start`` records the address that ``auto`` reads (Ray's own convention)."""
     try:
         from ray._private.utils import get_ray_address_file
 
-        return str(get_ray_address_file(None))
-    except Exception:
-        return "Ray's address file"
+        return Path(get_ray_address_file(None))
+    except Exception:  # a private function of Ray's: gone in some version
+        return None
 
 
-def _current_cluster() -> str:
-    """The address ``ray start`` leaves for ``auto`` on this machine."""
+def _current_cluster(path: Path | None) -> str:
+    """The address ``ray start`` left for ``auto`` at ``path``, or ''."""
     try:
-        with open(_address_file()) as f:
-            return f.read().strip()
-    except OSError:
+        return "" if path is None else path.read_text().strip()
+    except (OSError, ValueError):
         return ""
 
 

@@ -261,8 +261,11 @@ class GPPruner:
             return self.model.prior_gain(trial)
         return self.model.new_trial_gain()
 
-    def resume_choice(self, trials: Collection[FrozenTrial]) -> Decision | None:
-        """With ``resume``, the paused trial to run again in place of a new one, or None.
+    def resume_choice(
+        self, trials: Collection[FrozenTrial], skip: Collection[int] = ()
+    ) -> Decision | None:
+        """With ``resume``, the paused trial to run again in place of a new one, or None;
+        never one of ``skip`` (trial numbers), which the model still learns from.
 
         A paused trial is a PRUNED one whose reports are all finite and fewer than a full
         training's. Once ``n_startup`` trials are COMPLETE (before, the model has seen too few
@@ -278,6 +281,7 @@ class GPPruner:
             t
             for t in trials
             if t.state is TrialState.PRUNED
+            and t.number not in skip
             and t.intermediate
             and all(math.isfinite(v) for v in t.intermediate.values())
         ]
