@@ -12,6 +12,8 @@ import pytest
 import yaml
 from conftest import cli_cmd, run_cli
 
+import torchtune_hp
+from torchtune_hp.errors import ConfigError
 from torchtune_hp.recipe import load_recipe
 
 GOOD = {
@@ -124,6 +126,22 @@ def test_switching_the_sampler_on_the_command_line_drops_the_old_options_visibly
     assert (
         strict.returncode == 2 and "sampler.beta: sampler 'random' has no option" in strict.stderr
     )
+
+
+def test_validate_refuses_a_ray_address_of_no_known_form():
+    result = run_cli("validate", "digits_mlp", "executor.name=ray", "executor.address=127.0.0.1")
+    assert result.returncode == 2, result.stdout
+    assert (
+        "executor.address: expected 'auto', 'local', host:port (e.g. 10.0.0.5:6379) or "
+        "ray://host:port, got '127.0.0.1' (set on the command line)" in result.stderr
+    )
+    builtin = Path(torchtune_hp.__file__).parent / "recipes" / "digits_mlp.yaml"
+    for bad in ("http://10.0.0.5:6379", "host:99999", "head"):
+        with pytest.raises(ConfigError, match="executor.address: expected 'auto'"):
+            load_recipe(builtin, ["executor.name=ray", f"executor.address={bad}"])
+    for fine in ("local", "10.0.0.5:6379", "ray://head:10001", "'[::1]:6379'"):
+        recipe = load_recipe(builtin, ["executor.name=ray", f"executor.address={fine}"])
+        assert recipe.model.executor.address == fine.strip("'")
 
 
 def test_unknown_recipe_name_lists_builtins(tmp_path):

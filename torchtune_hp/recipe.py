@@ -46,6 +46,7 @@ from pydantic import (
 )
 
 from torchtune_hp.errors import ConfigError
+from torchtune_hp.executors.address import check_address
 from torchtune_hp.files import check_study_name
 from torchtune_hp.objective import load_objective
 from torchtune_hp.options import OptionError, closest, option_named
@@ -200,6 +201,11 @@ class ExecutorSection(_Section):
     devices_per_trial: StrictInt = Field(1, ge=1)
     address: StrictStr = "auto"  # ray: auto (the running cluster), local, or host:port
     resources_per_trial: TrialResources = TrialResources()
+
+    @field_validator("address")
+    @classmethod
+    def _an_address(cls, address: str) -> str:
+        return check_address(address)
 
     @property
     def only_for(self) -> dict[str, str]:

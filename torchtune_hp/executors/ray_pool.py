@@ -40,6 +40,7 @@ from torchtune_hp import procs
 from torchtune_hp.board.tags import OUR_RUNS
 from torchtune_hp.errors import ClusterGone, ConfigError
 from torchtune_hp.executors import Finished
+from torchtune_hp.executors.address import ADDRESS_FORMS, host_port
 from torchtune_hp.executors.folder_sync import apply_chunks
 from torchtune_hp.executors.pool import forward_notes, forward_reports, last_reported, trial_env
 from torchtune_hp.executors.process import (
@@ -512,18 +513,6 @@ def connect(
     except ConfigError:
         ray.shutdown()
         raise
-
-
-ADDRESS_FORMS = "'auto', 'local', host:port (e.g. 10.0.0.5:6379) or ray://host:port"
-
-
-def host_port(address: str) -> tuple[str, int] | None:
-    """``host:port`` (``ray://`` stripped; ``[::1]:6379`` for IPv6; no host: this machine) as
-    a socket address, or None when it is not of that form."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not _ or not port.isdigit() or not 0 < int(port) < 65536 or "/" in host:
-        return None
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def _probe(address: str, recipe_path: Path) -> None:
