@@ -319,11 +319,11 @@ class RayExecutor:
         # Ray's first line says whether the node died or only the host's process
         what = "its Ray host died" if lost else "Ray could not run it"
         why = f"{what}: {type(error).__name__}: {describe(_first_line(error))}"
-        if n > RETRIES:
-            self._failed(h, f"{why} (after {n} tries)")
-            return
         if h.pruned:  # the pruner had stopped it: it ends as it would have, not run again
             self._failed(h, why, Outcome.pruned())
+            return
+        if n > RETRIES:
+            self._failed(h, f"{why} (after {n} tries)")
             return
         self.hosts.remove(h)
         self._kill(h)
