@@ -480,6 +480,14 @@ def test_a_constant_objective_is_modelled_without_falling_back(constant, recwarn
     assert len({json.dumps(t.params) for t in study.trials}) == 14
 
 
+def test_importance_is_not_swayed_by_failures_that_have_nothing_to_do_with_the_parameters():
+    study = Study("f", {"x": Float(0.0, 1.0), "y": Float(0.0, 1.0)}, seed=0, logdir=None)
+    with pytest.warns(UserWarning):
+        study.optimize(lambda t: t.params["x"] if t.number % 2 else 1 / 0, n_trials=16, fail_fast=0)
+    shares = study.importance()  # the old code, fitting the failures as the worst value: y 0.95
+    assert shares["x"] > 0.8, shares
+
+
 def test_importance_gives_nothing_to_a_parameter_the_trials_never_varied():
     space = {"c": Categorical(["only"]), "x": Float(0.0, 1.0), "y": Float(0.0, 1.0)}
     study = Study("i", space, seed=0, logdir=None)

@@ -89,6 +89,19 @@ def test_enqueue_comes_first_and_add_records_outside_results():
     assert study.best_params == {"x": 0.9, "opt": "sgd"}
 
 
+def test_points_built_with_numpy_or_torch_numbers_are_taken_as_python_numbers():
+    space = {"x": Float(0.0, 1.0), "n": Int(1, 10), "c": Categorical([1, 2, 4])}
+    study = Study("np", space, seed=0, logdir=None)
+    study.add({"x": np.float32(0.5), "n": np.int64(4), "c": np.int64(2)}, 1.0)
+    study.enqueue({"x": torch.tensor(0.25), "n": 4.0, "c": torch.tensor(4)})
+    assert study.trials[0].params == {"x": 0.5, "n": 4, "c": 2}
+    assert study.ask().params == {"x": 0.25, "n": 4, "c": 4}
+    assert all(type(v) in (int, float) for v in study.trials[0].params.values())
+    for bad in ({"n": 4.5}, {"x": np.array([0.1, 0.2])}, {"n": np.bool_(True)}):
+        with pytest.raises(ValueError, match="is (outside|not a number for)"):
+            study.add({"x": 0.5, "n": 4, "c": 1, **bad}, 1.0)
+
+
 def test_a_rerun_script_does_not_enqueue_or_add_its_warm_starts_twice(tmp_path):
     def script(n_trials):  # what a user's tuning script does, run twice: the second resumes
         study = Study("s", SPACE, sampler="sobol", seed=0, logdir=tmp_path)

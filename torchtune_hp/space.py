@@ -258,6 +258,20 @@ Param = Float | Int | Categorical | Fixed
 Tunable = Float | Int | Categorical
 
 
+def plain(value: Any) -> Any:
+    """A numpy or torch scalar (``np.int64(4)``, ``torch.tensor(0.5)``) as the Python number it
+    holds, anything else as it is: a point built with numpy is as good as one typed in."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    item = getattr(value, "item", None)
+    if not callable(item):
+        return value
+    try:
+        return item()
+    except (TypeError, ValueError, RuntimeError):  # not one number (a longer array)
+        return value
+
+
 @dataclass(frozen=True)
 class Space:
     """An ordered mapping of names to parameters, with the unit-cube encoding of a whole point."""
@@ -321,9 +335,11 @@ class Space:
                     out[name] = p.value
                     continue
                 raise ValueError(f"parameter {name!r} is missing")
-            v = params[name]
+            v = plain(params[name])
             if isinstance(p, Float) and isinstance(v, int) and not isinstance(v, bool):
                 v = float(v)
+            if isinstance(p, Int) and isinstance(v, float) and v.is_integer():
+                v = int(v)
             if not p.contains(v):
                 why = "not a number for" if isinstance(v, bool) else "outside"
                 raise ValueError(f"parameter {name!r}={v!r} is {why} {describe(p)}")

@@ -725,10 +725,12 @@ def lengthscale_shares(space: Space, surrogate: Surrogate) -> dict[str, float]:
 def importance(space: Space, trials: Sequence[FrozenTrial], mode: str = "min") -> dict[str, float]:
     """Each tunable parameter's relevance, from the fitted ARD lengthscales (see
     :func:`lengthscale_shares`). A parameter the objective ignores gets a long lengthscale and
-    a share near 0."""
-    obs = observations(trials, mode)
+    a share near 0. Only COMPLETE trials count: a failure (or a stop) says nothing of how the
+    parameters move the objective, and taken as the worst value, as the search does, failures
+    that have nothing to do with them made an ignored parameter look important."""
+    obs = observations([t for t in trials if t.state is TrialState.COMPLETE], mode)
     if len(obs.values) < 3:
-        raise ValueError("importance needs at least 3 finished trials")
+        raise ValueError("importance needs at least 3 COMPLETE trials")
     if not obs.values.max() > obs.values.min():
         raise ValueError(
             "importance needs trials with different values; every finished trial has "
