@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import cli_cmd, run_cli
+from conftest import cli_cmd, read_trials, run_cli
 
 import torchtune_hp
 from torchtune_hp.errors import ConfigError
@@ -46,6 +46,8 @@ BAD = [
     (mutate("study.trials", "many"), [], "study.trials", "valid integer"),
     (mutate("study.trials", 0), [], "study.trials", "greater than or equal to 1"),
     (mutate("study.mode", "up"), [], "study.mode", "'min' or 'max'"),
+    (mutate("study.timeout", "8 hours"), [], "study.timeout", "a duration such as 90s, 30m"),
+    (GOOD, ["study.timeout=0"], "study.timeout", "expected a time > 0"),
     (mutate("space.x.high", -1.0), [], "space.x", "low must be < high"),
     (mutate("space.x.log", True), [], "space.x", "log=True needs low > 0"),
     (mutate("space.x", {"type": "categorical", "choices": []}), [], "space.x", "must not be empty"),
@@ -317,6 +319,24 @@ def test_second_run_with_another_space_is_refused_without_losing_trials(tmp_path
     assert _count(tmp_path / "logs" / "fast" / "study.db", "COMPLETE") == 3
 
 
+def test_a_study_time_limit_ends_the_run_early_and_keeps_the_running_trials(tmp_path, fast_recipe):
+    """``study.timeout`` with two worker processes: no trial starts after it, the two
+    running end COMPLETE, the run exits 0 saying why it holds fewer trials, and the same
+    command goes on from there."""
+    recipe = fast_recipe(trials=40, sleep=1.5)
+    args = ("run", str(recipe), "executor.workers=2", "study.timeout=2s")
+    first = run_cli(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "time limit (2s) passed with" in first.stderr, first.stderr
+    assert "run it again to go on" in first.stderr
+    done = read_trials(tmp_path / "logs" / "fast")
+    assert 2 <= len(done) < 12, len(done)
+    assert {t.state.name for t in done} == {"COMPLETE"}, [t.error for t in done]
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert len(read_trials(tmp_path / "logs" / "fast")) > len(done)
+
+
 def test_rerunning_a_finished_study_with_other_settings_says_they_are_not_used(
     tmp_path, fast_recipe
 ):
@@ -429,7 +449,7 @@ def test_a_bad_value_set_on_the_command_line_is_blamed_on_it(tmp_path):
     in the current folder (a blank one in a folder named by spaces)."""
     cases = {
         "study.trail=5": "study.trail: unknown key (did you mean 'trials'?)",
-        "objective.timeout=0": "objective.timeout: Input should be greater than 0 (got 0)",
+        "objective.timeout=0": "objective.timeout: expected a time > 0 (seconds as a number",
         "logdir=": "logdir: String should have at least 1 character (got '')",
         'logdir=" "': "logdir: expected a folder, got only blanks: ' ' (set on the command",
         'study.metric=" "': "study.metric: expected a metric's name, got only blanks: ' '",

@@ -156,6 +156,52 @@ def test_n_trials_is_the_study_total_across_runs(tmp_path):
         assert len(study.trials) == 6
 
 
+def test_a_time_limit_starts_no_trial_after_it_and_lets_the_running_one_end(tmp_path):
+    """optimize(timeout=) as Optuna's: no trial starts once it passed, the running trial
+    ends COMPLETE (its compute is kept), a warning says how many the study holds, and the
+    limit counts from each call, so calling again goes on."""
+    import warnings
+
+    from torchtune_hp import TimeLimitReached
+
+    def slow(trial):
+        time.sleep(0.4)
+        return trial.params["x"]
+
+    with Study("s", SPACE, seed=0, logdir=tmp_path, tensorboard=False) as study:
+        start = time.monotonic()
+        with pytest.warns(TimeLimitReached) as said:
+            study.optimize(slow, n_trials=50, timeout="1s")
+        took = time.monotonic() - start
+        n = len(study.trials)
+        assert 2 <= n <= 4 and took < 4, (n, took)
+        assert all(t.state is TrialState.COMPLETE for t in study.trials)
+        message = str(said[0].message)
+        assert f"time limit (1s) passed with {n} of 50 trials finished" in message, message
+        with pytest.warns(TimeLimitReached):
+            study.optimize(slow, n_trials=50, timeout=0.5)
+        assert n + 1 <= len(study.trials) <= n + 3
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a limit that does not bind says nothing
+            study.optimize(slow, n_trials=len(study.trials) + 1, timeout="1h")
+    for bad in ("8 hours", 0, -5, True):
+        with pytest.raises(ValueError, match="a duration such as 90s, 30m, 8h"):
+            study.optimize(slow, n_trials=99, timeout=bad)
+
+
+def test_reopening_a_study_with_another_seed_says_so(tmp_path):
+    with Study("s", SPACE, seed=0, logdir=tmp_path) as study:
+        study.optimize(lambda t: t.params["x"], n_trials=2)
+    with Study("s", SPACE, logdir=tmp_path) as study:  # no seed: the stored one, silently
+        assert study.seed == 0
+    with pytest.warns(
+        RuntimeWarning,
+        match="was made with seed 0: its next trials draw from seed 7, its 2 trials so far stay",
+    ):
+        with Study("s", SPACE, seed=7, logdir=tmp_path) as study:
+            assert study.seed == 7
+
+
 DIE_WHILE_RUNNING = """
 import os, signal, sys
 from torchtune_hp import Categorical, Float, Study

@@ -32,6 +32,7 @@ _EXPORTS = {
     "Study": "torchtune_hp.study",
     "StudyMismatch": "torchtune_hp.errors",
     "StudyStopped": "torchtune_hp.errors",
+    "TimeLimitReached": "torchtune_hp.errors",
     "TuneCallback": "torchtune_hp.callback",
     "current_trial": "torchtune_hp.executors.remote",
     "report": "torchtune_hp.executors.remote",

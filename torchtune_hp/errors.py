@@ -30,6 +30,11 @@ class StudyStopped(RuntimeError):
     """The study stopped itself: its first trials all failed with the same error."""
 
 
+class TimeLimitReached(UserWarning):
+    """A warning: a study's ``timeout`` passed before it held its ``n_trials`` (the study
+    ended early, as asked; running it again goes on)."""
+
+
 class ClusterGone(RuntimeError):
     """The Ray cluster a study runs on stopped answering (``ray stop``, its head node died):
     the study stops, its running trials interrupted, to run again once the cluster is back."""

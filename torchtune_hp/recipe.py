@@ -4,7 +4,7 @@ Every problem is a :class:`ConfigError` naming the file, the dotted key and what
 the CLI prints it and exits with code 2. Sections::
 
     description: one line shown by `torchtune-hp ls`
-    study:     {name, metric, mode, trials, seed}
+    study:     {name, metric, mode, trials, seed, fail_fast, timeout}
     space:     {<param>: {type: float|int|categorical|fixed, ...}}
     sampler:   {name: gp|random|sobol|grid, <option>: ...}
     pruner:    {name: none|median|asha|gp, <option>: ...}
@@ -45,6 +45,7 @@ from pydantic import (
     model_validator,
 )
 
+from torchtune_hp import durations
 from torchtune_hp.errors import ConfigError
 from torchtune_hp.executors.address import check_address
 from torchtune_hp.files import check_study_name
@@ -124,6 +125,10 @@ class StudySection(_Section):
     trials: StrictInt = Field(20, ge=1)
     seed: StrictInt | None = Field(None, ge=0, le=MAX_SEED)
     fail_fast: StrictInt = Field(3, ge=0)  # stop when the first N trials fail alike; 0 = never
+    # no new trial after this long (from the run's start); the running ones end as they do
+    timeout: float | None = None
+
+    _a_time = field_validator("timeout", mode="before")(lambda v: a_duration(v))
 
     @field_validator("name")
     @classmethod
@@ -134,6 +139,11 @@ class StudySection(_Section):
     @classmethod
     def _a_metric(cls, metric: str) -> str:
         return not_blank(metric, "a metric's name")
+
+
+def a_duration(value: object) -> float | None:
+    """A ``timeout`` key: seconds, or ``8h``/``30m``/``1h30m`` (see :mod:`durations`)."""
+    return None if value is None else durations.seconds(value)
 
 
 def not_blank(value: str, what: str) -> str:
@@ -173,7 +183,9 @@ class ObjectiveSection(_Section):
     args: Literal["argparse", "equals", "hydra", "lightning_cli"] = "argparse"
     rename: dict[StrictStr, StrictStr] = {}
     metric_regex: StrictStr | None = None
-    timeout: float | None = Field(None, gt=0)  # seconds per trial, then the trial is killed
+    timeout: float | None = None  # per trial, then the trial is killed
+
+    _a_time = field_validator("timeout", mode="before")(lambda v: a_duration(v))
 
     @model_validator(mode="after")
     def _one_kind(self) -> ObjectiveSection:

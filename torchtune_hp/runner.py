@@ -151,7 +151,13 @@ def run_recipe(recipe: Recipe) -> Study:
             )
         executor = make_executor(recipe, study, slots)
         with ProgressView(study, m.study.trials):
-            run_trials(study, executor, m.study.trials, fail_fast=m.study.fail_fast)
+            run_trials(
+                study,
+                executor,
+                m.study.trials,
+                fail_fast=m.study.fail_fast,
+                timeout=m.study.timeout,
+            )
     except StudyStopped as e:
         study.close()
         raise StudyStopped(f"{e}. {after_a_fix(study, m.study.trials)}") from None

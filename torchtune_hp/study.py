@@ -184,6 +184,7 @@ class Study:
         self._over: set[int] = set()  # resumed trials said to have trained from the start
         self._followed: int | None = None  # the last trial a follower returned from ask()
         self._saw_driver = False
+        self._reseeded: int | None = None  # the seed a reopened study had, when given another
         self.storage = self._open_storage()
         try:
             self._load_or_init_meta(seed)
@@ -211,6 +212,14 @@ class Study:
                 self.sampler.final_values = getattr(self.pruner, "final_values", None)
             for t in self.storage.trials():
                 self._remember(t)
+            if self._reseeded is not None and self._view:
+                warnings.warn(
+                    f"study {self.name!r} ({self.dir}) was made with seed {self._reseeded}: "
+                    f"its next trials draw from seed {self.seed}, its {len(self._view)} "
+                    "trials so far stay as they are (another study name starts afresh)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             if not self.follower:
                 self._start_driving(tensorboard)
         except BaseException:
@@ -315,6 +324,7 @@ class Study:
                 + ". Use another study name or logdir to start a new study."
             )
         if seed is not None and seed != meta["seed"]:
+            self._reseeded = int(meta["seed"])
             self.storage.set_meta({"seed": seed})
         self.seed = int(meta["seed"]) if seed is None else seed
 
@@ -784,9 +794,13 @@ class Study:
         n_trials: int,
         callbacks: Sequence[Callable[[Study, FrozenTrial], None]] = (),
         fail_fast: int = 3,
+        timeout: float | str | None = None,
     ) -> None:
         """Run ``objective`` in this process until the study holds ``n_trials`` finished trials
-        (earlier runs included) or the sampler is exhausted. A raising objective fails only its
+        (earlier runs included) or the sampler is exhausted. ``timeout`` (seconds, or ``"8h"``,
+        ``"30m"``): no trial starts after it, counted from this call; the running trial ends
+        as it would, and a :class:`~torchtune_hp.errors.TimeLimitReached` warning
+        says how many trials the study holds. A raising objective fails only its
         trial (the traceback is stored); when the first ``fail_fast`` trials all fail with the
         same error the study stops with :class:`~torchtune_hp.errors.StudyStopped` (0: never).
         Ctrl-C (or SIGTERM, SIGHUP) marks the running trial FAILED (interrupted), queues its
@@ -794,7 +808,7 @@ class Study:
         from torchtune_hp.executors.inline import InlineExecutor
         from torchtune_hp.executors.loop import run_trials
 
-        run_trials(self, InlineExecutor(objective), n_trials, callbacks, fail_fast)
+        run_trials(self, InlineExecutor(objective), n_trials, callbacks, fail_fast, timeout)
 
     def close(self) -> None:
         if getattr(self, "_closed", False):

@@ -2,7 +2,9 @@
 
 Keep ``executor.capacity`` trials running: ask the study for the next trial (the sampler sees
 the running ones as pending), submit it, record each trial that ends, until the study holds
-``n_trials`` finished trials or the sampler is exhausted.
+``n_trials`` finished trials, the sampler is exhausted, or ``timeout`` seconds have passed since
+the loop started (then no trial starts, and the running ones end as they would: Optuna's
+``timeout``, so no trial's compute is thrown away at the deadline).
 
 Stops: Ctrl-C, SIGTERM and SIGHUP (see :mod:`torchtune_hp.signals`) stop every running trial,
 record them FAILED (interrupted: ``stopped``, their parameters run again on the next run) and
@@ -22,11 +24,12 @@ import contextlib
 import operator
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from torchtune_hp import signals
-from torchtune_hp.errors import ClusterGone, StudyStopped
+from torchtune_hp import durations, signals
+from torchtune_hp.errors import ClusterGone, StudyStopped, TimeLimitReached
 from torchtune_hp.executors import Executor, Finished
 from torchtune_hp.samplers import SpaceExhausted
 from torchtune_hp.signals import Interrupted, shielded, stop_signals
@@ -130,6 +133,7 @@ def run_trials(
     n_trials: int,
     callbacks: Sequence[Callable[[Any, FrozenTrial], None]] = (),
     fail_fast: int = 3,
+    timeout: float | None = None,
 ) -> None:
     what = "n_trials must be an integer >= 0 (the study's total, earlier runs' trials included)"
     try:
@@ -140,12 +144,13 @@ def run_trials(
         raise TypeError(f"{what}, got {n_trials!r}") from None
     if n_trials < 0:
         raise ValueError(f"{what}, got {n_trials!r}")
+    limit = None if timeout is None else (time.monotonic(), durations.seconds(timeout))
     fail = FailFast(study, fail_fast)
     signals.reset()
     with stop_signals(), _horizon(study.sampler, n_trials):
         try:
             study.loop_state("running")  # in here: a failing write must not leave it running
-            _drive(study, executor, n_trials, callbacks, fail)
+            _drive(study, executor, n_trials, callbacks, fail, limit)
         except BaseException as e:
             stop = signals.received()
             error = e if stop is None or isinstance(e, KeyboardInterrupt) else Interrupted(stop)
@@ -167,12 +172,17 @@ def _drive(
     n_trials: int,
     callbacks: Sequence[Callable[[Any, FrozenTrial], None]],
     fail: FailFast,
+    limit: tuple[float, float] | None = None,
 ) -> None:
-    exhausted = False
+    """``limit``: when the loop started and its time limit in seconds, or None."""
+    exhausted = timed_out = False
     beat = time.monotonic()
     while True:
+        if limit is not None and not timed_out and time.monotonic() - limit[0] >= limit[1]:
+            timed_out = True
+            _say_timed_out(study, n_trials, executor.active, limit[1])
         while (
-            not exhausted
+            not (exhausted or timed_out)
             and executor.active < executor.capacity
             and (study.follower or study.n_finished + executor.active < n_trials)
         ):
@@ -198,6 +208,21 @@ def _drive(
         stop = signals.received()
         if stop is not None:  # the objective (or a library) caught the stop and returned
             raise Interrupted(stop)
+
+
+def _say_timed_out(study: Any, n_trials: int, running: int, limit_s: float) -> None:
+    """Why a study ends short of ``n_trials``: a warning, which the command line shows as
+    one line and a script can catch or filter."""
+    if study.follower or study.n_finished + running >= n_trials:
+        return  # nothing more would have started anyway
+    wait = f"; waiting for the {running} running trial(s) to end" if running else ""
+    warnings.warn(
+        f"study {study.name!r}: its time limit ({durations.shown(limit_s)}) passed with "
+        f"{study.n_finished} of {n_trials} trials finished, so no new trial starts{wait}; run "
+        "it again to go on (the limit counts from each run's start)",
+        TimeLimitReached,
+        stacklevel=4,
+    )
 
 
 def _not_stopped(done: list[Finished], grace_s: float = STOP_GRACE_S) -> list[Finished]:
