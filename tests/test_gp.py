@@ -100,7 +100,10 @@ def test_gp_reaches_branin_regret_below_0_05_in_40_evaluations():
     study = Study("b", {"x1": Float(-5, 10), "x2": Float(0, 15)}, sampler="gp", seed=0, logdir=None)
     study.optimize(lambda t: branin(t.params), n_trials=40)
     assert study.best_value - BRANIN_MIN < 0.05
-    assert all(t.note is None for t in study.trials)  # no fallback happened
+    design = [t.note for t in study.trials if t.note is not None]  # no fallback happened
+    assert len(design) == 5, design  # 2.5 per parameter, at least 5: the table tells them apart
+    assert design[0] == "initial design (Sobol): the GP starts once 5 trials have values, 0 so far"
+    assert all(t.note is None for t in study.trials[5:])
 
 
 def test_gp_beats_random_when_only_x_matters_and_importance_says_so():

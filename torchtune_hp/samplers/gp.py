@@ -279,6 +279,11 @@ class GPSampler:
         obs = observations(trials, self.mode, forecasts)
         n_init = self.n_init or default_n_init(space.dim, self.horizon)
         if space.dim == 0 or len(obs.values) < max(n_init, 2):
+            if space.dim:  # the trials table then tells the design from the model's picks
+                self.last_note = (
+                    f"initial design (Sobol): the GP starts once {max(n_init, 2)} trials have "
+                    f"values, {len(obs.values)} so far"
+                )
             return self._sobol(space, k)
         # Small matrices run faster on one thread (see gp.threads); large ones use them all,
         # but only while no trial runs: the cores are then the trials' (workers as many as
