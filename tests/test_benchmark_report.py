@@ -68,7 +68,10 @@ def test_run_regret_runs_every_variant_given_whether_in_one_flag_or_several(tmp_
     out = tmp_path / "r.json"
     cmd = [sys.executable, "-m", "benchmarks.run_regret", "--problems", "branin", "--seeds", "1"]
     cmd += ["--workers", "1", "--out", str(out), "--optimizers"]
-    cmd += ["--variant", 'a={"xi": 0.0}', "--variant", 'b={"xi": 0.5}', 'c={"beta": 3.0}']
+    # n_init past the budget: Sobol points only, so the test spends its time on the flags
+    sobol = '"n_init": 99'
+    cmd += ["--variant", f'a={{"xi": 0.0, {sobol}}}', "--variant", f'b={{"xi": 0.5, {sobol}}}']
+    cmd += [f'c={{"beta": 3.0, {sobol}}}']
     subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True, timeout=600)
     runs = json.loads(out.read_text())["runs"]
     assert sorted(r["optimizer"] for r in runs) == ["variant:a", "variant:b", "variant:c"]
