@@ -89,6 +89,34 @@ def test_enqueue_comes_first_and_add_records_outside_results():
     assert study.best_params == {"x": 0.9, "opt": "sgd"}
 
 
+def test_a_partial_enqueue_has_the_sampler_draw_the_rest(tmp_path):
+    """As Optuna's enqueue_trial: the parameters given are tried, the others drawn when the
+    trial starts; it counts as a sampler draw (the Sobol design moves on), and a rerun
+    script does not queue it again."""
+    space = {"x": Float(0.0, 1.0), "y": Float(0.0, 1.0), "opt": Categorical(["sgd", "adam"])}
+
+    def script():
+        study = Study("p", space, sampler="sobol", seed=0, logdir=tmp_path)
+        study.enqueue({"opt": "adam"})
+        study.enqueue({"opt": "adam", "x": 0.5})
+        return study
+
+    study = script()
+    first, second, third = study.ask(), study.ask(), study.ask()
+    assert first.params["opt"] == "adam" and set(first.params) == set(space)
+    assert second.params["opt"] == "adam" and second.params["x"] == 0.5
+    assert len({first.params["y"], second.params["y"], third.params["y"]}) == 3  # not repeated
+    assert study.trial(0).note == "enqueued ['opt']; the sampler drew ['x', 'y']"
+    for t in (first, second, third):
+        study.tell(t, t.params["x"])
+    study.close()
+    study = script()  # run again: both are in the study already, neither is queued again
+    assert study.storage.queued() == []
+    with pytest.raises(ValueError, match="unknown parameters"):
+        study.enqueue({"z": 1.0})
+    study.close()
+
+
 def test_points_built_with_numpy_or_torch_numbers_are_taken_as_python_numbers():
     space = {"x": Float(0.0, 1.0), "n": Int(1, 10), "c": Categorical([1, 2, 4])}
     study = Study("np", space, seed=0, logdir=None)

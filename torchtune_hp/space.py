@@ -323,8 +323,9 @@ class Space:
             for name, p in self.params.items()
         }
 
-    def validate(self, params: Mapping[str, Value]) -> dict[str, Value]:
-        """Check a user-given point (``enqueue``/``add``); fill in fixed values."""
+    def validate(self, params: Mapping[str, Value], partial: bool = False) -> dict[str, Value]:
+        """Check a user-given point (``enqueue``/``add``); fill in fixed values. ``partial``:
+        parameters left out stay out (the sampler draws them), instead of an error."""
         unknown = sorted(set(params) - set(self.params))
         if unknown:
             raise ValueError(f"unknown parameters {unknown}; the space has {list(self.params)}")
@@ -333,6 +334,8 @@ class Space:
             if name not in params:
                 if isinstance(p, Fixed):
                     out[name] = p.value
+                    continue
+                if partial:
                     continue
                 raise ValueError(f"parameter {name!r} is missing")
             v = plain(params[name])

@@ -35,6 +35,9 @@ from typing import Any
 from torchtune_hp.errors import StorageError
 from torchtune_hp.trial import FrozenTrial, Interruption, Origin, TrialState
 
+# a queued point made whole: its parameters, origin and note (see pop_queue_into_trial)
+Completed = tuple[dict[str, Any], Origin, str | None]
+
 SCHEMA_VERSION = 3
 SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -538,16 +541,22 @@ class Storage:
                 "INSERT INTO queue (params, origin) VALUES (?, ?)", (json.dumps(params), origin)
             )
 
-    def pop_queue_into_trial(self) -> tuple[int, dict[str, Any], Origin] | None:
+    def pop_queue_into_trial(
+        self, complete: Callable[[dict[str, Any], Origin], Completed]
+    ) -> tuple[int, dict[str, Any], Origin] | None:
         """Take the oldest queued parameters and start a trial with them, atomically, so a
-        crash between the two never loses or doubles them."""
+        crash between the two never loses or doubles them. ``complete`` gives the trial's
+        whole parameters, origin and note from the queued ones (a partial ``enqueue``: the
+        sampler draws the rest)."""
         with self._tx() as c:
             row = c.execute("SELECT id, params, origin FROM queue ORDER BY id LIMIT 1").fetchone()
             if row is None:
                 return None
-            qid, params, origin = row
+            qid, queued, origin = row
+            params, how, note = complete(json.loads(queued), Origin(origin))
             c.execute("DELETE FROM queue WHERE id=?", (qid,))
-            return self._insert_trial(c, params, origin), json.loads(params), Origin(origin)
+            number = self._insert_trial(c, json.dumps(params), how.value, note=note)
+            return number, params, how
 
     def queued(self) -> list[dict[str, Any]]:
         return [json.loads(p) for (p,) in self._read("SELECT params FROM queue")]

@@ -45,7 +45,7 @@ from torchtune_hp.outcome import Outcome, as_number, describe, outcome_of_return
 from torchtune_hp.pruners import Pruner, diverged, make_pruner
 from torchtune_hp.samplers import Sampler, SpaceExhausted, make_sampler
 from torchtune_hp.space import Param, Space, space_diff
-from torchtune_hp.storage import Storage, utcnow
+from torchtune_hp.storage import Completed, Storage, utcnow
 from torchtune_hp.trial import (
     PAUSE_CHECKPOINT,
     FrozenTrial,
@@ -433,18 +433,32 @@ class Study:
     # -- ask / tell / report -----------------------------------------------------------------
     def enqueue(self, params: Mapping[str, Any], skip_if_exists: bool = True) -> None:
         """Make a following ``ask()`` return ``params`` (e.g. a known-good default first).
+        Parameters left out are drawn by the sampler when that trial starts (as Optuna's
+        ``enqueue_trial``): ``{"optimizer": "adam"}`` tries Adam with the rest chosen.
 
         A study is resumed by running its script again, so by default parameters that a trial
         of the study already has (in any state) or that are already queued are not queued
-        again (Optuna's ``skip_if_exists``, on by default here); ``skip_if_exists=False``
-        queues them anyway (repeats of a noisy objective)."""
-        checked = self.space.validate(params)
+        again (Optuna's ``skip_if_exists``, on by default here; for a partial point, a trial
+        or queued point with the same values for the parameters given);
+        ``skip_if_exists=False`` queues them anyway (repeats of a noisy objective)."""
+        checked = self.space.validate(params, partial=True)
         if skip_if_exists:
             key = params_key(checked)
             known = [t.params for t in self._view.values()] + self.storage.queued()
-            if any(params_key(p) == key for p in known):
+            if any(params_key({k: p.get(k) for k in checked}) == key for p in known):
                 return
         self.storage.push_queue(checked, Origin.ENQUEUED)
+
+    def _completed(self, given: dict[str, Any], origin: Origin) -> Completed:
+        """A queued point made whole: the parameters a partial ``enqueue`` left out are
+        drawn by the sampler (its suggestion, with the given values in place of its own),
+        and the trial counts as one of its draws (its Sobol design moves on)."""
+        missing = [name for name in self.space.params if name not in given]
+        if not missing:
+            return given, origin, None
+        drawn = self.sampler.sample(self.space, list(self._finished), list(self._pending.values()))
+        params = {name: given[name] if name in given else drawn[name] for name in self.space.params}
+        return params, Origin.SAMPLER, f"enqueued {sorted(given)}; the sampler drew {missing}"
 
     def add(
         self, params: Mapping[str, Any], value: float, skip_if_exists: bool = True
@@ -476,7 +490,7 @@ class Study:
         Raises :class:`SpaceExhausted` when the sampler has nothing left (a finished grid)."""
         if self.follower:
             return self._follow()
-        popped = self.storage.pop_queue_into_trial()
+        popped = self.storage.pop_queue_into_trial(self._completed)
         if popped is None:
             resumed = self._resume()
             if resumed is not None:
