@@ -238,6 +238,34 @@ def test_report_in_process_records_and_prunes():
     assert bad.state is TrialState.PRUNED and len(bad.intermediate) == 1
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_reports_that_never_name_the_metric_are_pointed_out(tmp_path, workers):
+    """``report(val_loss=...)`` in a study whose metric is ``loss``: every report was
+    dropped in silence (no curve, a pruner that never stopped anything). The trial's note
+    and a warning now say which names it reported, in this process and in workers alike;
+    one that also reports the metric, in another call, is not flagged."""
+    (tmp_path / "obj.py").write_text(
+        "import torchtune_hp\n\n"
+        "def train(trial):\n"
+        "    for epoch in range(3):\n"
+        "        torchtune_hp.report(val_loss=trial.params['x'], step=epoch)\n"
+        "        if trial.params['x'] < 0.5:\n"
+        "            torchtune_hp.report(loss=trial.params['x'], step=epoch)\n"
+        "    return trial.params['x']\n"
+    )
+    path = write_recipe(
+        tmp_path, {"function": "obj.py:train"}, trials=4, executor={"workers": workers}
+    )
+    with pytest.warns(RuntimeWarning, match=r"its reports named \['val_loss'\], never 'loss'"):
+        trials = run(path)
+    for t in trials:
+        assert t.state is TrialState.COMPLETE, t.error
+        said = "never 'loss' (the study's metric), so none was recorded" in (t.note or "")
+        assert said == (t.params["x"] >= 0.5), (t.params, t.note)
+        assert len(t.intermediate) == (3 if t.params["x"] < 0.5 else 0)
+    assert any(t.params["x"] >= 0.5 for t in trials) and any(t.params["x"] < 0.5 for t in trials)
+
+
 # -- failures --------------------------------------------------------------------------------
 def test_crash_timeout_and_silence_fail_with_the_right_message_and_the_study_goes_on(tmp_path):
     path = write_recipe(tmp_path, {"command": ["python", FAKE], "timeout": 3}, trials=4)

@@ -55,6 +55,7 @@ from torchtune_hp.trial import (
     TrialState,
     best_of,
     params_key,
+    unreported,
 )
 
 if TYPE_CHECKING:
@@ -182,6 +183,7 @@ class Study:
         self._noted: set[tuple[int, str]] = set()
         self._resumed_at: dict[int, int] = {}  # a paused trial run again -> its last step then
         self._over: set[int] = set()  # resumed trials said to have trained from the start
+        self._other_keys: dict[int, set[str]] = {}  # what report() named, when not the metric
         self._followed: int | None = None  # the last trial a follower returned from ask()
         self._saw_driver = False
         self._reseeded: int | None = None  # the seed a reopened study had, when given another
@@ -554,6 +556,9 @@ class Study:
         number = self._number_of(trial, "tell")
         if self.follower:
             return self.trial(number)
+        keys = self._other_keys.pop(number, None)
+        if keys and not self._view[number].intermediate:
+            self.note(number, unreported(self.metric, keys))
         outcome = value if isinstance(value, Outcome) else self._outcome(value, state, error)
         if outcome.state is TrialState.PRUNED:
             val, _ = as_number(outcome.value)
@@ -634,6 +639,12 @@ class Study:
         self.storage.report(number, int(s), val)
         self._refresh(number)
         self._emit("trial_reported", number, int(s), val)
+
+    def reported_other(self, trial: Trial | int, values: Mapping[str, Any]) -> None:
+        """``torchtune_hp.report()`` named only other values than the metric: kept, so the
+        trial's end can say so when the pruner never saw one of its reports."""
+        number = self._number_of(trial, "reported_other")
+        self._other_keys.setdefault(number, set()).update(map(str, values))
 
     def _resumed_in_vain(self) -> set[int]:
         """The paused trials paused again at the step they were resumed at, with no report

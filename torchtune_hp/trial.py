@@ -37,6 +37,17 @@ def params_key(params: Mapping[str, Any]) -> str:
     return json.dumps(params, sort_keys=True)
 
 
+def unreported(metric: str, keys: set[str]) -> str:
+    """A trial whose ``report()`` calls all named other values than the study's metric
+    (``report(val_loss=...)`` in a study of ``metric="value"``): none was recorded and the
+    pruner saw none of them, which would otherwise go unsaid."""
+    return (
+        f"its reports named {sorted(keys)}, never {metric!r} (the study's metric), so none "
+        f"was recorded (no curve; the pruner saw nothing): report {metric}=..., or give the "
+        f"study metric={sorted(keys)[0]!r}"
+    )
+
+
 class Interruption(str, enum.Enum):
     """Why a FAILED trial did not fail by itself; such a trial does not use up ``n_trials``.
 
@@ -223,6 +234,7 @@ class Trial(Pausable):
         """Record the study's metric from ``values`` (others are ignored here) and return
         whether to prune; ``torchtune_hp.report()`` calls this on either kind of trial."""
         if self.metric not in values:
+            self.study.reported_other(self.number, values)
             return False
         self.report(values[self.metric], step)
         return self.should_prune()

@@ -232,6 +232,8 @@ class ReportReader(LineTail):
         self.launch = launch
         self.metric = metric
         self.problems: list[str] = []
+        self.other_keys: set[str] = set()  # what reports named when not the metric
+        self.metric_seen = False
 
     def new(self) -> list[Report]:
         out = []
@@ -249,7 +251,10 @@ class ReportReader(LineTail):
             if not isinstance(values, dict) or not isinstance(seq, int):
                 self.problems.append(f"a line of {REPORTS} is not a report: {describe(line)}")
                 continue
-            if self.metric in values:
+            if self.metric not in values:
+                self.other_keys.update(map(str, values))
+            else:
+                self.metric_seen = True
                 sent = data.get("t")
                 sent = float(sent) if isinstance(sent, (int, float)) else None
                 out.append(Report(seq, data.get("step"), values[self.metric], sent))

@@ -48,7 +48,7 @@ from torchtune_hp.executors.metric import (
 )
 from torchtune_hp.executors.remote import resume_from_env, waits_for_answers
 from torchtune_hp.outcome import Outcome, as_number, describe, outcome_of_return
-from torchtune_hp.trial import Interruption, first_step
+from torchtune_hp.trial import Interruption, first_step, unreported
 
 PRUNE_GRACE_S = 10.0  # a pruned trial that reports through files may stop by itself first
 STDERR_TAIL = 3000
@@ -275,6 +275,10 @@ class TrialProcess:
                 self._sent[r.seq] = r.sent
         self.problems += self._reports.problems
         self._reports.problems.clear()
+        reader = self._reports
+        if self.returncode is not None and reader.other_keys and not reader.metric_seen:
+            self.problems.append(unreported(reader.metric, reader.other_keys))
+            reader.other_keys = set()  # said once
         if self.regex is None:
             return out
         for text in self._stdout.all_new_lines():
