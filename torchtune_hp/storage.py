@@ -14,6 +14,11 @@ opened it. SQLite writes on through its open descriptors after the file is delet
 script, ``rm -r logs/...`` while a study runs), and closing then loses every trial. So a missing
 file is written again from the open database, whole, with a warning, and the study goes on;
 a different file put in its place is left alone, and the open database is saved beside it.
+The write-ahead log (``study.db-wal``) gets the same care: until SQLite checkpoints it, every
+trial of a short study lives in it alone, so its deletion followed by a crash lost the whole
+study. Each finished trial is checkpointed into the file (which then holds every finished
+trial by itself: a copy of ``study.db`` alone is a whole study), and a log found deleted or
+replaced is folded into the file and opened afresh, with a warning.
 """
 
 from __future__ import annotations
@@ -150,6 +155,7 @@ class Storage:
         except sqlite3.DatabaseError as e:
             raise self._error(e) from None
         self._identity = _identity(path) if path is not None and not read_only else None
+        self._wal_identity = self._wal_now()
         try:
             with self._errors():
                 self._check_and_migrate()
@@ -178,7 +184,7 @@ class Storage:
         # Read-only media: SQLite cannot create the shared-memory file a WAL database needs.
         # Without a write-ahead log the file is complete: read it as immutable. With one, read
         # a private copy of both, so the latest trials are not missed.
-        wal = path.with_name(path.name + "-wal")
+        wal = _wal_of(path)
         if not (wal.exists() and wal.stat().st_size > 0):
             conn = _sqlite(_uri(path, "immutable=1"), uri=True)
         else:
@@ -222,6 +228,7 @@ class Storage:
         except OSError:  # cannot tell now (a network file system's hiccup): SQLite writes on
             return
         if now == self._identity:
+            self._keep_log()
             return
         self._identity = None  # one attempt: whatever happens next, not again on each write
         gone = f"{self.path} was deleted (or moved) while the study ran"
@@ -254,11 +261,53 @@ class Storage:
                 f"it cannot be opened again: {e}"
             ) from None
         self._identity = _identity(self.path)
+        self._wal_identity = self._wal_now()
         warnings.warn(
             f"{gone}: written again from the open database ({trials} trials); nothing was lost",
             RuntimeWarning,
             stacklevel=4,
         )
+
+    def _wal_now(self) -> tuple[int, int] | None:
+        """Which file the write-ahead log is now; None when there is none (or no writer)."""
+        if self._identity is None or self.path is None:
+            return None
+        try:
+            return _identity(_wal_of(self.path))
+        except OSError:
+            return None
+
+    def _keep_log(self) -> None:
+        """Fold a write-ahead log deleted (or replaced) since it was opened into the file and
+        open the database afresh: SQLite writes on into the deleted log, readers see a study
+        without its latest trials (or none), and a crash would lose them."""
+        assert self.path is not None
+        now = self._wal_now()
+        if now == self._wal_identity:
+            return
+        if self._wal_identity is None:  # made by the first write since the database opened
+            self._wal_identity = now
+            return
+        with self._errors():
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.conn.close()
+            self.conn = self._connect(self.path, read_only=False)
+        self._wal_identity = self._wal_now()
+        warnings.warn(
+            f"{_wal_of(self.path)} was deleted (or replaced) while the study ran: what it held "
+            f"was written into {self.path.name} and the database opened afresh; nothing was lost",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the file (SQLite does it only every 1000 pages, so a
+        short study lived in the log alone). A failure is left for SQLite's next try: the
+        log still holds everything."""
+        if self._identity is None:
+            return
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _save_copy(self, target: Path, replace: bool = True) -> Path:
         """The open database, whole, into a temporary file beside ``target``, renamed to it
@@ -373,9 +422,11 @@ class Storage:
     def add_trial(self, params: dict[str, Any], value: float) -> int:
         """A trial evaluated elsewhere, recorded COMPLETE at once."""
         with self._tx() as c:
-            return self._insert_trial(
+            number = self._insert_trial(
                 c, json.dumps(params), Origin.ADDED.value, TrialState.COMPLETE, value
             )
+        self.checkpoint()
+        return number
 
     def finish_trial(
         self,
@@ -401,7 +452,9 @@ class Storage:
                     TrialState.RUNNING.value,
                 ),
             )
-            return cursor.rowcount == 1
+            ended = cursor.rowcount == 1
+        self.checkpoint()  # the file itself holds every finished trial
+        return ended
 
     def reopen_trial(self, number: int, note: str) -> bool:
         """Run a PRUNED (paused) trial again from where it stopped: RUNNING, its reports kept,
@@ -665,6 +718,10 @@ def _sqlite(target: str, **options: Any) -> sqlite3.Connection:
 
 def _tmp_of(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
+
+
+def _wal_of(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
 
 
 def _open_copy(path: Path) -> Path:
