@@ -132,7 +132,7 @@ def test_validate_checks_user_points():
     # 0.3 is on the grid, and stored as the float a suggestion of that point is
     suggested = stepped.decode(stepped.encode({"d": 0.3}))["d"]
     assert stepped.validate({"d": 0.3}) == {"d": suggested} and suggested != 0.3
-    with pytest.raises(ValueError, match="'d'=0.123 is outside float.*step=0.1"):
+    with pytest.raises(ValueError, match="'d'=0.123 is off the step grid of float.*step=0.1"):
         stepped.validate({"d": 0.123})  # off the grid every suggestion is on
 
 

@@ -84,7 +84,7 @@ def test_enqueue_comes_first_and_add_records_outside_results():
     assert t.params == {"x": 0.123, "opt": "adam"} and t.number == 1
     with pytest.raises(ValueError, match="outside"):
         study.enqueue({"x": 2.0, "opt": "adam"})
-    with pytest.raises(ValueError, match="'opt'='rmsprop' is outside categorical"):
+    with pytest.raises(ValueError, match="'opt'='rmsprop' is not among the choices of categorical"):
         study.add({"x": 0.5, "opt": "rmsprop"}, 1.0)
     assert study.best_params == {"x": 0.9, "opt": "sgd"}
 
@@ -126,7 +126,7 @@ def test_points_built_with_numpy_or_torch_numbers_are_taken_as_python_numbers():
     assert study.ask().params == {"x": 0.25, "n": 4, "c": 4}
     assert all(type(v) in (int, float) for v in study.trials[0].params.values())
     for bad in ({"n": 4.5}, {"x": np.array([0.1, 0.2])}, {"n": np.bool_(True)}):
-        with pytest.raises(ValueError, match="is (outside|not a number for)"):
+        with pytest.raises(ValueError, match="is (not an integer|not a number) for"):
             study.add({"x": 0.5, "n": 4, "c": 1, **bad}, 1.0)
 
 

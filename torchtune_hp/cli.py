@@ -238,6 +238,7 @@ def validate(path: str, overrides: tuple[str, ...]) -> None:
     Example:
       torchtune-hp validate digits_mlp study.trials=5
     """
+    from torchtune_hp.display import counted
     from torchtune_hp.launch import check_objective
     from torchtune_hp.recipe import load_recipe
     from torchtune_hp.runner import check_executor, slots_of
@@ -248,7 +249,7 @@ def validate(path: str, overrides: tuple[str, ...]) -> None:
     slots_of(recipe)
     m = recipe.model
     say(
-        f"{recipe.path}: OK — study {m.study.name!r}, {len(recipe.space)} parameters, "
+        f"{recipe.path}: OK — study {m.study.name!r}, {counted(len(recipe.space), 'parameter')}, "
         f"sampler {m.sampler.name}, {m.study.trials} trials, {m.study.mode} {m.study.metric}"
     )
 
@@ -365,9 +366,7 @@ def main() -> int:
     except (ConfigError, StorageError, ClusterGone) as e:
         return _error(str(e), BAD_INPUT)
     except StudyStopped as e:
-        return _error(
-            f"{e}; see every trial's error with: torchtune-hp trials <study folder>", NO_RESULT
-        )
+        return _error(str(e), NO_RESULT)
     except OSError as e:
         where = e.filename if e.filename is not None else ""
         return _error(f"{where}: {e.strerror or e}" if where else str(e), BAD_INPUT)

@@ -7,6 +7,7 @@ mistake costs no trial and no file.
 
 from __future__ import annotations
 
+import shlex
 import warnings
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,11 @@ def run_recipe(recipe: Recipe) -> Study:
             )
     except StudyStopped as e:
         study.close()
-        raise StudyStopped(f"{e}. {after_a_fix(study, m.study.trials)}") from None
+        where = shlex.quote(str(study.dir))  # pasted back into a shell: spaces, quotes
+        raise StudyStopped(
+            f"{e}. {after_a_fix(study, m.study.trials)}; see every trial's error with: "
+            f"torchtune-hp trials {where}"
+        ) from None
     except BaseException:
         study.close()
         raise

@@ -99,6 +99,7 @@ class Float:
             k = round((x - self.low) / self.step)
             kmax = math.floor((self.high - self.low) / self.step + 1e-9)
             x = self.low + min(max(k, 0), kmax) * self.step
+            x = float(f"{x:.12g}")  # 0.9, not 0.8999999999999999 (0.1 + 8 * 0.1)
         return min(max(x, self.low), self.high)
 
     def contains(self, value: Value) -> bool:
@@ -232,6 +233,23 @@ class Categorical:
         return list(self.choices)
 
 
+def _not_in(p: Param, v: Value) -> str:
+    """How ``v`` misses ``p``: not a number, outside its range, not an integer, inside the
+    range but off its step grid (0.3 for a step of 0.25 is not 'outside' [0, 1]), or not one
+    of its choices."""
+    if not isinstance(p, Float | Int):
+        return "not among the choices of" if isinstance(p, Categorical) else "not the value of"
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return "not a number for"
+    if not p.low <= v <= p.high:
+        return "outside"
+    return (
+        "not an integer for"
+        if isinstance(p, Int) and isinstance(v, float)
+        else "off the step grid of"
+    )
+
+
 def _choice_key(value: Value) -> tuple[str, Value]:
     """Tell ``True`` from ``1`` and ``1`` from ``1.0``, which Python's ``==`` equates."""
     return (type(value).__name__, value)
@@ -344,8 +362,7 @@ class Space:
             if isinstance(p, Int) and isinstance(v, float) and v.is_integer():
                 v = int(v)
             if not p.contains(v):
-                why = "not a number for" if isinstance(v, bool) else "outside"
-                raise ValueError(f"parameter {name!r}={v!r} is {why} {describe(p)}")
+                raise ValueError(f"parameter {name!r}={v!r} is {_not_in(p, v)} {describe(p)}")
             out[name] = p.snap(v) if isinstance(p, Float) else v
         return out
 

@@ -188,8 +188,9 @@ def _drive(
         ):
             try:
                 trial = study.ask()
-            except SpaceExhausted:
+            except SpaceExhausted as e:
                 exhausted = True
+                _say_exhausted(study, n_trials, executor.active, e)
                 break
             executor.submit(trial)
         if executor.active == 0:
@@ -221,6 +222,19 @@ def _say_timed_out(study: Any, n_trials: int, running: int, limit_s: float) -> N
         f"{study.n_finished} of {n_trials} trials finished, so no new trial starts{wait}; run "
         "it again to go on (the limit counts from each run's start)",
         TimeLimitReached,
+        stacklevel=4,
+    )
+
+
+def _say_exhausted(study: Any, n_trials: int, running: int, why: SpaceExhausted) -> None:
+    """Why a study ends short of ``n_trials`` with nothing left to try (a grid smaller than
+    the budget): it would otherwise end as a finished one does, at 4 of 10."""
+    if study.follower:
+        return
+    warnings.warn(
+        f"study {study.name!r}: {why}, so it ends with {study.n_finished + running} of "
+        f"{n_trials} trials",
+        UserWarning,
         stacklevel=4,
     )
 
