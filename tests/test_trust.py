@@ -644,6 +644,29 @@ def test_a_stop_sent_to_every_process_at_once_interrupts_the_trials_and_they_run
     assert len(again) == 3 and sorted(json.dumps(t.params) for t in again[:2]) == stopped
 
 
+def test_a_stop_sent_to_a_trials_guard_alone_stops_the_trial(tmp_path):
+    """``kill $(pgrep -f train.py)`` finds the trial's guard first (its command line holds the
+    script's): the guard did not pass the SIGTERM on, the script trained to its end, and its
+    finished run was recorded FAILED as 'ended by the signal'. The stop now reaches the
+    script, which ends by it (FAILED, the signal named); the study goes on."""
+    study_dir = two_long_trials_recipe(tmp_path)
+    driver = subprocess.Popen(
+        cli_cmd("run", "recipe.yaml"), cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    script = wait_seen(study_dir, 1, driver)[0]
+    with open(f"/proc/{script}/stat") as f:
+        guard = int(f.read().rsplit(")", 1)[1].split()[1])  # the script's parent
+    os.kill(guard, signal.SIGTERM)
+    wait_for(lambda: not pid_alive(script), timeout=20, what="the script to stop")
+    wait_for(lambda: count(study_dir, "FAILED") >= 1, what="the trial to be recorded")
+    driver.send_signal(signal.SIGTERM)
+    driver.communicate(timeout=60)
+    failed = [t for t in read_trials(study_dir) if t.state is TrialState.FAILED]
+    stopped = [t for t in failed if t.interruption is None]  # the rest: the driver's stop
+    assert len(stopped) == 1, [t.error for t in failed]
+    assert stopped[0].error == "exit code -15 (SIGTERM); nothing on stderr", stopped[0].error
+
+
 def _catches(pid: int, sig: int) -> bool:
     """Whether the process has a handler of its own for ``sig`` (or has ended)."""
     try:

@@ -41,12 +41,16 @@ def _watch(fd: int, grace: float, gone: list) -> None:
     os.killpg(0, signal.SIGKILL)  # the guard too: the driver is gone
 
 
-def _listen(stops: list, busy: list) -> None:
+def _listen(command: int, stops: list, busy: list, reaped: list) -> None:
     """Note each stop signal sent to the group from outside it (the driver, scancel's
     slurmstepd, systemd, a user's ``kill -TERM -<group>``); one that a process of the group
     sent (the trial ending its own helpers) is the trial's business. ``busy`` is non-empty
-    while a signal taken is being noted."""
-    group = os.getpgrp()
+    while a signal taken is being noted. A stop from anyone but the driver is passed on to
+    the command: sent to the guard alone (``kill $(pgrep -f train.py)`` finds the guard
+    first, its command line holds the script's), it would otherwise not stop the trial and
+    still mark its finished run as cut short; sent to the whole group, the command gets it
+    twice, as it does when the driver then stops the group."""
+    group, driver = os.getpgrp(), os.getppid()
     while True:
         info = signal.sigwaitinfo(set(STOPS))
         busy.append(info.si_signo)
@@ -56,6 +60,11 @@ def _listen(stops: list, busy: list) -> None:
             inside = False
         if not inside:
             stops.append(info.si_signo)
+            if info.si_pid != driver and not reaped:  # a reaped pid may be another's
+                try:
+                    os.kill(command, info.si_signo)
+                except OSError:  # it has ended
+                    pass
         busy.pop()
 
 
@@ -77,9 +86,11 @@ def main() -> int:
     stops: list = []  # the stop signals from outside the group, first first
     busy: list = []
     gone: list = []
-    _thread.start_new_thread(_listen, (stops, busy))
+    reaped: list = []
+    _thread.start_new_thread(_listen, (pid, stops, busy, reaped))
     _thread.start_new_thread(_watch, (fd, grace, gone))
     _, status = os.waitpid(pid, 0)
+    reaped.append(True)
     rc = os.waitstatus_to_exitcode(status)
     # a stop that reached the group as the command ended is noted before the end is judged
     until = time.monotonic() + 1.0
