@@ -708,20 +708,27 @@ def test_a_study_name_is_one_safe_folder_name(tmp_path, name):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fast.py", "fast.yaml"]
 
 
-def test_a_trial_result_only_comes_from_its_own_process(tmp_path):
-    """study.db deleted, trial folders kept: the old files are set aside, never read."""
+@pytest.mark.parametrize("left", ["no study.db", "an empty study.db"])
+def test_a_trial_result_only_comes_from_its_own_process(tmp_path, left):
+    """study.db deleted, trial folders kept: the old files are set aside, never read. Also
+    when study.db is there but holds nothing (its log, where every trial was, deleted): the
+    old trial folders were reused in silence, their logs overwritten."""
+    import sqlite3
+
     command_recipe(tmp_path, ["python", FAKE, "--how", "report"], trials=2)
     assert run_cli("run", "recipe.yaml", cwd=tmp_path).returncode == 0
     study_dir = tmp_path / "logs" / "sub"
     old = {p.name: digest(p) for p in (study_dir / "trial_0000").iterdir() if p.is_file()}
     for f in study_dir.glob("study.db*"):
         f.unlink()
+    if left == "an empty study.db":  # as a WAL database is before its first checkpoint
+        sqlite3.connect(study_dir / "study.db").execute("PRAGMA journal_mode=WAL").close()
     raw = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
     raw["objective"]["command"] = ["python", FAKE, "--how", "silent"]
     write(tmp_path / "recipe.yaml", raw)
     result = run_cli("run", "recipe.yaml", "study.fail_fast=0", cwd=tmp_path)
     assert result.returncode == 1  # nothing completed: the script reported nothing
-    assert "held files of an earlier study" in result.stderr
+    assert f"held files of an earlier study but {left}: moved them" in result.stderr
     trials = read_trials(study_dir)
     assert all(t.state is TrialState.FAILED and "never reported" in t.error for t in trials)
     (aside,) = tmp_path.joinpath("logs").glob("sub.replaced-*")

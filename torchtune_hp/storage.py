@@ -766,6 +766,26 @@ def _validate(conn: sqlite3.Connection, path: Path, close: bool = False) -> None
         conn.close()
 
 
+def holds_nothing(path: Path) -> bool:
+    """Whether ``path`` is a database with nothing in it: an empty file, or an SQLite file
+    without a single table (its log, where everything was, deleted). Anything else (a study,
+    a damaged file, one that is not SQLite) is not for this to judge: False."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+        if not head:
+            return True
+        if head != SQLITE_HEADER:
+            return False
+        conn = sqlite3.connect(_uri(path, "mode=ro"), uri=True)  # its log's content counts
+        try:
+            return conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+        finally:
+            conn.close()
+    except (OSError, sqlite3.Error):
+        return False
+
+
 def _check_header(path: Path, must_exist: bool) -> None:
     """Refuse a file that is not SQLite at all before SQLite touches it."""
     try:

@@ -45,7 +45,7 @@ from torchtune_hp.outcome import Outcome, as_number, describe, outcome_of_return
 from torchtune_hp.pruners import Pruner, diverged, make_pruner
 from torchtune_hp.samplers import Sampler, SpaceExhausted, make_sampler
 from torchtune_hp.space import Param, Space, space_diff
-from torchtune_hp.storage import Completed, Storage, utcnow
+from torchtune_hp.storage import Completed, Storage, holds_nothing, utcnow
 from torchtune_hp.trial import (
     PAUSE_CHECKPOINT,
     FrozenTrial,
@@ -240,11 +240,13 @@ class Study:
         try:
             if db.is_symlink():
                 raise files.unsafe(db)
-            if not db.exists():
+            others = [p for p in self.dir.iterdir() if not p.name.startswith(files.DATABASE)]
+            if others and (not db.exists() or holds_nothing(db)):  # an empty one holds none
+                what = "an empty study.db" if db.exists() else "no study.db"
                 aside = files.set_aside_leftovers(self.dir)
                 if aside is not None:
                     warnings.warn(
-                        f"{self.dir} held files of an earlier study but no study.db: moved them "
+                        f"{self.dir} held files of an earlier study but {what}: moved them "
                         f"to {aside}, so none of them is read as this study's",
                         stacklevel=3,
                     )
