@@ -75,6 +75,13 @@ BAD = [
     (mutate("objective.function", "missing.py:train"), [], "objective.function", "does not exist"),
     (mutate("objective.function", "fast.py:nope"), [], "objective.function", "no function 'nope'"),
     (mutate("objective.function", "no_such_mod:f"), [], "objective.function", "cannot import"),
+    (
+        mutate("objective.function", "fast.py"),
+        [],
+        "objective.function",
+        "expected file.py:function",
+    ),
+    (mutate("objective.function", "fast.py:trian"), [], "objective.function", "mean 'train'?)"),
     (mutate("train", {"epochs": 3}), [], "train", "unexpected keyword argument 'epochs'"),
     (GOOD, ["study.trials"], "study.trials", "dotted.key=value"),
     (GOOD, ["study.trials=[1"], "study.trials", "cannot parse value"),
@@ -96,6 +103,17 @@ def test_bad_recipes_exit_2_naming_the_key(tmp_path, fast_recipe, raw, overrides
     assert phrase in err
     assert "Traceback" not in err
     assert not (tmp_path / "logs" / "bad" / "study.db").exists()
+
+
+def test_a_module_reference_to_a_file_beside_the_recipe_suggests_the_file_form(tmp_path):
+    """``objective.function: mine:train`` with mine.py beside the recipe, run from another
+    folder: 'No module named mine' alone did not say what to write."""
+    from torchtune_hp.objective import load_objective
+
+    (tmp_path / "mine.py").write_text("def train(trial):\n    return 0.0\n")
+    with pytest.raises(ConfigError, match=r"\(did you mean mine\.py:train, the file beside"):
+        load_objective(tmp_path / "r.yaml", "mine:train", {})
+    assert load_objective(tmp_path / "r.yaml", "mine.py:train", {})(None) == 0.0
 
 
 def test_good_recipe_loads_with_overrides_and_scientific_floats(tmp_path):
@@ -144,6 +162,13 @@ def test_validate_refuses_a_ray_address_of_no_known_form():
     for fine in ("local", "10.0.0.5:6379", "ray://head:10001", "'[::1]:6379'"):
         recipe = load_recipe(builtin, ["executor.name=ray", f"executor.address={fine}"])
         assert recipe.model.executor.address == fine.strip("'")
+
+
+def test_version_is_the_installed_one():
+    from importlib.metadata import version
+
+    shown = run_cli("--version")
+    assert shown.returncode == 0 and shown.stdout.split()[-1] == version("torchtune-hp")
 
 
 def test_unknown_recipe_name_lists_builtins(tmp_path):

@@ -43,6 +43,7 @@ class NoResult(click.ClickException):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(None, "--version", "-V", package_name="torchtune-hp")
 def cli() -> None:
     """Hyperparameter tuning for PyTorch: GP Bayesian optimization, grid/random/Sobol search,
     SQLite studies that resume, TensorBoard.
@@ -88,10 +89,11 @@ def run(recipe: str, overrides: tuple[str, ...], fresh: bool) -> None:
                 f"{study.dir}: no trial completed; see why with: torchtune-hp trials "
                 f"{where}. {after_a_fix(study, loaded.model.study.trials)}"
             )
+        board = loaded.model.tensorboard.enabled  # off: no event files for a dashboard
         say(
             f"best {study.metric} = {best.value:.6g} (trial {best.number}) with {best.params}\n"
-            f"trials: torchtune-hp trials {where}    best config: torchtune-hp best {where}\n"
-            f"dashboard: {dashboard_command(where, len(study.trials))}"
+            f"trials: torchtune-hp trials {where}    best config: torchtune-hp best {where}"
+            + (f"\ndashboard: {dashboard_command(where, len(study.trials))}" if board else "")
         )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from torchtune_hp.errors import ConfigError
+from torchtune_hp.options import closest
 
 KEY = "objective.function"
 
@@ -40,10 +41,17 @@ def load_objective(recipe_path: Path, ref: str, train: Mapping[str, Any]) -> Cal
         try:
             module = importlib.import_module(target)
         except Exception as e:
-            raise ConfigError(recipe_path, KEY, f"cannot import module {target!r}: {e}") from e
+            beside = recipe_path.parent / f"{target}.py"
+            hint = f" (did you mean {target}.py:{func_name}, the file beside the recipe?)"
+            hint = hint if beside.is_file() else ""
+            raise ConfigError(
+                recipe_path, KEY, f"cannot import module {target!r}: {e}{hint}"
+            ) from e
     fn = getattr(module, func_name, None)
     if not callable(fn):
-        raise ConfigError(recipe_path, KEY, f"{target} has no function {func_name!r}")
+        functions = [n for n, v in vars(module).items() if inspect.isfunction(v)]
+        near = closest(func_name, functions)
+        raise ConfigError(recipe_path, KEY, f"{target} has no function {func_name!r}{near}")
     try:
         inspect.signature(fn).bind(None, **train)
     except TypeError as e:

@@ -23,6 +23,7 @@ the CLI prints it and exits with code 2. Sections::
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import importlib.resources
 import importlib.util
@@ -178,7 +179,7 @@ class ObjectiveSection(_Section):
     ``executor.workers > 1`` or a ``timeout`` is set) or ``command`` (a script run per trial; see
     :mod:`torchtune_hp.executors.argv` for ``args`` and ``rename``)."""
 
-    function: StrictStr | None = Field(None, pattern=r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$")
+    function: StrictStr | None = None
     command: list[StrictStr] | None = Field(None, min_length=1)
     args: Literal["argparse", "equals", "hydra", "lightning_cli"] = "argparse"
     rename: dict[StrictStr, StrictStr] = {}
@@ -186,6 +187,16 @@ class ObjectiveSection(_Section):
     timeout: float | None = None  # per trial, then the trial is killed
 
     _a_time = field_validator("timeout", mode="before")(lambda v: a_duration(v))
+
+    @field_validator("function")
+    @classmethod
+    def _a_reference(cls, ref: str | None) -> str | None:
+        if ref is not None and not re.fullmatch(r"[^:]+:[A-Za-z_][A-Za-z0-9_]*", ref):
+            raise ValueError(
+                f"expected file.py:function (a file beside the recipe) or "
+                f"package.module:function, got {ref!r}"
+            )
+        return ref
 
     @model_validator(mode="after")
     def _one_kind(self) -> ObjectiveSection:
@@ -301,8 +312,9 @@ def find_recipe(name_or_path: str) -> Path:
     if path.parent == Path(".") and not path.suffix:
         spelling = closest(name_or_path, list(builtin))
     else:
-        near = [str(p) for p in path.parent.glob("*.y*ml")] if path.parent.is_dir() else []
-        spelling = closest(name_or_path, near)
+        near = {p.stem: p for p in path.parent.glob("*.y*ml")} if path.parent.is_dir() else {}
+        match = difflib.get_close_matches(path.stem, list(near), n=1, cutoff=0.6)  # not '.yaml'
+        spelling = f" (did you mean {str(path.parent / near[match[0]].name)!r}?)" if match else ""
     builtin_copy = ""
     if path.stem in builtin:  # recipes/digits_mlp.yaml typed outside the repository
         builtin_copy = (
@@ -498,9 +510,13 @@ def parse_space(spec: Mapping[str, Mapping[str, Any]], path: Path) -> Space:
             if no_default and f.name not in entry:
                 raise ConfigError(path, f"{key}.{f.name}", f"missing (type {kind} needs {allowed})")
         try:
-            params[name] = _TYPES[kind](**{k: v for k, v in entry.items() if k != "type"})
+            with warnings.catch_warnings(record=True) as said:
+                warnings.simplefilter("always")
+                params[name] = _TYPES[kind](**{k: v for k, v in entry.items() if k != "type"})
         except (TypeError, ValueError) as e:
             raise ConfigError(path, key, str(e)) from None
+        for w in said:  # the parameter's own warnings, named as its errors are
+            warnings.warn(f"{path}: {key}: {w.message}", w.category, stacklevel=2)
     return Space(params)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,16 @@ def _check_bounds(low: float, high: float, log: bool, step: float | None) -> Non
             raise ValueError("step and log=True cannot be combined")
         if step > high - low:
             raise ValueError(f"step={step!r} is larger than high - low = {high - low!r}")
+        k = math.floor((high - low) / step + 1e-9)
+        top = low + k * step  # an Int's stays an int
+        top = top if isinstance(top, int) else float(f"{top:.12g}")
+        if top < high and abs(high - top) > 1e-9 * max(abs(high), step):
+            warnings.warn(  # as Optuna does: the range is kept, its top is never suggested
+                f"high={high!r} is not on the step grid from low={low!r} (step {step!r}): the "
+                f"largest value ever tried is {top!r}",
+                UserWarning,
+                stacklevel=4,
+            )
 
 
 EXACT_INT = 2**53  # the largest magnitude up to which every integer is a float
@@ -397,7 +408,10 @@ class Space:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Mapping[str, Any]]) -> Space:
-        return cls({name: param_from_dict(spec) for name, spec in data.items()})
+        """A stored space (a study's): its warnings were given when it was made."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return cls({name: param_from_dict(spec) for name, spec in data.items()})
 
 
 _TYPES: dict[str, type] = {"float": Float, "int": Int, "categorical": Categorical, "fixed": Fixed}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -173,11 +174,12 @@ def slices_png(expl: Explanation, metric: str, trial: int) -> bytes:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)
     handles["suggestion"] = Line2D([], [], color="C1", linestyle="--")
+    per_row = len(handles) if ncols > 1 else 2  # one panel's width holds two entries a row
     fig.legend(
         handles.values(),
         handles.keys(),
         loc="lower center",
-        ncol=len(handles),
+        ncol=per_row,
         fontsize=8,
         frameon=False,
     )
@@ -188,8 +190,15 @@ def slices_png(expl: Explanation, metric: str, trial: int) -> bytes:
     else:
         head = f"GP surrogate before trial {trial} ({expl.n_observations} observations)"
         tail = f"slices through the suggestion{how}, dashed"
-    fig.suptitle(f"{head}; {tail}; ★ = best so far", fontsize=10)
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.1 + 0.25 / (nrows + 1), top=0.9)
+    # wrapped to the figure's width (about 12 characters an inch at 10 points): a long
+    # title, with the warp, the fit and the noise in it, was cut off at both ends
+    width_in, height_in = fig.get_size_inches()
+    lines = textwrap.wrap(f"{head}; {tail}; ★ = best so far", width=int(width_in * 12))
+    fig.suptitle("\n".join(lines), fontsize=10)
+    top = 0.98 - (0.45 + 0.22 * len(lines)) / height_in  # the lines, then the panels' titles
+    legend_rows = math.ceil(len(handles) / per_row)
+    bottom = (0.55 + 0.2 * legend_rows) / height_in  # the legend, then the panels' x labels
+    fig.subplots_adjust(left=0.8 / width_in, right=0.98, bottom=bottom, top=top)
     return png_bytes(fig)
 
 
