@@ -403,6 +403,59 @@ def test_deleting_the_write_ahead_log_then_a_kill_9_loses_no_finished_trial(tmp_
     assert sum(t.state is TrialState.COMPLETE for t in trials) == 8
 
 
+LOG_DELETED_UNDER_READERS = """
+import os, sqlite3, sys, warnings
+from pathlib import Path
+from torchtune_hp.storage import Storage
+from torchtune_hp.trial import Origin
+
+warnings.simplefilter("ignore")
+p = Path(sys.argv[1])
+driver = Storage(p)
+driver.create_trial({"x": 1}, Origin.SAMPLER)
+follower = Storage(p, read_only=True)  # a DDP rank > 0 reads for the whole run
+follower.trials()
+held = sqlite3.connect(f"file:{p}?mode=ro", uri=True)  # a read left open (a DB browser)
+held.execute("BEGIN")
+held.execute("SELECT * FROM trials").fetchall()
+driver.create_trial({"x": 2}, Origin.SAMPLER)
+for name in sys.argv[2:]:
+    os.unlink(p.with_name(p.name + name))
+driver.create_trial({"x": 3}, Origin.SAMPLER)
+print(len(follower.trials()), len(Storage(p, read_only=True).trials()), flush=True)
+driver.create_trial({"x": 4}, Origin.SAMPLER)
+print(len(follower.trials()), flush=True)
+os._exit(0)  # a kill -9: nothing closed
+"""
+
+
+@pytest.mark.parametrize("deleted", [("-wal",), ("-wal", "-shm")])
+def test_a_log_deleted_under_open_readers_then_a_crash_loses_nothing(tmp_path, deleted):
+    """A review of the first fix: with a reader holding part of the log a checkpoint cannot
+    fold it in, and one forced anyway, then a crash, left a malformed study.db; a reader open
+    since before the deletion (a DDP follower) then read the replaced file for ever. The
+    database is written again whole through the driver's connection, and readers follow."""
+    script = tmp_path / "s.py"
+    script.write_text(LOG_DELETED_UNDER_READERS)
+    db = tmp_path / "study.db"
+    out = subprocess.run(
+        [sys.executable, str(script), str(db), *deleted], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["3", "3", "4"]  # the follower and a new reader see it all
+    assert [t.params["x"] for t in read_trials_in(db)] == [1, 2, 3, 4]
+
+
+def read_trials_in(db: Path) -> list:
+    from torchtune_hp.storage import Storage
+
+    storage = Storage(db, read_only=True)
+    try:
+        return storage.trials()
+    finally:
+        storage.close()
+
+
 SLOW_REPORTER = """
 import argparse, json, time
 import torchtune_hp

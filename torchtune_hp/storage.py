@@ -16,9 +16,10 @@ file is written again from the open database, whole, with a warning, and the stu
 a different file put in its place is left alone, and the open database is saved beside it.
 The write-ahead log (``study.db-wal``) gets the same care: until SQLite checkpoints it, every
 trial of a short study lives in it alone, so its deletion followed by a crash lost the whole
-study. Each finished trial is checkpointed into the file (which then holds every finished
-trial by itself: a copy of ``study.db`` alone is a whole study), and a log found deleted or
-replaced is folded into the file and opened afresh, with a warning.
+study. Each finished trial is checkpointed into the file (where no reader holds it then), and
+a log found deleted or replaced gets what a deleted file gets: the database written again,
+whole, from the open connection. A reader open since before that (a DDP follower) opens the
+new file when it finds the old one gone from its path.
 """
 
 from __future__ import annotations
@@ -155,6 +156,7 @@ class Storage:
         except sqlite3.DatabaseError as e:
             raise self._error(e) from None
         self._identity = _identity(path) if path is not None and not read_only else None
+        self._opened = _identity(path) if path is not None else None  # what a reader reads
         self._wal_identity = self._wal_now()
         try:
             with self._errors():
@@ -249,10 +251,20 @@ class Storage:
             except (OSError, StorageError):
                 where = ""
             raise StorageError(f"{gone}, and it cannot be written again: {e}{where}") from None
+        self._open_copy_instead(gone)
+
+    def _open_copy_instead(self, gone: str) -> None:
+        """Put the whole copy of the open database (see :meth:`_save_copy`, made beside the
+        file) in the file's place and go on with it, with a warning; the old one's
+        write-ahead log and its index go with the old connection."""
+        assert self.path is not None
         trials = self.conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
         tmp = _tmp_of(self.path)
         self.conn.close()  # takes the deleted file's write-ahead log with it, before the new one
         try:
+            for stale in (_wal_of(self.path), self.path.with_name(self.path.name + "-shm")):
+                with contextlib.suppress(FileNotFoundError):  # a reader's: not the new file's
+                    os.unlink(stale)
             os.replace(tmp, self.path)
             self.conn = self._connect(self.path, read_only=False)
         except (OSError, sqlite3.Error) as e:
@@ -265,22 +277,26 @@ class Storage:
         warnings.warn(
             f"{gone}: written again from the open database ({trials} trials); nothing was lost",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
 
     def _wal_now(self) -> tuple[int, int] | None:
-        """Which file the write-ahead log is now; None when there is none (or no writer)."""
+        """Which file the write-ahead log is now; None when there is none (or no writer).
+        Where that cannot be told (a network file system's hiccup), the one it was."""
         if self._identity is None or self.path is None:
             return None
         try:
             return _identity(_wal_of(self.path))
         except OSError:
-            return None
+            return self._wal_identity
 
     def _keep_log(self) -> None:
-        """Fold a write-ahead log deleted (or replaced) since it was opened into the file and
-        open the database afresh: SQLite writes on into the deleted log, readers see a study
-        without its latest trials (or none), and a crash would lose them."""
+        """Write the database again, whole, where its write-ahead log was deleted (or
+        replaced) since it was opened: SQLite writes on into the deleted log, whose trials
+        the file lacks (all of them, before a checkpoint), so readers see a study without
+        them and a crash would lose them. A checkpoint cannot fold it in where a reader holds
+        part of it, and a reader's index of the deleted log stays behind it; a whole copy
+        through the open connection (SQLite's backup) is complete whoever reads."""
         assert self.path is not None
         now = self._wal_now()
         if now == self._wal_identity:
@@ -288,17 +304,13 @@ class Storage:
         if self._wal_identity is None:  # made by the first write since the database opened
             self._wal_identity = now
             return
-        with self._errors():
-            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self.conn.close()
-            self.conn = self._connect(self.path, read_only=False)
-        self._wal_identity = self._wal_now()
-        warnings.warn(
-            f"{_wal_of(self.path)} was deleted (or replaced) while the study ran: what it held "
-            f"was written into {self.path.name} and the database opened afresh; nothing was lost",
-            RuntimeWarning,
-            stacklevel=5,
-        )
+        gone = f"{_wal_of(self.path)} was deleted (or replaced) while the study ran"
+        self._wal_identity = now  # one attempt, as for the file itself
+        try:
+            self._save_copy(self.path, replace=False)
+        except (OSError, StorageError) as e:
+            raise StorageError(f"{gone}, and the database cannot be written again: {e}") from None
+        self._open_copy_instead(gone)
 
     def checkpoint(self) -> None:
         """Fold the write-ahead log into the file (SQLite does it only every 1000 pages, so a
@@ -375,8 +387,35 @@ class Storage:
             self.conn.execute("COMMIT")
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        follows = self.read_only and self.path is not None and self._copy is None
+        if follows and self._file_moved():
+            self._read_again()
+        try:
+            return self.conn.execute(sql, args).fetchall()
+        except sqlite3.OperationalError as e:
+            if not follows:
+                raise self._error(e) from None
+        except sqlite3.Error as e:
+            raise self._error(e) from None
+        self._read_again()  # an index of a log the driver has replaced: an I/O error
         with self._errors():
             return self.conn.execute(sql, args).fetchall()
+
+    def _file_moved(self) -> bool:
+        """Whether the file a reader opened is no longer the one at its path: the driver
+        wrote the database again in its place (see :meth:`_open_copy_instead`), and a reader
+        open since (a DDP follower, for the whole run) would read the old one for ever."""
+        assert self.path is not None
+        try:
+            return _identity(self.path) not in (self._opened, None)
+        except OSError:
+            return False
+
+    def _read_again(self) -> None:
+        assert self.path is not None
+        self.conn.close()
+        self.conn = self._connect(self.path, read_only=True)
+        self._opened = _identity(self.path)
 
     # -- metadata ---------------------------------------------------------------------------
     def get_meta(self) -> dict[str, Any]:
