@@ -4,7 +4,9 @@ every key that takes a time (``study.timeout``, ``objective.timeout``) and ``opt
 
 from __future__ import annotations
 
+import datetime
 import math
+import numbers
 import re
 
 _UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
@@ -13,10 +15,13 @@ FORMS = "seconds as a number, or a duration such as 90s, 30m, 8h, 1d or 1h30m"
 
 
 def seconds(value: object) -> float:
-    """``value`` in seconds, > 0; a ValueError naming the accepted forms otherwise."""
+    """``value`` in seconds, > 0 (a ``datetime.timedelta`` too); a ValueError naming the
+    accepted forms otherwise."""
     if isinstance(value, bool):
         raise ValueError(f"expected {FORMS}, got {value!r}")
-    if isinstance(value, int | float):
+    if isinstance(value, datetime.timedelta):
+        total = value.total_seconds()
+    elif isinstance(value, numbers.Real):  # numpy's numbers too
         total = float(value)
     elif isinstance(value, str):
         text = value.strip().lower()

@@ -110,7 +110,6 @@ class Float:
             k = round((x - self.low) / self.step)
             kmax = math.floor((self.high - self.low) / self.step + 1e-9)
             x = self.low + min(max(k, 0), kmax) * self.step
-            x = float(f"{x:.12g}")  # 0.9, not 0.8999999999999999 (0.1 + 8 * 0.1)
         return min(max(x, self.low), self.high)
 
     def contains(self, value: Value) -> bool:

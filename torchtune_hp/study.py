@@ -44,7 +44,7 @@ from torchtune_hp.errors import StorageError, StudyMismatch
 from torchtune_hp.outcome import Outcome, as_number, describe, outcome_of_return
 from torchtune_hp.pruners import Pruner, diverged, make_pruner
 from torchtune_hp.samplers import Sampler, SpaceExhausted, make_sampler
-from torchtune_hp.space import Param, Space, space_diff
+from torchtune_hp.space import Fixed, Param, Space, space_diff
 from torchtune_hp.storage import Completed, Storage, holds_nothing, utcnow
 from torchtune_hp.trial import (
     PAUSE_CHECKPOINT,
@@ -460,9 +460,18 @@ class Study:
         missing = [name for name in self.space.params if name not in given]
         if not missing:
             return given, origin, None
-        drawn = self.sampler.sample(self.space, list(self._finished), list(self._pending.values()))
+        try:
+            drawn = self.sampler.sample(
+                self.space, list(self._finished), list(self._pending.values())
+            )
+            how, by = Origin.SAMPLER, "the sampler drew"
+        except SpaceExhausted:  # a grid used up: the queued point still runs, whole
+            rng = random.Random(f"{self.seed}:{len(self._view)}")
+            drawn = self.space.decode([rng.random() for _ in range(self.space.dim)])
+            how, by = origin, "drawn at random (the sampler has no points left)"
         params = {name: given[name] if name in given else drawn[name] for name in self.space.params}
-        return params, Origin.SAMPLER, f"enqueued {sorted(given)}; the sampler drew {missing}"
+        named = sorted(n for n in given if not isinstance(self.space.params[n], Fixed))
+        return params, how, f"enqueued {named}; {by} {missing}"
 
     def add(
         self, params: Mapping[str, Any], value: float, skip_if_exists: bool = True

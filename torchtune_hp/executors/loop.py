@@ -144,7 +144,12 @@ def run_trials(
         raise TypeError(f"{what}, got {n_trials!r}") from None
     if n_trials < 0:
         raise ValueError(f"{what}, got {n_trials!r}")
-    limit = None if timeout is None else (time.monotonic(), durations.seconds(timeout))
+    try:
+        limit = None if timeout is None else (time.monotonic(), durations.seconds(timeout))
+    except ValueError as e:
+        raise ValueError(f"timeout: {e}") from None
+    if study.follower:  # a DDP rank > 0 follows rank 0's trials, whose clock is the one
+        limit = None
     fail = FailFast(study, fail_fast)
     signals.reset()
     with stop_signals(), _horizon(study.sampler, n_trials):
