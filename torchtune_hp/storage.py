@@ -251,12 +251,13 @@ class Storage:
             except (OSError, StorageError):
                 where = ""
             raise StorageError(f"{gone}, and it cannot be written again: {e}{where}") from None
-        self._open_copy_instead(gone)
+        self._open_copy_instead(gone, stacklevel=5)
 
-    def _open_copy_instead(self, gone: str) -> None:
+    def _open_copy_instead(self, gone: str, stacklevel: int) -> None:
         """Put the whole copy of the open database (see :meth:`_save_copy`, made beside the
-        file) in the file's place and go on with it, with a warning; the old one's
-        write-ahead log and its index go with the old connection."""
+        file) in the file's place and go on with it, with a warning (``stacklevel``: at the
+        write that found it, past ``_tx``); the old one's write-ahead log and its index go
+        with the old connection."""
         assert self.path is not None
         trials = self.conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
         tmp = _tmp_of(self.path)
@@ -277,7 +278,7 @@ class Storage:
         warnings.warn(
             f"{gone}: written again from the open database ({trials} trials); nothing was lost",
             RuntimeWarning,
-            stacklevel=5,
+            stacklevel=stacklevel,
         )
 
     def _wal_now(self) -> tuple[int, int] | None:
@@ -310,7 +311,7 @@ class Storage:
             self._save_copy(self.path, replace=False)
         except (OSError, StorageError) as e:
             raise StorageError(f"{gone}, and the database cannot be written again: {e}") from None
-        self._open_copy_instead(gone)
+        self._open_copy_instead(gone, stacklevel=6)
 
     def checkpoint(self) -> None:
         """Fold the write-ahead log into the file (SQLite does it only every 1000 pages, so a
