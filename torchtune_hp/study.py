@@ -23,6 +23,7 @@ follower ends within a second of rank 0 ending, whatever the reason.
 
 from __future__ import annotations
 
+import datetime
 import math
 import numbers
 import os
@@ -830,13 +831,13 @@ class Study:
         n_trials: int,
         callbacks: Sequence[Callable[[Study, FrozenTrial], None]] = (),
         fail_fast: int = 3,
-        timeout: float | str | None = None,
+        timeout: float | str | datetime.timedelta | None = None,
     ) -> None:
         """Run ``objective`` in this process until the study holds ``n_trials`` finished trials
-        (earlier runs included) or the sampler is exhausted. ``timeout`` (seconds, or ``"8h"``,
-        ``"30m"``): no trial starts after it, counted from this call; the running trial ends
-        as it would, and a :class:`~torchtune_hp.errors.TimeLimitReached` warning
-        says how many trials the study holds. A raising objective fails only its
+        (earlier runs included) or the sampler is exhausted. ``timeout`` (seconds, ``"8h"``,
+        ``"30m"``, a ``timedelta``): no trial starts after it, counted from this call; the
+        running trial ends as it would, and a :class:`~torchtune_hp.errors.TimeLimitReached`
+        warning says how many trials the study holds. A raising objective fails only its
         trial (the traceback is stored); when the first ``fail_fast`` trials all fail with the
         same error the study stops with :class:`~torchtune_hp.errors.StudyStopped` (0: never).
         Ctrl-C (or SIGTERM, SIGHUP) marks the running trial FAILED (interrupted), queues its

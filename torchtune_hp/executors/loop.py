@@ -133,8 +133,9 @@ def run_trials(
     n_trials: int,
     callbacks: Sequence[Callable[[Any, FrozenTrial], None]] = (),
     fail_fast: int = 3,
-    timeout: float | None = None,
+    timeout: object = None,
 ) -> None:
+    """``timeout``: anything :func:`~torchtune_hp.durations.seconds` takes, or None."""
     what = "n_trials must be an integer >= 0 (the study's total, earlier runs' trials included)"
     try:
         if isinstance(n_trials, bool):
