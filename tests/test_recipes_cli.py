@@ -252,6 +252,12 @@ def test_a_misspelled_recipe_name_gets_the_closest_one(tmp_path):
     assert run_cli("cp", "digits_mlp", "my", cwd=tmp_path).returncode == 0
     copy = run_cli("run", "my/digits_mpl.yaml", cwd=tmp_path)
     assert copy.returncode == 2 and "(did you mean 'my/digits_mlp.yaml'?)" in copy.stderr
+    # the stem, not '.yaml', is compared: no far-fetched file; a bare name beside its file
+    (tmp_path / "o.yaml").write_text("study: {}\n")
+    far = run_cli("validate", "nosuch.yaml", cwd=tmp_path)
+    assert far.returncode == 2 and "did you mean" not in far.stderr, far.stderr
+    bare = run_cli("validate", "o", cwd=tmp_path)
+    assert bare.returncode == 2 and "(did you mean 'o.yaml'?)" in bare.stderr, bare.stderr
 
 
 @pytest.mark.parametrize("cmd", ["run", "ls", "cp", "validate", "trials", "best"])

@@ -310,7 +310,9 @@ def find_recipe(name_or_path: str) -> Path:
         return builtin[name_or_path]
     # a bare name gets the closest built-in one; a path, the closest file beside it
     if path.parent == Path(".") and not path.suffix:
-        spelling = closest(name_or_path, list(builtin))
+        files_named = [f"{name_or_path}{ext}" for ext in (".yaml", ".yml")]
+        here = [f for f in files_named if Path(f).is_file()]  # `run o` beside o.yaml
+        spelling = f" (did you mean {here[0]!r}?)" if here else closest(name_or_path, list(builtin))
     else:
         near = {p.stem: p for p in path.parent.glob("*.y*ml")} if path.parent.is_dir() else {}
         match = difflib.get_close_matches(path.stem, list(near), n=1, cutoff=0.6)  # not '.yaml'
