@@ -47,6 +47,7 @@ BAD = [
     (mutate("study.trials", 0), [], "study.trials", "greater than or equal to 1"),
     (mutate("study.mode", "up"), [], "study.mode", "'min' or 'max'"),
     (mutate("study.timeout", "8 hours"), [], "study.timeout", "a duration such as 90s, 30m"),
+    (mutate("executor.devices", "gpu"), [], "executor.devices", "got 'gpu' (did you mean 'cpu'?)"),
     (GOOD, ["study.timeout=0"], "study.timeout", "expected a time > 0"),
     (mutate("space.x.high", -1.0), [], "space.x", "low must be < high"),
     (mutate("space.x.log", True), [], "space.x", "log=True needs low > 0"),

@@ -390,6 +390,8 @@ def test_deleting_the_write_ahead_log_then_a_kill_9_loses_no_finished_trial(tmp_
     wait_for(lambda: count(study_dir, "COMPLETE") >= 3, what="three trials")
     for name in ("study.db-wal", *also):
         (study_dir / name).unlink()
+    shown = run_cli("trials", str(study_dir))  # it waits for the driver's rewrite, if it must
+    assert shown.returncode == 0, shown.stderr
     wait_for(lambda: (study_dir / "study.db-wal").exists(), what="the log made afresh")
     wait_for(lambda: count(study_dir, "COMPLETE") >= 6, what="three more trials")
     seen = count(study_dir, "COMPLETE")  # a reader sees them while the study runs

@@ -230,6 +230,23 @@ class ExecutorSection(_Section):
     def _an_address(cls, address: str) -> str:
         return check_address(address)
 
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _devices(cls, devices: object) -> object:
+        """One message for the three forms (the union's own said each form's failure, two
+        lines of its internals)."""
+        if devices in ("auto", "cpu") and isinstance(devices, str):
+            return devices
+        if isinstance(devices, list) and all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices
+        ):
+            return devices
+        near = closest(devices, ["auto", "cpu"]) if isinstance(devices, str) else ""
+        raise ValueError(
+            "expected auto, cpu or a list of GPU positions (integers >= 0, e.g. [0, 1]), "
+            f"got {devices!r}{near}"
+        )
+
     @property
     def only_for(self) -> dict[str, str]:
         """The keys set to something other than their default that belong to the other kind

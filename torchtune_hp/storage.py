@@ -30,6 +30,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import time
 import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator
@@ -43,6 +44,9 @@ from torchtune_hp.trial import FrozenTrial, Interruption, Origin, TrialState
 
 # a queued point made whole: its parameters, origin and note (see pop_queue_into_trial)
 Completed = tuple[dict[str, Any], Origin, str | None]
+
+# how long a reader waits for a running driver to write its database again (see _connect)
+LOG_REWRITE_WAIT_S = 6.0
 
 SCHEMA_VERSION = 3
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -177,12 +181,21 @@ class Storage:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             return conn
-        try:
-            conn = _sqlite(_uri(path, "mode=ro"), uri=True)
-            _validate(conn, path)
-            return conn
-        except sqlite3.OperationalError:
-            pass
+        # A write-ahead log deleted under a running driver reads as an I/O error until the
+        # driver writes the database again, at its next write (a heartbeat within 5 s): wait
+        # that long before saying so.
+        deadline = time.monotonic() + LOG_REWRITE_WAIT_S
+        while True:
+            try:
+                conn = _sqlite(_uri(path, "mode=ro"), uri=True)
+                _validate(conn, path)
+                return conn
+            except sqlite3.OperationalError:
+                break
+            except StorageError as e:
+                if "disk I/O" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         # Read-only media: SQLite cannot create the shared-memory file a WAL database needs.
         # Without a write-ahead log the file is complete: read it as immutable. With one, read
         # a private copy of both, so the latest trials are not missed.
@@ -797,7 +810,12 @@ def _validate(conn: sqlite3.Connection, path: Path, close: bool = False) -> None
             raise damaged(path, text) from None
         if isinstance(e, sqlite3.OperationalError) and "unable to open" in text:
             raise  # read-only media: the caller reads it another way
-        hint = " (is the disk full?)" if "disk I/O" in text or "full" in text else ""
+        hint = (
+            f" (is the disk full? or was {_wal_of(path).name} deleted or replaced while no "
+            "driver ran?)"
+            if "disk I/O" in text or "full" in text
+            else ""
+        )
         raise StorageError(f"{path}: cannot read the study database: {text}{hint}") from None
     if check != "ok" or (tables and not {"meta", "trials"} <= tables):
         conn.close()

@@ -19,6 +19,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from torchtune_hp.display import counted
+
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -108,9 +110,9 @@ def _driver_id(position: int) -> str:
         return str(position)
     if position >= len(entries):
         raise ValueError(
-            f"devices names GPU {position}, but the driver sees {len(entries)} "
-            f"(CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}): positions count "
-            "within that set"
+            f"devices names GPU position {position}, but CUDA_VISIBLE_DEVICES="
+            f"{os.environ['CUDA_VISIBLE_DEVICES']!r} leaves the driver "
+            f"{counted(len(entries), 'GPU')} (positions count within that set, from 0)"
         )
     return entries[position]
 
