@@ -445,17 +445,7 @@ def test_a_log_deleted_under_open_readers_then_a_crash_loses_nothing(tmp_path, d
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["3", "3", "4"]  # the follower and a new reader see it all
-    assert [t.params["x"] for t in read_trials_in(db)] == [1, 2, 3, 4]
-
-
-def read_trials_in(db: Path) -> list:
-    from torchtune_hp.storage import Storage
-
-    storage = Storage(db, read_only=True)
-    try:
-        return storage.trials()
-    finally:
-        storage.close()
+    assert [t.params["x"] for t in read_trials(db.parent)] == [1, 2, 3, 4]
 
 
 SLOW_REPORTER = """

@@ -34,6 +34,14 @@ def _finite(name: str, value: float) -> float:
     return value
 
 
+def last_step(low: float, high: float, step: float) -> int:
+    """How many whole steps from ``low`` stay within ``high``: the grid's last index (exact for
+    integers; for floats forgiving the rounding of the division, 0.3 / 0.1 = 2.9999999999999996)."""
+    if all(isinstance(v, int) for v in (low, high, step)):
+        return int((high - low) // step)
+    return math.floor((high - low) / step + 1e-9)
+
+
 def _check_bounds(low: float, high: float, log: bool, step: float | None) -> None:
     if not isinstance(log, bool):  # "false" would read as true
         raise TypeError(f"log must be true or false, got {log!r}")
@@ -55,8 +63,7 @@ def _check_bounds(low: float, high: float, log: bool, step: float | None) -> Non
             raise ValueError("step and log=True cannot be combined")
         if step > high - low:
             raise ValueError(f"step={step!r} is larger than high - low = {high - low!r}")
-        k = math.floor((high - low) / step + 1e-9)
-        top = low + k * step  # an Int's stays an int
+        top = low + last_step(low, high, step) * step  # an Int's stays an int
         top = top if isinstance(top, int) else float(f"{top:.12g}")
         if top < high and abs(high - top) > 1e-9 * max(abs(high), step):
             warnings.warn(  # as Optuna does: the range is kept, its top is never suggested
@@ -108,7 +115,7 @@ class Float:
         (0.30000000000000004) are the same point."""
         if self.step is not None:
             k = round((x - self.low) / self.step)
-            kmax = math.floor((self.high - self.low) / self.step + 1e-9)
+            kmax = last_step(self.low, self.high, self.step)
             x = self.low + min(max(k, 0), kmax) * self.step
         return min(max(x, self.low), self.high)
 
@@ -168,7 +175,7 @@ class Int:
         t = lo + _clip01(u) * (hi - lo)
         x = math.exp(t) if self.log else t
         k = round((x - self.low) / self.step)
-        kmax = (self.high - self.low) // self.step
+        kmax = last_step(self.low, self.high, self.step)
         return int(self.low + min(max(k, 0), kmax) * self.step)
 
     def contains(self, value: Value) -> bool:
