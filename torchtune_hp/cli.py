@@ -6,6 +6,7 @@ the command's entry point)."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -266,7 +267,7 @@ def _read_trials(study_dir: Path) -> tuple[dict, list[FrozenTrial]]:
 
 @cli.command()
 @click.argument("study_dir", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
 @click.option("--trial", "number", type=int, help="Show this trial in full (its whole error).")
 def trials(study_dir: Path, fmt: str, number: int | None) -> None:
     """Show the trials of the study in STUDY_DIR.
@@ -274,6 +275,7 @@ def trials(study_dir: Path, fmt: str, number: int | None) -> None:
     \b
     Example:
       torchtune-hp trials logs/digits_mlp --format json
+      torchtune-hp trials logs/digits_mlp --format csv > trials.csv  # Optuna's columns
       torchtune-hp trials logs/digits_mlp --trial 3     # one trial, its whole error
     """
     from torchtune_hp.display import plain_table, trial_detail, trial_rows
@@ -297,11 +299,20 @@ def trials(study_dir: Path, fmt: str, number: int | None) -> None:
         if fmt == "json":
             steps = {s: v if math.isfinite(v) else None for s, v in chosen[0].intermediate.items()}
             say(json.dumps({**chosen[0].to_json(), "intermediate": steps}))
-        else:
+            return
+        if fmt == "table":
             say(trial_detail(chosen[0], meta.get("metric", "value")))
-        return
+            return
+        rows = chosen  # csv: its one row
     if fmt == "json":
         say(json.dumps([t.to_json() for t in rows], indent=2))
+        return
+    if fmt == "csv":
+        from torchtune_hp.export import write_csv
+
+        text = io.StringIO()
+        write_csv(rows, list(meta.get("space", {})), text)
+        say(text.getvalue(), nl=False)
         return
     header, cells = trial_rows(rows, list(meta.get("space", {})), meta.get("metric", "value"))
     if not (sys.stdout.isatty() and len(rows) <= RICH_ROWS):

@@ -422,6 +422,14 @@ class Study:
         assert value is not None
         return value
 
+    def trials_dataframe(self) -> Any:
+        """The trials as a pandas DataFrame, one row each, with Optuna's column names
+        (``number``, ``value``, ``params_<name>``, ``state``, ``duration``, ...; see
+        :mod:`torchtune_hp.export`), so analysis written for Optuna runs on it. Needs pandas."""
+        from torchtune_hp.export import dataframe
+
+        return dataframe(self.trials, list(self.space.params))
+
     def importance(self) -> dict[str, float]:
         """Each tunable hyperparameter's relevance (shares summing to 1), from the ARD
         lengthscales of a GP fit to the finished trials, whatever the sampler. On

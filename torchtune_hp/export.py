@@ -1,0 +1,92 @@
+"""The trials as flat records, one per trial, for analysis outside the tool: a pandas
+DataFrame (``Study.trials_dataframe()``) and CSV (``torchtune-hp trials DIR --format csv``).
+
+The columns are Optuna's ``trials_dataframe()`` names where the two mean the same, so an
+Optuna user's analysis code runs on them: ``number``, ``value``, ``datetime_start``,
+``datetime_complete``, ``duration``, ``params_<name>`` (one column per parameter, empty
+where a trial lacks it: a parameter added or removed between runs), ``state`` (``COMPLETE``,
+``PRUNED``, ``FAILED``, ``RUNNING``, ...). Then ours: ``origin`` (how its parameters were
+chosen), ``reports`` (how many intermediate values it reported), ``note`` and ``error``.
+``duration`` is a ``Timedelta`` in the DataFrame, as Optuna's, and seconds in the CSV."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import IO, Any
+
+from torchtune_hp.trial import FrozenTrial
+
+
+def param_names(trials: Sequence[FrozenTrial], names: Sequence[str]) -> list[str]:
+    """The space's parameters in its order, then any other that a trial holds (a parameter
+    since removed from the space), in the order first met."""
+    seen = list(names)
+    for t in trials:
+        seen.extend(k for k in t.params if k not in seen)
+    return seen
+
+
+def header(names: Sequence[str]) -> list[str]:
+    """The columns, for the parameters ``names`` (see :func:`param_names`)."""
+    return [
+        "number",
+        "value",
+        "datetime_start",
+        "datetime_complete",
+        "duration",
+        *(f"params_{k}" for k in names),
+        "state",
+        "origin",
+        "reports",
+        "note",
+        "error",
+    ]
+
+
+def trial_records(trials: Sequence[FrozenTrial], names: Sequence[str]) -> list[dict[str, Any]]:
+    """One flat dict per trial (see the module's docstring); times are ``datetime``s (UTC),
+    ``duration`` a ``timedelta`` (None while a trial runs)."""
+    columns = param_names(trials, names)
+    keys = header(columns)
+    records = []
+    for t in trials:
+        dur = None if t.duration_s is None else timedelta(seconds=t.duration_s)
+        cells = [t.number, t.value, t.start, t.end, dur, *(t.params.get(k) for k in columns)]
+        cells += [t.state.name, t.origin.value, len(t.intermediate), t.note, t.error]
+        records.append(dict(zip(keys, cells, strict=True)))
+    return records
+
+
+def dataframe(trials: Sequence[FrozenTrial], names: Sequence[str]) -> Any:
+    """The records as a pandas DataFrame (pandas is imported here only: it is optional)."""
+    try:
+        import pandas as pd
+    except ImportError as e:
+        raise ImportError(
+            "trials_dataframe() needs pandas: pip install pandas (or use "
+            "`torchtune-hp trials DIR --format csv` / `--format json`)"
+        ) from e
+    return pd.DataFrame.from_records(
+        trial_records(trials, names), columns=header(param_names(trials, names))
+    )
+
+
+def write_csv(trials: Sequence[FrozenTrial], names: Sequence[str], out: IO[str]) -> None:
+    """The records as CSV: times in ISO 8601 (UTC), ``duration`` in seconds, empty cells for
+    None; a value that is infinite (a diverged trial) is written ``inf``."""
+    writer = csv.DictWriter(out, fieldnames=header(param_names(trials, names)), lineterminator="\n")
+    writer.writeheader()
+    for r in trial_records(trials, names):
+        writer.writerow({k: _cell(v) for k, v in r.items()})
+
+
+def _cell(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, timedelta):
+        return v.total_seconds()
+    if hasattr(v, "isoformat"):
+        return v.isoformat().replace("+00:00", "Z")
+    return v
