@@ -1525,3 +1525,55 @@ def test_a_reader_that_stops_reading_does_not_stop_the_study(tmp_path):
     trials = read_trials(tmp_path / "logs" / "pipe")
     assert len(trials) == 8 and trials[1].state is TrialState.FAILED
     assert sum(t.state is TrialState.COMPLETE for t in trials) == 7
+
+
+def test_a_trial_that_reports_on_every_line_is_forwarded_in_linear_time_and_a_stop_is_prompt(
+    tmp_path,
+):
+    """A ``metric_regex`` that matches every line of a fast script: each report re-read the
+    trial's whole row (all its reports), so n reports cost O(n^2) (8000 lines: 30 s), and
+    the driver forwarded the whole backlog before it looked at a stop signal (SIGTERM
+    answered after 90 s). Worse, a stop cut the backlog short and the trial was then
+    recorded COMPLETE at whatever report had been forwarded last. Now a stop is answered
+    at once and such a trial is interrupted (it runs again), never COMPLETE at a truncated
+    value; and a run left alone records every report."""
+    lines = 30_000
+    (tmp_path / "many.py").write_text(
+        f"for i in range({lines}):\n    print(f'epoch {{i}} loss {{1.0 / (i + 1):.8f}}')\n"
+    )
+    objective = {"command": ["python", "many.py"], "metric_regex": r"loss (?P<value>[0-9.]+)"}
+    write(
+        tmp_path / "recipe.yaml",
+        {
+            "study": {"name": "many", "metric": "loss", "trials": 1, "seed": 0},
+            "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+            "sampler": {"name": "random"},
+            "objective": objective,
+            "tensorboard": {"enabled": False},
+            "logdir": "logs",
+        },
+    )
+    study_dir = tmp_path / "logs" / "many"
+    driver = subprocess.Popen(
+        cli_cmd("run", "recipe.yaml"), cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    log = study_dir / "trial_0000" / "stdout.log"
+    last = f"epoch {lines - 1} loss"
+    wait_for(lambda: log.exists() and last in log.read_text(), what="the script's last line")
+    driver.send_signal(signal.SIGTERM)
+    start = time.monotonic()
+    _, err = driver.communicate(timeout=120)
+    waited = time.monotonic() - start
+    assert driver.returncode == 128 + signal.SIGTERM, err
+    assert waited < 15, waited  # 90 s and more before
+    (trial,) = read_trials(study_dir)
+    if trial.state is TrialState.COMPLETE:  # the driver was done forwarding first: all of it
+        assert len(trial.intermediate) == lines
+        assert trial.value == pytest.approx(1.0 / lines, rel=1e-3)
+    else:
+        assert (trial.state, trial.interruption) == (TrialState.FAILED, Interruption.STOPPED)
+    again = run_cli("run", "recipe.yaml", "study.name=alone", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    (whole,) = read_trials(tmp_path / "logs" / "alone")
+    assert whole.state is TrialState.COMPLETE and len(whole.intermediate) == lines
+    assert whole.value == pytest.approx(1.0 / lines, rel=1e-3)

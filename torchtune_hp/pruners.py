@@ -25,6 +25,7 @@ the study as the worst value there is); ``none`` lets it run to its end.
 from __future__ import annotations
 
 import importlib
+import itertools
 import math
 import statistics
 from collections.abc import Sequence
@@ -46,9 +47,9 @@ class Pruner(Protocol):
 
 def value_at(trial: FrozenTrial, resource: int, mode: str) -> float | None:
     """The trial's best value among its first ``resource`` reports; None if it has fewer."""
-    values = [trial.intermediate[s] for s in sorted(trial.intermediate)][:resource]
-    if len(values) < resource or resource < 1:
+    if len(trial.intermediate) < resource or resource < 1:
         return None
+    values = itertools.islice(trial.intermediate.values(), resource)  # kept in step order
     return min(values) if mode == "min" else max(values)
 
 
@@ -56,7 +57,7 @@ def diverged(trial: FrozenTrial) -> bool:
     """Its latest report is not finite: the study records a NaN or inf report (a diverging
     run) as the worst value there is, and every pruning rule stops such a trial at once."""
     return bool(trial.intermediate) and not math.isfinite(
-        trial.intermediate[max(trial.intermediate)]
+        next(reversed(trial.intermediate.values()))  # the last step's: kept in step order
     )
 
 

@@ -93,6 +93,8 @@ class FrozenTrial:
     origin: Origin = Origin.SAMPLER
     interruption: Interruption | None = None
     note: str | None = None
+    # step -> value, in step order (storage reads them so, Study.report keeps them so): the
+    # last report is the last item, found in O(1) by the pruners on every report
     intermediate: dict[int, float] = field(default_factory=dict)
     # time spent paused between runs (freeze-thaw) or waiting to be placed (Ray): not run,
     # so not in duration_s

@@ -17,10 +17,10 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from torchtune_hp import procs
+from torchtune_hp import procs, signals
 from torchtune_hp.errors import UnsafePath
 from torchtune_hp.executors import Finished
 from torchtune_hp.executors.devices import Slot, thread_env
@@ -81,11 +81,17 @@ def forward_reports(
     trial: Trial,
     reports: list[Report],
     answer: Callable[[Report, bool], None],
-) -> None:
-    """Hand a trial's new reports to the study, and each its pruner's verdict."""
-    for report in reports:
+) -> list[Report]:
+    """Hand a trial's new reports to the study, and each its pruner's verdict. Returns those
+    left when a stop signal came first, so that a backlog of many thousand reports (a regex
+    on every line) never holds a stop back; a trial whose reports were not all forwarded has
+    no outcome yet (its last one would be taken for its final value)."""
+    for i, report in enumerate(reports):
+        if signals.received() is not None:
+            return reports[i:]
         study.report(trial, report.value, report.step)
         answer(report, study.should_prune(trial))
+    return []
 
 
 def forward_notes(study: Any, number: int, problems: list[str]) -> None:
@@ -98,6 +104,7 @@ class _Running:
     trial: Trial
     proc: TrialProcess
     slot: int
+    backlog: list[Report] = field(default_factory=list)  # read, not yet forwarded (a stop)
 
 
 class ProcessPool:
@@ -177,12 +184,12 @@ class ProcessPool:
 
     def _poll(self, r: _Running) -> Outcome | None:
         p = r.proc
-        forward_reports(self.study, r.trial, p.reports(), p.answer)
+        r.backlog = forward_reports(self.study, r.trial, r.backlog + p.reports(), p.answer)
         rc = p.poll()
-        if rc is not None:
-            forward_reports(self.study, r.trial, p.reports(), p.answer)
+        if rc is not None and not r.backlog:
+            r.backlog = forward_reports(self.study, r.trial, p.reports(), p.answer)
         forward_notes(self.study, r.trial.number, p.problems)
-        if rc is None:
+        if rc is None or r.backlog:  # a stop cut its reports short: no outcome yet
             return None
         return process_outcome(
             p.run_dir,

@@ -275,10 +275,10 @@ class RayExecutor:
                 h.actor.answer.remote(report.seq, prune)
 
         reports = [Report(*r) for r in news["reports"]]
-        forward_reports(self.study, trial, reports, answer)
+        left = forward_reports(self.study, trial, reports, answer)
         forward_notes(self.study, trial.number, news["problems"])
         h.killed_for = news["killed_for"]
-        if news["rc"] is None:
+        if news["rc"] is None or left:  # a stop cut its reports short: the stop ends it
             return
         outcome = process_outcome(
             run_dir,
