@@ -266,6 +266,31 @@ def test_reports_that_never_name_the_metric_are_pointed_out(tmp_path, workers):
     assert any(t.params["x"] >= 0.5 for t in trials) and any(t.params["x"] < 0.5 for t in trials)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_report_that_is_not_a_number_is_named_once_in_the_note(tmp_path, workers):
+    """``report(loss="abc")``: in a worker the value was turned into its description there,
+    and the driver described that text again: 'a str ("a str ('abc'), not a number"), not
+    a number'. The note now reads as in this process."""
+    (tmp_path / "obj.py").write_text(
+        "import torch\nimport torchtune_hp\n\n"
+        "def train(trial):\n"
+        "    torchtune_hp.report(loss='abc', step=0)\n"
+        "    torchtune_hp.report(loss=torch.ones(2), step=1)\n"
+        "    torchtune_hp.report(loss=0.7, step=2)\n"
+        "    return 0.7\n"
+    )
+    path = write_recipe(
+        tmp_path, {"function": "obj.py:train"}, trials=1, executor={"workers": workers}
+    )
+    with pytest.warns(RuntimeWarning, match="was skipped"):
+        (trial,) = run(path)
+    assert trial.state is TrialState.COMPLETE and trial.intermediate == {2: 0.7}
+    assert trial.note.splitlines() == [
+        "a report of 'loss' was skipped: a str ('abc'), not a number",
+        "a report of 'loss' was skipped: a Tensor with 2 elements (shape (2,)), not one number",
+    ]
+
+
 # -- failures --------------------------------------------------------------------------------
 def test_crash_timeout_and_silence_fail_with_the_right_message_and_the_study_goes_on(tmp_path):
     path = write_recipe(tmp_path, {"command": ["python", FAKE], "timeout": 3}, trials=4)
@@ -352,6 +377,29 @@ def test_function_objective_in_two_worker_processes(tmp_path):
         assert t.state is TrialState.COMPLETE, t.error
         assert t.value == pytest.approx(2.0 * t.params["x"])
         assert len(t.intermediate) == 3
+
+
+def test_sys_exit_in_a_function_objective_in_a_worker_fails_its_trial(tmp_path):
+    """``sys.exit(0)`` after a report, in a worker process: the process ended 0 with a
+    report and no value, and the trial was recorded COMPLETE at that report (a run cut
+    short, taken as final). It ends only the trial, FAILED, and says why; a trial that
+    returns is untouched."""
+    (tmp_path / "obj.py").write_text(
+        "import sys\nimport torchtune_hp\n\n"
+        "def train(trial):\n"
+        "    torchtune_hp.report(loss=0.5, step=0)\n"
+        "    if trial.params['x'] < 0.5:\n"
+        "        sys.exit(0)\n"
+        "    return trial.params['x']\n"
+    )
+    path = write_recipe(tmp_path, {"function": "obj.py:train"}, trials=6, executor={"workers": 2})
+    trials = run(path, "study.fail_fast=0")
+    exited = [t for t in trials if t.params["x"] < 0.5]
+    assert exited and all(t.state is TrialState.FAILED for t in exited)
+    assert all("called sys.exit(0) in its worker process" in (t.error or "") for t in exited)
+    for t in trials:
+        if t.params["x"] >= 0.5:
+            assert (t.state, t.value) == (TrialState.COMPLETE, t.params["x"])
 
 
 # -- Ctrl-C --------------------------------------------------------------------------------------

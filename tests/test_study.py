@@ -235,7 +235,7 @@ def test_reopening_a_study_with_another_seed_says_so(tmp_path):
         assert study.seed == 0
     with pytest.warns(
         RuntimeWarning,
-        match="was made with seed 0: its next trials draw from seed 7, its 2 trials so far stay",
+        match="had seed 0 until now: its next trials draw from seed 7, its 2 trials so far stay",
     ):
         with Study("s", SPACE, seed=7, logdir=tmp_path) as study:
             assert study.seed == 7
@@ -368,6 +368,25 @@ def test_unseeded_study_stores_its_seed_and_continues(tmp_path):
         b.optimize(lambda t: 1.0, n_trials=6)
         assert [t.params for t in b.trials[:3]] == first
         assert len({str(t.params) for t in b.trials}) == 6
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"sampler": "bogus"}, {"mode": "max"}, {"pruner": "asha", "pruner_options": {"eta": 1}}],
+    ids=["sampler", "mode", "pruner option"],
+)
+def test_a_refused_study_leaves_the_open_one_on_the_same_folder_working(tmp_path, bad):
+    """A notebook: a second ``Study(...)`` on the same folder that is then refused (a
+    misspelt sampler, another mode) had already taken the folder over, closing the working
+    one, which then failed with a false 'study.db-wal was deleted' error. It is refused
+    before it takes anything."""
+    study = Study("nb", SPACE, sampler="random", seed=0, logdir=tmp_path, tensorboard=False)
+    study.optimize(lambda t: t.params["x"], n_trials=2)
+    with pytest.raises((ValueError, StudyMismatch)):
+        Study("nb", SPACE, logdir=tmp_path, tensorboard=False, **bad)
+    study.optimize(lambda t: t.params["x"], n_trials=3)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    study.close()
 
 
 def test_a_study_written_by_the_previous_version_is_read_and_upgraded(tmp_path):

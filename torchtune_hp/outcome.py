@@ -91,9 +91,19 @@ def describe(value: Any) -> str:
     return text
 
 
+class NotANumber(str):
+    """A value reported in another process (a script's ``report()``) that was not a number
+    there, as the reason it was not: :func:`as_number` passes the reason on instead of
+    describing its text as a string."""
+
+    MARK = "not_a_number"  # how report.jsonl carries it: {"<metric>": {"not_a_number": why}}
+
+
 def as_number(value: Any) -> tuple[float | None, str | None]:
     """``(number, None)`` or ``(None, why not)``. Numbers, NumPy scalars, 0-d and one-element
     tensors and arrays are numbers; booleans, strings, None and containers are not."""
+    if isinstance(value, NotANumber):
+        return None, str(value)
     if value is None:
         return None, "None"
     if isinstance(value, bool):

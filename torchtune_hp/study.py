@@ -30,6 +30,7 @@ import numbers
 import os
 import random
 import socket
+import sqlite3
 import time
 import warnings
 import weakref
@@ -189,6 +190,7 @@ class Study:
         self._followed: int | None = None  # the last trial a follower returned from ask()
         self._saw_driver = False
         self._reseeded: int | None = None  # the seed a reopened study had, when given another
+        self._check_before_opening(sampler, sampler_options, pruner, pruner_options)
         self.storage = self._open_storage()
         try:
             self._load_or_init_meta(seed)
@@ -197,11 +199,6 @@ class Study:
                 if isinstance(sampler, str)
                 else sampler
             )
-            if getattr(self.sampler, "mode", mode) != mode:
-                raise ValueError(
-                    f"the sampler minimizes/maximizes ({self.sampler.mode!r}) "  # type: ignore[attr-defined]
-                    f"unlike the study (mode={mode!r}); give both the same mode"
-                )
             self.pruner: Pruner = (
                 make_pruner(pruner, dict(pruner_options or {}))
                 if isinstance(pruner, str)
@@ -218,7 +215,7 @@ class Study:
                 self._remember(t)
             if self._reseeded is not None and self._view:
                 warnings.warn(
-                    f"study {self.name!r} ({self.dir}) was made with seed {self._reseeded}: "
+                    f"study {self.name!r} ({self.dir}) had seed {self._reseeded} until now: "
                     f"its next trials draw from seed {self.seed}, its {len(self._view)} "
                     "trials so far stay as they are (another study name starts afresh)",
                     RuntimeWarning,
@@ -229,6 +226,55 @@ class Study:
         except BaseException:
             self.close()
             raise
+
+    def _check_before_opening(
+        self,
+        sampler: str | Sampler,
+        sampler_options: Mapping[str, Any] | None,
+        pruner: str | Pruner,
+        pruner_options: Mapping[str, Any] | None,
+    ) -> None:
+        """Refuse a bad sampler, pruner or a study that differs from the stored one before
+        taking the folder: taking it closes an idle Study of this process on the same folder
+        (a notebook cell run again), which a refused Study must leave working."""
+        if isinstance(sampler, str):
+            make_sampler(sampler, 0, dict(sampler_options or {}), self.mode)  # checks only
+        elif getattr(sampler, "mode", self.mode) != self.mode:
+            raise ValueError(
+                f"the sampler minimizes/maximizes ({sampler.mode!r}) "  # type: ignore[attr-defined]
+                f"unlike the study (mode={self.mode!r}); give both the same mode"
+            )
+        if isinstance(pruner, str):
+            make_pruner(pruner, dict(pruner_options or {}))
+        db = None if self.dir is None else self.dir / files.DATABASE
+        if db is None or self.follower or db.is_symlink() or not db.is_file():
+            return
+        try:  # a look at the stored study; the check under the folder's lock follows anyway
+            peek = Storage(db, read_only=True)
+            try:
+                meta = peek.get_meta()
+            finally:
+                peek.close()
+        except (StorageError, OSError, sqlite3.Error):
+            return
+        if meta:
+            self._refuse_other(meta)
+
+    def _refuse_other(self, meta: Mapping[str, Any]) -> None:
+        """StudyMismatch where the stored study (``meta``) has another space, metric or mode."""
+        problems = space_diff(Space.from_dict(meta["space"]), self.space)
+        for key in ("metric", "mode"):
+            if meta[key] != getattr(self, key):
+                problems.append(
+                    f"{key} changed: stored {meta[key]!r}, given {getattr(self, key)!r}"
+                )
+        if problems:
+            where = self.dir if self.dir is not None else self.name
+            raise StudyMismatch(
+                f"{where}: the existing study differs from the one given: "
+                + "; ".join(problems)
+                + ". Use another study name or logdir to start a new study."
+            )
 
     def _open_storage(self) -> Storage:
         if self.dir is None:
@@ -316,19 +362,7 @@ class Study:
                 }
             )
             return
-        problems = space_diff(Space.from_dict(meta["space"]), self.space)
-        for key in ("metric", "mode"):
-            if meta[key] != getattr(self, key):
-                problems.append(
-                    f"{key} changed: stored {meta[key]!r}, given {getattr(self, key)!r}"
-                )
-        if problems:
-            where = self.dir if self.dir is not None else self.name
-            raise StudyMismatch(
-                f"{where}: the existing study differs from the one given: "
-                + "; ".join(problems)
-                + ". Use another study name or logdir to start a new study."
-            )
+        self._refuse_other(meta)
         if seed is not None and seed != meta["seed"]:
             self._reseeded = int(meta["seed"])
             self.storage.set_meta({"seed": seed})

@@ -26,7 +26,7 @@ from typing import Any
 
 from torchtune_hp import files
 from torchtune_hp.files import open_new
-from torchtune_hp.outcome import Outcome, describe
+from torchtune_hp.outcome import NotANumber, Outcome, describe
 
 REPORTS = "report.jsonl"
 VERDICT = "verdict"
@@ -257,5 +257,8 @@ class ReportReader(LineTail):
                 self.metric_seen = True
                 sent = data.get("t")
                 sent = float(sent) if isinstance(sent, (int, float)) else None
-                out.append(Report(seq, data.get("step"), values[self.metric], sent))
+                value = values[self.metric]
+                if isinstance(value, dict) and isinstance(value.get(NotANumber.MARK), str):
+                    value = NotANumber(value[NotANumber.MARK])  # the reason, said where it was
+                out.append(Report(seq, data.get("step"), value, sent))
         return out

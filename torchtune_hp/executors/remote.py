@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from torchtune_hp.executors import channel
-from torchtune_hp.outcome import as_number
+from torchtune_hp.outcome import NotANumber, as_number
 from torchtune_hp.trial import Pausable, first_step
 
 ENV_TRIAL = "TORCHTUNE_HP_TRIAL"
@@ -156,11 +156,12 @@ class RemoteTrial(Pausable):
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
     """Reported values as JSON: numbers as floats (NaN and inf too: Python's JSON carries them),
-    anything else as the reason it is not a number, which the driver notes and skips."""
+    anything else as the reason it is not a number (:class:`~torchtune_hp.outcome.NotANumber`),
+    which the driver notes and skips."""
     out: dict[str, Any] = {}
     for key, value in values.items():
         number, why = as_number(value)
-        out[str(key)] = why if number is None else number
+        out[str(key)] = {NotANumber.MARK: why} if number is None else number
     return out
 
 

@@ -25,8 +25,9 @@ ENV_TRAIN = "TORCHTUNE_HP_TRAIN"
 
 
 def main() -> int:
+    from torchtune_hp import signals
     from torchtune_hp.objective import load_objective
-    from torchtune_hp.outcome import call_objective
+    from torchtune_hp.outcome import Outcome, call_objective
 
     trial = current_trial()
     if trial is None:
@@ -39,7 +40,18 @@ def main() -> int:
         objective = load_objective(Path(recipe_path), ref, train)
         return objective(trial, **train)
 
-    outcome = call_objective(run, trial.metric, trial)
+    try:
+        outcome = call_objective(run, trial.metric, trial)
+    except SystemExit as e:
+        if signals.received() is not None:  # a library's answer to the driver's stop
+            raise
+        # In the driver sys.exit() ends the program and the trial runs again; here it ends
+        # only this process, without a value: its last report is not one (it was taken as
+        # the final value, COMPLETE, when the exit code was 0).
+        outcome = Outcome.failed(
+            f"the objective called sys.exit({e.code!r}) in its worker process instead of "
+            "returning a value"
+        )
     write_result(trial.run_dir, trial.launch, outcome)
     if outcome.state is TrialState.FAILED:
         print(outcome.error, file=sys.stderr)
