@@ -298,16 +298,52 @@ def test_keyboard_interrupt_marks_the_trial_and_reraises(tmp_path):
 
 
 def test_reopening_with_another_space_or_metric_says_what_differs(tmp_path):
-    Study("s", SPACE, logdir=tmp_path).close()
-    other = {"x": Float(0.0, 2.0), "opt": Categorical(["sgd", "adam"]), "n": Int(1, 3)}
+    with Study("s", SPACE, logdir=tmp_path) as study:
+        study.enqueue({"x": 0.1, "opt": "sgd"})
+        study.optimize(lambda t: t.params["x"], n_trials=1)
+    other = {"x": Float(0.5, 2.0), "opt": Categorical(["sgd", "adam"]), "n": Int(1, 3)}
     with pytest.raises(StudyMismatch) as e:
         Study("s", other, logdir=tmp_path)
     msg = str(e.value)
-    assert "'x' changed" in msg and "high=2.0" in msg and "'n' was added" in msg
+    assert "'x' changed" in msg and "low=0.5" in msg and "'n' was added" in msg
+    assert "(1 of the 1 trials so far lie outside it, such as 0.1)" in msg
     with pytest.raises(StudyMismatch, match="metric changed: stored 'value', given 'acc'"):
         Study("s", SPACE, logdir=tmp_path, metric="acc")
     with pytest.raises(StudyMismatch, match="mode changed"):
         Study("s", SPACE, logdir=tmp_path, mode="max")
+
+
+def test_a_widened_range_or_an_added_choice_keeps_the_trials_and_goes_on(tmp_path):
+    """Overnight, the best lr sits at the edge of its range: the user widens it and runs
+    again. Every change that kept the earlier trials' values inside (a range widened, a
+    choice added, an Int's high raised) was refused, and the only way on was to set every
+    finished trial aside. Such a change is taken, with a warning naming it; the trials so
+    far stay and the sampler draws in the new space. One that leaves trials outside, or
+    adds or removes a parameter, is still refused."""
+    space = {"lr": Float(1e-3, 1e-1, log=True), "opt": Categorical(["sgd", "adam"]), "n": Int(1, 4)}
+    with Study("w", space, sampler="gp", seed=0, logdir=tmp_path, tensorboard=False) as study:
+        study.optimize(lambda t: math.log10(t.params["lr"]) + t.params["n"], n_trials=6)
+        before = study.trials
+    wider = {
+        "lr": Float(1e-6, 1e-1, log=True),
+        "opt": Categorical(["sgd", "adam", "rmsprop"]),
+        "n": Int(1, 8),
+    }
+    with pytest.warns(UserWarning, match="goes on in a changed space that holds every trial") as w:
+        study = Study("w", wider, sampler="gp", seed=0, logdir=tmp_path, tensorboard=False)
+    said = str(w[0].message)
+    assert "'lr' changed" in said and "'opt' changed" in said and "'n' changed" in said
+    with study:
+        assert study.trials == before
+        study.optimize(lambda t: math.log10(t.params["lr"]) + t.params["n"], n_trials=14)
+        new = study.trials[6:]
+    assert min(t.params["lr"] for t in new) < 1e-3  # the GP searched the widened range
+    reopened = Study("w", wider, logdir=tmp_path, tensorboard=False)  # now the stored space
+    reopened.close()
+    with pytest.raises(StudyMismatch, match=r"'lr' changed.*lie outside it"):
+        Study("w", {**wider, "lr": Float(1e-2, 1e-1, log=True)}, logdir=tmp_path)
+    with pytest.raises(StudyMismatch, match="'wd' was added"):
+        Study("w", {**wider, "wd": Float(0.0, 0.1)}, logdir=tmp_path)
 
 
 OPEN_IN_ANOTHER_PROCESS = """

@@ -451,18 +451,30 @@ def describe(p: Param) -> str:
     return f"{kind}({', '.join(f'{k}={v!r}' for k, v in d.items())})"
 
 
-def space_diff(old: Space, new: Space) -> list[str]:
-    """Human-readable differences between two spaces; empty when they are the same."""
+def space_diff(
+    old: Space, new: Space, held: Sequence[Mapping[str, Value]] | None = None
+) -> list[str]:
+    """Human-readable differences between two spaces; empty when they are the same. With
+    ``held``, the parameters of a study's trials so far, a parameter changed within its kind
+    (a range widened or moved, a choice added, a step or log scale changed) that still holds
+    every one of their values is no difference: those trials are points of the new space
+    too, so a study may go on with it (Optuna's trials keep their own distributions alike)."""
     out = []
     for name in old.params.keys() - new.params.keys():
         out.append(f"parameter {name!r} was removed (stored: {describe(old.params[name])})")
     for name in new.params.keys() - old.params.keys():
         out.append(f"parameter {name!r} was added ({describe(new.params[name])})")
     for name in old.params.keys() & new.params.keys():
-        a, b = param_to_dict(old.params[name]), param_to_dict(new.params[name])
-        if a != b:
-            out.append(
-                f"parameter {name!r} changed: stored {describe(old.params[name])}, "
-                f"given {describe(new.params[name])}"
-            )
+        a, b = old.params[name], new.params[name]
+        if param_to_dict(a) == param_to_dict(b):
+            continue
+        why = ""
+        if held is not None and type(a) is type(b) and not isinstance(a, Fixed):
+            values = [h[name] for h in held if name in h]
+            outside = [v for v in values if not b.contains(v)]
+            if not outside:
+                continue
+            n = f"{len(outside)} of the {len(values)}"
+            why = f" ({n} trials so far lie outside it, such as {outside[0]!r})"
+        out.append(f"parameter {name!r} changed: stored {describe(a)}, given {describe(b)}{why}")
     return sorted(out)

@@ -253,16 +253,21 @@ class Study:
             peek = Storage(db, read_only=True)
             try:
                 meta = peek.get_meta()
+                if meta:
+                    self._refuse_other(meta, peek)
             finally:
                 peek.close()
         except (StorageError, OSError, sqlite3.Error):
             return
-        if meta:
-            self._refuse_other(meta)
 
-    def _refuse_other(self, meta: Mapping[str, Any]) -> None:
-        """StudyMismatch where the stored study (``meta``) has another space, metric or mode."""
-        problems = space_diff(Space.from_dict(meta["space"]), self.space)
+    def _refuse_other(self, meta: Mapping[str, Any], storage: Storage) -> list[str]:
+        """StudyMismatch where the stored study (``meta``) has another space, metric or mode;
+        a space changed only where every trial in ``storage`` still lies in it is taken (see
+        :func:`~torchtune_hp.space.space_diff`): returns those changes."""
+        stored = Space.from_dict(meta["space"])
+        changed = space_diff(stored, self.space)
+        held = [t.params for t in storage.trials()] if changed else []
+        problems = space_diff(stored, self.space, held) if changed else []
         for key in ("metric", "mode"):
             if meta[key] != getattr(self, key):
                 problems.append(
@@ -275,6 +280,7 @@ class Study:
                 + "; ".join(problems)
                 + ". Use another study name or logdir to start a new study."
             )
+        return changed
 
     def _open_storage(self) -> Storage:
         if self.dir is None:
@@ -362,7 +368,15 @@ class Study:
                 }
             )
             return
-        self._refuse_other(meta)
+        taken = self._refuse_other(meta, self.storage)
+        if taken:
+            self.storage.set_meta({"space": self.space.to_dict()})
+            warnings.warn(
+                f"study {self.name!r} ({self.dir}) goes on in a changed space that holds every "
+                f"trial so far: {'; '.join(taken)}",
+                UserWarning,
+                stacklevel=3,
+            )
         if seed is not None and seed != meta["seed"]:
             self._reseeded = int(meta["seed"])
             self.storage.set_meta({"seed": seed})
