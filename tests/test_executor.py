@@ -39,6 +39,13 @@ def run(path: Path, *overrides: str) -> list:
     return trials
 
 
+def run_function(tmp_path: Path, source: str, trials: int, workers: int, *overrides: str) -> list:
+    """``source`` as ``obj.py`` (its ``train`` is the objective), run by a recipe over x, y."""
+    (tmp_path / "obj.py").write_text(source)
+    objective = {"function": "obj.py:train"}
+    return run(write_recipe(tmp_path, objective, trials, executor={"workers": workers}), *overrides)
+
+
 def run_dir(tmp_path: Path, number: int) -> Path:
     return tmp_path / "logs" / "sub" / f"trial_{number:04d}"
 
@@ -244,7 +251,7 @@ def test_reports_that_never_name_the_metric_are_pointed_out(tmp_path, workers):
     dropped in silence (no curve, a pruner that never stopped anything). The trial's note
     and a warning now say which names it reported, in this process and in workers alike;
     one that also reports the metric, in another call, is not flagged."""
-    (tmp_path / "obj.py").write_text(
+    source = (
         "import torchtune_hp\n\n"
         "def train(trial):\n"
         "    for epoch in range(3):\n"
@@ -253,11 +260,8 @@ def test_reports_that_never_name_the_metric_are_pointed_out(tmp_path, workers):
         "            torchtune_hp.report(loss=trial.params['x'], step=epoch)\n"
         "    return trial.params['x']\n"
     )
-    path = write_recipe(
-        tmp_path, {"function": "obj.py:train"}, trials=4, executor={"workers": workers}
-    )
     with pytest.warns(RuntimeWarning, match=r"its reports named \['val_loss'\], never 'loss'"):
-        trials = run(path)
+        trials = run_function(tmp_path, source, 4, workers)
     for t in trials:
         assert t.state is TrialState.COMPLETE, t.error
         said = "never 'loss' (the study's metric), so none was recorded" in (t.note or "")
@@ -271,7 +275,7 @@ def test_a_report_that_is_not_a_number_is_named_once_in_the_note(tmp_path, worke
     """``report(loss="abc")``: in a worker the value was turned into its description there,
     and the driver described that text again: 'a str ("a str ('abc'), not a number"), not
     a number'. The note now reads as in this process."""
-    (tmp_path / "obj.py").write_text(
+    source = (
         "import torch\nimport torchtune_hp\n\n"
         "def train(trial):\n"
         "    torchtune_hp.report(loss='abc', step=0)\n"
@@ -279,11 +283,8 @@ def test_a_report_that_is_not_a_number_is_named_once_in_the_note(tmp_path, worke
         "    torchtune_hp.report(loss=0.7, step=2)\n"
         "    return 0.7\n"
     )
-    path = write_recipe(
-        tmp_path, {"function": "obj.py:train"}, trials=1, executor={"workers": workers}
-    )
     with pytest.warns(RuntimeWarning, match="was skipped"):
-        (trial,) = run(path)
+        (trial,) = run_function(tmp_path, source, 1, workers)
     assert trial.state is TrialState.COMPLETE and trial.intermediate == {2: 0.7}
     assert trial.note.splitlines() == [
         "a report of 'loss' was skipped: a str ('abc'), not a number",
@@ -384,7 +385,7 @@ def test_sys_exit_in_a_function_objective_in_a_worker_fails_its_trial(tmp_path):
     report and no value, and the trial was recorded COMPLETE at that report (a run cut
     short, taken as final). It ends only the trial, FAILED, and says why; a trial that
     returns is untouched."""
-    (tmp_path / "obj.py").write_text(
+    source = (
         "import sys\nimport torchtune_hp\n\n"
         "def train(trial):\n"
         "    torchtune_hp.report(loss=0.5, step=0)\n"
@@ -392,8 +393,7 @@ def test_sys_exit_in_a_function_objective_in_a_worker_fails_its_trial(tmp_path):
         "        sys.exit(0)\n"
         "    return trial.params['x']\n"
     )
-    path = write_recipe(tmp_path, {"function": "obj.py:train"}, trials=6, executor={"workers": 2})
-    trials = run(path, "study.fail_fast=0")
+    trials = run_function(tmp_path, source, 6, 2, "study.fail_fast=0")
     exited = [t for t in trials if t.params["x"] < 0.5]
     assert exited and all(t.state is TrialState.FAILED for t in exited)
     assert all("called sys.exit(0) in its worker process" in (t.error or "") for t in exited)
