@@ -54,6 +54,43 @@ def test_mode_max_and_a_mode_mismatch():
     assert max(study.trials[0].intermediate.values()) < 0
 
 
+def test_a_maximizing_study_with_the_default_monitor_is_refused():
+    """``Study(mode="max")`` (its metric the generic ``value``) and ``TuneCallback(trial)``:
+    the callback monitored ``val_loss`` under the study's ``max``, so it stopped the runs
+    whose loss fell fastest and recorded losses as a maximized value."""
+    study = Study("c", {"lr": Float(0.01, 0.1)}, logdir=None, mode="max")
+    trial = study.ask()
+    with pytest.raises(ValueError, match="monitors 'val_loss' unless told otherwise"):
+        TuneCallback(trial)
+    TuneCallback(trial, monitor="val_score")  # named: taken as the user's choice
+
+
+def test_a_validate_before_or_after_fit_is_not_reported():
+    """A baseline ``trainer.validate()`` before ``fit`` and a final one after it: each was
+    reported as an epoch and judged by the pruner (a trial that trained fully ended PRUNED
+    on its extra report). As Lightning's EarlyStopping, the callback skips them."""
+    study = Study("c", {"lr": Float(0.01, 0.1)}, logdir=None)
+    study.enqueue({"lr": 0.05})
+    trial = study.ask()
+    callback = TuneCallback(trial)
+    trainer = L.Trainer(
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        callbacks=[callback],
+    )
+    torch.manual_seed(0)
+    model = Tiny(**trial.params)
+    train, val = loaders()
+    trainer.validate(model, val, verbose=False)
+    trainer.fit(model, train, val)
+    trainer.validate(model, val, verbose=False)
+    assert sorted(study.trials[0].intermediate) == [0, 1, 2] and callback.reports == 3
+
+
 def test_missing_metric_strict_raises_and_lists_keys():
     study = Study("c", {"lr": Float(0.01, 0.1)}, logdir=None)
 

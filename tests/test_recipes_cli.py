@@ -344,11 +344,44 @@ def test_second_run_with_another_space_is_refused_without_losing_trials(tmp_path
     assert run_cli("run", str(recipe), cwd=tmp_path).returncode == 0
     above = run_cli("trials", "logs", cwd=tmp_path)  # the logdir, not the study: names them
     assert above.returncode == 2 and "the studies in this folder: ['fast']" in above.stderr
-    changed = run_cli("run", str(recipe), "space.x.high=2.0", "study.trials=5", cwd=tmp_path)
+    changed = run_cli("run", str(recipe), "space.x.low=0.9", "study.trials=5", cwd=tmp_path)
     assert changed.returncode == 2
     assert "'x' changed" in changed.stderr and "Traceback" not in changed.stderr
+    assert "trials so far lie outside it" in changed.stderr
     assert "--fresh sets the old study aside" in changed.stderr
     assert _count(tmp_path / "logs" / "fast" / "study.db", "COMPLETE") == 3
+    wider = run_cli("run", str(recipe), "space.x.high=2.0", "study.trials=5", cwd=tmp_path)
+    assert wider.returncode == 0, wider.stderr
+    assert "goes on in a changed space that holds every trial so far" in wider.stderr
+    assert _count(tmp_path / "logs" / "fast" / "study.db", "COMPLETE") == 5
+
+
+def test_a_function_objective_imports_the_modules_beside_it(tmp_path):
+    """``obj.py`` doing ``import helper`` (``helper.py`` beside it), as ``python obj.py``
+    can: it did not import ('No module named helper') in validate, in the driver and in
+    worker processes alike."""
+    (tmp_path / "helper.py").write_text("def square(v):\n    return v * v\n")
+    (tmp_path / "obj.py").write_text(
+        "import helper\n\ndef train(trial):\n    return helper.square(trial.params['x'])\n"
+    )
+    recipe = {
+        "study": {"name": "sib", "trials": 2, "seed": 0},
+        "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+        "objective": {"function": "obj.py:train"},
+        "logdir": "logs",
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert run_cli("validate", "../r.yaml", cwd=elsewhere).returncode == 0
+    for workers in (1, 2):
+        name = f"sib{workers}"
+        done = run_cli(
+            "run", "../r.yaml", f"study.name={name}", f"executor.workers={workers}", cwd=elsewhere
+        )
+        assert done.returncode == 0, done.stderr
+        trials = read_trials(elsewhere / "logs" / name)
+        assert [t.value for t in trials] == [t.params["x"] ** 2 for t in trials]
 
 
 def test_a_study_time_limit_ends_the_run_early_and_keeps_the_running_trials(tmp_path, fast_recipe):

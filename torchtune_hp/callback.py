@@ -1,6 +1,7 @@
 """The Lightning callback: report the monitored metric each validation epoch and stop a trial
 the pruner rejects. Modeled on Lightning's ``EarlyStopping`` (``monitor``, ``mode``,
-``strict``; decides in ``on_validation_end``; skips the sanity check).
+``strict``; decides in ``on_validation_end``; skips the sanity check and any validation
+outside ``fit``: a ``trainer.validate()`` before or after training is not a training epoch).
 
 Only global rank zero talks to the study; its decision is broadcast to every rank and training
 ends through ``trainer.should_stop``, so no rank is left waiting in a collective. Nothing is
@@ -16,6 +17,7 @@ import warnings
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from torchtune_hp.executors.remote import current_trial
@@ -44,6 +46,13 @@ class TuneCallback(L.Callback):
                 )
         study_metric = getattr(trial, "metric", "value")
         study_mode = getattr(trial, "mode", "min")
+        if monitor is None and study_metric == "value" and study_mode == "max":
+            raise ValueError(
+                "TuneCallback monitors 'val_loss' unless told otherwise (the study's metric is "
+                "the generic 'value'), but the study maximizes: it would keep the worst runs. "
+                "Pass monitor= (TuneCallback(trial, monitor='val_acc')), or give the study "
+                "that metric (Study(..., metric='val_acc', mode='max'))"
+            )
         if monitor is None:
             monitor = "val_loss" if study_metric == "value" else study_metric
         mode = mode or study_mode
@@ -71,8 +80,8 @@ class TuneCallback(L.Callback):
         return self._generate_state_key(monitor=self.monitor, mode=self.mode)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return  # as EarlyStopping: a validate() before or after fit is no training epoch
         metrics = trainer.callback_metrics
         if self.monitor not in metrics:
             message = (

@@ -27,6 +27,10 @@ def load_objective(recipe_path: Path, ref: str, train: Mapping[str, Any]) -> Cal
         file = (recipe_path.parent / target).absolute()
         if not file.is_file():
             raise ConfigError(recipe_path, KEY, f"file {file} does not exist")
+        # its folder first on the import path, as `python obj.py` has it: the file's own
+        # modules beside it (`import helper`) import, then and when the function runs
+        if str(file.parent) not in sys.path:
+            sys.path.insert(0, str(file.parent))
         mod_name = f"torchtune_hp_objective_{file.stem}"
         spec = importlib.util.spec_from_file_location(mod_name, file)
         assert spec is not None and spec.loader is not None
