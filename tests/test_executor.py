@@ -16,7 +16,7 @@ import yaml
 from conftest import function_recipe, read_trials, run_cli, wait_seen, xy_recipe
 
 from torchtune_hp import Float, Study, TrialState, report
-from torchtune_hp.executors.argv import build_argv
+from torchtune_hp.executors.argv import build_argv, lightning_cli_extras
 from torchtune_hp.executors.devices import device_slots
 from torchtune_hp.recipe import ConfigError, load_recipe
 from torchtune_hp.runner import run_recipe
@@ -72,6 +72,25 @@ PARAMS = {"lr": 0.01, "layers": 3, "act": "relu", "bn": True}
 )
 def test_each_argument_style_builds_exactly_this_argv(style, expected):
     assert build_argv(["python", "train.py"], PARAMS, style) == ["python", "train.py", *expected]
+
+
+def test_a_lightning_cli_command_keeps_its_own_callback_and_logger():
+    """A LightningCLI command run by hand first often names the callback already: the
+    launcher added a second one and every trial failed (Lightning refuses two stateful
+    callbacks of a type); and a logger it names (CSV, W&B) was replaced by ours in silence."""
+    run_dir = Path("/tmp/study/trial_0003")
+    ours = lightning_cli_extras(run_dir, command=["python", "train.py", "fit"])
+    assert "--trainer.callbacks+=torchtune_hp.TuneCallback" in ours
+    assert "--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger" in ours
+    own = [
+        "python",
+        "train.py",
+        "fit",
+        "--trainer.callbacks+=torchtune_hp.TuneCallback",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.init_args.save_dir=my_csv_logs",
+    ]
+    assert lightning_cli_extras(run_dir, command=own) == []
 
 
 def test_rename_templates_and_precision():

@@ -102,20 +102,28 @@ def check_rename(rename: Mapping[str, str], names: Sequence[str]) -> None:
             raise ValueError(f"rename target {arg!r} is not an argument name")
 
 
-def lightning_cli_extras(run_dir: Path, resuming: bool = False) -> list[str]:
+def lightning_cli_extras(
+    run_dir: Path, resuming: bool = False, command: Sequence[str] = ()
+) -> list[str]:
     """The callback from the environment, and a TensorBoardLogger writing into the trial's
-    run folder (no version sub-run, no hp_metric). A paused trial run again (``resuming``)
-    resumes from the checkpoint the callback saved when it paused, through ``fit``'s own
-    ``--ckpt_path``, as a script of its own does with ``ckpt_path=trial.ckpt_path``: without
-    it the run would train from epoch 0 again under the resumed trial's name."""
-    extras = [
-        "--trainer.callbacks+=torchtune_hp.TuneCallback",
-        "--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger",
-        f"--trainer.logger.init_args.save_dir={run_dir.parent}",
-        f"--trainer.logger.init_args.name={run_dir.name}",
-        "--trainer.logger.init_args.version=",
-        "--trainer.logger.init_args.default_hp_metric=false",
-    ]
+    run folder (no version sub-run, no hp_metric), each unless the ``command`` names its
+    own on the command line: a second TuneCallback fails every trial (Lightning refuses two
+    stateful callbacks of a type), and a logger the user chose (CSV, W&B) is theirs to keep.
+    A paused trial run again (``resuming``) resumes from the checkpoint the callback saved
+    when it paused, through ``fit``'s own ``--ckpt_path``, as a script of its own does with
+    ``ckpt_path=trial.ckpt_path``: without it the run would train from epoch 0 again under
+    the resumed trial's name."""
+    extras = []
+    if not any("TuneCallback" in arg for arg in command):
+        extras.append("--trainer.callbacks+=torchtune_hp.TuneCallback")
+    if not any(arg.startswith("--trainer.logger") for arg in command):
+        extras += [
+            "--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger",
+            f"--trainer.logger.init_args.save_dir={run_dir.parent}",
+            f"--trainer.logger.init_args.name={run_dir.name}",
+            "--trainer.logger.init_args.version=",
+            "--trainer.logger.init_args.default_hp_metric=false",
+        ]
     checkpoint = run_dir / PAUSE_CHECKPOINT
     if resuming and checkpoint.is_file():
         extras.append(f"--ckpt_path={checkpoint}")

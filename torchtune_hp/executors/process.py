@@ -96,7 +96,7 @@ class LaunchSpec:
         if self.style != "lightning_cli":
             return args
         fits = "fit" in self.command  # LightningCLI's subcommand that trains
-        return args + lightning_cli_extras(run_dir, resuming and fits)
+        return args + lightning_cli_extras(run_dir, resuming and fits, self.command)
 
     def start(
         self,
