@@ -172,6 +172,43 @@ def test_a_resumed_trial_that_validates_its_paused_step_again_is_not_said_to_sta
     study.close()
 
 
+def test_a_resumed_run_that_fails_leaves_its_trial_paused_as_it_was(tmp_path):
+    """A paused trial whose resumed run fails (its checkpoint no longer loads into the
+    changed model, an out-of-memory) was recorded FAILED with no value: its curve was lost
+    and the sampler took a decent configuration for the worst. It stays paused with its
+    curve up to the pause, the error in its note, and is not resumed again in this run."""
+    first = resuming_study(tmp_path, "fr")
+    first.optimize(restarting_objective(revalidate=True), n_trials=4)
+    paused = {t.number: t for t in first.trials if t.state is TrialState.PRUNED}
+    first.close()
+    assert paused
+
+    def broken(trial):
+        if trial.resume_from is not None:
+            trial.report(9.0, trial.resume_from + 1)  # a report, then the failure
+            raise RuntimeError("Missing key(s) in state_dict: 'layer2.weight'")
+        return restarting_objective(revalidate=True)(trial)
+
+    second = resuming_study(tmp_path, "fr")
+    with pytest.warns(RuntimeWarning, match=r"its resumed run failed \(RuntimeError: Missing"):
+        second.optimize(broken, n_trials=8)
+    failed_resumes = [
+        t
+        for t in second.trials
+        if "its resumed run failed (RuntimeError" in (t.note or "") and t.number in paused
+    ]
+    assert failed_resumes
+    for t in failed_resumes:
+        before = paused[t.number]
+        assert t.state is TrialState.PRUNED
+        assert t.intermediate == before.intermediate and t.value == before.value
+        assert "Traceback" in t.note and t.note.splitlines()[-1].endswith(
+            "is not resumed again in this run"
+        )
+        assert t.note.count("resumed after") == before.note.count("resumed after") + 1
+    second.close()
+
+
 def test_without_resume_a_stopped_trial_stays_stopped(tmp_path):
     trained: Counter = Counter()
     study = Study("once", {"a": Float(0.0, 1.0)}, sampler="gp", seed=0, logdir=None, pruner="gp")

@@ -609,6 +609,16 @@ class Storage:
             "DELETE FROM intermediate WHERE trial=? AND step>?", (number, step)
         ).rowcount
 
+    def back_to_pause(self, number: int) -> int | None:
+        """A resumed trial's reports after the step its state was saved at (where it paused,
+        or was told to pause again) dropped, as :meth:`recover_running` does for a stopped
+        one; returns that step (None where the study does not know it)."""
+        with self._tx() as c:
+            at = self._resumed(c).get(number)
+            if at is not None:
+                self._drop_after(c, number, at)
+            return at
+
     def add_note(self, number: int, text: str) -> None:
         """Append a line to a trial's note (what the driver noticed about its output)."""
         with self._tx() as c:

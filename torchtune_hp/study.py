@@ -186,6 +186,7 @@ class Study:
         self._noted: set[tuple[int, str]] = set()
         self._resumed_at: dict[int, int] = {}  # a paused trial run again -> its last step then
         self._over: set[int] = set()  # resumed trials said to have trained from the start
+        self._failed_resume: set[int] = set()  # paused trials whose resumed run failed
         self._other_keys: dict[int, set[str]] = {}  # what report() named, when not the metric
         self._followed: int | None = None  # the last trial a follower returned from ask()
         self._saw_driver = False
@@ -594,7 +595,7 @@ class Study:
         choose = getattr(self.pruner, "resume_choice", None)
         if choose is None:
             return None
-        vain = self._resumed_in_vain()
+        vain = self._resumed_in_vain() | self._failed_resume
         decision = choose(self._view.values(), skip=vain)  # no copy: it returns at once
         if decision is None or decision.forecast is None:
             return None
@@ -629,6 +630,9 @@ class Study:
         if keys and not self._view[number].intermediate:
             self.note(number, unreported(self.metric, keys))
         outcome = value if isinstance(value, Outcome) else self._outcome(value, state, error)
+        failed = outcome.state is TrialState.FAILED and outcome.interruption is None
+        if failed and number in self._resumed_at:
+            outcome = self._paused_after_failure(number, outcome)
         if outcome.state is TrialState.PRUNED:
             val, _ = as_number(outcome.value)
             if val is None or not math.isfinite(val):
@@ -642,6 +646,28 @@ class Study:
             self._emit("trial_finished", frozen)
             return frozen
         return self._view[number]
+
+    def _paused_after_failure(self, number: int, outcome: Outcome) -> Outcome:
+        """A paused trial whose resumed run failed (its checkpoint no longer loads into
+        changed code, an out-of-memory) stays paused as it was: its curve up to the pause is
+        still its result, where a FAILED record without a value lost it and told the sampler
+        it was the worst. The failed run's reports after the pause are dropped (its
+        checkpoint is from there), its error goes into the note, and it is not resumed again
+        in this run."""
+        at = self.storage.back_to_pause(number)
+        at = self._resumed_at[number] if at is None else at
+        self._failed_resume.add(number)
+        error = (outcome.error or "").strip()
+        last = error.splitlines()[-1] if error else "no error text"
+        if error:
+            self.note(number, f"its resumed run failed:\n{error}", warn=False)
+        self.note(
+            number,
+            f"its resumed run failed ({last}): it stays paused at step {at}, its curve as it "
+            "was, and is not resumed again in this run",
+        )
+        steps = self._refresh(number).intermediate
+        return Outcome(TrialState.PRUNED, steps[max(steps)] if steps else None)
 
     def _number_of(self, trial: Any, call: str) -> int:
         """The number of ``trial`` (a Trial from ask(), or its number as any integer: a numpy
@@ -731,7 +757,11 @@ class Study:
         vain = set()
         for number, at in self._resumed_at.items():
             trial = self._view.get(number)
-            if trial is None or trial.state is not TrialState.PRUNED:
+            if (
+                trial is None
+                or trial.state is not TrialState.PRUNED
+                or number in self._failed_resume
+            ):
                 continue
             if trial.intermediate and max(trial.intermediate) <= at:
                 vain.add(number)

@@ -33,7 +33,8 @@ class InlineExecutor:
         trial.devices = list(self.devices)
         with activate(trial):
             outcome = call_objective(lambda: self.objective(trial), trial.study.metric, trial)
-        if outcome.state is TrialState.FAILED:
+        if outcome.state is TrialState.FAILED and trial.resume_from is None:  # a resumed one
+            # that fails stays paused, and the study warns of that (Study._paused_after_failure)
             last = (outcome.error or "").strip().splitlines()[-1:] or [""]
             warnings.warn(f"trial {trial.number} failed: {last[0]}", stacklevel=5)
         self._done.append(Finished(trial, outcome))
