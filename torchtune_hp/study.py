@@ -658,7 +658,7 @@ class Study:
         at = self._resumed_at[number] if at is None else at
         self._failed_resume.add(number)
         error = (outcome.error or "").strip()
-        last = error.splitlines()[-1] if error else "no error text"
+        last = error.splitlines()[-1].strip() if error else "no error text"
         if error:
             self.note(number, f"its resumed run failed:\n{error}", warn=False)
         self.note(
