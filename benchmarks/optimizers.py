@@ -238,6 +238,8 @@ OPTIMIZERS: dict[str, Run] = {
     "ours_gp_yeo_johnson": ours("gp", output_warp="yeo_johnson", hyper_select="map"),
     # the Thompson step's draw from the full and the additive GP in turn (not the default)
     "ours_gp_alternate": ours("gp", thompson_model="alternate", hyper_select="map"),
+    # the Thompson step's draw from the full GP always: the default before ``evidence``
+    "ours_gp_full": ours("gp", thompson_model="full"),
     # hyperparameters chosen by leave-one-out density between the MAP and a smooth fit
     "ours_gp_loo": ours("gp", hyper_select="loo"),
     "ours_gp_loo_explore": ours("gp", hyper_select="loo_explore"),  # the default since 2026-12

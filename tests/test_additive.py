@@ -74,3 +74,36 @@ def test_alternate_takes_the_additive_draw_on_every_second_thompson_step():
                 seen.add(k)
                 assert "Thompson draw" in expl.suggested_by
         assert seen == additive_at, model
+
+
+def test_evidence_draws_from_the_additive_gp_only_where_it_predicts_better():
+    """``thompson_model: evidence``: each Thompson step fits the additive GP and takes its
+    draw when it predicts the observations better leave-one-out than the full GP. On a sum
+    of one-parameter wells that is most steps; on sin(8 x0 x1), an interaction no sum of
+    one-parameter functions can follow, none."""
+    space = Space({"x0": Float(0, 1), "x1": Float(0, 1)})
+    objectives = {
+        "separable": lambda p: _two_wells(p["x0"]) + _two_wells(p["x1"]),
+        "interaction": lambda p: math.sin(8 * p["x0"] * p["x1"]),
+    }
+    additive_steps = {}
+    for name, f in objectives.items():
+        study = Study(
+            "s",
+            space,
+            sampler="gp",
+            seed=0,
+            logdir=None,
+            sampler_options={"thompson_model": "evidence"},
+        )
+        steps = []
+        for _ in range(19):
+            trial = study.ask()
+            study.tell(trial, f(trial.params))
+            expl = study.sampler.explain(n_points=5)
+            if expl is not None and "Thompson draw" in expl.suggested_by:
+                steps.append("Thompson draw of the additive GP" in expl.suggested_by)
+                assert "leave-one-out log density of the trials: additive GP" in expl.suggested_by
+        assert len(steps) == 3, (name, steps)  # draws 7, 11 and 15
+        additive_steps[name] = sum(steps)
+    assert additive_steps["separable"] >= 2 and additive_steps["interaction"] == 0, additive_steps

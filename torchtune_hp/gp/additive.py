@@ -11,9 +11,10 @@ surfaces: Hutter et al. 2014's fANOVA), and the minimizer of a draw from it is e
 cheap: the sum's minimum is the sum of each term's, found along the axis lines through the
 best trial. As one step of the exploration portfolio it moves several coordinates to other
 basins at once, where a draw of the product GP is minimized among random points. The sampler
-uses it with ``thompson_model: additive`` or, in turn with the product GP's draw,
-``alternate``; the default stays the product GP's draw (see the README's Bayesian
-optimization section for what each measured).
+uses it with ``thompson_model: additive``, or in turn with the product GP's draw
+(``alternate``), or, by default (``evidence``), at the Thompson steps where it predicts the
+trials better than the product GP, leave-one-out (see the README's Bayesian optimization
+section for what each measured).
 """
 
 from __future__ import annotations

@@ -441,7 +441,22 @@ class Surrogate:
             loss=best[0],
         )
         self._base = kernel.base_kernel
+        self._model = model
         return self.hyper
+
+    def loo_density(self, x: Tensor, y: Tensor) -> float:
+        """The summed leave-one-out log predictive density of ``(x, y)`` under the fitted
+        hyperparameters (:func:`loo_log_densities`): how well this model predicts each point
+        from the others, comparable across kernels where the marginal likelihoods' priors are
+        not. -inf where the kernel matrix is not positive definite."""
+        assert self.hyper is not None, "fit first"
+        try:
+            dens = loo_log_densities(
+                self._model, x.to(self.device, torch.float64), y.to(self.device, torch.float64)
+            )
+        except SurrogateError:
+            return -math.inf
+        return float(dens.sum())
 
     def _smooth_fit(
         self,

@@ -86,7 +86,7 @@ def trust_radius(values: Sequence[float], start: int) -> float:
 
 
 # What the Thompson step draws from (see GPSampler's ``thompson_model``).
-THOMPSON_MODELS = ("full", "alternate", "additive")
+THOMPSON_MODELS = ("full", "alternate", "additive", "evidence")
 # How a refit chooses the hyperparameters: ``hyper_select``, see GPSampler.
 HYPER_SELECT = ("map", "loo", "loo_explore")
 
@@ -170,23 +170,24 @@ class GPSampler:
     :meth:`in_endgame`; 0 = never), ``output_warp`` (auto, the default: the Yeo-Johnson warp,
     or the ``floor`` warp where the values are strongly likelier under it; ``yeo_johnson`` or
     ``floor`` to fix one; see :mod:`torchtune_hp.gp.output_warps`), ``thompson_model`` (which
-    model the Thompson step draws from: ``full``, the default, the GP itself, its draw
-    minimized among the acquisition's candidates; ``additive``, a GP of the sum of
-    one-parameter functions, its draw minimized exactly along the axis lines through the best
-    trial, which moves coordinates to other basins that the full GP cannot see;
-    ``alternate``, the two in turn; see :mod:`torchtune_hp.gp.additive` and the README for
-    where each wins), ``hyper_select`` (``map``: the hyperparameters that maximize the
-    marginal likelihood and priors; ``loo``: each refit also fits from a smooth start, long
-    lengthscales and 10% noise, and keeps whichever fit predicts each observation from the
-    others better, leave-one-out, see :meth:`~torchtune_hp.gp.surrogate.Surrogate.fit`;
-    ``loo_explore``, the default: ``loo`` until the endgame, ``map`` in it, where a sharp
-    fit refines the best basin. Without a known total (plain ask/tell) there is no endgame
-    and ``loo_explore`` is ``loo``), ``trend_share`` (0, the default: the single kernel; a
-    share such as 0.3 gives that much of the kernel to the same Matérn at lengthscales of at
-    least 0.3 sqrt(d) in the unit cube, a trend that keeps the bowl under a rugged objective
-    in view when the fitted lengthscales fall to its ripples; it wins on the rugged and
-    valley-shaped test functions and loses on the real network; the additive Thompson model
-    and the ``gp`` pruner's curve model keep their own kernels; see
+    model the Thompson step draws from: ``full``, the GP itself, its draw minimized among the
+    acquisition's candidates; ``additive``, a GP of the sum of one-parameter functions, its
+    draw minimized exactly along the axis lines through the best trial, which moves
+    coordinates to other basins that the full GP cannot see; ``alternate``, the two in turn;
+    ``evidence``, the default, at each Thompson step the additive draw where the additive GP
+    predicts the observations better leave-one-out, else the full one; see
+    :mod:`torchtune_hp.gp.additive` and the README for where each wins), ``hyper_select``
+    (``map``: the hyperparameters that maximize the marginal likelihood and priors; ``loo``:
+    each refit also fits from a smooth start, long lengthscales and 10% noise, and keeps
+    whichever fit predicts each observation from the others better, leave-one-out, see
+    :meth:`~torchtune_hp.gp.surrogate.Surrogate.fit`; ``loo_explore``, the default: ``loo``
+    until the endgame, ``map`` in it, where a sharp fit refines the best basin. Without a known
+    total (plain ask/tell) there is no endgame and ``loo_explore`` is ``loo``), ``trend_share``
+    (0, the default: the single kernel; a share such as 0.3 gives that much of the kernel to the
+    same Matérn at lengthscales of at least 0.3 sqrt(d) in the unit cube, a trend that keeps the
+    bowl under a rugged objective in view when the fitted lengthscales fall to its ripples; it
+    wins on the rugged and valley-shaped test functions and loses on the real network; the
+    additive Thompson model and the ``gp`` pruner's curve model keep their own kernels; see
     :class:`~torchtune_hp.gp.surrogate.MixedMatern52` and the README)."""
 
     name = "gp"
@@ -208,7 +209,7 @@ class GPSampler:
         warp_inputs: bool | str = False,
         endgame: float = 0.3,
         output_warp: str = "auto",
-        thompson_model: str = "full",
+        thompson_model: str = "evidence",
         hyper_select: str = "loo_explore",
         trend_share: float = 0.0,
         mode: str = "min",
@@ -252,6 +253,8 @@ class GPSampler:
         self.hyper_select = hyper_select
         self.trend_share = _share("trend_share", trend_share)
         self._additive_fit: dict[tuple[int, str], np.ndarray] = {}  # warm starts
+        # thompson_model evidence: the last step's leave-one-out densities (additive, full)
+        self._evidence: tuple[float, float] | None = None
         # The study's total number of trials when it is known (``optimize(n_trials)``, a
         # recipe's ``study.trials``: the trial loop sets it); None in plain ask/tell use.
         self.horizon: int | None = None
@@ -310,7 +313,7 @@ class GPSampler:
         if not every or self.thompson_model == "full":
             return False
         steps = (k + 1) // every - n_init // every  # Thompson steps since the design, this one in
-        return self.thompson_model == "additive" or steps % 2 == 0
+        return self.thompson_model in ("additive", "evidence") or steps % 2 == 0
 
     def _endgame_start(self) -> int:
         assert self.horizon is not None
@@ -509,10 +512,13 @@ class GPSampler:
         seen = {params_key(p) for p in obs.params} | {params_key(t.params) for t in pending}
         view = {"space": space, "obs": obs, "y": y, "best": best, "thompson": thompson}
         view |= {"radius": endgame_radius, "output_warp": self.output_in_force, "smooth": smooth}
+        self._evidence = None
         if step and additive:
-            params = self._additive_point(enc, x, y, self._fit_rows(obs.values, k), xp, k)
+            full = surrogate if self.thompson_model == "evidence" else None
+            params = self._additive_point(enc, x, y, self._fit_rows(obs.values, k), xp, k, full)
             if params is not None and params_key(params) not in seen:
                 self._view = {**view, "next": params, "endgame": False, "additive": True}
+                self._view["evidence"] = self._evidence
                 return params
         # The endgame searches near the best first; where every point there was tried (a small
         # discrete space), the whole space is searched rather than a point repeated.
@@ -525,6 +531,7 @@ class GPSampler:
                 for params in enc.to_params(pool[start : start + 64]):
                     if params_key(params) not in seen:
                         self._view = {**view, "next": params, "endgame": local_only}
+                        self._view["evidence"] = self._evidence
                         return params
         self.last_note = "every candidate was already evaluated or pending: a Sobol point instead"
         return self._sobol(space, k)
@@ -537,11 +544,14 @@ class GPSampler:
         rows: np.ndarray,
         pending: torch.Tensor | None,
         k: int,
+        full: Surrogate | None = None,
     ) -> dict[str, Any] | None:
         """The additive GP's Thompson point (see :func:`~torchtune_hp.gp.additive.additive_draw`),
         given the ``pending`` points (GP inputs), its hyperparameters fitted on ``rows`` of the
         observations (the full GP's), warm-started from its last fit and refit on each additive
-        step; None where its fit fails, and the full GP's draw serves."""
+        step; None where its fit fails, and the full GP's draw serves. With the ``full`` GP
+        given (``thompson_model: evidence``) also None where the full GP predicts the fitted
+        observations better, leave-one-out: the draw comes from the model the data favour."""
         surrogate = Surrogate(enc, self.device, self.deterministic, kernel=additive_kernel)
         key = (enc.w, self.output_in_force)
         warm = self._additive_fit.get(key)
@@ -551,6 +561,11 @@ class GPSampler:
                 x[index], y[index], warm=warm, max_iter=200 if warm is None else 40
             )
             self._additive_fit[key] = hyper.raw
+            if full is not None:
+                fx, fy = x[index], y[index]
+                self._evidence = (surrogate.loo_density(fx, fy), full.loo_density(fx, fy))
+                if self._evidence[0] <= self._evidence[1]:
+                    return None
             gen = torch.Generator().manual_seed((self.seed * 1_000_003 + k) % 2**63)
             point = additive_draw(surrogate, x, y.to(x.device), pending, gen)
         except SurrogateError:
@@ -644,6 +659,12 @@ class GPSampler:
         how = "Thompson draw" if v["thompson"] else f"{label[name]} maximizer"
         if v.get("additive"):
             how = "Thompson draw of the additive GP, minimized along the axes through the best"
+        if v.get("evidence") is not None:
+            add, full = v["evidence"]
+            how += (
+                f" (leave-one-out log density of the trials: additive GP {add:.3g}, full GP "
+                f"{full:.3g})"
+            )
         if self.acquisition == "mace" and not v["thompson"]:
             how = "MACE: a random point of the log EI / log PI / UCB Pareto set"
         if v["endgame"]:
