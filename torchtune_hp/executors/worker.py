@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from torchtune_hp.executors import channel
 from torchtune_hp.executors.channel import write_result
 from torchtune_hp.executors.remote import current_trial
 from torchtune_hp.trial import TrialState
@@ -25,7 +26,6 @@ ENV_TRAIN = "TORCHTUNE_HP_TRAIN"
 
 
 def main() -> int:
-    from torchtune_hp import signals
     from torchtune_hp.objective import load_objective
     from torchtune_hp.outcome import Outcome, call_objective
 
@@ -43,11 +43,12 @@ def main() -> int:
     try:
         outcome = call_objective(run, trial.metric, trial)
     except SystemExit as e:
-        if signals.received() is not None:  # a library's answer to the driver's stop
+        # A nonzero exit already fails the trial, and one after a stop signal (Lightning exits
+        # 0 after SIGTERM; TuneCallback notes it) is the driver's to judge, as before. An
+        # exit 0 of its own ended only this process, without a value: its last report was
+        # taken for one (COMPLETE). In the driver sys.exit() ends the program instead.
+        if e.code not in (0, None) or channel.read_stopped(trial.run_dir, trial.launch) is not None:
             raise
-        # In the driver sys.exit() ends the program and the trial runs again; here it ends
-        # only this process, without a value: its last report is not one (it was taken as
-        # the final value, COMPLETE, when the exit code was 0).
         outcome = Outcome.failed(
             f"the objective called sys.exit({e.code!r}) in its worker process instead of "
             "returning a value"
