@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import IO, Any
 
-from torchtune_hp.trial import FrozenTrial
+from torchtune_hp.trial import FrozenTrial, iso_time
 
 
 def param_names(trials: Sequence[FrozenTrial], names: Sequence[str]) -> list[str]:
@@ -45,9 +45,11 @@ def header(names: Sequence[str]) -> list[str]:
     ]
 
 
-def trial_records(trials: Sequence[FrozenTrial], names: Sequence[str]) -> list[dict[str, Any]]:
-    """One flat dict per trial (see the module's docstring); times are ``datetime``s (UTC),
-    ``duration`` a ``timedelta`` (None while a trial runs)."""
+def table(
+    trials: Sequence[FrozenTrial], names: Sequence[str]
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """The columns and one flat dict per trial (see the module's docstring); times are
+    ``datetime``s (UTC), ``duration`` a ``timedelta`` (None while a trial runs)."""
     columns = param_names(trials, names)
     keys = header(columns)
     records = []
@@ -56,11 +58,11 @@ def trial_records(trials: Sequence[FrozenTrial], names: Sequence[str]) -> list[d
         cells = [t.number, t.value, t.start, t.end, dur, *(t.params.get(k) for k in columns)]
         cells += [t.state.name, t.origin.value, len(t.intermediate), t.note, t.error]
         records.append(dict(zip(keys, cells, strict=True)))
-    return records
+    return keys, records
 
 
 def dataframe(trials: Sequence[FrozenTrial], names: Sequence[str]) -> Any:
-    """The records as a pandas DataFrame (pandas is imported here only: it is optional)."""
+    """The table as a pandas DataFrame (pandas is imported here only: it is optional)."""
     try:
         import pandas as pd
     except ImportError as e:
@@ -68,17 +70,17 @@ def dataframe(trials: Sequence[FrozenTrial], names: Sequence[str]) -> Any:
             "trials_dataframe() needs pandas: pip install pandas (or use "
             "`torchtune-hp trials DIR --format csv` / `--format json`)"
         ) from e
-    return pd.DataFrame.from_records(
-        trial_records(trials, names), columns=header(param_names(trials, names))
-    )
+    columns, records = table(trials, names)
+    return pd.DataFrame.from_records(records, columns=columns)
 
 
 def write_csv(trials: Sequence[FrozenTrial], names: Sequence[str], out: IO[str]) -> None:
-    """The records as CSV: times in ISO 8601 (UTC), ``duration`` in seconds, empty cells for
+    """The table as CSV: times in ISO 8601 (UTC), ``duration`` in seconds, empty cells for
     None; a value that is infinite (a diverged trial) is written ``inf``."""
-    writer = csv.DictWriter(out, fieldnames=header(param_names(trials, names)), lineterminator="\n")
+    columns, records = table(trials, names)
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    for r in trial_records(trials, names):
+    for r in records:
         writer.writerow({k: _cell(v) for k, v in r.items()})
 
 
@@ -87,6 +89,6 @@ def _cell(v: Any) -> Any:
         return ""
     if isinstance(v, timedelta):
         return v.total_seconds()
-    if hasattr(v, "isoformat"):
-        return v.isoformat().replace("+00:00", "Z")
+    if isinstance(v, datetime):
+        return iso_time(v)
     return v

@@ -191,7 +191,9 @@ class Study:
         self._followed: int | None = None  # the last trial a follower returned from ask()
         self._saw_driver = False
         self._reseeded: int | None = None  # the seed a reopened study had, when given another
-        self._check_before_opening(sampler, sampler_options, pruner, pruner_options)
+        self.pruner: Pruner = self._check_before_opening(
+            sampler, sampler_options, pruner, pruner_options
+        )
         self.storage = self._open_storage()
         try:
             self._load_or_init_meta(seed)
@@ -199,11 +201,6 @@ class Study:
                 make_sampler(sampler, self.seed, dict(sampler_options or {}), mode)
                 if isinstance(sampler, str)
                 else sampler
-            )
-            self.pruner: Pruner = (
-                make_pruner(pruner, dict(pruner_options or {}))
-                if isinstance(pruner, str)
-                else pruner
             )
             # A pruner with a model of the curves (gp) learns the space, and hands the gp
             # sampler its forecasts of stopped trials' final values.
@@ -234,10 +231,12 @@ class Study:
         sampler_options: Mapping[str, Any] | None,
         pruner: str | Pruner,
         pruner_options: Mapping[str, Any] | None,
-    ) -> None:
+    ) -> Pruner:
         """Refuse a bad sampler, pruner or a study that differs from the stored one before
         taking the folder: taking it closes an idle Study of this process on the same folder
-        (a notebook cell run again), which a refused Study must leave working."""
+        (a notebook cell run again), which a refused Study must leave working. Returns the
+        pruner (it needs nothing stored; the sampler needs the stored seed, and is made
+        again once the folder is taken)."""
         if isinstance(sampler, str):
             make_sampler(sampler, 0, dict(sampler_options or {}), self.mode)  # checks only
         elif getattr(sampler, "mode", self.mode) != self.mode:
@@ -245,11 +244,12 @@ class Study:
                 f"the sampler minimizes/maximizes ({sampler.mode!r}) "  # type: ignore[attr-defined]
                 f"unlike the study (mode={self.mode!r}); give both the same mode"
             )
-        if isinstance(pruner, str):
-            make_pruner(pruner, dict(pruner_options or {}))
+        made: Pruner = (
+            make_pruner(pruner, dict(pruner_options or {})) if isinstance(pruner, str) else pruner
+        )
         db = None if self.dir is None else self.dir / files.DATABASE
         if db is None or self.follower or db.is_symlink() or not db.is_file():
-            return
+            return made
         try:  # a look at the stored study; the check under the folder's lock follows anyway
             peek = Storage(db, read_only=True)
             try:
@@ -259,7 +259,8 @@ class Study:
             finally:
                 peek.close()
         except (StorageError, OSError, sqlite3.Error):
-            return
+            pass
+        return made
 
     def _refuse_other(self, meta: Mapping[str, Any], storage: Storage) -> list[str]:
         """StudyMismatch where the stored study (``meta``) has another space, metric or mode;

@@ -130,8 +130,8 @@ class FrozenTrial:
             "params": self.params,
             # a trial pruned for diverging holds inf, which JSON cannot carry
             "value": self.value if self.value is None or math.isfinite(self.value) else None,
-            "start": _iso(self.start),
-            "end": _iso(self.end),
+            "start": iso_time(self.start),
+            "end": iso_time(self.end),
             "duration_s": self.duration_s,
             "error": self.error,
             "note": self.note,
@@ -146,7 +146,8 @@ def best_of(trials: Sequence[FrozenTrial], mode: str) -> FrozenTrial | None:
     return min(done, key=lambda t: (sign * float(t.value or 0.0), t.number), default=None)
 
 
-def _iso(t: datetime | None) -> str | None:
+def iso_time(t: datetime | None) -> str | None:
+    """A trial's time as ISO 8601 UTC with a ``Z`` (``--format json`` and ``csv``)."""
     return None if t is None else t.isoformat().replace("+00:00", "Z")
 
 
