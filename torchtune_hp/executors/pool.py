@@ -76,6 +76,10 @@ def last_reported(study: Any, number: int) -> Any:
     return steps[max(steps)] if steps else MISSING
 
 
+# After a stop signal, how long one call still forwards a trial's reports (some thousands).
+STOP_FORWARD_S = 0.5
+
+
 def forward_reports(
     study: Any,
     trial: Trial,
@@ -83,11 +87,14 @@ def forward_reports(
     answer: Callable[[Report, bool], None],
 ) -> list[Report]:
     """Hand a trial's new reports to the study, and each its pruner's verdict. Returns those
-    left when a stop signal came first, so that a backlog of many thousand reports (a regex
-    on every line) never holds a stop back; a trial whose reports were not all forwarded has
-    no outcome yet (its last one would be taken for its final value)."""
+    left when a stop signal came and this call has forwarded for :data:`STOP_FORWARD_S`
+    already, so that a backlog of many thousand reports (a regex on every line) never holds
+    a stop back, while a trial that ended just before the stop, its few last reports still
+    unread, keeps its result. A trial whose reports were not all forwarded has no outcome
+    yet (its last one would be taken for its final value)."""
+    until = time.monotonic() + STOP_FORWARD_S
     for i, report in enumerate(reports):
-        if signals.received() is not None:
+        if signals.received() is not None and time.monotonic() > until:
             return reports[i:]
         study.report(trial, report.value, report.step)
         answer(report, study.should_prune(trial))
