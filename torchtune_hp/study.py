@@ -667,8 +667,8 @@ class Study:
             f"its resumed run failed ({last}): it stays paused at step {at}, its curve as it "
             "was, and is not resumed again in this run",
         )
-        steps = self._refresh(number).intermediate
-        return Outcome(TrialState.PRUNED, steps[max(steps)] if steps else None)
+        self._refresh(number)  # its reports as kept: tell() takes the last as its value
+        return Outcome.pruned()
 
     def _number_of(self, trial: Any, call: str) -> int:
         """The number of ``trial`` (a Trial from ask(), or its number as any integer: a numpy

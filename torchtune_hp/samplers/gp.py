@@ -513,12 +513,13 @@ class GPSampler:
         view = {"space": space, "obs": obs, "y": y, "best": best, "thompson": thompson}
         view |= {"radius": endgame_radius, "output_warp": self.output_in_force, "smooth": smooth}
         self._evidence = None
+        view["evidence"] = None  # thompson_model evidence: the two GPs' densities, when compared
         if step and additive:
             full = surrogate if self.thompson_model == "evidence" else None
             params = self._additive_point(enc, x, y, self._fit_rows(obs.values, k), xp, k, full)
+            view["evidence"] = self._evidence
             if params is not None and params_key(params) not in seen:
                 self._view = {**view, "next": params, "endgame": False, "additive": True}
-                self._view["evidence"] = self._evidence
                 return params
         # The endgame searches near the best first; where every point there was tried (a small
         # discrete space), the whole space is searched rather than a point repeated.
@@ -531,7 +532,6 @@ class GPSampler:
                 for params in enc.to_params(pool[start : start + 64]):
                     if params_key(params) not in seen:
                         self._view = {**view, "next": params, "endgame": local_only}
-                        self._view["evidence"] = self._evidence
                         return params
         self.last_note = "every candidate was already evaluated or pending: a Sobol point instead"
         return self._sobol(space, k)
