@@ -69,6 +69,35 @@ def run_cli(
     )
 
 
+def on_terminal(
+    *args: str, cwd: Path, columns: int | None = None, timeout: float = 120
+) -> tuple[int, str]:
+    """``torchtune-hp ARGS`` with its output on a pseudo-terminal (``COLUMNS`` wide when
+    given), as a user sees it: the exit code and everything it wrote there."""
+    import pty
+    import select
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, **({"COLUMNS": str(columns)} if columns else {})}
+    proc = subprocess.Popen(cli_cmd(*args), cwd=cwd, stdout=follower, stderr=follower, env=env)
+    os.close(follower)
+    out, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if select.select([leader], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's last process has gone
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif proc.poll() is not None:
+            break
+    rc = proc.wait(timeout=10)
+    os.close(leader)
+    return rc, out.decode(errors="replace").replace("\r\n", "\n")
+
+
 def cli_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "torchtune_hp", *args]
 

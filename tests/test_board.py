@@ -578,6 +578,28 @@ def test_deleted_event_files_are_written_again(tmp_path):
     assert {e.step: e.value for e in read(run).Scalars("study/value")} == pytest.approx(values)
 
 
+def test_the_best_so_far_never_rises_when_trials_end_out_of_order(tmp_path):
+    """A helper's study with two workers: trial 0, slow and good, ended after trials 1 and 2,
+    and its best went back at step 0, so the curve read 0.1, 0.9, 0.8 (rising, and ending
+    above the study's best); rebuilt from the rows it read otherwise again. The best now goes
+    at the highest number ended so far, live and rebuilt alike."""
+    space, run = {"x": Float(0.0, 1.0)}, tmp_path / "ooo" / "study"
+    with Study("ooo", space, sampler="sobol", seed=0, logdir=tmp_path, images_every=0) as study:
+        asked = [study.ask() for _ in range(3)]
+        for trial, value in ((asked[1], 0.9), (asked[2], 0.8), (asked[0], 0.1)):
+            study.tell(trial, value)
+    live = [(e.step, e.value) for e in read(run).Scalars("study/best_value")]
+    assert [s for s, _ in live] == [1, 2, 2] and [v for _, v in live] == pytest.approx(
+        [0.9, 0.8, 0.1]
+    )
+    assert [e.step for e in read(run).Scalars("study/value")] == [1, 2, 0]  # by number
+    for f in run.glob("events.out.tfevents.*"):
+        f.unlink()
+    with Study("ooo", space, sampler="sobol", seed=0, logdir=tmp_path, images_every=0):
+        pass  # rebuilt from the rows, in the order the trials ended
+    assert [(e.step, e.value) for e in read(run).Scalars("study/best_value")] == live
+
+
 def our_event_files(run: Path) -> list[Path]:
     return sorted(run.glob("events.out.tfevents.*.torchtune_hp"))
 

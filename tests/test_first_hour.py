@@ -11,6 +11,8 @@ import pytest
 import yaml
 from conftest import function_recipe, run_cli
 
+from torchtune_hp import Float, Study
+
 SCRIPTS = Path(__file__).parent / "scripts"
 FAKE = str(SCRIPTS / "fake_train.py")
 
@@ -61,7 +63,10 @@ def test_the_full_error_is_one_command_away(tmp_path):
     assert detail.returncode == 0
     assert "Traceback (most recent call last)" in detail.stdout and "obj.py" in detail.stdout
     missing = run_cli("trials", "logs/first", "--trial", "7", cwd=tmp_path)
-    assert missing.returncode == 2 and "no trial 7" in missing.stderr
+    assert missing.returncode == 2 and "no trial 7 (trials 0 to 0)" in missing.stderr
+    Study("empty", {"x": Float(0.0, 1.0)}, logdir=tmp_path / "logs").close()
+    none = run_cli("trials", "logs/empty", "--trial", "0", cwd=tmp_path)
+    assert none.returncode == 2 and "no trial 0 (the study has no trials yet)" in none.stderr
 
 
 def test_a_regex_that_never_matches_shows_the_lines_it_missed(tmp_path):

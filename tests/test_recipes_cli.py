@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import cli_cmd, read_trials, run_cli
+from conftest import cli_cmd, on_terminal, read_trials, run_cli
 
 import torchtune_hp
 from torchtune_hp.errors import ConfigError
@@ -86,7 +86,8 @@ BAD = [
     (mutate("train", {"epochs": 3}), [], "train", "unexpected keyword argument 'epochs'"),
     (GOOD, ["study.trials"], "study.trials", "dotted.key=value"),
     (GOOD, ["study.trials=[1"], "study.trials", "cannot parse value"),
-    ("study: [unclosed\n", [], "", "not valid YAML"),
+    ("study: [unclosed\n", [], "", "not valid YAML: line 2, column 1: expected ',' or ']'"),
+    ("study:\n  name: v\n   trials: 3\n", [], "", "YAML: line 3, column 10: mapping values"),
 ]
 
 
@@ -103,6 +104,7 @@ def test_bad_recipes_exit_2_naming_the_key(tmp_path, fast_recipe, raw, overrides
         assert f" {key}: " in err or f"\n  {key}: " in err, err
     assert phrase in err
     assert "Traceback" not in err
+    assert key or "\n" not in err, err  # PyYAML's own message quotes the text over lines
     assert not (tmp_path / "logs" / "bad" / "study.db").exists()
 
 
@@ -115,6 +117,18 @@ def test_a_module_reference_to_a_file_beside_the_recipe_suggests_the_file_form(t
     with pytest.raises(ConfigError, match=r"\(did you mean mine\.py:train, the file beside"):
         load_objective(tmp_path / "r.yaml", "mine:train", {})
     assert load_objective(tmp_path / "r.yaml", "mine.py:train", {})(None) == 0.0
+
+
+def test_an_objective_without_a_place_for_the_trial_is_blamed_on_its_key(tmp_path):
+    """``def train():`` in a recipe without a train section was blamed on ``train:`` (too many
+    positional arguments), a section the recipe does not have."""
+    from torchtune_hp.objective import load_objective
+
+    (tmp_path / "o.py").write_text("def train():\n    return 0\n\ndef kw(*, lr):\n    return lr\n")
+    for name in ("train", "kw"):
+        with pytest.raises(ConfigError, match=rf"{name}\(\) must take the trial as its first") as e:
+            load_objective(tmp_path / "r.yaml", f"o.py:{name}", {})
+        assert e.value.key == "objective.function"
 
 
 def test_good_recipe_loads_with_overrides_and_scientific_floats(tmp_path):
@@ -384,6 +398,42 @@ def test_a_function_objective_imports_the_modules_beside_it(tmp_path):
         assert [t.value for t in trials] == [t.params["x"] ** 2 for t in trials]
 
 
+def test_an_objective_file_that_parses_arguments_when_imported(tmp_path):
+    """A helper's train.py ran ``parse_args()`` at its top: importing it read torchtune-hp's
+    own arguments (``run r.yaml``), and argparse's exit printed ``usage: torchtune-hp ...`` and
+    left, naming neither the file nor the key. It is imported as ``python train.py`` would run
+    it (its own name, no arguments); one that exits then is a one-line error on its key."""
+    parser = "import argparse\np = argparse.ArgumentParser()\np.add_argument('--scale', type=float"
+    (tmp_path / "strict.py").write_text(
+        f"{parser}, required=True)\nargs = p.parse_args()\n\ndef train(trial):\n    return 1.0\n"
+    )
+    (tmp_path / "lenient.py").write_text(  # defaults when run bare: it imports and runs
+        f"{parser}, default=2.0)\nargs = p.parse_args()\n\n"
+        "def train(trial):\n    return args.scale * trial.params['x']\n"
+    )
+    recipe = {
+        "study": {"name": "argv", "trials": 2, "seed": 0},
+        "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+        "objective": {"function": "strict.py:train"},
+        "logdir": "logs",
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    refused = run_cli("validate", "r.yaml", cwd=tmp_path)
+    assert refused.returncode == 2
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: r.yaml: objective.function: ")
+    assert "strict.py:4: it exits while imported (SystemExit: 2)" in last
+    assert "torchtune-hp: error" not in refused.stderr  # argparse's own lines name the file
+    for workers in (1, 2):
+        done = run_cli(
+            "run", "r.yaml", "objective.function=lenient.py:train", f"study.name=w{workers}",
+            f"executor.workers={workers}", cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        trials = read_trials(tmp_path / "logs" / f"w{workers}")
+        assert [t.value for t in trials] == pytest.approx([2.0 * t.params["x"] for t in trials])
+
+
 def test_a_study_time_limit_ends_the_run_early_and_keeps_the_running_trials(tmp_path, fast_recipe):
     """``study.timeout`` with two worker processes: no trial starts after it, the two
     running end COMPLETE, the run exits 0 saying why it holds fewer trials, and the same
@@ -423,31 +473,12 @@ def test_rerunning_a_finished_study_with_other_settings_says_they_are_not_used(
 def test_the_live_panel_counts_to_the_total_not_past_it(tmp_path, fast_recipe):
     """In a terminal the panel shows the trial under way as n/N; when the last had ended it
     read 4/3."""
-    import pty
     import re
-    import select
 
     recipe = fast_recipe(trials=3)
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        cli_cmd("run", str(recipe)), cwd=tmp_path, stdout=follower, stderr=follower
-    )
-    os.close(follower)
-    out, deadline = b"", time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if select.select([leader], [], [], 0.2)[0]:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # EIO: the terminal's last process has gone
-                break
-            if not chunk:
-                break
-            out += chunk
-        elif proc.poll() is not None:
-            break
-    assert proc.wait(timeout=10) == 0
-    os.close(leader)
-    shown = [int(n) for n in re.findall(r"trial\s+(\d+)/3", out.decode(errors="replace"))]
+    rc, out = on_terminal("run", str(recipe), cwd=tmp_path)
+    assert rc == 0
+    shown = [int(n) for n in re.findall(r"trial\s+(\d+)/3", out)]
     assert shown and max(shown) == 3, shown  # the panel's row; log lines read "[3/3] trial 2"
 
 

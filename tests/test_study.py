@@ -140,6 +140,27 @@ def test_points_built_with_numpy_or_torch_numbers_are_taken_as_python_numbers():
             study.add({"x": 0.5, "n": 4, "c": 1, **bad}, 1.0)
 
 
+def test_numpy_strings_and_floats_are_the_choices_they_equal(tmp_path):
+    """A helper's ``rng.choice(["sgd", "adam"])`` gives ``np.str_('adam')``, a str equal to
+    'adam', and enqueue refused it as "not among the choices"; ``np.float64(0.5)`` likewise,
+    and a choices list made with numpy (np.int64) was refused outright."""
+    rng = np.random.default_rng(0)
+    space = {
+        "opt": Categorical(["sgd", "adam"]),
+        "w": Categorical([0.1, 0.5]),
+        "bs": Categorical(list(np.array([32, 64]))),
+    }
+    assert space["bs"].choices == (32, 64) and type(space["bs"].choices[0]) is int
+    with Study("np", space, sampler="random", seed=0, logdir=tmp_path) as study:
+        study.enqueue({"opt": rng.choice(["sgd", "adam"]), "w": np.float64(0.5), "bs": 64})
+        study.add({"opt": np.str_("sgd"), "w": np.float64(0.1), "bs": np.int64(32)}, 2.0)
+        study.optimize(lambda t: 1.0, n_trials=2)
+    with Study("np", space, sampler="random", seed=0, logdir=tmp_path) as again:  # read back
+        params = [t.params for t in again.trials]
+    assert params == [{"opt": "sgd", "w": 0.1, "bs": 32}, {"opt": "adam", "w": 0.5, "bs": 64}]
+    assert {type(p["opt"]) for p in params} == {str} and {type(p["w"]) for p in params} == {float}
+
+
 def test_a_rerun_script_does_not_enqueue_or_add_its_warm_starts_twice(tmp_path):
     def script(n_trials):  # what a user's tuning script does, run twice: the second resumes
         study = Study("s", SPACE, sampler="sobol", seed=0, logdir=tmp_path)

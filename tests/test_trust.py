@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import select
 import shutil
 import signal
@@ -25,6 +26,7 @@ import yaml
 from conftest import (
     cli_cmd,
     function_recipe,
+    on_terminal,
     pid_alive,
     private_mounts,
     read_trials,
@@ -1362,8 +1364,6 @@ def test_a_database_sqlite_cannot_open_on_a_full_disk_is_not_called_damaged(tmp_
 
 
 def test_the_trials_table_on_a_terminal_shows_brackets_as_written(tmp_path):
-    import pty
-
     (tmp_path / "fast.py").write_text(
         "def train(trial):\n    raise RuntimeError('[rank0]: boom at [/tmp/x]')\n"
     )
@@ -1377,25 +1377,41 @@ def test_the_trials_table_on_a_terminal_shows_brackets_as_written(tmp_path):
         },
     )
     run_cli("run", "fast.yaml", cwd=tmp_path)
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        cli_cmd("trials", "logs/fast"), cwd=tmp_path, stdout=slave, stderr=subprocess.PIPE
-    )
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 65536)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    _, err = proc.communicate(timeout=60)
-    os.close(master)
-    shown = b"".join(chunks).decode(errors="replace")
-    assert proc.returncode == 0, err
+    rc, shown = on_terminal("trials", "logs/fast", cwd=tmp_path, columns=200)
+    assert rc == 0, shown
     assert "[rank0]: boom" in shown.replace("\r\n", "\n").replace("│", " ").replace("\n", " ")
+
+
+def test_the_trials_table_on_a_narrow_terminal_never_cuts_a_number(tmp_path):
+    """A helper at 80 columns read weight_decay 9.50423e-05 as ``9.50…`` and lr as ``0.00…``
+    (every cell was squeezed), and a long note wrapped each trial over some thirty lines.
+    Numbers are kept whole: the note is cut to one line where the rest fits, and the plain
+    table (whole lines) is printed where it does not."""
+    space = {
+        "learning_rate": Float(1e-5, 1e-1, log=True),
+        "weight_decay": Float(1e-7, 1e-2, log=True),
+        "dropout": Float(0.0, 0.5),
+    }
+    with Study("tbl", space, sampler="gp", seed=0, logdir=tmp_path, images_every=0) as study:
+        study.optimize(lambda t: t.params["dropout"] + t.params["weight_decay"], n_trials=3)
+        rows = [
+            [f"{t.params[k]:.6g}" for k in ("learning_rate", "weight_decay")] for t in study.trials
+        ]
+    note = "initial design (Sobol): the GP starts once"
+    for columns, table in ((80, "plain"), (110, "rich"), (200, "rich")):
+        rc, shown = on_terminal("trials", "tbl", cwd=tmp_path, columns=columns)
+        assert rc == 0, shown
+        shown = re.sub(r"\x1b\[[0-9;]*m", "", shown)  # the colours: what is left is seen
+        lines = [line for line in shown.splitlines() if "COMPLETE" in line]
+        assert len(lines) == 3, shown  # one line per trial
+        for line, numbers in zip(lines, rows, strict=True):
+            assert all(n in line for n in numbers), (columns, line)
+        assert ("│" in lines[0]) == (table == "rich"), shown
+        if table == "rich":
+            assert all(len(line) <= columns for line in shown.splitlines()), shown
+            assert (note + " 5 trials have values, 0 so far" in lines[0]) == (columns == 200)
+        else:
+            assert note in lines[0]  # whole, where the terminal wraps it
 
 
 def test_closing_the_terminal_is_a_clean_stop(tmp_path):

@@ -31,6 +31,7 @@ from torchtune_hp.trial import FrozenTrial, TrialState, best_of
 
 # The recipe layer (pydantic, the samplers, numpy) is imported by the commands that need it, so
 # `trials` and `best` start in a fraction of a second.
+NOTE_MIN = 12  # the note's least width in a terminal table
 RICH_ROWS = 200  # a terminal gets a rich table up to this many trials, plain columns beyond
 
 NO_RESULT = 1
@@ -293,9 +294,8 @@ def trials(study_dir: Path, fmt: str, number: int | None) -> None:
     if number is not None:
         chosen = [t for t in rows if t.number == number]
         if not chosen:
-            raise ConfigError(
-                study_dir, "--trial", f"no trial {number} (trials 0 to {len(rows) - 1})"
-            )
+            held = f"trials 0 to {len(rows) - 1}" if rows else "the study has no trials yet"
+            raise ConfigError(study_dir, "--trial", f"no trial {number} ({held})")
         if fmt == "json":
             steps = {s: v if math.isfinite(v) else None for s, v in chosen[0].intermediate.items()}
             say(json.dumps({**chosen[0].to_json(), "intermediate": steps}))
@@ -315,17 +315,28 @@ def trials(study_dir: Path, fmt: str, number: int | None) -> None:
         say(text.getvalue(), nl=False)
         return
     header, cells = trial_rows(rows, list(meta.get("space", {})), meta.get("metric", "value"))
-    if not (sys.stdout.isatty() and len(rows) <= RICH_ROWS):
+    from rich.console import Console
+
+    console = Console()
+    # Numbers are never cut short ("9.50…" reads as 9.5): every column but the note keeps
+    # its widest cell, the note gets one line cut to what is left, and where the numbers
+    # alone do not fit the terminal the plain table is printed (its lines wrap, whole).
+    widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(header))]
+    note_room = console.width - sum(widths[:-1]) - 3 * len(header) - 1  # less the borders
+    fits = note_room >= min(widths[-1], NOTE_MIN)
+    if not (sys.stdout.isatty() and len(rows) <= RICH_ROWS and fits):
         say(plain_table(header, cells))
         return
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(*header)
+    table = Table()
+    for name, width in zip(header[:-1], widths, strict=False):
+        table.add_column(name, no_wrap=True, min_width=width)
+    table.add_column(header[-1], no_wrap=True, overflow="ellipsis", max_width=note_room)
     for row in cells:
         table.add_row(*map(Text, row))  # text, not markup: "[rank0]: ..." stays as written
-    Console().print(table)
+    console.print(table)
 
 
 @cli.command()

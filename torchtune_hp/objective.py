@@ -36,11 +36,16 @@ def load_objective(recipe_path: Path, ref: str, train: Mapping[str, Any]) -> Cal
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[mod_name] = module
+        # imported as `python file.py` runs it: its own name and no arguments in sys.argv, so
+        # code that reads them at import time does not read torchtune-hp's (`run r.yaml`)
+        argv, sys.argv = sys.argv, [str(file)]
         try:
             spec.loader.exec_module(module)
-        except Exception as e:
+        except (Exception, SystemExit) as e:
             del sys.modules[mod_name]
             raise ConfigError(recipe_path, KEY, f"{file} does not import: {where(e, file)}") from e
+        finally:
+            sys.argv = argv
     else:
         try:
             module = importlib.import_module(target)
@@ -56,6 +61,14 @@ def load_objective(recipe_path: Path, ref: str, train: Mapping[str, Any]) -> Cal
         functions = [n for n, v in vars(module).items() if inspect.isfunction(v)]
         near = closest(func_name, functions)
         raise ConfigError(recipe_path, KEY, f"{target} has no function {func_name!r}{near}")
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    takes = [p.kind for p in inspect.signature(fn).parameters.values()]
+    if not any(k in positional or k is inspect.Parameter.VAR_POSITIONAL for k in takes):
+        raise ConfigError(
+            recipe_path,
+            KEY,
+            f"{func_name}() must take the trial as its first argument: def {func_name}(trial, ...)",
+        )
     try:
         inspect.signature(fn).bind(None, **train)
     except TypeError as e:
@@ -72,4 +85,10 @@ def where(error: BaseException, file: Path) -> str:
         return f"{error.filename}:{error.lineno}: SyntaxError: {error.msg}"
     frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == str(file)]
     line = f"{file}:{frames[-1].lineno}: " if frames else f"{file}: "
+    if isinstance(error, SystemExit):  # argparse's parse_args() at the top of a script, say
+        return (
+            f"{line}it exits while imported (SystemExit: {error.code}); a function objective's "
+            'file is imported, so parse arguments under `if __name__ == "__main__":`, or '
+            "tune the script as it is with objective.command"
+        )
     return f"{line}{type(error).__name__}: {error}"

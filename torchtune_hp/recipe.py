@@ -363,7 +363,19 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], file: Path) -
         try:
             node[parts[-1]] = parse_yaml(text) if text else ""
         except yaml.YAMLError as e:
-            raise ConfigError(file, key, f"cannot parse value {text!r}: {e}") from e
+            raise ConfigError(file, key, f"cannot parse value {text!r}: {yaml_problem(e)}") from e
+
+
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """One line: where in the text and what (PyYAML's own message quotes the text over several
+    lines and names it ``<unicode string>``)."""
+    if not isinstance(e, yaml.MarkedYAMLError) or e.problem_mark is None:
+        return " ".join(str(e).split())
+    mark = e.problem_mark
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {e.problem}"
+    if e.context and e.context_mark is not None and e.context_mark.line != mark.line:
+        text += f" ({e.context} at line {e.context_mark.line + 1})"
+    return text
 
 
 def load_recipe(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
@@ -375,7 +387,7 @@ def load_recipe(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Reci
     except DuplicateKey as e:
         raise ConfigError(path, e.path, str(e)) from None
     except yaml.YAMLError as e:
-        raise ConfigError(path, "", f"not valid YAML: {e}") from e
+        raise ConfigError(path, "", f"not valid YAML: {yaml_problem(e)}") from e
     if not isinstance(raw, dict):
         raise ConfigError(path, "", f"expected a mapping of sections, got {type(raw).__name__}")
     try:

@@ -214,6 +214,7 @@ class Categorical:
             raise TypeError(f"choices must be a list, got {choices!r}")
         if len(choices) == 0:
             raise ValueError("choices must not be empty")
+        choices = [plain(c) for c in choices]  # a list made with numpy: its Python values
         for c in choices:
             if not (c is None or isinstance(c, (str, int, float, bool))):
                 raise TypeError(f"choices must be str, int, float, bool or None, got {c!r}")
@@ -294,10 +295,17 @@ Tunable = Float | Int | Categorical
 
 
 def plain(value: Any) -> Any:
-    """A numpy or torch scalar (``np.int64(4)``, ``torch.tensor(0.5)``) as the Python number it
-    holds, anything else as it is: a point built with numpy is as good as one typed in."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+    """A numpy or torch scalar (``np.int64(4)``, ``torch.tensor(0.5)``, ``np.str_('adam')``) as
+    the Python value it holds, anything else as it is: a point built with numpy is as good as
+    one typed in. numpy's str and float64 are subclasses of Python's, equal to the value they
+    hold, but a choice is told apart by its type (``1`` is not ``1.0``), so they are converted
+    too."""
+    if value is None or isinstance(value, (bool, int)):
         return value
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, float):
+        return float(value)
     item = getattr(value, "item", None)
     if not callable(item):
         return value

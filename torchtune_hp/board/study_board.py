@@ -50,6 +50,11 @@ FIRST_DRAW_GUESS_S = 1.0  # what the first drawing is guessed to take (matplotli
 DRAWN_MARK = ".drawn"
 
 
+def _end_order(t: FrozenTrial) -> tuple[bool, float, int]:
+    """Trials in the order they ended (one without an end time last, by number)."""
+    return (t.end is None, t.end.timestamp() if t.end is not None else 0.0, t.number)
+
+
 def _ours(run: Path) -> list[Path]:
     """The event files the board wrote in the run folder."""
     return sorted(run.glob(f"events.out.tfevents.*{OUR_SUFFIX}"))
@@ -185,26 +190,29 @@ class StudyBoard:
         self._write_study_points(trials)
 
     def _write_study_points(self, trials: Sequence[FrozenTrial]) -> None:
-        """Each finished trial's points in the study run, in trial order: its value when it
-        COMPLETEd, and the best value of the trials numbered up to it (written live, the best
-        is that of the trials finished by then: with parallel trials, not always the same)."""
+        """Each finished trial's points in the study run, in the order the trials ended, as
+        they were written live: its value when it COMPLETEd, and the best so far then."""
         sign = 1.0 if self.mode == "min" else -1.0
         best: float | None = None
-        for t in sorted((t for t in trials if t.state.finished), key=lambda t: t.number):
+        latest = -1
+        ended = (t for t in trials if t.state.finished)
+        for t in sorted(ended, key=_end_order):
             if t.state is TrialState.COMPLETE and t.value is not None:
                 if best is None or sign * t.value < sign * best:
                     best = t.value
-            self._study_points(t, best)
+            latest = max(latest, t.number)
+            self._study_points(t, best, latest)
 
-    def _study_points(
-        self, trial: FrozenTrial, best: float | None, best_step: int | None = None
-    ) -> None:
-        """``best_step``: where the best goes (the trial's number unless given)."""
+    def _study_points(self, trial: FrozenTrial, best: float | None, latest: int) -> None:
+        """The trial's value at its number, and the best so far at ``latest``, the highest
+        number among the trials ended by then: with parallel trials (or a paused one that
+        runs again) a trial can end after higher-numbered ones, and its best, written back at
+        its own number, would draw the curve back over their points, rising where the best
+        never did."""
         if trial.value is not None and trial.state is TrialState.COMPLETE:
             self.study_writer.scalar(f"study/{self.metric}", trial.value, trial.number)
         if best is not None:
-            step = trial.number if best_step is None else best_step
-            self.study_writer.scalar(f"study/best_{self.metric}", best, step)
+            self.study_writer.scalar(f"study/best_{self.metric}", best, latest)
 
     def _study_file_lost(self) -> bool:
         """Whether an event file of the study run was deleted while the study ran (a cleanup,
@@ -303,11 +311,8 @@ class StudyBoard:
         if self._study_file_lost():
             self._write_study_points(finished)
         else:
-            # a paused trial that ran again wrote the best at its number when it paused: the
-            # best it found now goes at the latest trial's number, not back there, which would
-            # draw the curve back over the later trials' points
             best = study.incumbent
-            latest = max(t.number for t in finished) if trial.resumes else None
+            latest = max(t.number for t in finished)
             self._study_points(trial, None if best is None else best.value, latest)
         if self.images_every and len(finished) % self.images_every == 0:
             if time.monotonic() >= self._next_views:
