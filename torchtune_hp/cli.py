@@ -315,7 +315,12 @@ def trials(study_dir: Path, fmt: str, number: int | None) -> None:
         say(text.getvalue(), nl=False)
         return
     header, cells = trial_rows(rows, list(meta.get("space", {})), meta.get("metric", "value"))
+    if not (sys.stdout.isatty() and len(rows) <= RICH_ROWS):
+        say(plain_table(header, cells))
+        return
     from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
 
     console = Console()
     # Numbers are never cut short ("9.50…" reads as 9.5): every column but the note keeps
@@ -323,12 +328,9 @@ def trials(study_dir: Path, fmt: str, number: int | None) -> None:
     # alone do not fit the terminal the plain table is printed (its lines wrap, whole).
     widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(header))]
     note_room = console.width - sum(widths[:-1]) - 3 * len(header) - 1  # less the borders
-    fits = note_room >= min(widths[-1], NOTE_MIN)
-    if not (sys.stdout.isatty() and len(rows) <= RICH_ROWS and fits):
+    if note_room < min(widths[-1], NOTE_MIN):
         say(plain_table(header, cells))
         return
-    from rich.table import Table
-    from rich.text import Text
 
     table = Table()
     for name, width in zip(header[:-1], widths, strict=False):
