@@ -42,6 +42,20 @@ def test_a_mistake_then_a_fix_then_starting_over(tmp_path):
     assert [t["state"] for t in again] == ["COMPLETE"] * 4
     kept = json.loads(run_cli("trials", str(old), "--format", "json").stdout)
     assert kept == trials  # nothing of the old study was lost
+    # TensorBoard's study column tells the two apart (a helper found both rows saying
+    # 'first': filtering on it mixed the moved-aside trials into the new study's)
+    assert {study_column(t) for t in (tmp_path / "logs" / "first").glob("trial_*")} == {"first"}
+    assert {study_column(t) for t in old.glob("trial_*")} == {old.name}
+
+
+def study_column(trial_dir: Path) -> str:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    acc = EventAccumulator(str(trial_dir / "hparams"))
+    acc.Reload()
+    content = acc.SummaryMetadata(metadata.SESSION_START_INFO_TAG).plugin_data.content
+    return metadata.parse_session_start_info_plugin_data(content).hparams["study"].string_value
 
 
 def test_exit_codes_tell_a_study_that_produced_nothing(tmp_path):

@@ -131,7 +131,8 @@ def say(text: str, nl: bool = True) -> None:
 
 
 def start_over(study_dir: Path) -> Path | None:
-    """Move a study's folder aside, unless a driver is running it."""
+    """Move a study's folder aside, unless a driver is running it; its TensorBoard sessions
+    then name the folder it moved to (see :meth:`StudyBoard.relabel`)."""
     if not os.path.lexists(study_dir):
         return None
     lock = files.StudyLock(study_dir).acquire()
@@ -140,6 +141,17 @@ def start_over(study_dir: Path) -> Path | None:
         os.rename(study_dir, aside)
     finally:
         lock.release()
+    from torchtune_hp.board.study_board import StudyBoard
+    from torchtune_hp.space import Space
+
+    try:
+        meta, rows = _read_trials(aside)
+        if meta:
+            space = Space.from_dict(meta["space"])
+            board = StudyBoard(aside, aside.name, space, meta["metric"], meta["mode"], 0)
+            board.relabel(rows)
+    except Exception as e:  # a damaged or empty database: the move stands, the labels stay
+        click.echo(f"note: {aside}: its TensorBoard rows still name the study: {e}", err=True)
     return aside
 
 

@@ -158,6 +158,15 @@ class StudyBoard:
             writer.close()
         files.discard_dir(folder / RUNNING_RUN, OUR_SUFFIX)
 
+    @_never_stops_a_study
+    def relabel(self, trials: Sequence[FrozenTrial]) -> None:
+        """Write the finished trials' sessions again under this board's name: a study folder
+        moved aside (``run --fresh``) keeps its rows, and TensorBoard's ``study`` column then
+        tells them from the new study's, which takes the old name."""
+        for t in trials:
+            if t.state.finished and os.path.isdir(self._trial_dir(t.number)):
+                self.write_session(t)
+
     def _write_objective(self, writer: EventWriter, trial: FrozenTrial) -> None:
         tag = objective_tag(self.metric)
         steps = sorted(s for s, v in trial.intermediate.items() if math.isfinite(v))
