@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
-
-from torchtune_hp.executors.folder_sync import Chunk, FolderSender, UnsafeChunk, apply_chunks
+from torchtune_hp.executors.folder_sync import Chunk, FolderSender, apply_chunks
 
 
 def _sync(sender: FolderSender, dest, budget: int = 1 << 20) -> int:
@@ -100,12 +98,37 @@ def test_links_are_not_copied_and_no_chunk_writes_outside_the_trial_folder(tmp_p
     os.symlink(tmp_path / "secret", src / "link")
     assert FolderSender(src).changes() == ([], True)
     for path in ("../escape", "/etc/passwd", "running/x", "hparams/events"):
-        with pytest.raises(UnsafeChunk):
-            apply_chunks(dest, [Chunk(path, 0, b"x")])
+        (problem,) = apply_chunks(dest, [Chunk(path, 0, b"x")])
+        assert problem.startswith(f"a trial file may not be copied to {path!r}")
+        assert ("holds the trial's TensorBoard rows" in problem) == (path[0] not in "./")
     os.symlink(tmp_path, dest / "out")
-    with pytest.raises(UnsafeChunk):
-        apply_chunks(dest, [Chunk("out/file", 0, b"x")])
+    (problem,) = apply_chunks(dest, [Chunk("out/file", 0, b"x")])
+    assert problem == f"{dest / 'out'} is not a plain folder"
     os.symlink(tmp_path / "target", dest / "planted")
-    with pytest.raises(OSError):
-        apply_chunks(dest, [Chunk("planted", 0, b"x")])
+    (problem,) = apply_chunks(dest, [Chunk("planted", 0, b"x")])
+    assert "Too many levels of symbolic links" in problem
     assert not (tmp_path / "target").exists() and not (tmp_path / "file").exists()
+
+
+def test_a_file_that_may_not_be_copied_holds_back_none_beside_it(tmp_path):
+    """A helper's Ray trial kept ``hparams/config.json`` in its folder: that one refused path
+    dropped every chunk sent with it, its result.json among them, and the trial was recorded
+    COMPLETE at its last report (0.9) instead of its result (0.1); later appends to the lost
+    files were written at their offsets over a hole of NUL bytes."""
+    src, dest = tmp_path / "node", tmp_path / "driver"
+    (src / "hparams").mkdir(parents=True)
+    dest.mkdir()
+    (src / "hparams" / "config.json").write_text("{}")
+    (src / "result.json").write_text('{"value": 0.1}')
+    (src / "stdout.log").write_text("line 1\n")
+    sender = FolderSender(src)
+    chunks, done = sender.changes()
+    assert done and {c.path for c in chunks} == {"hparams/config.json", "result.json", "stdout.log"}
+    (problem,) = apply_chunks(dest, chunks)
+    assert problem.startswith("a trial file may not be copied to 'hparams/config.json'")
+    assert (dest / "result.json").read_text() == '{"value": 0.1}'
+    with open(src / "stdout.log", "a") as f:
+        f.write("line 2\n")
+    assert apply_chunks(dest, sender.changes()[0]) == []
+    assert (dest / "stdout.log").read_bytes() == b"line 1\nline 2\n"
+    assert not (dest / "hparams").exists()

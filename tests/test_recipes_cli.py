@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import cli_cmd, on_terminal, read_trials, run_cli
+from conftest import cli_cmd, function_recipe, on_terminal, read_trials, run_cli
 
 import torchtune_hp
 from torchtune_hp.errors import ConfigError
@@ -404,25 +404,17 @@ def test_an_objective_file_that_parses_arguments_when_imported(tmp_path):
     left, naming neither the file nor the key. It is imported as ``python train.py`` would run
     it (its own name, no arguments); one that exits then is a one-line error on its key."""
     parser = "import argparse\np = argparse.ArgumentParser()\np.add_argument('--scale', type=float"
-    (tmp_path / "strict.py").write_text(
-        f"{parser}, required=True)\nargs = p.parse_args()\n\ndef train(trial):\n    return 1.0\n"
-    )
+    strict = f"{parser}, required=True)\nargs = p.parse_args()\n\ndef train(trial):\n    return 1\n"
+    function_recipe(tmp_path, strict, "argv", 2)  # obj.py
     (tmp_path / "lenient.py").write_text(  # defaults when run bare: it imports and runs
         f"{parser}, default=2.0)\nargs = p.parse_args()\n\n"
         "def train(trial):\n    return args.scale * trial.params['x']\n"
     )
-    recipe = {
-        "study": {"name": "argv", "trials": 2, "seed": 0},
-        "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
-        "objective": {"function": "strict.py:train"},
-        "logdir": "logs",
-    }
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     refused = run_cli("validate", "r.yaml", cwd=tmp_path)
     assert refused.returncode == 2
     last = refused.stderr.strip().splitlines()[-1]
     assert last.startswith("error: r.yaml: objective.function: ")
-    assert "strict.py:4: it exits while imported (SystemExit: 2)" in last
+    assert "obj.py:4: it exits while imported (SystemExit: 2)" in last
     assert "torchtune-hp: error" not in refused.stderr  # argparse's own lines name the file
     for workers in (1, 2):
         done = run_cli(

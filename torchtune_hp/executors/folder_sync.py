@@ -115,26 +115,40 @@ class UnsafeChunk(ValueError):
     pass
 
 
-def apply_chunks(root: Path, chunks: list[Chunk]) -> None:
-    """The driver's side: write ``chunks`` under ``root``. A path that leaves ``root``, passes
-    through a link, or lands in the board's own runs is refused (:class:`UnsafeChunk`)."""
+def apply_chunks(root: Path, chunks: list[Chunk]) -> list[str]:
+    """The driver's side: write ``chunks`` under ``root``; returns why each one that was not
+    written was not, one line each. A path that leaves ``root``, passes through a link, or
+    lands in the board's own runs (a trial's ``hparams/config.json``) is refused; the chunks
+    beside it are written all the same, so a trial's result and reports never stay behind
+    one file that may not be copied (they did: a trial was recorded at its last report)."""
+    problems = []
     for chunk in chunks:
-        parts = PurePosixPath(chunk.path).parts
-        if not parts or chunk.path.startswith("/") or ".." in parts or parts[0] in OUR_RUNS:
-            raise UnsafeChunk(f"a trial file may not be copied to {chunk.path!r}")
-        folder = root
-        for part in parts[:-1]:
-            folder = folder / part
-            try:
-                os.mkdir(folder)
-            except FileExistsError:
-                if folder.is_symlink() or not folder.is_dir():
-                    raise UnsafeChunk(f"{folder} is not a plain folder") from None
-        flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-        if chunk.offset == 0:
-            flags |= os.O_TRUNC
-        fd = os.open(folder / parts[-1], flags, 0o644)
         try:
-            os.pwrite(fd, chunk.data, chunk.offset)
-        finally:
-            os.close(fd)
+            _write(root, chunk)
+        except (OSError, UnsafeChunk) as e:
+            problems.append(str(e))
+    return problems
+
+
+def _write(root: Path, chunk: Chunk) -> None:
+    parts = PurePosixPath(chunk.path).parts
+    if not parts or chunk.path.startswith("/") or ".." in parts or parts[0] in OUR_RUNS:
+        ours = parts and parts[0] in OUR_RUNS
+        why = f" ({parts[0]}/ holds the trial's TensorBoard rows)" if ours else ""
+        raise UnsafeChunk(f"a trial file may not be copied to {chunk.path!r}{why}")
+    folder = root
+    for part in parts[:-1]:
+        folder = folder / part
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            if folder.is_symlink() or not folder.is_dir():
+                raise UnsafeChunk(f"{folder} is not a plain folder") from None
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    if chunk.offset == 0:
+        flags |= os.O_TRUNC
+    fd = os.open(folder / parts[-1], flags, 0o644)
+    try:
+        os.pwrite(fd, chunk.data, chunk.offset)
+    finally:
+        os.close(fd)

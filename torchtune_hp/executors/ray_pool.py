@@ -32,7 +32,7 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,7 @@ class _Host:
     placed: bool = False  # Ray has placed it (it has started a trial)
     pruned: bool = False
     killed_for: str | None = None
+    refused: set[str] = field(default_factory=set)  # why files of its trial were not copied
 
 
 # Variables that describe the machine they are set on, not the user's run: a node keeps its own.
@@ -176,6 +177,7 @@ class RayExecutor:
         env = {**driver_env(), **trial_env(self.study, trial, launch)}
         host.trial, host.launch, host.poll_ref = trial, launch, None
         host.pruned, host.killed_for, host.started = False, None, time.time()
+        host.refused = set()
         if trial.resume_from is not None:  # the node's new logs replace the driver's copy
             keep_earlier_logs(self.study.trial_dir(trial.number), self.spec.run_outputs)
         host.start_ref = host.actor.start.remote(
@@ -263,10 +265,10 @@ class RayExecutor:
         trial = h.trial
         assert trial is not None
         run_dir = self.study.trial_dir(trial.number)
-        try:
-            apply_chunks(run_dir, news["chunks"])
-        except (OSError, ValueError) as e:
-            self.study.note(trial.number, f"its files could not all be copied back: {e}")
+        for problem in apply_chunks(run_dir, news["chunks"]):
+            if problem not in h.refused:  # a file that keeps growing: said once
+                h.refused.add(problem)
+                self.study.note(trial.number, f"a file of it could not be copied back: {problem}")
 
         def answer(report: Report, prune: bool) -> None:
             if prune:
