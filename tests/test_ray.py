@@ -328,15 +328,16 @@ def _head_node(cluster: Cluster) -> str:
     raise AssertionError("the head's raylet was not found")
 
 
-def _two_long_trials(cluster: Cluster, tmp_path: Path, trials: int):
-    """A study of ``trials`` two-minute trials, two at a time, whose driver runs (stderr piped)
-    until two have started: (its folder, its study folder, the driver, the trials' pids)."""
+def _two_long_trials(cluster: Cluster, tmp_path: Path, trials: int, workers: int = 2):
+    """A study of ``trials`` two-minute trials, ``workers`` at a time, two CPUs each (the head
+    places two), whose driver runs (stderr piped) until two have started: (its folder, its
+    study folder, the driver, the trials' pids)."""
     home = _project(
         tmp_path,
         trials=trials,
-        workers=2,
+        workers=workers,
         objective={"command": ["python", "fake_train.py", "--sleep", "120", "--how", "json"]},
-        executor={"address": cluster.address},
+        executor={"address": cluster.address, "resources_per_trial": {"cpu": 2}},
     )
     study_dir = home / "logs" / "sub"
     driver = subprocess.Popen(
@@ -364,16 +365,23 @@ def test_kill_9_of_the_driver_ends_its_trials_and_the_same_command_resumes(clust
 
 
 def test_sigterm_stops_every_ray_trial_at_once(cluster, tmp_path):
-    _, study_dir, driver, pids = _two_long_trials(cluster, tmp_path, trials=3)
+    """Two trials run, a third waits for the cluster to place it; SIGTERM stops all three.
+    The third never ran: the time it waited is not its duration (a helper's stopped trials
+    that were never placed had 13.9 s each)."""
+    _, study_dir, driver, pids = _two_long_trials(cluster, tmp_path, trials=4, workers=3)
+    time.sleep(3.0)  # the third has waited that much longer
     driver.send_signal(signal.SIGTERM)
     _, err = driver.communicate(timeout=90)
     assert driver.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert "Traceback" not in err
     assert not [pid for pid in pids if pid_alive(pid)]
     trials = read_trials(study_dir)
-    assert len(trials) == 2 and all(t.interrupted for t in trials)
+    assert len(trials) == 3 and all(t.interrupted for t in trials)
+    ran = set(_seen(study_dir))
+    assert len(ran) == 2
     for t in trials:  # their last output was copied back as they stopped
-        assert (study_dir / f"trial_{t.number:04d}" / "stderr.log").is_file()
+        assert (study_dir / f"trial_{t.number:04d}" / "stderr.log").is_file() == (t.number in ran)
+        assert t.duration_s is not None and (t.duration_s > 3.0) == (t.number in ran), t
 
 
 ENDS_AT_ONCE = """

@@ -244,11 +244,16 @@ class RayExecutor:
         """``h``'s trial has started on its node: the time it waited for Ray to place it (a
         busy cluster) is not part of its duration, nor of what ``started`` measures."""
         assert h.trial is not None
+        h.started = self._end_wait(h.trial)
+
+    def _end_wait(self, trial: Trial) -> float:
+        """Note the time ``trial`` waited since it was asked for (placed now, or stopped
+        before it ever was: it ran for none of it); returns now."""
         now = time.time()
-        waited = now - self._asked.pop(h.trial.number, now)
-        h.started = now
+        waited = now - self._asked.pop(trial.number, now)
         if waited >= WAIT_NOTED_S:
-            self.study.waited(h.trial, waited)
+            self.study.waited(trial, waited)
+        return now
 
     def _move_to_idle(self, h: _Host) -> None:
         """Give the trial that waits for ``h`` to be placed to a host that sits idle (after a
@@ -366,8 +371,12 @@ class RayExecutor:
     def stop_all(self) -> None:
         """Every placed host stops its trial (SIGTERM, SIGKILL after the grace) and clears its
         node-local folder; hosts that do not answer in time are killed, and their trials'
-        guards end the trials. With the cluster gone there is nothing left to ask."""
+        guards end the trials. With the cluster gone there is nothing left to ask. A trial
+        still waiting to be placed never ran: its wait is left out of its duration."""
         ray = self.ray
+        for h in self.hosts:
+            if h.trial is not None and not h.placed:
+                self._end_wait(h.trial)
         if self.gone:
             for h in self.hosts:
                 h.trial = None
