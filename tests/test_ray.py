@@ -505,6 +505,38 @@ def test_pruning_and_function_objectives_on_a_private_cluster(tmp_path):
         time.sleep(0.5)
 
 
+def test_sigterm_while_a_private_cluster_starts_is_a_clean_stop(tmp_path):
+    """A helper's SIGTERM during ``address: local``'s start-up (ray.init takes seconds) exited
+    15 with nothing said: Ray's own handler, in force while it starts, turned it into
+    sys.exit(15). It is exit 143 with the one line, as after start-up, and the cluster goes."""
+    home = tmp_path / "project"
+    home.mkdir()
+    (home / "obj.py").write_text("def train(trial):\n    return trial.params['x']\n")
+    recipe = {
+        "study": {"name": "s", "trials": 2},
+        "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+        "objective": {"function": "obj.py:train"},
+        "executor": {"name": "ray", "address": "local"},
+    }
+    (home / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    mark = secrets.token_hex(8)
+    env = {**os.environ, "TORCHTUNE_HP_TEST_MARK": mark}
+    driver = subprocess.Popen(
+        cli_cmd("run", "recipe.yaml"), cwd=home, env=env, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while not any(c.startswith(("gcs_server", "raylet")) for c in _marked(mark)):
+        assert time.monotonic() < deadline and driver.poll() is None, "no cluster started"
+        time.sleep(0.1)
+    driver.send_signal(signal.SIGTERM)  # the cluster's processes run: ray.init has not ended
+    _, err = driver.communicate(timeout=90)
+    assert driver.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "interrupted (SIGTERM)" in err and "Traceback" not in err
+    while [c for c in _marked(mark) if c != "python3"]:
+        assert time.monotonic() < deadline + 30, f"the cluster outlived its study: {_marked(mark)}"
+        time.sleep(0.5)
+
+
 def _marked(mark: str) -> list[str]:
     """Processes whose environment holds ``mark``: the driver's and what it started."""
     found = []

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import NoReturn
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 ALL_STOPS = (signal.SIGINT, *STOP_SIGNALS)
@@ -48,6 +49,14 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     if _State.deferred is not None:
         _State.deferred.append(signum)
         return
+    raise Interrupted(signum)
+
+
+def stopped_by(signum: int) -> NoReturn:
+    """A stop signal that a library's own handler caught (Ray's, while ``ray.init`` runs,
+    turns SIGTERM into ``sys.exit(15)``): remembered and raised as ours would have."""
+    if _State.received is None:
+        _State.received = signum
     raise Interrupted(signum)
 
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchtune_hp import procs
+from torchtune_hp import procs, signals
 from torchtune_hp.board.tags import OUR_RUNS
 from torchtune_hp.errors import ClusterGone, ConfigError
 from torchtune_hp.executors import Finished
@@ -503,6 +503,10 @@ def connect(
             logging_level=logging.WARNING,
             configure_logging=True,
         )
+    except SystemExit as e:  # Ray's own SIGTERM handler, in force while it starts a cluster
+        if e.code == signal.SIGTERM:
+            signals.stopped_by(signal.SIGTERM)  # exit 143 with the one line, as for Ctrl-C
+        raise
     except Exception as e:
         if "runtime env" in str(e).lower() or "package size" in str(e).lower():
             raise ConfigError(
