@@ -578,6 +578,22 @@ def test_cluster_problems_are_one_clear_error_before_any_trial(cluster, tmp_path
     assert not study_dir.exists()
 
 
+def test_a_ray_client_join_that_times_out_says_to_try_the_token(monkeypatch):
+    """A helper's ``ray://`` join to a cluster with token authentication (Ray's default) timed
+    out after 30 s with 'ray client connection timeout' and nothing more: the Ray Client server
+    refused it for want of the token, which host:port joins already hinted at."""
+    from torchtune_hp.executors.ray_pool import _token_hint
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    timeout = ConnectionError("ray client connection timeout")
+    assert "RAY_AUTH_MODE=token" in _token_hint("ray://10.0.0.5:10001", timeout)
+    refused = ConnectionError("Failed to connect to GCS")
+    assert "RAY_AUTH_MODE=token" in _token_hint("10.0.0.5:6379", refused)
+    assert _token_hint("10.0.0.5:6379", timeout) == ""  # a GCS join times out for other reasons
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    assert _token_hint("ray://10.0.0.5:10001", timeout) == ""  # it is set: something else
+
+
 def test_without_ray_installed_asking_for_it_says_how_to_install(tmp_path):
     home = _project(tmp_path, trials=2, workers=1)
     hide = tmp_path / "no_ray" / "ray"

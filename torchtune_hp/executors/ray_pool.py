@@ -441,12 +441,13 @@ def _reason(error: BaseException) -> str:
 def _token_hint(address: str, error: BaseException) -> str:
     """What to try when joining by an explicit address fails: Ray turns token
     authentication on for such a driver only with ``RAY_AUTH_MODE=token`` (its refusal,
-    ``InvalidAuthToken``, goes to Ray's log, and the error says only 'Failed to connect')."""
-    if address in ("auto", "local") or address.startswith("ray://"):
+    ``InvalidAuthToken``, goes to Ray's log, and the error says only 'Failed to connect'; a
+    Ray Client address, ``ray://``, waits out its connection timeout instead, some 30 s)."""
+    if address in ("auto", "local") or os.environ.get("RAY_AUTH_MODE"):
         return ""
-    if os.environ.get("RAY_AUTH_MODE"):
-        return ""
-    if "auth" not in str(error).lower() and "failed to connect" not in str(error).lower():
+    said = str(error).lower()
+    signs = ("auth", "failed to connect", *(("timeout",) if address.startswith("ray://") else ()))
+    if not any(sign in said for sign in signs):
         return ""
     return (
         "; if the cluster uses token authentication (Ray's default), run the driver with "
