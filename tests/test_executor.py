@@ -559,6 +559,31 @@ def test_an_endless_stdout_line_is_skipped_not_read_again_and_again(tmp_path):
     assert trial.intermediate == {0: 0.5, 1: 0.25}
 
 
+def test_a_last_line_without_its_newline_is_read_once_the_script_ends(tmp_path):
+    """A helper's script ended with ``sys.stdout.write(f"val_loss {v}")`` (as ``echo -n``, or
+    a ``\\r`` progress display that never ends its line): the line waited for its newline
+    forever, and the trial FAILED saying the regex matched nothing, quoting that very line."""
+    from torchtune_hp.executors import channel
+
+    log = tmp_path / "stdout.log"
+    log.write_bytes(b"epoch 0\n\rloss 0.5\rloss 0.25")
+    tail = channel.LineTail(log)
+    assert tail.new_lines() == ["epoch 0"]  # running: the last line may still grow
+    assert list(tail.all_new_lines(final=True)) == ["", "loss 0.5", "loss 0.25"]
+    assert tail.new_lines(final=True) == []  # read once
+    (tmp_path / "nonl.py").write_text(
+        "import sys\nprint('val_loss 0.5')\nsys.stdout.write('\\rval_loss 0.375\\rval_loss 0.25')\n"
+    )
+    path = write_recipe(
+        tmp_path,
+        {"command": ["python", "nonl.py"], "metric_regex": r"val_loss (?P<value>[0-9.]+)"},
+        trials=1,
+    )
+    (trial,) = run(path)
+    assert trial.state is TrialState.COMPLETE and trial.value == 0.25, trial.error
+    assert trial.intermediate == {0: 0.5, 1: 0.375, 2: 0.25}
+
+
 def test_a_timeout_does_not_count_the_time_a_trial_waits_for_the_drivers_answer(tmp_path):
     """Each report of a study with a pruner waits for the driver's answer, and a busy driver
     (a GP refit, the pictures) answers late: trials that had done their work in 0.5 s were

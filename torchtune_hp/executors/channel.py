@@ -186,9 +186,17 @@ class LineTail:
             return False  # nothing there yet: the old file may still be written through
         return held.st_nlink == 0 or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino)
 
-    def new_lines(self) -> list[str]:
+    def new_lines(self, final: bool = False) -> list[str]:
+        """``final``: the writer has gone, so a last line without its newline (``echo -n``,
+        a ``\r`` progress display) is complete too."""
         data = self._read()
         end = data.rfind(b"\n") + 1
+        if final and 0 < len(data) < READ_LIMIT:  # the rest of the file, all of it
+            end = len(data)
+            if self.skipping and b"\n" not in data:  # the end of an overlong line
+                self.offset += end
+                self.skipping = False
+                return []
         if end == 0:  # no line ends here yet
             if self.skipping or len(data) >= MAX_LINE:
                 self.offset += len(data)
@@ -204,13 +212,13 @@ class LineTail:
             line for line in data.decode(errors="replace").splitlines() if len(line) <= MAX_LINE
         ]
 
-    def all_new_lines(self) -> Iterator[str]:
+    def all_new_lines(self, final: bool = False) -> Iterator[str]:
         """:meth:`new_lines` chunk after chunk, until the file holds no further complete line:
-        everything so far (the last call after a trial ended must miss nothing), read in
-        bounded pieces."""
+        everything so far (the last call after a trial ended must miss nothing, ``final``),
+        read in bounded pieces."""
         while True:
             before = self.offset
-            yield from self.new_lines()
+            yield from self.new_lines(final)
             if self.offset == before:
                 return
 

@@ -281,7 +281,7 @@ class TrialProcess:
             reader.other_keys = set()  # said once
         if self.regex is None:
             return out
-        for text in self._stdout.all_new_lines():
+        for text in self._stdout.all_new_lines(final=self.returncode is not None):
             for match in self.regex.finditer(text):
                 value = regex_value(match)
                 if value is None:
