@@ -322,8 +322,16 @@ class TrialProcess:
             # the timeout's clock stops while a report waits for the driver's answer (a busy
             # driver, a Ray node's round trip): that time is the driver's, not the trial's
             waited = time.time() - min(self._sent.values()) if self._sent else 0.0
-            if self.deadline is not None and now > self.deadline + max(0.0, waited):
-                self.terminate("timeout")
+            if (
+                self.deadline is not None
+                and now > self.deadline + max(0.0, waited)
+                and self.killed_for is None
+            ):
+                # a worker that had left its result when the time ran out is done, only
+                # exiting: its result stands; any other is stopped for the timeout, and a
+                # result it writes after that (SIGTERM ignored, within the grace) does not
+                done = channel.read_result(self.run_dir, self.launch) is not None
+                self.terminate("ended" if done else "timeout")
             elif self.pruned and self.stop_at is not None and now >= self.stop_at:
                 self.terminate("pruned")
             if self.kill_at is not None and now > self.kill_at:
@@ -413,10 +421,12 @@ def process_outcome(
     ``logs``: its logs' ends as the driver read them (else they are read in ``run_dir``)."""
     stderr = logs.stderr if logs else read_tail(run_dir / "stderr.log", STDERR_TAIL)
     result = channel.read_result(run_dir, launch)
-    if result is not None:  # the worker finished (a timeout's kill may have met its exit)
+    if result is not None and killed_for != "timeout":  # it finished in its time
         return result
     if killed_for == "timeout":
-        return Outcome.failed(f"timed out after {timeout_s:g} s (killed)\n{stderr}")
+        # the reason last, where the trials table shows an error's last line
+        said = f"stderr before it:\n{stderr.rstrip()}\n" if stderr.strip() else ""
+        return Outcome.failed(f"{said}timed out after {timeout_s:g} s (killed)")
     if pruned:
         return Outcome.pruned()
     if rc == 127 and stderr.startswith(guard.CANNOT_START):
