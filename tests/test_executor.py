@@ -500,6 +500,15 @@ def test_a_script_whose_last_report_diverged_says_so(tmp_path):
     (trial,) = run(path)
     assert trial.state is TrialState.FAILED
     assert "last report of 'loss' was NaN or inf (the run diverged)" in trial.error
+    # read by metric_regex, the report is the line it printed: it did print a final value
+    folder = tmp_path / "regex"
+    folder.mkdir()
+    (folder / "printed.py").write_text("print('valid loss 0.5')\nprint('valid loss nan')\n")
+    regex = {"command": ["python", "printed.py"], "metric_regex": r"valid loss (?P<value>\S+)"}
+    (printed,) = run(write_recipe(folder, regex, trials=1))
+    assert printed.error == (
+        "the 'loss' it printed last (metric_regex) was NaN or inf (the run diverged)"
+    )
 
 
 def test_a_metric_printed_to_stderr_only_is_pointed_out_and_a_signal_is_named(tmp_path):

@@ -86,10 +86,12 @@ def test_the_full_error_is_one_command_away(tmp_path):
 def test_a_regex_that_never_matches_shows_the_lines_it_missed(tmp_path):
     """The common slip: one space in the regex, two in the script's output."""
     (tmp_path / "lm.py").write_text(
-        "import sys\n"
+        "import logging\n"
+        "logging.basicConfig(level=logging.INFO)\n"
         "for epoch in range(2):\n"
         "    print(f'| end of epoch {epoch} | valid loss  6.7{epoch} | valid ppl 800.0')\n"
         "    print('| epoch 1 | 100/200 batches | lr 20.0 | loss 7.12')\n"
+        "    logging.info('valid loss 6.5%d', epoch)  # to stderr, as logging does\n"
     )
     recipe = {
         "study": {"name": "lm", "metric": "val_loss", "trials": 1, "seed": 0, "fail_fast": 0},
@@ -104,6 +106,8 @@ def test_a_regex_that_never_matches_shows_the_lines_it_missed(tmp_path):
     assert run_cli("run", "lm.yaml", cwd=tmp_path).returncode == 1
     (trial,) = json.loads(run_cli("trials", "logs/lm", "--format", "json", cwd=tmp_path).stdout)
     assert "the closest lines: ['| end of epoch 0 | valid loss  6.70" in trial["error"]
+    assert "it matches 2 on stderr, where it is not read (Python's logging" in trial["error"]
+    assert "the last 'valid loss 6.51'" in trial["error"]
     assert "objective/" not in trial["error"]  # only what the script itself wrote
 
 

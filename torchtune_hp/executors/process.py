@@ -450,10 +450,13 @@ def process_outcome(
     if last_reported is not MISSING:
         reported, _ = as_number(last_reported)
         if reported is not None and not math.isfinite(reported):  # kept as the worst value
-            return Outcome.failed(
-                f"its last report of {metric!r} was NaN or inf (the run diverged), and it printed "
-                "no final value"
+            said = (
+                f"the {metric!r} it printed last (metric_regex) was NaN or inf"
+                if regex is not None
+                else f"its last report of {metric!r} was NaN or inf"
             )
+            ending = "" if regex is not None else ", and it printed no final value"
+            return Outcome.failed(f"{said} (the run diverged){ending}")
         return outcome_of_return(last_reported, metric, source=f"its last report of {metric!r}")
     value, tags = tensorboard_last(run_dir, metric, since=started)
     if value is not None:
@@ -468,9 +471,16 @@ def process_outcome(
         seen.append(f"a JSON line with {metric!r} on stderr, where the metric is not read")
     if regex is not None:
         near = closest_lines(stdout, regex.pattern, metric)
+        on_stderr = [m.group(0) for m in regex.finditer(stderr)]
         seen.append(
             f"no stdout line matched metric_regex {regex.pattern!r}"
             + (f"; the closest lines: {near}" if near else "")
+            + (
+                f"; it matches {len(on_stderr)} on stderr, where it is not read (Python's "
+                f"logging writes there), the last {on_stderr[-1]!r}: print the metric"
+                if on_stderr
+                else ""
+            )
         )
     return Outcome.failed(
         f"the script never reported the metric {metric!r}; seen: " + ", ".join(seen)
