@@ -163,8 +163,8 @@ class StudyBoard:
         """Write the finished trials' sessions again under this board's name: a study folder
         moved aside (``run --fresh``) keeps its rows, and TensorBoard's ``study`` column then
         tells them from the new study's, which takes the old name."""
-        for t in trials:
-            if t.state.finished and os.path.isdir(self._trial_dir(t.number)):
+        for t in trials:  # only rows that were written (not with TensorBoard turned off)
+            if t.state.finished and _written(self._trial_dir(t.number) / SESSION_RUN):
                 self.write_session(t)
 
     def _write_objective(self, writer: EventWriter, trial: FrozenTrial) -> None:
