@@ -484,10 +484,11 @@ def test_a_timeout_is_kept_for_a_function_objective_with_one_worker(tmp_path):
     ]
 
 
-def script_recipe(tmp_path: Path, source: str) -> Path:
-    """``source`` as ``script.py`` beside a one-trial recipe that runs it."""
+def script_recipe(tmp_path: Path, source: str, **objective: str) -> Path:
+    """``source`` as ``script.py`` beside a one-trial recipe that runs it (``objective``: more
+    of its section, such as ``metric_regex``)."""
     (tmp_path / "script.py").write_text(source)
-    return write_recipe(tmp_path, {"command": ["python", "script.py"]}, trials=1)
+    return write_recipe(tmp_path, {"command": ["python", "script.py"], **objective}, trials=1)
 
 
 def test_a_script_whose_last_report_diverged_says_so(tmp_path):
@@ -503,9 +504,8 @@ def test_a_script_whose_last_report_diverged_says_so(tmp_path):
     # read by metric_regex, the report is the line it printed: it did print a final value
     folder = tmp_path / "regex"
     folder.mkdir()
-    (folder / "printed.py").write_text("print('valid loss 0.5')\nprint('valid loss nan')\n")
-    regex = {"command": ["python", "printed.py"], "metric_regex": r"valid loss (?P<value>\S+)"}
-    (printed,) = run(write_recipe(folder, regex, trials=1))
+    source = "print('valid loss 0.5')\nprint('valid loss nan')\n"
+    (printed,) = run(script_recipe(folder, source, metric_regex=r"valid loss (?P<value>\S+)"))
     assert printed.error == (
         "the 'loss' it printed last (metric_regex) was NaN or inf (the run diverged)"
     )
@@ -557,18 +557,13 @@ def test_an_endless_stdout_line_is_skipped_not_read_again_and_again(tmp_path):
         f.write(b"\r[==========]\nvalid loss 0.25\n")
     assert tail.new_lines() == ["valid loss 0.25"] and not tail.skipping
     # end to end: a script prints such a line, then the lines its metric_regex reads
-    (tmp_path / "bar.py").write_text(
+    source = (
         "import sys\n"
         "sys.stdout.write('\\r[=>  ]' * 2_000_000)\n"
         "print('\\nvalid loss 0.5')\n"
         "print('valid loss 0.25')\n"
     )
-    path = write_recipe(
-        tmp_path,
-        {"command": ["python", "bar.py"], "metric_regex": r"valid loss (?P<value>[0-9.]+)"},
-        trials=1,
-    )
-    (trial,) = run(path)
+    (trial,) = run(script_recipe(tmp_path, source, metric_regex=r"valid loss (?P<value>[0-9.]+)"))
     assert trial.state is TrialState.COMPLETE and trial.value == 0.25
     assert trial.intermediate == {0: 0.5, 1: 0.25}
 
@@ -585,15 +580,10 @@ def test_a_last_line_without_its_newline_is_read_once_the_script_ends(tmp_path):
     assert tail.new_lines() == ["epoch 0"]  # running: the last line may still grow
     assert list(tail.all_new_lines(final=True)) == ["", "loss 0.5", "loss 0.25"]
     assert tail.new_lines(final=True) == []  # read once
-    (tmp_path / "nonl.py").write_text(
-        "import sys\nprint('val_loss 0.5')\nsys.stdout.write('\\rval_loss 0.375\\rval_loss 0.25')\n"
+    source = (
+        "import sys\nprint('val_loss 0.5')\nsys.stdout.write('\\rval_loss 0.375\\rval_loss 0.25')"
     )
-    path = write_recipe(
-        tmp_path,
-        {"command": ["python", "nonl.py"], "metric_regex": r"val_loss (?P<value>[0-9.]+)"},
-        trials=1,
-    )
-    (trial,) = run(path)
+    (trial,) = run(script_recipe(tmp_path, source, metric_regex=r"val_loss (?P<value>[0-9.]+)"))
     assert trial.state is TrialState.COMPLETE and trial.value == 0.25, trial.error
     assert trial.intermediate == {0: 0.5, 1: 0.375, 2: 0.25}
 
