@@ -145,7 +145,7 @@ def start_over(study_dir: Path) -> Path | None:
     from torchtune_hp.space import Space
 
     try:
-        meta, rows = _read_trials(aside)
+        meta, rows = _read_trials(aside) if (aside / files.DATABASE).is_file() else ({}, [])
         if meta:
             space = Space.from_dict(meta["space"])
             board = StudyBoard(aside, aside.name, space, meta["metric"], meta["mode"], 0)

@@ -165,7 +165,7 @@ class StudyBoard:
         tells them from the new study's, which takes the old name."""
         for t in trials:  # only rows that were written (not with TensorBoard turned off)
             if t.state.finished and _written(self._trial_dir(t.number) / SESSION_RUN):
-                self.write_session(t)
+                self.repair_session(t)  # one trial's broken folder stops no other
 
     def _write_objective(self, writer: EventWriter, trial: FrozenTrial) -> None:
         tag = objective_tag(self.metric)

@@ -281,7 +281,10 @@ class TrialProcess:
             reader.other_keys = set()  # said once
         if self.regex is None:
             return out
-        for text in self._stdout.all_new_lines(final=self.returncode is not None):
+        # the last line without its newline: once the script has ended by itself (a line cut
+        # by a kill may be a number cut short, 0.1 of 0.1834)
+        ended = self.returncode is not None and self.killed_for in (None, "ended")
+        for text in self._stdout.all_new_lines(final=ended):
             for match in self.regex.finditer(text):
                 value = regex_value(match)
                 if value is None:

@@ -24,6 +24,7 @@ no trial.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -376,7 +377,8 @@ class RayExecutor:
         ray = self.ray
         for h in self.hosts:
             if h.trial is not None and not h.placed:
-                self._end_wait(h.trial)
+                with contextlib.suppress(Exception):  # a stop for a storage error goes on
+                    self._end_wait(h.trial)
         if self.gone:
             for h in self.hosts:
                 h.trial = None
