@@ -291,7 +291,7 @@ def trials(study_dir: Path, fmt: str, number: int | None) -> None:
       torchtune-hp trials logs/digits_mlp --format csv > trials.csv  # Optuna's columns
       torchtune-hp trials logs/digits_mlp --trial 3     # one trial, its whole error
     """
-    from torchtune_hp.display import plain_table, trial_detail, trial_rows
+    from torchtune_hp.display import column_widths, plain_table, trial_detail, trial_rows
 
     driven = files.StudyLock.is_held(study_dir)  # before reading: a driver alive now
     meta, rows = _read_trials(study_dir)
@@ -338,7 +338,7 @@ def trials(study_dir: Path, fmt: str, number: int | None) -> None:
     # Numbers are never cut short ("9.50…" reads as 9.5): every column but the note keeps
     # its widest cell, the note gets one line cut to what is left, and where the numbers
     # alone do not fit the terminal the plain table is printed (its lines wrap, whole).
-    widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(header))]
+    widths = column_widths(header, cells)
     note_room = console.width - sum(widths[:-1]) - 3 * len(header) - 1  # less the borders
     if note_room < min(widths[-1], NOTE_MIN):
         say(plain_table(header, cells))

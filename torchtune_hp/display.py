@@ -42,9 +42,14 @@ def trial_rows(
     return header, rows
 
 
+def column_widths(header: list[str], rows: list[list[str]]) -> list[int]:
+    """Each column's widest cell, the header's included."""
+    return [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+
 def plain_table(header: list[str], rows: list[list[str]]) -> str:
     """Columns padded to their widest cell; the last column (the note) is not padded."""
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    widths = column_widths(header, rows)[:-1]
     lines = []
     for r in [header, *rows]:
         cells = [c.ljust(w) for c, w in zip(r, widths, strict=False)]

@@ -283,7 +283,7 @@ class TrialProcess:
             return out
         # the last line without its newline: once the script has ended by itself (a line cut
         # by a kill may be a number cut short, 0.1 of 0.1834)
-        ended = self.returncode is not None and self.killed_for in (None, "ended")
+        ended = self.returncode is not None and self.ended_by_itself
         for text in self._stdout.all_new_lines(final=ended):
             for match in self.regex.finditer(text):
                 value = regex_value(match)
@@ -342,6 +342,12 @@ class TrialProcess:
             return None
         self.end()
         return self.returncode
+
+    @property
+    def ended_by_itself(self) -> bool:
+        """No kill of ours ended it, or only one sent once its result was left (a worker that
+        had returned when its time ran out): what it wrote and returned is its own."""
+        return self.killed_for in (None, "ended")
 
     def terminate(self, why: str) -> None:
         if self.killed_for is None:

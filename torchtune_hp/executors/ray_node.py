@@ -174,8 +174,7 @@ class TrialHost:
             chunks, complete = sender.changes(BUDGET)
             # an end whose files did not all fit stays unsaid: the trial runs again rather
             # than keep half a checkpoint
-            ended = proc.killed_for in (None, "ended")  # by itself (its result was left)
-            news = _news(proc, reports, chunks, rc if ended and complete else None)
+            news = _news(proc, reports, chunks, rc if proc.ended_by_itself and complete else None)
         self._discard()
         shutil.rmtree(self.base, ignore_errors=True)
         return news
