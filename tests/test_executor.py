@@ -648,3 +648,57 @@ def test_without_a_pruner_a_report_waits_for_no_answer(tmp_path, monkeypatch):
     assert trial.report_values({"loss": 0.5}, 0) is False
     assert time.monotonic() - started < 1.0  # the driver never answers here: no 30 s wait
     assert (tmp_path / "report.jsonl").read_text().count('"loss": 0.5') == 1
+
+
+@pytest.mark.parametrize("late", [True, False])
+def test_a_stop_said_after_a_script_ended_leaves_it_as_it_ended(tmp_path, late):
+    """A busy driver read a printing script's reports after it had trained to its end and
+    exited 0, and the pruner's stop on its first report filed the whole run PRUNED: 29 of 96
+    full runs in a soak, the best value among them lost. A stop said after the end leaves it
+    COMPLETE, with a note; one said while it runs stops it, and it is PRUNED."""
+    import re
+
+    from torchtune_hp.executors.process import MISSED_STOP, TrialProcess, process_outcome
+
+    (tmp_path / "script.py").write_text(
+        "import sys, time\n"
+        "for epoch, loss in enumerate([0.5, 0.4, 0.01]):\n"
+        "    print(f'epoch {epoch} loss {loss}', flush=True)\n"
+        "if sys.argv[1] == 'slow':\n"
+        "    time.sleep(30)  # still training when the stop comes\n"
+    )
+    regex = re.compile(r"epoch \d+ loss (?P<value>\S+)")
+    read, write = os.pipe()
+    argv = [sys.executable, "script.py", "fast" if late else "slow"]
+    proc = TrialProcess(argv, dict(os.environ), tmp_path, "l1", "loss", read, 1.0, regex=regex)
+    reports: list = []
+    while len(reports) < 3:
+        reports += proc.reports()
+        time.sleep(0.02)
+    if late:
+        proc.proc.wait(timeout=30)  # it has ended when the driver gets to its reports
+    proc.answer(reports[0], True)
+    deadline = time.monotonic() + 30
+    while (rc := proc.poll()) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.close(write)
+    os.close(read)
+    assert proc.stopped_by_pruner is not late
+    assert (MISSED_STOP in proc.problems) is late
+    outcome = process_outcome(
+        tmp_path,
+        "l1",
+        rc,
+        "loss",
+        killed_for=proc.killed_for,
+        pruned=proc.stopped_by_pruner,
+        timeout_s=None,
+        started=proc.started,
+        last_reported=reports[-1].value,
+        regex=regex,
+    )
+    if late:
+        assert (rc, outcome.state, outcome.value) == (0, TrialState.COMPLETE, 0.01)
+    else:
+        assert outcome.state is TrialState.PRUNED and proc.killed_for == "pruned"

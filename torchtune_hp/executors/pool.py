@@ -26,6 +26,7 @@ from torchtune_hp.executors import Finished
 from torchtune_hp.executors.devices import Slot, thread_env
 from torchtune_hp.executors.metric import MISSING
 from torchtune_hp.executors.process import (
+    MISSED_STOP,
     LaunchSpec,
     Report,
     TrialProcess,
@@ -102,8 +103,11 @@ def forward_reports(
 
 
 def forward_notes(study: Any, number: int, problems: list[str]) -> None:
+    """A trial's notes from its process: warnings too, but for the pruner's missed stop (a
+    pruner's reason: nothing went wrong)."""
     while problems:
-        study.note(number, problems.pop(0))
+        problem = problems.pop(0)
+        study.note(number, problem, warn=problem != MISSED_STOP)
 
 
 @dataclass
@@ -204,7 +208,7 @@ class ProcessPool:
             rc,
             self.study.metric,
             killed_for=p.killed_for,
-            pruned=p.pruned,
+            pruned=p.stopped_by_pruner,
             timeout_s=p.timeout_s,
             started=p.started,
             last_reported=last_reported(self.study, r.trial.number),

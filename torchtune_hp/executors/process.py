@@ -11,11 +11,11 @@ that ends the group when the process holding ``watch_fd``'s write end dies, so a
 prune, a stop or the death of whoever launched it (the driver, a Ray actor) ends the whole tree.
 
 How a finished process becomes an outcome (:func:`process_outcome`), first match wins: the
-worker's ``result.json``; a timeout or a prune; a command that could not start; a non-zero exit, or
-any exit after the script caught a stop signal (FAILED, stderr tail stored); the last JSON line
-on stdout holding the metric; the last reported value; the last value of the metric's tag in the
-TensorBoard files the trial wrote; else FAILED, naming the metric and what was seen. Every value
-goes through :mod:`torchtune_hp.outcome`.
+worker's ``result.json``; a timeout or a prune that reached it; a command that could not start;
+a non-zero exit, or any exit after the script caught a stop signal (FAILED, stderr tail
+stored); the last JSON line on stdout holding the metric; the last reported value; the last
+value of the metric's tag in the TensorBoard files the trial wrote; else FAILED, naming the
+metric and what was seen. Every value goes through :mod:`torchtune_hp.outcome`.
 """
 
 from __future__ import annotations
@@ -51,6 +51,12 @@ from torchtune_hp.outcome import Outcome, as_number, describe, outcome_of_return
 from torchtune_hp.trial import Interruption, first_step, unreported
 
 PRUNE_GRACE_S = 10.0  # a pruned trial that reports through files may stop by itself first
+# a trial's note when the pruner said stop too late to stop it (a busy driver read its last
+# reports after it had ended, or it outran the kill): it is judged as it ended
+MISSED_STOP = (
+    "the pruner's stop came after it had ended by itself: it ran to its end, and it is "
+    "recorded as it ended"
+)
 STDERR_TAIL = 3000
 STDOUT_TAIL = 4 << 20  # where a script's last JSON line and its metric lines are looked for
 
@@ -255,7 +261,8 @@ class TrialProcess:
         self._sent: dict[int, float] = {}  # when each report awaiting an answer was written
         self._waits = waits_for_answers(env)
         self.regex_skipped = False
-        self.pruned = False
+        self.pruned = False  # the pruner said stop while it ran
+        self._heard_stop = False  # ... where the script reads its verdicts
         self.stop_at: float | None = None  # when to SIGTERM (a pruned trial's grace)
         self.killed_for: str | None = None
         self.kill_at: float | None = None  # when to SIGKILL
@@ -307,11 +314,29 @@ class TrialProcess:
             sent = self._sent.pop(report.seq, None)
             if sent is not None and self.deadline is not None:  # the wait is over: add it
                 self.deadline += max(0.0, time.time() - sent)
-        if prune and not self.pruned:
+        if not prune:
+            return
+        if self.returncode is not None or self.proc.poll() is not None:
+            self._missed_stop()  # it had ended by itself: nothing heard the stop
+            return
+        self._heard_stop = self._heard_stop or report.seq is not None
+        if not self.pruned:
             self.pruned = True
             self.stop_at = time.monotonic() + PRUNE_GRACE_S
-        if prune and report.seq is None:
+        if report.seq is None:
             self.stop_at = time.monotonic()  # nothing in the script listens: stop it now
+
+    @property
+    def stopped_by_pruner(self) -> bool:
+        """The pruner's stop reached it: told while it ran, where it reads its verdicts, or
+        killed for it. One said after it had ended, or one a script that prints its reports
+        outran (it ended by itself before the kill), leaves it as it ended: a run that trained
+        to its end is not PRUNED because a busy driver read its last reports late."""
+        return self.pruned and (self._heard_stop or self.killed_for == "pruned")
+
+    def _missed_stop(self) -> None:
+        if MISSED_STOP not in self.problems:
+            self.problems.append(MISSED_STOP)
 
     # -- stopping it ---------------------------------------------------------------------------
     def poll(self) -> int | None:
@@ -367,6 +392,8 @@ class TrialProcess:
             self.proc.wait()
         self._kill(signal.SIGKILL)  # anything the trial left behind in its group
         self.returncode = self.proc.returncode
+        if self.pruned and self.killed_for is None and not self.stopped_by_pruner:
+            self._missed_stop()  # a printing script that ended before its kill
         try:
             out, err = (f.fileno() for f in self._files)
             self.logs = Logs(_tail_of(out, STDOUT_TAIL), _tail_of(err, STDERR_TAIL))

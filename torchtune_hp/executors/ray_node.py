@@ -70,6 +70,7 @@ def _news(
         "chunks": chunks,
         "rc": rc,
         "killed_for": None if proc is None else proc.killed_for,
+        "pruned": proc is not None and proc.stopped_by_pruner,  # the stop reached it there
     }
 
 

@@ -45,6 +45,7 @@ from torchtune_hp.executors.address import ADDRESS_FORMS, host_port
 from torchtune_hp.executors.folder_sync import apply_chunks
 from torchtune_hp.executors.pool import forward_notes, forward_reports, last_reported, trial_env
 from torchtune_hp.executors.process import (
+    MISSED_STOP,
     LaunchSpec,
     Report,
     keep_earlier_logs,
@@ -290,13 +291,15 @@ class RayExecutor:
         h.killed_for = news["killed_for"]
         if news["rc"] is None or left:  # a stop cut its reports short: the stop ends it
             return
+        if h.pruned and not news["pruned"]:  # said once it had ended on its node
+            self.study.note(trial.number, MISSED_STOP, warn=False)
         outcome = process_outcome(
             run_dir,
             h.launch,
             news["rc"],
             self.study.metric,
             killed_for=h.killed_for,
-            pruned=h.pruned,
+            pruned=news["pruned"],
             timeout_s=self.spec.timeout_s,
             started=h.started,
             last_reported=last_reported(self.study, trial.number),
