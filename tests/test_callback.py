@@ -45,6 +45,41 @@ def test_reports_every_epoch_and_skips_the_sanity_check():
     assert reports[5] < reports[0] and cb.reports == 6 and not cb.pruned
 
 
+@pytest.mark.parametrize(
+    ("trainer_options", "steps"),
+    [
+        ({"val_check_interval": 0.5}, [0, 1, 2, 3, 4, 5]),  # twice an epoch: the validation
+        ({"val_check_interval": 2, "check_val_every_n_epoch": None}, [0, 1, 2, 3]),  # 2 of 4
+        ({"val_check_interval": 8, "check_val_every_n_epoch": None}, [1]),  # whole epochs
+        ({"check_val_every_n_epoch": 2}, [1]),  # the epoch, as always
+    ],
+)
+def test_validations_within_an_epoch_are_reported_at_steps_of_their_own(trainer_options, steps):
+    """Two validations in one epoch were both reported at the epoch: the second replaced the
+    first, and the pruner decided at the same rung again, a part-epoch value against the other
+    trials' whole ones. Where the epoch can repeat, the step is the validation's number."""
+    study = Study("c", {"lr": Float(0.01, 0.1)}, logdir=None)
+    study.enqueue({"lr": 0.05})
+    trial = study.ask()
+    options = {"max_epochs": 3 if trainer_options.get("val_check_interval") == 0.5 else 2}
+    trainer = L.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        callbacks=[TuneCallback(trial)],
+        **options,
+        **trainer_options,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.fit(Tiny(lr=0.05), *loaders())  # 4 training batches an epoch
+    reports = study.trials[0].intermediate
+    assert sorted(reports) == steps and study.trials[0].note is None  # no step reported twice
+    assert reports[steps[-1]] == pytest.approx(float(trainer.callback_metrics["val_loss"]))
+
+
 def test_mode_max_and_a_mode_mismatch():
     study = Study("c", {"lr": Float(0.01, 0.1)}, logdir=None, mode="max", metric="val_score")
     trial = study.ask()
@@ -133,6 +168,16 @@ def test_asha_prunes_a_deliberately_bad_config_early():
     assert bad.state is TrialState.PRUNED
     assert len(bad.intermediate) < 9  # stopped before max_epochs
     assert bad.value == bad.intermediate[max(bad.intermediate)]  # its last report
+    # the same by ask/tell: a fit the callback stopped is told with its last value, and the
+    # trial is PRUNED as optimize() records it, not a COMPLETE run of 9 epochs
+    study.enqueue({"lr": 1.1e-3})
+    trial = study.ask()
+    trainer, callback = fit(trial, epochs=9)
+    told = study.tell(trial, trainer.callback_metrics["val_loss"])
+    assert callback.pruned and trainer.current_epoch < 9
+    assert told.state is TrialState.PRUNED and told.value == pytest.approx(
+        float(trainer.callback_metrics["val_loss"])
+    )
 
 
 def test_state_dict_round_trip():
@@ -145,35 +190,63 @@ def test_state_dict_round_trip():
     assert cb.state_key == "TuneCallback{'monitor': 'val_loss', 'mode': 'min'}"
 
 
-def test_ddp_two_processes_on_cpu_prune_without_hanging(tmp_path):
-    """Lightning runs the script again for rank 1; there the study follows rank 0's trials.
-    Both ranks must train the same trials, the bad one must stop early on both, and the whole
-    run must end (bounded by the timeout) with rank 0 alone writing the database."""
+def run_ddp(logdir, mode):
+    """The DDP script (tests/scripts/ddp_study.py) in ``mode``; each rank's lines: (trial,
+    resume_from or -1, the epochs it trained), once rank 1 has written its last one."""
     proc = subprocess.run(
-        [sys.executable, str(SCRIPTS / "ddp_study.py"), str(tmp_path)],
+        [sys.executable, str(SCRIPTS / "ddp_study.py"), str(logdir), mode],
         capture_output=True,
         text=True,
         timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    storage = Storage(tmp_path / "ddp" / "study.db", read_only=True)
-    trials = storage.trials()
+    # rank 1 may still be writing its last line when rank 0 exits: wait for it (bounded)
+    rank_0 = (logdir / "rank_0.txt").read_text().splitlines()
+    deadline = time.monotonic() + 30
+    while len(rank_1 := (logdir / "rank_1.txt").read_text().splitlines()) < len(rank_0):
+        assert time.monotonic() < deadline, (rank_0, rank_1)
+        time.sleep(0.2)
+    lines = [[tuple(map(int, line.split())) for line in r] for r in (rank_0, rank_1)]
+    assert lines[0] == lines[1], lines  # both ranks trained the same trials, the same epochs
+    deadline = time.monotonic() + 30
+    while not (best_1 := logdir / "best_1.txt").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    # what each rank read of the closed study: the same
+    assert best_1.read_text() == (logdir / "best_0.txt").read_text()
+    return lines[0]
+
+
+def test_ddp_two_processes_on_cpu_prune_without_hanging(tmp_path):
+    """Lightning runs the script again for rank 1; there the study follows rank 0's trials.
+    Both ranks must train the same trials, the bad one must stop early on both, and the whole
+    run must end (bounded by the timeout) with rank 0 alone writing the database, also what
+    ``add`` and ``enqueue`` (repeats) ask on every rank."""
+    lines = run_ddp(tmp_path, "asha")
+    trials = Storage(tmp_path / "ddp" / "study.db", read_only=True).trials()
     assert [t.state for t in trials] == [
+        TrialState.COMPLETE,  # added, once
         TrialState.COMPLETE,
         TrialState.COMPLETE,
         TrialState.PRUNED,
     ]
-    assert len(trials[2].intermediate) == 1  # ASHA's first rung: stopped after one epoch
-    # (trial, epochs trained) per rank: the same trials; the pruned one stopped at epoch 1 of 9.
-    # Rank 1 may still be writing its last line when rank 0 exits: wait for it (bounded).
-    deadline = time.monotonic() + 30
-    while len(lines := (tmp_path / "rank_1.txt").read_text().split("\n")) < 4:
-        assert time.monotonic() < deadline, lines
-        time.sleep(0.2)
-    for rank in (0, 1):
-        text = (tmp_path / f"rank_{rank}.txt").read_text()
-        assert [tuple(map(int, line.split())) for line in text.splitlines()] == [
-            (0, 9),
-            (1, 9),
-            (2, 1),
-        ]
+    assert trials[0].params == {"lr": 0.3} and trials[0].value == 5.0
+    assert len(trials[3].intermediate) == 1  # ASHA's first rung: stopped after one epoch
+    # the pruned one stopped at epoch 1 of 9 on both ranks
+    assert [(n, len(epochs)) for n, _, *epochs in lines] == [(1, 9), (2, 9), (3, 1)]
+
+
+def test_ddp_trials_resume_from_their_pause_checkpoint_on_every_rank(tmp_path):
+    """A paused trial that rank 0 runs again has a lower number than the last: rank 1 waited
+    for a higher one, 600 s, while rank 0 waited for it in DDP. Every rank must join the
+    resumed run, load the same pause checkpoint and train only the epochs after it."""
+    lines = run_ddp(tmp_path, "resume")
+    resumed = [(n, r, epochs) for n, r, *epochs in lines if r >= 0]
+    assert resumed, lines
+    for _, resume_from, epochs in resumed:
+        assert epochs and epochs[0] == resume_from + 1  # went on after the pause
+    trials = {t.number: t for t in Storage(tmp_path / "ddp_resume" / "study.db").trials()}
+    for number in {n for n, *_ in lines}:  # no epoch trained twice, its reports whole
+        trained = [e for n, _, *epochs in lines if n == number for e in epochs]
+        assert len(trained) == len(set(trained))
+        assert sorted(trials[number].intermediate) == sorted(trained)

@@ -48,6 +48,37 @@ def test_failed_trials_do_not_compete():
     assert not ASHAPruner(eta=2).prune(curve(9, [0.5]), others, "min")
 
 
+@pytest.mark.parametrize(
+    ("pruner", "options"),
+    [
+        ("asha", {"min_resource": 1, "eta": 2}),
+        ("median", {"n_startup": 1, "n_warmup": 0}),
+        ("gp", {"startup_min_resource": 1, "eta": 2}),  # ASHA's rank before curves end
+    ],
+)
+def test_a_diverged_trial_ranks_worst_at_every_rung(pruner, options):
+    """A run that was good for one report and then diverged is recorded as the worst: it
+    must not stop a healthy trial at the rungs it passed, nor at later ones with its
+    pre-divergence best (0.1 at two reports stopped [0.4, 0.2] before)."""
+    study = Study("d", {"x": Float(0, 1)}, logdir=None, pruner=pruner, pruner_options=options)
+
+    def run(curve):
+        trial = study.ask()
+        for step, value in enumerate(curve):
+            study.report(trial, value, step)
+            if study.should_prune(trial):
+                return study.tell(trial, state="pruned")
+        return study.tell(trial, curve[-1])
+
+    diverged = run([0.1, float("nan")])
+    assert diverged.state is TrialState.PRUNED and diverged.value == float("inf")
+    healthy = run([0.4, 0.2, 0.15, 0.1])
+    assert healthy.state is TrialState.COMPLETE and healthy.value == 0.1
+    # a trial worse than a healthy one is still stopped: only the diverged one counts as worst
+    if pruner != "median":  # the median of [0.4, inf] is inf: it stops none
+        assert run([0.9, 0.8]).state is TrialState.PRUNED
+
+
 def test_study_prunes_a_bad_trial_through_should_prune():
     study = Study(
         "p",

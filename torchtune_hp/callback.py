@@ -1,5 +1,8 @@
 """The Lightning callback: report the monitored metric each validation epoch and stop a trial
-the pruner rejects. Modeled on Lightning's ``EarlyStopping`` (``monitor``, ``mode``,
+the pruner rejects. The step is the epoch; where validation runs more than once an epoch
+(``val_check_interval`` below an epoch's batches, or a time interval) it is the validation's
+number in the run instead (0, 1, 2, ...): the epoch would repeat, and each report would replace
+the last at one step. Modeled on Lightning's ``EarlyStopping`` (``monitor``, ``mode``,
 ``strict``; decides in ``on_validation_end``; skips the sanity check and any validation
 outside ``fit``: a ``trainer.validate()`` before or after training is not a training epoch).
 
@@ -66,6 +69,8 @@ class TuneCallback(L.Callback):
         self.strict = strict
         self.pruned = False
         self.reports = 0
+        self.validations = 0  # in training, on every rank: a step where the epoch repeats
+        self._by_validation = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         study = getattr(self.trial, "study", None)
@@ -74,6 +79,9 @@ class TuneCallback(L.Callback):
                 "a distributed (DDP) trial needs a study with a logdir: with logdir=None every "
                 "rank would run its own in-memory study with its own parameters"
             )
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._by_validation = validates_within_epochs(trainer)
 
     @property
     def state_key(self) -> str:
@@ -92,9 +100,11 @@ class TuneCallback(L.Callback):
                 raise RuntimeError(message)
             warnings.warn(message, RuntimeWarning, stacklevel=2)
             return
+        step = self.validations if self._by_validation else trainer.current_epoch
+        self.validations += 1  # before a pause saves it: a resumed run goes on after it
         prune = False
         if trainer.is_global_zero:
-            self.trial.report(float(metrics[self.monitor]), trainer.current_epoch)
+            self.trial.report(float(metrics[self.monitor]), step)
             self.reports += 1
             prune = self.trial.should_prune()
         prune = bool(trainer.strategy.broadcast(prune, src=0))
@@ -125,11 +135,28 @@ class TuneCallback(L.Callback):
             trainer.save_checkpoint(path)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"pruned": self.pruned, "reports": self.reports}
+        return {"pruned": self.pruned, "reports": self.reports, "validations": self.validations}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.pruned = bool(state_dict["pruned"])
         self.reports = int(state_dict["reports"])
+        self.validations = int(state_dict.get("validations", self.reports))
+
+
+def validates_within_epochs(trainer: L.Trainer) -> bool:
+    """Whether this fit validates anywhere but at the end of an epoch, so that two validations
+    can fall in one epoch: every ``val_check_interval`` batches fewer than an epoch's, every
+    so many batches counted across epochs that are not a whole number of epochs
+    (``check_val_every_n_epoch=None``), or at a time interval. Read once training starts,
+    when Lightning has set the batch counts; anything it cannot tell is an epoch's end."""
+    if getattr(trainer, "_val_check_time_interval", None) is not None:
+        return True
+    every, per_epoch = getattr(trainer, "val_check_batch", None), trainer.num_training_batches
+    if not isinstance(every, int) or not isinstance(per_epoch, int) or per_epoch < 1:
+        return False  # an epoch's end (inf: an iterable dataset without a length)
+    if trainer.check_val_every_n_epoch is None:
+        return every % per_epoch != 0
+    return every < per_epoch
 
 
 def _stop_signal(exception: BaseException) -> int | None:

@@ -19,7 +19,8 @@ reports (what a checkpoint-on-best run would keep).
   more as a new trial. Before the model has seen curves end, ASHA's rank decides with it.
 
 All stop a trial at once when its latest report is NaN or inf (a diverging run, recorded by
-the study as the worst value there is); ``none`` lets it run to its end.
+the study as the worst value there is), and rank others against it as the worst at every
+rung, its good early values included; ``none`` lets it run to its end.
 """
 
 from __future__ import annotations
@@ -51,6 +52,18 @@ def value_at(trial: FrozenTrial, resource: int, mode: str) -> float | None:
         return None
     values = itertools.islice(trial.intermediate.values(), resource)  # kept in step order
     return min(values) if mode == "min" else max(values)
+
+
+def rank_value(trial: FrozenTrial, resource: int, mode: str) -> float | None:
+    """What another trial counts as at ``resource`` reports when a trial is ranked against
+    it: its :func:`value_at`, but the worst value there is at every rung for a trial whose
+    run diverged (a NaN or inf report). The study records such a trial as the worst, and
+    its good early values foretold nothing: counted, they stopped healthy trials at the
+    rungs it passed before it diverged, and at the later ones its pre-divergence best."""
+    value = value_at(trial, resource, mode)
+    if value is None or all(math.isfinite(v) for v in trial.intermediate.values()):
+        return value
+    return math.inf if mode == "min" else -math.inf
 
 
 def diverged(trial: FrozenTrial) -> bool:
@@ -87,7 +100,7 @@ def asha_rank(
     mine = value_at(trial, resource, mode)
     assert mine is not None, "asha_rank needs the trial to have reached the resource"
     peers = [
-        v for t in _competitors(others, trial) if (v := value_at(t, resource, mode)) is not None
+        v for t in _competitors(others, trial) if (v := rank_value(t, resource, mode)) is not None
     ]
     better, n = sum(_worse(mine, v, mode) for v in peers), len(peers) + 1
     return better >= max(n // eta, 1), better, n
@@ -138,7 +151,9 @@ class MedianPruner:
         mine = value_at(trial, r, mode)
         if mine is None or r <= self.n_warmup:
             return False
-        peers = [v for t in _competitors(others, trial) if (v := value_at(t, r, mode)) is not None]
+        peers = [
+            v for t in _competitors(others, trial) if (v := rank_value(t, r, mode)) is not None
+        ]
         if len(peers) < self.n_startup:
             return False
         return _worse(mine, statistics.median(peers), mode)

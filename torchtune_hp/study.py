@@ -23,6 +23,7 @@ follower ends within a second of rank 0 ending, whatever the reason.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import math
@@ -188,8 +189,12 @@ class Study:
         self._over: set[int] = set()  # resumed trials said to have trained from the start
         self._failed_resume: set[int] = set()  # paused trials whose resumed run failed
         self._other_keys: dict[int, set[str]] = {}  # what report() named, when not the metric
-        self._followed: int | None = None  # the last trial a follower returned from ask()
+        self._followed: str | None = None  # the start a follower last joined (see _follow)
+        self._starts = 0  # trials this driver started (each start's id: pid and this count)
         self._saw_driver = False
+        # a follower's trials when it closed: a script reads study.trials or best_params
+        # after its `with` block on every rank, and rank 0's answer comes from memory
+        self._as_closed: list[FrozenTrial] | None = None
         self._reseeded: int | None = None  # the seed a reopened study had, when given another
         self.pruner: Pruner = self._check_before_opening(
             sampler, sampler_options, pruner, pruner_options
@@ -433,12 +438,19 @@ class Study:
     # -- reading -----------------------------------------------------------------------------
     @property
     def trials(self) -> list[FrozenTrial]:
-        if self.follower:
-            return self.storage.trials()
+        if self.follower:  # read from rank 0's database; once closed, as they were then
+            return self.storage.trials() if self._as_closed is None else list(self._as_closed)
         return list(self._view.values())
 
     def trial(self, number: int) -> FrozenTrial:
-        return self._view[number] if not self.follower else self.storage.trial(number)
+        if not self.follower:
+            return self._view[number]
+        if self._as_closed is None:
+            return self.storage.trial(number)
+        found = [t for t in self._as_closed if t.number == number]
+        if not found:
+            raise KeyError(f"no trial {number} in {self.dir}")
+        return found[0]
 
     @property
     def finished_trials(self) -> Sequence[FrozenTrial]:
@@ -504,8 +516,12 @@ class Study:
         of the study already has (in any state) or that are already queued are not queued
         again (Optuna's ``skip_if_exists``, on by default here; for a partial point, a trial
         or queued point with the same values for the parameters given);
-        ``skip_if_exists=False`` queues them anyway (repeats of a noisy objective)."""
+        ``skip_if_exists=False`` queues them anyway (repeats of a noisy objective).
+        A follower (a DDP rank > 0, running the same script) checks the point and queues
+        nothing: rank 0 queues it."""
         checked = self.space.validate(params, partial=True)
+        if self.follower:
+            return
         if skip_if_exists:
             key = params_key(checked)
             known = [t.params for t in self._view.values()] + self.storage.queued()
@@ -540,11 +556,15 @@ class Study:
 
         By default a COMPLETE trial with the same parameters and value is returned instead of
         a second copy, so running the script that adds it again does not count it twice;
-        ``skip_if_exists=False`` records it again (a repeated measurement)."""
+        ``skip_if_exists=False`` records it again (a repeated measurement).
+        A follower (a DDP rank > 0) checks the point and records nothing: it returns the
+        trial as rank 0 recorded it, or, before rank 0 has, the same unnumbered (-1)."""
         number, why = as_number(value)
         if number is None or not math.isfinite(number):
             raise ValueError(f"add() needs a finite number, got {why or number}")
         checked = self.space.validate(params)
+        if self.follower:
+            return self._added_by_rank_0(checked, number)
         if skip_if_exists:
             key = params_key(checked)
             for t in self._view.values():
@@ -554,6 +574,15 @@ class Study:
         frozen = self._refresh(self.storage.add_trial(checked, number))
         self._emit("trial_finished", frozen)
         return frozen
+
+    def _added_by_rank_0(self, params: dict[str, Any], value: float) -> FrozenTrial:
+        """What a follower's ``add()`` returns: the latest trial rank 0 added with these
+        parameters and value, else an unnumbered copy (rank 0 has not added it yet)."""
+        key = params_key(params)
+        for t in reversed(self.trials):
+            if t.origin is Origin.ADDED and t.value == value and params_key(t.params) == key:
+                return t
+        return FrozenTrial(-1, TrialState.COMPLETE, params, value=value, origin=Origin.ADDED)
 
     def ask(self) -> Trial:
         """Start a trial: queued parameters first, then a paused trial the pruner wants to go
@@ -581,7 +610,7 @@ class Study:
         if self.dir is not None:
             run_dir = files.fresh_dir(self.trial_dir(number))
             files.write_text(run_dir / "params.yaml", yaml.safe_dump(params, sort_keys=False))
-        self._emit("trial_started", trial)
+        self._announce(trial)
         explain = getattr(self.sampler, "explain", None)
         if sampled and explain and self.images_every and number % self.images_every == 0:
             if any(_wants_explanation(x, number) for x in self._listeners):
@@ -607,7 +636,7 @@ class Study:
         trial = Trial(self, number, frozen.params, resume_from=max(frozen.intermediate))
         self._resumed_at[number] = max(frozen.intermediate)
         self._over.discard(number)
-        self._emit("trial_started", trial)
+        self._announce(trial)
         self._emit("trial_decided", number, decision)
         return trial
 
@@ -623,10 +652,16 @@ class Study:
         ``value`` may also be an :class:`~torchtune_hp.outcome.Outcome` (what executors pass).
         Whatever ``value`` is, the trial ends: a value that is not a finite number leaves it
         FAILED with the reason stored; a PRUNED trial keeps its last reported value. Telling a
-        trial that already ended changes nothing."""
+        trial that already ended changes nothing. A Trial that was told to stop
+        (``trial.pruned``: ``should_prune()`` said so, or the Lightning callback stopped its
+        training) is recorded PRUNED when no ``state`` is given, as ``optimize`` records it:
+        ``tell(trial, trainer.callback_metrics["val_loss"])`` after a pruned ``fit()`` is not a
+        COMPLETE run."""
         number = self._number_of(trial, "tell")
         if self.follower:
             return self.trial(number)
+        if state is None and not isinstance(value, Outcome) and getattr(trial, "pruned", False):
+            state = TrialState.PRUNED
         keys = self._other_keys.pop(number, None)
         if keys and not self._view[number].intermediate:
             self.note(number, unreported(self.metric, keys))
@@ -812,7 +847,9 @@ class Study:
             warnings.warn(f"trial {number}: {text}", RuntimeWarning, stacklevel=3)
 
     def should_prune(self, trial: Trial | int) -> bool:
-        """Whether the pruner says to stop the trial now, from the values reported so far."""
+        """Whether the pruner says to stop the trial now, from the values reported so far.
+        Once it says so to a Trial (not a number), ``trial.pruned`` is set, and the trial ends
+        PRUNED whatever it is told with."""
         number = self._number_of(trial, "should_prune")
         if self.follower:
             return False
@@ -829,6 +866,8 @@ class Study:
             self.note(number, f"stopped: its report at step {step} was NaN or inf", warn=False)
         if stop and me.intermediate and getattr(self.pruner, "resume", False):
             self.storage.told_to_pause(number, max(me.intermediate))  # its state is saved there
+        if stop and isinstance(trial, Trial):  # told to stop: tell() records it PRUNED
+            trial.pruned = True
         return stop
 
     def waited(self, trial: Trial | int, seconds: float) -> None:
@@ -879,24 +918,42 @@ class Study:
             self._emit("trial_finished", frozen)
 
     # -- DDP followers -----------------------------------------------------------------------
+    def _announce(self, trial: Trial) -> None:
+        """A trial starts: the driver records which (and from where: a paused trial runs
+        again from ``resume_from``) for its followers, then tells its subscribers. The record
+        is a start, not a trial number: a resumed trial has a lower number than the last."""
+        if self.dir is not None:
+            self._starts += 1
+            self.storage.set_meta(
+                {
+                    "started": {
+                        "id": f"{os.getpid()}:{self._starts}",
+                        "number": trial.number,
+                        "resume_from": trial.resume_from,
+                    }
+                }
+            )
+        self._emit("trial_started", trial)
+
     def _follow(self, poll_s: float = 0.05, timeout_s: float = 600.0) -> Trial:
         """A follower's ask(): the trial rank 0 runs now (the first call) or the next one it
-        starts; SpaceExhausted once rank 0 is gone or its driver loop has ended."""
+        starts, a paused trial it runs again included (with the same ``resume_from``, so every
+        rank loads the same checkpoint); SpaceExhausted once rank 0 is gone or its driver loop
+        has ended."""
         assert self.dir is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             held = files.StudyLock.is_held(self.dir)  # before reading: a driver alive now
             self._saw_driver = self._saw_driver or held
-            trials = self.storage.trials()
-            if self._followed is None:
-                running = [t for t in trials if t.state is TrialState.RUNNING]
-                nxt = running[-1] if running else None
-            else:
-                nxt = next((t for t in trials if t.number > self._followed), None)
-            if nxt is not None:
-                self._followed = nxt.number
-                return Trial(self, nxt.number, nxt.params)
-            loop = self.storage.get_meta().get("loop") or {}
+            meta = self.storage.get_meta()
+            started = meta.get("started")
+            nxt = None if started is None else self.storage.trial(started["number"])
+            if nxt is not None and self._followed is None and nxt.state is not TrialState.RUNNING:
+                nxt = None  # the first call joins a trial that runs now, not an old one
+            if nxt is not None and started["id"] != self._followed:
+                self._followed = started["id"]
+                return Trial(self, nxt.number, nxt.params, resume_from=started["resume_from"])
+            loop = meta.get("loop") or {}
             if (self._saw_driver and not held) or loop.get("state") == "ended":
                 raise SpaceExhausted("rank 0 ended the study")
             time.sleep(poll_s)
@@ -949,6 +1006,9 @@ class Study:
         try:
             self._record_unanswered()
             self._emit("study_closed")
+            if self.follower:
+                with contextlib.suppress(StorageError):
+                    self._as_closed = self.storage.trials()
         finally:
             self._listeners.clear()
             try:
