@@ -285,9 +285,9 @@ def acc_objective(trial):
 
     with SummaryWriter(str(trial.study.trial_dir(trial.number) / "own")) as writer:
         writer.add_hparams({"width": trial.params["width"]}, {"hp/acc": 0.5})
+    trial.report(trial.params["width"] / 128, 0)  # a failure's too: its failed_curve run
     if trial.params["act"] == "tanh" and trial.params["width"] > 40:
         raise RuntimeError("too wide for tanh")
-    trial.report(trial.params["width"] / 128, 0)
     return trial.params["width"] / 64
 
 
@@ -329,6 +329,9 @@ def test_tensorboard_server_shows_two_studies_in_one_logdir_row_by_row(study_dir
         assert live["sessions"][0]["status"] == "STATUS_RUNNING"
         assert metrics_of(live) == {"objective/acc": 0.25}
         assert any(t.state is TrialState.FAILED for t in acc.values())
+        failed_acc = next(t for t in acc.values() if t.state is TrialState.FAILED)
+        curve = logdir / "acc" / f"trial_{failed_acc.number:04d}" / "failed_curve"
+        assert curve.is_dir()  # a curve in the Scalars tab, no row or metric column (below)
 
         experiment = board.experiment()  # the columns: the union of both studies
         infos = {h["name"]: h for h in experiment["hparamInfos"]}
@@ -392,6 +395,10 @@ def test_an_interrupted_trial_ends_failed_and_a_dead_drivers_sessions_are_rebuil
     assert start.hparams["state"].string_value == "FAILED"
     assert "interrupted" in error_text(acc)
     assert not (tmp_path / "ctrl_c" / "trial_0001" / "running").exists()
+    # its reports: no objective in its session (no result in the table), a curve beside it
+    assert acc.Tags()["scalars"] == []
+    curve = read(tmp_path / "ctrl_c" / "trial_0001" / "failed_curve").Scalars("objective/value")
+    assert [(e.step, e.value) for e in curve] == [(0, 0.5)]
     # trial 0 reported 0.5 at step 0, then returned x: the return value is written last
     acc0 = read(tmp_path / "ctrl_c" / "trial_0000" / "hparams")
     series = acc0.Scalars("objective/value")

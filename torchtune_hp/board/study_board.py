@@ -3,8 +3,9 @@
 A trial's HParams session is written twice: when it starts, into ``trial_NNNN/running/`` (state
 RUNNING, its reports as they arrive), and when it ends, into ``trial_NNNN/hparams/``, rebuilt
 whole from the trial's row (parameters, study and state columns, its reports and value under
-``objective/<metric>``, none for a FAILED trial, whose error goes in as text), after which the
-running session is removed and TensorBoard drops it. The study-level run ``study/`` holds each
+``objective/<metric>``, none for a FAILED trial, whose error goes in as text and whose
+reports go beside it into ``trial_NNNN/failed_curve/``), after which the running session is
+removed and TensorBoard drops it. The study-level run ``study/`` holds each
 trial's objective and the best so far; its sub-runs ``study/views/`` and ``study/gp/`` the latest
 study views and GP pictures, each redraw replacing the file before it.
 
@@ -30,6 +31,7 @@ from torchtune_hp.board.foreign import strip_foreign_hparams
 from torchtune_hp.board.hparams import session_end_summary, session_start_summary, text_summary
 from torchtune_hp.board.tags import (
     ERROR_TAG,
+    FAILED_CURVE_RUN,
     FORECAST_RUN,
     GP_RUN,
     OUR_SUFFIX,
@@ -137,7 +139,8 @@ class StudyBoard:
 
     # -- sessions ----------------------------------------------------------------------------
     def write_session(self, trial: FrozenTrial) -> None:
-        """The finished trial's session, from its row alone; then its running session goes.
+        """The finished trial's session, from its row alone (a FAILED one's reports beside
+        it, see :meth:`_write_failed_curve`); then its running session goes.
         HParams summaries a script wrote into the trial's folder are removed first (see
         :mod:`torchtune_hp.board.foreign`). A trial added with ``add()`` gets a folder here."""
         folder = self._trial_dir(trial.number)
@@ -156,7 +159,25 @@ class StudyBoard:
             writer.summary(session_end_summary(trial.state))
         finally:
             writer.close()
+        self._write_failed_curve(folder, trial)
         files.discard_dir(folder / RUNNING_RUN, OUR_SUFFIX)
+
+    def _write_failed_curve(self, folder: Path, trial: FrozenTrial) -> None:
+        """A FAILED trial's reports, in ``failed_curve`` beside its session: its session has
+        no objective (the HParams table would show its last report as its result), and its
+        running session, which showed the curve, goes. A crash at epoch 7 keeps its curve."""
+        steps = sorted(s for s, v in trial.intermediate.items() if math.isfinite(v))
+        run = folder / FAILED_CURVE_RUN
+        if trial.state is not TrialState.FAILED or not steps:
+            if os.path.lexists(run):
+                files.discard_dir(run, OUR_SUFFIX)
+            return
+        writer = EventWriter(files.renewed_dir(run, OUR_SUFFIX))
+        try:
+            for step in steps:
+                writer.scalar(objective_tag(self.metric), trial.intermediate[step], step)
+        finally:
+            writer.close()
 
     @_never_stops_a_study
     def relabel(self, trials: Sequence[FrozenTrial]) -> None:

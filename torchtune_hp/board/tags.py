@@ -8,7 +8,9 @@ to tell the launcher's own output from what a script logged).
 (``pruner: gp``); ``trial_0007/running/`` its HParams session while it runs and
 ``trial_0007/hparams/`` once it has ended (a session's state cannot change in place:
 TensorBoard keeps a tag's metadata from its first event, so the
-running session is removed).
+running session is removed); ``trial_0007/failed_curve/`` the reports of a trial that FAILED
+(its session has no objective: the HParams table would take its last report for its result;
+this run is no session's, so it is no metric column, only a curve among the others).
 """
 
 STUDY_RUN = "study"
@@ -17,7 +19,8 @@ GP_RUN = "study/gp"  # the GP sampler's pictures (slices, importance)
 RUNNING_RUN = "running"
 SESSION_RUN = "hparams"
 FORECAST_RUN = "pruner_forecast"  # pruner gp: its forecast at each decision
-OUR_RUNS = (RUNNING_RUN, SESSION_RUN, FORECAST_RUN)
+FAILED_CURVE_RUN = "failed_curve"  # a FAILED trial's reports, outside its session
+OUR_RUNS = (RUNNING_RUN, SESSION_RUN, FORECAST_RUN, FAILED_CURVE_RUN)
 ERROR_TAG = "error"
 OUR_SUFFIX = ".torchtune_hp"  # ends the name of every event file the board writes
 
