@@ -702,3 +702,18 @@ def test_a_stop_said_after_a_script_ended_leaves_it_as_it_ended(tmp_path, late):
         assert (rc, outcome.state, outcome.value) == (0, TrialState.COMPLETE, 0.01)
     else:
         assert outcome.state is TrialState.PRUNED and proc.killed_for == "pruned"
+
+
+def test_a_timeout_s_error_says_the_script_s_stderr_not_the_guard_s_line(tmp_path):
+    """A script that catches SIGTERM and exits (as Lightning does) when its time runs out:
+    the error quoted the guard's 'exited ... after SIGTERM ...: recorded as ended by the
+    signal' above 'timed out', as if the script had been stopped by someone else."""
+    source = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+        "print('training', file=sys.stderr, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    (trial,) = run(script_recipe(tmp_path, source, timeout=1))
+    assert trial.state is TrialState.FAILED
+    assert trial.error == "stderr before it:\ntraining\ntimed out after 1 s (killed)"

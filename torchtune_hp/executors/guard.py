@@ -29,6 +29,7 @@ import sys
 import time
 
 CANNOT_START = "torchtune_hp: cannot start"
+CAUGHT_STOP = "torchtune_hp: the command exited with code"  # starts the line said below
 STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -108,7 +109,7 @@ def main() -> int:
     if stops:  # the command caught the stop and exited by itself: it did not finish its run
         name = signal.Signals(stops[0]).name
         print(
-            f"torchtune_hp: the command exited with code {rc} after {name} reached the trial's "
+            f"{CAUGHT_STOP} {rc} after {name} reached the trial's "
             "processes: recorded as ended by the signal",
             file=sys.stderr,
             flush=True,

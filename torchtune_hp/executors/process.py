@@ -460,8 +460,11 @@ def process_outcome(
     if result is not None and killed_for != "timeout":  # it finished in its time
         return result
     if killed_for == "timeout":
-        # the reason last, where the trials table shows an error's last line
-        said = f"stderr before it:\n{stderr.rstrip()}\n" if stderr.strip() else ""
+        # the reason last, where the trials table shows an error's last line; without the
+        # guard's line on the stop it passed on (ours: the timeout's, not the script's)
+        lines = [line for line in stderr.splitlines() if not line.startswith(guard.CAUGHT_STOP)]
+        said = "".join(f"{line}\n" for line in lines)
+        said = f"stderr before it:\n{said}" if said.strip() else ""
         return Outcome.failed(f"{said}timed out after {timeout_s:g} s (killed)")
     if pruned:
         return Outcome.pruned()
