@@ -45,6 +45,17 @@ def test_reports_every_epoch_and_skips_the_sanity_check():
     assert reports[5] < reports[0] and cb.reports == 6 and not cb.pruned
 
 
+class Endless(torch.utils.data.IterableDataset):
+    """A dataset's samples over and over, without a length (a stream)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __iter__(self):
+        while True:
+            yield from self.dataset
+
+
 @pytest.mark.parametrize(
     ("trainer_options", "steps"),
     [
@@ -52,6 +63,7 @@ def test_reports_every_epoch_and_skips_the_sanity_check():
         ({"val_check_interval": 2, "check_val_every_n_epoch": None}, [0, 1, 2, 3]),  # 2 of 4
         ({"val_check_interval": 8, "check_val_every_n_epoch": None}, [1]),  # whole epochs
         ({"check_val_every_n_epoch": 2}, [1]),  # the epoch, as always
+        ({"val_check_interval": 2, "max_steps": 6, "stream": True}, [0, 1, 2]),  # endless
     ],
 )
 def test_validations_within_an_epoch_are_reported_at_steps_of_their_own(trainer_options, steps):
@@ -62,6 +74,10 @@ def test_validations_within_an_epoch_are_reported_at_steps_of_their_own(trainer_
     study.enqueue({"lr": 0.05})
     trial = study.ask()
     options = {"max_epochs": 3 if trainer_options.get("val_check_interval") == 0.5 else 2}
+    train, val = loaders()  # 4 training batches an epoch
+    if trainer_options.pop("stream", False):  # a stream without a length, for max_steps
+        train = torch.utils.data.DataLoader(Endless(train.dataset), batch_size=32)
+        options = {"max_epochs": -1}
     trainer = L.Trainer(
         logger=False,
         enable_checkpointing=False,
@@ -74,7 +90,7 @@ def test_validations_within_an_epoch_are_reported_at_steps_of_their_own(trainer_
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        trainer.fit(Tiny(lr=0.05), *loaders())  # 4 training batches an epoch
+        trainer.fit(Tiny(lr=0.05), train, val)
     reports = study.trials[0].intermediate
     assert sorted(reports) == steps and study.trials[0].note is None  # no step reported twice
     assert reports[steps[-1]] == pytest.approx(float(trainer.callback_metrics["val_loss"]))

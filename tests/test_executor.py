@@ -717,3 +717,57 @@ def test_a_timeout_s_error_says_the_script_s_stderr_not_the_guard_s_line(tmp_pat
     (trial,) = run(script_recipe(tmp_path, source, timeout=1))
     assert trial.state is TrialState.FAILED
     assert trial.error == "stderr before it:\ntraining\ntimed out after 1 s (killed)"
+
+
+def test_a_script_that_obeys_a_stop_at_once_is_pruned_however_late_the_driver_looks(
+    tmp_path, monkeypatch
+):
+    """A script that reads the stop and exits within milliseconds: a driver descheduled
+    between writing the verdict and looking at the process found it ended and took the stop
+    for a missed one, filing a run stopped after one report COMPLETE at its early value."""
+    from torchtune_hp.executors import channel
+    from torchtune_hp.executors.process import MISSED_STOP, TrialProcess, process_outcome
+    from torchtune_hp.executors.remote import ENV_LAUNCH, ENV_METRIC, ENV_TRIAL, ENV_TRIAL_DIR
+
+    write = channel.write_verdict
+
+    def busy_driver(*args, **kwargs):  # the real write, then the driver is descheduled
+        write(*args, **kwargs)
+        time.sleep(1.0)
+
+    monkeypatch.setattr(channel, "write_verdict", busy_driver)
+    (tmp_path / "script.py").write_text(
+        "import sys, torchtune_hp\n"
+        "for step, loss in enumerate([0.9, 0.5, 0.1]):\n"
+        "    if torchtune_hp.report(loss=loss, step=step):\n"
+        "        sys.exit(0)  # stopped: it ends at once\n"
+    )
+    env = {**os.environ, ENV_TRIAL: "0", ENV_TRIAL_DIR: str(tmp_path), ENV_METRIC: "loss"}
+    env[ENV_LAUNCH] = "l1"
+    read, pipe_write = os.pipe()
+    proc = TrialProcess([sys.executable, "script.py"], env, tmp_path, "l1", "loss", read, 1.0)
+    reports: list = []
+    deadline = time.monotonic() + 30
+    while not reports:
+        assert time.monotonic() < deadline
+        reports = proc.reports()
+        time.sleep(0.02)
+    proc.answer(reports[0], True)
+    while (rc := proc.poll()) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.close(pipe_write)
+    os.close(read)
+    assert proc.stopped_by_pruner and MISSED_STOP not in proc.problems
+    outcome = process_outcome(
+        tmp_path,
+        "l1",
+        rc,
+        "loss",
+        killed_for=proc.killed_for,
+        pruned=proc.stopped_by_pruner,
+        timeout_s=None,
+        started=proc.started,
+        last_reported=0.9,
+    )
+    assert outcome.state is TrialState.PRUNED

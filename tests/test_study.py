@@ -1,8 +1,10 @@
 import gc
 import math
+import os
 import sqlite3
 import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -625,3 +627,43 @@ def test_the_trials_table_has_one_line_per_trial_whatever_the_notes():
     table = plain_table(*trial_rows([paused, failed], ["x"], "loss")).splitlines()
     assert len(table) == 3
     assert table[1].endswith("resumed after 2") and table[2].endswith("ValueError: x")
+
+
+def test_an_ask_tell_follower_reads_what_rank_0_recorded_after_closing(tmp_path):
+    """A DDP rank > 0 running an ask/tell script closes as soon as its own tell (which
+    records nothing) returns, usually before rank 0 has told the last trial: it read that
+    trial RUNNING and another best. Closing waits for rank 0's record of it."""
+    follower = textwrap.dedent(
+        f"""
+        from torchtune_hp import Float, Study
+        with Study("s", {{"x": Float(0, 1)}}, logdir={str(tmp_path)!r}) as study:
+            for _ in range(2):
+                trial = study.ask()
+                study.tell(trial, trial.params["x"])
+        print([(t.number, t.state.value) for t in study.trials], study.best_params)
+        """
+    )
+    with Study("s", {"x": Float(0, 1)}, logdir=tmp_path, seed=0) as study:
+        env = {**os.environ, "RANK": "1"}
+        proc = subprocess.Popen(
+            [sys.executable, "-c", follower], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2):
+            trial = study.ask()
+            time.sleep(1.0)  # training, both ranks; then rank 0 saves and evaluates
+            time.sleep(0.5)
+            study.tell(trial, trial.params["x"])
+        rank_0 = f"{[(t.number, t.state.value) for t in study.trials]} {study.best_params}"
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and out.strip() == rank_0
+
+
+def test_a_trial_told_to_stop_by_number_is_pruned_when_told_its_value():
+    study = Study("n", {"x": Float(0, 1)}, logdir=None, pruner="asha", seed=0)
+    first = study.ask()
+    study.report(first, 0.1, 0)
+    study.tell(first, 0.1)
+    second = study.ask()
+    study.report(second.number, 0.9, 0)
+    assert study.should_prune(second.number)  # by its number: the Trial is not told
+    assert study.tell(second.number, 0.9).state is TrialState.PRUNED

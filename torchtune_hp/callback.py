@@ -147,13 +147,18 @@ def validates_within_epochs(trainer: L.Trainer) -> bool:
     """Whether this fit validates anywhere but at the end of an epoch, so that two validations
     can fall in one epoch: every ``val_check_interval`` batches fewer than an epoch's, every
     so many batches counted across epochs that are not a whole number of epochs
-    (``check_val_every_n_epoch=None``), or at a time interval. Read once training starts,
+    (``check_val_every_n_epoch=None``), every so many batches of a stream without a length,
+    or at a time interval. Read once training starts,
     when Lightning has set the batch counts; anything it cannot tell is an epoch's end."""
     if getattr(trainer, "_val_check_time_interval", None) is not None:
         return True
     every, per_epoch = getattr(trainer, "val_check_batch", None), trainer.num_training_batches
-    if not isinstance(every, int) or not isinstance(per_epoch, int) or per_epoch < 1:
-        return False  # an epoch's end (inf: an iterable dataset without a length)
+    if not isinstance(every, int):
+        return False  # at an epoch's end (inf: an iterable dataset, validated when it ends)
+    if per_epoch == float("inf"):
+        return True  # every N batches of an endless epoch (a stream, trained for max_steps)
+    if not isinstance(per_epoch, int) or per_epoch < 1:
+        return False
     if trainer.check_val_every_n_epoch is None:
         return every % per_epoch != 0
     return every < per_epoch

@@ -57,11 +57,12 @@ def value_at(trial: FrozenTrial, resource: int, mode: str) -> float | None:
 def rank_value(trial: FrozenTrial, resource: int, mode: str) -> float | None:
     """What another trial counts as at ``resource`` reports when a trial is ranked against
     it: its :func:`value_at`, but the worst value there is at every rung for a trial whose
-    run diverged (a NaN or inf report). The study records such a trial as the worst, and
-    its good early values foretold nothing: counted, they stopped healthy trials at the
-    rungs it passed before it diverged, and at the later ones its pre-divergence best."""
+    run diverged (its last report NaN or inf: every rule stops it there; told in O(1)). The
+    study records such a trial as the worst, and its good early values foretold nothing:
+    counted, they stopped healthy trials at the rungs it passed before it diverged, and at
+    the later ones its pre-divergence best."""
     value = value_at(trial, resource, mode)
-    if value is None or all(math.isfinite(v) for v in trial.intermediate.values()):
+    if value is None or not diverged(trial):
         return value
     return math.inf if mode == "min" else -math.inf
 

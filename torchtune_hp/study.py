@@ -33,6 +33,7 @@ import random
 import socket
 import sqlite3
 import time
+import uuid
 import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -189,8 +190,9 @@ class Study:
         self._over: set[int] = set()  # resumed trials said to have trained from the start
         self._failed_resume: set[int] = set()  # paused trials whose resumed run failed
         self._other_keys: dict[int, set[str]] = {}  # what report() named, when not the metric
-        self._followed: str | None = None  # the start a follower last joined (see _follow)
-        self._starts = 0  # trials this driver started (each start's id: pid and this count)
+        # the start a follower last joined, and its trial (see _follow)
+        self._followed: tuple[str, int] | None = None
+        self._told_to_stop: set[int] = set()  # should_prune said stop (tell records PRUNED)
         self._saw_driver = False
         # a follower's trials when it closed: a script reads study.trials or best_params
         # after its `with` block on every rank, and rank 0's answer comes from memory
@@ -388,6 +390,9 @@ class Study:
             self._reseeded = int(meta["seed"])
             self.storage.set_meta({"seed": seed})
         self.seed = int(meta["seed"]) if seed is None else seed
+        # what an earlier driver left for its followers is not this one's: a follower must
+        # not join a trial a dead driver left RUNNING, nor end on an old loop's end
+        self.storage.set_meta({"started": None, "loop": None})
 
     # -- subscribers -------------------------------------------------------------------------
     def subscribe(self, listener: Any) -> None:
@@ -660,7 +665,8 @@ class Study:
         number = self._number_of(trial, "tell")
         if self.follower:
             return self.trial(number)
-        if state is None and not isinstance(value, Outcome) and getattr(trial, "pruned", False):
+        stopped = getattr(trial, "pruned", False) or number in self._told_to_stop
+        if state is None and not isinstance(value, Outcome) and stopped:
             state = TrialState.PRUNED
         keys = self._other_keys.pop(number, None)
         if keys and not self._view[number].intermediate:
@@ -848,8 +854,8 @@ class Study:
 
     def should_prune(self, trial: Trial | int) -> bool:
         """Whether the pruner says to stop the trial now, from the values reported so far.
-        Once it says so to a Trial (not a number), ``trial.pruned`` is set, and the trial ends
-        PRUNED whatever it is told with."""
+        Once it says so, the trial ends PRUNED whatever ``tell`` gives it (a Trial's
+        ``trial.pruned`` is set: its objective's return ends it PRUNED too)."""
         number = self._number_of(trial, "should_prune")
         if self.follower:
             return False
@@ -866,8 +872,10 @@ class Study:
             self.note(number, f"stopped: its report at step {step} was NaN or inf", warn=False)
         if stop and me.intermediate and getattr(self.pruner, "resume", False):
             self.storage.told_to_pause(number, max(me.intermediate))  # its state is saved there
-        if stop and isinstance(trial, Trial):  # told to stop: tell() records it PRUNED
-            trial.pruned = True
+        if stop:  # told to stop: tell() records it PRUNED (a Trial's objective returns too)
+            self._told_to_stop.add(number)
+            if isinstance(trial, Trial):
+                trial.pruned = True
         return stop
 
     def waited(self, trial: Trial | int, seconds: float) -> None:
@@ -922,17 +930,10 @@ class Study:
         """A trial starts: the driver records which (and from where: a paused trial runs
         again from ``resume_from``) for its followers, then tells its subscribers. The record
         is a start, not a trial number: a resumed trial has a lower number than the last."""
+        self._told_to_stop.discard(trial.number)  # a paused trial runs again
         if self.dir is not None:
-            self._starts += 1
-            self.storage.set_meta(
-                {
-                    "started": {
-                        "id": f"{os.getpid()}:{self._starts}",
-                        "number": trial.number,
-                        "resume_from": trial.resume_from,
-                    }
-                }
-            )
+            start = {"id": uuid.uuid4().hex, "number": trial.number}
+            self.storage.set_meta({"started": {**start, "resume_from": trial.resume_from}})
         self._emit("trial_started", trial)
 
     def _follow(self, poll_s: float = 0.05, timeout_s: float = 600.0) -> Trial:
@@ -948,10 +949,11 @@ class Study:
             meta = self.storage.get_meta()
             started = meta.get("started")
             nxt = None if started is None else self.storage.trial(started["number"])
-            if nxt is not None and self._followed is None and nxt.state is not TrialState.RUNNING:
-                nxt = None  # the first call joins a trial that runs now, not an old one
-            if nxt is not None and started["id"] != self._followed:
-                self._followed = started["id"]
+            if nxt is not None and self._followed is None:
+                if not held or nxt.state is not TrialState.RUNNING:
+                    nxt = None  # the first call joins a trial a driver runs now
+            if nxt is not None and (self._followed is None or started["id"] != self._followed[0]):
+                self._followed = (started["id"], nxt.number)
                 return Trial(self, nxt.number, nxt.params, resume_from=started["resume_from"])
             loop = meta.get("loop") or {}
             if (self._saw_driver and not held) or loop.get("state") == "ended":
@@ -961,6 +963,20 @@ class Study:
             f"{self.dir}: rank 0 started no new trial within {timeout_s:.0f} s "
             "(this process follows rank 0 of a distributed job)"
         )
+
+    def _after_rank_0(self, poll_s: float = 0.05, timeout_s: float = 60.0) -> list[FrozenTrial]:
+        """A closing follower's trials, once rank 0 has told the trial they last trained
+        (or is gone, or ``timeout_s`` passed): an ask/tell script closes as soon as its own
+        ``tell``, which records nothing, returns, and reads ``best_params`` next."""
+        assert self.dir is not None
+        deadline = time.monotonic() + timeout_s
+        while self._followed is not None and time.monotonic() < deadline:
+            if not files.StudyLock.is_held(self.dir):
+                break
+            if self.storage.trial(self._followed[1]).state.finished:
+                break
+            time.sleep(poll_s)
+        return self.storage.trials()
 
     def loop_state(self, state: str) -> None:
         """``running`` or ``ended``: followers stop following once rank 0's loop has ended."""
@@ -1008,7 +1024,7 @@ class Study:
             self._emit("study_closed")
             if self.follower:
                 with contextlib.suppress(StorageError):
-                    self._as_closed = self.storage.trials()
+                    self._as_closed = self._after_rank_0()
         finally:
             self._listeners.clear()
             try:

@@ -308,23 +308,32 @@ class TrialProcess:
 
     def answer(self, report: Report, prune: bool) -> None:
         """The pruner's verdict on ``report``: written for a trial that waits for it; a pruned
-        trial gets ``PRUNE_GRACE_S`` to stop by itself, a regex-reporting one none."""
+        trial gets ``PRUNE_GRACE_S`` to stop by itself, a regex-reporting one none. Whether
+        it still runs is seen before the verdict is written: a script that reads a stop and
+        exits at once has heard it, however long the driver takes to look again."""
+        ended = prune and not self.pruned and self._has_ended()
         if report.seq is not None:
             channel.write_verdict(self.run_dir, self.launch, report.seq, prune)
             sent = self._sent.pop(report.seq, None)
             if sent is not None and self.deadline is not None:  # the wait is over: add it
                 self.deadline += max(0.0, time.time() - sent)
-        if not prune:
+        if not prune or self.pruned:  # a later stop changes nothing: the first one counts
             return
-        if self.returncode is not None or self.proc.poll() is not None:
+        if ended:
             self._missed_stop()  # it had ended by itself: nothing heard the stop
             return
-        self._heard_stop = self._heard_stop or report.seq is not None
-        if not self.pruned:
-            self.pruned = True
-            self.stop_at = time.monotonic() + PRUNE_GRACE_S
+        self.pruned = True
+        self._heard_stop = report.seq is not None
+        self.stop_at = time.monotonic() + PRUNE_GRACE_S
         if report.seq is None:
             self.stop_at = time.monotonic()  # nothing in the script listens: stop it now
+
+    def _has_ended(self) -> bool:
+        """Whether the process has ended; if so it is ended here and now, as :meth:`poll`
+        would (its group's leftovers killed at once, while its id cannot be anyone else's)."""
+        if self.returncode is None and self.proc.poll() is not None:
+            self.end()
+        return self.returncode is not None
 
     @property
     def stopped_by_pruner(self) -> bool:
