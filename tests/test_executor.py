@@ -593,20 +593,14 @@ def test_a_timeout_does_not_count_the_time_a_trial_waits_for_the_drivers_answer(
     (a GP refit, the pictures) answers late: trials that had done their work in 0.5 s were
     recorded FAILED 'timed out after 1.5 s'. Here the driver answers 2 s late, past the
     1.5 s timeout: the trial still completes, as its own run took far less."""
-    from torchtune_hp.executors.process import TrialProcess, process_outcome
-    from torchtune_hp.executors.remote import ENV_LAUNCH, ENV_METRIC, ENV_TRIAL, ENV_TRIAL_DIR
+    from torchtune_hp.executors.process import process_outcome
 
-    (tmp_path / "script.py").write_text(
+    source = (
         "import json, torchtune_hp\n"
         "torchtune_hp.report(loss=0.5, step=0)\n"
         "print(json.dumps({'loss': 0.25}))\n"
     )
-    env = {**os.environ, ENV_TRIAL: "0", ENV_TRIAL_DIR: str(tmp_path), ENV_METRIC: "loss"}
-    env[ENV_LAUNCH] = "l1"
-    read, write = os.pipe()
-    proc = TrialProcess(
-        [sys.executable, "script.py"], env, tmp_path, "l1", "loss", read, 1.0, timeout_s=1.5
-    )
+    proc, (write, read) = launched_script(tmp_path, source, timeout_s=1.5)
     reports: list = []
     while not reports:
         assert proc.poll() is None, "the trial ended before it reported"
@@ -650,6 +644,48 @@ def test_without_a_pruner_a_report_waits_for_no_answer(tmp_path, monkeypatch):
     assert (tmp_path / "report.jsonl").read_text().count('"loss": 0.5') == 1
 
 
+def launched_script(tmp_path: Path, source: str, *argv: str, **options) -> tuple:
+    """``source`` as ``script.py``, launched as the pool launches trial 0 (launch ``l1``,
+    metric ``loss``); returns its TrialProcess and the ends of its watch pipe (to close)."""
+    from torchtune_hp.executors.process import TrialProcess
+    from torchtune_hp.executors.remote import ENV_LAUNCH, ENV_METRIC, ENV_TRIAL, ENV_TRIAL_DIR
+
+    (tmp_path / "script.py").write_text(source)
+    env = {**os.environ, ENV_TRIAL: "0", ENV_TRIAL_DIR: str(tmp_path), ENV_METRIC: "loss"}
+    env[ENV_LAUNCH] = "l1"
+    read, write = os.pipe()
+    argv_all = [sys.executable, "script.py", *argv]
+    proc = TrialProcess(argv_all, env, tmp_path, "l1", "loss", read, 1.0, **options)
+    return proc, (write, read)
+
+
+def judged_after_a_stop(proc, report, fds: tuple, **known) -> tuple:
+    """Say stop to ``report`` of ``proc`` (a TrialProcess of launch ``l1`` on metric
+    ``loss``), wait for it to end (bounded), close its watch pipe ``fds``, and return its exit
+    code and its outcome as the pool judges it (``known``: more of what the pool knows)."""
+    from torchtune_hp.executors.process import process_outcome
+
+    proc.answer(report, True)
+    deadline = time.monotonic() + 30
+    while (rc := proc.poll()) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    for fd in fds:
+        os.close(fd)
+    outcome = process_outcome(
+        proc.run_dir,
+        "l1",
+        rc,
+        "loss",
+        killed_for=proc.killed_for,
+        pruned=proc.stopped_by_pruner,
+        timeout_s=None,
+        started=proc.started,
+        **known,
+    )
+    return rc, outcome
+
+
 @pytest.mark.parametrize("late", [True, False])
 def test_a_stop_said_after_a_script_ended_leaves_it_as_it_ended(tmp_path, late):
     """A busy driver read a printing script's reports after it had trained to its end and
@@ -658,9 +694,9 @@ def test_a_stop_said_after_a_script_ended_leaves_it_as_it_ended(tmp_path, late):
     COMPLETE, with a note; one said while it runs stops it, and it is PRUNED."""
     import re
 
-    from torchtune_hp.executors.process import MISSED_STOP, TrialProcess, process_outcome
+    from torchtune_hp.executors.process import MISSED_STOP
 
-    (tmp_path / "script.py").write_text(
+    source = (
         "import sys, time\n"
         "for epoch, loss in enumerate([0.5, 0.4, 0.01]):\n"
         "    print(f'epoch {epoch} loss {loss}', flush=True)\n"
@@ -668,36 +704,18 @@ def test_a_stop_said_after_a_script_ended_leaves_it_as_it_ended(tmp_path, late):
         "    time.sleep(30)  # still training when the stop comes\n"
     )
     regex = re.compile(r"epoch \d+ loss (?P<value>\S+)")
-    read, write = os.pipe()
-    argv = [sys.executable, "script.py", "fast" if late else "slow"]
-    proc = TrialProcess(argv, dict(os.environ), tmp_path, "l1", "loss", read, 1.0, regex=regex)
+    proc, (write, read) = launched_script(tmp_path, source, "fast" if late else "slow", regex=regex)
     reports: list = []
     while len(reports) < 3:
         reports += proc.reports()
         time.sleep(0.02)
     if late:
         proc.proc.wait(timeout=30)  # it has ended when the driver gets to its reports
-    proc.answer(reports[0], True)
-    deadline = time.monotonic() + 30
-    while (rc := proc.poll()) is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    os.close(write)
-    os.close(read)
+    rc, outcome = judged_after_a_stop(
+        proc, reports[0], (write, read), last_reported=reports[-1].value, regex=regex
+    )
     assert proc.stopped_by_pruner is not late
     assert (MISSED_STOP in proc.problems) is late
-    outcome = process_outcome(
-        tmp_path,
-        "l1",
-        rc,
-        "loss",
-        killed_for=proc.killed_for,
-        pruned=proc.stopped_by_pruner,
-        timeout_s=None,
-        started=proc.started,
-        last_reported=reports[-1].value,
-        regex=regex,
-    )
     if late:
         assert (rc, outcome.state, outcome.value) == (0, TrialState.COMPLETE, 0.01)
     else:
@@ -726,8 +744,7 @@ def test_a_script_that_obeys_a_stop_at_once_is_pruned_however_late_the_driver_lo
     between writing the verdict and looking at the process found it ended and took the stop
     for a missed one, filing a run stopped after one report COMPLETE at its early value."""
     from torchtune_hp.executors import channel
-    from torchtune_hp.executors.process import MISSED_STOP, TrialProcess, process_outcome
-    from torchtune_hp.executors.remote import ENV_LAUNCH, ENV_METRIC, ENV_TRIAL, ENV_TRIAL_DIR
+    from torchtune_hp.executors.process import MISSED_STOP
 
     write = channel.write_verdict
 
@@ -736,38 +753,19 @@ def test_a_script_that_obeys_a_stop_at_once_is_pruned_however_late_the_driver_lo
         time.sleep(1.0)
 
     monkeypatch.setattr(channel, "write_verdict", busy_driver)
-    (tmp_path / "script.py").write_text(
+    source = (
         "import sys, torchtune_hp\n"
         "for step, loss in enumerate([0.9, 0.5, 0.1]):\n"
         "    if torchtune_hp.report(loss=loss, step=step):\n"
         "        sys.exit(0)  # stopped: it ends at once\n"
     )
-    env = {**os.environ, ENV_TRIAL: "0", ENV_TRIAL_DIR: str(tmp_path), ENV_METRIC: "loss"}
-    env[ENV_LAUNCH] = "l1"
-    read, pipe_write = os.pipe()
-    proc = TrialProcess([sys.executable, "script.py"], env, tmp_path, "l1", "loss", read, 1.0)
+    proc, fds = launched_script(tmp_path, source)
     reports: list = []
     deadline = time.monotonic() + 30
     while not reports:
         assert time.monotonic() < deadline
         reports = proc.reports()
         time.sleep(0.02)
-    proc.answer(reports[0], True)
-    while (rc := proc.poll()) is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    os.close(pipe_write)
-    os.close(read)
+    _, outcome = judged_after_a_stop(proc, reports[0], fds, last_reported=0.9)
     assert proc.stopped_by_pruner and MISSED_STOP not in proc.problems
-    outcome = process_outcome(
-        tmp_path,
-        "l1",
-        rc,
-        "loss",
-        killed_for=proc.killed_for,
-        pruned=proc.stopped_by_pruner,
-        timeout_s=None,
-        started=proc.started,
-        last_reported=0.9,
-    )
     assert outcome.state is TrialState.PRUNED

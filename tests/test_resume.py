@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
 import time
 import warnings
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import read_trials, run_cli, write_yaml
+from conftest import cli_cmd, read_trials, run_cli, write_yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from torchtune_hp import Float, Study, TrialState
@@ -514,7 +517,7 @@ for epoch in range(start, {epochs}):
     os.replace(part, trial.checkpoint_path)
     if how == "regex":
         print(f"valid loss {{value:.6f}}", flush=True)
-        time.sleep(0.1)
+        time.sleep(float(os.environ.get("RESUMED_EPOCH_S", 0.1)) if start else 0.1)
     elif torchtune_hp.report(val_loss=value):  # no step: the next one
         break
 """
@@ -636,3 +639,41 @@ def test_a_resumed_script_that_gives_no_steps_goes_on_from_its_last_report(tmp_p
     proc = run_cli("run", "ft.yaml", cwd=tmp_path, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     check_resumed(tmp_path / "logs" / "ft", 8, first=0)
+
+
+def test_a_stop_while_a_resumed_regex_script_runs_keeps_every_line_it_printed(tmp_path):
+    """A script read by ``metric_regex`` hears no verdict and saves its state every epoch.
+    Stopped (SIGTERM to the driver) while it ran again after a pause, its reports since the
+    pause were dropped, as for a script that saves only when told to, while its checkpoint
+    was epochs further on: the next run labelled its epochs shifted (or trained them twice).
+    Every line it printed is kept, and the next run goes on after the last."""
+    regex = {"metric_regex": r"valid loss (?P<value>[0-9.]+)"}
+    resume_project(tmp_path, 8, {"workers": 1}, STEPLESS_SCRIPT, ("regex",), **regex)
+    slow = {**os.environ, "RESUMED_EPOCH_S": "0.5"}  # a resumed run lasts past the signal
+    with open(tmp_path / "driver.err", "w") as err:  # read after: a pipe could fill
+        driver = subprocess.Popen(cli_cmd("run", "ft.yaml"), cwd=tmp_path, stderr=err, env=slow)
+    study_dir = tmp_path / "logs" / "ft"
+    deadline = time.monotonic() + 180
+    stopped_at = None
+    while stopped_at is None:  # a trial that runs again and has printed 2 lines since
+        assert driver.poll() is None and time.monotonic() < deadline, "no trial resumed"
+        time.sleep(0.05)
+        if not (study_dir / "study.db").exists():
+            continue
+        for t in read_trials(study_dir):
+            note = t.note or ""
+            if t.state is TrialState.RUNNING and "resumed after" in note:
+                paused = int(note.split("resumed after ")[-1].split(" ")[0])
+                if len(t.intermediate) >= paused + 2:
+                    stopped_at = t.number
+    driver.send_signal(signal.SIGTERM)
+    assert driver.wait(timeout=60) == 143, (tmp_path / "driver.err").read_text()[-3000:]
+    again = next(t for t in read_trials(study_dir) if t.number == stopped_at)
+    assert again.state is TrialState.PRUNED and "paused again" in (again.note or "")
+    assert "dropped" not in (again.note or "")  # what it printed is what it saved
+    proc = run_cli("run", "ft.yaml", cwd=tmp_path, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_resumed(study_dir, 8, first=0)
+    for t in read_trials(study_dir):  # each step holds its own epoch's value: none shifted
+        for step, value in t.intermediate.items():
+            assert value == pytest.approx(loss(t.params["a"], step + 1), abs=2e-6), (t, step)

@@ -28,7 +28,8 @@ def main() -> None:
         with contextlib.suppress(OSError):  # a closed terminal (SIGHUP) cannot be written to
             print(
                 f"interrupted ({name}): running trials are marked FAILED (interrupted) and run "
-                "again when you run the same command; finished trials are kept",
+                "again when you run the same command (a paused trial that ran again is paused "
+                "again, to resume later); finished trials are kept",
                 file=sys.stderr,
             )
         code = signals.exit_code(e)

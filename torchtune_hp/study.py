@@ -871,12 +871,21 @@ class Study:
             step = max(me.intermediate)
             self.note(number, f"stopped: its report at step {step} was NaN or inf", warn=False)
         if stop and me.intermediate and getattr(self.pruner, "resume", False):
-            self.storage.told_to_pause(number, max(me.intermediate))  # its state is saved there
+            self.saved_at(number, max(me.intermediate))  # told to pause: it saves its state
         if stop:  # told to stop: tell() records it PRUNED (a Trial's objective returns too)
             self._told_to_stop.add(number)
             if isinstance(trial, Trial):
                 trial.pruned = True
         return stop
+
+    def saved_at(self, trial: Trial | int, step: int) -> None:
+        """A paused trial running again has saved its state at ``step``: told to pause there,
+        or a script read by ``metric_regex``, which hears no verdict and saves every epoch. A
+        stop before it ends (Ctrl-C, a dead driver) pauses it again there, its later reports
+        dropped; nothing for a trial that is no resumed one."""
+        number = self._number_of(trial, "saved_at")
+        if not self.follower:
+            self.storage.told_to_pause(number, step)
 
     def waited(self, trial: Trial | int, seconds: float) -> None:
         """A trial waited ``seconds`` after it was asked for before it started (a Ray cluster

@@ -98,6 +98,10 @@ def forward_reports(
         if signals.received() is not None and time.monotonic() > until:
             return reports[i:]
         study.report(trial, report.value, report.step)
+        if report.seq is None and trial.resume_from is not None:
+            # read by metric_regex: the script hears no verdict, is stopped at any point,
+            # and so saves its state every epoch; a stop keeps every line it printed
+            study.saved_at(trial, report.step)
         answer(report, study.should_prune(trial))
     return []
 
