@@ -36,7 +36,7 @@ import time
 import uuid
 import warnings
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -93,6 +93,16 @@ def _wants_explanation(listener: Any, number: int) -> bool:
         return False
     wants = getattr(listener, "wants_explanation", None)
     return wants is None or bool(wants(number))
+
+
+def _recorded(
+    trials: Iterable[FrozenTrial], params: Mapping[str, Any], value: float
+) -> FrozenTrial | None:
+    """The first COMPLETE trial among ``trials`` with these parameters and this value (what
+    ``add`` returns instead of recording a second copy)."""
+    key = params_key(params)
+    same = (t for t in trials if t.state is TrialState.COMPLETE and t.value == value)
+    return next((t for t in same if params_key(t.params) == key), None)
 
 
 def check_seed(seed: object) -> int | None:
@@ -568,26 +578,17 @@ class Study:
         if number is None or not math.isfinite(number):
             raise ValueError(f"add() needs a finite number, got {why or number}")
         checked = self.space.validate(params)
-        if self.follower:
-            return self._added_by_rank_0(checked, number)
+        if self.follower:  # rank 0's record when it has one: the latest
+            found = _recorded(reversed(self.trials), checked, number)
+            unnumbered = FrozenTrial(-1, TrialState.COMPLETE, checked, number, origin=Origin.ADDED)
+            return found or unnumbered
         if skip_if_exists:
-            key = params_key(checked)
-            for t in self._view.values():
-                if t.state is TrialState.COMPLETE and t.value == number:
-                    if params_key(t.params) == key:
-                        return t
+            found = _recorded(self._view.values(), checked, number)
+            if found is not None:
+                return found
         frozen = self._refresh(self.storage.add_trial(checked, number))
         self._emit("trial_finished", frozen)
         return frozen
-
-    def _added_by_rank_0(self, params: dict[str, Any], value: float) -> FrozenTrial:
-        """What a follower's ``add()`` returns: the latest trial rank 0 added with these
-        parameters and value, else an unnumbered copy (rank 0 has not added it yet)."""
-        key = params_key(params)
-        for t in reversed(self.trials):
-            if t.origin is Origin.ADDED and t.value == value and params_key(t.params) == key:
-                return t
-        return FrozenTrial(-1, TrialState.COMPLETE, params, value=value, origin=Origin.ADDED)
 
     def ask(self) -> Trial:
         """Start a trial: queued parameters first, then a paused trial the pruner wants to go

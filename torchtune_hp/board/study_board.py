@@ -57,6 +57,12 @@ def _end_order(t: FrozenTrial) -> tuple[bool, float, int]:
     return (t.end is None, t.end.timestamp() if t.end is not None else 0.0, t.number)
 
 
+def _finite_steps(trial: FrozenTrial) -> list[int]:
+    """The steps of the trial's finite reports, in order (a diverged one would flatten a
+    curve)."""
+    return sorted(s for s, v in trial.intermediate.items() if math.isfinite(v))
+
+
 def _ours(run: Path) -> list[Path]:
     """The event files the board wrote in the run folder."""
     return sorted(run.glob(f"events.out.tfevents.*{OUR_SUFFIX}"))
@@ -166,16 +172,14 @@ class StudyBoard:
         """A FAILED trial's reports, in ``failed_curve`` beside its session: its session has
         no objective (the HParams table would show its last report as its result), and its
         running session, which showed the curve, goes. A crash at epoch 7 keeps its curve."""
-        steps = sorted(s for s, v in trial.intermediate.items() if math.isfinite(v))
         run = folder / FAILED_CURVE_RUN
-        if trial.state is not TrialState.FAILED or not steps:
+        if trial.state is not TrialState.FAILED or not _finite_steps(trial):
             if os.path.lexists(run):
                 files.discard_dir(run, OUR_SUFFIX)
             return
         writer = EventWriter(files.renewed_dir(run, OUR_SUFFIX))
         try:
-            for step in steps:
-                writer.scalar(objective_tag(self.metric), trial.intermediate[step], step)
+            self._write_reports(writer, trial)
         finally:
             writer.close()
 
@@ -188,17 +192,21 @@ class StudyBoard:
             if t.state.finished and _written(self._trial_dir(t.number) / SESSION_RUN):
                 self.repair_session(t)  # one trial's broken folder stops no other
 
-    def _write_objective(self, writer: EventWriter, trial: FrozenTrial) -> None:
-        tag = objective_tag(self.metric)
-        steps = sorted(s for s, v in trial.intermediate.items() if math.isfinite(v))
+    def _write_reports(self, writer: EventWriter, trial: FrozenTrial) -> list[int]:
+        """The trial's finite reports under ``objective/<metric>``; returns their steps."""
+        steps = _finite_steps(trial)
         for step in steps:
-            writer.scalar(tag, trial.intermediate[step], step)
+            writer.scalar(objective_tag(self.metric), trial.intermediate[step], step)
+        return steps
+
+    def _write_objective(self, writer: EventWriter, trial: FrozenTrial) -> None:
+        steps = self._write_reports(writer, trial)
         last = trial.intermediate[steps[-1]] if steps else None
         if trial.value is not None and trial.value != last:
             # the value differs from the last finite report (or nothing was reported): it goes
             # last, so it is what the HParams table shows; inf too (a run that diverged, whose
             # earlier finite report would rank it among the good ones)
-            writer.scalar(tag, trial.value, steps[-1] + 1 if steps else 0)
+            writer.scalar(objective_tag(self.metric), trial.value, steps[-1] + 1 if steps else 0)
 
     def sync(self, trials: Sequence[FrozenTrial]) -> None:
         """Write what is missing: the sessions of finished trials that lack one (the driver
