@@ -354,20 +354,37 @@ def test_ctrl_c_marks_the_trial_failed_and_a_rerun_resumes(tmp_path, fast_recipe
 
 
 def test_second_run_with_another_space_is_refused_without_losing_trials(tmp_path, fast_recipe):
+    """``validate`` says beforehand what the run then does with the stored study: start it,
+    train nothing, refuse it (the very error), go on in a wider space."""
     recipe = fast_recipe(trials=3)
+    db = tmp_path / "logs" / "fast" / "study.db"
+    fresh = run_cli("validate", str(recipe), cwd=tmp_path)
+    assert f"a run starts study 'fast' in {db.parent}" in fresh.stdout
     assert run_cli("run", str(recipe), cwd=tmp_path).returncode == 0
+    done = run_cli("validate", str(recipe), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "already has 3 of 3 trials: this run trains nothing" in done.stdout
     above = run_cli("trials", "logs", cwd=tmp_path)  # the logdir, not the study: names them
     assert above.returncode == 2 and "the studies in this folder: ['fast']" in above.stderr
-    changed = run_cli("run", str(recipe), "space.x.low=0.9", "study.trials=5", cwd=tmp_path)
-    assert changed.returncode == 2
+    narrow = ("space.x.low=0.9", "study.trials=5")
+    told = run_cli("validate", str(recipe), *narrow, cwd=tmp_path)
+    changed = run_cli("run", str(recipe), *narrow, cwd=tmp_path)
+    assert changed.returncode == told.returncode == 2
+    assert told.stderr == changed.stderr
     assert "'x' changed" in changed.stderr and "Traceback" not in changed.stderr
     assert "trials so far lie outside it" in changed.stderr
     assert "--fresh sets the old study aside" in changed.stderr
-    assert _count(tmp_path / "logs" / "fast" / "study.db", "COMPLETE") == 3
-    wider = run_cli("run", str(recipe), "space.x.high=2.0", "study.trials=5", cwd=tmp_path)
+    assert _count(db, "COMPLETE") == 3
+    wide = ("space.x.high=2.0", "study.trials=5")
+    told = run_cli("validate", str(recipe), *wide, cwd=tmp_path)
+    assert told.returncode == 0, told.stderr
+    assert "a run goes on with study 'fast'" in told.stdout and "3 of 5 trials done" in told.stdout
+    assert "in a changed space that holds every trial so far: parameter 'x'" in told.stdout
+    assert _count(db, "COMPLETE") == 3  # validate ran nothing
+    wider = run_cli("run", str(recipe), *wide, cwd=tmp_path)
     assert wider.returncode == 0, wider.stderr
     assert "goes on in a changed space that holds every trial so far" in wider.stderr
-    assert _count(tmp_path / "logs" / "fast" / "study.db", "COMPLETE") == 5
+    assert _count(db, "COMPLETE") == 5
 
 
 def test_a_function_objective_imports_the_modules_beside_it(tmp_path):

@@ -248,7 +248,8 @@ def local_modules(folder: Path, scripts: list[str]) -> list[str]:
 @click.argument("path")
 @click.argument("overrides", nargs=-1)
 def validate(path: str, overrides: tuple[str, ...]) -> None:
-    """Check a recipe without running it: keys, types, bounds, sampler, objective.
+    """Check a recipe without running it: keys, types, bounds, sampler, objective, and what
+    a run would do with the study already in its folder (start, go on, or refuse it).
 
     \b
     Example:
@@ -257,17 +258,20 @@ def validate(path: str, overrides: tuple[str, ...]) -> None:
     from torchtune_hp.display import counted
     from torchtune_hp.launch import check_objective
     from torchtune_hp.recipe import load_recipe
-    from torchtune_hp.runner import check_executor, slots_of
+    from torchtune_hp.runner import check_executor, slots_of, what_a_run_does
 
     recipe = load_recipe(path, overrides)
     check_objective(recipe)
     check_executor(recipe)
     slots_of(recipe)
+    plan = what_a_run_does(recipe)
     m = recipe.model
     say(
         f"{recipe.path}: OK — study {m.study.name!r}, {counted(len(recipe.space), 'parameter')}, "
         f"sampler {m.sampler.name}, {m.study.trials} trials, {m.study.mode} {m.study.metric}"
     )
+    for line in plan:
+        say(f"  {line}")
 
 
 def _read_trials(study_dir: Path) -> tuple[dict, list[FrozenTrial]]:

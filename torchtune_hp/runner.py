@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import shlex
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from torchtune_hp import files
 from torchtune_hp.display import counted
@@ -22,7 +23,8 @@ from torchtune_hp.executors.loop import run_trials
 from torchtune_hp.launch import check_objective, launch_spec
 from torchtune_hp.progress import ProgressView
 from torchtune_hp.recipe import Recipe
-from torchtune_hp.study import Study
+from torchtune_hp.storage import Storage, holds_nothing
+from torchtune_hp.study import Study, refuse_other
 from torchtune_hp.trial import Trial
 
 
@@ -177,13 +179,34 @@ def run_recipe(recipe: Recipe) -> Study:
     return study
 
 
-def more_trials(study: Study, trials: int) -> int:
+class HeldStudy(Protocol):
+    """What the messages below need of a study: an open :class:`Study`, or one read from its
+    folder (:class:`StoredStudy`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def dir(self) -> Path | None: ...
+    @property
+    def n_finished(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class StoredStudy:
+    """A study as its folder holds it, read without opening it (``validate``)."""
+
+    name: str
+    dir: Path
+    n_finished: int
+
+
+def more_trials(study: HeldStudy, trials: int) -> int:
     """What to ask for to run more of a study that holds its ``trials``: one number, whichever
     message suggests it."""
     return max(trials, study.n_finished) + 10
 
 
-def after_a_fix(study: Study, trials: int) -> str:
+def after_a_fix(study: HeldStudy, trials: int) -> str:
     """How to go on once whatever failed the trials is fixed. Failed trials count toward
     ``study.trials`` (as in Optuna), so a study that used them all needs more, not a rerun."""
     if study.n_finished < trials:
@@ -194,7 +217,7 @@ def after_a_fix(study: Study, trials: int) -> str:
     )
 
 
-def nothing_to_run(study: Study, trials: int) -> str:
+def nothing_to_run(study: HeldStudy, trials: int) -> str:
     """Why a run of a finished study trains nothing: a user who reruns a recipe with other
     options (``sampler.acquisition=ucb``) under the same study name would otherwise see
     "30/30 trials done" and take the old results for the new settings."""
@@ -205,6 +228,40 @@ def nothing_to_run(study: Study, trials: int) -> str:
         "not used; to run them, start a new study (study.name=<another name>), move this one "
         f"aside (--fresh), or ask for more trials (study.trials={more})"
     )
+
+
+def what_a_run_does(recipe: Recipe) -> list[str]:
+    """What running ``recipe`` would do with the study its folder holds, judged as opening
+    the study judges it: start one, go on with one (in a changed space, with another seed),
+    or train nothing. Raises StudyMismatch where the run would be refused, so ``validate``
+    catches a recipe edited after its study was started before a night's run, not at its
+    start. Reads the database only (a running study's too)."""
+    m = recipe.model
+    study_dir = files.absolute(Path(m.logdir)) / m.study.name
+    db = study_dir / files.DATABASE
+    starts = [f"a run starts study {m.study.name!r} in {study_dir}"]
+    if db.is_symlink() or not db.is_file() or holds_nothing(db):
+        return starts
+    storage = Storage(db, read_only=True)
+    try:
+        meta = storage.get_meta()
+        if not meta:
+            return starts
+        taken = refuse_other(study_dir, meta, storage, recipe.space, m.study.metric, m.study.mode)
+        held = StoredStudy(m.study.name, study_dir, sum(t.counts for t in storage.trials()))
+    finally:
+        storage.close()
+    lines = [
+        f"a run goes on with study {m.study.name!r} in {study_dir}: "
+        f"{held.n_finished} of {m.study.trials} trials done"
+    ]
+    if taken:
+        lines.append(f"in a changed space that holds every trial so far: {'; '.join(taken)}")
+    if held.n_finished >= m.study.trials:
+        lines.append(nothing_to_run(held, m.study.trials))
+    elif m.study.seed is not None and m.study.seed != meta["seed"]:
+        lines.append(f"its next trials draw from seed {m.study.seed} (stored: {meta['seed']})")
+    return lines
 
 
 def disconnect(recipe: Recipe) -> None:

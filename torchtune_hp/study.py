@@ -148,6 +148,34 @@ def _wait_for_database(path: Path, timeout_s: float = 60.0) -> Storage:
         time.sleep(0.1)
 
 
+def refuse_other(
+    where: Path | str,
+    meta: Mapping[str, Any],
+    storage: Storage,
+    space: Space,
+    metric: str,
+    mode: str,
+) -> list[str]:
+    """StudyMismatch where the stored study (``meta``, its trials in ``storage``) has another
+    space, metric or mode than the one given; a space changed only where every stored trial
+    still lies in it is taken (see :func:`~torchtune_hp.space.space_diff`): returns those
+    changes. Opening a study and ``torchtune-hp validate`` both ask this."""
+    stored = Space.from_dict(meta["space"])
+    changed = space_diff(stored, space)
+    held = [t.params for t in storage.trials()] if changed else []
+    problems = space_diff(stored, space, held) if changed else []
+    for key, given in (("metric", metric), ("mode", mode)):
+        if meta[key] != given:
+            problems.append(f"{key} changed: stored {meta[key]!r}, given {given!r}")
+    if problems:
+        raise StudyMismatch(
+            f"{where}: the existing study differs from the one given: "
+            + "; ".join(problems)
+            + ". Use another study name or logdir to start a new study."
+        )
+    return changed
+
+
 class Study:
     """A named search over ``space``; see the module docstring for what resuming does."""
 
@@ -272,34 +300,12 @@ class Study:
             try:
                 meta = peek.get_meta()
                 if meta:
-                    self._refuse_other(meta, peek)
+                    refuse_other(self.dir, meta, peek, self.space, self.metric, self.mode)
             finally:
                 peek.close()
         except (StorageError, OSError, sqlite3.Error):
             pass
         return made
-
-    def _refuse_other(self, meta: Mapping[str, Any], storage: Storage) -> list[str]:
-        """StudyMismatch where the stored study (``meta``) has another space, metric or mode;
-        a space changed only where every trial in ``storage`` still lies in it is taken (see
-        :func:`~torchtune_hp.space.space_diff`): returns those changes."""
-        stored = Space.from_dict(meta["space"])
-        changed = space_diff(stored, self.space)
-        held = [t.params for t in storage.trials()] if changed else []
-        problems = space_diff(stored, self.space, held) if changed else []
-        for key in ("metric", "mode"):
-            if meta[key] != getattr(self, key):
-                problems.append(
-                    f"{key} changed: stored {meta[key]!r}, given {getattr(self, key)!r}"
-                )
-        if problems:
-            where = self.dir if self.dir is not None else self.name
-            raise StudyMismatch(
-                f"{where}: the existing study differs from the one given: "
-                + "; ".join(problems)
-                + ". Use another study name or logdir to start a new study."
-            )
-        return changed
 
     def _open_storage(self) -> Storage:
         if self.dir is None:
@@ -387,7 +393,9 @@ class Study:
                 }
             )
             return
-        taken = self._refuse_other(meta, self.storage)
+        taken = refuse_other(
+            self.dir or self.name, meta, self.storage, self.space, self.metric, self.mode
+        )
         if taken:
             self.storage.set_meta({"space": self.space.to_dict()})
             warnings.warn(
