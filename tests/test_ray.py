@@ -438,13 +438,16 @@ def test_a_stop_just_after_a_ray_trial_ended_keeps_its_result(cluster, tmp_path)
 def test_a_cluster_that_goes_away_stops_the_study_with_one_clear_error(cluster, tmp_path):
     """The head node dies (or ``ray stop``) while trials run: the study used to promise each
     lost trial a run on another node, go silent for a minute, and be ended by Ray's own
-    'Failed to connect to GCS within 60 seconds' (exit 1, trials left RUNNING)."""
+    'Failed to connect to GCS within 60 seconds' (exit 1, trials left RUNNING). Then a user
+    saw exit 2 come 21 s after the head died: Ray's disconnect waits on the gone cluster."""
     _, study_dir, driver, pids = _two_long_trials(cluster, tmp_path, trials=3)
     started = time.monotonic()
     cluster.kill(cluster.nodes[0])  # the head: its control store, its raylet, the hosts
     _, err = driver.communicate(timeout=90)
     assert driver.returncode == 2, err[-3000:]
-    assert time.monotonic() - started < 45  # not Ray's minute
+    took = time.monotonic() - started
+    # not Ray's minute, nor Ray's 15 s disconnect from the gone cluster (8 s in all before)
+    assert took < 6, took
     assert "error: the Ray cluster at" in err and "is gone" in err and "Traceback" not in err
     trials = read_trials(study_dir)
     assert [(t.state, t.interruption) for t in trials] == [

@@ -34,6 +34,9 @@ def main() -> None:
             )
         code = signals.exit_code(e)
     signals.ignore_from_now_on()  # a signal during the interpreter's shutdown: same exit code
+    ray_exit = sys.modules.get("torchtune_hp.executors.ray_exit")  # loaded where Ray was used
+    if ray_exit is not None:
+        ray_exit.exit_now_if_left(code)  # a gone cluster: not Ray's 15 s exit hook
     sys.exit(code)
 
 

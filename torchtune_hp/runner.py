@@ -268,4 +268,6 @@ def disconnect(recipe: Recipe) -> None:
     if recipe.model.executor.name == "ray":
         import ray
 
-        ray.shutdown()
+        from torchtune_hp.executors.ray_exit import shut_down
+
+        shut_down(ray)

@@ -51,6 +51,7 @@ from torchtune_hp.executors.process import (
     keep_earlier_logs,
     process_outcome,
 )
+from torchtune_hp.executors.ray_exit import shut_down
 from torchtune_hp.outcome import Outcome, describe
 from torchtune_hp.trial import PAUSE_CHECKPOINT, Trial
 
@@ -420,8 +421,7 @@ class RayExecutor:
     def close(self) -> None:
         """The hosts clear their node-local folders (see ``stop_all``), then go."""
         self.stop_all()
-        if self.ray.is_initialized():
-            self.ray.shutdown()
+        shut_down(self.ray)
 
 
 def carried_files(trial: Trial) -> dict[str, bytes]:
@@ -488,6 +488,10 @@ def connect(
     (``close`` disconnects, which ends a cluster started here). A ConfigError, before any
     trial, when Ray is not installed, the cluster cannot be reached, or no node can hold one
     trial."""
+    # Ray's native crash handler, in the driver, answers a SIGTERM that comes while it starts
+    # (a whole process group stopped: Slurm, systemd) with an abort (exit -6) instead of the
+    # study's clean stop; read when Ray is first imported, and a user's own setting stands
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     try:
         import ray
     except ImportError:
@@ -534,7 +538,7 @@ def connect(
     try:
         _check_resources(ray, address, recipe_path, resources)
     except ConfigError:
-        ray.shutdown()
+        shut_down(ray)
         raise
 
 
