@@ -1414,6 +1414,29 @@ def test_the_trials_table_on_a_narrow_terminal_never_cuts_a_number(tmp_path):
             assert note in lines[0]  # whole, where the terminal wraps it
 
 
+def test_a_long_study_on_a_terminal_still_has_one_line_per_trial(tmp_path):
+    """Above 200 trials the table is plain columns (rich takes seconds there), and they were
+    printed whole: a 100-column terminal wrapped each failed trial's 140-character error over
+    two lines. Cut to the terminal as the rich table is, numbers whole."""
+    space = {"x": Float(0.0, 1.0), "y": Float(0.0, 1.0)}
+    error = "RuntimeError: a rather long error message " + "that does not fit " * 6
+    with Study("long", space, sampler="sobol", seed=0, logdir=tmp_path, images_every=0) as st:
+        for i in range(205):
+            t = st.ask()
+            if i % 2:
+                st.tell(t, t.params["x"] + t.params["y"])
+            else:
+                st.tell(t, state="failed", error=error)
+        xs = [f"{t.params['x']:.6g}" for t in st.trials]
+    rc, shown = on_terminal("trials", "long", cwd=tmp_path, columns=100)
+    assert rc == 0, shown
+    lines = [line for line in shown.splitlines() if "COMPLETE" in line or "FAILED" in line]
+    assert len(lines) == 205 and "│" not in lines[0]  # the plain columns, one line a trial
+    assert all(len(line) <= 100 for line in shown.splitlines()), shown
+    assert all(x in line for x, line in zip(xs, lines, strict=True))
+    assert lines[0].endswith("…") and "RuntimeError: a rather long" in lines[0]
+
+
 def test_closing_the_terminal_is_a_clean_stop(tmp_path):
     """SIGHUP from a real closed terminal: 129, trials recorded, nothing orphaned, even though
     nothing can be written to the terminal any more."""

@@ -31,7 +31,6 @@ from torchtune_hp.trial import FrozenTrial, TrialState, best_of
 
 # The recipe layer (pydantic, the samplers, numpy) is imported by the commands that need it, so
 # `trials` and `best` start in a fraction of a second.
-NOTE_MIN = 12  # the note's least width in a terminal table
 RICH_ROWS = 200  # a terminal gets a rich table up to this many trials, plain columns beyond
 
 NO_RESULT = 1
@@ -295,7 +294,7 @@ def trials(study_dir: Path, fmt: str, number: int | None) -> None:
       torchtune-hp trials logs/digits_mlp --format csv > trials.csv  # Optuna's columns
       torchtune-hp trials logs/digits_mlp --trial 3     # one trial, its whole error
     """
-    from torchtune_hp.display import column_widths, plain_table, trial_detail, trial_rows
+    from torchtune_hp.display import NOTE_MIN, column_widths, plain_table, trial_detail, trial_rows
 
     driven = files.StudyLock.is_held(study_dir)  # before reading: a driver alive now
     meta, rows = _read_trials(study_dir)
@@ -331,8 +330,11 @@ def trials(study_dir: Path, fmt: str, number: int | None) -> None:
         say(text.getvalue(), nl=False)
         return
     header, cells = trial_rows(rows, list(meta.get("space", {})), meta.get("metric", "value"))
-    if not (sys.stdout.isatty() and len(rows) <= RICH_ROWS):
+    if not sys.stdout.isatty():
         say(plain_table(header, cells))
+        return
+    if len(rows) > RICH_ROWS:  # plain columns, faster to draw, one line per trial too
+        say(plain_table(header, cells, shutil.get_terminal_size().columns))
         return
     from rich.console import Console
     from rich.table import Table

@@ -8,6 +8,8 @@ from typing import Any
 
 from torchtune_hp.trial import FrozenTrial, TrialState
 
+NOTE_MIN = 12  # the note's least width in a terminal table
+
 
 def counted(n: int, noun: str) -> str:
     """``1 report``, ``3 reports``."""
@@ -47,13 +49,19 @@ def column_widths(header: list[str], rows: list[list[str]]) -> list[int]:
     return [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
 
-def plain_table(header: list[str], rows: list[list[str]]) -> str:
-    """Columns padded to their widest cell; the last column (the note) is not padded."""
+def plain_table(header: list[str], rows: list[list[str]], width: int | None = None) -> str:
+    """Columns padded to their widest cell; the last column (the note) is not padded. With a
+    terminal's ``width``, the note is cut to what the other columns leave (the numbers never
+    are), where that leaves it at least ``NOTE_MIN`` characters."""
     widths = column_widths(header, rows)[:-1]
+    room = None if width is None else width - sum(w + 2 for w in widths) - 1
     lines = []
     for r in [header, *rows]:
         cells = [c.ljust(w) for c, w in zip(r, widths, strict=False)]
-        lines.append("  ".join([*cells, r[-1]]).rstrip())
+        note = r[-1]
+        if room is not None and room >= NOTE_MIN and len(note) > room:
+            note = note[: room - 1] + "…"
+        lines.append("  ".join([*cells, note]).rstrip())
     return "\n".join(lines)
 
 

@@ -589,8 +589,9 @@ class Storage:
             warnings.warn(f"the trials' heartbeat was not written: {e}", RuntimeWarning, 2)
 
     def add_waiting(self, number: int, seconds: float) -> None:
-        """Time a RUNNING trial spent waiting to be placed (on a busy Ray cluster), kept with
-        its paused time: not part of its duration, as it did not run."""
+        """Time a RUNNING trial spent waiting to be placed (on a busy Ray cluster), or for the
+        driver to draw the model's pictures before handing it out, kept with its paused time:
+        not part of its duration, as it did not run."""
         with self._tx() as c:
             c.execute(
                 "UPDATE trials SET paused_s=COALESCE(paused_s, 0) + ? WHERE number=? AND state=?",

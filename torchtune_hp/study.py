@@ -628,9 +628,12 @@ class Study:
         explain = getattr(self.sampler, "explain", None)
         if sampled and explain and self.images_every and number % self.images_every == 0:
             if any(_wants_explanation(x, number) for x in self._listeners):
+                t0 = time.monotonic()
                 explanation = explain()
                 if explanation is not None:
                     self._emit("sampler_explained", explanation, number)
+                # the trial is handed out only now: the pictures' seconds are not its run's
+                self.storage.add_waiting(number, time.monotonic() - t0)
         return trial
 
     def _resume(self) -> Trial | None:

@@ -46,7 +46,10 @@ from torchtune_hp.samplers.explain import Explanation
 from torchtune_hp.space import Space
 from torchtune_hp.trial import FrozenTrial, TrialState
 
-DRAW_BUDGET = 10  # a redraw waits this many times as long as the last drawing took
+# a study's periodic pictures take at most 1/DRAW_BUDGET of its time, half of that for the
+# views and half for the GP's pictures: a redraw of either waits 2 * DRAW_BUDGET times as
+# long as its last drawing took (the GP's timed from the model's evaluation for it)
+DRAW_BUDGET = 10
 FIRST_DRAW_GUESS_S = 1.0  # what the first drawing is guessed to take (matplotlib's import too)
 # in the study run's folder: how many finished trials the last full drawing (a run's end) showed
 DRAWN_MARK = ".drawn"
@@ -130,6 +133,7 @@ class StudyBoard:
         # run ten times as long as a drawing is guessed to take, each next one likewise
         began = time.monotonic()
         self._next_views = self._next_gp = began + DRAW_BUDGET * FIRST_DRAW_GUESS_S
+        self._explaining_since: float | None = None  # when the study was told to explain
         self._ended_here = 0  # trials that ran and ended while this board listened
         self._kept: list[Path] = []  # the study run's files when the study opened
         self._warned: set[tuple[str, str]] = set()
@@ -359,7 +363,11 @@ class StudyBoard:
     def wants_explanation(self, number: int) -> bool:
         """Whether the study should ask the sampler for its pictures now (they cost a model
         evaluation and a drawing: the same time budget as the views)."""
-        return bool(self.images_every) and time.monotonic() >= self._next_gp
+        now = time.monotonic()
+        if not (self.images_every and now >= self._next_gp):
+            return False
+        self._explaining_since = now
+        return True
 
     @_never_stops_a_study
     def sampler_explained(self, study: Any, expl: Explanation, number: int) -> None:
@@ -400,8 +408,9 @@ class StudyBoard:
     ) -> None:
         """The study views (history, curves, slices, pairs, parallel coordinates), at step =
         the number of finished trials. Drawing takes about a second (more on a long study), so
-        after one the next periodic redraw waits at least ten times as long: with fast trials
-        the pictures cost a tenth of the time at most; the last is always drawn at the end."""
+        after one the next periodic redraw waits twenty times as long: with fast trials the
+        views and the GP's pictures together cost a tenth of the time at most; the last is
+        always drawn at the end."""
         if not finished or len(finished) == self._drawn_at:
             return
         from torchtune_hp.board.figures import drawing
@@ -415,12 +424,13 @@ class StudyBoard:
         images = {f"views/{tag}": png for tag, png in views.items()}
         write_replacing(self.dir / VIEWS_RUN, images, len(finished))
         now = time.monotonic()
-        self._next_views = now + DRAW_BUDGET * (now - began)
+        self._next_views = now + 2 * DRAW_BUDGET * (now - began)
 
     def _draw_gp(self, expl: Explanation, step: int) -> None:
         from torchtune_hp.board.figures import drawing, importance_png, slices_png
 
-        began = time.monotonic()
+        began = self._explaining_since or time.monotonic()  # the model's evaluation counts
+        self._explaining_since = None
         with drawing():  # matplotlib on use
             slices, importance = (
                 slices_png(expl, self.metric, step),
@@ -428,7 +438,7 @@ class StudyBoard:
             )
         write_replacing(self.dir / GP_RUN, {"gp/slices": slices, "gp/importance": importance}, step)
         now = time.monotonic()
-        self._next_gp = now + DRAW_BUDGET * (now - began)
+        self._next_gp = now + 2 * DRAW_BUDGET * (now - began)
 
     def close(self) -> None:
         """Trials still open (an interrupted run) end as the study records them: the study
