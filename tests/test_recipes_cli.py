@@ -415,6 +415,37 @@ def test_a_function_objective_imports_the_modules_beside_it(tmp_path):
         assert [t.value for t in trials] == [t.params["x"] ** 2 for t in trials]
 
 
+def test_a_package_beside_the_recipe_imports_as_package_module(tmp_path):
+    """``function: mypkg.mod:train`` with ``mypkg/`` beside the recipe: 'No module named
+    mypkg' from validate, although ``python -m mypkg.mod`` there imports it. The recipe's
+    folder is searched after the installed packages, by the driver and by every worker."""
+    (tmp_path / "conf" / "mypkg").mkdir(parents=True)
+    (tmp_path / "conf" / "mypkg" / "__init__.py").write_text("")
+    (tmp_path / "conf" / "mypkg" / "mod.py").write_text(
+        "def train(trial):\n    return trial.params['x'] + 1\n"
+    )
+    recipe = {
+        "study": {"name": "pkg", "trials": 2, "seed": 0},
+        "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+        "objective": {"function": "mypkg.mod:train"},
+        "logdir": "logs",
+    }
+    (tmp_path / "conf" / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert run_cli("validate", "conf/r.yaml", cwd=tmp_path).returncode == 0
+    for workers in (1, 2):
+        name = f"pkg{workers}"
+        done = run_cli(
+            "run", "conf/r.yaml", f"study.name={name}", f"executor.workers={workers}", cwd=tmp_path
+        )
+        assert done.returncode == 0, done.stderr
+        trials = read_trials(tmp_path / "logs" / name)
+        assert [t.value for t in trials] == [t.params["x"] + 1 for t in trials]
+    missing = run_cli("validate", "conf/r.yaml", "objective.function=nopkg.mod:train", cwd=tmp_path)
+    assert missing.returncode == 2
+    assert "cannot import module 'nopkg.mod': No module named 'nopkg'" in missing.stderr
+    assert f"or the recipe's folder {(tmp_path / 'conf').resolve()})" in missing.stderr
+
+
 def test_an_objective_file_that_parses_arguments_when_imported(tmp_path):
     """A helper's train.py ran ``parse_args()`` at its top: importing it read torchtune-hp's
     own arguments (``run r.yaml``), and argparse's exit printed ``usage: torchtune-hp ...`` and

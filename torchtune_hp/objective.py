@@ -48,11 +48,15 @@ def load_objective(recipe_path: Path, ref: str, train: Mapping[str, Any]) -> Cal
             sys.argv = argv
     else:
         try:
-            module = importlib.import_module(target)
+            module = _import_beside(target, recipe_path.parent.resolve())
         except Exception as e:
             beside = recipe_path.parent / f"{target}.py"
             hint = f" (did you mean {target}.py:{func_name}, the file beside the recipe?)"
-            hint = hint if beside.is_file() else ""
+            if not beside.is_file():
+                hint = (
+                    " (a package.module is imported from the installed packages, PYTHONPATH, "
+                    f"or the recipe's folder {recipe_path.parent.resolve()})"
+                )
             raise ConfigError(
                 recipe_path, KEY, f"cannot import module {target!r}: {e}{hint}"
             ) from e
@@ -76,6 +80,21 @@ def load_objective(recipe_path: Path, ref: str, train: Mapping[str, Any]) -> Cal
             recipe_path, "train", f"{func_name}(trial, **train) does not accept these: {e}"
         ) from None
     return fn
+
+
+def _import_beside(target: str, folder: Path) -> Any:
+    """``import target``, where its top-level package is not installed also from ``folder``
+    (the recipe's): a package kept beside the recipe imports, as ``python -m pkg.mod`` run
+    there would, in the driver and in every worker alike (they know the recipe's path, not the
+    driver's working folder). Installed packages come first, so a folder there named like one
+    (``torch/``) does not shadow it."""
+    top = target.split(".")[0]
+    if importlib.util.find_spec(top) is None and (
+        (folder / top / "__init__.py").is_file() or (folder / f"{top}.py").is_file()
+    ):
+        if str(folder) not in sys.path:
+            sys.path.append(str(folder))
+    return importlib.import_module(target)
 
 
 def where(error: BaseException, file: Path) -> str:
