@@ -67,6 +67,23 @@ def test_exit_codes_tell_a_study_that_produced_nothing(tmp_path):
     assert run_cli("run", "r.yaml", "study.trials=zero", cwd=tmp_path).returncode == 2
 
 
+def test_a_study_whose_pruner_stopped_every_trial_is_not_told_to_fix_anything(tmp_path):
+    """A user's short study with a strict pruner: every trial PRUNED, none failed, and the
+    run ended saying "after a fix add study.trials=18". Nothing needs a fix there."""
+    stopped = (
+        "import torchtune_hp as hp\n\ndef train(trial):\n"
+        "    trial.report(trial.params['x'], 0)\n    raise hp.TrialPruned()\n"
+    )
+    study_files(tmp_path, stopped, trials=2)
+    result = run_cli("run", "r.yaml", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "no trial completed" in result.stderr and "fix" not in result.stderr
+    assert (
+        "The pruner stopped every trial before its end (PRUNED, nothing failed): ask for "
+        "more trials (study.trials=12" in result.stderr
+    )
+
+
 def test_the_full_error_is_one_command_away(tmp_path):
     study_files(tmp_path, BROKEN, trials=1)
     result = run_cli("run", "r.yaml", cwd=tmp_path)

@@ -75,7 +75,7 @@ def run(recipe: str, overrides: tuple[str, ...], fresh: bool) -> None:
       torchtune-hp run my.yaml --fresh     # start over after fixing a mistake
     """
     from torchtune_hp.recipe import load_recipe
-    from torchtune_hp.runner import after_a_fix, run_recipe
+    from torchtune_hp.runner import run_recipe, without_a_result
 
     loaded = load_recipe(recipe, overrides)
     if fresh:
@@ -88,7 +88,7 @@ def run(recipe: str, overrides: tuple[str, ...], fresh: bool) -> None:
         if best is None:
             raise NoResult(
                 f"{study.dir}: no trial completed; see why with: torchtune-hp trials "
-                f"{where}. {after_a_fix(study, loaded.model.study.trials)}"
+                f"{where}. {without_a_result(study, loaded.model.study.trials)}"
             )
         board = loaded.model.tensorboard.enabled  # off: no event files for a dashboard
         say(

@@ -25,7 +25,7 @@ from torchtune_hp.progress import ProgressView
 from torchtune_hp.recipe import Recipe
 from torchtune_hp.storage import Storage, holds_nothing
 from torchtune_hp.study import Study, refuse_other
-from torchtune_hp.trial import Trial
+from torchtune_hp.trial import Trial, TrialState
 
 
 def open_study(recipe: Recipe) -> Study:
@@ -214,6 +214,20 @@ def after_a_fix(study: HeldStudy, trials: int) -> str:
     return (
         f"Its {study.n_finished} trials are all used (failed ones count), so after a fix add "
         f"study.trials={more_trials(study, trials)} to go on, or --fresh to start it over"
+    )
+
+
+def without_a_result(study: Study, trials: int) -> str:
+    """How to go on from a run that ended with no COMPLETE trial: after a fix where trials
+    failed; where the pruner stopped every one (a short study with a strict pruner, or one
+    whose paused trials were not resumed yet), nothing needs a fix."""
+    states = {t.state for t in study.trials}
+    if TrialState.FAILED in states or TrialState.PRUNED not in states:
+        return after_a_fix(study, trials)
+    return (
+        "The pruner stopped every trial before its end (PRUNED, nothing failed): ask for more "
+        f"trials (study.trials={more_trials(study, trials)}; with resume, paused ones may then "
+        "run on), or prune later (a larger min_resource)"
     )
 
 
