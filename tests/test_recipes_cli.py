@@ -395,24 +395,33 @@ def test_a_function_objective_imports_the_modules_beside_it(tmp_path):
     (tmp_path / "obj.py").write_text(
         "import helper\n\ndef train(trial):\n    return helper.square(trial.params['x'])\n"
     )
-    recipe = {
-        "study": {"name": "sib", "trials": 2, "seed": 0},
-        "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
-        "objective": {"function": "obj.py:train"},
-        "logdir": "logs",
-    }
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    _two_trials_of(tmp_path / "r.yaml", "obj.py:train")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     assert run_cli("validate", "../r.yaml", cwd=elsewhere).returncode == 0
+    _runs_in_and_out_of_process("../r.yaml", elsewhere, lambda x: x**2)
+
+
+def _two_trials_of(path: Path, function: str) -> None:
+    """A recipe at ``path``: two trials of ``function`` over x in [0, 1], logdir ``logs``."""
+    recipe = {
+        "study": {"name": "two", "trials": 2, "seed": 0},
+        "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
+        "objective": {"function": function},
+        "logdir": "logs",
+    }
+    path.write_text(yaml.safe_dump(recipe))
+
+
+def _runs_in_and_out_of_process(recipe: str, cwd: Path, expected) -> None:
+    """``recipe`` run from ``cwd`` in the driver and with two workers: every trial's value is
+    ``expected(x)``."""
     for workers in (1, 2):
-        name = f"sib{workers}"
-        done = run_cli(
-            "run", "../r.yaml", f"study.name={name}", f"executor.workers={workers}", cwd=elsewhere
-        )
+        name = f"w{workers}"
+        done = run_cli("run", recipe, f"study.name={name}", f"executor.workers={workers}", cwd=cwd)
         assert done.returncode == 0, done.stderr
-        trials = read_trials(elsewhere / "logs" / name)
-        assert [t.value for t in trials] == [t.params["x"] ** 2 for t in trials]
+        trials = read_trials(cwd / "logs" / name)
+        assert [t.value for t in trials] == [expected(t.params["x"]) for t in trials]
 
 
 def test_a_package_beside_the_recipe_imports_as_package_module(tmp_path):
@@ -424,22 +433,9 @@ def test_a_package_beside_the_recipe_imports_as_package_module(tmp_path):
     (tmp_path / "conf" / "mypkg" / "mod.py").write_text(
         "def train(trial):\n    return trial.params['x'] + 1\n"
     )
-    recipe = {
-        "study": {"name": "pkg", "trials": 2, "seed": 0},
-        "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}},
-        "objective": {"function": "mypkg.mod:train"},
-        "logdir": "logs",
-    }
-    (tmp_path / "conf" / "r.yaml").write_text(yaml.safe_dump(recipe))
+    _two_trials_of(tmp_path / "conf" / "r.yaml", "mypkg.mod:train")
     assert run_cli("validate", "conf/r.yaml", cwd=tmp_path).returncode == 0
-    for workers in (1, 2):
-        name = f"pkg{workers}"
-        done = run_cli(
-            "run", "conf/r.yaml", f"study.name={name}", f"executor.workers={workers}", cwd=tmp_path
-        )
-        assert done.returncode == 0, done.stderr
-        trials = read_trials(tmp_path / "logs" / name)
-        assert [t.value for t in trials] == [t.params["x"] + 1 for t in trials]
+    _runs_in_and_out_of_process("conf/r.yaml", tmp_path, lambda x: x + 1)
     missing = run_cli("validate", "conf/r.yaml", "objective.function=nopkg.mod:train", cwd=tmp_path)
     assert missing.returncode == 2
     assert "cannot import module 'nopkg.mod': No module named 'nopkg'" in missing.stderr
