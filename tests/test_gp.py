@@ -502,3 +502,31 @@ def test_importance_gives_nothing_to_a_parameter_the_trials_never_varied():
     flat.optimize(lambda t: 2.0, n_trials=5)
     with pytest.raises(ValueError, match="every finished trial has 2.0"):
         flat.importance()
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_lucky_draw_does_not_send_the_endgame_to_the_corners(seed):
+    """A user's 300-trial noisy study: half the endgame's suggestions went to the space's
+    corners (lr=1, width 16, 6 layers) while the best trials sat mid-space and the sampler
+    said it searched near them. EI measured improvement against the lowest observation, a
+    lucky draw far below what the model expects anywhere near it, so only the corners'
+    variance promised any. Against the lowest posterior mean at an observed point (the
+    default's, in the endgame) it stays at the optimum; the old incumbent, an option, does
+    not."""
+    space = {"x": Float(0.0, 1.0), "y": Float(0.0, 1.0), "z": Float(0.0, 1.0)}
+    rng = np.random.default_rng(seed)
+    study = Study("noisy", space, sampler="sobol", seed=0, logdir=None)
+    for i in range(66):  # 60 around the optimum, 6 close to it, each value with noise
+        point = rng.uniform(0.2, 0.8, 3) if i < 60 else 0.5 + rng.normal(0, 0.02, 3)
+        params = dict(zip(space, map(float, point), strict=True))
+        study.add(params, sum((v - 0.5) ** 2 for v in params.values()) + rng.normal(0, 0.05))
+    study.add({"x": 0.5, "y": 0.5, "z": 0.5}, -0.4)  # the lucky draw, at the optimum
+    away = {}
+    for incumbent in ("auto", "observed"):
+        sampler = GPSampler(seed=0, incumbent=incumbent)
+        sampler.horizon = 70  # in its endgame
+        params = sampler.sample(study.space, study.trials, [])
+        assert sampler.explain().suggested_by.startswith("log EI maximizer, searched near")
+        away[incumbent] = max(abs(v - 0.5) for v in params.values())
+    assert away["auto"] < 0.1
+    assert away["observed"] == 0.5  # a corner, for all its "searched near the best trials"

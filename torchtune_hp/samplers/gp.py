@@ -89,6 +89,7 @@ def trust_radius(values: Sequence[float], start: int) -> float:
 THOMPSON_MODELS = ("full", "alternate", "additive", "evidence")
 # How a refit chooses the hyperparameters: ``hyper_select``, see GPSampler.
 HYPER_SELECT = ("map", "loo", "loo_explore")
+INCUMBENTS = ("auto", "observed", "mean")
 
 
 def default_n_init(dim: int, budget: int | None = None) -> int:
@@ -188,7 +189,10 @@ class GPSampler:
     bowl under a rugged objective in view when the fitted lengthscales fall to its ripples; it
     wins on the rugged and valley-shaped test functions and loses on the real network; the
     additive Thompson model and the ``gp`` pruner's curve model keep their own kernels; see
-    :class:`~torchtune_hp.gp.surrogate.MixedMatern52` and the README)."""
+    :class:`~torchtune_hp.gp.surrogate.MixedMatern52` and the README), ``incumbent`` (what EI
+    and PI measure improvement against: ``observed``, the lowest observed value; ``mean``, the
+    lowest posterior mean at an observed point; ``auto``, the default, ``observed`` until the
+    endgame and ``mean`` in it; see :meth:`_incumbent`)."""
 
     name = "gp"
 
@@ -212,6 +216,7 @@ class GPSampler:
         thompson_model: str = "evidence",
         hyper_select: str = "loo_explore",
         trend_share: float = 0.0,
+        incumbent: str = "auto",
         mode: str = "min",
     ) -> None:
         check_choice("acquisition", acquisition, ACQUISITIONS)
@@ -252,6 +257,8 @@ class GPSampler:
         check_choice("hyper_select", hyper_select, HYPER_SELECT)
         self.hyper_select = hyper_select
         self.trend_share = _share("trend_share", trend_share)
+        check_choice("incumbent", incumbent, INCUMBENTS)
+        self.incumbent = incumbent
         self._additive_fit: dict[tuple[int, str], np.ndarray] = {}  # warm starts
         # thompson_model evidence: the last step's leave-one-out densities (additive, full)
         self._evidence: tuple[float, float] | None = None
@@ -505,7 +512,7 @@ class GPSampler:
             # Constant liar, never more optimistic than the model: max(mean, average of y).
             lie = yp.clamp_min(float(y.mean()))
             surrogate.condition(torch.cat([x, xp]), torch.cat([y.to(dev), lie]))
-        best = float(y.min())
+        best = self._incumbent(surrogate, x, y, endgame)
         every = self.thompson_every
         step = bool(every and k % every == every - 1) and not endgame
         thompson = self.acquisition == "thompson" or step
@@ -535,6 +542,23 @@ class GPSampler:
                         return params
         self.last_note = "every candidate was already evaluated or pending: a Sobol point instead"
         return self._sobol(space, k)
+
+    def _incumbent(
+        self, surrogate: Surrogate, x: torch.Tensor, y: torch.Tensor, endgame: bool
+    ) -> float:
+        """The value EI and PI measure improvement against (GP units, lower is better): the
+        lowest observation, or the lowest posterior mean at an observed point (``incumbent``;
+        ``auto``: the mean in the endgame only). On a noisy objective a lucky draw sets a
+        lowest observation the model cannot expect to beat anywhere near it (its posterior
+        there is many sds above), so the highest EI is where the variance is largest, at the
+        space's corners: in a user's 300-trial study half the endgame's suggestions went to a
+        corner while the best trials sat mid-space, though the endgame is there to refine
+        them. Before it the lowest observation stays: measured on the real task (10 seeds),
+        the mean throughout ended at a median 0.1052 where it ends at 0.1025."""
+        if self.incumbent == "observed" or (self.incumbent == "auto" and not endgame):
+            return float(y.min())
+        with torch.no_grad():
+            return float(surrogate.posterior(x)[0].min())
 
     def _additive_point(
         self,
@@ -607,7 +631,7 @@ class GPSampler:
         x = surrogate.x
         assert x is not None
         with torch.no_grad():
-            best = float(surrogate.posterior(x)[0].min())
+            best = float(surrogate.posterior(x)[0].min())  # HEBO's, whatever ``incumbent`` says
         kappa2 = (2.0 + enc.d / 2.0) * math.log(max(len(x), 2)) + math.log(math.pi**2 / 0.01)
 
         def acq3(xq: torch.Tensor) -> torch.Tensor:
