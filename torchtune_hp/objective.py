@@ -87,11 +87,10 @@ def _import_beside(target: str, folder: Path) -> Any:
     (the recipe's): a package kept beside the recipe imports, as ``python -m pkg.mod`` run
     there would, in the driver and in every worker alike (they know the recipe's path, not the
     driver's working folder). Installed packages come first, so a folder there named like one
-    (``torch/``) does not shadow it."""
+    (``torch/``) does not shadow it. A single file beside the recipe is not imported this way:
+    its form is ``file.py:function`` (the error says so), one way to each file."""
     top = target.split(".")[0]
-    if importlib.util.find_spec(top) is None and (
-        (folder / top / "__init__.py").is_file() or (folder / f"{top}.py").is_file()
-    ):
+    if importlib.util.find_spec(top) is None and (folder / top / "__init__.py").is_file():
         if str(folder) not in sys.path:
             sys.path.append(str(folder))
     return importlib.import_module(target)
