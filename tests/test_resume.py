@@ -658,9 +658,11 @@ def test_a_stop_while_a_resumed_regex_script_runs_keeps_every_line_it_printed(tm
     while stopped_at is None:  # a trial that runs again and has printed 2 lines since
         assert driver.poll() is None and time.monotonic() < deadline, "no trial resumed"
         time.sleep(0.05)
-        if not (study_dir / "study.db").exists():
+        try:  # the driver may have made the file and not yet the study in it
+            trials = read_trials(study_dir)
+        except FileNotFoundError:
             continue
-        for t in read_trials(study_dir):
+        for t in trials:
             note = t.note or ""
             if t.state is TrialState.RUNNING and "resumed after" in note:
                 paused = int(note.split("resumed after ")[-1].split(" ")[0])
