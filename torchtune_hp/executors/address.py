@@ -1,7 +1,10 @@
 """What ``executor.address`` may be: one parser for the recipe's check (so ``validate`` refuses
-a malformed address as ``run`` does) and for the driver's probes of the cluster."""
+a malformed address as ``run`` does) and for the driver's probes of the cluster, and the one
+probe they make (a TCP connection: Ray retries an unreachable address for minutes)."""
 
 from __future__ import annotations
+
+import socket
 
 ADDRESS_FORMS = "'auto', 'local', host:port (e.g. 10.0.0.5:6379) or ray://host:port"
 
@@ -20,3 +23,13 @@ def check_address(address: str) -> str:
     if address not in ("auto", "local") and host_port(address) is None:
         raise ValueError(f"expected {ADDRESS_FORMS}, got {address!r}")
     return address
+
+
+def unreachable(where: tuple[str, int], timeout_s: float) -> OSError | None:
+    """Why ``where`` (a :func:`host_port` address) did not accept a connection within
+    ``timeout_s``, or None where it did."""
+    try:
+        with socket.create_connection(where, timeout=timeout_s):
+            return None
+    except OSError as e:
+        return e

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import sys
 from typing import Any
 
-from torchtune_hp.executors.address import host_port
+from torchtune_hp.executors.address import host_port, unreachable
 
 ANSWER_S = 1.0  # a control store on a live cluster answers a connection in milliseconds
 
@@ -28,13 +27,7 @@ def answers(address: str | None) -> bool:
     """Whether ``address`` (host:port) accepts a connection; an address of another form
     (a Ray Client's, unknown) counts as answering, so Ray is shut down as usual."""
     where = None if address is None else host_port(address)
-    if where is None:
-        return True
-    try:
-        with socket.create_connection(where, timeout=ANSWER_S):
-            return True
-    except OSError:
-        return False
+    return where is None or unreachable(where, ANSWER_S) is None
 
 
 def control_store(ray: Any) -> str | None:

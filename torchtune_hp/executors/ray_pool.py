@@ -30,7 +30,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ from torchtune_hp import procs, signals
 from torchtune_hp.board.tags import OUR_RUNS
 from torchtune_hp.errors import ClusterGone, ConfigError
 from torchtune_hp.executors import Finished
-from torchtune_hp.executors.address import ADDRESS_FORMS, host_port
+from torchtune_hp.executors.address import ADDRESS_FORMS, host_port, unreachable
 from torchtune_hp.executors.folder_sync import apply_chunks
 from torchtune_hp.executors.pool import forward_notes, forward_reports, last_reported, trial_env
 from torchtune_hp.executors.process import (
@@ -355,13 +354,7 @@ class RayExecutor:
         where = host_port(self.probe_address)
         until, refused = time.monotonic() + settle_s, 0
         while refused < 2:
-            try:
-                if where is None:
-                    raise OSError(f"not host:port: {self.probe_address!r}")
-                with socket.create_connection(where, timeout=PROBE_S):
-                    refused = 0
-            except OSError:
-                refused += 1
+            refused = refused + 1 if where is None or unreachable(where, PROBE_S) else 0
             if refused == 0 and time.monotonic() >= until:
                 return
             time.sleep(0.25)
@@ -564,16 +557,14 @@ def _probe(address: str, recipe_path: Path) -> None:
     where = host_port(target)
     if where is None:
         raise ConfigError(recipe_path, KEY, f"expected {ADDRESS_FORMS}, got {target!r}{source}")
-    try:
-        with socket.create_connection(where, timeout=PROBE_S):
-            pass
-    except OSError as e:
+    error = unreachable(where, PROBE_S)
+    if error is not None:
         raise ConfigError(
             recipe_path,
             KEY,
-            f"the Ray cluster at {target!r}{source} cannot be reached ({e}); is `ray start "
+            f"the Ray cluster at {target!r}{source} cannot be reached ({error}); is `ray start "
             "--head` running there, and is its port open to this machine?",
-        ) from None
+        )
 
 
 def _address_file() -> Path | None:
