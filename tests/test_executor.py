@@ -409,15 +409,18 @@ def test_sys_exit_in_a_function_objective_in_a_worker_fails_its_trial(tmp_path):
         "def train(trial):\n"
         "    torchtune_hp.report(loss=0.5, step=0)\n"
         "    if trial.params['x'] < 0.5:\n"
-        "        sys.exit(0)\n"
+        "        sys.exit(0 if trial.params['x'] < 0.25 else 3)\n"
         "    return trial.params['x']\n"
     )
-    trials = run_function(tmp_path, source, 6, 2, "study.fail_fast=0")
-    exited = [t for t in trials if t.params["x"] < 0.5]
-    assert exited and all(t.state is TrialState.FAILED for t in exited)
-    assert all("called sys.exit(0) in its worker process" in (t.error or "") for t in exited)
+    trials = run_function(tmp_path, source, 8, 2, "study.fail_fast=0")
+    xs = [t.params["x"] for t in trials]
+    assert any(x < 0.25 for x in xs) and any(0.25 <= x < 0.5 for x in xs)  # both exits
     for t in trials:
-        if t.params["x"] >= 0.5:
+        if t.params["x"] < 0.5:  # a nonzero exit also says what the objective did
+            code = 0 if t.params["x"] < 0.25 else 3
+            assert t.state is TrialState.FAILED
+            assert f"called sys.exit({code}) in its worker process" in (t.error or "")
+        else:
             assert (t.state, t.value) == (TrialState.COMPLETE, t.params["x"])
 
 

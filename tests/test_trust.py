@@ -1112,20 +1112,27 @@ def test_in_process_returns_that_cannot_be_read_fail_only_their_trial(tmp_path):
         assert states == [TrialState.FAILED] * 2 + [TrialState.COMPLETE]
 
 
-def test_sys_exit_in_an_objective_ends_the_program_and_the_trial_runs_again(tmp_path):
-    """sys.exit() means what it means in Python (yours, or your signal handler's): the
-    program ends with that code; the trial is recorded interrupted and runs next time."""
+def test_sys_exit_in_an_in_process_objective_fails_its_trial_as_in_a_worker(tmp_path):
+    """A recipe's objective that calls sys.exit() in-process ended the run with that code
+    (0 with no COMPLETE trial: CI read success) and its trial ran again next time, so an
+    objective that always exits kept every run at that trial. It fails only its trial, as in
+    a worker process, with where it was called, and the study goes on."""
     source = (
-        "import sys\n\ndef train(trial):\n    if trial.number == 1:\n        sys.exit(3)\n"
+        "import sys\n\ndef train(trial):\n"
+        "    if trial.number in (1, 2):\n        sys.exit(3 if trial.number == 1 else 0)\n"
         "    return trial.params['x']\n"
     )
-    function_recipe(tmp_path, source, "ex", trials=3)
-    assert run_cli("run", "r.yaml", cwd=tmp_path).returncode == 3
+    function_recipe(tmp_path, source, "ex", trials=4)
+    result = run_cli("run", "r.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
     trials = read_trials(tmp_path / "logs" / "ex")
-    assert trials[1].interruption is Interruption.STOPPED and "sys.exit(3)" in trials[1].error
-    assert run_cli("run", "r.yaml", cwd=tmp_path).returncode == 0  # trial 2 is trial 1 again
-    again = read_trials(tmp_path / "logs" / "ex")
-    assert again[2].params == trials[1].params and again[2].state is TrialState.COMPLETE
+    assert [t.state for t in trials] == [TrialState.COMPLETE] + [TrialState.FAILED] * 2 + [
+        TrialState.COMPLETE
+    ]
+    for t, code in ((trials[1], 3), (trials[2], 0)):
+        assert t.interruption is None
+        assert t.error.endswith(f"the objective called sys.exit({code}) instead of returning a value")
+        assert "in train" in t.error  # the traceback says where
 
 
 OWN_HANDLER = """

@@ -181,6 +181,12 @@ def outcome_of_return(
     return Outcome.complete(number)
 
 
+def called_exit(code: object, where: str = "") -> str:
+    """Why a trial whose objective called ``sys.exit(code)`` failed (``where``: e.g. " in its
+    worker process"): one wording for every executor of a recipe."""
+    return f"the objective called sys.exit({code!r}){where} instead of returning a value"
+
+
 def call_objective(call: Callable[[], Any], metric: str, trial: Any) -> Outcome:
     """Run an objective and say how its trial ended. An exception fails the trial with its
     traceback. What ends the program is not a trial's failure: ``sys.exit()`` (yours, or a

@@ -121,7 +121,7 @@ def make_executor(recipe: Recipe, study: Study, slots: list[Slot]) -> Executor:
         def call(trial: Trial) -> Any:
             return objective(trial, **train)
 
-        return InlineExecutor(call, devices=slots[0].positions)
+        return InlineExecutor(call, devices=slots[0].positions, exit_fails_trial=True)
     from torchtune_hp.executors.pool import ProcessPool
 
     return ProcessPool(study, launch_spec(recipe), recipe.model.executor.workers, slots)

@@ -387,6 +387,7 @@ class StudyBoard:
                 self.draw_views(finished, lambda: _forecasts(study))
                 explain_now = getattr(study.sampler, "explain_trials", None)
                 if explain_now is not None:
+                    self._explaining_since = time.monotonic()  # not a stale ask's time
                     expl = explain_now(self.space, finished)
                     if expl is not None:
                         self._draw_gp(expl, len(finished))

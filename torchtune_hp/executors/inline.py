@@ -7,22 +7,35 @@ while it runs, and it is handed the devices of the executor's slot (``trial.devi
 
 from __future__ import annotations
 
+import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from torchtune_hp import signals
 from torchtune_hp.executors import Finished
 from torchtune_hp.executors.remote import activate
-from torchtune_hp.outcome import call_objective
+from torchtune_hp.outcome import Outcome, call_objective, called_exit
 from torchtune_hp.trial import Trial, TrialState
 
 
 class InlineExecutor:
     capacity = 1
 
-    def __init__(self, objective: Callable[[Trial], Any], devices: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        objective: Callable[[Trial], Any],
+        devices: Sequence[int] = (),
+        exit_fails_trial: bool = False,
+    ) -> None:
+        """``exit_fails_trial``: the objective's ``sys.exit()`` fails its trial and the study
+        goes on, as in a worker process (a recipe's run, where the count of workers must not
+        change what a trial's end means); otherwise it ends the program, as it does in Python
+        (the Python API: a user's own signal handler may end a script that way). A stop
+        signal's exit is a stop either way."""
         self.objective = objective
         self.devices = list(devices)
+        self.exit_fails_trial = exit_fails_trial
         self._done: list[Finished] = []
 
     @property
@@ -32,7 +45,12 @@ class InlineExecutor:
     def submit(self, trial: Trial) -> None:
         trial.devices = list(self.devices)
         with activate(trial):
-            outcome = call_objective(lambda: self.objective(trial), trial.study.metric, trial)
+            try:
+                outcome = call_objective(lambda: self.objective(trial), trial.study.metric, trial)
+            except SystemExit as e:
+                if not self.exit_fails_trial or signals.received() is not None:
+                    raise
+                outcome = Outcome.failed(f"{traceback.format_exc()}{called_exit(e.code)}")
         if outcome.state is TrialState.FAILED and trial.resume_from is None:  # a resumed one
             # that fails stays paused, and the study warns of that (Study._paused_after_failure)
             last = (outcome.error or "").strip().splitlines()[-1:] or [""]

@@ -27,7 +27,7 @@ ENV_TRAIN = "TORCHTUNE_HP_TRAIN"
 
 def main() -> int:
     from torchtune_hp.objective import load_objective
-    from torchtune_hp.outcome import Outcome, call_objective
+    from torchtune_hp.outcome import Outcome, call_objective, called_exit
 
     trial = current_trial()
     if trial is None:
@@ -46,13 +46,13 @@ def main() -> int:
         # A nonzero exit already fails the trial, and one after a stop signal (Lightning exits
         # 0 after SIGTERM; TuneCallback notes it) is the driver's to judge, as before. An
         # exit 0 of its own ended only this process, without a value: its last report was
-        # taken for one (COMPLETE). In the driver sys.exit() ends the program instead.
-        if e.code not in (0, None) or channel.read_stopped(trial.run_dir, trial.launch) is not None:
+        # taken for one (COMPLETE). A nonzero one says so on stderr, which the failure quotes.
+        if channel.read_stopped(trial.run_dir, trial.launch) is not None:
             raise
-        outcome = Outcome.failed(
-            f"the objective called sys.exit({e.code!r}) in its worker process instead of "
-            "returning a value"
-        )
+        if e.code not in (0, None):
+            print(called_exit(e.code, " in its worker process"), file=sys.stderr)
+            raise
+        outcome = Outcome.failed(called_exit(e.code, " in its worker process"))
     write_result(trial.run_dir, trial.launch, outcome)
     if outcome.state is TrialState.FAILED:
         print(outcome.error, file=sys.stderr)
