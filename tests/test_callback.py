@@ -196,6 +196,34 @@ def test_asha_prunes_a_deliberately_bad_config_early():
     )
 
 
+class FromThirdReport:
+    """Rejects every trial from its third report on."""
+
+    name = "from_third_report"
+
+    def prune(self, trial, others, mode):
+        return len(trial.intermediate) >= 3
+
+
+def test_a_trial_is_not_stopped_at_its_last_epoch_where_stopping_saves_nothing():
+    """ASHA's last rung fell on the last epoch (min_resource 2, eta 3, 6 epochs): a trial
+    that had trained to the end was recorded PRUNED and its value left out of the best. The
+    callback does not ask at the last epoch; before it, the pruner decides as ever."""
+    study = Study("c", {"lr": Float(0.01, 0.1)}, logdir=None, pruner=FromThirdReport())
+    study.enqueue({"lr": 0.05})
+    study.enqueue({"lr": 0.05})
+    for epochs, state, reports in ((3, TrialState.COMPLETE, 3), (5, TrialState.PRUNED, 3)):
+        trial = study.ask()
+        trainer, callback = fit(trial, epochs=epochs)
+        told = study.tell(trial, trainer.callback_metrics["val_loss"])
+        assert (told.state, len(told.intermediate), callback.pruned) == (
+            state,
+            reports,
+            state is TrialState.PRUNED,
+        )
+    assert study.best_trial.number == 0
+
+
 def test_state_dict_round_trip():
     study = Study("c", {"lr": Float(0.01, 0.1)}, logdir=None)
     cb = TuneCallback(study.ask())

@@ -43,6 +43,36 @@ def test_asha_keeps_the_top_third_at_each_rung():
     assert p.prune(curve(9, [0.15]), others, "max")
 
 
+@pytest.mark.parametrize(
+    "pruner",
+    [
+        ASHAPruner(min_resource=2, eta=3, max_resource=6),  # rungs 2, 6: the last is the end
+        MedianPruner(n_startup=3, n_warmup=1, max_resource=6),
+        # in its startup (fewer than n_startup curves ended) ASHA's rank decides
+        make_pruner("gp", {"startup_min_resource": 2, "eta": 3, "max_resource": 6, "n_startup": 5}),
+    ],
+)
+def test_a_trial_that_made_its_full_trainings_reports_is_never_stopped(pruner):
+    """A rung on the last epoch stopped a trial that had trained to the end: it was recorded
+    PRUNED and its value left out of the best. With ``max_resource`` (Ray's max_t) given, the
+    same curve is stopped one report earlier but not at the end."""
+    if hasattr(pruner, "bind"):
+        pruner.bind(Study("b", {"x": Float(0, 1)}, logdir=None).space, "min")
+
+    def at(number, values):
+        return FrozenTrial(
+            number=number,
+            state=TrialState.COMPLETE if number < 9 else TrialState.RUNNING,
+            params={"x": number / 10},
+            intermediate=dict(enumerate(values)),
+        )
+
+    others = [at(i, [v] * 6) for i, v in enumerate([0.1, 0.2, 0.3])]
+    assert pruner.prune(at(9, [0.9] * 2), others, "min")
+    assert not pruner.prune(at(9, [0.9] * 6), others, "min")
+    assert ASHAPruner(min_resource=2, eta=3).prune(at(9, [0.9] * 6), others, "min")
+
+
 def test_failed_trials_do_not_compete():
     others = [curve(0, [0.1], TrialState.FAILED), curve(1, [0.9])]
     assert not ASHAPruner(eta=2).prune(curve(9, [0.5]), others, "min")

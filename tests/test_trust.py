@@ -1131,7 +1131,8 @@ def test_sys_exit_in_an_in_process_objective_fails_its_trial_as_in_a_worker(tmp_
     ]
     for t, code in ((trials[1], 3), (trials[2], 0)):
         assert t.interruption is None
-        assert t.error.endswith(f"the objective called sys.exit({code}) instead of returning a value")
+        called = f"the objective called sys.exit({code}) instead of returning a value"
+        assert t.error.endswith(called)
         assert "in train" in t.error  # the traceback says where
 
 

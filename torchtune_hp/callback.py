@@ -106,13 +106,27 @@ class TuneCallback(L.Callback):
         if trainer.is_global_zero:
             self.trial.report(float(metrics[self.monitor]), step)
             self.reports += 1
-            prune = self.trial.should_prune()
+            # at the last epoch stopping saves nothing: the run ends COMPLETE with its value
+            prune = not self._last_validation(trainer) and self.trial.should_prune()
         prune = bool(trainer.strategy.broadcast(prune, src=0))
         if prune:
             self._keep_for_resume(trainer)
             self.pruned = True
             self.trial.pruned = True
             trainer.should_stop = True
+
+    def _last_validation(self, trainer: L.Trainer) -> bool:
+        """Whether training ends after this validation: the last epoch's end (``max_epochs``)
+        or ``max_steps`` reached. Where it cannot tell (validation within epochs, a time
+        limit), False: the pruner decides as usual."""
+        if 0 <= trainer.max_steps <= trainer.global_step:
+            return True
+        last_epoch = trainer.max_epochs is not None and trainer.max_epochs >= 0
+        return (
+            last_epoch
+            and not self._by_validation
+            and trainer.current_epoch + 1 >= trainer.max_epochs
+        )
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException

@@ -18,6 +18,11 @@ reports (what a checkpoint-on-best run would keep).
   a trial stops when it is unlikely to beat the best value so far or its remaining epochs buy
   more as a new trial. Before the model has seen curves end, ASHA's rank decides with it.
 
+``median`` and ``asha`` take ``max_resource`` (Ray Tune's ``max_t``; the gp pruner has its
+own), the reports of a full training: a trial that has made them is never stopped, since
+stopping it then saves nothing and would leave a finished run PRUNED. The Lightning callback
+never asks at its trial's last epoch either (:mod:`torchtune_hp.callback`).
+
 All stop a trial at once when its latest report is NaN or inf (a diverging run, recorded by
 the study as the worst value there is), and rank others against it as the worst at every
 rung, its good early values included; ``none`` lets it run to its end.
@@ -73,6 +78,16 @@ def diverged(trial: FrozenTrial) -> bool:
     return bool(trial.intermediate) and not math.isfinite(
         next(reversed(trial.intermediate.values()))  # the last step's: kept in step order
     )
+
+
+def at_end(trial: FrozenTrial, max_resource: int | None) -> bool:
+    """Whether ``trial`` has made the ``max_resource`` reports of a full training."""
+    return max_resource is not None and len(trial.intermediate) >= max_resource
+
+
+def check_max_resource(max_resource: int | None) -> None:
+    if max_resource is not None:
+        check_least(("max_resource", max_resource, 1))
 
 
 def rung_resources(min_resource: int, eta: int, resource: int) -> list[int]:
@@ -139,15 +154,19 @@ def check_least(*checks: tuple[str, int, int]) -> None:
 class MedianPruner:
     n_startup: int = 5
     n_warmup: int = 1
+    max_resource: int | None = None
 
     name = "median"
 
     def __post_init__(self) -> None:
         check_least(("n_startup", self.n_startup, 1), ("n_warmup", self.n_warmup, 0))
+        check_max_resource(self.max_resource)
 
     def prune(self, trial: FrozenTrial, others: Sequence[FrozenTrial], mode: str) -> bool:
         if diverged(trial):
             return True
+        if at_end(trial, self.max_resource):
+            return False
         r = len(trial.intermediate)
         mine = value_at(trial, r, mode)
         if mine is None or r <= self.n_warmup:
@@ -164,11 +183,13 @@ class MedianPruner:
 class ASHAPruner:
     min_resource: int = 1
     eta: int = 3
+    max_resource: int | None = None
 
     name = "asha"
 
     def __post_init__(self) -> None:
         check_least(("min_resource", self.min_resource, 1), ("eta", self.eta, 2))
+        check_max_resource(self.max_resource)
 
     def rungs(self, resource: int) -> list[int]:
         """The rung resources ``min_resource * eta**k`` up to ``resource``."""
@@ -178,8 +199,8 @@ class ASHAPruner:
         if diverged(trial):
             return True
         resource = len(trial.intermediate)
-        if not at_rung(self.min_resource, self.eta, resource):
-            return False  # only decide when the trial arrives at a rung
+        if at_end(trial, self.max_resource) or not at_rung(self.min_resource, self.eta, resource):
+            return False  # only decide when the trial arrives at a rung before its end
         return asha_rank(trial, others, resource, mode, self.eta)[0]
 
 

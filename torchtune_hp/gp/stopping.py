@@ -39,7 +39,7 @@ from torchtune_hp.gp.curves import SCALES, CurveModel, FinalPrediction, check_ke
 from torchtune_hp.gp.surrogate import SurrogateError
 from torchtune_hp.gp.threads import torch_threads
 from torchtune_hp.options import check_choice
-from torchtune_hp.pruners import asha_rank, at_rung, check_least, diverged
+from torchtune_hp.pruners import asha_rank, at_end, at_rung, check_least, diverged
 from torchtune_hp.space import Space
 from torchtune_hp.trial import RESUMED, FrozenTrial, TrialState
 
@@ -197,6 +197,8 @@ class GPPruner:
             return True
         if self.model is None:
             raise RuntimeError("GPPruner.bind(space, mode) must be called before prune()")
+        if at_end(trial, self.max_resource):
+            return False
         resource = len(trial.intermediate)
         complete = sum(t.state is TrialState.COMPLETE for t in others)
         startup = complete < self.n_startup  # the model has seen few curves end
