@@ -364,6 +364,7 @@ def test_second_run_with_another_space_is_refused_without_losing_trials(tmp_path
     done = run_cli("validate", str(recipe), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "already has 3 of 3 trials: this run trains nothing" in done.stdout
+    assert "goes on" not in done.stdout  # it said both: "goes on ... 3 of 3 trials done"
     above = run_cli("trials", "logs", cwd=tmp_path)  # the logdir, not the study: names them
     assert above.returncode == 2 and "the studies in this folder: ['fast']" in above.stderr
     narrow = ("space.x.low=0.9", "study.trials=5")
@@ -372,9 +373,15 @@ def test_second_run_with_another_space_is_refused_without_losing_trials(tmp_path
     assert changed.returncode == told.returncode == 2
     assert told.stderr == changed.stderr
     assert "'x' changed" in changed.stderr and "Traceback" not in changed.stderr
+    # the recipe file and the key, as every other recipe error; the command line's too
+    cli = "(set on the command line: space.x.low)"
+    assert changed.stderr.startswith(f"error: {recipe}: space.x {cli}: {db.parent}: ")
     assert "trials so far lie outside it" in changed.stderr
     assert "--fresh sets the old study aside" in changed.stderr
     assert _count(db, "COMPLETE") == 3
+    over = run_cli("validate", str(recipe), *narrow, "--fresh", cwd=tmp_path)
+    assert over.returncode == 0, over.stderr
+    assert f"a run moves {db.parent} aside (to fast.old-<time>, its 3 trials kept" in over.stdout
     wide = ("space.x.high=2.0", "study.trials=5")
     told = run_cli("validate", str(recipe), *wide, cwd=tmp_path)
     assert told.returncode == 0, told.stderr

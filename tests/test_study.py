@@ -365,8 +365,13 @@ def test_a_widened_range_or_an_added_choice_keeps_the_trials_and_goes_on(tmp_pat
     reopened.close()
     with pytest.raises(StudyMismatch, match=r"'lr' changed.*lie outside it"):
         Study("w", {**wider, "lr": Float(1e-2, 1e-1, log=True)}, logdir=tmp_path)
-    with pytest.raises(StudyMismatch, match="'wd' was added"):
+    with pytest.raises(StudyMismatch, match="'wd' was added") as e:
         Study("w", {**wider, "wd": Float(0.0, 0.1)}, logdir=tmp_path)
+    assert e.value.keys == ["space.wd"] and "renamed" not in str(e.value)
+    renamed = {"rate" if k == "lr" else k: v for k, v in wider.items()}
+    with pytest.raises(StudyMismatch, match="'rate' was added .*renamed from 'lr'?") as e:
+        Study("w", renamed, logdir=tmp_path)
+    assert sorted(e.value.keys) == ["space.lr", "space.rate"]
 
 
 OPEN_IN_ANOTHER_PROCESS = """

@@ -246,9 +246,11 @@ def local_modules(folder: Path, scripts: list[str]) -> list[str]:
 @cli.command()
 @click.argument("path")
 @click.argument("overrides", nargs=-1)
-def validate(path: str, overrides: tuple[str, ...]) -> None:
+@click.option("--fresh", is_flag=True, help="Check the run that --fresh would make.")
+def validate(path: str, overrides: tuple[str, ...], fresh: bool) -> None:
     """Check a recipe without running it: keys, types, bounds, sampler, objective, and what
-    a run would do with the study already in its folder (start, go on, or refuse it).
+    a run would do with the study already in its folder (start, go on, or refuse it; with
+    --fresh, move it aside and start over).
 
     \b
     Example:
@@ -263,7 +265,7 @@ def validate(path: str, overrides: tuple[str, ...]) -> None:
     check_objective(recipe)
     check_executor(recipe)
     slots_of(recipe)
-    plan = what_a_run_does(recipe)
+    plan = what_a_run_does(recipe, fresh)
     m = recipe.model
     say(
         f"{recipe.path}: OK — study {m.study.name!r}, {counted(len(recipe.space), 'parameter')}, "

@@ -3,6 +3,7 @@ exit 2, a study stopped on repeated failures exits 1 (see the README's exit code
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -41,4 +42,9 @@ class ClusterGone(RuntimeError):
 
 
 class StudyMismatch(ValueError):
-    """An existing study was opened with another space, metric or mode."""
+    """An existing study was opened with another space, metric or mode; ``keys``: the
+    recipe keys that differ (``space.lr``, ``study.metric``), so a recipe's run can name them."""
+
+    def __init__(self, message: str, keys: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.keys = list(keys)

@@ -47,7 +47,7 @@ from pydantic import (
 )
 
 from torchtune_hp import durations
-from torchtune_hp.errors import ConfigError
+from torchtune_hp.errors import ConfigError, StudyMismatch
 from torchtune_hp.executors.address import check_address
 from torchtune_hp.files import check_study_name
 from torchtune_hp.objective import load_objective
@@ -295,6 +295,20 @@ class Recipe:
     model: RecipeModel
     space: Space
     raw: dict[str, Any]
+    overrides: tuple[str, ...] = ()  # the command line's key=value, as given
+
+    def mismatch(self, error: StudyMismatch) -> StudyMismatch:
+        """``error`` (its study refused this recipe's) naming this file, the keys that differ
+        and those the command line set, as every other recipe error does."""
+        keys = ", ".join(error.keys)
+        given = [
+            key
+            for o in self.overrides
+            if any(_same_key(key := o.partition("=")[0], k) for k in error.keys)
+        ]
+        cli = f" (set on the command line: {', '.join(given)})" if given else ""
+        where = f"{self.path}: {keys}{cli}: " if keys else f"{self.path}: "
+        return StudyMismatch(f"{where}{error}", error.keys)
 
     @property
     def resolved_yaml(self) -> str:
@@ -432,7 +446,7 @@ def _checked(path: Path, raw: dict[str, Any], overrides: Sequence[str]) -> Recip
         make_pruner(model.pruner.name, model.pruner.options)
     except OptionError as e:
         raise ConfigError(path, f"pruner.{e.key}", str(e)) from None
-    return Recipe(path=path, model=model, space=space, raw=raw)
+    return Recipe(path=path, model=model, space=space, raw=raw, overrides=tuple(overrides))
 
 
 def _drop_options_of_a_replaced_choice(

@@ -7,6 +7,7 @@ mistake costs no trial and no file.
 
 from __future__ import annotations
 
+import os
 import shlex
 import warnings
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 
 from torchtune_hp import files
 from torchtune_hp.display import counted
-from torchtune_hp.errors import ConfigError, StudyStopped
+from torchtune_hp.errors import ConfigError, StorageError, StudyMismatch, StudyStopped
 from torchtune_hp.executors import Executor
 from torchtune_hp.executors.devices import Slot, device_slots, driver_gpus
 from torchtune_hp.executors.inline import InlineExecutor
@@ -29,6 +30,15 @@ from torchtune_hp.trial import Trial, TrialState
 
 
 def open_study(recipe: Recipe) -> Study:
+    """The recipe's study, opened or started; a stored study that refuses the recipe says
+    which of the recipe's keys differ."""
+    try:
+        return _study_of(recipe)
+    except StudyMismatch as e:
+        raise recipe.mismatch(e) from None
+
+
+def _study_of(recipe: Recipe) -> Study:
     m = recipe.model
     return Study(
         m.study.name,
@@ -235,47 +245,96 @@ def nothing_to_run(study: HeldStudy, trials: int) -> str:
     """Why a run of a finished study trains nothing: a user who reruns a recipe with other
     options (``sampler.acquisition=ucb``) under the same study name would otherwise see
     "30/30 trials done" and take the old results for the new settings."""
-    more = more_trials(study, trials)
+    more, n = more_trials(study, trials), study.n_finished
+    count = f"{n} of {trials} trials" if n <= trials else f"{n} trials (study.trials={trials})"
     return (
-        f"study {study.name!r} ({study.dir}) already has {study.n_finished} of {trials} "
-        "trials: this run trains nothing, and its sampler, pruner and objective settings are "
+        f"study {study.name!r} ({study.dir}) already has {count}: this run trains nothing, "
+        "and its sampler, pruner and objective settings are "
         "not used; to run them, start a new study (study.name=<another name>), move this one "
         f"aside (--fresh), or ask for more trials (study.trials={more})"
     )
 
 
-def what_a_run_does(recipe: Recipe) -> list[str]:
-    """What running ``recipe`` would do with the study its folder holds, judged as opening
-    the study judges it: start one, go on with one (in a changed space, with another seed),
-    or train nothing. Raises StudyMismatch where the run would be refused, so ``validate``
-    catches a recipe edited after its study was started before a night's run, not at its
-    start. Reads the database only (a running study's too)."""
+def what_a_run_does(recipe: Recipe, fresh: bool = False) -> list[str]:
+    """What running ``recipe`` (with ``--fresh``: after moving its study aside) would do with
+    the study its folder holds, judged as opening the study judges it: start one, go on with
+    one (in a changed space, with another seed), or train nothing. Raises StudyMismatch where
+    the run would be refused, so ``validate`` catches a recipe edited after its study was
+    started before a night's run, not at its start. Reads the database only (a running
+    study's too)."""
     m = recipe.model
     study_dir = files.absolute(Path(m.logdir)) / m.study.name
-    db = study_dir / files.DATABASE
     starts = [f"a run starts study {m.study.name!r} in {study_dir}"]
-    if db.is_symlink() or not db.is_file() or holds_nothing(db):
-        return starts
-    storage = Storage(db, read_only=True)
-    try:
-        meta = storage.get_meta()
-        if not meta:
+    if fresh:
+        if not os.path.lexists(study_dir):
             return starts
-        taken = refuse_other(study_dir, meta, storage, recipe.space, m.study.metric, m.study.mode)
-        held = StoredStudy(m.study.name, study_dir, sum(t.counts for t in storage.trials()))
-    finally:
-        storage.close()
+        n = _stored_trials(study_dir / files.DATABASE)
+        kept = "" if n is None else f", its {counted(n, 'trial')} kept there"
+        return [
+            f"a run moves {study_dir} aside (to {study_dir.name}.old-<time>{kept}; nothing is "
+            f"deleted) and starts study {m.study.name!r} over"
+        ]
+    stored = _read_stored(recipe, study_dir)
+    if stored is None:
+        return starts
+    meta, taken, held = stored
+    if held.n_finished >= m.study.trials:
+        return [nothing_to_run(held, m.study.trials)]
     lines = [
         f"a run goes on with study {m.study.name!r} in {study_dir}: "
         f"{held.n_finished} of {m.study.trials} trials done"
     ]
     if taken:
         lines.append(f"in a changed space that holds every trial so far: {'; '.join(taken)}")
-    if held.n_finished >= m.study.trials:
-        lines.append(nothing_to_run(held, m.study.trials))
-    elif m.study.seed is not None and m.study.seed != meta["seed"]:
+    if m.study.seed is not None and m.study.seed != meta["seed"]:
         lines.append(f"its next trials draw from seed {m.study.seed} (stored: {meta['seed']})")
     return lines
+
+
+def _read_stored(
+    recipe: Recipe, study_dir: Path
+) -> tuple[dict[str, Any], list[str], StoredStudy] | None:
+    """The stored study's metadata, the space changes it takes from ``recipe`` and what it
+    holds; None where the folder holds no study. StudyMismatch where it refuses the recipe."""
+    m = recipe.model
+    db = study_dir / files.DATABASE
+    if not _holds_a_study(db):
+        return None
+    storage = Storage(db, read_only=True)
+    try:
+        meta = storage.get_meta()
+        if not meta:
+            return None
+        try:
+            taken = refuse_other(
+                study_dir, meta, storage, recipe.space, m.study.metric, m.study.mode
+            )
+        except StudyMismatch as e:
+            raise recipe.mismatch(e) from None
+        held = StoredStudy(m.study.name, study_dir, sum(t.counts for t in storage.trials()))
+    finally:
+        storage.close()
+    return meta, taken, held
+
+
+def _holds_a_study(db: Path) -> bool:
+    return not db.is_symlink() and db.is_file() and not holds_nothing(db)
+
+
+def _stored_trials(db: Path) -> int | None:
+    """How many trials the database holds; None where it holds no study or cannot be read."""
+    if not _holds_a_study(db):
+        return None
+    try:
+        storage = Storage(db, read_only=True)
+    except StorageError:
+        return None
+    try:
+        return len(storage.trials())
+    except StorageError:
+        return None
+    finally:
+        storage.close()
 
 
 def disconnect(recipe: Recipe) -> None:

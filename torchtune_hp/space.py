@@ -467,11 +467,28 @@ def space_diff(
     (a range widened or moved, a choice added, a step or log scale changed) that still holds
     every one of their values is no difference: those trials are points of the new space
     too, so a study may go on with it (Optuna's trials keep their own distributions alike)."""
+    return [text for _, text in space_changes(old, new, held)]
+
+
+def space_changes(
+    old: Space, new: Space, held: Sequence[Mapping[str, Value]] | None = None
+) -> list[tuple[str, str]]:
+    """:func:`space_diff`'s differences, each with the parameter it is about."""
     out = []
-    for name in old.params.keys() - new.params.keys():
-        out.append(f"parameter {name!r} was removed (stored: {describe(old.params[name])})")
-    for name in new.params.keys() - old.params.keys():
-        out.append(f"parameter {name!r} was added ({describe(new.params[name])})")
+    removed = sorted(old.params.keys() - new.params.keys())
+    added = sorted(new.params.keys() - old.params.keys())
+    renamed = ""
+    if len(removed) == len(added) == 1:  # the likeliest reading of one out, one in
+        a, b = old.params[removed[0]], new.params[added[0]]
+        if type(a) is type(b):
+            renamed = (
+                f" (renamed from {removed[0]!r}? the stored trials know it by its old name: "
+                "a study's parameters keep their names)"
+            )
+    for name in removed:
+        out.append((name, f"parameter {name!r} was removed (stored: {describe(old.params[name])})"))
+    for name in added:
+        out.append((name, f"parameter {name!r} was added ({describe(new.params[name])}){renamed}"))
     for name in old.params.keys() & new.params.keys():
         a, b = old.params[name], new.params[name]
         if param_to_dict(a) == param_to_dict(b):
@@ -484,5 +501,6 @@ def space_diff(
                 continue
             n = f"{len(outside)} of the {len(values)}"
             why = f" ({n} trials so far lie outside it, such as {outside[0]!r})"
-        out.append(f"parameter {name!r} changed: stored {describe(a)}, given {describe(b)}{why}")
-    return sorted(out)
+        text = f"parameter {name!r} changed: stored {describe(a)}, given {describe(b)}{why}"
+        out.append((name, text))
+    return sorted(out, key=lambda change: change[1])

@@ -49,7 +49,7 @@ from torchtune_hp.errors import StorageError, StudyMismatch
 from torchtune_hp.outcome import Outcome, as_number, describe, outcome_of_return
 from torchtune_hp.pruners import Pruner, diverged, make_pruner
 from torchtune_hp.samplers import Sampler, SpaceExhausted, make_sampler
-from torchtune_hp.space import Fixed, Param, Space, space_diff
+from torchtune_hp.space import Fixed, Param, Space, space_changes, space_diff
 from torchtune_hp.storage import Completed, Storage, holds_nothing, utcnow
 from torchtune_hp.trial import (
     PAUSE_CHECKPOINT,
@@ -163,15 +163,18 @@ def refuse_other(
     stored = Space.from_dict(meta["space"])
     changed = space_diff(stored, space)
     held = [t.params for t in storage.trials()] if changed else []
-    problems = space_diff(stored, space, held) if changed else []
+    problems = [(f"space.{n}", text) for n, text in space_changes(stored, space, held)]
     for key, given in (("metric", metric), ("mode", mode)):
         if meta[key] != given:
-            problems.append(f"{key} changed: stored {meta[key]!r}, given {given!r}")
+            problems.append(
+                (f"study.{key}", f"{key} changed: stored {meta[key]!r}, given {given!r}")
+            )
     if problems:
         raise StudyMismatch(
             f"{where}: the existing study differs from the one given: "
-            + "; ".join(problems)
-            + ". Use another study name or logdir to start a new study."
+            + "; ".join(text for _, text in problems)
+            + ". Use another study name or logdir to start a new study.",
+            [key for key, _ in problems],
         )
     return changed
 
