@@ -74,6 +74,7 @@ BAD = [
     (mutate("sampler", {"name": "gp", "beta": -1.0}), [], "sampler.beta", "beta must be >= 0"),
     (mutate("objective", None), [], "objective", "Field required"),
     (mutate("objective.function", "missing.py:train"), [], "objective.function", "does not exist"),
+    (mutate("objective.function", "fats.py:train"), [], "objective.function", "mean 'fast.py'?"),
     (mutate("objective.function", "fast.py:nope"), [], "objective.function", "no function 'nope'"),
     (mutate("objective.function", "no_such_mod:f"), [], "objective.function", "cannot import"),
     (
@@ -83,7 +84,8 @@ BAD = [
         "expected file.py:function",
     ),
     (mutate("objective.function", "fast.py:trian"), [], "objective.function", "mean 'train'?)"),
-    (mutate("train", {"epochs": 3}), [], "train", "unexpected keyword argument 'epochs'"),
+    (mutate("train", {"epochs": 3}), [], "train.epochs", "has no parameter 'epochs'; it takes"),
+    (mutate("train", {"fail_abov": 3}), [], "train.fail_abov", "(did you mean 'fail_above'?)"),
     (GOOD, ["study.trials"], "study.trials", "dotted.key=value"),
     (GOOD, ["study.trials=[1"], "study.trials", "cannot parse value"),
     ("study: [unclosed\n", [], "", "not valid YAML: line 2, column 1: expected ',' or ']'"),

@@ -26,7 +26,9 @@ def load_objective(recipe_path: Path, ref: str, train: Mapping[str, Any]) -> Cal
     if target.endswith(".py"):
         file = (recipe_path.parent / target).absolute()
         if not file.is_file():
-            raise ConfigError(recipe_path, KEY, f"file {file} does not exist")
+            beside = [f.name for f in file.parent.glob("*.py")] if file.parent.is_dir() else []
+            near = closest(file.name, beside)
+            raise ConfigError(recipe_path, KEY, f"file {file} does not exist{near}")
         # its folder first on the import path, as `python obj.py` has it: the file's own
         # modules beside it (`import helper`) import, then and when the function runs
         if str(file.parent) not in sys.path:
@@ -73,13 +75,32 @@ def load_objective(recipe_path: Path, ref: str, train: Mapping[str, Any]) -> Cal
             KEY,
             f"{func_name}() must take the trial as its first argument: def {func_name}(trial, ...)",
         )
+    _check_train(recipe_path, fn, func_name, train)
+    return fn
+
+
+def _check_train(
+    recipe_path: Path, fn: Callable[..., Any], func_name: str, train: Mapping[str, Any]
+) -> None:
+    """``fn(trial, **train)`` binds; else a ConfigError naming the ``train`` key it does not
+    take and the closest parameter it has (``max_epoch`` -> ``max_epochs``)."""
+    signature = inspect.signature(fn)
     try:
-        inspect.signature(fn).bind(None, **train)
+        signature.bind(None, **train)
     except TypeError as e:
+        params = list(signature.parameters.values())[1:]  # after the trial
+        names = [p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        unknown = [k for k in train if k not in names]
+        if unknown and len(names) == len(params):  # no **kwargs to take them
+            raise ConfigError(
+                recipe_path,
+                f"train.{unknown[0]}",
+                f"{func_name}(trial, ...) has no parameter {unknown[0]!r}"
+                f"{closest(unknown[0], names)}; it takes {names}",
+            ) from None
         raise ConfigError(
             recipe_path, "train", f"{func_name}(trial, **train) does not accept these: {e}"
         ) from None
-    return fn
 
 
 def _import_beside(target: str, folder: Path) -> Any:
