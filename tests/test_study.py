@@ -30,6 +30,13 @@ def test_ask_tell_and_best():
     assert study.best_value == pytest.approx(min(values))
     assert study.best_params == study.trials[values.index(min(values))].params
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 5
+    # what cannot be a value says so of tell(), not of an objective ask/tell code has none of
+    told = [study.tell(study.ask(), v) for v in ("0.2", float("nan"), {"acc": 1.0})]
+    assert [t.error for t in told] == [
+        "the value given to tell() is not a number: a str ('0.2'), not a number",
+        "the value given to tell() was nan (the run diverged)",
+        "the value given to tell() has keys ['acc'], not the metric 'value'",
+    ]
 
 
 def test_mode_max_picks_highest():

@@ -160,15 +160,14 @@ def outcome_of_return(
         if isinstance(value, Mapping) and metric is not None:
             if metric not in value:
                 keys = sorted(map(str, value))
-                return Outcome.failed(
-                    f"the objective returned keys {keys}, not the metric {metric!r}"
-                )
+                what = "the objective returned" if source is None else f"{source} has"
+                return Outcome.failed(f"{what} keys {keys}, not the metric {metric!r}")
             value = value[metric]
         number, why = as_number(value)
     except Exception as e:
+        what = "the objective returned" if source is None else f"{source} is"
         return Outcome.failed(
-            f"the objective returned a {type(value).__name__} that could not be read: "
-            f"{type(e).__name__}: {e}"
+            f"{what} a {type(value).__name__} that could not be read: {type(e).__name__}: {e}"
         )
     if number is None:
         if source is not None:

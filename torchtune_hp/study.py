@@ -753,7 +753,7 @@ class Study:
             return Outcome.failed(error or "failed")
         if st is TrialState.PRUNED:
             return Outcome(TrialState.PRUNED, as_number(value)[0])
-        return outcome_of_return(value, self.metric)
+        return outcome_of_return(value, self.metric, source="the value given to tell()")
 
     def report(self, trial: Trial | int, value: Any, step: Any = None) -> None:
         """Record an intermediate value of a RUNNING trial (``step``: the epoch, say; by default
