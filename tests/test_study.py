@@ -12,7 +12,16 @@ import pytest
 import torch
 from conftest import run_cli
 
-from torchtune_hp import Categorical, Float, Int, Study, StudyMismatch, TrialPruned, TrialState
+from torchtune_hp import (
+    Categorical,
+    Float,
+    Int,
+    Study,
+    StudyMismatch,
+    TrialPruned,
+    TrialState,
+    load_study,
+)
 from torchtune_hp.storage import SCHEMA_VERSION, Storage, StorageError
 from torchtune_hp.trial import Interruption, Origin
 
@@ -398,6 +407,35 @@ def test_a_second_driver_is_kept_out(tmp_path):
     with Study("s", SPACE, logdir=tmp_path):
         other = open_elsewhere(tmp_path)
         assert other.returncode == 1 and "being run by another process" in other.stderr
+
+
+READ_IN_ANOTHER_PROCESS = """
+import sys
+import torchtune_hp as hp
+record = hp.load_study(sys.argv[1])
+df = record.trials_dataframe()
+print(record.name, record.mode, len(record.trials), record.n_finished, record.best_trial.number)
+print(record.best_value, sorted(record.best_params), list(record.space.params), list(df["number"]))
+"""
+
+
+def test_load_study_reads_a_study_its_driver_is_running_from_another_process(tmp_path):
+    """Optuna's load_study: an analysis script read a running study only through the CLI;
+    ``Study(...)`` needs the space and is refused while a driver runs it."""
+    with Study("s", SPACE, seed=0, logdir=tmp_path, mode="max") as study:
+        study.optimize(lambda t: t.params["x"], n_trials=3)
+        running = study.ask()  # RUNNING: read as it is, not recorded by the reader
+        cmd = [sys.executable, "-c", READ_IN_ANOTHER_PROCESS, str(tmp_path / "s")]
+        read = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert read.returncode == 0, read.stderr
+        best = study.best_trial
+        first, second = read.stdout.splitlines()
+        assert first.split() == ["s", "max", "4", "3", str(best.number)]
+        assert second == f"{best.value} ['opt', 'x'] ['x', 'opt'] [0, 1, 2, 3]"
+        study.tell(running, 0.0)
+    assert load_study(tmp_path / "s").trials[3].state is TrialState.COMPLETE
+    with pytest.raises(FileNotFoundError, match=r"the studies in this folder: \['s'\]"):
+        load_study(tmp_path)  # the logdir, not the study
 
 
 def test_the_same_process_opening_a_study_again_takes_it_over_unless_its_loop_runs(tmp_path):

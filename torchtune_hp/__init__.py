@@ -31,10 +31,12 @@ _EXPORTS = {
     "SpaceExhausted": "torchtune_hp.samplers",
     "Study": "torchtune_hp.study",
     "StudyMismatch": "torchtune_hp.errors",
+    "StudyRecord": "torchtune_hp.record",
     "StudyStopped": "torchtune_hp.errors",
     "TimeLimitReached": "torchtune_hp.errors",
     "TuneCallback": "torchtune_hp.callback",
     "current_trial": "torchtune_hp.executors.remote",
+    "load_study": "torchtune_hp.record",
     "report": "torchtune_hp.executors.remote",
 }
 

@@ -26,8 +26,8 @@ from torchtune_hp.errors import (
     StudyMismatch,
     StudyStopped,
 )
-from torchtune_hp.storage import Storage
-from torchtune_hp.trial import FrozenTrial, TrialState, best_of
+from torchtune_hp.record import read_stored
+from torchtune_hp.trial import TrialState, best_of
 
 # The recipe layer (pydantic, the samplers, numpy) is imported by the commands that need it, so
 # `trials` and `best` start in a fraction of a second.
@@ -144,7 +144,7 @@ def start_over(study_dir: Path) -> Path | None:
     from torchtune_hp.space import Space
 
     try:
-        meta, rows = _read_trials(aside) if (aside / files.DATABASE).is_file() else ({}, [])
+        meta, rows = read_stored(aside) if (aside / files.DATABASE).is_file() else ({}, [])
         if meta:
             space = Space.from_dict(meta["space"])
             board = StudyBoard(aside, aside.name, space, meta["metric"], meta["mode"], 0)
@@ -275,14 +275,6 @@ def validate(path: str, overrides: tuple[str, ...], fresh: bool) -> None:
         say(f"  {line}")
 
 
-def _read_trials(study_dir: Path) -> tuple[dict, list[FrozenTrial]]:
-    storage = Storage(study_dir / "study.db", read_only=True)
-    try:
-        return storage.get_meta(), storage.trials()
-    finally:
-        storage.close()
-
-
 @cli.command()
 @click.argument("study_dir", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
@@ -299,7 +291,7 @@ def trials(study_dir: Path, fmt: str, number: int | None) -> None:
     from torchtune_hp.display import NOTE_MIN, column_widths, plain_table, trial_detail, trial_rows
 
     driven = files.StudyLock.is_held(study_dir)  # before reading: a driver alive now
-    meta, rows = _read_trials(study_dir)
+    meta, rows = read_stored(study_dir)
     left = [t.number for t in rows if t.state is TrialState.RUNNING]
     if left and not driven:
         click.echo(
@@ -371,7 +363,7 @@ def best(study_dir: Path, fmt: str) -> None:
     Example:
       torchtune-hp best logs/digits_mlp --format yaml > best.yaml
     """
-    meta, rows = _read_trials(study_dir)
+    meta, rows = read_stored(study_dir)
     top = best_of(rows, meta.get("mode", "min"))
     if top is None:
         raise NoResult(f"{study_dir}: no COMPLETE trial yet")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shlex
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,7 +23,8 @@ from torchtune_hp.executors.loop import run_trials
 from torchtune_hp.launch import check_objective, launch_spec
 from torchtune_hp.progress import ProgressView
 from torchtune_hp.recipe import Recipe
-from torchtune_hp.storage import Storage, holds_nothing
+from torchtune_hp.record import StudyRecord, read_stored
+from torchtune_hp.storage import holds_nothing
 from torchtune_hp.study import Study, refuse_other
 from torchtune_hp.trial import Trial, TrialState
 
@@ -191,7 +191,7 @@ def run_recipe(recipe: Recipe) -> Study:
 
 class HeldStudy(Protocol):
     """What the messages below need of a study: an open :class:`Study`, or one read from its
-    folder (:class:`StoredStudy`)."""
+    folder (:class:`~torchtune_hp.record.StudyRecord`)."""
 
     @property
     def name(self) -> str: ...
@@ -199,15 +199,6 @@ class HeldStudy(Protocol):
     def dir(self) -> Path | None: ...
     @property
     def n_finished(self) -> int: ...
-
-
-@dataclass(frozen=True)
-class StoredStudy:
-    """A study as its folder holds it, read without opening it (``validate``)."""
-
-    name: str
-    dir: Path
-    n_finished: int
 
 
 def more_trials(study: HeldStudy, trials: int) -> int:
@@ -268,7 +259,7 @@ def what_a_run_does(recipe: Recipe, fresh: bool = False) -> list[str]:
     if fresh:
         if not os.path.lexists(study_dir):
             return starts
-        n = _stored_trials(study_dir / files.DATABASE)
+        n = _stored_trials(study_dir)
         kept = "" if n is None else f", its {counted(n, 'trial')} kept there"
         return [
             f"a run moves {study_dir} aside (to {study_dir.name}.old-<time>{kept}; nothing is "
@@ -277,7 +268,7 @@ def what_a_run_does(recipe: Recipe, fresh: bool = False) -> list[str]:
     stored = _read_stored(recipe, study_dir)
     if stored is None:
         return starts
-    meta, taken, held = stored
+    held, taken = stored
     if held.n_finished >= m.study.trials:
         return [nothing_to_run(held, m.study.trials)]
     lines = [
@@ -286,55 +277,41 @@ def what_a_run_does(recipe: Recipe, fresh: bool = False) -> list[str]:
     ]
     if taken:
         lines.append(f"in a changed space that holds every trial so far: {'; '.join(taken)}")
-    if m.study.seed is not None and m.study.seed != meta["seed"]:
-        lines.append(f"its next trials draw from seed {m.study.seed} (stored: {meta['seed']})")
+    if m.study.seed is not None and m.study.seed != held.seed:
+        lines.append(f"its next trials draw from seed {m.study.seed} (stored: {held.seed})")
     return lines
 
 
-def _read_stored(
-    recipe: Recipe, study_dir: Path
-) -> tuple[dict[str, Any], list[str], StoredStudy] | None:
-    """The stored study's metadata, the space changes it takes from ``recipe`` and what it
-    holds; None where the folder holds no study. StudyMismatch where it refuses the recipe."""
+def _read_stored(recipe: Recipe, study_dir: Path) -> tuple[StudyRecord, list[str]] | None:
+    """The study its folder holds and the space changes it takes from ``recipe``; None where
+    the folder holds no study. StudyMismatch where it refuses the recipe."""
     m = recipe.model
-    db = study_dir / files.DATABASE
-    if not _holds_a_study(db):
+    if not _holds_a_study(study_dir):
         return None
-    storage = Storage(db, read_only=True)
+    meta, trials = read_stored(study_dir)
+    if not meta:
+        return None
     try:
-        meta = storage.get_meta()
-        if not meta:
-            return None
-        try:
-            taken = refuse_other(
-                study_dir, meta, storage, recipe.space, m.study.metric, m.study.mode
-            )
-        except StudyMismatch as e:
-            raise recipe.mismatch(e) from None
-        held = StoredStudy(m.study.name, study_dir, sum(t.counts for t in storage.trials()))
-    finally:
-        storage.close()
-    return meta, taken, held
+        taken = refuse_other(study_dir, meta, trials, recipe.space, m.study.metric, m.study.mode)
+    except StudyMismatch as e:
+        raise recipe.mismatch(e) from None
+    return StudyRecord.of(study_dir, meta, trials), taken
 
 
-def _holds_a_study(db: Path) -> bool:
+def _holds_a_study(study_dir: Path) -> bool:
+    db = study_dir / files.DATABASE
     return not db.is_symlink() and db.is_file() and not holds_nothing(db)
 
 
-def _stored_trials(db: Path) -> int | None:
-    """How many trials the database holds; None where it holds no study or cannot be read."""
-    if not _holds_a_study(db):
+def _stored_trials(study_dir: Path) -> int | None:
+    """How many trials the folder's study holds; None where it holds none or cannot be read."""
+    if not _holds_a_study(study_dir):
         return None
     try:
-        storage = Storage(db, read_only=True)
+        meta, trials = read_stored(study_dir)
     except StorageError:
         return None
-    try:
-        return len(storage.trials())
-    except StorageError:
-        return None
-    finally:
-        storage.close()
+    return len(trials) if meta else None
 
 
 def disconnect(recipe: Recipe) -> None:

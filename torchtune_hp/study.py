@@ -151,18 +151,21 @@ def _wait_for_database(path: Path, timeout_s: float = 60.0) -> Storage:
 def refuse_other(
     where: Path | str,
     meta: Mapping[str, Any],
-    storage: Storage,
+    trials: Sequence[FrozenTrial] | Callable[[], Sequence[FrozenTrial]],
     space: Space,
     metric: str,
     mode: str,
 ) -> list[str]:
-    """StudyMismatch where the stored study (``meta``, its trials in ``storage``) has another
+    """StudyMismatch where the stored study (``meta``, its ``trials``: read only where the
+    space changed, when a function) has another
     space, metric or mode than the one given; a space changed only where every stored trial
     still lies in it is taken (see :func:`~torchtune_hp.space.space_diff`): returns those
     changes. Opening a study and ``torchtune-hp validate`` both ask this."""
     stored = Space.from_dict(meta["space"])
     changed = space_diff(stored, space)
-    held = [t.params for t in storage.trials()] if changed else []
+    if changed and callable(trials):
+        trials = trials()
+    held = [t.params for t in trials] if changed else []
     problems = [(f"space.{n}", text) for n, text in space_changes(stored, space, held)]
     for key, given in (("metric", metric), ("mode", mode)):
         if meta[key] != given:
@@ -303,7 +306,7 @@ class Study:
             try:
                 meta = peek.get_meta()
                 if meta:
-                    refuse_other(self.dir, meta, peek, self.space, self.metric, self.mode)
+                    refuse_other(self.dir, meta, peek.trials, self.space, self.metric, self.mode)
             finally:
                 peek.close()
         except (StorageError, OSError, sqlite3.Error):
@@ -397,7 +400,7 @@ class Study:
             )
             return
         taken = refuse_other(
-            self.dir or self.name, meta, self.storage, self.space, self.metric, self.mode
+            self.dir or self.name, meta, self.storage.trials, self.space, self.metric, self.mode
         )
         if taken:
             self.storage.set_meta({"space": self.space.to_dict()})

@@ -1,0 +1,101 @@
+"""A study read from its folder without opening it: :func:`load_study` for analysis in a
+notebook or a script while a driver runs the study, or after it (Optuna's ``load_study``).
+
+Opening a :class:`~torchtune_hp.study.Study` needs its space and takes its lock (a second
+driver is refused), and it may record things (a trial left RUNNING by a dead driver); a
+record does neither: it reads the database read-only, once, and is a snapshot of that moment.
+The command line's ``trials``, ``best`` and ``validate`` read a study the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torchtune_hp import files
+from torchtune_hp.errors import StorageError
+from torchtune_hp.space import Space
+from torchtune_hp.storage import Storage
+from torchtune_hp.trial import FrozenTrial, best_of
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """A study as its folder held it when read: what it searches, how it ranks, its trials."""
+
+    name: str
+    dir: Path
+    space: Space
+    metric: str
+    mode: str
+    seed: int | None
+    trials: list[FrozenTrial]
+
+    @classmethod
+    def of(cls, study_dir: Path, meta: Mapping[str, Any], trials: list[FrozenTrial]) -> StudyRecord:
+        """From a study's stored ``meta`` (its database's) and its ``trials``."""
+        return cls(
+            name=str(meta.get("name", study_dir.name)),
+            dir=study_dir,
+            space=Space.from_dict(meta["space"]),
+            metric=str(meta["metric"]),
+            mode=str(meta["mode"]),
+            seed=meta.get("seed"),
+            trials=trials,
+        )
+
+    @property
+    def n_finished(self) -> int:
+        """Trials that count toward ``study.trials`` (interrupted ones do not)."""
+        return sum(t.counts for t in self.trials)
+
+    @property
+    def incumbent(self) -> FrozenTrial | None:
+        """The best COMPLETE trial, or None."""
+        return best_of(self.trials, self.mode)
+
+    @property
+    def best_trial(self) -> FrozenTrial:
+        best = self.incumbent
+        if best is None:
+            raise ValueError(f"study {self.name!r} ({self.dir}) has no COMPLETE trial")
+        return best
+
+    @property
+    def best_params(self) -> dict[str, Any]:
+        return dict(self.best_trial.params)
+
+    @property
+    def best_value(self) -> float:
+        value = self.best_trial.value
+        assert value is not None
+        return value
+
+    def trials_dataframe(self) -> Any:
+        """As :meth:`Study.trials_dataframe <torchtune_hp.study.Study.trials_dataframe>`:
+        Optuna's column names. Needs pandas."""
+        from torchtune_hp.export import dataframe
+
+        return dataframe(self.trials, list(self.space.params))
+
+
+def read_stored(study_dir: Path) -> tuple[dict[str, Any], list[FrozenTrial]]:
+    """The study database's metadata (empty where no study was started in it) and trials,
+    read-only; StorageError naming the folder (and the studies below it, where it is a
+    logdir) where there is no database or it cannot be read."""
+    storage = Storage(study_dir / files.DATABASE, read_only=True)
+    try:
+        return storage.get_meta(), storage.trials()
+    finally:
+        storage.close()
+
+
+def load_study(path: str | Path) -> StudyRecord:
+    """The study in the folder ``path`` (``logs/<study name>``), read now, read-only."""
+    study_dir = files.absolute(Path(path))
+    meta, trials = read_stored(study_dir)
+    if not meta:
+        raise StorageError(f"{study_dir}: its database holds no study yet")
+    return StudyRecord.of(study_dir, meta, trials)
