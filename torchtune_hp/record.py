@@ -21,8 +21,36 @@ from torchtune_hp.storage import Storage
 from torchtune_hp.trial import FrozenTrial, best_of
 
 
+class BestTrial:
+    """``best_trial``, ``best_params`` and ``best_value`` (Optuna's names) of whatever has a
+    ``name`` and an ``incumbent``: a running study and a record of one alike."""
+
+    name: str
+
+    @property
+    def incumbent(self) -> FrozenTrial | None:
+        raise NotImplementedError
+
+    @property
+    def best_trial(self) -> FrozenTrial:
+        best = self.incumbent
+        if best is None:
+            raise ValueError(f"study {self.name!r} has no COMPLETE trial yet")
+        return best
+
+    @property
+    def best_params(self) -> dict[str, Any]:
+        return dict(self.best_trial.params)
+
+    @property
+    def best_value(self) -> float:
+        value = self.best_trial.value
+        assert value is not None
+        return value
+
+
 @dataclass(frozen=True)
-class StudyRecord:
+class StudyRecord(BestTrial):
     """A study as its folder held it when read: what it searches, how it ranks, its trials."""
 
     name: str
@@ -55,23 +83,6 @@ class StudyRecord:
     def incumbent(self) -> FrozenTrial | None:
         """The best COMPLETE trial, or None."""
         return best_of(self.trials, self.mode)
-
-    @property
-    def best_trial(self) -> FrozenTrial:
-        best = self.incumbent
-        if best is None:
-            raise ValueError(f"study {self.name!r} ({self.dir}) has no COMPLETE trial")
-        return best
-
-    @property
-    def best_params(self) -> dict[str, Any]:
-        return dict(self.best_trial.params)
-
-    @property
-    def best_value(self) -> float:
-        value = self.best_trial.value
-        assert value is not None
-        return value
 
     def trials_dataframe(self) -> Any:
         """As :meth:`Study.trials_dataframe <torchtune_hp.study.Study.trials_dataframe>`:

@@ -48,6 +48,7 @@ from torchtune_hp.distributed import is_follower_rank
 from torchtune_hp.errors import StorageError, StudyMismatch
 from torchtune_hp.outcome import Outcome, as_number, describe, outcome_of_return
 from torchtune_hp.pruners import Pruner, diverged, make_pruner
+from torchtune_hp.record import BestTrial
 from torchtune_hp.samplers import Sampler, SpaceExhausted, make_sampler
 from torchtune_hp.space import Fixed, Param, Space, space_changes, space_diff
 from torchtune_hp.storage import Completed, Storage, holds_nothing, utcnow
@@ -182,7 +183,7 @@ def refuse_other(
     return changed
 
 
-class Study:
+class Study(BestTrial):
     """A named search over ``space``; see the module docstring for what resuming does."""
 
     def __init__(
@@ -496,23 +497,6 @@ class Study:
     def incumbent(self) -> FrozenTrial | None:
         """The best COMPLETE trial so far, or None."""
         return self._best if not self.follower else best_of(self.trials, self.mode)
-
-    @property
-    def best_trial(self) -> FrozenTrial:
-        best = self.incumbent
-        if best is None:
-            raise ValueError(f"study {self.name!r} has no COMPLETE trial yet")
-        return best
-
-    @property
-    def best_params(self) -> dict[str, Any]:
-        return dict(self.best_trial.params)
-
-    @property
-    def best_value(self) -> float:
-        value = self.best_trial.value
-        assert value is not None
-        return value
 
     def trials_dataframe(self) -> Any:
         """The trials as a pandas DataFrame, one row each, with Optuna's column names
