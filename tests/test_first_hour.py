@@ -34,6 +34,10 @@ def test_a_mistake_then_a_fix_then_starting_over(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     trials = json.loads(run_cli("trials", "logs/first", "--format", "json", cwd=tmp_path).stdout)
     assert [t["state"] for t in trials] == ["FAILED"] * 3 + ["COMPLETE"]
+    # a --fresh run refused as bad input leaves the study where it was (it moved it first)
+    typo = run_cli("run", "r.yaml", "--fresh", "objective.function=obj.py:trian", cwd=tmp_path)
+    assert typo.returncode == 2 and "did you mean 'train'" in typo.stderr
+    assert "moved" not in typo.stderr and not list((tmp_path / "logs").glob("first.old-*"))
     fresh = run_cli("run", "r.yaml", "--fresh", cwd=tmp_path)
     assert fresh.returncode == 0, fresh.stderr
     (old,) = (tmp_path / "logs").glob("first.old-*")

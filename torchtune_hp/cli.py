@@ -78,11 +78,13 @@ def run(recipe: str, overrides: tuple[str, ...], fresh: bool) -> None:
     from torchtune_hp.runner import run_recipe, without_a_result
 
     loaded = load_recipe(recipe, overrides)
-    if fresh:
+
+    def move_aside() -> None:
         moved = start_over(files.absolute(loaded.model.logdir) / loaded.model.study.name)
         if moved is not None:
             click.echo(f"moved the old study to {moved}", err=True)
-    with run_recipe(loaded) as study:
+
+    with run_recipe(loaded, move_aside if fresh else None) as study:
         best = study.incumbent
         where = shlex.quote(str(study.dir))  # pasted back into a shell: spaces, quotes
         if best is None:

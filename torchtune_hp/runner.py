@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -137,9 +138,11 @@ def make_executor(recipe: Recipe, study: Study, slots: list[Slot]) -> Executor:
     return ProcessPool(study, launch_spec(recipe), recipe.model.executor.workers, slots)
 
 
-def run_recipe(recipe: Recipe) -> Study:
+def run_recipe(recipe: Recipe, before_open: Callable[[], None] | None = None) -> Study:
     """Run until the study holds ``study.trials`` finished trials. The resolved recipe is
-    written beside the database (the latest run's, overrides applied)."""
+    written beside the database (the latest run's, overrides applied). ``before_open``
+    (``--fresh``: the old study moved aside) runs once every check has passed, so a run
+    refused as bad input leaves the disk as it was."""
     m = recipe.model
     check_objective(recipe)
     check_executor(recipe)
@@ -148,6 +151,8 @@ def run_recipe(recipe: Recipe) -> Study:
         connect_cluster(recipe)  # before the study opens: a cluster problem costs no trial
     executor: Executor | None = None
     try:
+        if before_open is not None:
+            before_open()
         study = open_study(recipe)
     except BaseException:
         disconnect(recipe)
