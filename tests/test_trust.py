@@ -332,6 +332,8 @@ def test_deleting_or_touching_files_never_lets_a_second_driver_in(tmp_path):
     second = run_cli("run", "fast.yaml", cwd=tmp_path)
     assert second.returncode == 2
     assert "being run by another process (pid" in second.stderr and str(first.pid) in second.stderr
+    told = run_cli("validate", "fast.yaml", cwd=tmp_path)  # it said "a run goes on with ..."
+    assert told.returncode == 2 and told.stderr == second.stderr
 
     # readers are welcome while it runs (asked until one catches a trial mid-run: between
     # trials the driver may be drawing the study's pictures, with none running)

@@ -213,10 +213,7 @@ class StudyLock:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     os.close(fd)
-                    raise StudyLocked(
-                        f"{self.folder}: the study is being run by another process"
-                        f"{driver_description(self.folder)}; wait for it to end or stop it"
-                    ) from None
+                    raise run_elsewhere(self.folder) from None
                 time.sleep(0.05)
         self._fd = fd
         self._key = key
@@ -266,6 +263,15 @@ class StudyLock:
             return True
         finally:
             os.close(fd)
+
+
+def run_elsewhere(folder: Path) -> StudyLocked:
+    """The error of a run (or of ``validate``, which says what a run would do) refused
+    because another live process drives the study in ``folder``."""
+    return StudyLocked(
+        f"{folder}: the study is being run by another process{driver_description(folder)}; "
+        "wait for it to end or stop it"
+    )
 
 
 def driver_description(folder: Path) -> str:

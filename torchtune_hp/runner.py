@@ -254,13 +254,15 @@ def nothing_to_run(study: HeldStudy, trials: int) -> str:
 def what_a_run_does(recipe: Recipe, fresh: bool = False) -> list[str]:
     """What running ``recipe`` (with ``--fresh``: after moving its study aside) would do with
     the study its folder holds, judged as opening the study judges it: start one, go on with
-    one (in a changed space, with another seed), or train nothing. Raises StudyMismatch where
-    the run would be refused, so ``validate`` catches a recipe edited after its study was
-    started before a night's run, not at its start. Reads the database only (a running
-    study's too)."""
+    one (in a changed space, with another seed), or train nothing. Raises StudyMismatch (or
+    StudyLocked, while another process runs it) where the run would be refused, so
+    ``validate`` catches a recipe edited after its study was started before a night's run,
+    not at its start. Reads the database only."""
     m = recipe.model
     study_dir = files.absolute(Path(m.logdir)) / m.study.name
     starts = [f"a run starts study {m.study.name!r} in {study_dir}"]
+    if files.StudyLock.is_held(study_dir):  # a run now is refused, --fresh too
+        raise files.run_elsewhere(study_dir)
     if fresh:
         if not os.path.lexists(study_dir):
             return starts

@@ -222,7 +222,12 @@ def _say_timed_out(study: Any, n_trials: int, running: int, limit_s: float) -> N
     one line and a script can catch or filter."""
     if study.follower or study.n_finished + running >= n_trials:
         return  # nothing more would have started anyway
-    wait = f"; waiting for the {running} running trial(s) to end" if running else ""
+    wait = (
+        f"; waiting for the {running} running trial(s) to end (none is cut off: a recipe's "
+        "objective.timeout stops a trial that runs too long)"
+        if running
+        else ""
+    )
     warnings.warn(
         f"study {study.name!r}: its time limit ({durations.shown(limit_s)}) passed with "
         f"{study.n_finished} of {n_trials} trials finished, so no new trial starts{wait}; run "
