@@ -17,19 +17,22 @@ from torchtune_hp.storage import Storage
 SCRIPTS = Path(__file__).parent / "scripts"
 
 
-def fit(trial, epochs=6, **cb):
+def fit(trial, epochs=6, trainer_options=None, before=(), **cb):
+    """``trainer_options`` over the defaults; ``before``: callbacks that run before ours."""
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     callback = TuneCallback(trial, **cb)
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=2,
-        accelerator="cpu",
-    )
-    trainer.callbacks.append(callback)
+    options = {
+        "max_epochs": epochs,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 2,
+        "accelerator": "cpu",
+        **(trainer_options or {}),
+    }
+    trainer = L.Trainer(**options)
+    trainer.callbacks.extend([*before, callback])
     torch.manual_seed(0)  # the same initial weights whatever ran before
     trainer.fit(Tiny(**trial.params), *loaders())
     return trainer, callback
@@ -197,12 +200,17 @@ def test_asha_prunes_a_deliberately_bad_config_early():
 
 
 class FromThirdReport:
-    """Rejects every trial from its third report on."""
+    """Rejects every trial from its third report on; counts the reports it was asked at."""
 
     name = "from_third_report"
 
+    def __init__(self, never: bool = False):
+        self.asked: list[int] = []
+        self.never = never
+
     def prune(self, trial, others, mode):
-        return len(trial.intermediate) >= 3
+        self.asked.append(len(trial.intermediate))
+        return not self.never and len(trial.intermediate) >= 3
 
 
 def test_a_trial_is_not_stopped_at_its_last_epoch_where_stopping_saves_nothing():
@@ -222,6 +230,40 @@ def test_a_trial_is_not_stopped_at_its_last_epoch_where_stopping_saves_nothing()
             state is TrialState.PRUNED,
         )
     assert study.best_trial.number == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "reports"),
+    [
+        ({"max_epochs": 3}, 3),
+        ({"max_epochs": 4, "check_val_every_n_epoch": 2}, 2),  # epochs 1 and 3
+        ({"max_epochs": -1, "max_steps": 10}, 2),  # 4 batches an epoch: steps 4, 8 (then 10)
+        ({"max_epochs": 2, "val_check_interval": 0.5}, 4),  # twice an epoch
+    ],
+)
+def test_the_pruner_is_asked_at_every_validation_but_the_last(options, reports):
+    pruner = FromThirdReport(never=True)
+    study = Study("c", {"lr": Float(0.01, 0.1)}, logdir=None, pruner=pruner)
+    trial = study.ask()
+    fit(trial, trainer_options=options)
+    assert len(study.trials[0].intermediate) == reports
+    assert pruner.asked == list(range(1, reports))
+
+
+class DivergesAtTheEnd(L.Callback):
+    """The monitored loss turns NaN at the last epoch's validation."""
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 == trainer.max_epochs and not trainer.sanity_checking:
+            pl_module.log("val_loss", float("nan"))
+
+
+def test_a_run_that_diverges_at_its_last_epoch_is_still_stopped_as_the_worst():
+    study = Study("c", {"lr": Float(0.01, 0.1)}, logdir=None, pruner="asha")
+    trial = study.ask()
+    trainer, callback = fit(trial, epochs=3, before=[DivergesAtTheEnd()])
+    told = study.tell(trial, trainer.callback_metrics["val_loss"])
+    assert callback.pruned and told.state is TrialState.PRUNED and told.value == float("inf")
 
 
 def test_state_dict_round_trip():

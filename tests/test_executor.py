@@ -420,6 +420,7 @@ def test_sys_exit_in_a_function_objective_in_a_worker_fails_its_trial(tmp_path):
             code = 0 if t.params["x"] < 0.25 else 3
             assert t.state is TrialState.FAILED
             assert f"called sys.exit({code}) in its worker process" in (t.error or "")
+            assert "in train" in t.error  # the traceback says where
         else:
             assert (t.state, t.value) == (TrialState.COMPLETE, t.params["x"])
 

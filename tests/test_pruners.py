@@ -152,3 +152,7 @@ def test_bad_pruner_options():
     with pytest.raises(OptionError, match="min_resource must be an integer, got 'one'") as e:
         make_pruner("asha", {"min_resource": "one"})
     assert e.value.key == "min_resource"
+    for name, options in (("asha", {"min_resource": 3}), ("median", {"n_warmup": 3})):
+        with pytest.raises(OptionError, match=r"max_resource must be an integer > 3 \(") as e:
+            make_pruner(name, {**options, "max_resource": 3})  # nothing would be stopped
+        assert e.value.key == "max_resource"

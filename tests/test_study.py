@@ -42,7 +42,7 @@ def test_ask_tell_and_best():
     # what cannot be a value says so of tell(), not of an objective ask/tell code has none of
     told = [study.tell(study.ask(), v) for v in ("0.2", float("nan"), {"acc": 1.0})]
     assert [t.error for t in told] == [
-        "the value given to tell() is not a number: a str ('0.2'), not a number",
+        "the value given to tell() is not a number: a str ('0.2')",
         "the value given to tell() was nan (the run diverged)",
         "the value given to tell() has keys ['acc'], not the metric 'value'",
     ]
@@ -434,6 +434,7 @@ def test_load_study_reads_a_study_its_driver_is_running_from_another_process(tmp
         assert second == f"{best.value} ['opt', 'x'] ['x', 'opt'] [0, 1, 2, 3]"
         study.tell(running, 0.0)
     assert load_study(tmp_path / "s").trials[3].state is TrialState.COMPLETE
+    assert load_study(tmp_path / "s" / "study.db").n_finished == 4  # the file, as Optuna's
     with pytest.raises(FileNotFoundError, match=r"the studies in this folder: \['s'\]"):
         load_study(tmp_path)  # the logdir, not the study
 

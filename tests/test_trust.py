@@ -623,6 +623,40 @@ def test_kill_9_of_the_driver_takes_its_trials_with_it_and_the_resume_waits_for_
         assert HEARTBEAT_S - 0.5 <= t.duration_s <= ran + 1.0, (t.duration_s, ran)
 
 
+STRAY = """
+import os, time
+child = os.fork()
+if child == 0:
+    os.setsid()  # a session of its own: out of the trial's process group
+    if os.fork() == 0:  # and a daemon's second fork: orphaned at once
+        with open("stray.pid.part", "w") as f:
+            f.write(str(os.getpid()))
+        os.replace("stray.pid.part", "stray.pid")
+        time.sleep(120)
+    os._exit(0)
+os.waitpid(child, 0)
+while not os.path.exists("stray.pid"):
+    time.sleep(0.01)
+print('{"loss": 0.5}')
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_process_that_leaves_the_trials_group_ends_with_the_trial(tmp_path, workers):
+    """A script whose helper starts a session of its own (setsid, a daemon's double fork)
+    left it running after the trial ended, outside the group the guard ends; the guard now
+    adopts such orphans and ends them with the trial."""
+    (tmp_path / "stray.py").write_text(STRAY)
+    executor = {"workers": workers, "devices": "cpu"}
+    command_recipe(tmp_path, ["python", str(tmp_path / "stray.py")], trials=2, executor=executor)
+    result = run_cli("run", "recipe.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    strays = [int(p.read_text()) for p in (tmp_path / "logs" / "sub").glob("trial_*/stray.pid")]
+    assert len(strays) == 2
+    wait_for(lambda: not [p for p in strays if pid_alive(p)], timeout=5, what="the strays to end")
+    assert [t.state for t in read_trials(tmp_path / "logs" / "sub")] == [TrialState.COMPLETE] * 2
+
+
 def two_long_trials_recipe(tmp_path: Path, *extra: str) -> Path:
     """``recipe.yaml``: 3 trials of a minute each, two at a time (``extra``: more arguments of
     fake_train.py); returns the study folder."""
@@ -1158,6 +1192,31 @@ def test_a_programs_own_signal_handler_keeps_its_meaning(tmp_path):
     assert result.returncode == 143 and time.monotonic() - t0 < 20, result.stderr
     trials = read_trials(tmp_path / "own")
     assert len(trials) < 8 and trials[-1].interruption is Interruption.STOPPED
+
+
+OWN_HANDLER_IN_A_RECIPE = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda s, f: sys.exit(143))  # the objective module's own policy
+
+def train(trial):
+    time.sleep(1.0)
+    return trial.params["x"]
+"""
+
+
+def test_a_recipe_objectives_own_signal_handler_keeps_its_meaning(tmp_path):
+    """An in-process recipe objective's sys.exit() fails only its trial, but not where the
+    objective's module installed a SIGTERM handler of its own: its exit on the signal is the
+    program's stop (it was a FAILED trial and the study ran on until SIGKILL)."""
+    function_recipe(tmp_path, OWN_HANDLER_IN_A_RECIPE, "own", trials=8)
+    driver = subprocess.Popen(cli_cmd("run", "r.yaml"), cwd=tmp_path, stderr=subprocess.PIPE)
+    wait_for(lambda: count(tmp_path / "logs" / "own", "COMPLETE") >= 1, what="a first trial")
+    time.sleep(0.3)
+    driver.send_signal(signal.SIGTERM)
+    assert driver.wait(timeout=60) == 143, driver.stderr.read()
+    trials = read_trials(tmp_path / "logs" / "own")
+    assert len(trials) < 8 and trials[-1].interruption is Interruption.STOPPED
+    assert not [t for t in trials if t.state is TrialState.FAILED and t.interruption is None]
 
 
 def test_told_to_stop_is_pruned_however_the_objective_returns():

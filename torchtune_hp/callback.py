@@ -15,6 +15,7 @@ the trial PRUNED.
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import warnings
 from typing import Any
@@ -104,10 +105,13 @@ class TuneCallback(L.Callback):
         self.validations += 1  # before a pause saves it: a resumed run goes on after it
         prune = False
         if trainer.is_global_zero:
-            self.trial.report(float(metrics[self.monitor]), step)
+            value = float(metrics[self.monitor])
+            self.trial.report(value, step)
             self.reports += 1
-            # at the last epoch stopping saves nothing: the run ends COMPLETE with its value
-            prune = not self._last_validation(trainer) and self.trial.should_prune()
+            # at the last validation stopping saves nothing: the run ends COMPLETE with its
+            # value; a diverged one (NaN, inf) is still stopped, and recorded the worst
+            last = self._last_validation(trainer) and math.isfinite(value)
+            prune = not last and self.trial.should_prune()
         prune = bool(trainer.strategy.broadcast(prune, src=0))
         if prune:
             self._keep_for_resume(trainer)
@@ -116,17 +120,24 @@ class TuneCallback(L.Callback):
             trainer.should_stop = True
 
     def _last_validation(self, trainer: L.Trainer) -> bool:
-        """Whether training ends after this validation: the last epoch's end (``max_epochs``)
-        or ``max_steps`` reached. Where it cannot tell (validation within epochs, a time
-        limit), False: the pruner decides as usual."""
+        """Whether no validation follows this one in this fit: ``max_steps`` reached, or the
+        last validating epoch's end (``max_epochs``, ``check_val_every_n_epoch``), or the
+        next epoch's end past ``max_steps``; within epochs, the last batch of the last epoch.
+        What it cannot tell (a time limit, early stopping) is not the last: the pruner decides
+        as usual."""
         if 0 <= trainer.max_steps <= trainer.global_step:
             return True
-        last_epoch = trainer.max_epochs is not None and trainer.max_epochs >= 0
-        return (
-            last_epoch
-            and not self._by_validation
-            and trainer.current_epoch + 1 >= trainer.max_epochs
-        )
+        if self._by_validation:
+            progress = getattr(trainer.fit_loop.epoch_loop, "batch_progress", None)
+            return bool(getattr(progress, "is_last_batch", False)) and _ends_within(trainer, 1)
+        every = trainer.check_val_every_n_epoch or 1
+        if _ends_within(trainer, every):
+            return True
+        batches, accumulate = trainer.num_training_batches, trainer.accumulate_grad_batches
+        if trainer.max_steps < 0 or not isinstance(batches, int) or batches < 1:
+            return False
+        steps = every * math.ceil(batches / max(1, accumulate))  # to the next validation
+        return trainer.global_step + steps > trainer.max_steps
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -155,6 +166,12 @@ class TuneCallback(L.Callback):
         self.pruned = bool(state_dict["pruned"])
         self.reports = int(state_dict["reports"])
         self.validations = int(state_dict.get("validations", self.reports))
+
+
+def _ends_within(trainer: L.Trainer, every: int) -> bool:
+    """Whether the fit ends within ``every`` epochs of the current one (``max_epochs``)."""
+    most = trainer.max_epochs
+    return most is not None and most >= 0 and trainer.current_epoch + every >= most
 
 
 def validates_within_epochs(trainer: L.Trainer) -> bool:

@@ -89,9 +89,11 @@ def _check_train(
         signature.bind(None, **train)
     except TypeError as e:
         params = list(signature.parameters.values())[1:]  # after the trial
-        names = [p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        star = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        names = [p.name for p in params if p.kind not in star]
         unknown = [k for k in train if k not in names]
-        if unknown and len(names) == len(params):  # no **kwargs to take them
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+        if unknown and not takes_any:
             raise ConfigError(
                 recipe_path,
                 f"train.{unknown[0]}",

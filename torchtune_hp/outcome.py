@@ -171,6 +171,7 @@ def outcome_of_return(
         )
     if number is None:
         if source is not None:
+            why = (why or "").removesuffix(", not a number")
             return Outcome.failed(f"{source} is not a number: {why}")
         return Outcome.failed(f"the objective must return a number, got {why}")
     if not math.isfinite(number):

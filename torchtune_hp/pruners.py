@@ -85,9 +85,16 @@ def at_end(trial: FrozenTrial, max_resource: int | None) -> bool:
     return max_resource is not None and len(trial.intermediate) >= max_resource
 
 
-def check_max_resource(max_resource: int | None) -> None:
-    if max_resource is not None:
-        check_least(("max_resource", max_resource, 1))
+def check_max_resource(max_resource: int | None, first: int, what: str) -> None:
+    """``max_resource`` after the first decision (``first`` reports, ``what`` says whose):
+    one at or before it would leave the pruner nothing to decide."""
+    if max_resource is not None and (
+        isinstance(max_resource, bool) or not isinstance(max_resource, int) or max_resource <= first
+    ):
+        raise ValueError(
+            f"max_resource must be an integer > {first} ({what}), the reports at the first "
+            f"decision: at or before it nothing would ever be stopped; got {max_resource!r}"
+        )
 
 
 def rung_resources(min_resource: int, eta: int, resource: int) -> list[int]:
@@ -160,7 +167,7 @@ class MedianPruner:
 
     def __post_init__(self) -> None:
         check_least(("n_startup", self.n_startup, 1), ("n_warmup", self.n_warmup, 0))
-        check_max_resource(self.max_resource)
+        check_max_resource(self.max_resource, self.n_warmup, "n_warmup")
 
     def prune(self, trial: FrozenTrial, others: Sequence[FrozenTrial], mode: str) -> bool:
         if diverged(trial):
@@ -189,7 +196,7 @@ class ASHAPruner:
 
     def __post_init__(self) -> None:
         check_least(("min_resource", self.min_resource, 1), ("eta", self.eta, 2))
-        check_max_resource(self.max_resource)
+        check_max_resource(self.max_resource, self.min_resource, "min_resource")
 
     def rungs(self, resource: int) -> list[int]:
         """The rung resources ``min_resource * eta**k`` up to ``resource``."""

@@ -94,8 +94,8 @@ class StudyRecord(BestTrial):
 
 def read_stored(study_dir: Path) -> tuple[dict[str, Any], list[FrozenTrial]]:
     """The study database's metadata (empty where no study was started in it) and trials,
-    read-only; StorageError naming the folder (and the studies below it, where it is a
-    logdir) where there is no database or it cannot be read."""
+    read-only. FileNotFoundError naming the folder (and the studies below it, where it is a
+    logdir) where there is no database; StorageError where it cannot be read."""
     storage = Storage(study_dir / files.DATABASE, read_only=True)
     try:
         return storage.get_meta(), storage.trials()
@@ -104,8 +104,11 @@ def read_stored(study_dir: Path) -> tuple[dict[str, Any], list[FrozenTrial]]:
 
 
 def load_study(path: str | Path) -> StudyRecord:
-    """The study in the folder ``path`` (``logs/<study name>``), read now, read-only."""
+    """The study in the folder ``path`` (``logs/<study name>``, or its ``study.db``), read
+    now, read-only."""
     study_dir = files.absolute(Path(path))
+    if study_dir.name == files.DATABASE and study_dir.is_file():  # Optuna's habit: the file
+        study_dir = study_dir.parent
     meta, trials = read_stored(study_dir)
     if not meta:
         raise StorageError(f"{study_dir}: its database holds no study yet")

@@ -84,6 +84,13 @@ def ignore_from_now_on() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def in_force() -> bool:
+    """Whether a stop signal reaches this module's handlers (or is ignored, as one the program
+    was started ignoring): False where the program installed a policy of its own, under which
+    a ``sys.exit()`` may be its stop."""
+    return all(signal.getsignal(sig) in (_handler, signal.SIG_IGN) for sig in ALL_STOPS)
+
+
 def install() -> None:
     """For a whole program (the command line): every stop signal raises :class:`Interrupted`,
     except one the program was started ignoring (``nohup`` ignores SIGHUP; a shell script's

@@ -20,6 +20,12 @@ a run cut short is never recorded as one that finished. Only a signal from outsi
 counts: the guard holds the stop signals and reads each one's sender (``sigwaitinfo``), so a
 script that ends its own helpers with ``killpg(0, SIGTERM)`` and then finishes is not taken
 for a stopped one.
+
+What leaves the group is found too (Linux): the guard is its trial's subreaper, so a process
+that starts a session of its own (``setsid()``, a daemon's double fork) and is orphaned becomes
+the guard's child, not init's. Once the command has ended, the guard ends every such process
+(SIGTERM to it and its own group, SIGKILL after ``grace`` seconds) before it exits: a trial
+leaves nothing running, as its group's processes leave nothing.
 """
 
 import _thread
@@ -33,12 +39,89 @@ CAUGHT_STOP = "torchtune_hp: the command exited with code"  # starts the line sa
 STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+
+
+def _adopt_strays() -> None:
+    """Become the subreaper of the trial's processes (Linux; elsewhere nothing changes)."""
+    try:
+        import ctypes  # a few milliseconds, and only here
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError, ImportError):
+        pass
+
+
+def _strays() -> list:
+    """The guard's children that still run: adopted orphans, once the command is reaped."""
+    me, found = os.getpid(), []
+    try:
+        names = os.listdir("/proc")
+    except OSError:  # no /proc: not Linux, and nothing was adopted
+        return found
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:  # ended meanwhile
+            continue
+        state, ppid = stat[stat.rfind(b")") + 2 :].split()[:2]  # after "pid (comm) "
+        if int(ppid) == me and state != b"Z":
+            found.append(int(name))
+    return found
+
+
+def _reap() -> None:
+    """Collect every ended child (adopted orphans become the guard's zombies)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _send(pids: list, sig: int) -> None:
+    """``sig`` to each process, and to its group where it leads one (it left ours for it)."""
+    for pid in pids:
+        try:
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, sig)
+            else:
+                os.kill(pid, sig)
+        except OSError:  # ended meanwhile
+            pass
+
+
+def _end_strays(grace: float) -> None:
+    """End what the trial left running outside its group: SIGTERM, SIGKILL after ``grace``
+    seconds; what is orphaned meanwhile (their own children) is ended in the next round."""
+    for _ in range(10):
+        _reap()
+        strays = _strays()
+        if not strays:
+            return
+        _send(strays, signal.SIGTERM)
+        until = time.monotonic() + grace
+        while strays and time.monotonic() < until:
+            time.sleep(0.05)
+            _reap()
+            strays = [p for p in strays if p in _strays()]
+        _send(strays, signal.SIGKILL)
+        time.sleep(0.05)
+
+
 def _watch(fd: int, grace: float, gone: list) -> None:
     while os.read(fd, 1):
         pass  # the driver writes nothing; anything read is ignored
     gone.append(True)
     os.killpg(0, signal.SIGTERM)
+    _send(_strays(), signal.SIGTERM)
     time.sleep(grace)
+    _send(_strays(), signal.SIGKILL)
     os.killpg(0, signal.SIGKILL)  # the guard too: the driver is gone
 
 
@@ -74,6 +157,7 @@ def main() -> int:
     os.set_inheritable(fd, False)  # the command need not hold the pipe
     # the stop signals wait for _listen in every thread of the guard (threads inherit this)
     signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+    _adopt_strays()
     try:
         # the command gets every signal's default and none held; Python ignores SIGPIPE and
         # SIGXFSZ, and subprocess gives them back too
@@ -93,6 +177,7 @@ def main() -> int:
     _, status = os.waitpid(pid, 0)
     reaped.append(True)
     rc = os.waitstatus_to_exitcode(status)
+    _end_strays(grace)
     # a stop that reached the group as the command ended is noted before the end is judged
     until = time.monotonic() + 1.0
     while (busy or set(STOPS) & signal.sigpending()) and time.monotonic() < until:

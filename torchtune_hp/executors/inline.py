@@ -32,7 +32,8 @@ class InlineExecutor:
         goes on, as in a worker process (a recipe's run, where the count of workers must not
         change what a trial's end means); otherwise it ends the program, as it does in Python
         (the Python API: a user's own signal handler may end a script that way). A stop
-        signal's exit is a stop either way."""
+        signal's exit is a stop either way, and so is any exit while a signal handler of the
+        program's own is installed (its policy, which may be to exit)."""
         self.objective = objective
         self.devices = list(devices)
         self.exit_fails_trial = exit_fails_trial
@@ -48,7 +49,10 @@ class InlineExecutor:
             try:
                 outcome = call_objective(lambda: self.objective(trial), trial.study.metric, trial)
             except SystemExit as e:
-                if not self.exit_fails_trial or signals.received() is not None:
+                # a stop, or maybe one: the program's own signal handler (a SIGTERM policy
+                # installed by the objective's module) may end it with sys.exit()
+                stop = signals.received() is not None or not signals.in_force()
+                if not self.exit_fails_trial or stop:
                     raise
                 outcome = Outcome.failed(f"{traceback.format_exc()}{called_exit(e.code)}")
         if outcome.state is TrialState.FAILED and trial.resume_from is None:  # a resumed one

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from torchtune_hp.executors import channel
@@ -49,10 +50,11 @@ def main() -> int:
         # taken for one (COMPLETE). A nonzero one says so on stderr, which the failure quotes.
         if channel.read_stopped(trial.run_dir, trial.launch) is not None:
             raise
+        where = f"{traceback.format_exc()}{called_exit(e.code, ' in its worker process')}"
         if e.code not in (0, None):
-            print(called_exit(e.code, " in its worker process"), file=sys.stderr)
+            print(where, file=sys.stderr)
             raise
-        outcome = Outcome.failed(called_exit(e.code, " in its worker process"))
+        outcome = Outcome.failed(where)
     write_result(trial.run_dir, trial.launch, outcome)
     if outcome.state is TrialState.FAILED:
         print(outcome.error, file=sys.stderr)
