@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -466,6 +467,21 @@ def test_the_same_process_opening_a_study_again_takes_it_over_unless_its_loop_ru
     gc.collect()
     other = open_elsewhere(tmp_path)
     assert other.returncode == 0 and other.stdout.split() == ["3"]
+
+
+def test_a_study_reopened_with_another_sampler_or_pruner_says_so(tmp_path):
+    """``Study(name, space)`` reopening a gp study took random search without a word (a
+    changed seed was said); the names are stored and a change is said, once."""
+    with Study("s", SPACE, sampler="sobol", pruner="median", seed=0, logdir=tmp_path) as study:
+        study.optimize(lambda t: t.params["x"], n_trials=2)
+    with pytest.warns(
+        UserWarning, match="goes on with sampler 'random' \\(its last run: 'sobol'"
+    ) as w:
+        Study("s", SPACE, seed=0, logdir=tmp_path).close()
+    assert "pruner 'none' (its last run: 'median')" in str(w[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Study("s", SPACE, seed=0, logdir=tmp_path).close()  # the same as last time: no word
 
 
 def test_unseeded_study_stores_its_seed_and_continues(tmp_path):

@@ -25,13 +25,16 @@ def main() -> None:
     except KeyboardInterrupt as e:
         signals.ignore_from_now_on()
         name = signal.Signals(getattr(e, "signum", signal.SIGINT)).name
+        study = sys.modules.get("torchtune_hp.study")  # loaded where a study was opened
+        what = (
+            "running trials are marked FAILED (interrupted) and run again when you run the "
+            "same command (a paused trial that ran again is paused again, to resume later); "
+            "finished trials are kept"
+            if study is not None and study.drove_here()
+            else "no study had started: nothing ran and nothing was recorded"
+        )
         with contextlib.suppress(OSError):  # a closed terminal (SIGHUP) cannot be written to
-            print(
-                f"interrupted ({name}): running trials are marked FAILED (interrupted) and run "
-                "again when you run the same command (a paused trial that ran again is paused "
-                "again, to resume later); finished trials are kept",
-                file=sys.stderr,
-            )
+            print(f"interrupted ({name}): {what}", file=sys.stderr)
         code = signals.exit_code(e)
     signals.ignore_from_now_on()  # a signal during the interpreter's shutdown: same exit code
     ray_exit = sys.modules.get("torchtune_hp.executors.ray_exit")  # loaded where Ray was used

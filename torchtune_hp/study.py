@@ -73,6 +73,18 @@ MODES = ("min", "max")
 INTERRUPTED = "interrupted"
 MAX_SEED = 2**64 - 1
 MAX_STEP = 2**63 - 1
+_drove: list[bool] = []  # a study started driving in this process (see drove_here)
+
+
+def _named(part: Any) -> str:
+    """A sampler's or pruner's name (``gp``, ``asha``), or a user's class's."""
+    return str(getattr(part, "name", None) or type(part).__name__)
+
+
+def drove_here() -> bool:
+    """Whether a study has started driving trials in this process: what a stop signal then
+    interrupts (the command line's last line says so, or that nothing had started)."""
+    return bool(_drove)
 
 
 class StudyListener(Protocol):
@@ -271,11 +283,35 @@ class Study(BestTrial):
                     RuntimeWarning,
                     stacklevel=2,
                 )
+            if not self.follower and self.dir is not None:
+                self._say_other_search()
             if not self.follower:
                 self._start_driving(tensorboard)
         except BaseException:
             self.close()
             raise
+
+    def _say_other_search(self) -> None:
+        """Store which sampler and pruner this run searches with; where a study with trials
+        was run with others, say so: a study reopened without them (``Study(name, space)``
+        takes random search and no pruner) would otherwise switch silently (the seed's change
+        is said too). Only their names are stored, not their settings."""
+        now = {"sampler": _named(self.sampler), "pruner": _named(self.pruner)}
+        meta = self.storage.get_meta()
+        changed = [
+            f"{key} {now[key]!r} (its last run: {meta[key]!r})"
+            for key in now
+            if meta.get(key) not in (None, now[key])
+        ]
+        if changed and self._view:
+            warnings.warn(
+                f"study {self.name!r} ({self.dir}) goes on with {' and '.join(changed)}; give "
+                "them again to keep them",
+                UserWarning,
+                stacklevel=3,
+            )
+        if any(meta.get(key) != value for key, value in now.items()):
+            self.storage.set_meta(now)
 
     def _check_before_opening(
         self,
@@ -342,6 +378,7 @@ class Study(BestTrial):
             raise
 
     def _start_driving(self, tensorboard: bool) -> None:
+        _drove.append(True)
         if self.dir is not None:
             self.storage.set_meta(
                 {
