@@ -18,6 +18,7 @@ from conftest import function_recipe, read_trials, run_cli, wait_seen, xy_recipe
 from torchtune_hp import Float, Study, TrialState, report
 from torchtune_hp.executors.argv import build_argv, lightning_cli_extras
 from torchtune_hp.executors.devices import device_slots
+from torchtune_hp.outcome import called_exit
 from torchtune_hp.recipe import ConfigError, load_recipe
 from torchtune_hp.runner import run_recipe
 from torchtune_hp.storage import Storage
@@ -423,6 +424,16 @@ def test_sys_exit_in_a_function_objective_in_a_worker_fails_its_trial(tmp_path):
             assert "in train" in t.error  # the traceback says where
         else:
             assert (t.state, t.value) == (TrialState.COMPLETE, t.params["x"])
+
+
+def test_sys_exit_with_a_message_in_a_worker_ends_its_error_with_what_happened(tmp_path):
+    """``sys.exit('bye')``: Python printed 'bye' after our line, so the trials table (each
+    error's last line) showed only 'bye'."""
+    source = "import sys\n\ndef train(trial):\n    sys.exit('bye')\n"
+    for t in run_function(tmp_path, source, 2, 2, "study.fail_fast=0"):
+        assert t.state is TrialState.FAILED
+        last = (t.error or "").strip().splitlines()[-1]
+        assert last == called_exit("bye", " in its worker process")
 
 
 # -- Ctrl-C --------------------------------------------------------------------------------------

@@ -389,6 +389,8 @@ def test_second_run_with_another_space_is_refused_without_losing_trials(tmp_path
     assert told.returncode == 0, told.stderr
     assert "a run goes on with study 'fast'" in told.stdout and "3 of 5 trials done" in told.stdout
     assert "in a changed space that holds every trial so far: parameter 'x'" in told.stdout
+    other = run_cli("validate", str(recipe), *wide, "sampler.name=random", cwd=tmp_path)
+    assert "its next trials search with sampler 'random' (its last run: 'sobol')" in other.stdout
     assert _count(db, "COMPLETE") == 3  # validate ran nothing
     wider = run_cli("run", str(recipe), *wide, cwd=tmp_path)
     assert wider.returncode == 0, wider.stderr
@@ -597,6 +599,10 @@ def test_a_bad_value_set_on_the_command_line_is_blamed_on_it(tmp_path):
         "space.lr.low=2": "space.lr: low must be < high, got low=2 high=0.3 (set on the "
         "command line: space.lr.low)",  # the error's key is above the one set: it is named
     }
+    cases["train.max_epoch=3"] = (  # the objective's check, after the recipe's
+        "train.max_epoch: train(trial, ...) has no parameter 'max_epoch' (did you mean "
+        "'max_epochs'?)"
+    )
     for override, said in cases.items():
         result = run_cli("validate", "digits_mlp", override, cwd=tmp_path)
         assert result.returncode == 2 and said in result.stderr, result.stderr

@@ -474,14 +474,21 @@ def test_a_study_reopened_with_another_sampler_or_pruner_says_so(tmp_path):
     changed seed was said); the names are stored and a change is said, once."""
     with Study("s", SPACE, sampler="sobol", pruner="median", seed=0, logdir=tmp_path) as study:
         study.optimize(lambda t: t.params["x"], n_trials=2)
-    with pytest.warns(
-        UserWarning, match="goes on with sampler 'random' \\(its last run: 'sobol'"
-    ) as w:
+    said = r"goes on with sampler 'random' \(its last run: 'sobol'"
+    with pytest.warns(UserWarning, match=said) as w:
         Study("s", SPACE, seed=0, logdir=tmp_path).close()
     assert "pruner 'none' (its last run: 'median')" in str(w[0].message)
+    with pytest.warns(UserWarning, match=said):  # an open that ran nothing changed nothing
+        reopened = Study("s", SPACE, seed=0, logdir=tmp_path)
+    with reopened:
+        reopened.optimize(lambda t: t.params["x"], n_trials=3)  # random search, no pruner
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Study("s", SPACE, seed=0, logdir=tmp_path).close()  # the same as last time: no word
+    assert (load_study(tmp_path / "s").sampler, load_study(tmp_path / "s").pruner) == (
+        "random",
+        "none",
+    )
 
 
 def test_unseeded_study_stores_its_seed_and_continues(tmp_path):

@@ -406,13 +406,18 @@ def load_recipe(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Reci
         raise ConfigError(path, "", f"expected a mapping of sections, got {type(raw).__name__}")
     try:
         return _checked(path, raw, overrides)
-    except ConfigError as e:  # a key the command line set: say so, not only the file
-        given = [o.partition("=")[0] for o in overrides if _same_key(o.partition("=")[0], e.key)]
-        if not given or "\n" in e.message:  # several errors: each line names its own key
-            raise
-        detail = e.message.removeprefix(f"{e.key}: ")  # a pydantic error's line names it
-        where = "" if given == [e.key] else f": {', '.join(given)}"
-        raise ConfigError(e.file, e.key, f"{detail} (set on the command line{where})") from None
+    except ConfigError as e:
+        raise from_the_command_line(e, overrides) from None
+
+
+def from_the_command_line(e: ConfigError, overrides: Sequence[str]) -> ConfigError:
+    """``e``, saying so where its key is one the command line set, not only the file."""
+    given = [o.partition("=")[0] for o in overrides if _same_key(o.partition("=")[0], e.key)]
+    if not given or "\n" in e.message:  # several errors: each line names its own key
+        return e
+    detail = e.message.removeprefix(f"{e.key}: ")  # a pydantic error's line names it
+    where = "" if given == [e.key] else f": {', '.join(given)}"
+    return ConfigError(e.file, e.key, f"{detail} (set on the command line{where})")
 
 
 def _same_key(override: str, key: str) -> bool:

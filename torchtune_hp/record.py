@@ -60,6 +60,8 @@ class StudyRecord(BestTrial):
     mode: str
     seed: int | None
     trials: list[FrozenTrial]
+    sampler: str | None = None  # the names its last run searched with (not their settings)
+    pruner: str | None = None
 
     @classmethod
     def of(cls, study_dir: Path, meta: Mapping[str, Any], trials: list[FrozenTrial]) -> StudyRecord:
@@ -72,6 +74,8 @@ class StudyRecord(BestTrial):
             mode=str(meta["mode"]),
             seed=meta.get("seed"),
             trials=trials,
+            sampler=meta.get("sampler"),
+            pruner=meta.get("pruner"),
         )
 
     @property
@@ -109,6 +113,11 @@ def load_study(path: str | Path) -> StudyRecord:
     study_dir = files.absolute(Path(path))
     if study_dir.name == files.DATABASE and study_dir.is_file():  # Optuna's habit: the file
         study_dir = study_dir.parent
+    elif study_dir.is_file():
+        raise StorageError(
+            f"{study_dir}: a file; give the study's folder (logs/<study name>) or its "
+            f"{files.DATABASE}"
+        )
     meta, trials = read_stored(study_dir)
     if not meta:
         raise StorageError(f"{study_dir}: its database holds no study yet")

@@ -26,7 +26,7 @@ from torchtune_hp.progress import ProgressView
 from torchtune_hp.recipe import Recipe
 from torchtune_hp.record import StudyRecord, read_stored
 from torchtune_hp.storage import holds_nothing
-from torchtune_hp.study import Study, refuse_other
+from torchtune_hp.study import Study, other_search, refuse_other
 from torchtune_hp.trial import Trial, TrialState
 
 
@@ -276,16 +276,24 @@ def what_a_run_does(recipe: Recipe, fresh: bool = False) -> list[str]:
     if stored is None:
         return starts
     held, taken = stored
+    space = f"in a changed space that holds every trial so far: {'; '.join(taken)}"
     if held.n_finished >= m.study.trials:
-        return [nothing_to_run(held, m.study.trials)]
+        done = [nothing_to_run(held, m.study.trials)]
+        if taken:  # the run stores the changed space all the same
+            done.append(f"it stores its space {space}")
+        return done
     lines = [
         f"a run goes on with study {m.study.name!r} in {study_dir}: "
         f"{held.n_finished} of {m.study.trials} trials done"
     ]
     if taken:
-        lines.append(f"in a changed space that holds every trial so far: {'; '.join(taken)}")
+        lines.append(space)
     if m.study.seed is not None and m.study.seed != held.seed:
         lines.append(f"its next trials draw from seed {m.study.seed} (stored: {held.seed})")
+    last = {"sampler": held.sampler, "pruner": held.pruner}
+    changed = other_search(last, {"sampler": m.sampler.name, "pruner": m.pruner.name})
+    if changed:
+        lines.append(f"its next trials search with {' and '.join(changed)}")
     return lines
 
 

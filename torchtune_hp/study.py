@@ -81,6 +81,16 @@ def _named(part: Any) -> str:
     return str(getattr(part, "name", None) or type(part).__name__)
 
 
+def other_search(meta: Mapping[str, Any], now: Mapping[str, str]) -> list[str]:
+    """How ``now`` (the names of a run's sampler and pruner) differs from what the study's
+    last run searched with (``meta``): ``sampler 'gp' (its last run: 'random')``, ..."""
+    return [
+        f"{key} {now[key]!r} (its last run: {meta[key]!r})"
+        for key in ("sampler", "pruner")
+        if meta.get(key) not in (None, now[key])
+    ]
+
+
 def drove_here() -> bool:
     """Whether a study has started driving trials in this process: what a stop signal then
     interrupts (the command line's last line says so, or that nothing had started)."""
@@ -255,6 +265,7 @@ class Study(BestTrial):
         # after its `with` block on every rank, and rank 0's answer comes from memory
         self._as_closed: list[FrozenTrial] | None = None
         self._reseeded: int | None = None  # the seed a reopened study had, when given another
+        self._search_to_store: dict[str, str] | None = None  # sampler, pruner: at the 1st ask
         self.pruner: Pruner = self._check_before_opening(
             sampler, sampler_options, pruner, pruner_options
         )
@@ -292,26 +303,24 @@ class Study(BestTrial):
             raise
 
     def _say_other_search(self) -> None:
-        """Store which sampler and pruner this run searches with; where a study with trials
-        was run with others, say so: a study reopened without them (``Study(name, space)``
-        takes random search and no pruner) would otherwise switch silently (the seed's change
-        is said too). Only their names are stored, not their settings."""
+        """Where a study with trials was run with another sampler or pruner, say so: a study
+        reopened without them (``Study(name, space)`` takes random search and no pruner)
+        would otherwise switch silently (the seed's change is said too). Their names are
+        stored when this object first asks for a trial (an open that runs nothing, to read
+        the study, changes nothing), not their settings."""
         now = {"sampler": _named(self.sampler), "pruner": _named(self.pruner)}
         meta = self.storage.get_meta()
-        changed = [
-            f"{key} {now[key]!r} (its last run: {meta[key]!r})"
-            for key in now
-            if meta.get(key) not in (None, now[key])
-        ]
+        changed = other_search(meta, now)
         if changed and self._view:
             warnings.warn(
-                f"study {self.name!r} ({self.dir}) goes on with {' and '.join(changed)}; give "
-                "them again to keep them",
+                f"study {self.name!r} ({self.dir}) goes on with {' and '.join(changed)}: a "
+                "study stores their names, not their settings; give the last run's again to "
+                "search as it did",
                 UserWarning,
                 stacklevel=3,
             )
-        if any(meta.get(key) != value for key, value in now.items()):
-            self.storage.set_meta(now)
+        if any(meta.get(key) != name for key, name in now.items()):
+            self._search_to_store = now
 
     def _check_before_opening(
         self,
@@ -633,6 +642,9 @@ class Study(BestTrial):
         Raises :class:`SpaceExhausted` when the sampler has nothing left (a finished grid)."""
         if self.follower:
             return self._follow()
+        if self._search_to_store is not None:  # this open runs trials: store what searches
+            self.storage.set_meta(self._search_to_store)
+            self._search_to_store = None
         popped = self.storage.pop_queue_into_trial(self._completed)
         if popped is None:
             resumed = self._resume()

@@ -52,8 +52,8 @@ def main() -> int:
             raise
         where = f"{traceback.format_exc()}{called_exit(e.code, ' in its worker process')}"
         if e.code not in (0, None):
-            print(where, file=sys.stderr)
-            raise
+            print(where, file=sys.stderr)  # the last line: Python would print a str code after
+            raise SystemExit(e.code if isinstance(e.code, int) else 1) from None
         outcome = Outcome.failed(where)
     write_result(trial.run_dir, trial.launch, outcome)
     if outcome.state is TrialState.FAILED:
