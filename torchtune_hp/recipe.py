@@ -301,11 +301,7 @@ class Recipe:
         """``error`` (its study refused this recipe's) naming this file, the keys that differ
         and those the command line set, as every other recipe error does."""
         keys = ", ".join(error.keys)
-        given = [
-            key
-            for o in self.overrides
-            if any(_same_key(key := o.partition("=")[0], k) for k in error.keys)
-        ]
+        given = _set_by(self.overrides, error.keys)
         cli = f" (set on the command line: {', '.join(given)})" if given else ""
         where = f"{self.path}: {keys}{cli}: " if keys else f"{self.path}: "
         return StudyMismatch(f"{where}{error}", error.keys)
@@ -412,12 +408,18 @@ def load_recipe(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Reci
 
 def from_the_command_line(e: ConfigError, overrides: Sequence[str]) -> ConfigError:
     """``e``, saying so where its key is one the command line set, not only the file."""
-    given = [o.partition("=")[0] for o in overrides if _same_key(o.partition("=")[0], e.key)]
+    given = _set_by(overrides, [e.key])
     if not given or "\n" in e.message:  # several errors: each line names its own key
         return e
     detail = e.message.removeprefix(f"{e.key}: ")  # a pydantic error's line names it
     where = "" if given == [e.key] else f": {', '.join(given)}"
     return ConfigError(e.file, e.key, f"{detail} (set on the command line{where})")
+
+
+def _set_by(overrides: Sequence[str], keys: Sequence[str]) -> list[str]:
+    """The keys of ``overrides`` that set one of ``keys``, or a key inside or above one."""
+    given = [o.partition("=")[0] for o in overrides]
+    return [g for g in given if any(_same_key(g, key) for key in keys)]
 
 
 def _same_key(override: str, key: str) -> bool:

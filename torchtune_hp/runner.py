@@ -33,28 +33,24 @@ from torchtune_hp.trial import Trial, TrialState
 def open_study(recipe: Recipe) -> Study:
     """The recipe's study, opened or started; a stored study that refuses the recipe says
     which of the recipe's keys differ."""
+    m = recipe.model
     try:
-        return _study_of(recipe)
+        return Study(
+            m.study.name,
+            recipe.space,
+            sampler=m.sampler.name,
+            seed=m.study.seed,
+            logdir=Path(m.logdir),
+            mode=m.study.mode,
+            metric=m.study.metric,
+            sampler_options=m.sampler.options,
+            pruner=m.pruner.name,
+            pruner_options=m.pruner.options,
+            tensorboard=m.tensorboard.enabled,
+            images_every=m.tensorboard.images_every,
+        )
     except StudyMismatch as e:
         raise recipe.mismatch(e) from None
-
-
-def _study_of(recipe: Recipe) -> Study:
-    m = recipe.model
-    return Study(
-        m.study.name,
-        recipe.space,
-        sampler=m.sampler.name,
-        seed=m.study.seed,
-        logdir=Path(m.logdir),
-        mode=m.study.mode,
-        metric=m.study.metric,
-        sampler_options=m.sampler.options,
-        pruner=m.pruner.name,
-        pruner_options=m.pruner.options,
-        tensorboard=m.tensorboard.enabled,
-        images_every=m.tensorboard.images_every,
-    )
 
 
 def in_process(recipe: Recipe) -> bool:
@@ -272,7 +268,7 @@ def what_a_run_does(recipe: Recipe, fresh: bool = False) -> list[str]:
             f"a run moves {study_dir} aside (to {study_dir.name}.old-<time>{kept}; nothing is "
             f"deleted) and starts study {m.study.name!r} over"
         ]
-    stored = _read_stored(recipe, study_dir)
+    stored = _stored_and_taken(recipe, study_dir)
     if stored is None:
         return starts
     held, taken = stored
@@ -297,7 +293,7 @@ def what_a_run_does(recipe: Recipe, fresh: bool = False) -> list[str]:
     return lines
 
 
-def _read_stored(recipe: Recipe, study_dir: Path) -> tuple[StudyRecord, list[str]] | None:
+def _stored_and_taken(recipe: Recipe, study_dir: Path) -> tuple[StudyRecord, list[str]] | None:
     """The study its folder holds and the space changes it takes from ``recipe``; None where
     the folder holds no study. StudyMismatch where it refuses the recipe."""
     m = recipe.model

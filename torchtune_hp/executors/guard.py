@@ -109,7 +109,8 @@ def _end_strays(grace: float) -> None:
         while strays and time.monotonic() < until:
             time.sleep(0.05)
             _reap()
-            strays = [p for p in strays if p in _strays()]
+            alive = _strays()
+            strays = [p for p in strays if p in alive]
         _send(strays, signal.SIGKILL)
         time.sleep(0.05)
 
