@@ -92,6 +92,13 @@ HYPER_SELECT = ("map", "loo", "loo_explore")
 INCUMBENTS = ("auto", "observed", "mean")
 
 
+def _lowest_mean(surrogate: Surrogate, x: torch.Tensor) -> float:
+    """The lowest posterior mean at the points ``x`` (the observed ones): an incumbent that
+    a lucky draw cannot set."""
+    with torch.no_grad():
+        return float(surrogate.posterior(x)[0].min())
+
+
 def default_n_init(dim: int, budget: int | None = None) -> int:
     """Sobol trials before the GP. With the study's total known (``budget``): 2.5 per
     dimension, at most 15 and at most a quarter of the budget, at least 5 (a larger design
@@ -557,8 +564,7 @@ class GPSampler:
         the mean throughout ended at a median 0.1052 where it ends at 0.1025."""
         if self.incumbent == "observed" or (self.incumbent == "auto" and not endgame):
             return float(y.min())
-        with torch.no_grad():
-            return float(surrogate.posterior(x)[0].min())
+        return _lowest_mean(surrogate, x)
 
     def _additive_point(
         self,
@@ -630,8 +636,7 @@ class GPSampler:
         so a suggestion costs what a single acquisition's does."""
         x = surrogate.x
         assert x is not None
-        with torch.no_grad():
-            best = float(surrogate.posterior(x)[0].min())  # HEBO's, whatever ``incumbent`` says
+        best = _lowest_mean(surrogate, x)  # HEBO's, whatever ``incumbent`` says
         kappa2 = (2.0 + enc.d / 2.0) * math.log(max(len(x), 2)) + math.log(math.pi**2 / 0.01)
 
         def acq3(xq: torch.Tensor) -> torch.Tensor:
