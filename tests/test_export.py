@@ -87,3 +87,52 @@ def test_an_empty_study_gives_the_columns_and_no_rows(tmp_path):
     df = study.trials_dataframe()
     assert len(df) == 0 and "params_x" in df.columns and "state" in df.columns
     assert isinstance(df, pd.DataFrame)
+
+
+def test_the_column_types_are_the_same_whatever_the_trials_hold(tmp_path):
+    """An empty study gave ``object`` columns and one whose trials all failed an ``object``
+    ``value`` of None: analysis code written on a good study broke on those (Optuna's are
+    float64 throughout)."""
+
+    def kinds(study: Study) -> dict[str, str]:
+        df = study.trials_dataframe()
+        fixed = ("number", "value", "reports")
+        kind = {c: df[c].dtype.kind for c in fixed}
+        kind["datetime_start"] = str(df["datetime_start"].dt.tz)
+        kind["duration"] = df["duration"].dtype.kind
+        return kind
+
+    good = kinds(_study(tmp_path))
+    assert good == {"number": "i", "value": "f", "reports": "i", "datetime_start": "UTC"} | {
+        "duration": "m"
+    }
+    empty = Study("empty", {"x": Float(0, 1)}, logdir=tmp_path, tensorboard=False)
+    failed = Study("failed", {"x": Float(0, 1)}, logdir=tmp_path, tensorboard=False)
+    with pytest.warns(UserWarning, match="ZeroDivisionError"):
+        failed.optimize(lambda t: 1 / 0, n_trials=2)
+    assert kinds(empty) == kinds(failed) == good
+    assert failed.trials_dataframe()["value"].isna().all()
+
+
+def test_the_trials_table_tells_parameter_values_and_columns_apart(tmp_path):
+    """Choices 1, '1' and 1.0 all printed as 1; a choice with a newline split its row in two;
+    a parameter named ``state`` gave two ``state`` columns."""
+    from torchtune_hp.display import plain_table, trial_rows
+
+    space = {"state": Categorical([1, "1", 1.0, "a\nb", "adam"]), "drop": Float(0, 0.6, step=0.1)}
+    study = Study("t", space, sampler="random", seed=0, logdir=tmp_path, tensorboard=False)
+    for choice in space["state"].choices:
+        study.enqueue({"state": choice}, skip_if_exists=False)
+    study.optimize(lambda t: t.params["drop"], n_trials=10)
+    study.close()
+    out = run_cli("trials", str(tmp_path / "t"))
+    assert out.returncode == 0, out.stderr
+    header, rows = trial_rows(study.trials, list(space), "value")
+    assert header[:6] == ["#", "state", "value", "seconds", "state (parameter)", "drop"]
+    assert {r[4] for r in rows} == {"1", "'1'", "1.0", "'a\\nb'", "adam"}
+    assert {r[5] for r in rows} <= {f"{k / 10}" for k in range(7)}
+    assert len(out.stdout.strip().splitlines()) == 1 + 10  # one line per trial
+    assert out.stdout.splitlines()[0].split()[:6] == ["#", "state", "value", "seconds", "state"] + [
+        "(parameter)"
+    ]
+    assert plain_table(header, rows).count("\n") == 10

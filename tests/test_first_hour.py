@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import function_recipe, run_cli
 
-from torchtune_hp import Float, Study
+from torchtune_hp import Float, Study, load_study
 
 SCRIPTS = Path(__file__).parent / "scripts"
 FAKE = str(SCRIPTS / "fake_train.py")
@@ -50,6 +51,13 @@ def test_a_mistake_then_a_fix_then_starting_over(tmp_path):
     # 'first': filtering on it mixed the moved-aside trials into the new study's)
     assert {study_column(t) for t in (tmp_path / "logs" / "first").glob("trial_*")} == {"first"}
     assert {study_column(t) for t in old.glob("trial_*")} == {old.name}
+    assert load_study(old).name == old.name  # a study's name is its folder's (it said 'first')
+    # a copied (or renamed) folder run under its new name is one study in TensorBoard too
+    shutil.copytree(old, tmp_path / "logs" / "copy")
+    more = run_cli("run", "r.yaml", "study.name=copy", "study.trials=5", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    assert {study_column(t) for t in (tmp_path / "logs" / "copy").glob("trial_*")} == {"copy"}
+    assert load_study(tmp_path / "logs" / "copy").name == "copy"
 
 
 def study_column(trial_dir: Path) -> str:

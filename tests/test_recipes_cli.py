@@ -212,7 +212,10 @@ def test_ls_cp_validate(tmp_path):
     cp = run_cli("cp", "digits_mlp", str(tmp_path / "mine") + "/", cwd=tmp_path)
     assert cp.returncode == 0, cp.stderr
     copied = tmp_path / "mine" / "digits_mlp.yaml"
-    assert copied.read_text().startswith("# torchtune-hp run ")
+    # its first line runs the copy (it named the built-in, which ran instead of the edits)
+    assert copied.read_text().startswith(
+        f"# torchtune-hp run {tmp_path / 'mine'}/digits_mlp.yaml\n"
+    )
     assert (tmp_path / "mine" / "digits_mlp.py").exists()
     cli_copy = run_cli("cp", "digits_cli", "cli", cwd=tmp_path)  # a new folder, no slash
     assert cli_copy.returncode == 0, cli_copy.stderr

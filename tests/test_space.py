@@ -131,7 +131,7 @@ def test_validate_checks_user_points():
     stepped = Space({"d": Float(0.0, 1.0, step=0.1)})
     # 0.3 is on the grid, and stored as the float a suggestion of that point is
     suggested = stepped.decode(stepped.encode({"d": 0.3}))["d"]
-    assert stepped.validate({"d": 0.3}) == {"d": suggested} and suggested != 0.3
+    assert stepped.validate({"d": 0.3}) == {"d": suggested} and suggested == 0.3
     with pytest.raises(ValueError, match="'d'=0.123 is off the step grid of float.*step=0.1"):
         stepped.validate({"d": 0.123})  # off the grid every suggestion is on
 
@@ -175,3 +175,14 @@ def test_a_high_bound_off_the_step_grid_warns():
     f = Float(0.0, 1.0, step=0.1)
     with pytest.raises(ValueError, match="'s'=0.35 is off the step grid of float"):
         Space({"s": f}).validate({"s": 0.35})
+
+
+def test_a_stepped_float_is_written_as_its_grid_point():
+    """``low + k * step`` gave 0.30000000000000004 for ``step: 0.1``: in the table, best.yaml,
+    the CSV and TensorBoard. Every point of the grid has the decimals of low and step."""
+    drop = Float(0.0, 0.6, step=0.1)
+    assert [drop.snap(k * 0.1 + 0.01) for k in range(7)] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    assert {repr(drop.decode(u / 100)) for u in range(101)} <= {repr(k / 10) for k in range(7)}
+    assert Float(1e-3, 1e-2, step=2.5e-4).snap(0.00537) == 0.00525
+    thirds = Float(0.0, 1.0, step=1 / 3)  # a step of many decimals keeps them
+    assert thirds.snap(0.7) == 2 * (1 / 3) and thirds.contains(thirds.snap(0.7))

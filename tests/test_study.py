@@ -436,6 +436,9 @@ def test_load_study_reads_a_study_its_driver_is_running_from_another_process(tmp
         study.tell(running, 0.0)
     assert load_study(tmp_path / "s").trials[3].state is TrialState.COMPLETE
     assert load_study(tmp_path / "s" / "study.db").n_finished == 4  # the file, as Optuna's
+    for command in ("trials", "best"):  # the CLI takes what load_study takes
+        result = run_cli(command, "s/study.db", "--format", "json", cwd=tmp_path)
+        assert result.returncode == 0 and f'"value": {best.value}' in result.stdout, result.stderr
     with pytest.raises(FileNotFoundError, match=r"the studies in this folder: \['s'\]"):
         load_study(tmp_path)  # the logdir, not the study
 
@@ -489,6 +492,53 @@ def test_a_study_reopened_with_another_sampler_or_pruner_says_so(tmp_path):
         "random",
         "none",
     )
+
+
+def test_an_open_that_records_no_trial_stores_no_change(tmp_path):
+    """A run of a finished study with a widened space, or a ``Study(...)`` opened only to
+    read, stored its space and seed all the same: each later open 'changed' them again.
+    They are stored with the first trial this open records."""
+    with Study("s", SPACE, sampler="random", seed=0, logdir=tmp_path) as study:
+        study.optimize(lambda t: t.params["x"], n_trials=2)
+    wider = {**SPACE, "opt": Categorical(["sgd", "adam", "rmsprop"])}
+    with pytest.warns(UserWarning, match="changed space"), pytest.warns(RuntimeWarning):
+        Study("s", wider, sampler="random", seed=5, logdir=tmp_path).close()
+    stored = load_study(tmp_path / "s")
+    assert stored.space.params["opt"].choices == ("sgd", "adam") and stored.seed == 0
+    with pytest.warns(UserWarning, match="changed space"), pytest.warns(RuntimeWarning):
+        study = Study("s", wider, sampler="random", seed=5, logdir=tmp_path)
+    with study:
+        # said again above (nothing was stored); a point of the widened space is stored with it
+        study.enqueue({"opt": "rmsprop"})  # a point of the widened space: stored with it
+    stored = load_study(tmp_path / "s")
+    assert stored.space.params["opt"].choices == ("sgd", "adam", "rmsprop") and stored.seed == 5
+
+
+def test_a_trial_of_another_study_object_is_refused_and_changes_nothing(tmp_path):
+    """``b.tell(a_trial, v)`` finished b's trial of the same number with a's value; a trial
+    asked before a notebook cell reopened the study was dropped without a word."""
+    a = Study("a", SPACE, seed=0, logdir=None)
+    b = Study("b", SPACE, seed=1, logdir=None)
+    ta, tb = a.ask(), b.ask()
+    for call in (lambda: b.tell(ta, 0.1), lambda: b.report(ta, 0.1), lambda: b.should_prune(ta)):
+        with pytest.raises(
+            ValueError, match="trial 0 was asked from study 'a', not from study 'b'"
+        ):
+            call()
+    assert b.trial(0).state is TrialState.RUNNING and not b.trial(0).intermediate
+    assert a.trial(0).state is TrialState.RUNNING
+    b.tell(tb, 0.5)
+    with pytest.raises(ValueError, match=r"no trial 3 \(its trials are numbered 0 to 0;"):
+        b.tell(3, 1.0)
+    with pytest.raises(ValueError, match=r"no trial 0 \(it has no trials yet;"):
+        Study("c", SPACE, logdir=None).tell(0, 1.0)
+    first = Study("nb", SPACE, seed=0, logdir=tmp_path, tensorboard=False)
+    asked = first.ask()
+    again = Study("nb", SPACE, seed=0, logdir=tmp_path, tensorboard=False)  # the cell rerun
+    with pytest.raises(ValueError, match="another Study object of study 'nb'"):
+        again.tell(asked, 0.42)
+    assert again.trial(0).state is TrialState.FAILED and again.trial(0).value is None
+    again.close()
 
 
 def test_unseeded_study_stores_its_seed_and_continues(tmp_path):

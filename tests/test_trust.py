@@ -892,6 +892,11 @@ def test_bad_files_and_values_are_one_line_exit_2_and_store_nothing(tmp_path):
         result = run_cli("run", "fast.yaml", *overrides, cwd=tmp_path)
         assert result.returncode == 2 and phrase in result.stderr, (overrides, result.stderr)
         assert "Traceback" not in result.stderr
+    # validate catches what the night's run would fail on (it said OK), creating nothing
+    for logdir, phrase in (("logfile", "the logdir is a file"), ("logfile/a/b", "above the")):
+        for command in ("validate", "run"):
+            result = run_cli(command, "fast.yaml", f"logdir={logdir}", cwd=tmp_path)
+            assert result.returncode == 2 and phrase in result.stderr, (logdir, result.stderr)
     assert not (tmp_path / "logs").exists()
     (tmp_path / "latin1.yaml").write_bytes("study: {name: caf\xe9}\n".encode("latin-1"))
     result = run_cli("run", "latin1.yaml", cwd=tmp_path)

@@ -26,7 +26,7 @@ from torchtune_hp.errors import (
     StudyMismatch,
     StudyStopped,
 )
-from torchtune_hp.record import read_stored
+from torchtune_hp.record import read_stored, study_folder
 from torchtune_hp.trial import TrialState, best_of
 
 # The recipe layer (pydantic, the samplers, numpy) is imported by the commands that need it, so
@@ -144,6 +144,7 @@ def start_over(study_dir: Path) -> Path | None:
         lock.release()
     from torchtune_hp.board.study_board import StudyBoard
     from torchtune_hp.space import Space
+    from torchtune_hp.storage import Storage
 
     try:
         meta, rows = read_stored(aside) if (aside / files.DATABASE).is_file() else ({}, [])
@@ -151,6 +152,11 @@ def start_over(study_dir: Path) -> Path | None:
             space = Space.from_dict(meta["space"])
             board = StudyBoard(aside, aside.name, space, meta["metric"], meta["mode"], 0)
             board.relabel(rows)
+            named = Storage(aside / files.DATABASE)
+            try:
+                named.set_meta({"name": aside.name})  # as its rows say (see Study._renamed)
+            finally:
+                named.close()
     except Exception as e:  # a damaged or empty database: the move stands, the labels stay
         click.echo(f"note: {aside}: its TensorBoard rows still name the study: {e}", err=True)
     return aside
@@ -193,7 +199,7 @@ def cp(name: str, dest: str) -> None:
     objective = raw.get("objective") or {}
     named = [str(objective.get("function", "")).partition(":")[0]]
     named += [str(e) for e in objective.get("command") or []]
-    copies = [(src, target)]
+    copies = [(src, target, _retitled(src.read_bytes(), target))]
     for py in local_modules(src.parent, [n for n in named if n.endswith(".py")]):
         if not _inside(src.parent / py, src.parent):
             warnings.warn(
@@ -201,21 +207,30 @@ def cp(name: str, dest: str) -> None:
                 stacklevel=1,  # attributed to this module: shown as one line
             )
             continue
-        copies.append((src.parent / py, target.parent / py))
-    for a, b in copies:
-        if os.path.lexists(b) and not _same_file_content(a, b):
+        copies.append((src.parent / py, target.parent / py, (src.parent / py).read_bytes()))
+    for _, b, content in copies:
+        if os.path.lexists(b) and not _holds(b, content):
             raise ConfigError(b, "", "already exists; not overwritten")
-    for a, b in copies:
+    for a, b, content in copies:
         if os.path.lexists(b):  # the same bytes (two recipes sharing a script): kept as it is
             say(f"{b}: already there, the same as {a.name}")
             continue
-        shutil.copyfile(a, b)
+        b.write_bytes(content)
         say(f"copied {a.name} -> {b}")
 
 
-def _same_file_content(a: Path, b: Path) -> bool:
-    """Whether ``b`` is a regular file (not a link) holding exactly ``a``'s bytes."""
-    return b.is_file() and not b.is_symlink() and b.read_bytes() == a.read_bytes()
+def _retitled(recipe: bytes, target: Path) -> bytes:
+    """A built-in recipe's first line is the command that runs it (``# torchtune-hp run
+    digits_mlp``); in the copy it runs the copy (the built-in's name ran the built-in)."""
+    first, nl, rest = recipe.partition(b"\n")
+    if not first.startswith(b"# torchtune-hp run "):
+        return recipe
+    return f"# torchtune-hp run {target}".encode() + nl + rest
+
+
+def _holds(b: Path, content: bytes) -> bool:
+    """Whether ``b`` is a regular file (not a link) holding exactly ``content``."""
+    return b.is_file() and not b.is_symlink() and b.read_bytes() == content
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -277,8 +292,13 @@ def validate(path: str, overrides: tuple[str, ...], fresh: bool) -> None:
         say(f"  {line}")
 
 
+def _study_folder(_ctx: click.Context, _param: click.Parameter, path: Path) -> Path:
+    """STUDY_DIR as given, or the folder of the study.db given (as load_study takes it)."""
+    return study_folder(path)
+
+
 @cli.command()
-@click.argument("study_dir", type=click.Path(path_type=Path))
+@click.argument("study_dir", type=click.Path(path_type=Path), callback=_study_folder)
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table")
 @click.option("--trial", "number", type=int, help="Show this trial in full (its whole error).")
 def trials(study_dir: Path, fmt: str, number: int | None) -> None:
@@ -356,7 +376,7 @@ def trials(study_dir: Path, fmt: str, number: int | None) -> None:
 
 
 @cli.command()
-@click.argument("study_dir", type=click.Path(path_type=Path))
+@click.argument("study_dir", type=click.Path(path_type=Path), callback=_study_folder)
 @click.option("--format", "fmt", type=click.Choice(["json", "yaml"]), default="json")
 def best(study_dir: Path, fmt: str) -> None:
     """Print the best trial of the study in STUDY_DIR (yaml: its params, usable as a config).
@@ -372,7 +392,7 @@ def best(study_dir: Path, fmt: str) -> None:
     if fmt == "yaml":
         import yaml
 
-        say(yaml.safe_dump(top.params, sort_keys=False), nl=False)
+        say(yaml.safe_dump(top.params, sort_keys=False, allow_unicode=True), nl=False)
     else:
         say(json.dumps({"number": top.number, "params": top.params, "value": top.value}))
 

@@ -20,10 +20,32 @@ def fmt_value(v: float | None) -> str:
     return "-" if v is None else f"{v:.6g}"
 
 
+def fmt_param(v: Any) -> str:
+    """A parameter's value as the table and progress line show it: a float as one (``1.0``,
+    not the int ``1``), a string quoted where it would read as another value or break the
+    line (``'1'``, ``'a\\nb'``, ``''``), anything else as it prints."""
+    if isinstance(v, float):
+        text = fmt_value(v)
+        return text if any(c in text for c in ".ein") else f"{text}.0"
+    if isinstance(v, str):
+        plain = v and v.isprintable() and v.strip() == v and not _reads_as_value(v)
+        return v if plain else repr(v)
+    return str(v)
+
+
+def _reads_as_value(text: str) -> bool:
+    """Whether ``text`` would read as a number, a bool or nothing (``1``, ``1e-3``, ``true``)."""
+    if text.lower() in ("true", "false", "yes", "no", "on", "off", "null", "none", "~"):
+        return True
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def fmt_params(params: dict[str, Any]) -> str:
-    return ", ".join(
-        f"{k}={fmt_value(v) if isinstance(v, float) else v}" for k, v in params.items()
-    )
+    return ", ".join(f"{k}={fmt_param(v)}" for k, v in params.items())
 
 
 def trial_rows(
@@ -33,13 +55,14 @@ def trial_rows(
     the last line of its error, any other's the last line of its note (one row per trial; a
     paused and resumed trial's note has a line per decision): ``trials --trial N`` and
     ``--format json`` have the whole text."""
-    header = ["#", "state", metric, "seconds", *names, "note"]
+    fixed = ["#", "state", metric, "seconds"]
+    header = [*fixed, *(f"{n} (parameter)" if n in (*fixed, "note") else n for n in names), "note"]
     rows = []
     for t in trials:
         lines = (t.error if t.state is TrialState.FAILED and t.error else t.note or "").strip()
         note = lines.splitlines()[-1] if lines else ""
         dur = "-" if t.duration_s is None else f"{t.duration_s:.1f}"
-        cells = [fmt_value(v) if isinstance(v, float) else str(v) for v in map(t.params.get, names)]
+        cells = ["-" if v is None else fmt_param(v) for v in map(t.params.get, names)]
         rows.append([str(t.number), t.state.value, fmt_value(t.value), dur, *cells, note])
     return header, rows
 

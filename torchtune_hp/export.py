@@ -71,7 +71,14 @@ def dataframe(trials: Sequence[FrozenTrial], names: Sequence[str]) -> Any:
             "`torchtune-hp trials DIR --format csv` / `--format json`)"
         ) from e
     columns, records = table(trials, names)
-    return pd.DataFrame.from_records(records, columns=columns)
+    frame = pd.DataFrame.from_records(records, columns=columns)
+    # the same column types whatever the trials hold (no trial yet, none with a value), as
+    # Optuna's: analysis code that compares values or sums durations works on every study
+    frame = frame.astype({"number": "int64", "value": "float64", "reports": "int64"})
+    for column in ("datetime_start", "datetime_complete"):
+        frame[column] = pd.to_datetime(frame[column], utc=True)
+    frame["duration"] = pd.to_timedelta(frame["duration"])
+    return frame
 
 
 def write_csv(trials: Sequence[FrozenTrial], names: Sequence[str], out: IO[str]) -> None:

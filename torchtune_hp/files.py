@@ -28,7 +28,7 @@ DATABASE = "study.db"
 
 
 def check_study_name(name: object) -> str:
-    """A study name is one folder name: letters, digits, ``_ . -``, not starting with a dot,
+    """A study name is one folder name: ASCII letters, digits, ``_ . -``, not starting with a dot,
     at most 100 characters (``..``, ``.`` and ``a/b`` would write outside the logdir)."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"a study name must be a non-empty string, got {name!r}")
@@ -36,7 +36,7 @@ def check_study_name(name: object) -> str:
         raise ValueError(f"a study name has at most {NAME_MAX} characters, got {len(name)}")
     if not _NAME.fullmatch(name):
         raise ValueError(
-            f"a study name is one folder name of letters, digits, '_', '.' and '-', not "
+            f"a study name is one folder name of ASCII letters, digits, '_', '.' and '-', not "
             f"starting with '.' or '-', got {name!r}"
         )
     return name
@@ -129,11 +129,29 @@ def renewed_dir(path: Path, suffix: str) -> Path:
     return path
 
 
+def check_study_dir(path: Path) -> None:
+    """StorageError where the study folder ``path`` could not be created or written, judged
+    without creating anything (``validate`` asks before a night's run): a file where the
+    logdir or one of its parents should be, a folder nobody may write in."""
+    if path.exists():
+        if not path.is_dir():
+            raise StorageError(f"{path}: exists and is not a folder")
+        if not os.access(path, os.W_OK):
+            raise StorageError(f"{path}: not writable (a read-only folder or file system)")
+        return
+    above = path.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        what = "the logdir" if above == path.parent else "a folder above the logdir"
+        raise StorageError(f"{above}: {what} is a file, not a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise StorageError(f"{path}: cannot create the study folder: {above} is not writable")
+
+
 def make_study_dir(path: Path) -> None:
     """Create the study folder, with a clear message when the logdir cannot hold it."""
-    parent = path.parent
-    if parent.exists() and not parent.is_dir():
-        raise StorageError(f"{parent}: the logdir is a file, not a folder")
+    check_study_dir(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -141,8 +159,7 @@ def make_study_dir(path: Path) -> None:
     except OSError as e:
         where = e.filename or path
         raise StorageError(f"{where}: cannot create the study folder: {e.strerror}") from None
-    if not os.access(path, os.W_OK):
-        raise StorageError(f"{path}: not writable (a read-only folder or file system)")
+    check_study_dir(path)  # created: now writable?
 
 
 def set_aside_leftovers(path: Path) -> Path | None:

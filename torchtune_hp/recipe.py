@@ -308,7 +308,7 @@ class Recipe:
 
     @property
     def resolved_yaml(self) -> str:
-        return yaml.safe_dump(self.raw, sort_keys=False)
+        return yaml.safe_dump(self.raw, sort_keys=False, allow_unicode=True)
 
     def objective(self) -> Callable[..., Any]:
         function = self.model.objective.function

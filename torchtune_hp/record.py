@@ -67,7 +67,7 @@ class StudyRecord(BestTrial):
     def of(cls, study_dir: Path, meta: Mapping[str, Any], trials: list[FrozenTrial]) -> StudyRecord:
         """From a study's stored ``meta`` (its database's) and its ``trials``."""
         return cls(
-            name=str(meta.get("name", study_dir.name)),
+            name=study_dir.name,  # its folder's: a folder renamed or copied is that study
             dir=study_dir,
             space=Space.from_dict(meta["space"]),
             metric=str(meta["metric"]),
@@ -96,6 +96,20 @@ class StudyRecord(BestTrial):
         return dataframe(self.trials, list(self.space.params))
 
 
+def study_folder(path: str | Path) -> Path:
+    """The study folder that ``path`` names: the folder itself (``logs/<study name>``), or its
+    ``study.db`` (Optuna's habit: the storage file); StorageError for another file."""
+    study_dir = Path(path)
+    if study_dir.name == files.DATABASE and study_dir.is_file():
+        return study_dir.parent
+    if study_dir.is_file():
+        raise StorageError(
+            f"{study_dir}: a file; give the study's folder (logs/<study name>) or its "
+            f"{files.DATABASE}"
+        )
+    return study_dir
+
+
 def read_stored(study_dir: Path) -> tuple[dict[str, Any], list[FrozenTrial]]:
     """The study database's metadata (empty where no study was started in it) and trials,
     read-only. FileNotFoundError naming the folder (and the studies below it, where it is a
@@ -110,14 +124,7 @@ def read_stored(study_dir: Path) -> tuple[dict[str, Any], list[FrozenTrial]]:
 def load_study(path: str | Path) -> StudyRecord:
     """The study in the folder ``path`` (``logs/<study name>``, or its ``study.db``), read
     now, read-only."""
-    study_dir = files.absolute(Path(path))
-    if study_dir.name == files.DATABASE and study_dir.is_file():  # Optuna's habit: the file
-        study_dir = study_dir.parent
-    elif study_dir.is_file():
-        raise StorageError(
-            f"{study_dir}: a file; give the study's folder (logs/<study name>) or its "
-            f"{files.DATABASE}"
-        )
+    study_dir = study_folder(files.absolute(Path(path)))
     meta, trials = read_stored(study_dir)
     if not meta:
         raise StorageError(f"{study_dir}: its database holds no study yet")

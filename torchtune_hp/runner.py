@@ -241,8 +241,8 @@ def nothing_to_run(study: HeldStudy, trials: int) -> str:
     count = f"{n} of {trials} trials" if n <= trials else f"{n} trials (study.trials={trials})"
     return (
         f"study {study.name!r} ({study.dir}) already has {count}: this run trains nothing, "
-        "and its sampler, pruner and objective settings are "
-        "not used; to run them, start a new study (study.name=<another name>), move this one "
+        "and its space, seed, sampler, pruner and objective settings are neither used nor "
+        "stored; to run them, start a new study (study.name=<another name>), move this one "
         f"aside (--fresh), or ask for more trials (study.trials={more})"
     )
 
@@ -257,6 +257,7 @@ def what_a_run_does(recipe: Recipe, fresh: bool = False) -> list[str]:
     m = recipe.model
     study_dir = files.absolute(Path(m.logdir)) / m.study.name
     starts = [f"a run starts study {m.study.name!r} in {study_dir}"]
+    files.check_study_dir(study_dir)
     if files.StudyLock.is_held(study_dir):  # a run now is refused, --fresh too
         raise files.run_elsewhere(study_dir)
     if fresh:
@@ -272,18 +273,14 @@ def what_a_run_does(recipe: Recipe, fresh: bool = False) -> list[str]:
     if stored is None:
         return starts
     held, taken = stored
-    space = f"in a changed space that holds every trial so far: {'; '.join(taken)}"
-    if held.n_finished >= m.study.trials:
-        done = [nothing_to_run(held, m.study.trials)]
-        if taken:  # the run stores the changed space all the same
-            done.append(f"it stores its space {space}")
-        return done
+    if held.n_finished >= m.study.trials:  # nothing stored either: not the changed space
+        return [nothing_to_run(held, m.study.trials)]
     lines = [
         f"a run goes on with study {m.study.name!r} in {study_dir}: "
         f"{held.n_finished} of {m.study.trials} trials done"
     ]
     if taken:
-        lines.append(space)
+        lines.append(f"in a changed space that holds every trial so far: {'; '.join(taken)}")
     if m.study.seed is not None and m.study.seed != held.seed:
         lines.append(f"its next trials draw from seed {m.study.seed} (stored: {held.seed})")
     last = {"sampler": held.sampler, "pruner": held.pruner}

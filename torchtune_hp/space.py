@@ -14,6 +14,8 @@ plain ``dict`` of Python values. Fixed parameters own no coordinate; they are pa
 
 from __future__ import annotations
 
+import decimal
+import functools
 import itertools
 import math
 import warnings
@@ -40,6 +42,18 @@ def last_step(low: float, high: float, step: float) -> int:
     if all(isinstance(v, int) for v in (low, high, step)):
         return int((high - low) // step)
     return math.floor((high - low) / step + 1e-9)
+
+
+@functools.lru_cache(maxsize=256)
+def _grid_decimals(low: float, step: float) -> int:
+    """The decimals that write ``low`` and ``step`` exactly (0.1 -> 1, 2.5e-3 -> 4): every
+    point of the grid has no more."""
+
+    def decimals(v: float) -> int:
+        exponent = decimal.Decimal(repr(float(v))).as_tuple().exponent
+        return -exponent if isinstance(exponent, int) else 0
+
+    return max(decimals(low), decimals(step))
 
 
 def _check_bounds(low: float, high: float, log: bool, step: float | None) -> None:
@@ -111,12 +125,15 @@ class Float:
 
     def snap(self, x: float) -> float:
         """``x`` within the bounds and, with a ``step``, on its grid: the very float every
-        suggestion of that point is, so a point given by hand (0.3) and one suggested
-        (0.30000000000000004) are the same point."""
+        suggestion of that point is, so a point given by hand (0.3) and one suggested are the
+        same point: ``low + k * step`` rounded to the decimals of ``low`` and ``step`` (0.3,
+        not 0.30000000000000004, in the table, best.yaml and TensorBoard)."""
         if self.step is not None:
             k = round((x - self.low) / self.step)
             kmax = last_step(self.low, self.high, self.step)
-            x = self.low + min(max(k, 0), kmax) * self.step
+            x = round(
+                self.low + min(max(k, 0), kmax) * self.step, _grid_decimals(self.low, self.step)
+            )
         return min(max(x, self.low), self.high)
 
     def contains(self, value: Value) -> bool:

@@ -265,7 +265,11 @@ class Study(BestTrial):
         # after its `with` block on every rank, and rank 0's answer comes from memory
         self._as_closed: list[FrozenTrial] | None = None
         self._reseeded: int | None = None  # the seed a reopened study had, when given another
-        self._search_to_store: dict[str, str] | None = None  # sampler, pruner: at the 1st ask
+        self._renamed = False  # its folder was renamed or copied since it last ran
+        # what this open changes in the stored study (a widened space, a new seed, the sampler
+        # and pruner names): stored when it first records a trial (see _store_changes), so an
+        # open to read the study, or a run that trains nothing, changes nothing
+        self._changes: dict[str, Any] = {}
         self.pruner: Pruner = self._check_before_opening(
             sampler, sampler_options, pruner, pruner_options
         )
@@ -320,7 +324,7 @@ class Study(BestTrial):
                 stacklevel=3,
             )
         if any(meta.get(key) != name for key, name in now.items()):
-            self._search_to_store = now
+            self._changes.update(now)
 
     def _check_before_opening(
         self,
@@ -405,7 +409,11 @@ class Study(BestTrial):
                 self.dir, self.name, self.space, self.metric, self.mode, self.images_every
             )
             board.sync(self._finished)
+            if self._renamed:  # its earlier rows name the study as it was: one study in the table
+                board.relabel(self._finished)
             self.subscribe(board)
+        if self._renamed:
+            self.storage.set_meta({"name": self.name})
         left = [t.number for t in self._view.values() if t.state is TrialState.RUNNING]
         if left:
             self._recover(
@@ -446,11 +454,13 @@ class Study(BestTrial):
                 }
             )
             return
+        # a study's name is its folder's: a folder renamed or copied is the study of that name
+        self._renamed = meta.get("name", self.name) != self.name
         taken = refuse_other(
             self.dir or self.name, meta, self.storage.trials, self.space, self.metric, self.mode
         )
         if taken:
-            self.storage.set_meta({"space": self.space.to_dict()})
+            self._changes["space"] = self.space.to_dict()
             warnings.warn(
                 f"study {self.name!r} ({self.dir}) goes on in a changed space that holds every "
                 f"trial so far: {'; '.join(taken)}",
@@ -459,7 +469,7 @@ class Study(BestTrial):
             )
         if seed is not None and seed != meta["seed"]:
             self._reseeded = int(meta["seed"])
-            self.storage.set_meta({"seed": seed})
+            self._changes["seed"] = seed
         self.seed = int(meta["seed"]) if seed is None else seed
         # what an earlier driver left for its followers is not this one's: a follower must
         # not join a trial a dead driver left RUNNING, nor end on an old loop's end
@@ -586,7 +596,15 @@ class Study(BestTrial):
             known = [t.params for t in self._view.values()] + self.storage.queued()
             if any(params_key({k: p.get(k) for k in checked}) == key for p in known):
                 return
+        self._store_changes()  # a point of a widened space: stored with it
         self.storage.push_queue(checked, Origin.ENQUEUED)
+
+    def _store_changes(self) -> None:
+        """Store what this open changed (see ``_changes``) before its first trial or queued
+        point: from then on the stored study is the one these trials belong to."""
+        if self._changes:
+            self.storage.set_meta(self._changes)
+            self._changes = {}
 
     def _completed(self, given: dict[str, Any], origin: Origin) -> Completed:
         """A queued point made whole: the parameters a partial ``enqueue`` left out are
@@ -630,6 +648,7 @@ class Study(BestTrial):
             found = _recorded(self._view.values(), checked, number)
             if found is not None:
                 return found
+        self._store_changes()
         frozen = self._refresh(self.storage.add_trial(checked, number))
         self._emit("trial_finished", frozen)
         return frozen
@@ -642,9 +661,7 @@ class Study(BestTrial):
         Raises :class:`SpaceExhausted` when the sampler has nothing left (a finished grid)."""
         if self.follower:
             return self._follow()
-        if self._search_to_store is not None:  # this open runs trials: store what searches
-            self.storage.set_meta(self._search_to_store)
-            self._search_to_store = None
+        self._store_changes()
         popped = self.storage.pop_queue_into_trial(self._completed)
         if popped is None:
             resumed = self._resume()
@@ -662,7 +679,9 @@ class Study(BestTrial):
         trial = Trial(self, number, params)
         if self.dir is not None:
             run_dir = files.fresh_dir(self.trial_dir(number))
-            files.write_text(run_dir / "params.yaml", yaml.safe_dump(params, sort_keys=False))
+            files.write_text(
+                run_dir / "params.yaml", yaml.safe_dump(params, sort_keys=False, allow_unicode=True)
+            )
         self._announce(trial)
         explain = getattr(self.sampler, "explain", None)
         if sampled and explain and self.images_every and number % self.images_every == 0:
@@ -766,15 +785,40 @@ class Study(BestTrial):
         """The number of ``trial`` (a Trial from ask(), or its number as any integer: a numpy
         one too), which must be one of this study's; a ValueError that says what was given
         otherwise, before anything changes."""
+        if isinstance(trial, Trial) and trial.study is not self:
+            raise ValueError(self._foreign(trial, call))
         number = getattr(trial, "number", trial)
         if isinstance(number, numbers.Integral) and not isinstance(number, bool):
             number = int(number)
             # a follower (a DDP rank > 0) knows only the trials of when it opened the study
             if number in self._view or (self.follower and number >= 0):
                 return number
+        numbered = (
+            f"its trials are numbered 0 to {len(self._view) - 1}"
+            if self._view
+            else "it has no trials yet"
+        )
         raise ValueError(
-            f"study {self.name!r} has no trial {describe(trial)} (its trials are numbered 0 to "
-            f"{len(self._view) - 1}; {call}() takes a Trial from ask() or its number)"
+            f"study {self.name!r} has no trial {describe(trial)} ({numbered}; {call}() takes a "
+            "Trial from ask() or its number)"
+        )
+
+    def _foreign(self, trial: Trial, call: str) -> str:
+        """Why a Trial asked from another Study object is refused: its number means another
+        trial here (another study), or the trial was ended when this object took its study
+        over (a notebook cell run again)."""
+        other = trial.study
+        same = self.dir is not None and other.dir is not None and Path(other.dir) == self.dir
+        if same:
+            return (
+                f"{call}(): trial {trial.number} was asked from another Study object of study "
+                f"{self.name!r} (an earlier opening): it was recorded interrupted when that one "
+                "closed or this one took the study over, so nothing is changed: ask() this "
+                "Study for a new trial"
+            )
+        return (
+            f"{call}(): trial {trial.number} was asked from study {other.name!r}, not from "
+            f"study {self.name!r}: nothing is changed (give each trial to the study it came from)"
         )
 
     def _outcome(self, value: Any, state: TrialState | str | None, error: str | None) -> Outcome:
