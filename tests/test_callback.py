@@ -199,6 +199,9 @@ def test_asha_prunes_a_deliberately_bad_config_early():
     )
 
 
+NONE = {"check_val_every_n_epoch": None}
+
+
 class FromThirdReport:
     """Rejects every trial from its third report on; counts the reports it was asked at."""
 
@@ -239,12 +242,24 @@ def test_a_trial_is_not_stopped_at_its_last_epoch_where_stopping_saves_nothing()
         ({"max_epochs": 4, "check_val_every_n_epoch": 2}, 2),  # epochs 1 and 3
         ({"max_epochs": -1, "max_steps": 10}, 2),  # 4 batches an epoch: steps 4, 8 (then 10)
         ({"max_epochs": 2, "val_check_interval": 0.5}, 4),  # twice an epoch
+        # every N batches of the whole fit (check_val_every_n_epoch=None): the last of them
+        # was asked, as only the last batch of the last epoch counted as the end
+        ({"max_epochs": -1, "max_steps": 11, "val_check_interval": 3, **NONE}, 3),  # 3, 6, 9
+        ({"max_epochs": 3, "val_check_interval": 5, **NONE}, 2),  # batches 5, 10 of 12
+        ({"max_epochs": 3, "val_check_interval": 3, **NONE}, 4),  # 3, 6, 9 and the last, 12
+        ({"max_epochs": 3, "val_check_interval": 8, **NONE}, 1),  # every 2nd epoch's end
+        ({"max_epochs": 2, "val_check_interval": 3}, 2),  # the 3rd batch of each epoch
+        # accumulation: 2 steps an epoch; validations at steps 1, 2, ..., 5 (the end)
+        ({"max_epochs": -1, "max_steps": 5, "val_check_interval": 0.5, "accumulate": 2}, 5),
     ],
 )
 def test_the_pruner_is_asked_at_every_validation_but_the_last(options, reports):
     pruner = FromThirdReport(never=True)
     study = Study("c", {"lr": Float(0.01, 0.1)}, logdir=None, pruner=pruner)
     trial = study.ask()
+    options = dict(options)
+    if "accumulate" in options:
+        options["accumulate_grad_batches"] = options.pop("accumulate")
     fit(trial, trainer_options=options)
     assert len(study.trials[0].intermediate) == reports
     assert pruner.asked == list(range(1, reports))

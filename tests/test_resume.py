@@ -412,8 +412,9 @@ def test_a_second_resume_at_one_step_keeps_the_first_in_view(tmp_path):
     assert shown[0].startswith("resume 1: resumed after") and "\n\nresume 2: resumed" in shown[0]
 
 
-def lightning_objective(runs: list, max_epochs: int = 6):
-    """A real Trainer that resumes from ``trial.ckpt_path`` and records the epochs it trains."""
+def lightning_objective(runs: list, max_epochs: int = 6, callbacks=lambda trial: []):
+    """A real Trainer that resumes from ``trial.ckpt_path`` and records the epochs it trains;
+    ``callbacks(trial)``: the user's own, beside it."""
     import lightning as L
     from tiny_model import Tiny, loaders
 
@@ -427,14 +428,14 @@ def lightning_objective(runs: list, max_epochs: int = 6):
             self.epochs.append(trainer.current_epoch)
 
     def objective(trial):
-        seen = Seen()
+        seen, mine = Seen(), callbacks(trial)
         trainer = L.Trainer(
             max_epochs=max_epochs,
             logger=False,
-            enable_checkpointing=False,
+            enable_checkpointing=bool(mine),
             enable_progress_bar=False,
             enable_model_summary=False,
-            callbacks=[hp.TuneCallback(trial, monitor="val_loss"), seen],
+            callbacks=[hp.TuneCallback(trial, monitor="val_loss"), seen, *mine],
         )
         train, val = loaders()
         trainer.fit(Tiny(trial.params["lr"]), train, val, ckpt_path=trial.ckpt_path)
@@ -476,6 +477,40 @@ def test_a_lightning_trial_resumes_from_its_pause_checkpoint(tmp_path):
     # mode): a stop with a forecast, not a warning that it could not forecast
     assert any("predicted final" in (t.note or "") for t in study.trials)
     study.close()
+
+
+def test_the_pause_checkpoint_holds_the_users_callbacks_after_the_paused_validation(tmp_path):
+    """``pause.ckpt`` was saved inside the TuneCallback's on_validation_end, before Lightning
+    ran the user's ModelCheckpoint (always last) and EarlyStopping: resumed, they knew one
+    validation fewer (a ModelCheckpoint's file of the paused epoch was never cleaned up)."""
+    import torch
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    def users(trial):
+        folder = tmp_path / "mine" / str(trial.number)
+        keep = ModelCheckpoint(dirpath=folder, monitor="val_loss", save_top_k=-1)
+        return [keep, EarlyStopping(monitor="val_loss", patience=100)]
+
+    runs: list = []
+    pruner = GPPruner(resume=True, resume_ratio=1e-9, threshold=0.0, gain_ratio=1e9, n_startup=1)
+    space = {"lr": Float(1e-3, 1e-1, log=True)}
+    study = Study("lit", space, sampler="random", seed=1, logdir=tmp_path, pruner=pruner)
+    study.optimize(lightning_objective(runs, callbacks=users), n_trials=4)
+    study.close()
+    paused = sorted((tmp_path / "lit").glob("trial_*/pause.ckpt"))
+    assert paused and any(r[1] is not None for r in runs)  # and some were resumed
+    # resumed, each went on after its pause (it began inside the paused epoch, where the
+    # EarlyStopping found no val_loss and the resumed run failed)
+    assert not any("resumed run failed" in (t.note or "") for t in study.trials)
+    for path in paused:
+        state = torch.load(path, weights_only=False)
+        done, kept = state["epoch"], state["callbacks"]  # the epochs trained, the paused one too
+        (checkpoints,) = (v for k, v in kept.items() if k.startswith("ModelCheckpoint"))
+        (stopping,) = (v for k, v in kept.items() if k.startswith("EarlyStopping"))
+        number = int(path.parent.name.split("_")[1])
+        seen = [v for s, v in sorted(study.trial(number).intermediate.items()) if s < done]
+        assert len(checkpoints["best_k_models"]) == done == len(seen)
+        assert float(stopping["best_score"]) == pytest.approx(min(seen))
 
 
 SCRIPT = """

@@ -72,6 +72,7 @@ class TuneCallback(L.Callback):
         self.reports = 0
         self.validations = 0  # in training, on every rank: a step where the epoch repeats
         self._by_validation = False
+        self._pause_pending: str | None = None  # stopped: where keep_for_resume saves it
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         study = getattr(self.trial, "study", None)
@@ -80,6 +81,10 @@ class TuneCallback(L.Callback):
                 "a distributed (DDP) trial needs a study with a logdir: with logdir=None every "
                 "rank would run its own in-memory study with its own parameters"
             )
+        # the pause checkpoint is written after every other callback has seen the paused
+        # validation (see keep_for_resume): Lightning runs a ModelCheckpoint last
+        trainer.callbacks[:] = [c for c in trainer.callbacks if not _saves_for(c, self)]
+        trainer.callbacks.append(_SavesThePause(self))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._by_validation = validates_within_epochs(trainer)
@@ -114,30 +119,30 @@ class TuneCallback(L.Callback):
             prune = not last and self.trial.should_prune()
         prune = bool(trainer.strategy.broadcast(prune, src=0))
         if prune:
-            self._keep_for_resume(trainer)
+            self._pause_pending = "validation" if self._by_validation else "end"
             self.pruned = True
             self.trial.pruned = True
             trainer.should_stop = True
 
     def _last_validation(self, trainer: L.Trainer) -> bool:
         """Whether no validation follows this one in this fit: ``max_steps`` reached, or the
-        last validating epoch's end (``max_epochs``, ``check_val_every_n_epoch``), or the
-        next epoch's end past ``max_steps``; within epochs, the last batch of the last epoch.
-        What it cannot tell (a time limit, early stopping) is not the last: the pruner decides
-        as usual."""
+        fit ends (``max_epochs``, ``max_steps``) before the batch of the next validation, as
+        Lightning places them (every ``val_check_interval`` batches of an epoch or, with
+        ``check_val_every_n_epoch=None``, of the whole fit; every ``check_val_every_n_epoch``
+        epochs). What it cannot tell (a time limit, early stopping, validation at a time
+        interval) is not the last: the pruner decides as usual."""
         if 0 <= trainer.max_steps <= trainer.global_step:
             return True
-        if self._by_validation:
-            progress = getattr(trainer.fit_loop.epoch_loop, "batch_progress", None)
-            return bool(getattr(progress, "is_last_batch", False)) and _ends_within(trainer, 1)
-        every = trainer.check_val_every_n_epoch or 1
-        if _ends_within(trainer, every):
+        ahead = _next_validation(trainer)
+        if ahead is None:  # a stream without a length, validated at its epochs' ends
+            return not self._by_validation and _ends_within(
+                trainer, trainer.check_val_every_n_epoch or 1
+            )
+        epoch, steps = ahead
+        most = trainer.max_epochs
+        if most is not None and 0 <= most <= epoch:
             return True
-        batches, accumulate = trainer.num_training_batches, trainer.accumulate_grad_batches
-        if trainer.max_steps < 0 or not isinstance(batches, int) or batches < 1:
-            return False
-        steps = every * math.ceil(batches / max(1, accumulate))  # to the next validation
-        return trainer.global_step + steps > trainer.max_steps
+        return 0 <= trainer.max_steps < trainer.global_step + steps
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -151,13 +156,27 @@ class TuneCallback(L.Callback):
             with contextlib.suppress(OSError):  # never in place of Lightning's own ending
                 note(signum)
 
-    def _keep_for_resume(self, trainer: L.Trainer) -> None:
+    def keep_for_resume(self, trainer: L.Trainer, at: str) -> None:
         """A study that pauses stopped trials (``pruner: {name: gp, resume: true}``) may run
         this one again from here: save the whole training state (every rank takes part, rank
-        zero writes) where ``trial.ckpt_path`` will find it, ``<trial folder>/pause.ckpt``."""
+        zero writes) where ``trial.ckpt_path`` will find it, ``<trial folder>/pause.ckpt``,
+        as it was before the stop (this callback not pruned: a resumed run goes on).
+
+        Saved once every other callback has seen the paused validation: where validation ends
+        an epoch, at the fit's end (``at="end"``: a ModelCheckpoint or EarlyStopping of the
+        user's acts at the epoch's end, after validation; saved at the validation itself, the
+        resumed run began inside the finished epoch, where an EarlyStopping found no metric);
+        within an epoch, after every callback's on_validation_end (``at="validation"``)."""
+        if self._pause_pending != at:
+            return
+        self._pause_pending = None
         path = getattr(self.trial, "checkpoint_path", None)
         if getattr(self.trial, "pauses", False) and path is not None:
-            trainer.save_checkpoint(path)
+            self.pruned = False
+            try:
+                trainer.save_checkpoint(path)
+            finally:
+                self.pruned = True
 
     def state_dict(self) -> dict[str, Any]:
         return {"pruned": self.pruned, "reports": self.reports, "validations": self.validations}
@@ -166,6 +185,61 @@ class TuneCallback(L.Callback):
         self.pruned = bool(state_dict["pruned"])
         self.reports = int(state_dict["reports"])
         self.validations = int(state_dict.get("validations", self.reports))
+
+
+class _SavesThePause(L.Callback):
+    """The last callback of a fit: saves the pause checkpoint of its TuneCallback once every
+    other callback has seen the validation that stopped the trial."""
+
+    def __init__(self, owner: TuneCallback) -> None:
+        self.owner = owner
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.owner.keep_for_resume(trainer, "validation")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.owner.keep_for_resume(trainer, "end")
+
+
+def _saves_for(callback: Any, owner: TuneCallback) -> bool:
+    return isinstance(callback, _SavesThePause) and callback.owner is owner
+
+
+def _next_validation(trainer: L.Trainer) -> tuple[int, int] | None:
+    """The epoch of the next validation after this one and the optimizer steps until its
+    batch (with gradient accumulation: one per ``accumulate_grad_batches`` batches and one
+    at an epoch's end), counted as Lightning's training loop counts; None where validation
+    is not placed by batch counts (a time interval, a stream without a length)."""
+    if getattr(trainer, "_val_check_time_interval", None) is not None:
+        return None
+    n, each = trainer.num_training_batches, getattr(trainer, "val_check_batch", None)
+    if not isinstance(n, int) or n < 1 or not isinstance(each, int) or each < 1:
+        return None
+    loop = trainer.fit_loop.epoch_loop
+    epoch, at, every = trainer.current_epoch, loop.batch_idx, trainer.check_val_every_n_epoch
+    if every is None:  # every `each` batches of the whole fit
+        ahead = each - (loop.total_batch_idx + 1) % each
+        to = at + ahead  # in this epoch's numbering: epochs ahead are whole multiples of n
+        epoch_at, index = epoch + to // n, to % n
+    else:
+        index = (at + 1) // each * each + each - 1  # the next in this epoch, if there is one
+        epoch_at = epoch
+        if index >= n:
+            epoch_at, index = epoch + 1, each - 1
+            while (epoch_at + 1) % every:
+                epoch_at += 1
+    accumulate = max(1, trainer.accumulate_grad_batches)
+
+    def steps_up_to(i: int) -> int:  # optimizer steps in an epoch's batches 0..i
+        return (i + 1) // accumulate + (1 if i == n - 1 and n % accumulate else 0)
+
+    per_epoch = steps_up_to(n - 1)
+    if epoch_at == epoch:
+        steps = steps_up_to(index) - steps_up_to(at)
+    else:
+        steps = per_epoch - steps_up_to(at) + (epoch_at - epoch - 1) * per_epoch
+        steps += steps_up_to(index)
+    return epoch_at, steps
 
 
 def _ends_within(trainer: L.Trainer, every: int) -> bool:
