@@ -160,6 +160,13 @@ def test_a_resumed_trial_that_trains_from_the_start_says_so(tmp_path):
     again = [t for t in study.trials if "it is not resumed again" in (t.note or "")]
     assert again and all(t.state is TrialState.PRUNED for t in again)
     assert len(study.trials) == 6 and study.n_finished == 6
+    # a paused trial is recorded where its saved state is: the run that trained from the
+    # start replaced its curve, the earlier run's later steps with it (they stayed, and the
+    # next run resumed it at a step its checkpoint had never reached)
+    for t in study.trials:
+        checkpoint = tmp_path / "over" / f"trial_{t.number:04d}" / "pause.ckpt"
+        if t.state is TrialState.PRUNED and t.number in resumed and checkpoint.is_file():
+            assert max(t.intermediate) == int(checkpoint.read_text()), (t.number, t.note)
     study.close()
 
 

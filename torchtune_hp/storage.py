@@ -559,10 +559,13 @@ class Storage:
             return {int(n): None for n in data}
         return {int(n): None if s is None else int(s) for n, s in data.items()}
 
-    def report(self, number: int, step: int, value: float) -> None:
+    def report(self, number: int, step: int, value: float, restart: bool = False) -> None:
         """Keep a report, and its time as the trial's last sign of life (see
-        :meth:`recover_running`)."""
+        :meth:`recover_running`); ``restart``: the run trains its curve anew from this step,
+        so the reports after it (of a run whose state is gone) are dropped with it."""
         with self._tx() as c:
+            if restart:
+                self._drop_after(c, number, step)
             c.execute(
                 "INSERT OR REPLACE INTO intermediate (trial, step, value) VALUES (?, ?, ?)",
                 (number, step, value),

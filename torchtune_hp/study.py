@@ -858,7 +858,8 @@ class Study(BestTrial):
             if step is not None:
                 self.note(number, f"a report's step {describe(step)} is not a step number")
             s = next(reversed(done)) + 1 if done else 0  # steps are kept in order
-        if int(s) in done and self._starts_over(number, int(s)):
+        restart = int(s) in done and self._starts_over(number, int(s))
+        if restart:
             self._over.add(number)  # said once per resume, whatever its checkpoint does next
             self.note(number, self._started_over(number))
         elif int(s) in done:  # a stuck step counter would keep the pruners from ever deciding
@@ -868,10 +869,16 @@ class Study(BestTrial):
                 "(pruners count distinct steps)",
                 warn=False,
             )
-        self.storage.report(number, int(s), val)
+        # a run that trains from the start again: its earlier run's later reports go (its
+        # state is gone), so a pause from here is recorded where its new checkpoint is
+        self.storage.report(number, int(s), val, restart=restart)
         # The view's trial in step with its row, in O(1): reading the row back (all its
         # reports) made a trial's n reports cost O(n^2), minutes for a regex on every line.
         view = self._view[number]
+        if restart:
+            kept = {k: v for k, v in view.intermediate.items() if k <= int(s)}
+            view = dataclasses.replace(view, intermediate=kept)
+            self._remember(view)
         steps = view.intermediate
         late = int(s) not in steps and bool(steps) and int(s) < next(reversed(steps))
         steps[int(s)] = val
@@ -902,10 +909,12 @@ class Study(BestTrial):
                 continue
             if trial.intermediate and max(trial.intermediate) <= at:
                 vain.add(number)
+                last = max(trial.intermediate)
+                where = "where it had been resumed" if last == at else f"resumed at step {at}"
                 self.note(
                     number,
-                    f"paused again at step {at}, where it had been resumed, with no report "
-                    "after it: it is not resumed again in this run (it would only repeat that)",
+                    f"paused again at step {last}, {where}, with no report after it: it is "
+                    "not resumed again in this run (it would only repeat that)",
                     warn=False,
                 )
         return vain
