@@ -638,19 +638,33 @@ def test_lightning_cli_and_tensorboard_reporting_on_the_cluster(cluster, tmp_pat
         assert t.value == pytest.approx(t.intermediate[2])
         assert list((study_dir / f"trial_{t.number:04d}").glob("events.out.tfevents.*"))
 
+    # a data folder beside the recipe that .gitignore leaves out of what Ray ships: it was
+    # given as a path in the shipped folder, where it did not exist; now read where it is
+    # (one machine here), with a warning that other nodes lack it
+    command = ["python", "fake_train.py", "--how", "tensorboard", "--data", "data"]
     tb_home = _project(
         tmp_path / "tb",
         trials=2,
         workers=2,
-        objective={"command": ["python", "fake_train.py", "--how", "tensorboard"]},
+        objective={"command": [*command, "--conf", "conf"]},
         executor={"address": cluster.address},
         study={"metric": "valid/loss"},
     )
+    for folder in ("data", "conf"):
+        (tb_home / folder).mkdir()
+        (tb_home / folder / "file.txt").write_text(folder)
+    (tb_home / ".gitignore").write_text("data/\n")
     result = run_cli("run", "recipe.yaml", cwd=tb_home, env=cluster.env, timeout=200)
     assert result.returncode == 0, result.stderr[-3000:]
+    said = f"objective.command: data is left out of the folder Ray ships to its nodes ({tb_home}"
+    assert said in result.stderr and "conf is left out" not in result.stderr
+    seen = _seen(tb_home / "logs" / "sub")
     for t in read_trials(tb_home / "logs" / "sub"):
         x, y = t.params["x"], t.params["y"]
         assert t.value == pytest.approx((x - 0.3) ** 2 + (y - 0.7) ** 2 + 1.0 / 4, abs=1e-5)
+        given = seen[t.number]["args"]
+        assert given["data"] == str(tb_home / "data")  # where it is: it was not shipped
+        assert given["conf"] != str(tb_home / "conf") and given["conf"].endswith("/conf")
 
 
 def test_a_paused_trial_resumes_on_ray_with_its_checkpoint(cluster, tmp_path):

@@ -111,8 +111,34 @@ def connect_cluster(recipe: Recipe) -> None:
     logdir = files.absolute(Path(recipe.model.logdir))
     if logdir.is_relative_to(folder) and logdir != folder:
         excludes.append("/" + logdir.relative_to(folder).as_posix() + "/")
+    _say_unshipped(recipe, folder, excludes)
     resources = ex.resources_per_trial.model_dump()
     connect(ex.address, recipe.path, folder, excludes, resources)
+
+
+def _say_unshipped(recipe: Recipe, folder: Path, excludes: list[str]) -> None:
+    """Warn of a path in the command (``--data data``) that Ray leaves out of the folder it
+    ships (a ``.gitignore``d ``data/``): the trial reads it where it is on the driver's
+    machine, which another node lacks (it was given a path under the shipped folder that
+    did not exist there)."""
+    from torchtune_hp.executors.ray_pool import unshipped
+    from torchtune_hp.launch import resolve_command
+
+    command = recipe.model.objective.command or []
+    paths = {
+        Path(e)
+        for e in resolve_command(list(command), folder)
+        if os.path.isabs(e) and Path(e).is_relative_to(folder) and os.path.lexists(e)
+    }
+    for path, rule in sorted(unshipped(folder, excludes, sorted(paths)).items()):
+        warnings.warn(
+            f"{recipe.path}: objective.command: {path.relative_to(folder)} is left out of the "
+            f"folder Ray ships to its nodes ({rule} names it): a trial reads {path} where it "
+            "is, which only nodes that share this file system have (take it out of that "
+            "file, or keep it where every node finds it)",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def make_executor(recipe: Recipe, study: Study, slots: list[Slot]) -> Executor:

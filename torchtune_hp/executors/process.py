@@ -131,12 +131,17 @@ class LaunchSpec:
     def moved(self, recipe_dir: Path, python: str) -> LaunchSpec:
         """The same launch on a machine where the recipe's folder arrived as ``recipe_dir`` and
         the interpreter is ``python`` (a Ray node: its working_dir and its worker's python).
-        Paths under the old folder move with it; nothing else changes."""
+        Paths under the old folder move with it, but for one that did not arrive (Ray ships
+        no file that a ``.gitignore`` or ``.rayignore`` there names) while the old folder is
+        here too (a one-machine cluster, a shared file system): it is read where it is.
+        Nothing else changes."""
         old = str(self.recipe_dir)
 
         def move(text: str) -> str:
             if text == old or text.startswith(old + os.sep):
-                return str(recipe_dir) + text[len(old) :]
+                there = str(recipe_dir) + text[len(old) :]
+                if os.path.lexists(there) or not os.path.lexists(text):
+                    return there
             return text
 
         command = [move(e) for e in self.command]

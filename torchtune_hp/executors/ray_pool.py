@@ -474,6 +474,39 @@ def _keep_lost_attempt(run_dir: Path, n: int) -> None:
 
 
 # -- connecting --------------------------------------------------------------------------------
+def unshipped(working_dir: Path, excludes: list[str], paths: list[Path]) -> dict[Path, str]:
+    """Which of ``paths`` (under ``working_dir``) Ray leaves out of the folder it ships, and
+    what leaves it out: Ray's own rules (``excludes``; a ``.gitignore``, unless
+    RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1, and a ``.rayignore`` in any folder on the way), asked
+    along each path only (a folder's contents by one made-up name in it), not by walking
+    the folder. Empty where Ray's helpers are not as this Ray version has them."""
+    try:
+        from ray._private.runtime_env import packaging
+
+        given, ignore_file = packaging._get_excludes, packaging._get_ignore_file
+    except (ImportError, AttributeError):
+        return {}
+    names = [".rayignore"]
+    if os.environ.get("RAY_RUNTIME_ENV_IGNORE_GITIGNORE", "0") != "1":
+        names.insert(0, ".gitignore")
+    left_out: dict[Path, str] = {}
+    for path in paths:
+        parts = path.relative_to(working_dir).parts
+        chain = [working_dir / Path(*parts[:i]) for i in range(len(parts) + 1)]
+        if path.is_dir():
+            chain.append(path / "x")
+        rules = [(given(working_dir, excludes), "the executor's excludes")]
+        for node in chain:
+            if node.is_dir():
+                found = ((ignore_file(node, n), str(node / n)) for n in names)
+                rules += [(rule, where) for rule, where in found if rule is not None]
+            hit = next((where for rule, where in rules if rule(node)), None)
+            if hit is not None:
+                left_out[path] = hit
+                break
+    return left_out
+
+
 def connect(
     address: str, recipe_path: Path, working_dir: Path, excludes: list[str], resources: dict
 ) -> None:
