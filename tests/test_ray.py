@@ -73,8 +73,8 @@ class Cluster:
     env: dict[str, str]
     nodes: list[subprocess.Popen]
 
-    def add_node(self, cpus: int) -> subprocess.Popen:
-        node = _ray_start(["--address", self.address, f"--num-cpus={cpus}"], self.env)
+    def add_node(self, cpus: int, **env: str) -> subprocess.Popen:
+        node = _ray_start(["--address", self.address, f"--num-cpus={cpus}"], {**self.env, **env})
         self.nodes.append(node)
         return node
 
@@ -178,8 +178,16 @@ def _most_at_once(spans: list[tuple[float, float]]) -> int:
 
 def test_a_study_runs_eight_trials_at_once_across_two_nodes(cluster, tmp_path):
     """12 trials, 8 at once, 1 CPU each on a head and a node of 4 CPUs: both nodes run trials,
-    every way a script reports reaches the study, and every trial's folder is back in logs/."""
-    cluster.add_node(cpus=4)
+    every way a script reports reaches the study, and every trial's folder is back in logs/.
+    The second node imports another copy of torchtune_hp (a `ray start` from another
+    environment): its trials still run, and the driver says so once."""
+    import torchtune_hp
+
+    other = tmp_path / "other_install"
+    shutil.copytree(Path(torchtune_hp.__file__).parent, other / "torchtune_hp")
+    with open(other / "torchtune_hp" / "errors.py", "a") as f:
+        f.write("\n# an older copy\n")
+    cluster.add_node(cpus=4, PYTHONPATH=str(other))
     sleep = 15.0  # the first 8 start within this on a busy 2-core machine, so they overlap
     home = _project(
         tmp_path,
@@ -221,6 +229,8 @@ def test_a_study_runs_eight_trials_at_once_across_two_nodes(cluster, tmp_path):
         assert seen[t.number]["probe"] == "set for the driver only"  # as a local pool's trial
     nodes = {p["node"] for p in _processes(study_dir).values()}
     assert len(nodes) == 2, nodes
+    assert result.stderr.count("runs torchtune_hp") == 1, result.stderr[-3000:]
+    assert f"from {other / 'torchtune_hp'}, other code than the driver's" in result.stderr
     spans = [(s["time"], s["time"] + sleep) for s in seen.values()]
     assert _most_at_once(spans) == 8
 

@@ -22,6 +22,8 @@ it started is ended with it.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import shutil
 import socket
@@ -41,6 +43,20 @@ from torchtune_hp.executors.remote import ENV_TRIAL_DIR
 SYNC_EVERY_S = 2.0  # how fresh a running trial's folder is on the driver (plus one poll)
 PREFIX = "torchtune_hp-"  # a host's folder in the node's temporary folder
 OWNER = "host.pid"  # in it: the host's pid and start time
+
+
+@functools.lru_cache(maxsize=1)
+def package_id() -> dict[str, str]:
+    """The torchtune_hp this process runs: its version, where it is installed, and a digest
+    of its source, so the driver can tell a node that runs another copy (an old install, a
+    ``ray`` started from another environment) from one that runs the same code elsewhere."""
+    import torchtune_hp
+
+    root = Path(torchtune_hp.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return {"version": torchtune_hp.__version__, "path": str(root), "digest": digest.hexdigest()}
 
 
 def clear_stale(tmp: Path) -> None:
@@ -135,7 +151,8 @@ class TrialHost:
         )
         self.sender = FolderSender(run_dir)
         self.synced = time.monotonic()
-        return {**procs.record(self.proc.pid), "node": where["node"], "gpus": gpus}
+        record = {**procs.record(self.proc.pid), "node": where["node"], "gpus": gpus}
+        return {**record, "package": package_id()}
 
     def poll(self) -> dict[str, Any]:
         """New reports and notes; the folder's changes when due; the end once all is sent."""

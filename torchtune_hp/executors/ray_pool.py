@@ -32,6 +32,7 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ from torchtune_hp.executors.process import (
     process_outcome,
 )
 from torchtune_hp.executors.ray_exit import shut_down
+from torchtune_hp.executors.ray_node import package_id
 from torchtune_hp.outcome import Outcome, describe
 from torchtune_hp.trial import PAUSE_CHECKPOINT, Trial
 
@@ -130,6 +132,7 @@ class RayExecutor:
         self.gone = False  # the cluster stopped answering: no more calls to it
         self._next_probe = 0.0  # when wait() next checks that the cluster answers
         self._settled = False  # a lost host's longer check was made in this wait()
+        self._other_package: set[str | None] = set()  # hosts warned of (see _check_package)
         self.study = study
         self.spec = spec
         self.capacity = workers
@@ -214,6 +217,7 @@ class RayExecutor:
                     continue
                 h.start_ref, h.placed = None, True
                 assert h.trial is not None
+                self._check_package(record.pop("package", None), record.get("host"))
                 self.study.record_process(h.trial, record)
                 self._placed(h)
             if h.poll_ref is None:
@@ -241,6 +245,23 @@ class RayExecutor:
             time.sleep(left)
         done, self._done = self._done, []
         return done
+
+    def _check_package(self, theirs: dict[str, str] | None, host: str | None) -> None:
+        """Warn, once per host, where a node runs another torchtune_hp than the driver: the
+        README asks for the same environment on every node, and a ``ray start`` from another
+        environment ran trials on an old copy without a word."""
+        ours = package_id()
+        if theirs is None or theirs["digest"] == ours["digest"] or host in self._other_package:
+            return
+        self._other_package.add(host)
+        warnings.warn(
+            f"the Ray node on {host} runs torchtune_hp {theirs['version']} from "
+            f"{theirs['path']}, other code than the driver's ({ours['version']} from "
+            f"{ours['path']}): every node needs the driver's environment (start `ray` with "
+            "the python that runs torchtune-hp), or trials may run other code",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
     def _placed(self, h: _Host) -> None:
         """``h``'s trial has started on its node: the time it waited for Ray to place it (a
