@@ -186,3 +186,19 @@ def test_a_stepped_float_is_written_as_its_grid_point():
     assert Float(1e-3, 1e-2, step=2.5e-4).snap(0.00537) == 0.00525
     thirds = Float(0.0, 1.0, step=1 / 3)  # a step of many decimals keeps them
     assert thirds.snap(0.7) == 2 * (1 / 3) and thirds.contains(thirds.snap(0.7))
+
+
+def test_a_study_stored_with_unrounded_steps_runs_no_point_twice(tmp_path):
+    """Trials stored before grid points were rounded hold 0.30000000000000004: reopened, the
+    grid ran 0.3 again, as points are compared by value."""
+    from torchtune_hp import Study
+    from torchtune_hp.storage import Storage
+
+    space = {"d": Float(0.0, 0.6, step=0.1)}
+    Study("g", space, sampler="grid", logdir=tmp_path, tensorboard=False).close()
+    storage = Storage(tmp_path / "g" / "study.db")
+    storage.add_trial({"d": 0.1 * 3}, 1.0)  # as an earlier version stored it
+    storage.close()
+    with Study("g", space, sampler="grid", logdir=tmp_path, tensorboard=False) as study:
+        study.optimize(lambda t: t.params["d"], n_trials=7)  # the grid's 5 points, then done
+        assert sorted(t.params["d"] for t in study.trials) == [0.0, 0.1, 0.3, 0.4, 0.6]

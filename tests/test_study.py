@@ -496,22 +496,26 @@ def test_a_study_reopened_with_another_sampler_or_pruner_says_so(tmp_path):
 
 def test_an_open_that_records_no_trial_stores_no_change(tmp_path):
     """A run of a finished study with a widened space, or a ``Study(...)`` opened only to
-    read, stored its space and seed all the same: each later open 'changed' them again.
-    They are stored with the first trial this open records."""
-    with Study("s", SPACE, sampler="random", seed=0, logdir=tmp_path) as study:
+    read, stored its space all the same: each later open 'changed' it again. It is stored
+    with the first trial, queued or added point of the open; the sampler's and pruner's
+    names with the first trial it asks for (queueing points from a notebook's
+    ``Study(name, space)``, random search, does not rename a gp study's sampler)."""
+    with Study("s", SPACE, sampler="gp", seed=0, logdir=tmp_path) as study:
         study.optimize(lambda t: t.params["x"], n_trials=2)
     wider = {**SPACE, "opt": Categorical(["sgd", "adam", "rmsprop"])}
     with pytest.warns(UserWarning, match="changed space"), pytest.warns(RuntimeWarning):
         Study("s", wider, sampler="random", seed=5, logdir=tmp_path).close()
     stored = load_study(tmp_path / "s")
-    assert stored.space.params["opt"].choices == ("sgd", "adam") and stored.seed == 0
-    with pytest.warns(UserWarning, match="changed space"), pytest.warns(RuntimeWarning):
+    assert stored.space.params["opt"].choices == ("sgd", "adam")
+    assert stored.seed == 5  # stored as it opens: DDP ranks > 0 read it then
+    with pytest.warns(UserWarning, match="changed space"):
         study = Study("s", wider, sampler="random", seed=5, logdir=tmp_path)
     with study:
         # said again above (nothing was stored); a point of the widened space is stored with it
         study.enqueue({"opt": "rmsprop"})  # a point of the widened space: stored with it
     stored = load_study(tmp_path / "s")
     assert stored.space.params["opt"].choices == ("sgd", "adam", "rmsprop") and stored.seed == 5
+    assert stored.sampler == "gp"  # queued from a Study(...) of random search: not renamed
 
 
 def test_a_trial_of_another_study_object_is_refused_and_changes_nothing(tmp_path):

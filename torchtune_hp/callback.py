@@ -72,7 +72,7 @@ class TuneCallback(L.Callback):
         self.reports = 0
         self.validations = 0  # in training, on every rank: a step where the epoch repeats
         self._by_validation = False
-        self._pause_pending: str | None = None  # stopped: where keep_for_resume saves it
+        self._pause_pending: str | None = None  # stopped: where _keep_for_resume saves it
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         study = getattr(self.trial, "study", None)
@@ -88,6 +88,7 @@ class TuneCallback(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._by_validation = validates_within_epochs(trainer)
+        self._pause_pending = None  # a fit that ended otherwise (a crash) saves nothing now
 
     @property
     def state_key(self) -> str:
@@ -156,7 +157,7 @@ class TuneCallback(L.Callback):
             with contextlib.suppress(OSError):  # never in place of Lightning's own ending
                 note(signum)
 
-    def keep_for_resume(self, trainer: L.Trainer, at: str) -> None:
+    def _keep_for_resume(self, trainer: L.Trainer, at: str) -> None:
         """A study that pauses stopped trials (``pruner: {name: gp, resume: true}``) may run
         this one again from here: save the whole training state (every rank takes part, rank
         zero writes) where ``trial.ckpt_path`` will find it, ``<trial folder>/pause.ckpt``,
@@ -195,10 +196,10 @@ class _SavesThePause(L.Callback):
         self.owner = owner
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.owner.keep_for_resume(trainer, "validation")
+        self.owner._keep_for_resume(trainer, "validation")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.owner.keep_for_resume(trainer, "end")
+        self.owner._keep_for_resume(trainer, "end")
 
 
 def _saves_for(callback: Any, owner: TuneCallback) -> bool:

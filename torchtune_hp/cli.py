@@ -225,7 +225,7 @@ def _retitled(recipe: bytes, target: Path) -> bytes:
     first, nl, rest = recipe.partition(b"\n")
     if not first.startswith(b"# torchtune-hp run "):
         return recipe
-    return f"# torchtune-hp run {target}".encode() + nl + rest
+    return f"# torchtune-hp run {shlex.quote(str(target))}".encode() + nl + rest
 
 
 def _holds(b: Path, content: bytes) -> bool:
@@ -275,13 +275,14 @@ def validate(path: str, overrides: tuple[str, ...], fresh: bool) -> None:
     """
     from torchtune_hp.display import counted
     from torchtune_hp.launch import check_objective
-    from torchtune_hp.recipe import load_recipe
+    from torchtune_hp.recipe import blame_overrides, load_recipe
     from torchtune_hp.runner import check_executor, slots_of, what_a_run_does
 
     recipe = load_recipe(path, overrides)
     check_objective(recipe)
-    check_executor(recipe)
-    slots_of(recipe)
+    with blame_overrides(recipe):
+        check_executor(recipe)
+        slots_of(recipe)
     plan = what_a_run_does(recipe, fresh)
     m = recipe.model
     say(

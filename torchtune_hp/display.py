@@ -23,12 +23,13 @@ def fmt_value(v: float | None) -> str:
 def fmt_param(v: Any) -> str:
     """A parameter's value as the table and progress line show it: a float as one (``1.0``,
     not the int ``1``), a string quoted where it would read as another value or break the
-    line (``'1'``, ``'a\\nb'``, ``''``), anything else as it prints."""
+    line (``'1'``, ``'a\\nb'``, ``''``, ``'a=b'``), anything else as it prints."""
     if isinstance(v, float):
         text = fmt_value(v)
         return text if any(c in text for c in ".ein") else f"{text}.0"
     if isinstance(v, str):
         plain = v and v.isprintable() and v.strip() == v and not _reads_as_value(v)
+        plain = plain and "," not in v and "=" not in v  # the progress line's k=v, k=v
         return v if plain else repr(v)
     return str(v)
 
@@ -62,7 +63,7 @@ def trial_rows(
         lines = (t.error if t.state is TrialState.FAILED and t.error else t.note or "").strip()
         note = lines.splitlines()[-1] if lines else ""
         dur = "-" if t.duration_s is None else f"{t.duration_s:.1f}"
-        cells = ["-" if v is None else fmt_param(v) for v in map(t.params.get, names)]
+        cells = [fmt_param(t.params[n]) if n in t.params else "-" for n in names]
         rows.append([str(t.number), t.state.value, fmt_value(t.value), dur, *cells, note])
     return header, rows
 

@@ -35,7 +35,7 @@ from torchtune_hp.executors.worker import ENV_OBJECTIVE, ENV_TRAIN
 from torchtune_hp.files import absolute
 from torchtune_hp.objective import load_objective
 from torchtune_hp.options import closest
-from torchtune_hp.recipe import Recipe, from_the_command_line
+from torchtune_hp.recipe import Recipe, blame_overrides
 from torchtune_hp.space import Categorical, Space
 
 PYTHONS = ("python", "python3")
@@ -117,10 +117,8 @@ def _looks_like_option(element: str) -> bool:
 def check_objective(recipe: Recipe) -> None:
     """Everything about the objective that can be checked before a trial runs; an error in
     a key the command line set says so."""
-    try:
+    with blame_overrides(recipe):
         _check_objective(recipe)
-    except ConfigError as e:
-        raise from_the_command_line(e, recipe.overrides) from None
 
 
 def _check_objective(recipe: Recipe) -> None:

@@ -22,6 +22,7 @@ the CLI prints it and exits with code 2. Sections::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import importlib
@@ -29,7 +30,7 @@ import importlib.resources
 import importlib.util
 import re
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -404,6 +405,16 @@ def load_recipe(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Reci
         return _checked(path, raw, overrides)
     except ConfigError as e:
         raise from_the_command_line(e, overrides) from None
+
+
+@contextlib.contextmanager
+def blame_overrides(recipe: Recipe) -> Iterator[None]:
+    """A ConfigError raised inside (a check of the objective, the executor, the cluster)
+    says so where its key is one the command line set (see :func:`from_the_command_line`)."""
+    try:
+        yield
+    except ConfigError as e:
+        raise from_the_command_line(e, recipe.overrides) from None
 
 
 def from_the_command_line(e: ConfigError, overrides: Sequence[str]) -> ConfigError:

@@ -23,7 +23,7 @@ from torchtune_hp.executors.inline import InlineExecutor
 from torchtune_hp.executors.loop import run_trials
 from torchtune_hp.launch import check_objective, launch_spec
 from torchtune_hp.progress import ProgressView
-from torchtune_hp.recipe import Recipe
+from torchtune_hp.recipe import Recipe, blame_overrides
 from torchtune_hp.record import StudyRecord, read_stored
 from torchtune_hp.storage import holds_nothing
 from torchtune_hp.study import Study, other_search, refuse_other
@@ -167,10 +167,11 @@ def run_recipe(recipe: Recipe, before_open: Callable[[], None] | None = None) ->
     refused as bad input leaves the disk as it was."""
     m = recipe.model
     check_objective(recipe)
-    check_executor(recipe)
-    slots = slots_of(recipe)
-    if m.executor.name == "ray":
-        connect_cluster(recipe)  # before the study opens: a cluster problem costs no trial
+    with blame_overrides(recipe):
+        check_executor(recipe)
+        slots = slots_of(recipe)
+        if m.executor.name == "ray":
+            connect_cluster(recipe)  # before the study opens: a cluster problem costs no trial
     executor: Executor | None = None
     try:
         if before_open is not None:

@@ -354,6 +354,21 @@ class Space:
     def of(cls, space: Space | Mapping[str, Param]) -> Space:
         return space if isinstance(space, Space) else cls(space)
 
+    def canonical(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` with each stepped float on its grid as a suggestion of it is written now
+        (a study stored by an earlier version holds 0.30000000000000004 where a suggestion is
+        0.3 today): a point already tried is known as tried. ``params`` itself where nothing
+        changes (the common case: no copy)."""
+        out = None
+        for name, p in self.params.items():
+            value = params.get(name)
+            if isinstance(p, Float) and p.step is not None and isinstance(value, float):
+                grid = p.snap(value) if p.contains(value) else value
+                if grid != value:
+                    out = dict(params) if out is None else out
+                    out[name] = grid
+        return params if out is None else out
+
     @property
     def tunable(self) -> dict[str, Tunable]:
         """The parameters that own a coordinate, in order."""

@@ -266,10 +266,11 @@ class Study(BestTrial):
         self._as_closed: list[FrozenTrial] | None = None
         self._reseeded: int | None = None  # the seed a reopened study had, when given another
         self._renamed = False  # its folder was renamed or copied since it last ran
-        # what this open changes in the stored study (a widened space, a new seed, the sampler
-        # and pruner names): stored when it first records a trial (see _store_changes), so an
-        # open to read the study, or a run that trains nothing, changes nothing
+        # what this open changes in the stored study (a widened space, a folder's new name):
+        # stored when it first records a trial, queued or added point (see _store_changes),
+        # so an open to read the study, or a run that trains nothing, changes nothing
         self._changes: dict[str, Any] = {}
+        self._search_to_store: dict[str, str] | None = None  # sampler, pruner: at the 1st ask
         self.pruner: Pruner = self._check_before_opening(
             sampler, sampler_options, pruner, pruner_options
         )
@@ -324,7 +325,7 @@ class Study(BestTrial):
                 stacklevel=3,
             )
         if any(meta.get(key) != name for key, name in now.items()):
-            self._changes.update(now)
+            self._search_to_store = now
 
     def _check_before_opening(
         self,
@@ -411,9 +412,8 @@ class Study(BestTrial):
             board.sync(self._finished)
             if self._renamed:  # its earlier rows name the study as it was: one study in the table
                 board.relabel(self._finished)
+                self._changes["name"] = self.name  # relabelled: stored with its first trial
             self.subscribe(board)
-        if self._renamed:
-            self.storage.set_meta({"name": self.name})
         left = [t.number for t in self._view.values() if t.state is TrialState.RUNNING]
         if left:
             self._recover(
@@ -469,7 +469,7 @@ class Study(BestTrial):
             )
         if seed is not None and seed != meta["seed"]:
             self._reseeded = int(meta["seed"])
-            self._changes["seed"] = seed
+            self.storage.set_meta({"seed": seed})  # now: DDP followers read it as they open
         self.seed = int(meta["seed"]) if seed is None else seed
         # what an earlier driver left for its followers is not this one's: a follower must
         # not join a trial a dead driver left RUNNING, nor end on an old loop's end
@@ -494,6 +494,9 @@ class Study(BestTrial):
     def _remember(self, t: FrozenTrial) -> FrozenTrial:
         """Keep the view, the finished and pending trials and the counts in step with one
         trial's row (O(1): nothing here walks the whole study)."""
+        params = self.space.canonical(t.params)
+        if params is not t.params:
+            t = dataclasses.replace(t, params=params)
         old = self._view.get(t.number)
         self._n_counted += int(t.counts) - int(old is not None and old.counts)
         self._view[t.number] = t
@@ -662,6 +665,9 @@ class Study(BestTrial):
         if self.follower:
             return self._follow()
         self._store_changes()
+        if self._search_to_store is not None:  # this open runs trials: store what searches
+            self.storage.set_meta(self._search_to_store)
+            self._search_to_store = None
         popped = self.storage.pop_queue_into_trial(self._completed)
         if popped is None:
             resumed = self._resume()
@@ -812,13 +818,18 @@ class Study(BestTrial):
         if same:
             return (
                 f"{call}(): trial {trial.number} was asked from another Study object of study "
-                f"{self.name!r} (an earlier opening): it was recorded interrupted when that one "
-                "closed or this one took the study over, so nothing is changed: ask() this "
-                "Study for a new trial"
+                f"{self.name!r} (an earlier opening): it ended when that one closed or this one "
+                "took the study over (as interrupted, unless it had been told), so nothing is "
+                "changed: ask() this Study for a new trial"
             )
+        named = (
+            f"another Study object, also named {self.name!r}"
+            if other.name == self.name
+            else f"study {other.name!r}, not from study {self.name!r}"
+        )
         return (
-            f"{call}(): trial {trial.number} was asked from study {other.name!r}, not from "
-            f"study {self.name!r}: nothing is changed (give each trial to the study it came from)"
+            f"{call}(): trial {trial.number} was asked from {named}: nothing is changed (give "
+            "each trial to the Study object it came from)"
         )
 
     def _outcome(self, value: Any, state: TrialState | str | None, error: str | None) -> Outcome:
@@ -910,11 +921,15 @@ class Study(BestTrial):
             if trial.intermediate and max(trial.intermediate) <= at:
                 vain.add(number)
                 last = max(trial.intermediate)
-                where = "where it had been resumed" if last == at else f"resumed at step {at}"
+                why = (
+                    f"paused again at step {at}, where it had been resumed, with no report after it"
+                    if last == at
+                    else f"resumed at step {at}, it trained from the start again and was paused "
+                    f"at step {last}"
+                )
                 self.note(
                     number,
-                    f"paused again at step {last}, {where}, with no report after it: it is "
-                    "not resumed again in this run (it would only repeat that)",
+                    f"{why}: it is not resumed again in this run (it would only repeat that)",
                     warn=False,
                 )
         return vain
@@ -941,8 +956,8 @@ class Study(BestTrial):
             )
         return (
             f"resumed after step {self._resumed_at[number]}, it reported its earlier steps "
-            "again: it trained from the start instead of going on (the later values replace "
-            f"the earlier); {why}"
+            "again: it trained from the start instead of going on (its new curve replaces "
+            f"the earlier from there, the earlier run's later steps dropped); {why}"
         )
 
     def note(self, number: int, text: str, warn: bool = True) -> None:
