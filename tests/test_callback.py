@@ -17,8 +17,9 @@ from torchtune_hp.storage import Storage
 SCRIPTS = Path(__file__).parent / "scripts"
 
 
-def fit(trial, epochs=6, trainer_options=None, before=(), **cb):
-    """``trainer_options`` over the defaults; ``before``: callbacks that run before ours."""
+def fit(trial, epochs=6, trainer_options=None, before=(), stream=False, **cb):
+    """``trainer_options`` over the defaults; ``before``: callbacks that run before ours;
+    ``stream``: the training set as a stream without a length (see Endless)."""
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     callback = TuneCallback(trial, **cb)
     options = {
@@ -34,7 +35,10 @@ def fit(trial, epochs=6, trainer_options=None, before=(), **cb):
     trainer = L.Trainer(**options)
     trainer.callbacks.extend([*before, callback])
     torch.manual_seed(0)  # the same initial weights whatever ran before
-    trainer.fit(Tiny(**trial.params), *loaders())
+    train, val = loaders()
+    if stream:
+        train = torch.utils.data.DataLoader(Endless(train.dataset), batch_size=32)
+    trainer.fit(Tiny(**trial.params), train, val)
     return trainer, callback
 
 
@@ -251,6 +255,7 @@ def test_a_trial_is_not_stopped_at_its_last_epoch_where_stopping_saves_nothing()
         ({"max_epochs": 2, "val_check_interval": 3}, 2),  # the 3rd batch of each epoch
         # accumulation: 2 steps an epoch; validations at steps 1, 2, ..., 5 (the end)
         ({"max_epochs": -1, "max_steps": 5, "val_check_interval": 0.5, "accumulate": 2}, 5),
+        ({"max_epochs": -1, "max_steps": 7, "val_check_interval": 2, "stream": True}, 3),
     ],
 )
 def test_the_pruner_is_asked_at_every_validation_but_the_last(options, reports):
@@ -260,7 +265,7 @@ def test_the_pruner_is_asked_at_every_validation_but_the_last(options, reports):
     options = dict(options)
     if "accumulate" in options:
         options["accumulate_grad_batches"] = options.pop("accumulate")
-    fit(trial, trainer_options=options)
+    fit(trial, trainer_options=options, stream=options.pop("stream", False))
     assert len(study.trials[0].intermediate) == reports
     assert pruner.asked == list(range(1, reports))
 

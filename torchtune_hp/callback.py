@@ -210,14 +210,20 @@ def _next_validation(trainer: L.Trainer) -> tuple[int, int] | None:
     """The epoch of the next validation after this one and the optimizer steps until its
     batch (with gradient accumulation: one per ``accumulate_grad_batches`` batches and one
     at an epoch's end), counted as Lightning's training loop counts; None where validation
-    is not placed by batch counts (a time interval, a stream without a length)."""
+    is not placed by batch counts (a time interval, a stream validated at its end)."""
     if getattr(trainer, "_val_check_time_interval", None) is not None:
         return None
     n, each = trainer.num_training_batches, getattr(trainer, "val_check_batch", None)
-    if not isinstance(n, int) or n < 1 or not isinstance(each, int) or each < 1:
+    if not isinstance(each, int) or each < 1:
         return None
     loop = trainer.fit_loop.epoch_loop
     epoch, at, every = trainer.current_epoch, loop.batch_idx, trainer.check_val_every_n_epoch
+    accumulate = max(1, trainer.accumulate_grad_batches)
+    if n == float("inf"):  # a stream without a length: every `each` batches of its one epoch
+        ahead = each - (at + 1) % each
+        return epoch, (at + 1 + ahead) // accumulate - (at + 1) // accumulate
+    if not isinstance(n, int) or n < 1:
+        return None
     if every is None:  # every `each` batches of the whole fit
         ahead = each - (loop.total_batch_idx + 1) % each
         to = at + ahead  # in this epoch's numbering: epochs ahead are whole multiples of n
@@ -229,7 +235,6 @@ def _next_validation(trainer: L.Trainer) -> tuple[int, int] | None:
             epoch_at, index = epoch + 1, each - 1
             while (epoch_at + 1) % every:
                 epoch_at += 1
-    accumulate = max(1, trainer.accumulate_grad_batches)
 
     def steps_up_to(i: int) -> int:  # optimizer steps in an epoch's batches 0..i
         return (i + 1) // accumulate + (1 if i == n - 1 and n % accumulate else 0)

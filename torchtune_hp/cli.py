@@ -148,17 +148,22 @@ def start_over(study_dir: Path) -> Path | None:
 
     try:
         meta, rows = read_stored(aside) if (aside / files.DATABASE).is_file() else ({}, [])
-        if meta:
-            space = Space.from_dict(meta["space"])
-            board = StudyBoard(aside, aside.name, space, meta["metric"], meta["mode"], 0)
-            board.relabel(rows)
-            named = Storage(aside / files.DATABASE)
-            try:
-                named.set_meta({"name": aside.name})  # as its rows say (see Study._renamed)
-            finally:
-                named.close()
+        if not meta:
+            return aside
+        space = Space.from_dict(meta["space"])
+        board = StudyBoard(aside, aside.name, space, meta["metric"], meta["mode"], 0)
+        board.relabel(rows)
     except Exception as e:  # a damaged or empty database: the move stands, the labels stay
         click.echo(f"note: {aside}: its TensorBoard rows still name the study: {e}", err=True)
+        return aside
+    try:
+        named = Storage(aside / files.DATABASE)
+        try:
+            named.set_meta({"name": aside.name})  # as its rows say now (see Study._renamed)
+        finally:
+            named.close()
+    except Exception as e:  # the move and the rows stand; reopened, it relabels them again
+        click.echo(f"note: {aside}: its database still names the study: {e}", err=True)
     return aside
 
 
