@@ -217,6 +217,12 @@ def test_ls_cp_validate(tmp_path):
         f"# torchtune-hp run {tmp_path / 'mine'}/digits_mlp.yaml\n"
     )
     assert (tmp_path / "mine" / "digits_mlp.py").exists()
+    # a recipe of one's own whose first line has overrides keeps them in its copy
+    (tmp_path / "own.yaml").write_text("# torchtune-hp run own.yaml study.trials=3\nstudy: {}\n")
+    own = run_cli("cp", "own.yaml", "my copy/", cwd=tmp_path)
+    assert own.returncode == 0, own.stderr
+    first = (tmp_path / "my copy" / "own.yaml").read_text().splitlines()[0]
+    assert first == "# torchtune-hp run 'my copy/own.yaml' study.trials=3"
     cli_copy = run_cli("cp", "digits_cli", "cli", cwd=tmp_path)  # a new folder, no slash
     assert cli_copy.returncode == 0, cli_copy.stderr
     # the command's script and the module it imports

@@ -228,9 +228,15 @@ def _retitled(recipe: bytes, target: Path) -> bytes:
     """A built-in recipe's first line is the command that runs it (``# torchtune-hp run
     digits_mlp``); in the copy it runs the copy (the built-in's name ran the built-in)."""
     first, nl, rest = recipe.partition(b"\n")
-    if not first.startswith(b"# torchtune-hp run "):
+    head = b"# torchtune-hp run "
+    if not first.startswith(head):
         return recipe
-    return f"# torchtune-hp run {shlex.quote(str(target))}".encode() + nl + rest
+    try:  # the overrides after the recipe's name stay (study.trials=3 runs so in the copy)
+        words = shlex.split(first[len(head) :].decode())
+    except ValueError:
+        return recipe
+    command = shlex.join([str(target), *words[1:]])
+    return head + command.encode() + nl + rest
 
 
 def _holds(b: Path, content: bytes) -> bool:

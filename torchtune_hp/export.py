@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import IO, Any
 
+from torchtune_hp.space import Float, Int, Space
 from torchtune_hp.trial import FrozenTrial, iso_time
 
 
@@ -61,8 +62,10 @@ def table(
     return keys, records
 
 
-def dataframe(trials: Sequence[FrozenTrial], names: Sequence[str]) -> Any:
-    """The table as a pandas DataFrame (pandas is imported here only: it is optional)."""
+def dataframe(trials: Sequence[FrozenTrial], space: Space) -> Any:
+    """The table as a pandas DataFrame (pandas is imported here only: it is optional), its
+    columns of one type whatever the trials hold (none yet, none with a value), as Optuna's:
+    analysis code that compares values or sums durations works on every study."""
     try:
         import pandas as pd
     except ImportError as e:
@@ -70,14 +73,20 @@ def dataframe(trials: Sequence[FrozenTrial], names: Sequence[str]) -> Any:
             "trials_dataframe() needs pandas: pip install pandas (or use "
             "`torchtune-hp trials DIR --format csv` / `--format json`)"
         ) from e
-    columns, records = table(trials, names)
+    columns, records = table(trials, list(space.params))
     frame = pd.DataFrame.from_records(records, columns=columns)
-    # the same column types whatever the trials hold (no trial yet, none with a value), as
-    # Optuna's: analysis code that compares values or sums durations works on every study
-    frame = frame.astype({"number": "int64", "value": "float64", "reports": "int64"})
+    kinds = {"number": "int64", "value": "float64", "reports": "int64"}
+    for name, p in space.params.items():  # a float parameter's column is float64, even empty
+        if isinstance(p, Float):
+            kinds[f"params_{name}"] = "float64"
+        elif isinstance(p, Int) and not frame[f"params_{name}"].isna().any():
+            kinds[f"params_{name}"] = "int64"
+    frame = frame.astype(kinds)
     for column in ("datetime_start", "datetime_complete"):
-        frame[column] = pd.to_datetime(frame[column], utc=True)
-    frame["duration"] = pd.to_timedelta(frame["duration"])
+        frame[column] = pd.to_datetime(frame[column], utc=True).dt.as_unit("us")
+    frame["duration"] = pd.to_timedelta(frame["duration"]).dt.as_unit("us")
+    for column in ("state", "origin"):
+        frame[column] = frame[column].astype(str)
     return frame
 
 

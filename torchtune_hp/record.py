@@ -93,14 +93,14 @@ class StudyRecord(BestTrial):
         Optuna's column names. Needs pandas."""
         from torchtune_hp.export import dataframe
 
-        return dataframe(self.trials, list(self.space.params))
+        return dataframe(self.trials, self.space)
 
 
 def study_folder(path: str | Path) -> Path:
     """The study folder that ``path`` names: the folder itself (``logs/<study name>``), or its
     ``study.db`` (Optuna's habit: the storage file); StorageError for another file."""
     study_dir = Path(path)
-    if study_dir.name == files.DATABASE and study_dir.is_file():
+    if study_dir.name == files.DATABASE and not study_dir.is_dir():  # there or not: its folder
         return study_dir.parent
     if study_dir.is_file():
         raise StorageError(

@@ -266,9 +266,10 @@ class Study(BestTrial):
         self._as_closed: list[FrozenTrial] | None = None
         self._reseeded: int | None = None  # the seed a reopened study had, when given another
         self._renamed = False  # its folder was renamed or copied since it last ran
-        # what this open changes in the stored study (a widened space, a folder's new name):
-        # stored when it first records a trial, queued or added point (see _store_changes),
-        # so an open to read the study, or a run that trains nothing, changes nothing
+        # what this open changes in the stored study (a widened space, a new seed, a folder's
+        # new name): stored when it first records a trial, queued or added point (see
+        # _store_changes), so an open to read the study, or a run that trains nothing,
+        # changes nothing
         self._changes: dict[str, Any] = {}
         self._search_to_store: dict[str, str] | None = None  # sampler, pruner: at the 1st ask
         self.pruner: Pruner = self._check_before_opening(
@@ -439,8 +440,8 @@ class Study(BestTrial):
     def _load_or_init_meta(self, seed: int | None) -> None:
         meta = self.storage.get_meta()
         self._created = not meta
-        if self.follower:
-            self.seed = int(meta["seed"])
+        if self.follower:  # the same script on every rank: a seed given is rank 0's too
+            self.seed = int(meta["seed"]) if seed is None else seed
             return
         if not meta:
             self.seed = random.randrange(2**31) if seed is None else seed
@@ -469,7 +470,7 @@ class Study(BestTrial):
             )
         if seed is not None and seed != meta["seed"]:
             self._reseeded = int(meta["seed"])
-            self.storage.set_meta({"seed": seed})  # now: DDP followers read it as they open
+            self._changes["seed"] = seed  # stored with its first trial, as the space is
         self.seed = int(meta["seed"]) if seed is None else seed
         # what an earlier driver left for its followers is not this one's: a follower must
         # not join a trial a dead driver left RUNNING, nor end on an old loop's end
@@ -563,7 +564,7 @@ class Study(BestTrial):
         :mod:`torchtune_hp.export`), so analysis written for Optuna runs on it. Needs pandas."""
         from torchtune_hp.export import dataframe
 
-        return dataframe(self.trials, list(self.space.params))
+        return dataframe(self.trials, self.space)
 
     def importance(self) -> dict[str, float]:
         """Each tunable hyperparameter's relevance (shares summing to 1), from the ARD
