@@ -86,6 +86,12 @@ BAD = [
     (mutate("objective.function", "fast.py:trian"), [], "objective.function", "mean 'train'?)"),
     (mutate("train", {"epochs": 3}), [], "train.epochs", "has no parameter 'epochs'; it takes"),
     (mutate("train", {"fail_abov": 3}), [], "train.fail_abov", "(did you mean 'fail_above'?)"),
+    (
+        mutate("objective", {"command": ["python", "fast.py", "--epochs", 4, "--on", True]}),
+        [],
+        "objective.command",
+        "element 5 reads as True, not a word: put it in quotes",  # 4 is the word '4'
+    ),
     (GOOD, ["study.trials"], "study.trials", "dotted.key=value"),
     (GOOD, ["study.trials=[1"], "study.trials", "cannot parse value"),
     ("study: [unclosed\n", [], "", "not valid YAML: line 2, column 1: expected ',' or ']'"),

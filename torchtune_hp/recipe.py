@@ -189,6 +189,24 @@ class ObjectiveSection(_Section):
 
     _a_time = field_validator("timeout", mode="before")(lambda v: a_duration(v))
 
+    @field_validator("command", mode="before")
+    @classmethod
+    def _words(cls, command: Any) -> Any:
+        """A number in the command (``[python, train.py, --epochs, 4]``: YAML reads ``4`` as
+        an int) is the word it reads as; a YAML bool or null is refused with the quoting that
+        keeps it a word."""
+        if not isinstance(command, list):
+            return command
+        words = []
+        for i, word in enumerate(command):
+            if isinstance(word, bool) or word is None:
+                raise ValueError(
+                    f"element {i} reads as {word!r}, not a word: put it in quotes in the YAML "
+                    "to pass it as written"
+                )
+            words.append(str(word) if isinstance(word, (int, float)) else word)
+        return words
+
     @field_validator("function")
     @classmethod
     def _a_reference(cls, ref: str | None) -> str | None:
