@@ -300,6 +300,42 @@ def test_a_stop_after_a_resumed_trial_was_told_to_pause_keeps_its_reports(tmp_pa
     storage.close()
 
 
+@pytest.mark.parametrize("saved", [False, True], ids=["died before the save", "after it"])
+def test_a_driver_that_dies_while_a_trial_saves_its_pause_keeps_the_step_its_state_is_at(
+    tmp_path, saved
+):
+    """Told to pause again at step 4, a function or Lightning trial saves its state only then,
+    which takes a while: a driver killed (or stopped) in that window recorded the pause at 4
+    while pause.ckpt still held step 2, and the next resume went on from step 2's weights as
+    step 5. The pause stands at 4 only where pause.ckpt was written after the verdict."""
+    space = {"a": Float(0.0, 1.0)}
+    study = Study("ft", space, logdir=tmp_path, tensorboard=False)
+    trial = study.ask()
+    for step in (1, 2):
+        study.report(trial, 1.0 / step, step)
+    trial.checkpoint_path.write_text("2")  # saved when it paused at step 2
+    study.tell(trial, state="pruned")
+    study.close()
+    storage = Storage(tmp_path / "ft" / "study.db")  # a driver that resumed it, then died
+    assert storage.reopen_trial(0, "resumed after 2 reports")
+    for step in (3, 4):
+        storage.report(0, step, 1.0 / step)
+    storage.told_to_pause(0, 4, since=time.time())
+    storage.close()
+    if saved:
+        time.sleep(0.01)
+        (tmp_path / "ft" / "trial_0000" / "pause.ckpt").write_text("4")
+    with pytest.warns(UserWarning, match="paused again"):
+        study = Study("ft", space, logdir=tmp_path, tensorboard=False)
+    (again,) = study.trials
+    assert again.state is TrialState.PRUNED
+    assert sorted(again.intermediate) == ([1, 2, 3, 4] if saved else [1, 2])
+    assert (
+        "2 report(s) after step 2, where its state was saved, were dropped" in again.note
+    ) != saved
+    study.close()
+
+
 def test_a_dead_driver_pauses_a_resumed_trial_again_without_promising_a_retry(tmp_path):
     """A driver that died while a paused trial ran again: the next one pauses it again, and
     neither its warning nor the trial's note says it was marked FAILED or will be retried."""

@@ -535,19 +535,66 @@ class Storage:
                 "SELECT MAX(step) FROM intermediate WHERE trial=?", (number,)
             ).fetchone()
             self._put_resumed(c, {**self._resumed(c), number: paused_at})
+            self._forget_pausing(c, [number])
             return True
 
-    def told_to_pause(self, number: int, step: int) -> None:
+    def told_to_pause(self, number: int, step: int, since: float | None = None) -> None:
         """A trial run again after a pause was told to pause again at ``step``, so its state is
-        saved there: a stop before it ends pauses it at ``step``, not at its earlier pause."""
+        saved there: a stop before it ends pauses it at ``step``, not at its earlier pause.
+        ``since``: when it was told (a function or a Lightning trial saves only then, which
+        may take a while): until its checkpoint is newer, a stop may come before the save, so
+        the earlier step is kept too (see :meth:`unsaved_pauses`); None: saved already (a
+        script that saves every epoch)."""
+        with self._tx() as c:
+            resumed = self._resumed(c)
+            if number in resumed:
+                pausing = self._pausing(c)
+                if since is None:
+                    pausing.pop(number, None)
+                else:
+                    was = pausing[number][2] if number in pausing else resumed[number]
+                    pausing[number] = (step, since, was)
+                c.execute(
+                    _PUT_META, ("pausing", json.dumps({str(n): e for n, e in pausing.items()}))
+                )
+                self._put_resumed(c, {**resumed, number: step})
+
+    def unsaved_pauses(self) -> dict[int, tuple[float, int | None]]:
+        """The RUNNING trials told to pause again whose save may not have happened: each with
+        when it was told and the step its state was saved at before."""
+        with self._tx() as c:
+            running = {
+                n
+                for (n,) in c.execute(
+                    "SELECT number FROM trials WHERE state=?", (TrialState.RUNNING.value,)
+                )
+            }
+            return {n: (e[1], e[2]) for n, e in self._pausing(c).items() if n in running}
+
+    def pause_not_saved(self, number: int, step: int | None) -> None:
+        """A trial told to pause again did not save its state before it was stopped: it is
+        paused again at ``step``, where its state was saved before (see recover_running)."""
         with self._tx() as c:
             resumed = self._resumed(c)
             if number in resumed:
                 self._put_resumed(c, {**resumed, number: step})
 
     @staticmethod
+    def _pausing(c: sqlite3.Connection) -> dict[int, tuple[int, float, int | None]]:
+        row = c.execute("SELECT value FROM meta WHERE key='pausing'").fetchone()
+        data = json.loads(row[0]) if row else {}
+        return {int(n): (int(e[0]), float(e[1]), e[2]) for n, e in data.items()}
+
+    @staticmethod
     def _put_resumed(c: sqlite3.Connection, resumed: dict[int, int | None]) -> None:
         c.execute(_PUT_META, ("resumed", json.dumps({str(n): s for n, s in resumed.items()})))
+
+    def _forget_pausing(self, c: sqlite3.Connection, numbers: list[int]) -> None:
+        """Their told-to-pause records end (they ended, or run again from a new pause)."""
+        pausing, gone = self._pausing(c), set(numbers)
+        if gone & set(pausing):
+            kept = {str(n): e for n, e in pausing.items() if n not in gone}
+            c.execute(_PUT_META, ("pausing", json.dumps(kept)))
 
     @staticmethod
     def _resumed(c: sqlite3.Connection) -> dict[int, int | None]:
@@ -713,6 +760,7 @@ class Storage:
                 (TrialState.RUNNING.value,),
             ).fetchall()
             resumed = self._resumed(c)
+            self._forget_pausing(c, [n for n, _, _ in rows])
             for n, params, was in rows:
                 if n in resumed:  # a paused trial run again: paused again, where it had paused
                     paused_at = resumed[n]

@@ -990,8 +990,9 @@ class Study(BestTrial):
         elif stop and diverged(me):  # every rule stops it at once, without a decision to show
             step = max(me.intermediate)
             self.note(number, f"stopped: its report at step {step} was NaN or inf", warn=False)
-        if stop and me.intermediate and getattr(self.pruner, "resume", False):
-            self.saved_at(number, max(me.intermediate))  # told to pause: it saves its state
+        if stop and me.intermediate and getattr(self.pruner, "resume", False) and self.dir:
+            # told to pause: it saves its state now, which a stop may yet come before
+            self.storage.told_to_pause(number, max(me.intermediate), since=time.time())
         if stop:  # told to stop: tell() records it PRUNED (a Trial's objective returns too)
             self._told_to_stop.add(number)
             if isinstance(trial, Trial):
@@ -1048,11 +1049,25 @@ class Study(BestTrial):
         ``found_later``: they were left by a driver that died (see ``recover_running``)."""
         for process in self.storage.running_processes():  # first: a driver killed while
             procs.end_group(process)  # it waits here still finds the records next time
+        for number, (since, before) in self.storage.unsaved_pauses().items():
+            if not self._saved_since(number, since):  # stopped before it saved its state
+                self.storage.pause_not_saved(number, before)
         for number in self.storage.recover_running(reason, kind, found_later):
             self._resumed_at.pop(number, None)  # paused again where it was: not in vain
             frozen = self._refresh(number)
             self.recovered.append(number)
             self._emit("trial_finished", frozen)
+
+    def _saved_since(self, number: int, since: float) -> bool:
+        """Whether a trial told to pause at ``since`` has saved its state since: its
+        ``pause.ckpt`` (``trial.checkpoint_path``, as the driver has it: a Ray trial's once it
+        was copied back) is that new. A stop that came first leaves the earlier one, and the
+        trial is paused where that was saved, not where it was told."""
+        assert self.dir is not None
+        try:
+            return (self.trial_dir(number) / PAUSE_CHECKPOINT).stat().st_mtime >= since
+        except OSError:
+            return False
 
     # -- DDP followers -----------------------------------------------------------------------
     def _announce(self, trial: Trial) -> None:
