@@ -924,7 +924,7 @@ class Study(BestTrial):
                 last = max(trial.intermediate)
                 why = (
                     f"paused again at step {at}, where it had been resumed, with no report after it"
-                    if last == at
+                    if last == at and number not in self._over
                     else f"resumed at step {at}, it trained from the start again and was paused "
                     f"at step {last}"
                 )
