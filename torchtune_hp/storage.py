@@ -538,22 +538,22 @@ class Storage:
             self._forget_pausing(c, [number])
             return True
 
-    def told_to_pause(self, number: int, step: int, since: float | None = None) -> None:
+    def told_to_pause(self, number: int, step: int | None, since: float | None = None) -> None:
         """A trial run again after a pause was told to pause again at ``step``, so its state is
         saved there: a stop before it ends pauses it at ``step``, not at its earlier pause.
         ``since``: when it was told (a function or a Lightning trial saves only then, which
         may take a while): until its checkpoint is newer, a stop may come before the save, so
-        the earlier step is kept too (see :meth:`unsaved_pauses`); None: saved already (a
-        script that saves every epoch)."""
+        the step saved before is kept too (see :meth:`unsaved_pauses`). None: saved at
+        ``step`` already (a script that saves every epoch; a save found not made, at the step
+        saved before)."""
         with self._tx() as c:
             resumed = self._resumed(c)
             if number in resumed:
                 pausing = self._pausing(c)
                 if since is None:
                     pausing.pop(number, None)
-                else:
-                    was = pausing[number][2] if number in pausing else resumed[number]
-                    pausing[number] = (step, since, was)
+                else:  # the step saved before stays the one before the first such verdict
+                    pausing[number] = (since, pausing.get(number, (since, resumed[number]))[1])
                 c.execute(
                     _PUT_META, ("pausing", json.dumps({str(n): e for n, e in pausing.items()}))
                 )
@@ -569,21 +569,13 @@ class Storage:
                     "SELECT number FROM trials WHERE state=?", (TrialState.RUNNING.value,)
                 )
             }
-            return {n: (e[1], e[2]) for n, e in self._pausing(c).items() if n in running}
-
-    def pause_not_saved(self, number: int, step: int | None) -> None:
-        """A trial told to pause again did not save its state before it was stopped: it is
-        paused again at ``step``, where its state was saved before (see recover_running)."""
-        with self._tx() as c:
-            resumed = self._resumed(c)
-            if number in resumed:
-                self._put_resumed(c, {**resumed, number: step})
+            return {n: e for n, e in self._pausing(c).items() if n in running}
 
     @staticmethod
-    def _pausing(c: sqlite3.Connection) -> dict[int, tuple[int, float, int | None]]:
+    def _pausing(c: sqlite3.Connection) -> dict[int, tuple[float, int | None]]:
         row = c.execute("SELECT value FROM meta WHERE key='pausing'").fetchone()
         data = json.loads(row[0]) if row else {}
-        return {int(n): (int(e[0]), float(e[1]), e[2]) for n, e in data.items()}
+        return {int(n): (float(e[0]), e[1]) for n, e in data.items()}
 
     @staticmethod
     def _put_resumed(c: sqlite3.Connection, resumed: dict[int, int | None]) -> None:

@@ -990,7 +990,8 @@ class Study(BestTrial):
         elif stop and diverged(me):  # every rule stops it at once, without a decision to show
             step = max(me.intermediate)
             self.note(number, f"stopped: its report at step {step} was NaN or inf", warn=False)
-        if stop and me.intermediate and getattr(self.pruner, "resume", False) and self.dir:
+        resumes = getattr(self.pruner, "resume", False) and self.dir is not None
+        if stop and me.intermediate and resumes:
             # told to pause: it saves its state now, which a stop may yet come before
             self.storage.told_to_pause(number, max(me.intermediate), since=time.time())
         if stop:  # told to stop: tell() records it PRUNED (a Trial's objective returns too)
@@ -1051,7 +1052,7 @@ class Study(BestTrial):
             procs.end_group(process)  # it waits here still finds the records next time
         for number, (since, before) in self.storage.unsaved_pauses().items():
             if not self._saved_since(number, since):  # stopped before it saved its state
-                self.storage.pause_not_saved(number, before)
+                self.storage.told_to_pause(number, before)  # paused where it was saved before
         for number in self.storage.recover_running(reason, kind, found_later):
             self._resumed_at.pop(number, None)  # paused again where it was: not in vain
             frozen = self._refresh(number)
