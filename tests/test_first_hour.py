@@ -58,6 +58,12 @@ def test_a_mistake_then_a_fix_then_starting_over(tmp_path):
     assert more.returncode == 0, more.stderr
     assert {study_column(t) for t in (tmp_path / "logs" / "copy").glob("trial_*")} == {"copy"}
     assert load_study(tmp_path / "logs" / "copy").name == "copy"
+    # run first with TensorBoard off, the copy is still relabelled when it is on again
+    shutil.copytree(old, tmp_path / "logs" / "dark")
+    for more in (["tensorboard.enabled=false", "study.trials=5"], ["study.trials=6"]):
+        again = run_cli("run", "r.yaml", "study.name=dark", *more, cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+    assert {study_column(t) for t in (tmp_path / "logs" / "dark").glob("trial_*")} == {"dark"}
 
 
 def study_column(trial_dir: Path) -> str:
