@@ -277,7 +277,7 @@ class Study(BestTrial):
         )
         self.storage = self._open_storage()
         try:
-            self._load_or_init_meta(seed)
+            stored = self._load_or_init_meta(seed)
             self.sampler: Sampler = (
                 make_sampler(sampler, self.seed, dict(sampler_options or {}), mode)
                 if isinstance(sampler, str)
@@ -301,21 +301,20 @@ class Study(BestTrial):
                     stacklevel=2,
                 )
             if not self.follower and self.dir is not None:
-                self._say_other_search()
+                self._say_other_search(stored)
             if not self.follower:
                 self._start_driving(tensorboard)
         except BaseException:
             self.close()
             raise
 
-    def _say_other_search(self) -> None:
+    def _say_other_search(self, meta: Mapping[str, Any]) -> None:
         """Where a study with trials was run with another sampler or pruner, say so: a study
         reopened without them (``Study(name, space)`` takes random search and no pruner)
         would otherwise switch silently (the seed's change is said too). Their names are
         stored when this object first asks for a trial (an open that runs nothing, to read
-        the study, changes nothing), not their settings."""
+        the study, changes nothing), not their settings. ``meta``: as this open read it."""
         now = {"sampler": _named(self.sampler), "pruner": _named(self.pruner)}
-        meta = self.storage.get_meta()
         changed = other_search(meta, now)
         if changed and self._view:
             warnings.warn(
@@ -437,12 +436,14 @@ class Study(BestTrial):
             )
         self._driving = True  # from now on every RUNNING trial is one this object asked
 
-    def _load_or_init_meta(self, seed: int | None) -> None:
+    def _load_or_init_meta(self, seed: int | None) -> dict[str, Any]:
+        """Read the stored study (or start one), check this open against it, and return what
+        was read (nothing changes the sampler's and pruner's names before the first ask)."""
         meta = self.storage.get_meta()
         self._created = not meta
         if self.follower:  # the same script on every rank: a seed given is rank 0's too
             self.seed = int(meta["seed"]) if seed is None else seed
-            return
+            return meta
         if not meta:
             self.seed = random.randrange(2**31) if seed is None else seed
             self.storage.set_meta(
@@ -454,7 +455,7 @@ class Study(BestTrial):
                     "seed": self.seed,
                 }
             )
-            return
+            return meta
         # a study's name is its folder's: a folder renamed or copied is the study of that name
         self._renamed = meta.get("name", self.name) != self.name
         taken = refuse_other(
@@ -475,6 +476,7 @@ class Study(BestTrial):
         # what an earlier driver left for its followers is not this one's: a follower must
         # not join a trial a dead driver left RUNNING, nor end on an old loop's end
         self.storage.set_meta({"started": None, "loop": None})
+        return meta
 
     # -- subscribers -------------------------------------------------------------------------
     def subscribe(self, listener: Any) -> None:
