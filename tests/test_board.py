@@ -192,7 +192,9 @@ def test_a_trials_duration_leaves_out_the_gp_pictures_drawn_before_it_started(
     assert len(drawn) >= 2
     for n in drawn:
         t = trials[n]
-        assert (t.end - t.start).total_seconds() - t.duration_s > 0.2  # the drawing, left out
+        left_out = (t.end - t.start).total_seconds() - t.duration_s
+        assert left_out == pytest.approx(t.paused_s, abs=0.01)  # the drawing, kept as paused
+        assert t.paused_s > max(0.02, 2 * t.duration_s)  # drawing outlasts this objective
     assert max(t.duration_s for t in trials.values()) < 0.2
 
 
