@@ -266,6 +266,7 @@ def test_gp_options_are_checked():
     for bad, message in [
         ({"acquisition": "bogus"}, "acquisition must be one of"),
         ({"beta": -1.0}, "beta must be >= 0"),
+        ({"xi": -0.5}, "xi must be >= 0"),
         ({"n_init": 0}, "n_init must be >= 1"),
         ({"device": "tpu"}, "device must be auto, cpu or cuda"),
         ({"n_restarts": 0}, "n_restarts must be an integer >= 1"),

@@ -266,6 +266,8 @@ def test_a_time_limit_starts_no_trial_after_it_and_lets_the_running_one_end(tmp_
     for bad in ("8 hours", 0, -5, True):
         with pytest.raises(ValueError, match="^timeout: .*a duration such as 90s, 30m, 8h"):
             study.optimize(slow, n_trials=99, timeout=bad)
+    with pytest.raises(ValueError, match=r"got '90' \(a number in a string: 90 or '90s'"):
+        study.optimize(slow, n_trials=99, timeout="90")
 
 
 def test_reopening_a_study_with_another_seed_says_so(tmp_path):
@@ -795,3 +797,102 @@ def test_a_trial_told_to_stop_by_number_is_pruned_when_told_its_value():
     study.report(second.number, 0.9, 0)
     assert study.should_prune(second.number)  # by its number: the Trial is not told
     assert study.tell(second.number, 0.9).state is TrialState.PRUNED
+
+
+def test_points_queued_before_the_space_was_narrowed_leave_the_queue_unrun(tmp_path):
+    """A study reopened with a narrower space that still holds every trial was taken, but its
+    queued points outside the new space ran (x=0.8 in [0, 0.5]), and from then on the stored
+    space no longer held the study's trials. They leave the queue with a warning; the one that
+    fits still runs first."""
+    wide = {"x": Float(0.0, 1.0), "y": Float(0.0, 1.0)}
+    with Study("q", wide, seed=0, logdir=tmp_path, tensorboard=False) as study:
+        study.add({"x": 0.1, "y": 0.1}, 1.0)
+        study.enqueue({"x": 0.8})
+        study.enqueue({"x": 0.9, "y": 0.3})
+        study.enqueue({"x": 0.2})
+    narrow = {"x": Float(0.0, 0.5), "y": Float(0.0, 1.0)}
+    with pytest.warns(UserWarning, match="changed space"):
+        study = Study("q", narrow, seed=0, logdir=tmp_path, tensorboard=False)
+    with study, pytest.warns(UserWarning, match="queued earlier") as caught:
+        first = study.ask()
+        study.tell(first, 0.5)
+        second = study.ask()
+        study.tell(second, 0.5)
+    dropped = [str(w.message) for w in caught if "queued earlier" in str(w.message)]
+    assert len(dropped) == 2 and "0.8" in dropped[0] and "0.9" in dropped[1]
+    assert first.params["x"] == 0.2 and 0 <= second.params["x"] <= 0.5
+    with Study("q", narrow, seed=0, logdir=tmp_path, tensorboard=False) as again:
+        assert again.storage.queued() == []
+        assert all(t.params["x"] <= 0.5 for t in again.trials)
+
+
+@pytest.mark.parametrize("kind", ["sampler", "pruner"])
+def test_sampler_or_pruner_none_is_the_default_and_a_foreign_object_is_refused_at_open(kind):
+    """``pruner=None`` (Optuna's way to say 'the default') was taken as the pruner, and every
+    trial that asked should_prune() failed with an AttributeError; an Optuna pruner failed
+    them with a TypeError. None is now the default; an object without our method is refused
+    when the study opens, before any trial."""
+    study = Study("n", SPACE, seed=0, logdir=None, **{kind: None})
+    assert study.sampler.name == "random" and study.pruner.name == "none"
+
+    class TwoArguments:  # Optuna's shape: prune(study, trial); a sampler without sample()
+        def prune(self, study, trial):
+            return False
+
+    for given in (TwoArguments(), TwoArguments, 42):
+        with pytest.raises(TypeError, match=f"{kind} must be a name, one of") as refused:
+            Study("n", SPACE, seed=0, logdir=None, **{kind: given})
+        assert "Optuna's" not in str(refused.value)
+    with pytest.raises(ValueError, match=r"did you mean 'gp'\?"):
+        Study("n", SPACE, seed=0, logdir=None, **{kind: "GP"})
+    optuna = pytest.importorskip("optuna")  # a benchmark peer, not installed by [dev]
+    theirs = optuna.pruners.MedianPruner() if kind == "pruner" else optuna.samplers.TPESampler()
+    with pytest.raises(TypeError, match=f"Optuna's {kind}s are not"):
+        Study("n", SPACE, seed=0, logdir=None, **{kind: theirs})
+
+
+def test_what_a_tell_or_report_does_not_record_is_said(tmp_path):
+    """A second tell, or a tell by number of a trial ended by a takeover, dropped its value
+    without a word; a report at step 2.5 was taken as step 2 and replaced its value; report()
+    on a Study object closed by a takeover did nothing where ask() and tell() raise."""
+    first = Study("t", SPACE, seed=0, logdir=tmp_path, tensorboard=False)
+    asked = first.ask()
+    second = Study("t", SPACE, seed=0, logdir=tmp_path, tensorboard=False)  # takes it over
+    with pytest.warns(UserWarning, match=r"trial 0 of study 't' had already ended \(FAILED: "):
+        ended = second.tell(asked.number, 0.5)
+    assert ended.state is TrialState.FAILED and ended.value is None
+    with pytest.raises(StorageError, match="this study is closed"):
+        first.report(asked, 0.5, 0)
+    with pytest.raises(ValueError, match="no trial numbered 2.0 .* its number, an integer"):
+        second.tell(2.0, 0.1)
+    trial = second.ask()
+    with pytest.warns(RuntimeWarning, match=r"step 2.5 is not a step number"):
+        second.report(trial, 0.9, step=2.5)
+    second.report(trial, 0.8, step=2)
+    assert second.tell(trial, 0.7).value == 0.7
+    with pytest.warns(UserWarning, match=r"had already ended \(COMPLETE, value 0.7\)"):
+        assert second.tell(trial, 0.1).value == 0.7
+    assert second.trials[1].intermediate == {0: 0.9, 2: 0.8}  # both kept, in order
+    with pytest.raises(TypeError, match="expected a mapping of parameter names"):
+        second.enqueue([("opt", "sgd")])
+    second.close()
+    first.close()
+
+
+def test_optimize_inside_its_own_objective_fails_that_trial_not_the_count():
+    """An objective that called study.optimize() ran an inner loop whose trials counted toward
+    the outer one's total (n_trials=6 ended with 11). The inner call now fails its trial."""
+    study = Study("nest", SPACE, seed=0, logdir=None)
+
+    def objective(trial):
+        if trial.number == 1:
+            study.optimize(lambda t: 1.0, n_trials=9)
+        return trial.params["x"]
+
+    with pytest.warns(UserWarning, match="is already running its trials"):
+        study.optimize(objective, n_trials=6)
+    states = [t.state for t in study.trials]
+    assert len(states) == 6 and states.count(TrialState.FAILED) == 1
+    assert study.trials[1].state is TrialState.FAILED
+    study.optimize(lambda t: 0.5, n_trials=7)  # after it: a loop runs again
+    assert len(study.trials) == 7

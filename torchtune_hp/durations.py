@@ -27,7 +27,9 @@ def seconds(value: object) -> float:
         text = value.strip().lower()
         parts = _PART.findall(text)
         if not parts or _PART.sub("", text).strip():
-            raise ValueError(f"expected {FORMS}, got {value!r}")
+            bare = re.fullmatch(r"\d+(?:\.\d*)?|\.\d+", text)  # "90": which unit was meant?
+            unit = f" (a number in a string: {text} or '{text}s' for seconds)" if bare else ""
+            raise ValueError(f"expected {FORMS}, got {value!r}{unit}")
         total = sum(float(n) * _UNITS[unit] for n, unit in parts)
     else:
         raise ValueError(f"expected {FORMS}, got {value!r}")

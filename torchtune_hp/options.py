@@ -28,8 +28,9 @@ class OptionError(ValueError):
 
 
 def closest(name: str, valid: Sequence[str]) -> str:
-    """`` (did you mean 'x'?)`` for a misspelled name, else nothing."""
-    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
+    """`` (did you mean 'x'?)`` for a misspelled name (``GP`` for ``gp`` too), else nothing."""
+    same_letters = [v for v in valid if v.lower() == name.lower()]
+    match = same_letters or difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
@@ -50,6 +51,26 @@ def check_name(kind: str, name: object, known: Sequence[str]) -> None:
         raise OptionError(
             "name",
             f"unknown {kind} {name!r}{closest(str(name), known)}; expected one of {sorted(known)}",
+        )
+
+
+def check_plugin(kind: str, given: Any, known: Sequence[str], method: str, args: str) -> None:
+    """A ``sampler=``/``pruner=`` object must have ``method(args)`` (the protocol the study
+    calls): an Optuna sampler or pruner, or a stray value, is refused when the study opens
+    instead of failing every trial at its first use."""
+    call = getattr(given, method, None)
+    fits = callable(call) and not isinstance(given, type)
+    if fits:
+        try:
+            inspect.signature(call).bind(*args.split(", "))
+        except (TypeError, ValueError):
+            fits = False
+    peer = type(given).__module__.split(".")[0]
+    hint = f" (Optuna's {kind}s are not: give one of ours by its name)" if peer == "optuna" else ""
+    if not fits:
+        raise TypeError(
+            f"{kind} must be a name, one of {sorted(known)}, or an object with a "
+            f"{method}({args}) method; got {given!r}{hint}"
         )
 
 

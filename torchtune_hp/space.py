@@ -401,6 +401,11 @@ class Space:
     def validate(self, params: Mapping[str, Value], partial: bool = False) -> dict[str, Value]:
         """Check a user-given point (``enqueue``/``add``); fill in fixed values. ``partial``:
         parameters left out stay out (the sampler draws them), instead of an error."""
+        if not isinstance(params, Mapping):  # enqueue([("opt", "sgd")]): not "unknown names"
+            raise TypeError(
+                f"expected a mapping of parameter names to values, such as "
+                f"{{{next(iter(self.params), 'x')!r}: ...}}, got a {type(params).__name__}"
+            )
         unknown = sorted(set(params) - set(self.params))
         if unknown:
             raise ValueError(f"unknown parameters {unknown}; the space has {list(self.params)}")

@@ -367,13 +367,17 @@ class Storage:
             self._copy.cleanup()
             self._copy = None
 
+    def closed(self) -> StorageError:
+        """What using a closed study says."""
+        return StorageError(
+            f"{self.path or ':memory:'}: this study is closed (its close(), or another Study "
+            "object of this process opened the same folder since: use that one)"
+        )
+
     def _error(self, e: sqlite3.Error) -> StorageError:
         text = str(e)
         if isinstance(e, sqlite3.ProgrammingError) and "closed database" in text:
-            return StorageError(
-                f"{self.path or ':memory:'}: this study is closed (its close(), or another Study "
-                "object of this process opened the same folder since: use that one)"
-            )
+            return self.closed()
         if isinstance(e, sqlite3.DatabaseError) and (
             "not a database" in text or "malformed" in text
         ):
@@ -701,21 +705,27 @@ class Storage:
             )
 
     def pop_queue_into_trial(
-        self, complete: Callable[[dict[str, Any], Origin], Completed]
+        self, complete: Callable[[dict[str, Any], Origin], Completed | None]
     ) -> tuple[int, dict[str, Any], Origin] | None:
         """Take the oldest queued parameters and start a trial with them, atomically, so a
         crash between the two never loses or doubles them. ``complete`` gives the trial's
         whole parameters, origin and note from the queued ones (a partial ``enqueue``: the
-        sampler draws the rest)."""
+        sampler draws the rest), or None for a point that no longer fits the study (a
+        narrowed space): that one leaves the queue and the next is taken."""
         with self._tx() as c:
-            row = c.execute("SELECT id, params, origin FROM queue ORDER BY id LIMIT 1").fetchone()
-            if row is None:
-                return None
-            qid, queued, origin = row
-            params, how, note = complete(json.loads(queued), Origin(origin))
-            c.execute("DELETE FROM queue WHERE id=?", (qid,))
-            number = self._insert_trial(c, json.dumps(params), how.value, note=note)
-            return number, params, how
+            while True:
+                row = c.execute(
+                    "SELECT id, params, origin FROM queue ORDER BY id LIMIT 1"
+                ).fetchone()
+                if row is None:
+                    return None
+                qid, queued, origin = row
+                c.execute("DELETE FROM queue WHERE id=?", (qid,))
+                completed = complete(json.loads(queued), Origin(origin))
+                if completed is not None:
+                    params, how, note = completed
+                    number = self._insert_trial(c, json.dumps(params), how.value, note=note)
+                    return number, params, how
 
     def queued(self) -> list[dict[str, Any]]:
         return [json.loads(p) for (p,) in self._read("SELECT params FROM queue")]

@@ -46,10 +46,11 @@ from torchtune_hp import files, procs
 from torchtune_hp.board.tags import trial_run_name
 from torchtune_hp.distributed import is_follower_rank
 from torchtune_hp.errors import StorageError, StudyMismatch
+from torchtune_hp.options import check_plugin
 from torchtune_hp.outcome import Outcome, as_number, describe, outcome_of_return
-from torchtune_hp.pruners import Pruner, diverged, make_pruner
+from torchtune_hp.pruners import PRUNERS, Pruner, diverged, make_pruner
 from torchtune_hp.record import BestTrial
-from torchtune_hp.samplers import Sampler, SpaceExhausted, make_sampler
+from torchtune_hp.samplers import SAMPLERS, Sampler, SpaceExhausted, make_sampler
 from torchtune_hp.space import Fixed, Param, Space, space_changes, space_diff
 from torchtune_hp.storage import Completed, Storage, holds_nothing, utcnow
 from torchtune_hp.trial import (
@@ -126,6 +127,14 @@ def _recorded(
     key = params_key(params)
     same = (t for t in trials if t.state is TrialState.COMPLETE and t.value == value)
     return next((t for t in same if params_key(t.params) == key), None)
+
+
+def _ended_as(trial: FrozenTrial) -> str:
+    """``COMPLETE, value 0.25`` or ``FAILED: <the error's last line>``."""
+    if trial.state is TrialState.FAILED:
+        lines = (trial.error or "").strip().splitlines()
+        return "FAILED" + (f": {lines[-1]}" if lines else "")
+    return f"{trial.state.value}, value {trial.value!r}"
 
 
 def check_seed(seed: object) -> int | None:
@@ -212,13 +221,13 @@ class Study(BestTrial):
         self,
         name: str,
         space: Space | Mapping[str, Param],
-        sampler: str | Sampler = "random",
+        sampler: str | Sampler | None = "random",
         seed: int | None = None,
         logdir: str | Path | None = "logs",
         mode: str = "min",
         metric: str = "value",
         sampler_options: Mapping[str, Any] | None = None,
-        pruner: str | Pruner = "none",
+        pruner: str | Pruner | None = "none",
         pruner_options: Mapping[str, Any] | None = None,
         tensorboard: bool = True,
         images_every: int = 5,
@@ -272,6 +281,9 @@ class Study(BestTrial):
         # changes nothing
         self._changes: dict[str, Any] = {}
         self._search_to_store: dict[str, str] | None = None  # sampler, pruner: at the 1st ask
+        # None is the default, as Optuna's sampler=None / pruner=None
+        sampler = "random" if sampler is None else sampler
+        pruner = "none" if pruner is None else pruner
         self.pruner: Pruner = self._check_before_opening(
             sampler, sampler_options, pruner, pruner_options
         )
@@ -341,7 +353,11 @@ class Study(BestTrial):
         again once the folder is taken)."""
         if isinstance(sampler, str):
             make_sampler(sampler, 0, dict(sampler_options or {}), self.mode)  # checks only
-        elif getattr(sampler, "mode", self.mode) != self.mode:
+        else:
+            check_plugin("sampler", sampler, list(SAMPLERS), "sample", "space, trials, pending")
+        if not isinstance(pruner, str):
+            check_plugin("pruner", pruner, list(PRUNERS), "prune", "trial, others, mode")
+        if not isinstance(sampler, str) and getattr(sampler, "mode", self.mode) != self.mode:
             raise ValueError(
                 f"the sampler minimizes/maximizes ({sampler.mode!r}) "  # type: ignore[attr-defined]
                 f"unlike the study (mode={self.mode!r}); give both the same mode"
@@ -612,10 +628,23 @@ class Study(BestTrial):
             self.storage.set_meta(self._changes)
             self._changes = {}
 
-    def _completed(self, given: dict[str, Any], origin: Origin) -> Completed:
+    def _completed(self, given: dict[str, Any], origin: Origin) -> Completed | None:
         """A queued point made whole: the parameters a partial ``enqueue`` left out are
         drawn by the sampler (its suggestion, with the given values in place of its own),
-        and the trial counts as one of its draws (its Sobol design moves on)."""
+        and the trial counts as one of its draws (its Sobol design moves on). None, with a
+        warning, for a point queued before the study's space was narrowed that lies outside
+        it now: the stored trials must all lie in the space, so it is not run (the space is
+        the user's later word)."""
+        try:
+            given = self.space.validate(given, partial=True)
+        except ValueError as e:
+            warnings.warn(
+                f"study {self.name!r}: a point queued earlier, {given}, is not run and leaves "
+                f"the queue: it does not fit the study's space now ({e})",
+                UserWarning,
+                stacklevel=4,
+            )
+            return None
         missing = [name for name in self.space.params if name not in given]
         if not missing:
             return given, origin, None
@@ -766,7 +795,15 @@ class Study(BestTrial):
             frozen = self._refresh(number)
             self._emit("trial_finished", frozen)
             return frozen
-        return self._view[number]
+        ended = self._view[number]
+        if not isinstance(value, Outcome):  # the user's own tell: say what it did not do
+            warnings.warn(
+                f"tell(): trial {number} of study {self.name!r} had already ended "
+                f"({_ended_as(ended)}); this tell changed nothing",
+                UserWarning,
+                stacklevel=2,
+            )
+        return ended
 
     def _paused_after_failure(self, number: int, outcome: Outcome) -> Outcome:
         """A paused trial whose resumed run failed (its checkpoint no longer loads into
@@ -794,6 +831,8 @@ class Study(BestTrial):
         """The number of ``trial`` (a Trial from ask(), or its number as any integer: a numpy
         one too), which must be one of this study's; a ValueError that says what was given
         otherwise, before anything changes."""
+        if getattr(self, "_closed", False):  # as ask() and tell() say it on a closed study
+            raise self.storage.closed()
         if isinstance(trial, Trial) and trial.study is not self:
             raise ValueError(self._foreign(trial, call))
         number = getattr(trial, "number", trial)
@@ -807,9 +846,11 @@ class Study(BestTrial):
             if self._view
             else "it has no trials yet"
         )
+        whole = isinstance(number, numbers.Integral) and not isinstance(number, bool)
+        what = "no trial" if whole else "no trial numbered"  # 2.0: a number, not an integer
         raise ValueError(
-            f"study {self.name!r} has no trial {describe(trial)} ({numbered}; {call}() takes a "
-            "Trial from ask() or its number)"
+            f"study {self.name!r} has {what} {describe(trial)} ({numbered}; {call}() takes a "
+            "Trial from ask() or its number, an integer)"
         )
 
     def _foreign(self, trial: Trial, call: str) -> str:
@@ -868,9 +909,13 @@ class Study(BestTrial):
             val = math.inf if self.mode == "min" else -math.inf
         done = current.intermediate
         s, _ = as_number(step)
-        if s is None or not (math.isfinite(s) and 0 <= s <= MAX_STEP):
-            if step is not None:
-                self.note(number, f"a report's step {describe(step)} is not a step number")
+        if s is None or not (math.isfinite(s) and 0 <= s <= MAX_STEP and s == int(s)):
+            if step is not None:  # 2.5 taken as 2 would replace step 2's value
+                self.note(
+                    number,
+                    f"a report's step {describe(step)} is not a step number (a whole number "
+                    ">= 0): it is recorded as the next step",
+                )
             s = next(reversed(done)) + 1 if done else 0  # steps are kept in order
         restart = int(s) in done and self._starts_over(number, int(s))
         if restart:

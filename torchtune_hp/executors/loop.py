@@ -127,6 +127,18 @@ def _horizon(sampler: Any, n_trials: int) -> Iterator[None]:
             sampler.horizon = None
 
 
+@contextlib.contextmanager
+def _looping(study: Any) -> Iterator[None]:
+    """Marks the study as running its loop: a second loop started from within the first (an
+    objective calling ``optimize``) would count the inner loop's trials toward the outer's
+    total and share its stop and its time limit."""
+    study._looping = True
+    try:
+        yield
+    finally:
+        study._looping = False
+
+
 def run_trials(
     study: Any,
     executor: Executor,
@@ -151,9 +163,14 @@ def run_trials(
         raise ValueError(f"timeout: {e}") from None
     if study.follower:  # a DDP rank > 0 follows rank 0's trials, whose clock is the one
         limit = None
+    if getattr(study, "_looping", False):  # optimize() from inside its own objective
+        raise RuntimeError(
+            f"study {study.name!r} is already running its trials (optimize() or a run was "
+            "called from inside its own objective or callback): one loop per study at a time"
+        )
     fail = FailFast(study, fail_fast)
     signals.reset()
-    with stop_signals(), _horizon(study.sampler, n_trials):
+    with stop_signals(), _horizon(study.sampler, n_trials), _looping(study):
         try:
             study.loop_state("running")  # in here: a failing write must not leave it running
             _drive(study, executor, n_trials, callbacks, fail, limit)

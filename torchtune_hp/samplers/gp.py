@@ -229,6 +229,8 @@ class GPSampler:
         check_choice("acquisition", acquisition, ACQUISITIONS)
         if not beta >= 0:
             raise ValueError(f"beta must be >= 0, got {beta!r}")
+        if not xi >= 0:  # a negative margin credits points for doing worse than the best
+            raise ValueError(f"xi must be >= 0, got {xi!r}")
         if n_init is not None and n_init < 1:
             raise ValueError(f"n_init must be >= 1, got {n_init!r}")
         for name, value, low in (
