@@ -122,6 +122,38 @@ def test_rename_templates_and_precision():
 P2 = {"lr": 0.001234567, "opt": "adam", "w": 32}
 
 
+def test_a_null_choice_and_strings_hydra_would_split_reach_the_script_as_given():
+    """A ``null`` choice reached hydra and LightningCLI scripts as the word ``None`` (Hydra
+    and jsonargparse read it as a string, so ``cfg.opt is None`` never held, and the trial
+    was recorded with None); a choice ``x,y`` failed every hydra trial ("Ambiguous value").
+    The hydra forms below were each read back by Hydra 1.3.8's own override parser as the
+    string given; jsonargparse (LightningCLI's parser) reads ``null`` here."""
+    import jsonargparse
+
+    choices = ["sgd", "x,y", "a b", "true", "1e-3", "it's", "back\\", "path/to:f.pt"]
+    hydra = [build_argv([], {"opt": c}, "hydra")[0] for c in choices]
+    assert hydra == [
+        "opt=sgd",
+        "opt='x,y'",
+        "opt='a b'",
+        "opt='true'",
+        "opt='1e-3'",
+        "opt='it\\'s'",
+        "opt='back\\\\'",
+        "opt=path/to:f.pt",
+    ]
+    assert build_argv([], {"opt": None, "on": True}, "hydra") == ["opt=null", "on=true"]
+    assert build_argv(["x={opt}"], {"opt": "a b"}, "hydra") == ["x=a b"]  # a template: yours
+    cli = build_argv([], {"opt": None, "width": None}, "lightning_cli")
+    assert cli == ["--model.opt=null", "--model.width=null"]
+    parser = jsonargparse.ArgumentParser()
+    parser.add_argument("--model.opt", type=str | None, default="adam")
+    parser.add_argument("--model.width", type=int | None, default=3)
+    parsed = parser.parse_args(cli)
+    assert parsed.model.opt is None and parsed.model.width is None
+    assert build_argv([], {"opt": None}, "argparse") == ["--opt", "None"]  # argparse: a word
+
+
 @pytest.mark.parametrize("style", ["argparse", "equals", "hydra"])
 def test_a_real_script_receives_the_values(tmp_path, style):
     path = write_recipe(tmp_path, {"command": ["python", FAKE], "args": style}, trials=2)
@@ -333,6 +365,48 @@ def test_crash_timeout_and_silence_fail_with_the_right_message_and_the_study_goe
     assert trials["ok"].state is TrialState.COMPLETE
     shown = run_cli("trials", str(tmp_path / "logs" / "sub"))
     assert "timed out" in shown.stdout and "never reported" in shown.stdout
+
+
+HOSTILE = """
+import json, sys
+mode = sys.argv[sys.argv.index("--mode") + 1]
+if mode == "plain":  # its own word on stderr, the metric not as JSON
+    print("no GPU here, evaluating on the CPU", file=sys.stderr)
+    print("loss=0.5")
+elif mode == "flood":  # the metric, then more output than the driver reads
+    print(json.dumps({"loss": 0.5}))
+    sys.stdout.write(("x" * 1023 + "\\n") * 5 * 1024)
+else:  # a failure, then a progress bar closing below it (as tqdm does)
+    key = {"bar": "alpha", "tqdm": "omega"}[mode]  # not the parameter: fail_fast blanks it
+    print("Traceback (most recent call last):\\nKeyError: '" + key + "'", file=sys.stderr)
+    sys.stderr.write("\\r 50%|#####     | 10/20 [00:01<00:01]")
+    sys.exit(1)
+"""
+
+
+def test_what_a_silent_or_failing_script_said_is_in_its_error(tmp_path):
+    """From a user's trial of hostile scripts: a script that exits 0 without the metric had
+    its stderr (its own reason) left out of the error; a line naming the metric, not as JSON,
+    went unmentioned; a metric before the 4 MiB of stdout the driver reads was 'never
+    reported'; and a progress bar drawn after a traceback was the table's error, so two
+    failures behind the same bar were one error to fail_fast."""
+    (tmp_path / "hostile.py").write_text(HOSTILE)
+    path = write_recipe(tmp_path, {"command": ["python", str(tmp_path / "hostile.py")]}, 4)
+    raw = yaml.safe_load(path.read_text())
+    raw["space"] = {"mode": {"type": "categorical", "choices": ["plain", "flood", "bar", "tqdm"]}}
+    raw["sampler"] = {"name": "grid", "shuffle": False}
+    raw["study"]["fail_fast"] = 2
+    path.write_text(yaml.safe_dump(raw))
+    trials = {t.params["mode"]: t for t in run(path)}
+    assert len(trials) == 4 and all(t.state is TrialState.FAILED for t in trials.values())
+    plain = trials["plain"].error
+    assert plain.startswith("stderr:\nno GPU here, evaluating on the CPU\n")
+    assert "a stdout line that names it, 'loss=0.5': print a JSON line" in plain
+    flood = trials["flood"].error
+    assert "only the last 4 MiB of its 5 MiB stdout were read (print the metric last)" in flood
+    shown = run_cli("trials", str(tmp_path / "logs" / "sub")).stdout
+    assert "KeyError: 'alpha'" in shown and "KeyError: 'omega'" in shown
+    assert "10/20" not in shown
 
 
 # -- parallel workers and devices --------------------------------------------------------------

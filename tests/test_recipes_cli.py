@@ -544,6 +544,21 @@ def test_the_live_panel_counts_to_the_total_not_past_it(tmp_path, fast_recipe):
     assert shown and max(shown) == 3, shown  # the panel's row; log lines read "[3/3] trial 2"
 
 
+def test_the_live_panels_clock_runs_and_it_shows_every_running_trial(tmp_path, fast_recipe):
+    """The panel was drawn afresh only when a trial started or ended: over a trial of hours
+    it read 'elapsed 0 s', and with two workers it showed one running trial (the other's end
+    blanked the row while one still ran)."""
+    import re
+
+    recipe = fast_recipe(trials=2, sleep=4.0)
+    rc, out = on_terminal("run", str(recipe), "executor.workers=2", cwd=tmp_path)
+    assert rc == 0, out[-2000:]
+    seconds = {int(n) for n in re.findall(r"elapsed\s+(\d+) s", out)}
+    assert len(seconds) >= 5, seconds  # 0 s, 1 s, 2 s, ... (before: at starts and ends only)
+    frames = out.split("elapsed")
+    assert any("#0:" in frame and "#1:" in frame for frame in frames), out[-3000:]
+
+
 @pytest.mark.slow
 def test_digits_mlp_end_to_end(tmp_path):
     """The README's main job, shortened, as a user runs it: from a folder of their own, with

@@ -3,10 +3,24 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from torchtune_hp.trial import FrozenTrial, TrialState
+
+# a progress bar's line (tqdm's `` 50%|####| 10/20 [00:01<00:01]``, rich's and others' bar
+# characters): what tqdm writes as it closes after an exception, below the traceback
+_PROGRESS_BAR = re.compile(r"\d%\||\|\s*\d+/\d+\s*\[|[#█▉▊▋▌▍▎▏━]{4,}")
+
+
+def headline(text: str | None) -> str:
+    """The line that says what a failure or note is about: its last line that is not a
+    progress bar (a carriage return ends a line here too), else its last line."""
+    lines = [line.strip() for line in re.split(r"[\r\n]+", text or "") if line.strip()]
+    said = [line for line in lines if not _PROGRESS_BAR.search(line)]
+    return (said or lines or [""])[-1]
+
 
 NOTE_MIN = 12  # the note's least width in a terminal table
 
@@ -52,16 +66,15 @@ def fmt_params(params: dict[str, Any]) -> str:
 def trial_rows(
     trials: Sequence[FrozenTrial], names: Sequence[str], metric: str
 ) -> tuple[list[str], list[list[str]]]:
-    """The ``trials`` table: a header and one row of cells per trial. A FAILED trial's note is
-    the last line of its error, any other's the last line of its note (one row per trial; a
-    paused and resumed trial's note has a line per decision): ``trials --trial N`` and
-    ``--format json`` have the whole text."""
+    """The ``trials`` table: a header and one row of cells per trial. A trial's note is the
+    :func:`headline` of its error (FAILED) or else of its note (one row per trial; a paused
+    and resumed trial's note has a line per decision): ``trials --trial N`` and ``--format
+    json`` have the whole text."""
     fixed = ["#", "state", metric, "seconds"]
     header = [*fixed, *(f"{n} (parameter)" if n in (*fixed, "note") else n for n in names), "note"]
     rows = []
     for t in trials:
-        lines = (t.error if t.state is TrialState.FAILED and t.error else t.note or "").strip()
-        note = lines.splitlines()[-1] if lines else ""
+        note = headline(t.error if t.state is TrialState.FAILED and t.error else t.note)
         dur = "-" if t.duration_s is None else f"{t.duration_s:.1f}"
         cells = [fmt_param(t.params[n]) if n in t.params else "-" for n in names]
         rows.append([str(t.number), t.state.value, fmt_value(t.value), dur, *cells, note])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import textwrap
 import time
 from collections.abc import Callable
 
@@ -13,7 +14,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from torchtune_hp.display import fmt_params, fmt_value
+from torchtune_hp.display import fmt_params, fmt_value, headline
 from torchtune_hp.study import Study
 from torchtune_hp.trial import FrozenTrial, Trial, TrialState
 
@@ -40,7 +41,8 @@ class ProgressView:
         self.n_trials = n_trials
         self.console = console or _Console(stderr=True)
         self.t0 = time.monotonic()
-        self.current: Trial | None = None
+        self.running: dict[int, Trial] = {}  # every trial under way (workers > 1: several)
+        self.rows: list[tuple[str, Text | str]] = []  # the panel but its clock (see _panel)
         self.live: Live | None = None
         self.quiet = False
         self._resumed: set[int] = set()  # paused trials running again (see _done)
@@ -62,7 +64,9 @@ class ProgressView:
         )
         self._show(lambda: self.console.print(Text(line), soft_wrap=True))
         if self.console.is_terminal:
-            self.live = Live(self._panel(), console=self.console, refresh_per_second=2)
+            self._rows()
+            # the panel drawn afresh at each refresh, so its clock runs between trials
+            self.live = Live(console=self.console, refresh_per_second=2, get_renderable=self._panel)
             self._show(self.live.__enter__)
         return self
 
@@ -75,28 +79,34 @@ class ProgressView:
     def _best(self) -> FrozenTrial | None:
         return self.study.incumbent
 
-    def _panel(self) -> Table:
+    def _rows(self) -> None:
+        """The panel's rows as of the study's last event, read here, in the study's thread:
+        the refresh thread that draws them reads no study state."""
         best = self._best()
-        table = Table.grid(padding=(0, 2))
-        elapsed = time.monotonic() - self.t0
         done = self._done()  # the trial under way is the next; at the end, the last
-        table.add_row("trial", f"{min(done + 1, self.n_trials)}/{self.n_trials}")
-        table.add_row(
-            "best", "-" if best is None else f"{fmt_value(best.value)} (trial {best.number})"
-        )
-        if self.current is not None:
-            running = f"#{self.current.number}: {fmt_params(self.current.params)}"
-            table.add_row("running", Text(running))
-        table.add_row("elapsed", f"{elapsed:.0f} s")
+        rows: list[tuple[str, Text | str]] = [
+            ("trial", f"{min(done + 1, self.n_trials)}/{self.n_trials}"),
+            ("best", "-" if best is None else f"{fmt_value(best.value)} (trial {best.number})"),
+        ]
+        for trial in self.running.values():
+            rows.append(("running", Text(f"#{trial.number}: {fmt_params(trial.params)}")))
+        self.rows = rows
+
+    def _panel(self) -> Table:
+        table = Table.grid(padding=(0, 2))
+        for name, cell in self.rows:
+            table.add_row(name, cell)
+        table.add_row("elapsed", f"{time.monotonic() - self.t0:.0f} s")
         return table
 
     def _refresh(self) -> None:
+        self._rows()
         live = self.live
         if live is not None:
-            self._show(lambda: live.update(self._panel()))
+            self._show(live.refresh)
 
     def trial_started(self, study: Study, trial: Trial) -> None:
-        self.current = trial
+        self.running[trial.number] = trial
         if trial.resume_from is not None:
             self._resumed.add(trial.number)
         self._refresh()
@@ -108,14 +118,14 @@ class ProgressView:
         return self.study.n_finished + len(self._resumed)
 
     def trial_finished(self, study: Study, trial: FrozenTrial) -> None:
-        self.current = None
+        self.running.pop(trial.number, None)
         self._resumed.discard(trial.number)
         best = self._best()
         state = trial.state.value
         detail = fmt_value(trial.value)
         if trial.state is TrialState.FAILED and trial.error:
             text = trial.error.strip()
-            detail = text.splitlines()[-1][:120]
+            detail = textwrap.shorten(headline(text), 120, placeholder=" ...")
             if detail != text and study.dir is not None:
                 detail += (
                     f" (all of it: torchtune-hp trials {shlex.quote(str(study.dir))} "

@@ -44,6 +44,7 @@ import yaml
 
 from torchtune_hp import files, procs
 from torchtune_hp.board.tags import trial_run_name
+from torchtune_hp.display import headline
 from torchtune_hp.distributed import is_follower_rank
 from torchtune_hp.errors import StorageError, StudyMismatch
 from torchtune_hp.options import check_plugin
@@ -132,8 +133,8 @@ def _recorded(
 def _ended_as(trial: FrozenTrial) -> str:
     """``COMPLETE, value 0.25`` or ``FAILED: <the error's last line>``."""
     if trial.state is TrialState.FAILED:
-        lines = (trial.error or "").strip().splitlines()
-        return "FAILED" + (f": {lines[-1]}" if lines else "")
+        line = headline(trial.error)
+        return "FAILED" + (f": {line}" if line else "")
     return f"{trial.state.value}, value {trial.value!r}"
 
 
@@ -816,7 +817,7 @@ class Study(BestTrial):
         at = self._resumed_at[number] if at is None else at
         self._failed_resume.add(number)
         error = (outcome.error or "").strip()
-        last = error.splitlines()[-1].strip() if error else "no error text"
+        last = headline(error) or "no error text"
         if error:
             self.note(number, f"its resumed run failed:\n{error}", warn=False)
         self.note(

@@ -15,7 +15,12 @@ lightning_cli   ``--model.lr=0.01``         LightningCLI; a renamed name with a 
 ==============  ==========================  =============================================
 
 Values are written as Python writes them (``repr`` for floats, so no precision is lost);
-booleans as ``true``/``false`` for hydra and lightning_cli, ``True``/``False`` otherwise.
+booleans as ``true``/``false`` and a ``null`` choice as ``null`` for hydra and lightning_cli
+(what their parsers read as a bool and None), ``True``/``False``/``None`` otherwise (argparse
+has no None: such a script reads the word). An appended hydra string that Hydra's override
+grammar would split or retype (``x,y``, ``a b``, ``[1]``, ``true``, ``1e-3``) is quoted
+(``opt='x,y'``), so the script gets the choice as written; a template is written as it stands
+(its quotes are yours).
 """
 
 from __future__ import annotations
@@ -32,12 +37,32 @@ from torchtune_hp.trial import PAUSE_CHECKPOINT
 STYLES = ("argparse", "equals", "hydra", "lightning_cli")
 
 
+_YAML_STYLES = ("hydra", "lightning_cli")  # their values are parsed, not taken as strings
+# what Hydra's grammar reads as a plain string, unquoted: no comma, bracket, brace, paren,
+# quote, equals sign, space or backslash (a choice with one is quoted)
+_HYDRA_PLAIN = re.compile(r"[A-Za-z_][\w\-+./:@~%]*")
+_HYDRA_OTHER = {"true", "false", "null", "inf", "nan"}  # words it reads as another type
+
+
 def format_value(value: Any, style: str) -> str:
     if isinstance(value, bool):
-        return ("true" if value else "false") if style in ("hydra", "lightning_cli") else str(value)
+        return ("true" if value else "false") if style in _YAML_STYLES else str(value)
+    if value is None:
+        return "null" if style in _YAML_STYLES else "None"
     if isinstance(value, float):
         return repr(value)
     return str(value)
+
+
+def hydra_string(text: str) -> str:
+    """``text`` as a Hydra override value that reads back as this string: plain where the
+    grammar takes it so, else single-quoted, with a quote and the backslashes before a quote
+    or at the end escaped (Hydra's rules for quoted values)."""
+    if _HYDRA_PLAIN.fullmatch(text) and text.lower() not in _HYDRA_OTHER:
+        return text
+    body = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    body = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body)
+    return f"'{body}'"
 
 
 def template_fields(element: str) -> set[str]:
@@ -87,7 +112,7 @@ def build_argv(
         elif style == "equals":
             argv.append(f"--{arg}={text}")
         elif style == "hydra":
-            argv.append(f"{arg}={text}")
+            argv.append(f"{arg}={hydra_string(text) if isinstance(value, str) else text}")
         else:
             argv.append(f"--{arg if '.' in arg else 'model.' + arg}={text}")
     return argv

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from torchtune_hp import durations, signals
+from torchtune_hp.display import headline
 from torchtune_hp.errors import ClusterGone, StudyStopped, TimeLimitReached
 from torchtune_hp.executors import Executor, Finished
 from torchtune_hp.samplers import SpaceExhausted
@@ -44,9 +45,9 @@ STOP_GRACE_S = 1.0
 
 
 def error_signature(trial: FrozenTrial) -> str:
-    """The last line of a failure (``ModuleNotFoundError: No module named 'x'``)."""
-    lines = [line.strip() for line in (trial.error or "").strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+    """The last line of a failure (``ModuleNotFoundError: No module named 'x'``), not a
+    progress bar drawn after it (two failures behind the same bar are not one error)."""
+    return headline(trial.error)
 
 
 # a number in an error's last line: the trial's own parameter values, sizes, line numbers,

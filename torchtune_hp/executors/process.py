@@ -520,6 +520,19 @@ def process_outcome(
         f"TensorBoard tags {[t for t in tags if t not in ours]}",
         f"stdout JSON keys {json_keys(stdout)}",
     ]
+    size = _size(run_dir / "stdout.log")
+    if size > STDOUT_TAIL:  # a metric printed before a flood of output is not seen
+        seen.append(
+            f"only the last {STDOUT_TAIL >> 20} MiB of its {size / 2**20:.0f} MiB stdout were "
+            "read (print the metric last)"
+        )
+    if regex is None:
+        named = [line.strip()[:120] for line in stdout.splitlines() if metric in line]
+        if named:
+            seen.append(
+                f"a stdout line that names it, {named[-1]!r}: print a JSON line "
+                f'({{"{metric}": ...}}) or give objective.metric_regex'
+            )
     if last_json_value(stderr, metric) is not MISSING:
         seen.append(f"a JSON line with {metric!r} on stderr, where the metric is not read")
     if regex is not None:
@@ -535,6 +548,14 @@ def process_outcome(
                 else ""
             )
         )
+    said = f"stderr:\n{stderr.rstrip()}\n" if stderr.strip() else ""  # its own word first
     return Outcome.failed(
-        f"the script never reported the metric {metric!r}; seen: " + ", ".join(seen)
+        f"{said}the script never reported the metric {metric!r}; seen: " + ", ".join(seen)
     )
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
