@@ -130,7 +130,7 @@ def test_a_null_choice_and_strings_hydra_would_split_reach_the_script_as_given()
     string given; jsonargparse (LightningCLI's parser) reads ``null`` here."""
     import jsonargparse
 
-    choices = ["sgd", "x,y", "a b", "true", "1e-3", "it's", "back\\", "path/to:f.pt"]
+    choices = ["sgd", "x,y", "a b", "true", "1e-3", "it's", "back\\", "path/to:f.pt", "a~b", "café"]
     hydra = [build_argv([], {"opt": c}, "hydra")[0] for c in choices]
     assert hydra == [
         "opt=sgd",
@@ -141,6 +141,8 @@ def test_a_null_choice_and_strings_hydra_would_split_reach_the_script_as_given()
         "opt='it\\'s'",
         "opt='back\\\\'",
         "opt=path/to:f.pt",
+        "opt='a~b'",  # outside its unquoted characters
+        "opt='café'",  # its unquoted words are ASCII
     ]
     assert build_argv([], {"opt": None, "on": True}, "hydra") == ["opt=null", "on=true"]
     assert build_argv(["x={opt}"], {"opt": "a b"}, "hydra") == ["x=a b"]  # a template: yours
@@ -401,12 +403,26 @@ def test_what_a_silent_or_failing_script_said_is_in_its_error(tmp_path):
     assert len(trials) == 4 and all(t.state is TrialState.FAILED for t in trials.values())
     plain = trials["plain"].error
     assert plain.startswith("stderr:\nno GPU here, evaluating on the CPU\n")
-    assert "a stdout line that names it, 'loss=0.5': print a JSON line" in plain
+    assert "stdout names it as 'loss=0.5', not as JSON: print a JSON line" in plain
     flood = trials["flood"].error
-    assert "only the last 4 MiB of its 5 MiB stdout were read (print the metric last)" in flood
+    assert "only the last 4 MiB of its 5.0 MiB stdout were read (print the metric last)" in flood
     shown = run_cli("trials", str(tmp_path / "logs" / "sub")).stdout
     assert "KeyError: 'alpha'" in shown and "KeyError: 'omega'" in shown
     assert "10/20" not in shown
+
+
+def test_a_failures_headline_passes_over_trailing_progress_bars_only():
+    """The line the table, the progress line and fail_fast take from an error: a bar that
+    tqdm (or rich) drew after the traceback is passed over; a message that merely has a
+    '####' or a '|' in it is not (two such errors were one to fail_fast in a first try)."""
+    from torchtune_hp.display import headline
+
+    bar = "\r 50%|#####     | 10/20 [00:01<00:01, 9.9it/s]"
+    assert headline(f"Traceback\nKeyError: 'a'\n{bar}\n" + "━" * 30 + " 100%") == "KeyError: 'a'"
+    for message in ("ValueError: vocab has no token '####'", "RuntimeError: shapes | 3/4 [b]"):
+        assert headline(f"Traceback\n  raise ValueError(msg)\n{message}") == message
+    assert headline(bar) == bar.strip()  # nothing else: the bar itself
+    assert headline("") == ""
 
 
 # -- parallel workers and devices --------------------------------------------------------------

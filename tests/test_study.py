@@ -821,6 +821,14 @@ def test_points_queued_before_the_space_was_narrowed_leave_the_queue_unrun(tmp_p
     dropped = [str(w.message) for w in caught if "queued earlier" in str(w.message)]
     assert len(dropped) == 2 and "0.8" in dropped[0] and "0.9" in dropped[1]
     assert first.params["x"] == 0.2 and 0 <= second.params["x"] <= 0.5
+    with Study("q", wide, seed=0, logdir=tmp_path, tensorboard=False) as study:
+        study.enqueue({"x": 0.9})
+    with Study("q", narrow, seed=0, logdir=tmp_path, tensorboard=False) as study:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # said after the queue's transaction: not stuck
+            with pytest.raises(UserWarning, match="queued earlier"):
+                study.ask()
+        assert study.storage.queued() == []
     with Study("q", narrow, seed=0, logdir=tmp_path, tensorboard=False) as again:
         assert again.storage.queued() == []
         assert all(t.params["x"] <= 0.5 for t in again.trials)

@@ -9,17 +9,19 @@ from typing import Any
 
 from torchtune_hp.trial import FrozenTrial, TrialState
 
-# a progress bar's line (tqdm's `` 50%|####| 10/20 [00:01<00:01]``, rich's and others' bar
-# characters): what tqdm writes as it closes after an exception, below the traceback
-_PROGRESS_BAR = re.compile(r"\d%\||\|\s*\d+/\d+\s*\[|[#█▉▊▋▌▍▎▏━]{4,}")
+# a progress bar's line: tqdm's (`` 50%|####| 10/20 [00:01<00:01]``: a percentage, the bar,
+# the counts) or rich's; what tqdm writes as it closes after an exception, below the traceback
+PROGRESS_BAR = re.compile(r"\d{1,3}%\|.*\|\s*\d+(?:\.\d+)?[kMG]?/|━{4,}")
 
 
 def headline(text: str | None) -> str:
-    """The line that says what a failure or note is about: its last line that is not a
-    progress bar (a carriage return ends a line here too), else its last line."""
+    """The line that says what a failure or note is about: its last line, or the last before
+    the progress bars drawn after it (a carriage return ends a line here too); only trailing
+    bars are passed over, so a message that looks like one elsewhere is kept."""
     lines = [line.strip() for line in re.split(r"[\r\n]+", text or "") if line.strip()]
-    said = [line for line in lines if not _PROGRESS_BAR.search(line)]
-    return (said or lines or [""])[-1]
+    while len(lines) > 1 and PROGRESS_BAR.search(lines[-1]):
+        lines.pop()
+    return lines[-1] if lines else ""
 
 
 NOTE_MIN = 12  # the note's least width in a terminal table

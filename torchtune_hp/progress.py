@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import textwrap
 import time
 from collections.abc import Callable
 
@@ -125,7 +124,8 @@ class ProgressView:
         detail = fmt_value(trial.value)
         if trial.state is TrialState.FAILED and trial.error:
             text = trial.error.strip()
-            detail = textwrap.shorten(headline(text), 120, placeholder=" ...")
+            line = headline(text)
+            detail = line if len(line) <= 120 else f"{line[:116]} ..."
             if detail != text and study.dir is not None:
                 detail += (
                     f" (all of it: torchtune-hp trials {shlex.quote(str(study.dir))} "

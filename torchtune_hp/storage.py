@@ -367,7 +367,7 @@ class Storage:
             self._copy.cleanup()
             self._copy = None
 
-    def closed(self) -> StorageError:
+    def closed_error(self) -> StorageError:
         """What using a closed study says."""
         return StorageError(
             f"{self.path or ':memory:'}: this study is closed (its close(), or another Study "
@@ -377,7 +377,7 @@ class Storage:
     def _error(self, e: sqlite3.Error) -> StorageError:
         text = str(e)
         if isinstance(e, sqlite3.ProgrammingError) and "closed database" in text:
-            return self.closed()
+            return self.closed_error()
         if isinstance(e, sqlite3.DatabaseError) and (
             "not a database" in text or "malformed" in text
         ):

@@ -270,6 +270,7 @@ class Study(BestTrial):
         # the start a follower last joined, and its trial (see _follow)
         self._followed: tuple[str, int] | None = None
         self._told_to_stop: set[int] = set()  # should_prune said stop (tell records PRUNED)
+        self._unfit: list[str] = []  # queued points this ask dropped (see _completed)
         self._saw_driver = False
         # a follower's trials when it closed: a script reads study.trials or best_params
         # after its `with` block on every rank, and rank 0's answer comes from memory
@@ -638,12 +639,10 @@ class Study(BestTrial):
         the user's later word)."""
         try:
             given = self.space.validate(given, partial=True)
-        except ValueError as e:
-            warnings.warn(
+        except ValueError as e:  # said once the queue's transaction is over (see ask)
+            self._unfit.append(
                 f"study {self.name!r}: a point queued earlier, {given}, is not run and leaves "
-                f"the queue: it does not fit the study's space now ({e})",
-                UserWarning,
-                stacklevel=4,
+                f"the queue: it does not fit the study's space now ({e})"
             )
             return None
         missing = [name for name in self.space.params if name not in given]
@@ -701,7 +700,10 @@ class Study(BestTrial):
         if self._search_to_store is not None:  # this open runs trials: store what searches
             self.storage.set_meta(self._search_to_store)
             self._search_to_store = None
+        self._unfit = []
         popped = self.storage.pop_queue_into_trial(self._completed)
+        for unfit in self._unfit:
+            warnings.warn(unfit, UserWarning, stacklevel=2)
         if popped is None:
             resumed = self._resume()
             if resumed is not None:
@@ -832,8 +834,8 @@ class Study(BestTrial):
         """The number of ``trial`` (a Trial from ask(), or its number as any integer: a numpy
         one too), which must be one of this study's; a ValueError that says what was given
         otherwise, before anything changes."""
-        if getattr(self, "_closed", False):  # as ask() and tell() say it on a closed study
-            raise self.storage.closed()
+        if getattr(self, "_closed", False) and not self.follower:  # as ask() and tell() say
+            raise self.storage.closed_error()
         if isinstance(trial, Trial) and trial.study is not self:
             raise ValueError(self._foreign(trial, call))
         number = getattr(trial, "number", trial)

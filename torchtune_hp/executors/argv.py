@@ -40,7 +40,7 @@ STYLES = ("argparse", "equals", "hydra", "lightning_cli")
 _YAML_STYLES = ("hydra", "lightning_cli")  # their values are parsed, not taken as strings
 # what Hydra's grammar reads as a plain string, unquoted: no comma, bracket, brace, paren,
 # quote, equals sign, space or backslash (a choice with one is quoted)
-_HYDRA_PLAIN = re.compile(r"[A-Za-z_][\w\-+./:@~%]*")
+_HYDRA_PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_\-+./:@%]*")  # ASCII: its grammar's
 _HYDRA_OTHER = {"true", "false", "null", "inf", "nan"}  # words it reads as another type
 
 

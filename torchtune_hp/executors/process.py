@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -523,14 +524,18 @@ def process_outcome(
     size = _size(run_dir / "stdout.log")
     if size > STDOUT_TAIL:  # a metric printed before a flood of output is not seen
         seen.append(
-            f"only the last {STDOUT_TAIL >> 20} MiB of its {size / 2**20:.0f} MiB stdout were "
+            f"only the last {STDOUT_TAIL >> 20} MiB of its {size / 2**20:.1f} MiB stdout were "
             "read (print the metric last)"
         )
     if regex is None:
-        named = [line.strip()[:120] for line in stdout.splitlines() if metric in line]
+        # `val_loss=0.12` or `val_loss: 0.12`, as a line or inside a progress bar's postfix
+        named = re.findall(
+            rf"(?<![\w.]){re.escape(metric)}[\"']?\s*[:=]\s*[-+]?(?:[\d.]+(?:[eE][-+]?\d+)?|nan|inf)",
+            stdout,
+        )
         if named:
             seen.append(
-                f"a stdout line that names it, {named[-1]!r}: print a JSON line "
+                f"stdout names it as {named[-1]!r}, not as JSON: print a JSON line "
                 f'({{"{metric}": ...}}) or give objective.metric_regex'
             )
     if last_json_value(stderr, metric) is not MISSING:
