@@ -151,6 +151,35 @@ def test_good_recipe_loads_with_overrides_and_scientific_floats(tmp_path):
     assert recipe.model.sampler.options == {"resolution": 3}
 
 
+def test_overrides_keep_a_hash_expand_the_logdir_and_refuse_a_key_given_twice(
+    tmp_path, monkeypatch
+):
+    """From a user's trial of odd paths: ``logdir=/tmp/exp #3 logs`` went to /tmp/exp (YAML
+    read the rest as a comment) and ``train.note=run #3`` reached train() as 'run';
+    ``logdir: ~/runs`` made a folder named ``~`` in the current one; a key given twice on the
+    command line took the last in silence, where a recipe file refuses it."""
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "study: {name: r}\nspace:\n  lr: {type: float, low: 1e-5, high: 1e-1, log: true}\n"
+        "objective: {function: 'os.path:join'}\n"
+    )
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RUNS", "runs")
+    recipe = load_recipe(path, ["logdir=/tmp/exp #3 logs", "train.note=run #3", "train.t=#tag"])
+    assert recipe.model.logdir == "/tmp/exp #3 logs"
+    assert recipe.model.train == {"note": "run #3", "t": "#tag"}
+    quoted = load_recipe(path, ["train.note='a #b'", "train.n=3"]).model.train
+    assert quoted == {"note": "a #b", "n": 3}
+    home = load_recipe(path, ["logdir=~/$RUNS"]).model.logdir
+    assert home == str(tmp_path / "home" / "runs")
+    with pytest.raises(ConfigError, match=r"logdir: .*environment variable \$NOT_SET_HERE"):
+        load_recipe(path, ["logdir=$NOT_SET_HERE/x"])
+    for twice in (["study.trials=3", "study.trials=5"], ["space.lr.low=1e-4", "space.lr={}"]):
+        with pytest.raises(ConfigError, match="set twice on the command line") as e:
+            load_recipe(path, twice)
+        assert repr(twice[0]) in str(e.value) and repr(twice[1]) in str(e.value)
+
+
 def test_switching_the_sampler_on_the_command_line_drops_the_old_options_visibly():
     result = run_cli("validate", "digits_mlp", "sampler.name=random", "pruner.name=median")
     assert result.returncode == 0, result.stderr
@@ -229,6 +258,10 @@ def test_ls_cp_validate(tmp_path):
     assert own.returncode == 0, own.stderr
     first = (tmp_path / "my copy" / "own.yaml").read_text().splitlines()[0]
     assert first == "# torchtune-hp run 'my copy/own.yaml' study.trials=3"
+    dash = run_cli("cp", "own.yaml", "--", "-dash/", cwd=tmp_path)  # not read as an option
+    assert dash.returncode == 0, dash.stderr
+    first = (tmp_path / "-dash" / "own.yaml").read_text().splitlines()[0]
+    assert first == "# torchtune-hp run ./-dash/own.yaml study.trials=3"
     cli_copy = run_cli("cp", "digits_cli", "cli", cwd=tmp_path)  # a new folder, no slash
     assert cli_copy.returncode == 0, cli_copy.stderr
     # the command's script and the module it imports

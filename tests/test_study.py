@@ -904,3 +904,15 @@ def test_optimize_inside_its_own_objective_fails_that_trial_not_the_count():
     assert study.trials[1].state is TrialState.FAILED
     study.optimize(lambda t: 0.5, n_trials=7)  # after it: a loop runs again
     assert len(study.trials) == 7
+
+
+def test_a_study_under_a_folder_name_that_is_not_utf8_resumes(tmp_path):
+    """A folder named with Latin-1 bytes (``lat\\xe9in``, from an old archive): the first run
+    worked and every later open failed with a UnicodeEncodeError traceback (the database's
+    URI was quoted from the name as text)."""
+    logdir = tmp_path / os.fsdecode(b"lat\xe9in")
+    with Study("s", SPACE, seed=0, logdir=logdir, tensorboard=False) as study:
+        study.optimize(lambda t: t.params["x"], n_trials=2)
+    with Study("s", SPACE, seed=0, logdir=logdir, tensorboard=False) as study:
+        study.optimize(lambda t: t.params["x"], n_trials=3)
+    assert [t.state for t in load_study(logdir / "s").trials] == [TrialState.COMPLETE] * 3

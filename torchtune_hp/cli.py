@@ -235,7 +235,9 @@ def _retitled(recipe: bytes, target: Path) -> bytes:
         words = shlex.split(first[len(head) :].decode())
     except ValueError:
         return recipe
-    command = shlex.join([str(target), *words[1:]])
+    where = str(target)
+    where = f"./{where}" if where.startswith("-") else where  # not read as an option
+    command = shlex.join([where, *words[1:]])
     return head + command.encode() + nl + rest
 
 

@@ -28,6 +28,7 @@ import difflib
 import importlib
 import importlib.resources
 import importlib.util
+import os
 import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -303,7 +304,13 @@ class RecipeModel(_Section):
     @field_validator("logdir")
     @classmethod
     def _a_folder(cls, logdir: str) -> str:
-        return not_blank(logdir, "a folder")
+        """``~`` and ``$VAR`` are expanded as a shell would (a folder named ``~`` in the
+        current one invites a later ``rm -rf ~``); a variable that is not set is refused."""
+        expanded = os.path.expandvars(os.path.expanduser(not_blank(logdir, "a folder")))
+        unset = re.search(r"\$(\w+|\{[^}]*\})", expanded)
+        if unset:
+            raise ValueError(f"the environment variable {unset.group(0)} is not set")
+        return expanded
 
 
 @dataclasses.dataclass
@@ -378,11 +385,26 @@ def find_recipe(name_or_path: str) -> Path:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], file: Path) -> None:
-    """``a.b.c=value``: split on the first ``=``, value parsed as a YAML scalar."""
+    """``a.b.c=value``: split on the first ``=``, value parsed as a YAML scalar, except that a
+    value with a ``#`` that YAML would read as a comment (``train.note=run #3``, ``logdir=exp
+    #3``) is that text whole: on a command line it is part of the value. A key given twice,
+    or a key and a key inside it, is refused (the later would silently replace the other)."""
+    given: dict[str, str] = {}
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(file, item, "overrides must look like dotted.key=value")
+        # the same key, or one inside the other (space.x.low, then space.x)
+        inside = [k for k in given if f"{key}.".startswith(f"{k}.") or k.startswith(f"{key}.")]
+        clash = inside[0] if inside else None
+        if clash is not None:
+            raise ConfigError(
+                file,
+                key,
+                f"set twice on the command line ({given[clash]!r}, then {item!r}): the later "
+                "would replace the other; give it once",
+            )
+        given[key] = item
         node = raw
         parts = key.split(".")
         for i, part in enumerate(parts[:-1]):
@@ -390,7 +412,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], file: Path) -
             if not isinstance(node, dict):
                 raise ConfigError(file, key, f"{'.'.join(parts[: i + 1])} is not a section")
         try:
-            node[parts[-1]] = parse_yaml(text) if text else ""
+            # YAML would drop what follows a ' #' (a quoted value keeps it: YAML's own rule)
+            comment = not text.startswith(("'", '"')) and re.search(r"(?:^|\s)#", text)
+            node[parts[-1]] = text if comment else parse_yaml(text) if text else ""
         except yaml.YAMLError as e:
             raise ConfigError(file, key, f"cannot parse value {text!r}: {yaml_problem(e)}") from e
 

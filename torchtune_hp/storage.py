@@ -856,8 +856,9 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 
 def _uri(path: Path, query: str) -> str:
-    """An SQLite URI for ``path``: quoted, so a folder named ``h#1`` or ``w?x`` is that folder."""
-    return f"file:{urllib.parse.quote(str(path))}?{query}"
+    """An SQLite URI for ``path``: quoted, so a folder named ``h#1`` or ``w?x`` is that folder;
+    from the path's bytes, so a folder name that is not UTF-8 (``lat\\xe9in``) is too."""
+    return f"file:{urllib.parse.quote(os.fsencode(path))}?{query}"
 
 
 def _validate(conn: sqlite3.Connection, path: Path, close: bool = False) -> None:

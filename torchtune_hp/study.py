@@ -243,7 +243,8 @@ class Study(BestTrial):
         self.mode = mode
         self.metric = metric
         self.images_every = images_every
-        self.dir = None if logdir is None else files.absolute(logdir) / name
+        # ~ as a shell reads it (a recipe's logdir is expanded so too)
+        self.dir = None if logdir is None else files.absolute(Path(logdir).expanduser()) / name
         self.follower = is_follower_rank()
         if self.follower and self.dir is None:
             raise ValueError(
