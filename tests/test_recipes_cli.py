@@ -174,6 +174,12 @@ def test_overrides_keep_a_hash_expand_the_logdir_and_refuse_a_key_given_twice(
     assert home == str(tmp_path / "home" / "runs")
     with pytest.raises(ConfigError, match=r"logdir: .*environment variable \$NOT_SET_HERE"):
         load_recipe(path, ["logdir=$NOT_SET_HERE/x"])
+    with pytest.raises(
+        ConfigError, match=r"space.llr: the space has no parameter 'llr' \(did you mean 'lr'\?\)"
+    ):
+        load_recipe(path, ["space.llr.low=0.1"])  # it named space.llr.type, never written
+    added = load_recipe(path, ["space.wd={type: float, low: 0, high: 1}"])  # whole: added
+    assert list(added.space.params) == ["lr", "wd"]
     for twice in (["study.trials=3", "study.trials=5"], ["space.lr.low=1e-4", "space.lr={}"]):
         with pytest.raises(ConfigError, match="set twice on the command line") as e:
             load_recipe(path, twice)

@@ -407,6 +407,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], file: Path) -
         given[key] = item
         node = raw
         parts = key.split(".")
+        _check_space_key(raw, parts, file)
         for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
@@ -417,6 +418,23 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], file: Path) -
             node[parts[-1]] = text if comment else parse_yaml(text) if text else ""
         except yaml.YAMLError as e:
             raise ConfigError(file, key, f"cannot parse value {text!r}: {yaml_problem(e)}") from e
+
+
+def _check_space_key(raw: dict[str, Any], parts: Sequence[str], file: Path) -> None:
+    """``space.xx.low=0`` for a parameter the space lacks (``x`` misspelt) would add a
+    parameter of no type, and the error would name ``space.xx.type``, a key never written."""
+    space = raw.get("space")
+    if len(parts) < 3 or parts[0] != "space" or not isinstance(space, dict):
+        return
+    name = parts[1]
+    if name not in space:
+        raise ConfigError(
+            file,
+            f"space.{name}",
+            f"the space has no parameter {name!r}{closest(name, list(space))} (it has "
+            f"{list(space)}); to add one, give it whole: space.{name}={{type: float, low: 0, "
+            "high: 1}",
+        )
 
 
 def yaml_problem(e: yaml.YAMLError) -> str:

@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from torchtune_hp.options import check_choice
+from torchtune_hp.options import check_choice, closest
 from torchtune_hp.trial import PAUSE_CHECKPOINT
 
 STYLES = ("argparse", "equals", "hydra", "lightning_cli")
@@ -121,7 +121,10 @@ def build_argv(
 def check_rename(rename: Mapping[str, str], names: Sequence[str]) -> None:
     unknown = sorted(set(rename) - set(names))
     if unknown:
-        raise ValueError(f"rename names {unknown}, which are not parameters ({list(names)})")
+        raise ValueError(
+            f"rename names {unknown}, which are not parameters{closest(unknown[0], names)} "
+            f"({list(names)})"
+        )
     for arg in rename.values():
         if not re.fullmatch(r"[+~]*[A-Za-z_][\w.\-/]*", arg):
             raise ValueError(f"rename target {arg!r} is not an argument name")
