@@ -916,3 +916,23 @@ def test_a_study_under_a_folder_name_that_is_not_utf8_resumes(tmp_path):
     with Study("s", SPACE, seed=0, logdir=logdir, tensorboard=False) as study:
         study.optimize(lambda t: t.params["x"], n_trials=3)
     assert [t.state for t in load_study(logdir / "s").trials] == [TrialState.COMPLETE] * 3
+
+
+def test_the_live_panel_lists_eight_running_trials_and_counts_the_rest():
+    """Every running trial has a row (two workers showed one), up to eight: 32 Ray workers
+    make a count, not a page."""
+    import io
+
+    from rich.console import Console
+
+    from torchtune_hp.progress import ProgressView
+
+    study = Study("p", SPACE, seed=0, logdir=None)
+    out = io.StringIO()
+    with ProgressView(study, 20, Console(file=out, width=200)) as view:
+        asked = [study.ask() for _ in range(10)]
+        study.tell(asked[0], 0.5)
+        view.console.print(view._panel())
+    shown = out.getvalue()
+    assert [f"#{n}:" in shown for n in range(10)] == [False] + [True] * 8 + [False]
+    assert "and 1 more running" in shown and "best" in shown and "0.5 (trial 0)" in shown

@@ -11,7 +11,7 @@ from torchtune_hp.trial import FrozenTrial, TrialState
 
 # a progress bar's line: tqdm's (`` 50%|####| 10/20 [00:01<00:01]``: a percentage, the bar,
 # the counts) or rich's; what tqdm writes as it closes after an exception, below the traceback
-PROGRESS_BAR = re.compile(r"\d{1,3}%\|.*\|\s*\d+(?:\.\d+)?[kMG]?/|━{4,}")
+_PROGRESS_BAR = re.compile(r"\d{1,3}%\|.*\|\s*\d+(?:\.\d+)?[kMG]?/|━{4,}")
 
 
 def headline(text: str | None) -> str:
@@ -19,7 +19,7 @@ def headline(text: str | None) -> str:
     the progress bars drawn after it (a carriage return ends a line here too); only trailing
     bars are passed over, so a message that looks like one elsewhere is kept."""
     lines = [line.strip() for line in re.split(r"[\r\n]+", text or "") if line.strip()]
-    while len(lines) > 1 and PROGRESS_BAR.search(lines[-1]):
+    while len(lines) > 1 and _PROGRESS_BAR.search(lines[-1]):
         lines.pop()
     return lines[-1] if lines else ""
 

@@ -17,6 +17,8 @@ from torchtune_hp.display import fmt_params, fmt_value, headline
 from torchtune_hp.study import Study
 from torchtune_hp.trial import FrozenTrial, Trial, TrialState
 
+RUNNING_ROWS = 8  # running trials shown one per row; more are counted
+
 
 class _Console(Console):
     """Rich answers a broken pipe (``| head``, a closed log shipper) with ``SystemExit(1)``:
@@ -87,8 +89,11 @@ class ProgressView:
             ("trial", f"{min(done + 1, self.n_trials)}/{self.n_trials}"),
             ("best", "-" if best is None else f"{fmt_value(best.value)} (trial {best.number})"),
         ]
-        for trial in self.running.values():
+        running = list(self.running.values())
+        for trial in running[:RUNNING_ROWS]:
             rows.append(("running", Text(f"#{trial.number}: {fmt_params(trial.params)}")))
+        if len(running) > RUNNING_ROWS:  # 32 Ray workers: a panel, not a page
+            rows.append(("", f"and {len(running) - RUNNING_ROWS} more running"))
         self.rows = rows
 
     def _panel(self) -> Table:
