@@ -178,6 +178,10 @@ def test_overrides_keep_a_hash_expand_the_logdir_and_refuse_a_key_given_twice(
         ConfigError, match=r"space.llr: the space has no parameter 'llr' \(did you mean 'lr'\?\)"
     ):
         load_recipe(path, ["space.llr.low=0.1"])  # it named space.llr.type, never written
+    # YAML 1.1 read 1:30 as 90 (base 60: a 90 s limit where 1 h 30 was meant) and 010 as 8
+    with pytest.raises(ConfigError, match=r"study.timeout: .*got '1:30'"):
+        load_recipe(path, ["study.timeout=1:30"])
+    assert load_recipe(path, ["study.trials=010", "study.seed=0x10"]).model.study.trials == 10
     added = load_recipe(path, ["space.wd={type: float, low: 0, high: 1}"])  # whole: added
     assert list(added.space.params) == ["lr", "wd"]
     for twice in (["study.trials=3", "study.trials=5"], ["space.lr.low=1e-4", "space.lr={}"]):

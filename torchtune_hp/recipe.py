@@ -96,12 +96,31 @@ class _Loader(yaml.SafeLoader):
             self._refuse_repeated_keys(value_node, here, visited)
 
 
+# Numbers as YAML 1.2 reads them: ``1:30`` is not 90 (YAML 1.1's base 60: a study.timeout
+# of 90 s where 1 h 30 was meant) but the text, which the key's own check then refuses, and
+# ``010`` is 10, not octal 8; ``0x1f`` and ``0o17`` stay hexadecimal and octal.
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
+    _INT, re.compile(r"^(?:[-+]?[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+)$"), list("-+0123456789")
+)
+
+
+def _integer(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = str(loader.construct_scalar(node)).replace("_", "")
+    return int(text, 0 if text[:2] in ("0x", "0o") else 10)
+
+
+_Loader.add_constructor(_INT, _integer)
+_Loader.add_implicit_resolver(
+    _FLOAT,
     re.compile(
         r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
         |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
         |[-+]?\.(?:inf|Inf|INF)
         |\.(?:nan|NaN|NAN))$""",
         re.X,
