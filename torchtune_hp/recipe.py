@@ -414,8 +414,8 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], file: Path) -
         if not sep or not key:
             raise ConfigError(file, item, "overrides must look like dotted.key=value")
         # the same key, or one inside the other (space.x.low, then space.x)
-        inside = [k for k in given if f"{key}.".startswith(f"{k}.") or k.startswith(f"{key}.")]
-        clash = inside[0] if inside else None
+        inside = (k for k in given if f"{key}.".startswith(f"{k}.") or k.startswith(f"{key}."))
+        clash = next(inside, None)
         if clash is not None:
             raise ConfigError(
                 file,

@@ -244,8 +244,8 @@ class Study(BestTrial):
         self.metric = metric
         self.images_every = images_every
         # ~ as a shell reads it (a recipe's logdir is expanded so too)
-        home = None if logdir is None else os.path.expanduser(os.fspath(logdir))
-        self.dir = None if home is None else files.absolute(home) / name
+        home = None if logdir is None else files.absolute(os.path.expanduser(os.fspath(logdir)))
+        self.dir = None if home is None else home / name
         self.follower = is_follower_rank()
         if self.follower and self.dir is None:
             raise ValueError(
