@@ -893,11 +893,16 @@ def test_bad_files_and_values_are_one_line_exit_2_and_store_nothing(tmp_path):
         assert result.returncode == 2 and phrase in result.stderr, (overrides, result.stderr)
         assert "Traceback" not in result.stderr
     # validate catches what the night's run would fail on (it said OK), creating nothing
-    for logdir, phrase in (("logfile", "the logdir is a file"), ("logfile/a/b", "above the")):
+    deep = "/".join(["deep", "d" * 200, "d" * 200, "d" * 100])  # SQLite: 504 bytes at most
+    for logdir, phrase in (
+        ("logfile", "the logdir is a file"),
+        ("logfile/a/b", "above the"),
+        (deep, "too long a path for SQLite"),  # it said 'unable to open', the folder made
+    ):
         for command in ("validate", "run"):
             result = run_cli(command, "fast.yaml", f"logdir={logdir}", cwd=tmp_path)
             assert result.returncode == 2 and phrase in result.stderr, (logdir, result.stderr)
-    assert not (tmp_path / "logs").exists()
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "deep").exists()
     (tmp_path / "latin1.yaml").write_bytes("study: {name: caf\xe9}\n".encode("latin-1"))
     result = run_cli("run", "latin1.yaml", cwd=tmp_path)
     assert result.returncode == 2 and "not UTF-8" in result.stderr

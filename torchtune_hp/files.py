@@ -25,6 +25,7 @@ from torchtune_hp.errors import StorageError, StudyLocked, UnsafePath
 NAME_MAX = 100
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 DATABASE = "study.db"
+MAX_DATABASE_PATH = 504  # bytes: SQLite's unix limit of 512 for a path, less "-journal"
 
 
 def check_study_name(name: object) -> str:
@@ -132,7 +133,15 @@ def renewed_dir(path: Path, suffix: str) -> Path:
 def check_study_dir(path: Path) -> None:
     """StorageError where the study folder ``path`` could not be created or written, judged
     without creating anything (``validate`` asks before a night's run): a file where the
-    logdir or one of its parents should be, a folder nobody may write in."""
+    logdir or one of its parents should be, a folder nobody may write in, a path too long for
+    SQLite (it said only "unable to open database file", after the folder was made)."""
+    length = len(os.fsencode(os.path.abspath(path / DATABASE)))
+    if length > MAX_DATABASE_PATH:
+        raise StorageError(
+            f"{path}: too long a path for SQLite: the study's database would be {length} bytes "
+            f"from /, and SQLite opens at most {MAX_DATABASE_PATH} (its 512 less the "
+            "'-journal' it adds); use a shorter logdir or study name"
+        )
     if path.exists():
         if not path.is_dir():
             raise StorageError(f"{path}: exists and is not a folder")
