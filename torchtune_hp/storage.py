@@ -558,9 +558,7 @@ class Storage:
                     pausing.pop(number, None)
                 else:  # the step saved before stays the one before the first such verdict
                     pausing[number] = (since, pausing.get(number, (since, resumed[number]))[1])
-                c.execute(
-                    _PUT_META, ("pausing", json.dumps({str(n): e for n, e in pausing.items()}))
-                )
+                self._put_pausing(c, pausing)
                 self._put_resumed(c, {**resumed, number: step})
 
     def unsaved_pauses(self) -> dict[int, tuple[float, int | None]]:
@@ -582,6 +580,10 @@ class Storage:
         return {int(n): (float(e[0]), e[1]) for n, e in data.items()}
 
     @staticmethod
+    def _put_pausing(c: sqlite3.Connection, pausing: dict[int, tuple[float, int | None]]) -> None:
+        c.execute(_PUT_META, ("pausing", json.dumps({str(n): e for n, e in pausing.items()})))
+
+    @staticmethod
     def _put_resumed(c: sqlite3.Connection, resumed: dict[int, int | None]) -> None:
         c.execute(_PUT_META, ("resumed", json.dumps({str(n): s for n, s in resumed.items()})))
 
@@ -589,8 +591,7 @@ class Storage:
         """Their told-to-pause records end (they ended, or run again from a new pause)."""
         pausing, gone = self._pausing(c), set(numbers)
         if gone & set(pausing):
-            kept = {str(n): e for n, e in pausing.items() if n not in gone}
-            c.execute(_PUT_META, ("pausing", json.dumps(kept)))
+            self._put_pausing(c, {n: e for n, e in pausing.items() if n not in gone})
 
     @staticmethod
     def _resumed(c: sqlite3.Connection) -> dict[int, int | None]:
